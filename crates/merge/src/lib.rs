@@ -1,0 +1,1 @@
+//! merge engine (in progress)

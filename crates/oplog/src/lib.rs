@@ -1,0 +1,3 @@
+//! The oplog model (work in progress).
+pub mod position;
+pub use position::{EntryId, ShardPosition, Timestamp};
