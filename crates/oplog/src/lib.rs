@@ -1,3 +1,31 @@
-//! The oplog model (work in progress).
+//! The oplog model of quorumtail: everything about a single oplog entry, with no I/O.
+//!
+//! ```text
+//!  raw BSON from a node ──► OplogEntry::parse ──► id() / digest()  ──► merge engine
+//!                                   │
+//!           (after the merge)       ▼
+//!            transactions unpacked, Filter::check, record::encode_* ──► sink
+//! ```
+//!
+//! * [`position`]: [`Timestamp`], the entry identity [`EntryId`] and the shard-qualified
+//!   [`ShardPosition`], with the ordering guarantees they carry.
+//! * [`entry`]: a zero-copy view of a raw entry (bson's `RawDocument`), read in one pass.
+//! * [`filter`]: `fromMigrate`, no-ops, internal namespaces, include/exclude patterns.
+//! * [`extjson`] and [`record`]: the output record, Extended JSON written straight from the
+//!   raw bytes into a reused buffer.
+//!
+//! Why the identity is `(ts, t, h)` and not the seed idea's `(ts, h)`: `h` was random only
+//! up to MongoDB 4.0, is 0 in 4.2 and absent from 4.4, whereas the term `t` exists from 3.2
+//! on and distinguishes an entry from the one that replaced it at the same `ts` after a
+//! rollback. Using every part that is present covers legacy (2.6-era, `h` only) and current
+//! (`t` only) oplogs alike.
+
+pub mod entry;
+pub mod extjson;
+pub mod filter;
 pub mod position;
+pub mod record;
+
+pub use entry::{EntryError, OpKind, OpTime, OplogEntry};
+pub use filter::{DropReason, Filter, NsPattern};
 pub use position::{EntryId, ShardPosition, Timestamp};

@@ -1,0 +1,190 @@
+//! The output record: one JSON object per emitted operation, the same in the file sink
+//! (one per line) and as the Kafka message value.
+//!
+//! ```json
+//! {"shard":"shard01","ts":{"t":1422998574,"i":1},"id":{"ts":{"t":1422998574,"i":1},"h":-678},
+//!  "op":"i","ns":"test.mycollection","entry":{ ...the oplog entry, relaxed Extended JSON v2... }}
+//! ```
+//!
+//! * `shard`, `ts`, `op`, `ns` are copied out of the entry so consumers can route and
+//!   order records without parsing `entry`.
+//! * `id` is the entry identity the merge used; consumers drop duplicates (which can only
+//!   follow a crash, see the checkpoint docs) by remembering the last `id` per shard.
+//! * `entry` is the oplog entry as the server wrote it, field order and all.
+//! * Operations unpacked from a transaction also carry
+//!   `"txn":{"lsid":{...},"txnNumber":N,"index":I}` and `entry` is the inner operation;
+//!   `ts` and `id` are those of the entry that committed the transaction.
+
+use bson::{RawBsonRef, RawDocument};
+
+use crate::entry::OplogEntry;
+use crate::extjson::{write_document, write_str, write_value, Mode};
+use crate::position::EntryId;
+
+/// Transaction details of an operation unpacked from an `applyOps` entry.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnInfo<'a> {
+    /// `lsid` of the transaction, if it had one (`applyOps` run as a command has none).
+    pub lsid: Option<&'a RawDocument>,
+    /// `txnNumber`.
+    pub txn_number: Option<i64>,
+    /// Position of the operation within the whole transaction, from 0.
+    pub index: u32,
+}
+
+/// Appends the record for a top-level entry to `out`.
+///
+/// # Errors
+/// When the entry's raw bytes are not valid BSON.
+pub fn encode_entry(
+    shard: &str,
+    entry: &OplogEntry<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    write_header(shard, entry.id(), entry.op.as_str(), entry.ns, out);
+    out.extend_from_slice(b",\"entry\":");
+    write_document(entry.raw(), Mode::Relaxed, out)?;
+    out.push(b'}');
+    Ok(())
+}
+
+/// Appends the record for one operation of a transaction to `out`. `commit` is the identity
+/// of the entry that committed the transaction; `op` and `ns` are the inner operation's.
+///
+/// # Errors
+/// When the raw bytes are not valid BSON.
+pub fn encode_txn_op(
+    shard: &str,
+    commit: EntryId,
+    op: &str,
+    ns: &str,
+    txn: TxnInfo<'_>,
+    inner: &RawDocument,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    write_header(shard, commit, op, ns, out);
+    out.extend_from_slice(b",\"txn\":{");
+    let mut sep = "";
+    if let Some(lsid) = txn.lsid {
+        out.extend_from_slice(b"\"lsid\":");
+        write_document(lsid, Mode::Relaxed, out)?;
+        sep = ",";
+    }
+    if let Some(n) = txn.txn_number {
+        out.extend_from_slice(sep.as_bytes());
+        out.extend_from_slice(b"\"txnNumber\":");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        sep = ",";
+    }
+    out.extend_from_slice(sep.as_bytes());
+    out.extend_from_slice(b"\"index\":");
+    out.extend_from_slice(itoa::Buffer::new().format(txn.index).as_bytes());
+    out.extend_from_slice(b"},\"entry\":");
+    write_document(inner, Mode::Relaxed, out)?;
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_header(shard: &str, id: EntryId, op: &str, ns: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"shard\":");
+    write_str(shard, out);
+    out.extend_from_slice(b",\"ts\":");
+    write_ts(id, out);
+    out.extend_from_slice(b",\"id\":{\"ts\":");
+    write_ts(id, out);
+    if let Some(t) = id.term {
+        out.extend_from_slice(b",\"t\":");
+        out.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
+    }
+    if let Some(h) = id.hash {
+        out.extend_from_slice(b",\"h\":");
+        out.extend_from_slice(itoa::Buffer::new().format(h).as_bytes());
+    }
+    out.extend_from_slice(b"},\"op\":");
+    write_str(op, out);
+    out.extend_from_slice(b",\"ns\":");
+    write_str(ns, out);
+}
+
+fn write_ts(id: EntryId, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"t\":");
+    out.extend_from_slice(itoa::Buffer::new().format(id.ts.time).as_bytes());
+    out.extend_from_slice(b",\"i\":");
+    out.extend_from_slice(itoa::Buffer::new().format(id.ts.increment).as_bytes());
+    out.push(b'}');
+}
+
+/// The Kafka key of a document-level operation: `{"ns":"db.coll","_id":<canonical>}`.
+/// Canonical Extended JSON keeps `1`, `1.0` and `NumberLong(1)` apart, as MongoDB does.
+///
+/// # Errors
+/// When the raw bytes of the `_id` are not valid BSON.
+pub fn document_key(
+    ns: &str,
+    id: RawBsonRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    out.extend_from_slice(b"{\"ns\":");
+    write_str(ns, out);
+    out.extend_from_slice(b",\"_id\":");
+    write_value(id, Mode::Canonical, out)?;
+    out.push(b'}');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    #[test]
+    fn record_shape() {
+        let raw = rawdoc! {
+            "ts": bson::Timestamp { time: 1422998574, increment: 1 }, "h": -6781014703318499311_i64,
+            "v": 2, "op": "i", "ns": "test.mycollection", "o": { "_id": 1.0, "data": "hello" },
+        };
+        let e = OplogEntry::parse(&raw).unwrap();
+        let mut out = Vec::new();
+        encode_entry("shard01", &e, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"shard":"shard01","ts":{"t":1422998574,"i":1},"id":{"ts":{"t":1422998574,"i":1},"h":-6781014703318499311},"op":"i","ns":"test.mycollection","entry":{"ts":{"$timestamp":{"t":1422998574,"i":1}},"h":-6781014703318499311,"v":2,"op":"i","ns":"test.mycollection","o":{"_id":1.0,"data":"hello"}}}"#
+        );
+    }
+
+    #[test]
+    fn txn_record_and_keys() {
+        let inner = rawdoc! { "op": "i", "ns": "shop.orders", "o": { "_id": 7 } };
+        let lsid = rawdoc! { "id": 1 };
+        let mut out = Vec::new();
+        let commit = EntryId::new(crate::Timestamp::new(10, 2), 3);
+        encode_txn_op(
+            "s",
+            commit,
+            "i",
+            "shop.orders",
+            TxnInfo {
+                lsid: Some(&lsid),
+                txn_number: Some(4),
+                index: 1,
+            },
+            &inner,
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["txn"],
+            serde_json::json!({"lsid": {"id": 1}, "txnNumber": 4, "index": 1})
+        );
+        assert_eq!(
+            v["id"],
+            serde_json::json!({"ts": {"t": 10, "i": 2}, "t": 3})
+        );
+        assert_eq!(v["entry"]["o"]["_id"], 7);
+
+        let mut k = Vec::new();
+        document_key("shop.orders", RawBsonRef::Int32(7), &mut k).unwrap();
+        assert_eq!(k, br#"{"ns":"shop.orders","_id":{"$numberInt":"7"}}"#);
+    }
+}
