@@ -1,0 +1,1454 @@
+//! Command handlers: one function per command, dispatched on the first field name.
+//!
+//! Replies follow mongod's shapes (looked up in mongodb/mongo: `repl/hello_response.cpp` for
+//! field order, `query/cursor_response.cpp` for cursors, `s/commands/cluster_list_shards_cmd.cpp`
+//! for listShards, error codes from `base/error_codes.yml`). Errors are
+//! `{ok: 0, errmsg, code, codeName}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{doc, Bson, DateTime, Document, Timestamp};
+
+use crate::codec::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE};
+use crate::control;
+use crate::matcher;
+use crate::oplog::ts_key;
+use crate::server::{ConnCtx, Shared};
+use crate::world::{
+    bad_value, optime_doc, CmdError, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState,
+    World,
+};
+
+const DEFAULT_FIRST_BATCH: i64 = 101;
+/// Budget for documents in one reply (mongod keeps batches under 16 MB).
+const BATCH_BYTES: usize = MAX_BSON_OBJECT_SIZE - 64 * 1024;
+/// awaitData getMore without maxTimeMS waits one second, as mongod does.
+const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+type CmdResult = Result<Document, CmdError>;
+
+fn ok(mut d: Document) -> Document {
+    d.insert("ok", 1.0);
+    d
+}
+
+/// Renders an error reply.
+pub(crate) fn error_doc(e: &CmdError) -> Document {
+    doc! {"ok": 0.0, "errmsg": e.errmsg.clone(), "code": e.code, "codeName": e.code_name}
+}
+
+fn get_i64(d: &Document, key: &str) -> Option<i64> {
+    match d.get(key)? {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn get_bool(d: &Document, key: &str) -> bool {
+    match d.get(key) {
+        Some(Bson::Boolean(b)) => *b,
+        Some(other) => get_i64(&doc! {"x": other.clone()}, "x").is_some_and(|v| v != 0),
+        None => false,
+    }
+}
+
+fn get_doc(d: &Document, key: &str) -> Document {
+    d.get_document(key).cloned().unwrap_or_default()
+}
+
+fn type_error(field: &str, expected: &str) -> CmdError {
+    CmdError::new(
+        14,
+        "TypeMismatch",
+        format!("BSON field '{field}' is the wrong type, expected type '{expected}'"),
+    )
+}
+
+/// Entry point: runs one command and renders the reply.
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    me: SocketAddr,
+    ctx: &ConnCtx,
+    cmd: Document,
+) -> Document {
+    let name = cmd.keys().next().cloned().unwrap_or_default();
+    let db = cmd.get_str("$db").unwrap_or("admin").to_owned();
+    tracing::debug!(%me, peer = %ctx.peer, command = %name, %db, "command");
+    let result = dispatch(shared, me, ctx, &name, &db, &cmd).await;
+    match result {
+        Ok(d) => d,
+        Err(e) => error_doc(&e),
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    me: SocketAddr,
+    ctx: &ConnCtx,
+    name: &str,
+    db: &str,
+    cmd: &Document,
+) -> CmdResult {
+    let proc = shared
+        .world()
+        .locate(me)
+        .ok_or_else(|| CmdError::new(91, "ShutdownInProgress", "process is shutting down"))?;
+    if proc == Proc::Mongos
+        && db == "local"
+        && !matches!(name, "hello" | "isMaster" | "ismaster" | "ping")
+    {
+        return Err(CmdError::new(
+            20,
+            "IllegalOperation",
+            "Can't use 'local' database through mongos",
+        ));
+    }
+    match name {
+        "hello" | "isMaster" | "ismaster" => Ok(hello(shared, me, ctx, cmd, name != "hello")),
+        "ping" => Ok(ok(Document::new())),
+        "buildInfo" | "buildinfo" => Ok(build_info(&shared.world())),
+        "endSessions" | "killAllSessions" | "refreshSessions" | "startSession" => {
+            Ok(ok(Document::new()))
+        }
+        "getParameter" => Ok(ok(
+            doc! {"featureCompatibilityVersion": {"version": shared.world().version.to_string()}},
+        )),
+        "serverStatus" => Ok(server_status(&shared.world(), me)),
+        "replSetGetStatus" => repl_set_get_status(&shared.world(), proc),
+        "replSetStepDown" => step_down_cmd(shared, proc),
+        "find" => find(shared, proc, db, cmd),
+        "getMore" => get_more(shared, proc, db, cmd).await,
+        "killCursors" => kill_cursors(shared, proc, cmd),
+        "insert" => insert(shared, proc, db, cmd),
+        "update" => update(shared, proc, db, cmd),
+        "delete" => delete(shared, proc, db, cmd),
+        "create" => create(shared, proc, db, cmd),
+        "listDatabases" => list_databases(&shared.world(), proc),
+        "listCollections" => list_collections(&shared.world(), proc, db),
+        "listShards" if proc == Proc::Mongos => list_shards(&shared.world()),
+        "moveChunk" | "movechunk" if proc == Proc::Mongos => move_chunk_cmd(shared, cmd),
+        "removeShard" | "removeshard" if proc == Proc::Mongos => {
+            control::remove_shard_step(shared, cmd_str(cmd, name)?).await
+        }
+        "mongosimControl" => control::handle(shared, cmd).await,
+        other => Err(CmdError::new(
+            59,
+            "CommandNotFound",
+            format!("no such command: '{other}'"),
+        )),
+    }
+}
+
+fn cmd_str<'a>(cmd: &'a Document, key: &str) -> Result<&'a str, CmdError> {
+    cmd.get_str(key).map_err(|_| type_error(key, "string"))
+}
+
+fn build_info(w: &World) -> Document {
+    let v = w.version;
+    let arr: Vec<Bson> = v.version_array().iter().map(|x| Bson::Int32(*x)).collect();
+    ok(doc! {
+        "version": v.version_string(),
+        "gitVersion": "0000000000000000000000000000000000000000",
+        "modules": [],
+        "allocator": "system",
+        "javascriptEngine": "none",
+        "sysInfo": "deprecated",
+        "versionArray": arr,
+        "bits": 64,
+        "debug": false,
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE as i32,
+        "storageEngines": ["wiredTiger"],
+        "mongosim": true,
+    })
+}
+
+fn server_status(w: &World, me: SocketAddr) -> Document {
+    let process = if w.locate(me) == Some(Proc::Mongos) {
+        "mongos"
+    } else {
+        "mongod"
+    };
+    ok(doc! {
+        "host": me.to_string(),
+        "version": w.version.version_string(),
+        "process": process,
+        "localTime": DateTime::now(),
+    })
+}
+
+/// The hello / isMaster reply of the process at `me`.
+pub(crate) fn hello(
+    shared: &Arc<Shared>,
+    me: SocketAddr,
+    ctx: &ConnCtx,
+    cmd: &Document,
+    legacy: bool,
+) -> Document {
+    let w = shared.world();
+    let primary_field = if legacy {
+        "ismaster"
+    } else {
+        "isWritablePrimary"
+    };
+    let mut d = Document::new();
+    if get_bool(cmd, "helloOk") {
+        d.insert("helloOk", true);
+    }
+    match w.locate(me) {
+        Some(Proc::Mongos) | None => {
+            d.insert(primary_field, true);
+            d.insert("msg", "isdbgrid");
+        }
+        Some(Proc::Node { set, node }) => {
+            let s = &w.sets[set];
+            let n = &s.nodes[node];
+            let hosts: Vec<Bson> = s
+                .nodes
+                .iter()
+                .map(|m| Bson::String(m.addr.to_string()))
+                .collect();
+            d.insert("hosts", hosts);
+            d.insert("setName", s.name.clone());
+            d.insert("setVersion", s.set_version);
+            let is_primary = n.state == MemberState::Primary;
+            d.insert(primary_field, is_primary);
+            d.insert("secondary", !is_primary);
+            let seen_primary = (0..s.nodes.len())
+                .filter(|i| {
+                    s.sees(node, *i)
+                        && s.nodes[*i].alive
+                        && s.nodes[*i].state == MemberState::Primary
+                })
+                .max_by_key(|i| s.nodes[*i].term);
+            if let Some(p) = seen_primary {
+                d.insert("primary", s.nodes[p].addr.to_string());
+            }
+            d.insert("me", n.addr.to_string());
+            if is_primary {
+                d.insert("electionId", crate::world::election_id_for_term(n.term));
+            }
+            let (ts, t) = n.last_optime();
+            let last_wall = n
+                .oplog
+                .last()
+                .and_then(|e| e.doc.get_datetime("wall").ok().copied())
+                .unwrap_or_else(DateTime::now);
+            let mut last_write = doc! {"opTime": optime_doc(ts, t), "lastWriteDate": last_wall};
+            if let Some(c) = &s.commit_point {
+                let cwall = c
+                    .doc
+                    .get_datetime("wall")
+                    .ok()
+                    .copied()
+                    .unwrap_or(last_wall);
+                last_write.insert("majorityOpTime", optime_doc(c.id.ts, c.id.t.unwrap_or(-1)));
+                last_write.insert("majorityWriteDate", cwall);
+            }
+            d.insert("lastWrite", last_write);
+            if s.role == SetRole::ConfigServer {
+                d.insert("configsvr", 2);
+            }
+        }
+    }
+    d.insert("maxBsonObjectSize", MAX_BSON_OBJECT_SIZE as i32);
+    d.insert("maxMessageSizeBytes", MAX_MESSAGE_SIZE as i32);
+    d.insert("maxWriteBatchSize", 100_000);
+    d.insert("localTime", DateTime::now());
+    d.insert("logicalSessionTimeoutMinutes", 30);
+    d.insert("connectionId", ctx.connection_id);
+    d.insert("minWireVersion", 0);
+    d.insert("maxWireVersion", w.version.max_wire_version());
+    d.insert("readOnly", false);
+    ok(d)
+}
+
+fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
+    match proc {
+        Proc::Node { set, node } => Ok((set, node)),
+        Proc::Mongos => Err(CmdError::new(
+            59,
+            "CommandNotFound",
+            "no such command on mongos (mongosim)",
+        )),
+    }
+}
+
+fn repl_set_get_status(w: &World, proc: Proc) -> CmdResult {
+    let (s, me) = match proc {
+        Proc::Node { set, node } => (set, node),
+        Proc::Mongos => {
+            return Err(CmdError::new(
+                59,
+                "CommandNotFound",
+                "no such command: 'replSetGetStatus'",
+            ))
+        }
+    };
+    let set = &w.sets[s];
+    let node = &set.nodes[me];
+    let (ts, t) = node.last_optime();
+    let commit = set
+        .commit_point
+        .as_ref()
+        .map(|c| optime_doc(c.id.ts, c.id.t.unwrap_or(-1)))
+        .unwrap_or_else(|| {
+            optime_doc(
+                Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+                -1,
+            )
+        });
+    let primary = set.sync_source();
+    let mut members = Vec::new();
+    for (i, m) in set.nodes.iter().enumerate() {
+        let visible = set.sees(me, i) && m.alive;
+        let (mts, mt) = m.last_optime();
+        let wall = m
+            .oplog
+            .last()
+            .and_then(|e| e.doc.get_datetime("wall").ok().copied())
+            .unwrap_or_else(|| DateTime::from_millis(i64::from(mts.time) * 1000));
+        let mut md = doc! {"_id": i as i32, "name": m.addr.to_string()};
+        if visible {
+            md.insert("health", 1.0);
+            md.insert("state", m.state.code());
+            md.insert("stateStr", m.state.name());
+            md.insert("uptime", 1);
+            md.insert("optime", optime_doc(mts, mt));
+            md.insert("optimeDate", wall);
+            let sync = if m.state == MemberState::Secondary {
+                primary
+                    .filter(|p| *p != i)
+                    .map(|p| set.nodes[p].addr.to_string())
+            } else {
+                None
+            };
+            md.insert("syncSourceHost", sync.clone().unwrap_or_default());
+            md.insert(
+                "syncSourceId",
+                sync.map(|_| primary.unwrap_or(0) as i32).unwrap_or(-1),
+            );
+        } else {
+            md.insert("health", 0.0);
+            md.insert("state", 8);
+            md.insert("stateStr", "(not reachable/healthy)");
+            md.insert("uptime", 0);
+            md.insert(
+                "optime",
+                optime_doc(
+                    Timestamp {
+                        time: 0,
+                        increment: 0,
+                    },
+                    -1,
+                ),
+            );
+            md.insert("optimeDate", DateTime::from_millis(0));
+        }
+        md.insert("configVersion", set.set_version);
+        if i == me {
+            md.insert("self", true);
+        }
+        members.push(Bson::Document(md));
+    }
+    let majority = set.majority() as i32;
+    Ok(ok(doc! {
+        "set": set.name.clone(),
+        "date": DateTime::now(),
+        "myState": node.state.code(),
+        "term": node.term,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": majority,
+        "writeMajorityCount": majority,
+        "votingMembersCount": set.nodes.len() as i32,
+        "writableVotingMembersCount": set.nodes.len() as i32,
+        "optimes": {
+            "lastCommittedOpTime": commit.clone(),
+            "readConcernMajorityOpTime": commit,
+            "appliedOpTime": optime_doc(ts, t),
+            "durableOpTime": optime_doc(ts, t),
+        },
+        "members": members,
+    }))
+}
+
+fn step_down_cmd(shared: &Arc<Shared>, proc: Proc) -> CmdResult {
+    let (s, n) = node_of(proc)?;
+    {
+        let mut w = shared.world();
+        if w.sets[s].nodes[n].state != MemberState::Primary {
+            return Err(CmdError::not_primary());
+        }
+        w.step_down(s, Instant::now())?;
+    }
+    shared.notify();
+    Ok(ok(Document::new()))
+}
+
+/// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
+fn secondary_ok(cmd: &Document) -> bool {
+    cmd.get_document("$readPreference")
+        .ok()
+        .and_then(|rp| rp.get_str("mode").ok())
+        .is_some_and(|m| m != "primary")
+}
+
+fn check_readable(w: &World, s: usize, n: usize, cmd: &Document) -> Result<(), CmdError> {
+    if w.sets[s].nodes[n].state == MemberState::Primary || secondary_ok(cmd) {
+        Ok(())
+    } else {
+        Err(CmdError::new(
+            13435,
+            "NotPrimaryNoSecondaryOk",
+            "not primary and secondaryOk=false",
+        ))
+    }
+}
+
+struct FindArgs {
+    ns: String,
+    filter: Document,
+    projection: Option<Document>,
+    sort: Option<Document>,
+    skip: usize,
+    limit: Option<i64>,
+    batch_size: Option<i64>,
+    single_batch: bool,
+    tailable: bool,
+    await_data: bool,
+}
+
+fn parse_find(db: &str, cmd: &Document) -> Result<FindArgs, CmdError> {
+    let coll = cmd_str(cmd, "find")?;
+    let mut limit = get_i64(cmd, "limit").filter(|l| *l != 0);
+    let mut single_batch = get_bool(cmd, "singleBatch");
+    if let Some(l) = limit {
+        if l < 0 {
+            limit = Some(-l);
+            single_batch = true;
+        }
+    }
+    let batch_size = get_i64(cmd, "batchSize");
+    if batch_size.is_some_and(|b| b < 0) {
+        return Err(CmdError::new(
+            2,
+            "BadValue",
+            "BatchSize value must be non-negative",
+        ));
+    }
+    let tailable = get_bool(cmd, "tailable");
+    let await_data = get_bool(cmd, "awaitData");
+    if await_data && !tailable {
+        return Err(CmdError::new(
+            2,
+            "BadValue",
+            "Cannot set 'awaitData' without also setting 'tailable'",
+        ));
+    }
+    Ok(FindArgs {
+        ns: format!("{db}.{coll}"),
+        filter: get_doc(cmd, "filter"),
+        projection: cmd
+            .get_document("projection")
+            .ok()
+            .cloned()
+            .filter(|p| !p.is_empty()),
+        sort: cmd
+            .get_document("sort")
+            .ok()
+            .cloned()
+            .filter(|p| !p.is_empty()),
+        skip: get_i64(cmd, "skip").unwrap_or(0).max(0) as usize,
+        limit,
+        batch_size,
+        single_batch,
+        tailable,
+        await_data,
+    })
+}
+
+fn cursor_reply(id: i64, ns: &str, batch: Vec<Document>, first: bool) -> Document {
+    let key = if first { "firstBatch" } else { "nextBatch" };
+    let batch: Vec<Bson> = batch.into_iter().map(Bson::Document).collect();
+    ok(doc! {"cursor": {key: batch, "id": id, "ns": ns}})
+}
+
+/// Takes up to `n` documents (and at most [`BATCH_BYTES`]) from a buffer.
+fn take_batch(buf: &mut std::collections::VecDeque<Document>, n: Option<i64>) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(d) = buf.front() {
+        if n.is_some_and(|n| out.len() as i64 >= n) {
+            break;
+        }
+        let size = d.to_vec().map(|v| v.len()).unwrap_or(0);
+        if !out.is_empty() && bytes + size > BATCH_BYTES {
+            break;
+        }
+        bytes += size;
+        if let Some(d) = buf.pop_front() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn config_docs(w: &World, coll: &str) -> Vec<Document> {
+    let Some(sh) = &w.sharding else {
+        return Vec::new();
+    };
+    match coll {
+        "shards" => shard_docs(w),
+        "chunks" => {
+            let mut out = Vec::new();
+            for (ns, chunks) in &sh.collections {
+                for c in chunks {
+                    let uuid = w
+                        .shard_set(&c.shard)
+                        .and_then(|s| w.sets[s].uuids.get(ns).copied());
+                    let mut d = doc! {
+                        "_id": format!("{ns}-_id_{}", c.min),
+                        "ns": ns.clone(),
+                    };
+                    if let Some(u) = uuid {
+                        d.insert("uuid", u);
+                    }
+                    d.insert("min", doc! {"_id": c.min.clone()});
+                    d.insert("max", doc! {"_id": c.max.clone()});
+                    d.insert("shard", c.shard.clone());
+                    out.push(d);
+                }
+            }
+            out
+        }
+        "collections" => sh
+            .collections
+            .keys()
+            .map(|ns| doc! {"_id": ns.clone(), "key": {"_id": 1}, "unique": false})
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// config.shards documents (also the listShards payload).
+pub(crate) fn shard_docs(w: &World) -> Vec<Document> {
+    let Some(sh) = &w.sharding else {
+        return Vec::new();
+    };
+    sh.shards
+        .iter()
+        .filter(|x| x.state != ShardState::Removed)
+        .map(|x| {
+            let mut d =
+                doc! {"_id": x.name.clone(), "host": w.sets[x.set].host_string(), "state": 1};
+            if x.state == ShardState::Draining {
+                d.insert("draining", true);
+            }
+            d
+        })
+        .collect()
+}
+
+fn filter_sort_project(mut docs: Vec<Document>, a: &FindArgs) -> Result<Vec<Document>, CmdError> {
+    let mut kept = Vec::new();
+    for d in docs.drain(..) {
+        if matcher::matches(&d, &a.filter).map_err(bad_value)? {
+            kept.push(d);
+        }
+    }
+    if let Some(s) = &a.sort {
+        matcher::sort(&mut kept, s);
+    }
+    let mut kept: Vec<Document> = kept.into_iter().skip(a.skip).collect();
+    if let Some(l) = a.limit {
+        kept.truncate(l as usize);
+    }
+    if let Some(p) = &a.projection {
+        kept = kept.iter().map(|d| matcher::project(d, p)).collect();
+    }
+    Ok(kept)
+}
+
+fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    let a = parse_find(db, cmd)?;
+    let mut w = shared.world();
+    let first_n = a.batch_size.or(Some(DEFAULT_FIRST_BATCH));
+    let docs = match proc {
+        Proc::Mongos => {
+            if a.tailable {
+                return Err(CmdError::new(
+                    2,
+                    "BadValue",
+                    "tailable cursors are not supported through mongos by mongosim",
+                ));
+            }
+            if db == "config" {
+                config_docs(&w, cmd_str(cmd, "find")?)
+            } else {
+                let sh = w.sharding()?;
+                let sets: Vec<usize> = sh
+                    .shards
+                    .iter()
+                    .filter(|x| x.state != ShardState::Removed)
+                    .map(|x| x.set)
+                    .collect();
+                let mut all = Vec::new();
+                for s in sets {
+                    let p = w.sets[s].sync_source().ok_or_else(|| {
+                        CmdError::new(133, "FailedToSatisfyReadPreference", format!("Could not find host matching read preference {{ mode: \"primary\" }} for set {}", w.sets[s].name))
+                    })?;
+                    if let Some(c) = w.sets[s].nodes[p].data.get(&a.ns) {
+                        // mongos filters orphans: only documents owned by this shard's chunks.
+                        let shard_name = w.sets[s].name.clone();
+                        let chunks = w
+                            .sharding
+                            .as_ref()
+                            .and_then(|sh| sh.collections.get(&a.ns))
+                            .cloned();
+                        all.extend(
+                            c.docs
+                                .iter()
+                                .filter(|d| match &chunks {
+                                    Some(chunks) => d
+                                        .get("_id")
+                                        .and_then(|id| chunks.iter().find(|c| c.contains(id)))
+                                        .is_some_and(|c| c.shard == shard_name),
+                                    None => true,
+                                })
+                                .cloned(),
+                        );
+                    }
+                }
+                all
+            }
+        }
+        Proc::Node { set: s, node: n } => {
+            check_readable(&w, s, n, cmd)?;
+            if a.ns == "local.oplog.rs" {
+                return find_oplog(&mut w, s, n, &a, first_n);
+            }
+            if a.tailable {
+                return Err(CmdError::new(
+                    2,
+                    "BadValue",
+                    format!("error processing query: ns={} tailable cursor requested on non capped collection", a.ns),
+                ));
+            }
+            if db == "config" && w.sets[s].role == SetRole::ConfigServer {
+                config_docs(&w, cmd_str(cmd, "find")?)
+            } else {
+                w.sets[s].nodes[n]
+                    .data
+                    .get(&a.ns)
+                    .map(|c| c.docs.clone())
+                    .unwrap_or_default()
+            }
+        }
+    };
+    let mut buf: std::collections::VecDeque<Document> = filter_sort_project(docs, &a)?.into();
+    let batch = take_batch(&mut buf, first_n);
+    let id = if buf.is_empty() || a.single_batch {
+        0
+    } else {
+        let id = w.new_cursor_id();
+        let cursor = Cursor {
+            ns: a.ns.clone(),
+            kind: CursorKind::Buffered(buf),
+            limit_remaining: None,
+        };
+        match proc {
+            Proc::Mongos => {
+                if let Some(sh) = w.sharding.as_mut() {
+                    sh.cursors.insert(id, cursor);
+                }
+            }
+            Proc::Node { set, node } => {
+                w.sets[set].nodes[node].cursors.insert(id, cursor);
+            }
+        }
+        id
+    };
+    Ok(cursor_reply(id, &a.ns, batch, true))
+}
+
+/// Lower bound for the scan from a `ts: {$gt|$gte: X}` filter (an optimization only: every
+/// entry is still checked against the full filter).
+fn scan_start(w: &World, s: usize, n: usize, filter: &Document) -> usize {
+    let log = &w.sets[s].nodes[n].oplog;
+    match filter.get("ts") {
+        Some(Bson::Document(ops)) => {
+            if let Some(Bson::Timestamp(ts)) = ops.get("$gt") {
+                log.index_after(*ts)
+            } else if let Some(Bson::Timestamp(ts)) = ops.get("$gte") {
+                log.index_at_or_after(*ts)
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// Scans the oplog from `start`; returns the batch and the ts of the last examined entry.
+fn scan_oplog(
+    w: &World,
+    s: usize,
+    n: usize,
+    start: usize,
+    filter: &Document,
+    projection: Option<&Document>,
+    max: Option<i64>,
+) -> Result<(Vec<Document>, Option<Timestamp>), CmdError> {
+    let log = &w.sets[s].nodes[n].oplog;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    for e in log.iter().skip(start) {
+        if max.is_some_and(|m| out.len() as i64 >= m)
+            || (!out.is_empty() && bytes + e.size > BATCH_BYTES)
+        {
+            break;
+        }
+        last = Some(e.id.ts);
+        if matcher::matches(&e.doc, filter).map_err(bad_value)? {
+            bytes += e.size;
+            out.push(match projection {
+                Some(p) => matcher::project(&e.doc, p),
+                None => e.doc.clone(),
+            });
+        }
+    }
+    Ok((out, last))
+}
+
+fn find_oplog(w: &mut World, s: usize, n: usize, a: &FindArgs, first_n: Option<i64>) -> CmdResult {
+    let reverse = a
+        .sort
+        .as_ref()
+        .and_then(|s| get_i64(s, "$natural"))
+        .is_some_and(|d| d < 0);
+    if a.sort.as_ref().is_some_and(|s| !s.contains_key("$natural")) || reverse {
+        if a.tailable {
+            return Err(CmdError::new(
+                2,
+                "BadValue",
+                "cannot use tailable option with a sort other than {$natural: 1}",
+            ));
+        }
+        let docs: Vec<Document> = w.sets[s].nodes[n]
+            .oplog
+            .iter()
+            .map(|e| e.doc.clone())
+            .collect();
+        let mut buf: std::collections::VecDeque<Document> = filter_sort_project(docs, a)?.into();
+        let batch = take_batch(&mut buf, first_n);
+        let id = if buf.is_empty() || a.single_batch {
+            0
+        } else {
+            let id = w.new_cursor_id();
+            w.sets[s].nodes[n].cursors.insert(
+                id,
+                Cursor {
+                    ns: a.ns.clone(),
+                    kind: CursorKind::Buffered(buf),
+                    limit_remaining: None,
+                },
+            );
+            id
+        };
+        return Ok(cursor_reply(id, &a.ns, batch, true));
+    }
+    if a.tailable && w.sets[s].nodes[n].oplog.is_empty() {
+        // A tailable find on an empty capped collection returns cursor id 0.
+        return Ok(cursor_reply(0, &a.ns, Vec::new(), true));
+    }
+    let start = scan_start(w, s, n, &a.filter) + a.skip;
+    let max = match (first_n, a.limit) {
+        (Some(b), Some(l)) => Some(b.min(l)),
+        (b, l) => b.or(l),
+    };
+    let (batch, last) = scan_oplog(w, s, n, start, &a.filter, a.projection.as_ref(), max)?;
+    let last_ts = last.or_else(|| {
+        // Nothing examined: position at the entry before the scan start (or the newest).
+        let log = &w.sets[s].nodes[n].oplog;
+        start
+            .checked_sub(1)
+            .and_then(|i| log.get(i))
+            .map(|e| e.id.ts)
+    });
+    let limit_remaining = a.limit.map(|l| l - batch.len() as i64);
+    let exhausted_limit = limit_remaining.is_some_and(|r| r <= 0);
+    if a.tailable {
+        if exhausted_limit || a.single_batch {
+            return Ok(cursor_reply(0, &a.ns, batch, true));
+        }
+        let id = w.new_cursor_id();
+        w.sets[s].nodes[n].cursors.insert(
+            id,
+            Cursor {
+                ns: a.ns.clone(),
+                kind: CursorKind::Tail {
+                    filter: a.filter.clone(),
+                    projection: a.projection.clone(),
+                    last_ts,
+                    await_data: a.await_data,
+                },
+                limit_remaining,
+            },
+        );
+        return Ok(cursor_reply(id, &a.ns, batch, true));
+    }
+    // Non-tailable oplog scan: materialize the rest.
+    let log = &w.sets[s].nodes[n].oplog;
+    let resume = match last_ts {
+        Some(ts) => log.index_after(ts),
+        None => log.len(),
+    };
+    let rest_docs: Vec<Document> = log.iter().skip(resume).map(|e| e.doc.clone()).collect();
+    let rest_args = FindArgs {
+        ns: a.ns.clone(),
+        filter: a.filter.clone(),
+        projection: a.projection.clone(),
+        sort: None,
+        skip: 0,
+        limit: limit_remaining,
+        batch_size: None,
+        single_batch: false,
+        tailable: false,
+        await_data: false,
+    };
+    let rest = if exhausted_limit {
+        Vec::new()
+    } else {
+        filter_sort_project(rest_docs, &rest_args)?
+    };
+    if rest.is_empty() || a.single_batch {
+        return Ok(cursor_reply(0, &a.ns, batch, true));
+    }
+    let id = w.new_cursor_id();
+    w.sets[s].nodes[n].cursors.insert(
+        id,
+        Cursor {
+            ns: a.ns.clone(),
+            kind: CursorKind::Buffered(rest.into()),
+            limit_remaining: None,
+        },
+    );
+    Ok(cursor_reply(id, &a.ns, batch, true))
+}
+
+enum Step {
+    Reply(Document),
+    Wait {
+        deadline: tokio::time::Instant,
+        epoch: u64,
+    },
+}
+
+async fn get_more(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    let id = match cmd.get("getMore") {
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Int32(v)) => i64::from(*v),
+        _ => return Err(type_error("getMore", "long")),
+    };
+    let coll = cmd_str(cmd, "collection")?;
+    let ns = format!("{db}.{coll}");
+    let batch_size = get_i64(cmd, "batchSize").filter(|b| *b > 0);
+    let max_time = get_i64(cmd, "maxTimeMS").map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut start_epoch: Option<u64> = None;
+    loop {
+        let mut rx = shared.changes.subscribe();
+        let step = {
+            let mut w = shared.world();
+            get_more_step(
+                &mut w,
+                proc,
+                id,
+                &ns,
+                batch_size,
+                max_time,
+                &mut deadline,
+                &mut start_epoch,
+            )?
+        };
+        match step {
+            Step::Reply(d) => return Ok(d),
+            Step::Wait { deadline, epoch } => {
+                tokio::select! {
+                    _ = rx.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+                if let Proc::Node { set, node } = proc {
+                    let mut w = shared.world();
+                    if w.sets[set].nodes[node].epoch != epoch {
+                        w.sets[set].nodes[node].cursors.remove(&id);
+                        w.sets[set].nodes[node].dead_cursors.remove(&id);
+                        return Err(CmdError::new(
+                            11602,
+                            "InterruptedDueToReplStateChange",
+                            "operation was interrupted because of a replication state change (rollback)",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn get_more_step(
+    w: &mut World,
+    proc: Proc,
+    id: i64,
+    ns: &str,
+    batch_size: Option<i64>,
+    max_time: Option<Duration>,
+    deadline: &mut Option<tokio::time::Instant>,
+    start_epoch: &mut Option<u64>,
+) -> Result<Step, CmdError> {
+    let not_found = || CmdError::new(43, "CursorNotFound", format!("cursor id {id} not found"));
+    let (s, n) = match proc {
+        Proc::Mongos => {
+            let sh = w.sharding.as_mut().ok_or_else(not_found)?;
+            let cursor = sh.cursors.get_mut(&id).ok_or_else(not_found)?;
+            let CursorKind::Buffered(buf) = &mut cursor.kind else {
+                return Err(not_found());
+            };
+            let batch = take_batch(buf, batch_size);
+            let done = buf.is_empty();
+            if done {
+                sh.cursors.remove(&id);
+            }
+            return Ok(Step::Reply(cursor_reply(
+                if done { 0 } else { id },
+                ns,
+                batch,
+                false,
+            )));
+        }
+        Proc::Node { set, node } => (set, node),
+    };
+    if let Some(e) = w.sets[s].nodes[n].dead_cursors.remove(&id) {
+        return Err(e);
+    }
+    let epoch = w.sets[s].nodes[n].epoch;
+    start_epoch.get_or_insert(epoch);
+    let cursor = w.sets[s].nodes[n]
+        .cursors
+        .get(&id)
+        .cloned()
+        .ok_or_else(not_found)?;
+    if cursor.ns != ns {
+        return Err(CmdError::new(
+            13,
+            "Unauthorized",
+            format!("Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}", cursor.ns),
+        ));
+    }
+    match cursor.kind {
+        CursorKind::Buffered(mut buf) => {
+            let batch = take_batch(&mut buf, batch_size);
+            let node = &mut w.sets[s].nodes[n];
+            let done = buf.is_empty();
+            if done {
+                node.cursors.remove(&id);
+            } else if let Some(c) = node.cursors.get_mut(&id) {
+                c.kind = CursorKind::Buffered(buf);
+            }
+            Ok(Step::Reply(cursor_reply(
+                if done { 0 } else { id },
+                ns,
+                batch,
+                false,
+            )))
+        }
+        CursorKind::Tail {
+            filter,
+            projection,
+            last_ts,
+            await_data,
+        } => {
+            let log = &w.sets[s].nodes[n].oplog;
+            let lost = match (log.first(), last_ts) {
+                (_, None) => false,
+                (Some(first), Some(lt)) => ts_key(first.id.ts) > ts_key(lt),
+                (None, Some(_)) => true,
+            };
+            if let (true, Some(last_ts)) = (lost, last_ts) {
+                w.sets[s].nodes[n].cursors.remove(&id);
+                let record_id = (i64::from(last_ts.time) << 32) | i64::from(last_ts.increment);
+                return Err(CmdError::new(
+                    136,
+                    "CappedPositionLost",
+                    format!("CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({record_id})"),
+                ));
+            }
+            let start = match last_ts {
+                Some(lt) => log.index_after(lt),
+                None => scan_start(w, s, n, &filter),
+            };
+            let max = match (batch_size, cursor.limit_remaining) {
+                (Some(b), Some(l)) => Some(b.min(l)),
+                (b, l) => b.or(l),
+            };
+            let (batch, last) = scan_oplog(w, s, n, start, &filter, projection.as_ref(), max)?;
+            let limit_remaining = cursor.limit_remaining.map(|l| l - batch.len() as i64);
+            let node = &mut w.sets[s].nodes[n];
+            if let Some(c) = node.cursors.get_mut(&id) {
+                if let CursorKind::Tail { last_ts: lt, .. } = &mut c.kind {
+                    if last.is_some() {
+                        *lt = last;
+                    }
+                }
+                c.limit_remaining = limit_remaining;
+            }
+            if limit_remaining.is_some_and(|r| r <= 0) {
+                node.cursors.remove(&id);
+                return Ok(Step::Reply(cursor_reply(0, ns, batch, false)));
+            }
+            if !batch.is_empty() || !await_data {
+                return Ok(Step::Reply(cursor_reply(id, ns, batch, false)));
+            }
+            let now = tokio::time::Instant::now();
+            let dl = *deadline.get_or_insert(now + max_time.unwrap_or(DEFAULT_AWAIT));
+            if now >= dl {
+                return Ok(Step::Reply(cursor_reply(id, ns, batch, false)));
+            }
+            Ok(Step::Wait {
+                deadline: dl,
+                epoch: start_epoch.unwrap_or(epoch),
+            })
+        }
+    }
+}
+
+fn kill_cursors(shared: &Arc<Shared>, proc: Proc, cmd: &Document) -> CmdResult {
+    let ids: Vec<i64> = cmd
+        .get_array("cursors")
+        .map_err(|_| type_error("cursors", "array"))?
+        .iter()
+        .filter_map(|b| match b {
+            Bson::Int64(v) => Some(*v),
+            Bson::Int32(v) => Some(i64::from(*v)),
+            _ => None,
+        })
+        .collect();
+    let mut w = shared.world();
+    let mut killed = Vec::new();
+    let mut not_found = Vec::new();
+    for id in ids {
+        let removed = match proc {
+            Proc::Mongos => w
+                .sharding
+                .as_mut()
+                .and_then(|sh| sh.cursors.remove(&id))
+                .is_some(),
+            Proc::Node { set, node } => {
+                let nd = &mut w.sets[set].nodes[node];
+                nd.cursors.remove(&id).is_some() || nd.dead_cursors.remove(&id).is_some()
+            }
+        };
+        if removed {
+            killed.push(Bson::Int64(id));
+        } else {
+            not_found.push(Bson::Int64(id));
+        }
+    }
+    Ok(ok(doc! {
+        "cursorsKilled": killed,
+        "cursorsNotFound": not_found,
+        "cursorsAlive": [],
+        "cursorsUnknown": [],
+    }))
+}
+
+fn documents(cmd: &Document, key: &str) -> Result<Vec<Document>, CmdError> {
+    cmd.get_array(key)
+        .map_err(|_| type_error(key, "array"))?
+        .iter()
+        .map(|b| match b {
+            Bson::Document(d) => Ok(d.clone()),
+            _ => Err(type_error(key, "object")),
+        })
+        .collect()
+}
+
+fn write_error(index: usize, e: &CmdError) -> Bson {
+    Bson::Document(doc! {"index": index as i32, "code": e.code, "errmsg": e.errmsg.clone()})
+}
+
+/// Which set/node a write goes to: the node itself, or (mongos) the owning shard's primary.
+fn route(w: &mut World, ns: &str, id: Option<&Bson>) -> Result<Vec<(usize, usize)>, CmdError> {
+    let chunks = w.chunks_for(ns);
+    let shards: Vec<String> = match id {
+        Some(id) => chunks
+            .iter()
+            .find(|c| c.contains(id))
+            .map(|c| vec![c.shard.clone()])
+            .unwrap_or_default(),
+        None => {
+            let mut v: Vec<String> = chunks.iter().map(|c| c.shard.clone()).collect();
+            v.dedup();
+            v.sort();
+            v.dedup();
+            v
+        }
+    };
+    let mut out = Vec::new();
+    for shard in shards {
+        let s = w.shard_set(&shard).ok_or_else(|| {
+            CmdError::new(70, "ShardNotFound", format!("Shard {shard} not found"))
+        })?;
+        let p = w.sets[s].sync_source().ok_or_else(CmdError::not_primary)?;
+        out.push((s, p));
+    }
+    Ok(out)
+}
+
+fn check_user_ns(db: &str, proc: Proc) -> Result<(), CmdError> {
+    if db == "local" && proc != Proc::Mongos {
+        return Err(CmdError::new(
+            20,
+            "IllegalOperation",
+            "mongosim does not accept writes to the local database",
+        ));
+    }
+    Ok(())
+}
+
+fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, "insert")?);
+    let docs = documents(cmd, "documents")?;
+    let ordered = cmd.get_bool("ordered").unwrap_or(true);
+    let now = Instant::now();
+    let mut w = shared.world();
+    let mut n_ok = 0;
+    let mut errors = Vec::new();
+    match proc {
+        Proc::Node { set, node } => {
+            w.check_writable(set, node)?;
+            for (i, d) in docs.into_iter().enumerate() {
+                match w.insert(set, node, &ns, vec![d], false, now) {
+                    Ok(c) => n_ok += c,
+                    Err((_, e)) => {
+                        errors.push(write_error(i, &e));
+                        if ordered {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Proc::Mongos => {
+            for (i, mut d) in docs.into_iter().enumerate() {
+                if !d.contains_key("_id") {
+                    let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
+                    with_id.extend(d);
+                    d = with_id;
+                }
+                let id = d.get("_id").cloned();
+                let r = route(&mut w, &ns, id.as_ref()).and_then(|targets| {
+                    let (s, p) = targets.first().copied().ok_or_else(|| {
+                        CmdError::new(70, "ShardNotFound", "no shard owns the key")
+                    })?;
+                    w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
+                });
+                match r {
+                    Ok(c) => n_ok += c,
+                    Err(e) => {
+                        errors.push(write_error(i, &e));
+                        if ordered {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(w);
+    shared.notify();
+    let mut reply = doc! {"n": n_ok as i32};
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(ok(reply))
+}
+
+fn id_of_filter(q: &Document) -> Option<&Bson> {
+    match q.get("_id") {
+        Some(Bson::Document(d)) if d.keys().any(|k| k.starts_with('$')) => d.get("$eq"),
+        other => other,
+    }
+}
+
+fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, "update")?);
+    let updates = documents(cmd, "updates")?;
+    let now = Instant::now();
+    let mut w = shared.world();
+    if let Proc::Node { set, node } = proc {
+        w.check_writable(set, node)?;
+    }
+    let (mut n, mut n_modified) = (0usize, 0usize);
+    let mut upserted = Vec::new();
+    let mut errors = Vec::new();
+    for (i, st) in updates.iter().enumerate() {
+        let q = get_doc(st, "q");
+        let u = match st.get("u") {
+            Some(Bson::Document(u)) => u.clone(),
+            _ => {
+                errors.push(write_error(
+                    i,
+                    &CmdError::new(
+                        9,
+                        "FailedToParse",
+                        "mongosim supports only document updates, not pipelines",
+                    ),
+                ));
+                break;
+            }
+        };
+        let multi = get_bool(st, "multi");
+        let upsert = get_bool(st, "upsert");
+        let targets = match proc {
+            Proc::Node { set, node } => Ok(vec![(set, node)]),
+            Proc::Mongos => {
+                let id = id_of_filter(&q).cloned().or_else(|| {
+                    if upsert {
+                        u.get("_id").cloned()
+                    } else {
+                        None
+                    }
+                });
+                route(&mut w, &ns, id.as_ref())
+            }
+        };
+        let r = targets.and_then(|targets| {
+            let mut acc = (0, 0, None);
+            for (s, p) in targets {
+                let (m, md, up) = w.update(s, p, &ns, &q, &u, multi, upsert, now)?;
+                acc.0 += m;
+                acc.1 += md;
+                acc.2 = acc.2.or(up);
+            }
+            Ok(acc)
+        });
+        match r {
+            Ok((m, md, up)) => {
+                n += m;
+                n_modified += md;
+                if let Some(id) = up {
+                    n += 1;
+                    upserted.push(Bson::Document(doc! {"index": i as i32, "_id": id}));
+                }
+            }
+            Err(e) => {
+                errors.push(write_error(i, &e));
+                break;
+            }
+        }
+    }
+    drop(w);
+    shared.notify();
+    let mut reply = doc! {"n": n as i32, "nModified": n_modified as i32};
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(ok(reply))
+}
+
+fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, "delete")?);
+    let deletes = documents(cmd, "deletes")?;
+    let now = Instant::now();
+    let mut w = shared.world();
+    if let Proc::Node { set, node } = proc {
+        w.check_writable(set, node)?;
+    }
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for (i, st) in deletes.iter().enumerate() {
+        let q = get_doc(st, "q");
+        let limit_one = get_i64(st, "limit").unwrap_or(0) == 1;
+        let targets = match proc {
+            Proc::Node { set, node } => Ok(vec![(set, node)]),
+            Proc::Mongos => route(&mut w, &ns, id_of_filter(&q)),
+        };
+        let r = targets.and_then(|targets| {
+            let mut count = 0;
+            for (s, p) in targets {
+                count += w.delete(s, p, &ns, &q, limit_one, false, now)?;
+                if limit_one && count > 0 {
+                    break;
+                }
+            }
+            Ok(count)
+        });
+        match r {
+            Ok(c) => n += c,
+            Err(e) => {
+                errors.push(write_error(i, &e));
+                break;
+            }
+        }
+    }
+    drop(w);
+    shared.notify();
+    let mut reply = doc! {"n": n as i32};
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(ok(reply))
+}
+
+fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, "create")?);
+    let now = Instant::now();
+    let mut w = shared.world();
+    match proc {
+        Proc::Node { set, node } => {
+            w.check_writable(set, node)?;
+            w.ensure_collection(set, node, &ns, false, now);
+        }
+        Proc::Mongos => {
+            for (s, p) in route(&mut w, &ns, None)? {
+                w.ensure_collection(s, p, &ns, false, now);
+            }
+        }
+    }
+    drop(w);
+    shared.notify();
+    Ok(ok(Document::new()))
+}
+
+fn list_databases(w: &World, proc: Proc) -> CmdResult {
+    let mut names: Vec<String> = match proc {
+        Proc::Node { set, node } => {
+            let mut v: Vec<String> = w.sets[set].nodes[node]
+                .data
+                .keys()
+                .filter_map(|ns| ns.split('.').next().map(str::to_owned))
+                .collect();
+            v.push("local".into());
+            v
+        }
+        Proc::Mongos => w
+            .sets
+            .iter()
+            .filter(|s| s.role == SetRole::Shard && !s.removed)
+            .filter_map(|s| s.sync_source().map(|p| &s.nodes[p]))
+            .flat_map(|n| {
+                n.data
+                    .keys()
+                    .filter_map(|ns| ns.split('.').next().map(str::to_owned))
+            })
+            .chain(["config".to_owned()])
+            .collect(),
+    };
+    names.push("admin".into());
+    names.sort();
+    names.dedup();
+    let dbs: Vec<Bson> = names
+        .into_iter()
+        .map(|n| Bson::Document(doc! {"name": n, "sizeOnDisk": 8192i64, "empty": false}))
+        .collect();
+    Ok(ok(doc! {"databases": dbs, "totalSize": 8192i64}))
+}
+
+fn list_collections(w: &World, proc: Proc, db: &str) -> CmdResult {
+    let mut names: Vec<(String, bool)> = Vec::new();
+    match proc {
+        Proc::Node { set, node } => {
+            for ns in w.sets[set].nodes[node].data.keys() {
+                if let Some((d, c)) = ns.split_once('.') {
+                    if d == db {
+                        names.push((c.to_owned(), false));
+                    }
+                }
+            }
+            if db == "local" {
+                names.push(("oplog.rs".to_owned(), true));
+            }
+        }
+        Proc::Mongos => {
+            for s in w
+                .sets
+                .iter()
+                .filter(|s| s.role == SetRole::Shard && !s.removed)
+            {
+                if let Some(p) = s.sync_source() {
+                    for ns in s.nodes[p].data.keys() {
+                        if let Some((d, c)) = ns.split_once('.') {
+                            if d == db {
+                                names.push((c.to_owned(), false));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    let batch: Vec<Bson> = names
+        .into_iter()
+        .map(|(n, capped)| {
+            let options = if capped { doc! {"capped": true} } else { Document::new() };
+            Bson::Document(doc! {"name": n, "type": "collection", "options": options, "info": {"readOnly": false}})
+        })
+        .collect();
+    Ok(ok(
+        doc! {"cursor": {"id": 0i64, "ns": format!("{db}.$cmd.listCollections"), "firstBatch": batch}},
+    ))
+}
+
+fn list_shards(w: &World) -> CmdResult {
+    let shards: Vec<Bson> = shard_docs(w).into_iter().map(Bson::Document).collect();
+    Ok(ok(doc! {"shards": shards}))
+}
+
+fn move_chunk_cmd(shared: &Arc<Shared>, cmd: &Document) -> CmdResult {
+    let ns = cmd
+        .get_str("moveChunk")
+        .or_else(|_| cmd.get_str("movechunk"))
+        .map_err(|_| type_error("moveChunk", "string"))?
+        .to_owned();
+    let to = cmd_str(cmd, "to")?.to_owned();
+    let key = match cmd.get_document("find") {
+        Ok(f) => f.get("_id").cloned().unwrap_or(Bson::MinKey),
+        Err(_) => match cmd.get_array("bounds") {
+            Ok(b) => b
+                .first()
+                .and_then(|b| b.as_document())
+                .and_then(|d| d.get("_id").cloned())
+                .unwrap_or(Bson::MinKey),
+            Err(_) => {
+                return Err(CmdError::new(
+                    9,
+                    "FailedToParse",
+                    "need either find or bounds",
+                ))
+            }
+        },
+    };
+    {
+        let mut w = shared.world();
+        w.move_chunk(&ns, &key, &to, Instant::now())?;
+    }
+    shared.notify();
+    Ok(ok(doc! {"millis": 0}))
+}

@@ -1,0 +1,199 @@
+//! `mongosimControl`: the fault API as an admin command, for tests in other processes.
+//!
+//! ```text
+//! {mongosimControl: "killNode",      node: "127.0.0.1:27019"}
+//! {mongosimControl: "restartNode",   node: "127.0.0.1:27019"}
+//! {mongosimControl: "partition",     node: "127.0.0.1:27019"}
+//! {mongosimControl: "heal",          node: "127.0.0.1:27019"}
+//! {mongosimControl: "stepDown",      shard: "shard01"}
+//! {mongosimControl: "setLag",        node: "127.0.0.1:27019", lagMS: 500}
+//! {mongosimControl: "truncateOplog", node: "127.0.0.1:27019", count: 10}
+//! {mongosimControl: "moveChunk",     ns: "test.c", key: 5, to: "shard02"}
+//! {mongosimControl: "addShard",      nodes: 3}                 -> {shard: "shard03"}
+//! {mongosimControl: "removeShard",   shard: "shard02"}         (drains and removes)
+//! {mongosimControl: "status"}                                   -> {layout, nodes, truth}
+//! {mongosimControl: "groundTruth",   shard: "shard01"}          -> {committed, rolledBack}
+//! ```
+//!
+//! Send these to the mongos or to a process other than the one being killed: a process
+//! killing itself cannot answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+
+use crate::cluster::{self, SimError};
+use crate::server::Shared;
+use crate::world::{CmdError, ShardState};
+
+fn to_cmd_error(e: SimError) -> CmdError {
+    match e {
+        SimError::Command(c) => c,
+        other => CmdError::new(2, "BadValue", other.to_string()),
+    }
+}
+
+fn arg_str<'a>(cmd: &'a Document, key: &str) -> Result<&'a str, CmdError> {
+    cmd.get_str(key).map_err(|_| {
+        CmdError::new(
+            2,
+            "BadValue",
+            format!("mongosimControl needs a string '{key}'"),
+        )
+    })
+}
+
+fn arg_addr(cmd: &Document) -> Result<SocketAddr, CmdError> {
+    let s = arg_str(cmd, "node")?;
+    s.parse()
+        .map_err(|_| CmdError::new(2, "BadValue", format!("node {s:?} is not host:port")))
+}
+
+fn arg_i64(cmd: &Document, key: &str) -> Option<i64> {
+    match cmd.get(key)? {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
+    }
+}
+
+fn ok(mut d: Document) -> Document {
+    d.insert("ok", 1.0);
+    d
+}
+
+/// Runs one control operation.
+pub(crate) async fn handle(shared: &Arc<Shared>, cmd: &Document) -> Result<Document, CmdError> {
+    let op = arg_str(cmd, "mongosimControl")?;
+    match op {
+        "killNode" => {
+            let addr = arg_addr(cmd)?;
+            cluster::kill_node(shared, addr)
+                .await
+                .map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "restartNode" => {
+            cluster::restart_node(shared, arg_addr(cmd)?)
+                .await
+                .map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "partition" | "heal" => {
+            cluster::set_partition(shared, arg_addr(cmd)?, op == "partition")
+                .map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "stepDown" => {
+            cluster::step_down(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "setLag" => {
+            let ms = arg_i64(cmd, "lagMS").unwrap_or(0).max(0) as u64;
+            cluster::set_lag(shared, arg_addr(cmd)?, Duration::from_millis(ms))
+                .map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "truncateOplog" => {
+            let count = arg_i64(cmd, "count").unwrap_or(1).max(0) as usize;
+            cluster::truncate_oplog(shared, arg_addr(cmd)?, count).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "moveChunk" => {
+            let key = cmd.get("key").cloned().unwrap_or(Bson::MinKey);
+            cluster::move_chunk(shared, arg_str(cmd, "ns")?, key, arg_str(cmd, "to")?)
+                .map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "addShard" => {
+            let nodes = arg_i64(cmd, "nodes").unwrap_or(3).max(1) as usize;
+            let base = {
+                let w = shared.world();
+                // Keep mlaunch-style consecutive ports unless the cluster uses ephemeral ones.
+                w.sharding.as_ref().map(|s| s.mongos.port()).unwrap_or(0)
+            };
+            let ephemeral = base == 0 || cmd.get_bool("ephemeral").unwrap_or(false);
+            let name = cluster::add_shard(shared, nodes, if ephemeral { 0 } else { base })
+                .await
+                .map_err(to_cmd_error)?;
+            Ok(ok(doc! {"shard": name}))
+        }
+        "removeShard" => {
+            let shard = arg_str(cmd, "shard")?;
+            cluster::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
+            cluster::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "status" => {
+            let w = shared.world();
+            let nodes = bson::serialize_to_bson(&cluster::status(&w)).unwrap_or(Bson::Null);
+            Ok(ok(doc! {"nodes": nodes}))
+        }
+        "groundTruth" => {
+            let w = shared.world();
+            let shard = arg_str(cmd, "shard")?;
+            let s = w.set_index(shard).ok_or_else(|| {
+                CmdError::new(70, "ShardNotFound", format!("no set named {shard}"))
+            })?;
+            let committed: Vec<Bson> = w.sets[s]
+                .committed
+                .iter()
+                .map(|e| Bson::Document(e.doc.clone()))
+                .collect();
+            let rolled: Vec<Bson> = w.sets[s]
+                .rolled_back
+                .iter()
+                .map(|e| Bson::Document(e.doc.clone()))
+                .collect();
+            Ok(ok(doc! {"committed": committed, "rolledBack": rolled}))
+        }
+        other => Err(CmdError::new(
+            2,
+            "BadValue",
+            format!("unknown mongosimControl operation {other:?}"),
+        )),
+    }
+}
+
+/// The real `removeShard` admin command on mongos: the first call starts draining (and, the
+/// simulation being synchronous, migrates every chunk away), the next call completes.
+pub(crate) async fn remove_shard_step(
+    shared: &Arc<Shared>,
+    shard: &str,
+) -> Result<Document, CmdError> {
+    let state = {
+        let w = shared.world();
+        let Some(sh) = w.sharding.as_ref() else {
+            return Err(CmdError::new(
+                20,
+                "IllegalOperation",
+                "not a sharded cluster",
+            ));
+        };
+        sh.shards
+            .iter()
+            .find(|s| s.name == shard && s.state != ShardState::Removed)
+            .map(|s| s.state)
+            .ok_or_else(|| CmdError::new(70, "ShardNotFound", format!("Shard {shard} not found")))?
+    };
+    if state == ShardState::Active {
+        cluster::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
+        Ok(ok(doc! {
+            "msg": "draining started successfully",
+            "state": "started",
+            "shard": shard,
+            "note": "you need to call removeShard again to complete the removal (mongosim migrates chunks synchronously)",
+            "dbsToMove": [],
+        }))
+    } else {
+        cluster::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
+        Ok(ok(doc! {
+            "msg": "removeshard completed successfully",
+            "state": "completed",
+            "shard": shard,
+        }))
+    }
+}

@@ -1,0 +1,117 @@
+//! mongosim: a MongoDB wire-protocol simulator for testing oplog tailers.
+//!
+//! No real mongod can run where quorumtail is tested, so every test talks to mongosim. It
+//! speaks OP_MSG to unmodified drivers (the Rust `mongodb` crate, pymongo) and simulates
+//! replica sets and sharded clusters laid out like `mlaunch init --sharded N --replicaset`,
+//! with the faults that make oplog tailing hard: elections, rollbacks, lag, capped-oplog
+//! rollover and chunk migrations. Its ground truth (what reached a majority, what was rolled
+//! back) lets a checker judge what a tailer emitted.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mongosim::SimError> {
+//! use std::time::Duration;
+//! let cluster = mongosim::Cluster::start(mongosim::ClusterSpec {
+//!     shards: 2,
+//!     nodes_per_shard: 3,
+//!     base_port: 0, // ephemeral ports
+//!     version: mongosim::ServerVersion::V7_0,
+//!     noop_interval: Duration::from_millis(100),
+//!     election_timeout: Duration::from_millis(300),
+//!     ..Default::default()
+//! })
+//! .await?;
+//! let mongos = cluster.mongos_addr();
+//! let members = cluster.shard_members("shard01");
+//! let primary = cluster.primary_of("shard01").unwrap();
+//! cluster.partition_node(primary).await?;   // keeps taking writes for one election timeout
+//! cluster.heal_node(primary).await?;        // rejoins; un-replicated entries roll back
+//! let truth = cluster.committed_entries("shard01");
+//! let lost = cluster.rolled_back_entries("shard01");
+//! # let _ = (mongos, members, truth, lost);
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! API names: [`Cluster::start`], [`Cluster::start_with_fixture`], [`Cluster::load_fixture`],
+//! [`ReplicaSet::start`] (derefs to `Cluster`); topology: `mongos_addr`, `uri`,
+//! `shard_names`, `shard_members`, `config_members`, `replica_set_uri`, `primary_of`,
+//! `layout`, `status`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
+//! `step_down`, `set_lag`, `truncate_oplog`, `move_chunk`, `add_shard`,
+//! `begin_remove_shard`, `remove_shard`; ground truth: `oplog_snapshot(addr)`,
+//! `committed_entries(set)`, `rolled_back_entries(set)`, `commit_point(set)`; waiting:
+//! `wait_for(timeout, predicate)`; `shutdown`. The same faults are an admin command
+//! (`{mongosimControl: "killNode", node: "127.0.0.1:27019"}`, see [`control`]) and the
+//! `mongosim` binary starts a cluster from the command line (`mongosim --help`).
+//!
+//! # What is simulated
+//!
+//! - Wire: OP_MSG (kind-0 body, kind-1 sequences merged, CRC-32C verified, moreToCome
+//!   honoured), OP_QUERY only for the legacy `isMaster` handshake (answered with OP_REPLY).
+//!   Oversized (> 48,000,000 bytes) or malformed messages close that connection only.
+//! - hello/isMaster as mongod and mongos answer it (field order from
+//!   `src/mongo/db/repl/hello_response.cpp`): hosts, setName, setVersion,
+//!   isWritablePrimary/ismaster, secondary, primary, me, electionId (pv1 `OID::fromTerm`),
+//!   lastWrite, limits, wire versions 9/13/17/21/25. No topologyVersion: no streaming hello.
+//! - Oplog entries shaped per version (`src/mongo/db/repl/oplog_entry.idl`): 4.4+
+//!   `{op, ns, ui, o, o2, fromMigrate, ts, t, v: Long(2), wall}`; updates as `$v: 1`
+//!   modifiers (4.4) or `$v: 2` diffs (5.0+); "legacy" `{ts, h, v: 2, op, ns, fromMigrate,
+//!   o}` as in mlaunch 2.6 transcripts. Implicit collection creation logs a `create` command.
+//! - Each node has its own capped oplog (entry and/or byte bounds). Tailable + awaitData
+//!   cursors on `local.oplog.rs`: getMore waits up to maxTimeMS (default 1 s) and returns an
+//!   empty batch without closing the cursor; a tailable find on an empty oplog returns id 0;
+//!   a cursor whose position rolled off fails with CappedPositionLost (136); a new find with
+//!   `ts: {$gte: X}` after X rolled off starts at the oldest entry without error.
+//! - Replication with per-node lag; elections with increasing terms (the most up-to-date
+//!   reachable member wins after `election_timeout`, a "new primary" no-op opens each term);
+//!   an isolated primary keeps accepting writes for one election timeout. A rejoining node
+//!   whose oplog diverged rolls back to the common point: in-flight awaitData getMores fail
+//!   with InterruptedDueToReplStateChange (11602) and idle cursors with QueryPlanKilled (175)
+//!   — as `jstests/replsets/read_operations_during_rollback.js` shows mongod doing.
+//! - Periodic no-ops (`{msg: "periodic noop"}`) after `noop_interval` of idleness.
+//! - Sharding: mongos routes writes by chunks on `_id`, proxies finds (filtering orphans),
+//!   refuses the `local` database (IllegalOperation 20), answers listShards; config servers
+//!   answer hello with `configsvr: 2` and find on config.shards / config.chunks. moveChunk
+//!   logs `fromMigrate: true` inserts on the recipient, then `fromMigrate: true` deletes on
+//!   the donor; removeShard drains (`draining: true`) then removes.
+//! - Reads on a secondary need a non-primary `$readPreference` (else 13435
+//!   NotPrimaryNoSecondaryOk); writes on a secondary fail with NotWritablePrimary (10107).
+//!
+//! # What is not
+//!
+//! Authentication, TLS, compression, transactions and retryable-write oplog fields (lsid,
+//! txnNumber, stmtId), aggregation, indexes, `$regex` and most query operators, array
+//! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
+//! arbiters/hidden/delayed members, chained replication, writeConcern waits (`w: "majority"`
+//! is acknowledged at once: read the commit point from [`Cluster::commit_point`]), read
+//! concern, causal consistency, change streams, exhaust cursors, and the balancer (chunks
+//! move only when asked). A rollback restores documents by copying the sync source's data
+//! rather than by refetching; a stepped-down primary keeps its connections open (4.2+).
+//!
+//! # Where behaviour was looked up
+//!
+//! mongodb/mongo: `src/mongo/db/repl/hello_response.cpp`, `src/mongo/db/repl/oplog_entry.idl`,
+//! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`;
+//! mongodb/specifications: `source/message/OP_MSG.md`,
+//! `source/server-discovery-and-monitoring/server-discovery-and-monitoring.md`,
+//! `source/find_getmore_killcursors_commands/find_getmore_killcursors_commands.md`;
+//! /work/shared/notes/mongodb-facts.md and the mlaunch sharded-cluster transcript in
+//! /work/shared/seeds.
+
+pub mod cluster;
+pub mod codec;
+mod commands;
+pub mod control;
+pub mod fixture;
+pub mod matcher;
+pub mod oplog;
+mod server;
+pub mod version;
+pub mod world;
+
+pub use cluster::{
+    Cluster, ClusterSpec, Layout, NodeStatus, ProcessInfo, ReplicaSet, ReplicaSetSpec, SetLayout,
+    SimError,
+};
+pub use version::ServerVersion;

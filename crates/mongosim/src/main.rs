@@ -1,0 +1,112 @@
+//! `mongosim`: start a simulated replica set or sharded cluster, like mlaunch.
+//!
+//! ```text
+//! mongosim --sharded 2 --replicaset --nodes 3 --port 27017
+//! mongosim --replicaset --nodes 3 --version 4.4 --noop-interval 100ms
+//! mongosim --fixture mlaunch-fixtures/seed-004 --layout-json /tmp/layout.json
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mongosim::{Cluster, ClusterSpec, ServerVersion};
+
+/// Start a simulated MongoDB deployment on 127.0.0.1 and run until SIGINT/SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "mongosim")]
+struct Args {
+    /// Number of shards (starts mongos + config servers too).
+    #[arg(long)]
+    sharded: Option<usize>,
+    /// Shards (or the single deployment) are replica sets (always true; accepted for
+    /// mlaunch compatibility).
+    #[arg(long)]
+    replicaset: bool,
+    /// Members per replica set.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Config server members.
+    #[arg(long, default_value_t = 1)]
+    config: usize,
+    /// First port (mongos when sharded); 0 = ephemeral ports.
+    #[arg(long, default_value_t = 27017)]
+    port: u16,
+    /// Simulated release: legacy, 4.4, 5.0, 6.0, 7.0, 8.0.
+    #[arg(long)]
+    version: Option<ServerVersion>,
+    /// Replica set name when not sharded.
+    #[arg(long, default_value = "replset")]
+    name: String,
+    /// Preload oplogs from DIR/fixture.toml (topology comes from the fixture).
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// Idle interval of the primary's periodic no-op.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    noop_interval: Duration,
+    /// Election timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    election_timeout: Duration,
+    /// Cap each oplog at this many entries.
+    #[arg(long)]
+    oplog_max_entries: Option<usize>,
+    /// Cap each oplog at this many bytes.
+    #[arg(long)]
+    oplog_max_bytes: Option<usize>,
+    /// Write the layout as JSON to this file once every process listens.
+    #[arg(long)]
+    layout_json: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let spec = ClusterSpec {
+        shards: args.sharded.unwrap_or(0),
+        nodes_per_shard: args.nodes,
+        config_servers: args.config,
+        base_port: args.port,
+        version: args.version.unwrap_or_default(),
+        noop_interval: args.noop_interval,
+        election_timeout: args.election_timeout,
+        oplog_max_entries: args.oplog_max_entries,
+        oplog_max_bytes: args.oplog_max_bytes,
+        replica_set_name: args.name.clone(),
+        ..ClusterSpec::default()
+    };
+    let cluster = match &args.fixture {
+        Some(dir) => Cluster::start_with_fixture(spec, dir).await?,
+        None => Cluster::start(spec).await?,
+    };
+    let layout = cluster.layout();
+    for p in &layout.processes {
+        let set = if p.set.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", p.set)
+        };
+        println!("{:<8} {}{}", p.role, p.addr, set);
+    }
+    if let Some(path) = &args.layout_json {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&layout)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    println!("ready {}", cluster.uri());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    cluster.shutdown().await;
+    Ok(())
+}

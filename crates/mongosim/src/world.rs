@@ -1,0 +1,1372 @@
+//! The simulated state: replica sets, their nodes, oplogs, data, cursors, and the sharding
+//! catalog. Everything here is synchronous and runs under one lock; time is passed in.
+//!
+//! ```text
+//!   write on primary --append--> primary oplog --tick: replicate after lag--> secondaries
+//!                                     |                                          |
+//!                                     +---- tick: majority commit point <--------+
+//!   tick: step down isolated primaries, elect the most up-to-date reachable node,
+//!         roll back a rejoining node to the common point, write periodic no-ops
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
+
+use crate::matcher;
+use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
+use crate::version::ServerVersion;
+
+/// Tunables shared by every set of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Idle interval after which a primary writes a "periodic noop" (mongod: 10 s).
+    pub noop_interval: Duration,
+    /// How long a set waits without a primary before electing one, and how long an isolated
+    /// primary keeps accepting writes before it steps down (mongod: electionTimeoutMillis 10 s).
+    pub election_timeout: Duration,
+    /// Cap on entries per node oplog.
+    pub oplog_max_entries: Option<usize>,
+    /// Cap on bytes per node oplog.
+    pub oplog_max_bytes: Option<usize>,
+}
+
+/// A member's replication state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// Accepts writes.
+    Primary,
+    /// Replicates from the primary.
+    Secondary,
+}
+
+impl MemberState {
+    /// Numeric state as in replSetGetStatus.
+    pub fn code(self) -> i32 {
+        match self {
+            MemberState::Primary => 1,
+            MemberState::Secondary => 2,
+        }
+    }
+
+    /// `stateStr` as in replSetGetStatus.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Primary => "PRIMARY",
+            MemberState::Secondary => "SECONDARY",
+        }
+    }
+}
+
+/// A user collection on one node.
+#[derive(Debug, Clone, Default)]
+pub struct Collection {
+    /// Documents in natural (insertion) order.
+    pub docs: Vec<Document>,
+}
+
+impl Collection {
+    fn position(&self, id: &Bson) -> Option<usize> {
+        self.docs.iter().position(|d| {
+            d.get("_id")
+                .is_some_and(|v| matcher::compare(v, id).is_eq() && same_bracket(v, id))
+        })
+    }
+}
+
+fn same_bracket(a: &Bson, b: &Bson) -> bool {
+    matcher::compare(a, b).is_eq()
+}
+
+/// An error a command returns: `{ok: 0, errmsg, code, codeName}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    /// Numeric error code.
+    pub code: i32,
+    /// Symbolic name.
+    pub code_name: &'static str,
+    /// Human message.
+    pub errmsg: String,
+}
+
+impl CmdError {
+    /// Builds an error.
+    pub fn new(code: i32, code_name: &'static str, errmsg: impl Into<String>) -> CmdError {
+        CmdError {
+            code,
+            code_name,
+            errmsg: errmsg.into(),
+        }
+    }
+
+    /// NotWritablePrimary (10107).
+    pub fn not_primary() -> CmdError {
+        CmdError::new(10107, "NotWritablePrimary", "not primary")
+    }
+}
+
+/// An open cursor.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    /// `db.coll` of the cursor.
+    pub ns: String,
+    /// What the cursor reads.
+    pub kind: CursorKind,
+    /// Documents still allowed by `limit`.
+    pub limit_remaining: Option<i64>,
+}
+
+/// How a cursor produces documents.
+#[derive(Debug, Clone)]
+pub enum CursorKind {
+    /// A materialized result.
+    Buffered(VecDeque<Document>),
+    /// A tailable cursor on the oplog, positioned after `last_ts`.
+    Tail {
+        /// The find filter.
+        filter: Document,
+        /// The find projection.
+        projection: Option<Document>,
+        /// Timestamp of the last examined entry (`None`: nothing examined yet).
+        last_ts: Option<Timestamp>,
+        /// Whether getMore may block.
+        await_data: bool,
+    },
+}
+
+/// One mongod.
+#[derive(Debug)]
+pub struct NodeState {
+    /// `127.0.0.1:port`.
+    pub addr: SocketAddr,
+    /// False after kill, until restart.
+    pub alive: bool,
+    /// Cut from the other members (still reachable by clients).
+    pub partitioned: bool,
+    /// When the partition started.
+    pub partitioned_at: Option<Instant>,
+    /// When this primary lost sight of a majority while not partitioned.
+    pub minority_since: Option<Instant>,
+    /// Replication delay.
+    pub lag: Duration,
+    /// Primary or secondary.
+    pub state: MemberState,
+    /// The node's view of the election term.
+    pub term: i64,
+    /// Not electable before this instant (after an explicit step-down).
+    pub stepdown_until: Option<Instant>,
+    /// The node's oplog.
+    pub oplog: Oplog,
+    /// Timestamp of the newest entry ever appended (survives oplog truncation).
+    pub last_ts: Timestamp,
+    /// Last time this node appended an entry as primary.
+    pub last_write_at: Instant,
+    /// User data, by namespace.
+    pub data: BTreeMap<String, Collection>,
+    /// Open cursors.
+    pub cursors: HashMap<i64, Cursor>,
+    /// Cursors invalidated by a rollback: getMore answers QueryPlanKilled.
+    pub dead_cursors: HashMap<i64, CmdError>,
+    /// Bumped on rollback and kill: in-flight awaitData getMores abort when it changes.
+    pub epoch: u64,
+}
+
+impl NodeState {
+    fn new(addr: SocketAddr, cfg: &SimConfig, now: Instant) -> NodeState {
+        NodeState {
+            addr,
+            alive: true,
+            partitioned: false,
+            partitioned_at: None,
+            minority_since: None,
+            lag: Duration::ZERO,
+            state: MemberState::Secondary,
+            term: 0,
+            stepdown_until: None,
+            oplog: Oplog::new(cfg.oplog_max_entries, cfg.oplog_max_bytes),
+            last_ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            last_write_at: now,
+            data: BTreeMap::new(),
+            cursors: HashMap::new(),
+            dead_cursors: HashMap::new(),
+            epoch: 0,
+        }
+    }
+
+    fn reachable(&self) -> bool {
+        self.alive && !self.partitioned
+    }
+
+    /// OpTime of the newest entry `{ts, t}`.
+    pub fn last_optime(&self) -> (Timestamp, i64) {
+        match self.oplog.last() {
+            Some(e) => (e.id.ts, e.id.t.unwrap_or(-1)),
+            None => (self.last_ts, self.term),
+        }
+    }
+}
+
+/// What a set is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetRole {
+    /// A stand-alone replica set.
+    Plain,
+    /// A shard of a sharded cluster.
+    Shard,
+    /// The config server replica set.
+    ConfigServer,
+}
+
+/// One replica set.
+#[derive(Debug)]
+pub struct SetState {
+    /// Replica set name.
+    pub name: String,
+    /// What the set is for.
+    pub role: SetRole,
+    /// Members, in config order.
+    pub nodes: Vec<NodeState>,
+    /// `setVersion`.
+    pub set_version: i32,
+    /// Collection UUIDs, shared by all members.
+    pub uuids: HashMap<String, bson::Uuid>,
+    /// Ground truth: entries that reached a majority, in oplog order.
+    pub committed: Vec<Arc<Entry>>,
+    /// Ground truth: entries removed by rollback.
+    pub rolled_back: Vec<Arc<Entry>>,
+    /// Newest majority-committed entry.
+    pub commit_point: Option<Arc<Entry>>,
+    /// Since when the reachable majority has had no primary.
+    pub no_primary_since: Option<Instant>,
+    /// Elect at the next tick without waiting for the election timeout.
+    pub elect_now: bool,
+    /// Removed from the cluster (removeShard completed): no longer ticks.
+    pub removed: bool,
+}
+
+impl SetState {
+    /// Majority of voting members.
+    pub fn majority(&self) -> usize {
+        self.nodes.len() / 2 + 1
+    }
+
+    /// The reachable primary with the highest term, if any.
+    pub fn sync_source(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.reachable() && n.state == MemberState::Primary)
+            .max_by_key(|(_, n)| n.term)
+            .map(|(i, _)| i)
+    }
+
+    /// Any alive node that believes it is primary (the partitioned one included).
+    pub fn primary_index(&self) -> Option<usize> {
+        self.sync_source().or_else(|| {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.alive && n.state == MemberState::Primary)
+                .max_by_key(|(_, n)| n.term)
+                .map(|(i, _)| i)
+        })
+    }
+
+    /// The `host` string of config.shards: `name/h1,h2,h3`.
+    pub fn host_string(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        format!("{}/{}", self.name, hosts.join(","))
+    }
+
+    /// Whether `viewer` can currently see `other`.
+    pub fn sees(&self, viewer: usize, other: usize) -> bool {
+        let (a, b) = (&self.nodes[viewer], &self.nodes[other]);
+        viewer == other || (a.reachable() && b.reachable())
+    }
+}
+
+/// Lifecycle of a shard in config.shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Normal member.
+    Active,
+    /// removeShard started.
+    Draining,
+    /// removeShard completed.
+    Removed,
+}
+
+/// A shard registered in the config servers.
+#[derive(Debug, Clone)]
+pub struct ShardEntry {
+    /// `shard01`...
+    pub name: String,
+    /// Index of its replica set.
+    pub set: usize,
+    /// Draining or not.
+    pub state: ShardState,
+}
+
+/// A chunk `[min, max)` of a collection sharded on `_id`.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Inclusive lower bound (MinKey for the first chunk).
+    pub min: Bson,
+    /// Exclusive upper bound (MaxKey for the last chunk).
+    pub max: Bson,
+    /// Owning shard.
+    pub shard: String,
+}
+
+impl Chunk {
+    /// Whether `id` falls in this chunk.
+    pub fn contains(&self, id: &Bson) -> bool {
+        matcher::compare(&self.min, id).is_le() && matcher::compare(id, &self.max).is_lt()
+    }
+}
+
+/// The sharding catalog.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    /// Index of the config server set.
+    pub config_set: usize,
+    /// Registered shards.
+    pub shards: Vec<ShardEntry>,
+    /// Chunks by namespace, ordered by `min`.
+    pub collections: BTreeMap<String, Vec<Chunk>>,
+    /// Split points for newly sharded collections.
+    pub split_points: Vec<Bson>,
+    /// The mongos address.
+    pub mongos: SocketAddr,
+    /// Open mongos cursors.
+    pub cursors: HashMap<i64, Cursor>,
+    /// Whether the mongos process is up.
+    pub mongos_alive: bool,
+}
+
+/// What listens on an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proc {
+    /// Member `node` of set `set`.
+    Node {
+        /// Set index.
+        set: usize,
+        /// Member index.
+        node: usize,
+    },
+    /// The mongos.
+    Mongos,
+}
+
+/// The whole simulation.
+#[derive(Debug)]
+pub struct World {
+    /// Shape of new oplog entries and wire version.
+    pub version: ServerVersion,
+    /// Tunables.
+    pub cfg: SimConfig,
+    /// All replica sets (shards, config servers, or one plain set).
+    pub sets: Vec<SetState>,
+    /// Present for sharded clusters.
+    pub sharding: Option<Sharding>,
+    next_cursor: i64,
+    /// Next connectionId for hello.
+    pub next_connection_id: i64,
+}
+
+fn now_secs() -> u32 {
+    let ms = DateTime::now().timestamp_millis();
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// pv1 election ids: `OID::fromTerm` puts 0x7fffffff in the timestamp bytes and the term in
+/// the last eight bytes (mongodb/mongo src/mongo/bson/oid.cpp).
+pub fn election_id_for_term(term: i64) -> ObjectId {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    b[4..].copy_from_slice(&term.to_be_bytes());
+    ObjectId::from_bytes(b)
+}
+
+impl World {
+    /// An empty world.
+    pub fn new(version: ServerVersion, cfg: SimConfig) -> World {
+        World {
+            version,
+            cfg,
+            sets: Vec::new(),
+            sharding: None,
+            next_cursor: 1 + i64::from(rand::random::<u32>()),
+            next_connection_id: 1,
+        }
+    }
+
+    /// Adds a replica set whose first member is primary, with the "initiating set" and
+    /// "new primary" no-ops every member has after `rs.initiate()`.
+    pub fn add_set(
+        &mut self,
+        name: &str,
+        role: SetRole,
+        addrs: &[SocketAddr],
+        now: Instant,
+    ) -> usize {
+        let nodes = addrs
+            .iter()
+            .map(|a| NodeState::new(*a, &self.cfg, now))
+            .collect();
+        self.sets.push(SetState {
+            name: name.to_owned(),
+            role,
+            nodes,
+            set_version: 1,
+            uuids: HashMap::new(),
+            committed: Vec::new(),
+            rolled_back: Vec::new(),
+            commit_point: None,
+            no_primary_since: None,
+            elect_now: false,
+            removed: false,
+        });
+        let s = self.sets.len() - 1;
+        // "initiating set" is written before any term exists (t: -1, h: 0 in legacy).
+        let ts = self.next_ts(s, 0);
+        let doc = oplog::build_entry_doc(
+            self.version,
+            &OpSpec::noop("initiating set"),
+            ts,
+            -1,
+            DateTime::now(),
+        );
+        if let Ok(entry) = Entry::from_doc(doc, now) {
+            let entry = Arc::new(entry);
+            for n in 0..self.sets[s].nodes.len() {
+                self.push_entry(s, n, entry.clone());
+            }
+        }
+        self.elect(s, 0, 1, now);
+        s
+    }
+
+    /// Finds the process listening on `addr`.
+    pub fn locate(&self, addr: SocketAddr) -> Option<Proc> {
+        if let Some(sh) = &self.sharding {
+            if sh.mongos == addr {
+                return Some(Proc::Mongos);
+            }
+        }
+        for (s, set) in self.sets.iter().enumerate() {
+            if let Some(n) = set.nodes.iter().position(|n| n.addr == addr) {
+                return Some(Proc::Node { set: s, node: n });
+            }
+        }
+        None
+    }
+
+    /// Index of a set by name.
+    pub fn set_index(&self, name: &str) -> Option<usize> {
+        self.sets.iter().position(|s| s.name == name)
+    }
+
+    /// A fresh positive cursor id.
+    pub fn new_cursor_id(&mut self) -> i64 {
+        self.next_cursor += 1 + i64::from(rand::random::<u16>());
+        self.next_cursor
+    }
+
+    fn next_ts(&self, s: usize, n: usize) -> Timestamp {
+        let last = self.sets[s].nodes[n].last_ts;
+        let now = now_secs();
+        if now > last.time {
+            Timestamp {
+                time: now,
+                increment: 1,
+            }
+        } else {
+            Timestamp {
+                time: last.time,
+                increment: last.increment + 1,
+            }
+        }
+    }
+
+    /// Appends an entry to a node's oplog and applies it to the node's data.
+    pub fn push_entry(&mut self, s: usize, n: usize, entry: Arc<Entry>) {
+        let node = &mut self.sets[s].nodes[n];
+        if ts_key(entry.id.ts) > ts_key(node.last_ts) {
+            node.last_ts = entry.id.ts;
+        }
+        apply_entry(&mut node.data, &entry.doc);
+        node.oplog.push(entry);
+    }
+
+    /// Writes an entry on node `n` (which must be primary) and returns it.
+    pub fn write(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
+        let ts = self.next_ts(s, n);
+        let term = self.sets[s].nodes[n].term;
+        let doc = oplog::build_entry_doc(self.version, spec, ts, term, DateTime::now());
+        let entry = Arc::new(Entry {
+            id: EntryId {
+                ts,
+                t: doc.get_i64("t").ok(),
+                h: doc.get_i64("h").ok(),
+            },
+            size: doc.to_vec().map(|v| v.len()).unwrap_or(0),
+            doc,
+            written_at: now,
+        });
+        self.push_entry(s, n, entry.clone());
+        self.sets[s].nodes[n].last_write_at = now;
+        entry
+    }
+
+    /// The UUID of a collection, created on first use.
+    pub fn collection_uuid(&mut self, s: usize, ns: &str) -> bson::Uuid {
+        *self.sets[s]
+            .uuids
+            .entry(ns.to_owned())
+            .or_insert_with(bson::Uuid::new)
+    }
+
+    /// Checks that node `n` may take writes.
+    ///
+    /// # Errors
+    /// NotWritablePrimary when the node is not primary.
+    pub fn check_writable(&self, s: usize, n: usize) -> Result<(), CmdError> {
+        if self.sets[s].nodes[n].state == MemberState::Primary {
+            Ok(())
+        } else {
+            Err(CmdError::not_primary())
+        }
+    }
+
+    /// Makes sure `ns` exists on the primary, logging the implicit `create` as mongod does.
+    pub fn ensure_collection(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        from_migrate: bool,
+        now: Instant,
+    ) {
+        if self.sets[s].nodes[n].data.contains_key(ns) {
+            return;
+        }
+        let Some((db, coll)) = ns.split_once('.') else {
+            return;
+        };
+        if self.version.has_terms() {
+            let ui = self.collection_uuid(s, ns);
+            let spec = OpSpec {
+                op: "c",
+                ns: format!("{db}.$cmd"),
+                ui: Some(ui),
+                o: doc! {"create": coll, "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}},
+                o2: None,
+                from_migrate,
+            };
+            self.write(s, n, &spec, now);
+        } else {
+            self.sets[s].nodes[n]
+                .data
+                .insert(ns.to_owned(), Collection::default());
+        }
+    }
+
+    /// Inserts documents on the primary.
+    ///
+    /// # Errors
+    /// NotWritablePrimary, or DuplicateKey (11000) for an existing `_id`.
+    pub fn insert(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        docs: Vec<Document>,
+        from_migrate: bool,
+        now: Instant,
+    ) -> Result<usize, (usize, CmdError)> {
+        self.check_writable(s, n).map_err(|e| (0, e))?;
+        self.ensure_collection(s, n, ns, from_migrate, now);
+        let ui = self
+            .version
+            .has_terms()
+            .then(|| self.collection_uuid(s, ns));
+        let mut count = 0;
+        for mut d in docs {
+            if !d.contains_key("_id") {
+                let mut with_id = doc! {"_id": ObjectId::new()};
+                with_id.extend(d);
+                d = with_id;
+            }
+            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+            let exists = self.sets[s].nodes[n]
+                .data
+                .get(ns)
+                .and_then(|c| c.position(&id))
+                .is_some();
+            if exists {
+                return Err((
+                    count,
+                    CmdError::new(
+                        11000,
+                        "DuplicateKey",
+                        format!("E11000 duplicate key error collection: {ns} index: _id_ dup key: {{ _id: {id} }}"),
+                    ),
+                ));
+            }
+            let spec = OpSpec {
+                op: "i",
+                ns: ns.to_owned(),
+                ui,
+                o: d,
+                o2: None,
+                from_migrate,
+            };
+            self.write(s, n, &spec, now);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Applies one update statement on the primary; returns (matched, modified, upserted id).
+    ///
+    /// # Errors
+    /// NotWritablePrimary or a bad filter.
+    pub fn update(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        q: &Document,
+        u: &Document,
+        multi: bool,
+        upsert: bool,
+        now: Instant,
+    ) -> Result<(usize, usize, Option<Bson>), CmdError> {
+        self.check_writable(s, n)?;
+        let targets: Vec<Document> = {
+            let coll = self.sets[s].nodes[n].data.get(ns);
+            let mut out = Vec::new();
+            if let Some(c) = coll {
+                for d in &c.docs {
+                    if matcher::matches(d, q).map_err(bad_value)? {
+                        out.push(d.clone());
+                        if !multi {
+                            break;
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let ui = self
+            .version
+            .has_terms()
+            .then(|| self.collection_uuid(s, ns));
+        let is_modifier = u.keys().any(|k| k.starts_with('$'));
+        if targets.is_empty() {
+            if !upsert {
+                return Ok((0, 0, None));
+            }
+            let mut base = Document::new();
+            for (k, v) in q {
+                if !k.starts_with('$')
+                    && !matches!(v, Bson::Document(d) if d.keys().any(|k| k.starts_with('$')))
+                {
+                    base.insert(k.clone(), v.clone());
+                }
+            }
+            let new_doc = if is_modifier {
+                apply_modifiers(&base, u)?
+            } else {
+                let mut d = u.clone();
+                if let Some(id) = base.get("_id") {
+                    d.insert("_id", id.clone());
+                }
+                d
+            };
+            let id = new_doc.get("_id").cloned();
+            self.insert(s, n, ns, vec![new_doc], false, now)
+                .map_err(|(_, e)| e)?;
+            let id = id.or_else(|| {
+                self.sets[s].nodes[n]
+                    .data
+                    .get(ns)
+                    .and_then(|c| c.docs.last())
+                    .and_then(|d| d.get("_id").cloned())
+            });
+            return Ok((0, 0, id));
+        }
+        let mut modified = 0;
+        for before in &targets {
+            let id = before.get("_id").cloned().unwrap_or(Bson::Null);
+            let (after, o) = if is_modifier {
+                let after = apply_modifiers(before, u)?;
+                let o = oplog::update_entry_o(self.version, before, &after);
+                (after, o)
+            } else {
+                let mut after = doc! {"_id": id.clone()};
+                for (k, v) in u {
+                    if k != "_id" {
+                        after.insert(k.clone(), v.clone());
+                    }
+                }
+                (after.clone(), after)
+            };
+            if &after == before {
+                continue;
+            }
+            let spec = OpSpec {
+                op: "u",
+                ns: ns.to_owned(),
+                ui,
+                o,
+                o2: Some(doc! {"_id": id}),
+                from_migrate: false,
+            };
+            self.write(s, n, &spec, now);
+            modified += 1;
+        }
+        Ok((targets.len(), modified, None))
+    }
+
+    /// Deletes matching documents on the primary; returns how many.
+    ///
+    /// # Errors
+    /// NotWritablePrimary or a bad filter.
+    pub fn delete(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        q: &Document,
+        limit_one: bool,
+        from_migrate: bool,
+        now: Instant,
+    ) -> Result<usize, CmdError> {
+        self.check_writable(s, n)?;
+        let ids: Vec<Bson> = {
+            let mut out = Vec::new();
+            if let Some(c) = self.sets[s].nodes[n].data.get(ns) {
+                for d in &c.docs {
+                    if matcher::matches(d, q).map_err(bad_value)? {
+                        out.push(d.get("_id").cloned().unwrap_or(Bson::Null));
+                        if limit_one {
+                            break;
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let ui = self
+            .version
+            .has_terms()
+            .then(|| self.collection_uuid(s, ns));
+        for id in &ids {
+            let spec = OpSpec {
+                op: "d",
+                ns: ns.to_owned(),
+                ui,
+                o: doc! {"_id": id.clone()},
+                o2: None,
+                from_migrate,
+            };
+            self.write(s, n, &spec, now);
+        }
+        Ok(ids.len())
+    }
+
+    /// Makes node `n` primary with `term` and logs the "new primary" no-op.
+    pub fn elect(&mut self, s: usize, n: usize, term: i64, now: Instant) {
+        let set = &mut self.sets[s];
+        for (i, node) in set.nodes.iter_mut().enumerate() {
+            if node.reachable() || i == n {
+                node.term = node.term.max(term);
+            }
+            if i == n {
+                node.term = term;
+                node.state = MemberState::Primary;
+                node.minority_since = None;
+            }
+        }
+        set.no_primary_since = None;
+        set.elect_now = false;
+        self.write(s, n, &OpSpec::noop("new primary"), now);
+        tracing::info!(set = %self.sets[s].name, node = %self.sets[s].nodes[n].addr, term, "elected primary");
+    }
+
+    /// Steps a primary down to secondary.
+    pub fn step_down_node(&mut self, s: usize, n: usize, now: Instant) {
+        let node = &mut self.sets[s].nodes[n];
+        if node.state == MemberState::Primary {
+            node.state = MemberState::Secondary;
+            node.minority_since = None;
+            tracing::info!(node = %node.addr, "stepped down");
+        }
+        if self.sets[s].no_primary_since.is_none() {
+            self.sets[s].no_primary_since = Some(now);
+        }
+    }
+
+    /// Explicit `replSetStepDown`: the most up-to-date reachable secondary catches up with
+    /// the primary (mongod waits for a caught-up secondary before stepping down) and is
+    /// elected at once; the old primary is not electable for 60 s.
+    ///
+    /// # Errors
+    /// NotWritablePrimary when the set has no primary; ExceededTimeLimit (262) when no
+    /// electable secondary is reachable.
+    pub fn step_down(&mut self, s: usize, now: Instant) -> Result<(), CmdError> {
+        let p = self.sets[s]
+            .sync_source()
+            .ok_or_else(CmdError::not_primary)?;
+        let candidate = self.sets[s]
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, node)| *i != p && node.reachable())
+            .max_by_key(|(i, node)| (ts_key(node.last_optime().0), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        let Some(c) = candidate else {
+            return Err(CmdError::new(
+                262,
+                "ExceededTimeLimit",
+                "No electable secondaries caught up as of the step down deadline",
+            ));
+        };
+        self.catch_up(s, c, p);
+        self.step_down_node(s, p, now);
+        self.sets[s].nodes[p].stepdown_until = Some(now + Duration::from_secs(60));
+        let term = self.max_term(s) + 1;
+        self.elect(s, c, term, now);
+        Ok(())
+    }
+
+    fn max_term(&self, s: usize) -> i64 {
+        self.sets[s].nodes.iter().map(|n| n.term).max().unwrap_or(0)
+    }
+
+    /// Copies every entry node `to` misses from node `from`, ignoring lag.
+    fn catch_up(&mut self, s: usize, to: usize, from: usize) {
+        let start = match self.sets[s].nodes[to].oplog.last() {
+            Some(e) => match self.sets[s].nodes[from].oplog.position_of(&e.id) {
+                Some(i) => i + 1,
+                None => return,
+            },
+            None => 0,
+        };
+        let missing: Vec<_> = self.sets[s].nodes[from]
+            .oplog
+            .iter()
+            .skip(start)
+            .cloned()
+            .collect();
+        for e in missing {
+            self.push_entry(s, to, e);
+        }
+    }
+
+    /// Advances time: elections, replication, commit point, periodic no-ops.
+    /// Returns whether anything observable changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for s in 0..self.sets.len() {
+            if self.sets[s].removed {
+                continue;
+            }
+            changed |= self.run_elections(s, now);
+            changed |= self.replicate(s, now);
+            changed |= self.write_noops(s, now);
+            changed |= self.replicate(s, now);
+            self.advance_commit(s);
+        }
+        changed
+    }
+
+    fn run_elections(&mut self, s: usize, now: Instant) -> bool {
+        let timeout = self.cfg.election_timeout;
+        let majority = self.sets[s].majority();
+        let reachable: Vec<usize> = (0..self.sets[s].nodes.len())
+            .filter(|i| self.sets[s].nodes[*i].reachable())
+            .collect();
+        let max_reachable_term = reachable
+            .iter()
+            .map(|i| self.sets[s].nodes[*i].term)
+            .max()
+            .unwrap_or(0);
+        let mut changed = false;
+        for i in 0..self.sets[s].nodes.len() {
+            let node = &mut self.sets[s].nodes[i];
+            if node.state != MemberState::Primary {
+                continue;
+            }
+            let step = if !node.alive {
+                true
+            } else if node.partitioned {
+                node.partitioned_at
+                    .is_some_and(|at| now.duration_since(at) >= timeout)
+            } else if reachable.len() < majority {
+                let since = *node.minority_since.get_or_insert(now);
+                now.duration_since(since) >= timeout
+            } else {
+                node.minority_since = None;
+                max_reachable_term > node.term
+            };
+            if step {
+                if node.reachable() {
+                    node.term = node.term.max(max_reachable_term);
+                }
+                self.step_down_node(s, i, now);
+                changed = true;
+            }
+        }
+        let has_primary = reachable
+            .iter()
+            .any(|i| self.sets[s].nodes[*i].state == MemberState::Primary);
+        if has_primary {
+            self.sets[s].no_primary_since = None;
+            return changed;
+        }
+        if reachable.len() < majority {
+            return changed;
+        }
+        let since = *self.sets[s].no_primary_since.get_or_insert(now);
+        if !self.sets[s].elect_now && now.duration_since(since) < timeout {
+            return changed;
+        }
+        let candidate = reachable
+            .iter()
+            .copied()
+            .filter(|i| {
+                self.sets[s].nodes[*i]
+                    .stepdown_until
+                    .is_none_or(|until| until <= now)
+            })
+            .max_by_key(|i| {
+                let (ts, t) = self.sets[s].nodes[*i].last_optime();
+                (t, ts_key(ts), std::cmp::Reverse(*i))
+            });
+        if let Some(c) = candidate {
+            let term = max_reachable_term + 1;
+            self.elect(s, c, term, now);
+            changed = true;
+        }
+        changed
+    }
+
+    fn replicate(&mut self, s: usize, now: Instant) -> bool {
+        let Some(p) = self.sets[s].sync_source() else {
+            return false;
+        };
+        let mut changed = false;
+        for i in 0..self.sets[s].nodes.len() {
+            if i == p || !self.sets[s].nodes[i].reachable() {
+                continue;
+            }
+            let start = {
+                let set = &self.sets[s];
+                let (src, dst) = (&set.nodes[p], &set.nodes[i]);
+                match dst.oplog.last() {
+                    None => Some(0),
+                    Some(e) => src.oplog.position_of(&e.id).map(|x| x + 1),
+                }
+            };
+            let start = match start {
+                Some(x) => x,
+                None => {
+                    self.rollback(s, i, p);
+                    changed = true;
+                    match self.sets[s].nodes[i].oplog.last() {
+                        None => 0,
+                        Some(e) => match self.sets[s].nodes[p].oplog.position_of(&e.id) {
+                            Some(x) => x + 1,
+                            None => continue,
+                        },
+                    }
+                }
+            };
+            let lag = self.sets[s].nodes[i].lag;
+            let ready: Vec<Arc<Entry>> = self.sets[s].nodes[p]
+                .oplog
+                .iter()
+                .skip(start)
+                .take_while(|e| e.written_at + lag <= now)
+                .cloned()
+                .collect();
+            for e in ready {
+                self.push_entry(s, i, e);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Rolls node `n` back to its common point with `src`, as a rejoining old primary does.
+    fn rollback(&mut self, s: usize, n: usize, src: usize) {
+        let common = {
+            let set = &self.sets[s];
+            let (node, source) = (&set.nodes[n], &set.nodes[src]);
+            (0..node.oplog.len()).rev().find(|i| {
+                node.oplog
+                    .get(*i)
+                    .is_some_and(|e| source.oplog.contains(&e.id))
+            })
+        };
+        let source_data = self.sets[s].nodes[src].data.clone();
+        let set = &mut self.sets[s];
+        let removed = match common {
+            Some(c) => set.nodes[n].oplog.truncate_after(c + 1),
+            None => {
+                // No common point (oplog capped past it): resync from the source.
+                let removed = set.nodes[n].oplog.truncate_after(0);
+                let copy: Vec<_> = set.nodes[src].oplog.iter().cloned().collect();
+                for e in copy {
+                    set.nodes[n].oplog.push(e);
+                }
+                removed
+            }
+        };
+        let node = &mut set.nodes[n];
+        node.data = source_data;
+        node.last_ts = node.oplog.last().map(|e| e.id.ts).unwrap_or(node.last_ts);
+        node.epoch += 1;
+        let killed: Vec<i64> = node.cursors.keys().copied().collect();
+        node.cursors.clear();
+        for id in killed {
+            node.dead_cursors.insert(
+                id,
+                CmdError::new(
+                    175,
+                    "QueryPlanKilled",
+                    format!("cursor id {id} was killed because the node rolled back (mongosim)"),
+                ),
+            );
+        }
+        tracing::warn!(set = %set.name, node = %node.addr, entries = removed.len(), "rollback");
+        for e in removed {
+            if !set.rolled_back.iter().any(|r| r.id == e.id) {
+                set.rolled_back.push(e);
+            }
+        }
+    }
+
+    fn write_noops(&mut self, s: usize, now: Instant) -> bool {
+        let mut changed = false;
+        for n in 0..self.sets[s].nodes.len() {
+            let node = &self.sets[s].nodes[n];
+            if node.alive
+                && node.state == MemberState::Primary
+                && now.duration_since(node.last_write_at) >= self.cfg.noop_interval
+            {
+                self.write(s, n, &OpSpec::noop("periodic noop"), now);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn advance_commit(&mut self, s: usize) {
+        let set = &self.sets[s];
+        let Some(p) = set.primary_index() else { return };
+        let majority = set.majority();
+        let primary = &set.nodes[p];
+        let start = match &set.commit_point {
+            Some(c) => match primary.oplog.position_of(&c.id) {
+                Some(i) => i + 1,
+                None => primary.oplog.index_after(c.id.ts),
+            },
+            None => 0,
+        };
+        let held = |e: &Entry| set.nodes.iter().filter(|n| n.oplog.contains(&e.id)).count();
+        let mut newest = None;
+        for i in (start..primary.oplog.len()).rev() {
+            if let Some(e) = primary.oplog.get(i) {
+                if held(e) >= majority {
+                    newest = Some(i);
+                    break;
+                }
+            }
+        }
+        let Some(end) = newest else { return };
+        let newly: Vec<Arc<Entry>> = (start..=end)
+            .filter_map(|i| primary.oplog.get(i).cloned())
+            .collect();
+        let set = &mut self.sets[s];
+        if let Some(last) = newly.last() {
+            set.commit_point = Some(last.clone());
+        }
+        set.committed.extend(newly);
+    }
+
+    /// Kills a process: cursors are lost, a primary stops being primary.
+    pub fn kill(&mut self, s: usize, n: usize, now: Instant) {
+        let node = &mut self.sets[s].nodes[n];
+        node.alive = false;
+        node.cursors.clear();
+        node.dead_cursors.clear();
+        node.epoch += 1;
+        if node.state == MemberState::Primary {
+            self.step_down_node(s, n, now);
+        }
+    }
+
+    /// Restarts a killed process as a secondary with its data and oplog.
+    pub fn restart(&mut self, s: usize, n: usize, now: Instant) {
+        let node = &mut self.sets[s].nodes[n];
+        node.alive = true;
+        node.state = MemberState::Secondary;
+        node.last_write_at = now;
+    }
+
+    /// Sharding catalog, or an error for non-sharded worlds.
+    ///
+    /// # Errors
+    /// IllegalOperation when the world is not a sharded cluster.
+    pub fn sharding(&self) -> Result<&Sharding, CmdError> {
+        self.sharding
+            .as_ref()
+            .ok_or_else(|| CmdError::new(20, "IllegalOperation", "not a sharded cluster"))
+    }
+
+    /// Chunks of `ns`, sharding it on `_id` with the default split points on first use.
+    pub fn chunks_for(&mut self, ns: &str) -> Vec<Chunk> {
+        let Some(sh) = self.sharding.as_mut() else {
+            return Vec::new();
+        };
+        if let Some(c) = sh.collections.get(ns) {
+            return c.clone();
+        }
+        let active: Vec<String> = sh
+            .shards
+            .iter()
+            .filter(|x| x.state == ShardState::Active)
+            .map(|x| x.name.clone())
+            .collect();
+        let mut bounds = vec![Bson::MinKey];
+        bounds.extend(sh.split_points.iter().cloned());
+        bounds.push(Bson::MaxKey);
+        let chunks: Vec<Chunk> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Chunk {
+                min: w[0].clone(),
+                max: w[1].clone(),
+                shard: active
+                    .get(i % active.len().max(1))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        sh.collections.insert(ns.to_owned(), chunks.clone());
+        chunks
+    }
+
+    /// Set index of a shard by name.
+    pub fn shard_set(&self, shard: &str) -> Option<usize> {
+        self.sharding
+            .as_ref()?
+            .shards
+            .iter()
+            .find(|x| x.name == shard && x.state != ShardState::Removed)
+            .map(|x| x.set)
+    }
+
+    /// Moves the chunk of `ns` containing `key` to `to`: the recipient logs `fromMigrate`
+    /// inserts, then the donor logs `fromMigrate` deletes (as in the seed transcript).
+    ///
+    /// # Errors
+    /// When the shard or a primary is missing.
+    pub fn move_chunk(
+        &mut self,
+        ns: &str,
+        key: &Bson,
+        to: &str,
+        now: Instant,
+    ) -> Result<(), CmdError> {
+        let chunks = self.chunks_for(ns);
+        let idx = chunks
+            .iter()
+            .position(|c| c.contains(key))
+            .ok_or_else(|| CmdError::new(2, "BadValue", "no chunk contains the key"))?;
+        let chunk = chunks[idx].clone();
+        if chunk.shard == to {
+            return Ok(());
+        }
+        let donor_set = self.shard_set(&chunk.shard).ok_or_else(|| {
+            CmdError::new(
+                70,
+                "ShardNotFound",
+                format!("shard {} not found", chunk.shard),
+            )
+        })?;
+        let recipient_set = self
+            .shard_set(to)
+            .ok_or_else(|| CmdError::new(70, "ShardNotFound", format!("Shard {to} not found")))?;
+        let dp = self.sets[donor_set]
+            .sync_source()
+            .ok_or_else(CmdError::not_primary)?;
+        let rp = self.sets[recipient_set]
+            .sync_source()
+            .ok_or_else(CmdError::not_primary)?;
+        let docs: Vec<Document> = self.sets[donor_set].nodes[dp]
+            .data
+            .get(ns)
+            .map(|c| {
+                c.docs
+                    .iter()
+                    .filter(|d| d.get("_id").is_some_and(|id| chunk.contains(id)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        // Recipient clones the range (skipping ids it already holds as orphans).
+        let fresh: Vec<Document> = docs
+            .into_iter()
+            .filter(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                !self.sets[recipient_set].nodes[rp]
+                    .data
+                    .get(ns)
+                    .is_some_and(|c| c.position(&id).is_some())
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.insert(recipient_set, rp, ns, fresh, true, now)
+                .map_err(|(_, e)| e)?;
+        } else {
+            self.ensure_collection(recipient_set, rp, ns, true, now);
+        }
+        if let Some(sh) = self.sharding.as_mut() {
+            if let Some(c) = sh.collections.get_mut(ns) {
+                c[idx].shard = to.to_owned();
+            }
+        }
+        for id in ids {
+            self.delete(donor_set, dp, ns, &doc! {"_id": id}, true, true, now)?;
+        }
+        Ok(())
+    }
+}
+
+/// BadValue (2) from a filter error.
+pub fn bad_value(e: matcher::BadFilter) -> CmdError {
+    CmdError::new(2, "BadValue", e.0)
+}
+
+/// Applies `$set`, `$unset`, `$inc` to a copy of `doc`.
+///
+/// # Errors
+/// FailedToParse (9) for unsupported modifiers.
+pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdError> {
+    let mut out = doc.clone();
+    for (op, arg) in u {
+        let Bson::Document(arg) = arg else {
+            return Err(CmdError::new(
+                9,
+                "FailedToParse",
+                format!(
+                    "Modifiers operate on fields but we found type {} instead",
+                    "non-object"
+                ),
+            ));
+        };
+        match op.as_str() {
+            "$set" => {
+                for (k, v) in arg {
+                    oplog::set_path(&mut out, k, v.clone());
+                }
+            }
+            "$unset" => {
+                for (k, _) in arg {
+                    oplog::unset_path(&mut out, k);
+                }
+            }
+            "$inc" => {
+                for (k, v) in arg {
+                    let cur = matcher::lookup(&out, k).cloned();
+                    let new = match (cur, v) {
+                        (None, v) => v.clone(),
+                        (Some(Bson::Int32(a)), Bson::Int32(b)) => Bson::Int32(a.wrapping_add(*b)),
+                        (Some(Bson::Int64(a)), Bson::Int32(b)) => Bson::Int64(a + i64::from(*b)),
+                        (Some(Bson::Int32(a)), Bson::Int64(b)) => Bson::Int64(i64::from(a) + b),
+                        (Some(Bson::Int64(a)), Bson::Int64(b)) => Bson::Int64(a + b),
+                        (Some(a), b) => {
+                            let fa = a.as_f64().or_else(|| a.as_i64().map(|x| x as f64)).unwrap_or(0.0);
+                            let fb = b.as_f64().or_else(|| b.as_i32().map(f64::from)).or_else(|| b.as_i64().map(|x| x as f64)).unwrap_or(0.0);
+                            Bson::Double(fa + fb)
+                        }
+                    };
+                    oplog::set_path(&mut out, k, new);
+                }
+            }
+            other => {
+                return Err(CmdError::new(
+                    9,
+                    "FailedToParse",
+                    format!("Unknown modifier: {other}. Expected a valid update modifier or pipeline-style update specified as an array"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies an oplog entry to a node's data (idempotently, as oplog application must be).
+pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
+    let op = entry.get_str("op").unwrap_or("n");
+    let ns = entry.get_str("ns").unwrap_or("");
+    let Ok(o) = entry.get_document("o") else {
+        return;
+    };
+    match op {
+        "i" => {
+            let coll = data.entry(ns.to_owned()).or_default();
+            let id = o.get("_id").cloned().unwrap_or(Bson::Null);
+            match coll.position(&id) {
+                Some(i) => coll.docs[i] = o.clone(),
+                None => coll.docs.push(o.clone()),
+            }
+        }
+        "u" => {
+            let id = entry
+                .get_document("o2")
+                .ok()
+                .and_then(|o2| o2.get("_id").cloned())
+                .unwrap_or(Bson::Null);
+            if let Some(coll) = data.get_mut(ns) {
+                if let Some(i) = coll.position(&id) {
+                    oplog::apply_update_o(&mut coll.docs[i], o);
+                }
+            }
+        }
+        "d" => {
+            let id = o.get("_id").cloned().unwrap_or(Bson::Null);
+            if let Some(coll) = data.get_mut(ns) {
+                if let Some(i) = coll.position(&id) {
+                    coll.docs.remove(i);
+                }
+            }
+        }
+        "c" => {
+            let db = ns.split('.').next().unwrap_or("");
+            if let Ok(name) = o.get_str("create") {
+                data.entry(format!("{db}.{name}")).or_default();
+            } else if let Ok(name) = o.get_str("drop") {
+                data.remove(&format!("{db}.{name}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parses an `OpTime` document for hello / replSetGetStatus.
+pub fn optime_doc(ts: Timestamp, t: i64) -> Document {
+    doc! {"ts": ts, "t": t}
+}
