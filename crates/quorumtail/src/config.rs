@@ -1,0 +1,909 @@
+//! The configuration file: TOML, every key documented, unknown keys rejected.
+//!
+//! Parsing happens in two steps. serde reads the file into [`Config`] (unknown keys and
+//! wrong types fail with the key's path, e.g. `shards[1].members`); then
+//! [`Config::validate`] checks what types cannot express (quorums, addresses, templates,
+//! patterns) and reports every problem at once, each with its key path and the fix.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use quorumtail_merge::{resolve_quorum, QuorumInfo};
+use quorumtail_oplog::{filter::NsPattern, Filter, Timestamp};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Static topology: the shards' replica sets. May be empty when `[discovery]` is set.
+    #[serde(default)]
+    pub shards: Vec<ShardConfig>,
+    /// Find shards in `config.shards` through mongos or the config servers.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Connection settings shared by every per-node connection.
+    #[serde(default)]
+    pub mongo: MongoConfig,
+    /// Where to start when a shard has no checkpoint.
+    #[serde(default)]
+    pub start: StartConfig,
+    /// Which operations become records.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Where records go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Where per-shard progress is stored.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Limits that bound memory.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Metrics, health and status over HTTP.
+    pub http: Option<HttpConfig>,
+}
+
+/// One shard replica set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// The replica set name, as in `config.shards._id` (records carry it as `shard`).
+    pub name: String,
+    /// Every data-bearing member as `host:port`. All are tailed; an entry is emitted once
+    /// a quorum of them holds it.
+    pub members: Vec<String>,
+    /// Voting members without an oplog. They raise the majority but never confirm an
+    /// entry, which is why a set like 2 data + 1 arbiter needs both data members.
+    #[serde(default)]
+    pub arbiters: usize,
+    /// Confirmations needed to emit an entry. Default: a majority of the voting members.
+    /// Lower values trade failover safety for availability: `check` warns.
+    pub quorum: Option<usize>,
+}
+
+/// `[discovery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// A mongos or config-server URI; `listShards` (mongos) or `config.shards` (config
+    /// servers) is read from it.
+    pub uri: String,
+    /// How often the shard list and each shard's membership are re-read.
+    #[serde(default = "default_discovery_interval")]
+    pub interval: String,
+}
+
+fn default_discovery_interval() -> String {
+    "10s".into()
+}
+
+/// `[mongo]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// Appended to every per-node connection string (`authSource=admin&tls=true`, ...).
+    /// Credentials go in `username`/`password` or here; they are never logged.
+    #[serde(default)]
+    pub uri_options: String,
+    /// User name for every node connection, if the cluster requires authentication.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Entries per getMore batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How long a tailing getMore waits for new entries before returning an empty batch
+    /// (the idle tick that keeps lag metrics honest).
+    #[serde(default = "default_max_await")]
+    pub max_await: String,
+}
+
+fn default_batch_size() -> u32 {
+    1000
+}
+
+fn default_max_await() -> String {
+    "1s".into()
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        MongoConfig {
+            uri_options: String::new(),
+            username: None,
+            password: None,
+            batch_size: default_batch_size(),
+            max_await: default_max_await(),
+        }
+    }
+}
+
+/// `[start]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartConfig {
+    /// `latest` (from the newest entry at startup), `earliest` (from the oldest entry still
+    /// in the oplogs), or `"<seconds>:<increment>"`. Used only for shards without a
+    /// checkpoint.
+    #[serde(default = "default_position")]
+    pub position: String,
+}
+
+fn default_position() -> String {
+    "latest".into()
+}
+
+impl Default for StartConfig {
+    fn default() -> Self {
+        StartConfig {
+            position: default_position(),
+        }
+    }
+}
+
+/// A resolved `[start] position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The newest entry at startup (nothing before it is emitted).
+    Latest,
+    /// The oldest entry the oplogs still hold.
+    Earliest,
+    /// Everything after this timestamp.
+    After(Timestamp),
+}
+
+/// `[filter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Drop operations written by chunk migrations (`fromMigrate: true`).
+    #[serde(default = "yes")]
+    pub drop_from_migrate: bool,
+    /// Drop no-op entries (`op: "n"`).
+    #[serde(default = "yes")]
+    pub drop_noops: bool,
+    /// Drop `config.*`, `admin.*`, `local.*` and `*.system.*`.
+    #[serde(default = "yes")]
+    pub drop_internal: bool,
+    /// Only these namespaces (`db.coll`, `db.*`); empty = all.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never these namespaces.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            drop_from_migrate: true,
+            drop_noops: true,
+            drop_internal: true,
+            include: vec![],
+            exclude: vec![],
+        }
+    }
+}
+
+/// Sink kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// JSON lines to a file or stdout.
+    #[default]
+    File,
+    /// Kafka through librdkafka.
+    Kafka,
+}
+
+/// Kafka message key choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Namespace and `_id` (canonical Extended JSON): all changes of one document land in
+    /// one partition, in order.
+    #[default]
+    Document,
+    /// The shard name: a shard's whole sequence in one partition, in order.
+    Shard,
+    /// The namespace: one collection's changes in one partition.
+    Namespace,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `file` or `kafka`.
+    #[serde(default)]
+    pub kind: SinkKind,
+    /// File sink: the output file; `-` is stdout.
+    pub path: Option<String>,
+    /// Kafka sink: bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: Option<String>,
+    /// Kafka sink: topic template with `{shard}`, `{db}`, `{coll}`.
+    pub topic: Option<String>,
+    /// Kafka sink: message key.
+    #[serde(default)]
+    pub key: KeyKind,
+    /// Kafka sink: librdkafka settings passed through (`compression.type`, TLS, SASL...).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
+            path: None,
+            brokers: None,
+            topic: None,
+            key: KeyKind::Document,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Default Kafka topic template.
+pub const DEFAULT_TOPIC: &str = "quorumtail.{shard}";
+
+/// Checkpoint store kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// A JSON file replaced atomically.
+    #[default]
+    File,
+    /// A compacted Kafka topic keyed by shard (uses the sink's brokers and settings).
+    Kafka,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// `file` or `kafka`.
+    #[serde(default)]
+    pub kind: CheckpointKind,
+    /// File store: path of the JSON file.
+    #[serde(default = "default_checkpoint_path")]
+    pub path: String,
+    /// Kafka store: the compacted topic.
+    #[serde(default = "default_checkpoint_topic")]
+    pub topic: String,
+    /// How often confirmed progress is written (also on shutdown and on SIGUSR1).
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: String,
+}
+
+fn default_checkpoint_path() -> String {
+    "quorumtail.checkpoints.json".into()
+}
+
+fn default_checkpoint_topic() -> String {
+    "quorumtail.checkpoints".into()
+}
+
+fn default_checkpoint_interval() -> String {
+    "1s".into()
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            kind: CheckpointKind::File,
+            path: default_checkpoint_path(),
+            topic: default_checkpoint_topic(),
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Most entries a shard's merge holds unconfirmed; beyond it, members that are ahead
+    /// are no longer read until the quorum catches up. Bounds memory when a quorum stalls.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Batches buffered between each tailer and its shard's merge.
+    #[serde(default = "default_channel_batches")]
+    pub channel_batches: usize,
+    /// How long SIGINT/SIGTERM waits for in-flight records before exiting.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+}
+
+fn default_max_pending() -> usize {
+    100_000
+}
+
+fn default_channel_batches() -> usize {
+    4
+}
+
+fn default_shutdown_timeout() -> String {
+    "30s".into()
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_pending: default_max_pending(),
+            channel_batches: default_channel_batches(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`.
+    pub listen: String,
+}
+
+/// A configuration that could not be loaded: every problem, each with its key path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// serde's message with the key path.
+        message: String,
+    },
+    /// The values do not make a working configuration.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// One line per problem, starting with the key path.
+        problems: Vec<String>,
+    },
+}
+
+/// A shard with its quorum resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedShard {
+    /// Replica set name.
+    pub name: String,
+    /// Data-bearing members.
+    pub members: Vec<String>,
+    /// Arbiters.
+    pub arbiters: usize,
+    /// Quorum.
+    pub quorum: QuorumInfo,
+}
+
+/// A validated configuration with every derived value resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The file as parsed.
+    pub config: Config,
+    /// Static shards.
+    pub shards: Vec<ResolvedShard>,
+    /// `[discovery] interval`.
+    pub discovery_interval: Duration,
+    /// `[mongo] max_await`.
+    pub max_await: Duration,
+    /// `[start] position`.
+    pub start: StartPosition,
+    /// `[filter]`.
+    pub filter: Filter,
+    /// `[checkpoint] interval`.
+    pub checkpoint_interval: Duration,
+    /// `[pipeline] shutdown_timeout`.
+    pub shutdown_timeout: Duration,
+    /// Things that work but deserve a second look.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its key path.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its key path.
+    pub fn parse(text: &str, path: &Path) -> Result<Resolved, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = if key.is_empty() || key == "." {
+                inner
+            } else {
+                format!("key `{key}`: {inner}")
+            };
+            ConfigError::Parse {
+                path: path.into(),
+                message: message.trim_end().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.into(),
+            problems,
+        })
+    }
+
+    /// Checks everything types cannot express.
+    ///
+    /// # Errors
+    /// Every problem found, one line each, starting with the key path.
+    pub fn validate(self) -> Result<Resolved, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        if self.shards.is_empty() && self.discovery.is_none() {
+            problems.push("no topology: add [[shards]] with name and members, or a [discovery] section with a mongos uri".to_owned());
+        }
+        let mut names = HashSet::new();
+        let mut all_members: BTreeMap<String, String> = BTreeMap::new();
+        let mut shards = Vec::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            let at = format!("shards[{i}]");
+            if s.name.trim().is_empty() {
+                problems.push(format!(
+                    "{at}.name: must not be empty (use the replica set name, e.g. \"shard01\")"
+                ));
+            } else if !names.insert(s.name.clone()) {
+                problems.push(format!("{at}.name: shard {:?} is defined twice", s.name));
+            }
+            if s.members.is_empty() {
+                problems.push(format!(
+                    "{at}.members: empty; list every data-bearing member as \"host:port\""
+                ));
+            }
+            for (j, m) in s.members.iter().enumerate() {
+                if let Err(why) = check_host_port(m) {
+                    problems.push(format!("{at}.members[{j}]: {m:?} {why}"));
+                } else if let Some(other) =
+                    all_members.insert(m.to_ascii_lowercase(), s.name.clone())
+                {
+                    problems.push(format!(
+                        "{at}.members[{j}]: {m:?} is listed twice (also in shard {other:?})"
+                    ));
+                }
+            }
+            if !s.members.is_empty() {
+                match resolve_quorum(s.members.len(), s.arbiters, s.quorum) {
+                    Ok(q) => {
+                        if q.below_majority {
+                            warnings.push(format!(
+                                "{at}.quorum: {} is below the majority {} of {} voting members: entries can be emitted and later rolled back",
+                                q.quorum,
+                                q.majority,
+                                s.members.len() + s.arbiters
+                            ));
+                        }
+                        shards.push(ResolvedShard {
+                            name: s.name.clone(),
+                            members: s.members.clone(),
+                            arbiters: s.arbiters,
+                            quorum: q,
+                        });
+                    }
+                    Err(e) => problems.push(format!("{at}.quorum: {e}")),
+                }
+            }
+        }
+
+        let mut discovery_interval = Duration::from_secs(10);
+        if let Some(d) = &self.discovery {
+            if !(d.uri.starts_with("mongodb://") || d.uri.starts_with("mongodb+srv://")) {
+                problems.push(format!(
+                    "discovery.uri: {:?} must start with mongodb:// or mongodb+srv://",
+                    redact_uri(&d.uri)
+                ));
+            }
+            match parse_duration("discovery.interval", &d.interval) {
+                Ok(v) if v.is_zero() => {
+                    problems.push("discovery.interval: must be above zero".into())
+                }
+                Ok(v) => discovery_interval = v,
+                Err(e) => problems.push(e),
+            }
+        }
+
+        let max_await =
+            parse_duration("mongo.max_await", &self.mongo.max_await).unwrap_or_else(|e| {
+                problems.push(e);
+                Duration::from_secs(1)
+            });
+        if self.mongo.batch_size == 0 {
+            problems.push("mongo.batch_size: must be at least 1".into());
+        }
+        if self.mongo.password.is_some() && self.mongo.username.is_none() {
+            problems.push("mongo.password: set mongo.username too".into());
+        }
+        if self.mongo.uri_options.starts_with('?') || self.mongo.uri_options.starts_with('&') {
+            problems.push("mongo.uri_options: write options without a leading '?' or '&', e.g. \"tls=true&authSource=admin\"".into());
+        }
+
+        let start = match self.start.position.as_str() {
+            "latest" => StartPosition::Latest,
+            "earliest" => StartPosition::Earliest,
+            other => match other.parse::<Timestamp>() {
+                Ok(ts) => StartPosition::After(ts),
+                Err(e) => {
+                    problems.push(format!(
+                        "start.position: {e}; or use \"latest\" or \"earliest\""
+                    ));
+                    StartPosition::Latest
+                }
+            },
+        };
+
+        let mut filter = Filter {
+            drop_from_migrate: self.filter.drop_from_migrate,
+            drop_noops: self.filter.drop_noops,
+            drop_internal: self.filter.drop_internal,
+            include: vec![],
+            exclude: vec![],
+        };
+        for (key, list, out) in [
+            ("include", &self.filter.include, &mut filter.include),
+            ("exclude", &self.filter.exclude, &mut filter.exclude),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                match NsPattern::parse(p) {
+                    Ok(p) => out.push(p),
+                    Err(e) => problems.push(format!("filter.{key}[{i}]: {e}")),
+                }
+            }
+        }
+        if !self.filter.drop_from_migrate {
+            warnings.push("filter.drop_from_migrate = false: chunk migrations will appear as deletes on one shard and inserts on another".into());
+        }
+
+        match self.sink.kind {
+            SinkKind::File => {
+                for (key, set) in [
+                    ("brokers", self.sink.brokers.is_some()),
+                    ("topic", self.sink.topic.is_some()),
+                    ("librdkafka", !self.sink.librdkafka.is_empty()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "sink.{key}: only used by kind = \"kafka\" (kind is \"file\")"
+                        ));
+                    }
+                }
+                if self.sink.path.as_deref() == Some("") {
+                    problems.push("sink.path: must not be empty; use \"-\" for stdout".into());
+                }
+            }
+            SinkKind::Kafka => {
+                if self.sink.path.is_some() {
+                    problems
+                        .push("sink.path: only used by kind = \"file\" (kind is \"kafka\")".into());
+                }
+                match self.sink.brokers.as_deref() {
+                    None | Some("") => problems.push(
+                        "sink.brokers: required for kind = \"kafka\", e.g. \"127.0.0.1:9092\""
+                            .into(),
+                    ),
+                    Some(b) => {
+                        for (i, broker) in b.split(',').enumerate() {
+                            if let Err(why) = check_host_port(broker.trim()) {
+                                problems.push(format!("sink.brokers: entry {i} {broker:?} {why}"));
+                            }
+                        }
+                    }
+                }
+                if let Err(e) =
+                    check_topic_template(self.sink.topic.as_deref().unwrap_or(DEFAULT_TOPIC))
+                {
+                    problems.push(format!("sink.topic: {e}"));
+                }
+                for (k, v) in &self.sink.librdkafka {
+                    let v = v.trim().to_ascii_lowercase();
+                    match k.as_str() {
+                        "enable.idempotence" if v != "true" => problems.push(format!(
+                            "sink.librdkafka.\"{k}\": quorumtail requires the idempotent producer (ordered, no duplicates on retry); remove this key"
+                        )),
+                        "acks" | "request.required.acks" if v != "all" && v != "-1" => problems.push(format!(
+                            "sink.librdkafka.\"{k}\": quorumtail requires acks=all so a checkpoint never passes a record a broker failure could lose; remove this key"
+                        )),
+                        "bootstrap.servers" | "metadata.broker.list" => {
+                            problems.push(format!("sink.librdkafka.\"{k}\": set sink.brokers instead"))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        match self.checkpoint.kind {
+            CheckpointKind::File => {
+                if self.checkpoint.path.trim().is_empty() {
+                    problems.push("checkpoint.path: must not be empty".into());
+                }
+            }
+            CheckpointKind::Kafka => {
+                if self.sink.kind != SinkKind::Kafka {
+                    problems.push("checkpoint.kind = \"kafka\": needs sink.kind = \"kafka\" (it uses the sink's brokers)".into());
+                }
+                if self.checkpoint.topic.trim().is_empty() {
+                    problems.push("checkpoint.topic: must not be empty".into());
+                }
+            }
+        }
+        let checkpoint_interval = parse_duration("checkpoint.interval", &self.checkpoint.interval)
+            .unwrap_or_else(|e| {
+                problems.push(e);
+                Duration::from_secs(1)
+            });
+
+        if self.pipeline.max_pending == 0 {
+            problems.push("pipeline.max_pending: must be at least 1".into());
+        }
+        if self.pipeline.channel_batches == 0 {
+            problems.push("pipeline.channel_batches: must be at least 1".into());
+        }
+        let shutdown_timeout =
+            parse_duration("pipeline.shutdown_timeout", &self.pipeline.shutdown_timeout)
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    Duration::from_secs(30)
+                });
+        if let Some(h) = &self.http {
+            if h.listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "http.listen: {:?} is not an address like \"127.0.0.1:9000\"",
+                    h.listen
+                ));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(Resolved {
+                config: self,
+                shards,
+                discovery_interval,
+                max_await,
+                start,
+                filter,
+                checkpoint_interval,
+                shutdown_timeout,
+                warnings,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{key}: {text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"2m\"")
+    })
+}
+
+fn check_host_port(s: &str) -> Result<(), &'static str> {
+    let (host, port) = s.rsplit_once(':').ok_or("is not \"host:port\"")?;
+    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err("has no valid host; write \"host:port\"");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("has no valid port (1-65535)"),
+    }
+}
+
+/// Checks a topic template: only `{shard}`, `{db}`, `{coll}` placeholders, and literal
+/// characters Kafka allows in topic names.
+///
+/// # Errors
+/// A sentence naming the first problem.
+pub fn check_topic_template(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let literal = &rest[..open];
+        check_topic_chars(literal)?;
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("{t:?} has an unclosed '{{'"))?
+            + open;
+        let name = &rest[open + 1..close];
+        if !matches!(name, "shard" | "db" | "coll") {
+            return Err(format!(
+                "{t:?} uses unknown placeholder {{{name}}}; known: {{shard}}, {{db}}, {{coll}}"
+            ));
+        }
+        rest = &rest[close + 1..];
+    }
+    check_topic_chars(rest)
+}
+
+fn check_topic_chars(s: &str) -> Result<(), String> {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "character {c:?} is not allowed in Kafka topic names (letters, digits, '.', '_', '-')"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Hides the password of a `mongodb://user:pass@host` URI for logs and messages.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{}{}:***@{}", &uri[..scheme_end + 3], user, &rest[at + 1..])
+        }
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Resolved, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_static_topology() {
+        let r = parse("[[shards]]\nname = \"shard01\"\nmembers = [\"127.0.0.1:27018\", \"127.0.0.1:27019\", \"127.0.0.1:27020\"]\n").unwrap();
+        assert_eq!(r.shards[0].quorum.quorum, 2);
+        assert_eq!(r.start, StartPosition::Latest);
+        assert_eq!(r.config.sink.kind, SinkKind::File);
+        assert!(r.filter.drop_from_migrate && r.filter.drop_noops && r.filter.drop_internal);
+        assert!(r.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let e = parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\nquorom = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `quorom`"), "{e}");
+        let e = parse("[[shards]]\nname = \"a\"\nmembers = \"h:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shards[0].members"), "{e}");
+        let e = parse("[sink]\nkind = \"s3\"\n").unwrap_err().to_string();
+        assert!(e.contains("sink.kind") && e.contains("kafka"), "{e}");
+        let e = parse("[[shards]\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = problems(
+            r#"
+[[shards]]
+name = "s"
+members = []
+[[shards]]
+name = "s"
+members = ["127.0.0.1:1", "nohost", "127.0.0.1:1"]
+arbiters = 0
+quorum = 4
+[start]
+position = "yesterday"
+[filter]
+include = ["shop"]
+[sink]
+kind = "kafka"
+topic = "cdc.{collection}"
+[sink.librdkafka]
+"enable.idempotence" = "false"
+acks = "1"
+[checkpoint]
+interval = "soon"
+"#,
+        );
+        let all = p.join("\n");
+        for needle in [
+            "shards[0].members: empty",
+            "shards[1].name: shard \"s\" is defined twice",
+            "shards[1].members[1]: \"nohost\" is not \"host:port\"",
+            "shards[1].members[2]: \"127.0.0.1:1\" is listed twice",
+            "shards[1].quorum: quorum 4 can never be reached",
+            "start.position",
+            "filter.include[0]",
+            "sink.brokers: required",
+            "unknown placeholder {collection}",
+            "enable.idempotence",
+            "acks",
+            "checkpoint.interval",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn arbiters_raise_the_majority_and_low_quorum_warns() {
+        let r = parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\", \"h:2\"]\narbiters = 1\n")
+            .unwrap();
+        assert_eq!(r.shards[0].quorum.quorum, 2);
+        let p = problems("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\n");
+        assert!(p[0].contains("arbiters vote but never confirm"), "{p:?}");
+        let r =
+            parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\", \"h:2\", \"h:3\"]\nquorum = 1\n")
+                .unwrap();
+        assert!(
+            r.warnings[0].contains("below the majority"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn discovery_only_and_positions() {
+        let r = parse("[discovery]\nuri = \"mongodb://127.0.0.1:27017/\"\ninterval = \"5s\"\n[start]\nposition = \"1422998574:1\"\n").unwrap();
+        assert_eq!(r.discovery_interval, Duration::from_secs(5));
+        assert_eq!(r.start, StartPosition::After(Timestamp::new(1422998574, 1)));
+        assert!(problems("").iter().any(|p| p.contains("no topology")));
+        let p = problems("[discovery]\nuri = \"http://x:y@h\"\n");
+        assert!(
+            p[0].contains("mongodb://") && p[0].contains("x:***@h"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn topic_templates_and_redaction() {
+        assert!(check_topic_template("cdc.{shard}.{db}.{coll}").is_ok());
+        assert!(check_topic_template("cdc {shard}")
+            .unwrap_err()
+            .contains("not allowed"));
+        assert!(check_topic_template("cdc.{shard")
+            .unwrap_err()
+            .contains("unclosed"));
+        assert_eq!(
+            redact_uri("mongodb://u:secret@h:1/?x=1"),
+            "mongodb://u:***@h:1/?x=1"
+        );
+        assert_eq!(redact_uri("mongodb://h:1/"), "mongodb://h:1/");
+    }
+}
