@@ -435,19 +435,19 @@ impl KafkaCheckpointStore {
 
     async fn partitions(&self) -> Result<Option<Vec<i32>>, CheckpointError> {
         let p = self.producer.clone();
-        let topic = self.config.topic.clone();
         let timeout = self.config.timeout;
-        let md =
-            tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&topic), timeout))
-                .await
-                .expect("metadata fetch does not panic")
-                .map_err(|e| {
-                    self.err(
-                        "fetching metadata",
-                        e,
-                        "check [checkpoint] brokers and that the brokers are reachable from here",
-                    )
-                })?;
+        // Metadata of all topics: asking for one topic by name makes brokers with
+        // auto.create.topics.enable create it, with default (non-compacted) settings.
+        let md = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
+            .await
+            .expect("metadata fetch does not panic")
+            .map_err(|e| {
+                self.err(
+                    "fetching metadata",
+                    e,
+                    "check [checkpoint] brokers and that the brokers are reachable from here",
+                )
+            })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == self.config.topic) else {
             return Ok(None);
         };

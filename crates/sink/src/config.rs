@@ -109,9 +109,11 @@ impl FromStr for TopicTemplate {
                     lit.push(c);
                     rest = &rest[c.len_utf8()..];
                 }
-                c => return Err(err(format!(
+                c => {
+                    return Err(err(format!(
                     "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' only)"
-                ))),
+                )))
+                }
             }
         }
         if !lit.is_empty() {

@@ -1,0 +1,131 @@
+//! The checkpoint stores.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use quorumtail_oplog::EntryId;
+use quorumtail_sink::{
+    CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
+    KafkaCheckpointConfig, KafkaCheckpointStore,
+};
+
+use crate::broker::{partitions, Broker};
+use crate::cp;
+
+fn confirmed(v: &[(&str, EntryId)]) -> ConfirmedCheckpoints {
+    ConfirmedCheckpoints::assume_confirmed(v.iter().map(|(s, e)| (Arc::from(*s), *e)).collect())
+}
+
+fn map(v: &[(&str, EntryId)]) -> HashMap<Arc<str>, EntryId> {
+    v.iter().map(|(s, e)| (Arc::from(*s), *e)).collect()
+}
+
+#[tokio::test]
+async fn file_store_round_trips_merges_and_replaces_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.json");
+    let store = FileCheckpointStore::new(&path);
+    assert!(store.load().await.unwrap().is_empty(), "first run");
+    store
+        .store(&confirmed(&[("rs0", cp(1)), ("rs1", cp(2))]))
+        .await
+        .unwrap();
+    store.store(&confirmed(&[("rs0", cp(3))])).await.unwrap();
+
+    // A new process (a new store) sees the merged state.
+    let again = FileCheckpointStore::new(&path);
+    assert_eq!(
+        again.load().await.unwrap(),
+        map(&[("rs0", cp(3)), ("rs1", cp(2))])
+    );
+    // A store that never loaded merges with the file too.
+    FileCheckpointStore::new(&path)
+        .store(&confirmed(&[("rs2", cp(9))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.load().await.unwrap(),
+        map(&[("rs0", cp(3)), ("rs1", cp(2)), ("rs2", cp(9))])
+    );
+    // Only the file remains: the temp files were renamed into place.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["cp.json".to_owned()]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("\"version\": 1") && text.contains("\"rs2\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn file_store_refuses_a_corrupt_file_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.json");
+    for bad in [
+        "{\"version\":1,\"shards\":{\"rs0\":{\"ts\":{\"t\":1}}}}",
+        "{\"version\":2,\"shards\":{}}",
+        "not json",
+        "",
+        "{\"version\":1,\"shards\":{},\"extra\":1}",
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let store = FileCheckpointStore::new(&path);
+        let e = store.load().await.unwrap_err();
+        assert!(
+            matches!(e, CheckpointError::Corrupt { .. }),
+            "{bad:?}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("corrupt")
+                && msg.contains("restore the file"),
+            "{msg}"
+        );
+        // Storing over it is refused too: the operator must look at it first.
+        let e = FileCheckpointStore::new(&path)
+            .store(&confirmed(&[("rs0", cp(1))]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), bad);
+    }
+}
+
+#[tokio::test]
+async fn file_store_in_a_missing_directory_names_the_path() {
+    let store = FileCheckpointStore::new("/nonexistent-dir/cp.json");
+    let e = store
+        .store(&confirmed(&[("rs0", cp(1))]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent-dir"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
+    let broker = Broker::start();
+    let mut cfg = KafkaCheckpointConfig::new(broker.bootstrap.clone());
+    cfg.topic = "it.checkpoints".into();
+    cfg.replication_factor = 1;
+    let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
+    assert_eq!(partitions(&broker.bootstrap, "it.checkpoints").len(), 1);
+    assert!(store.load().await.unwrap().is_empty());
+    store
+        .store(&confirmed(&[("rs0", cp(1)), ("rs1", cp(2))]))
+        .await
+        .unwrap();
+    store.store(&confirmed(&[("rs0", cp(5))])).await.unwrap();
+    store.store(&confirmed(&[("rs0", cp(6))])).await.unwrap();
+
+    // Opening again finds the topic; loading reads every record to the end.
+    let again = KafkaCheckpointStore::open(cfg).await.unwrap();
+    assert_eq!(
+        again.load().await.unwrap(),
+        map(&[("rs0", cp(6)), ("rs1", cp(2))])
+    );
+}
