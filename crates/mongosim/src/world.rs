@@ -527,10 +527,7 @@ impl World {
 
     /// The UUID of a collection, created on first use.
     pub fn collection_uuid(&mut self, s: usize, ns: &str) -> bson::Uuid {
-        *self.sets[s]
-            .uuids
-            .entry(ns.to_owned())
-            .or_insert_with(bson::Uuid::new)
+        *self.sets[s].uuids.entry(ns.to_owned()).or_default()
     }
 
     /// Checks that node `n` may take writes.
@@ -638,6 +635,7 @@ impl World {
     ///
     /// # Errors
     /// NotWritablePrimary or a bad filter.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         s: usize,
@@ -740,6 +738,7 @@ impl World {
     ///
     /// # Errors
     /// NotWritablePrimary or a bad filter.
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         s: usize,
@@ -1231,10 +1230,10 @@ impl World {
             .into_iter()
             .filter(|d| {
                 let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                !self.sets[recipient_set].nodes[rp]
+                self.sets[recipient_set].nodes[rp]
                     .data
                     .get(ns)
-                    .is_some_and(|c| c.position(&id).is_some())
+                    .is_none_or(|c| c.position(&id).is_none())
             })
             .collect();
         if !fresh.is_empty() {

@@ -1,0 +1,633 @@
+//! mongosim checked against a client nobody here wrote: the official Rust `mongodb` driver.
+//! Every wait is on a condition with a bounded deadline; nothing sleeps to hide a race.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use futures::StreamExt;
+use mongodb::error::ErrorKind;
+use mongodb::options::CursorType;
+use mongodb::Client;
+use mongosim::{Cluster, ClusterSpec, ReplicaSet, ReplicaSetSpec, ServerVersion};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn direct(addr: SocketAddr) -> Client {
+    Client::with_uri_str(format!(
+        "mongodb://{addr}/?directConnection=true&serverSelectionTimeoutMS=5000"
+    ))
+    .await
+    .unwrap()
+}
+
+fn code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+fn quiet_rs(nodes: usize) -> ReplicaSetSpec {
+    ReplicaSetSpec {
+        nodes,
+        noop_interval: Duration::from_secs(3600),
+        election_timeout: Duration::from_millis(300),
+        ..Default::default()
+    }
+}
+
+fn raw_to_doc(r: &RawDocumentBuf) -> Document {
+    Document::try_from(r.as_ref()).unwrap()
+}
+
+#[tokio::test]
+async fn hello_on_each_member_reports_me_and_roles() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let members = rs.members();
+    for (i, addr) in members.iter().enumerate() {
+        let c = direct(*addr).await;
+        let hello = c
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .unwrap();
+        assert_eq!(hello.get_str("me").unwrap(), addr.to_string());
+        assert_eq!(hello.get_str("setName").unwrap(), "replset");
+        assert_eq!(hello.get_bool("isWritablePrimary").unwrap(), i == 0);
+        assert_eq!(hello.get_bool("secondary").unwrap(), i != 0);
+        assert_eq!(hello.get_i32("maxWireVersion").unwrap(), 21);
+        assert!(hello.get("topologyVersion").is_none());
+        assert_eq!(hello.contains_key("electionId"), i == 0);
+        let legacy = c
+            .database("admin")
+            .run_command(doc! {"isMaster": 1})
+            .await
+            .unwrap();
+        assert_eq!(legacy.get_bool("ismaster").unwrap(), i == 0);
+    }
+    let status = direct(members[1])
+        .await
+        .database("admin")
+        .run_command(doc! {"replSetGetStatus": 1})
+        .await
+        .unwrap();
+    assert_eq!(status.get_i32("myState").unwrap(), 2);
+    assert_eq!(status.get_array("members").unwrap().len(), 3);
+    let err = direct(members[0])
+        .await
+        .database("admin")
+        .run_command(doc! {"frobnicate": 1})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(59));
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn tailable_await_raw_batches_on_a_secondary() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let members = rs.members();
+    let primary = direct(members[0]).await;
+    let secondary = direct(members[2]).await;
+    let oplog = secondary
+        .database("local")
+        .collection::<Document>("oplog.rs");
+    let mut cursor = oplog
+        .find(doc! {"fromMigrate": {"$exists": false}})
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(Duration::from_millis(100))
+        .batch()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut empty_batches = 0;
+    let coll = primary.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1, "x": "a"}).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !seen
+        .iter()
+        .any(|d: &Document| d.get_str("op").ok() == Some("i"))
+        || empty_batches == 0
+    {
+        assert!(Instant::now() < deadline, "no insert seen: {seen:?}");
+        let batch = cursor.next().await.unwrap().unwrap();
+        let docs = batch.doc_slices().unwrap();
+        let mut n = 0;
+        for d in docs {
+            let d = d.unwrap();
+            let d = d.as_document().unwrap();
+            seen.push(Document::try_from(d).unwrap());
+            n += 1;
+        }
+        if n == 0 {
+            empty_batches += 1;
+        }
+    }
+    let first = &seen[0];
+    assert_eq!(
+        first.get_document("o").unwrap().get_str("msg").unwrap(),
+        "initiating set"
+    );
+    let insert = seen
+        .iter()
+        .find(|d| d.get_str("op").ok() == Some("i"))
+        .unwrap();
+    assert_eq!(insert.get_str("ns").unwrap(), "test.c");
+    assert!(matches!(insert.get("t"), Some(Bson::Int64(1))));
+    assert!(matches!(insert.get("v"), Some(Bson::Int64(2))));
+    assert!(
+        matches!(insert.get("ui"), Some(Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid)
+    );
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn normal_tailable_cursor_and_secondary_refuses_writes() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let members = rs.members();
+    let primary = direct(members[0]).await;
+    let oplog = primary.database("local").collection::<Document>("oplog.rs");
+    let start = Timestamp {
+        time: 0,
+        increment: 0,
+    };
+    let mut cursor = oplog
+        .find(doc! {"ts": {"$gt": start}, "op": {"$in": ["i", "u", "d"]}})
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let coll = primary.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 7}).await.unwrap();
+    coll.update_one(doc! {"_id": 7}, doc! {"$set": {"y": 1}})
+        .await
+        .unwrap();
+    coll.delete_one(doc! {"_id": 7}).await.unwrap();
+    let mut ops = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while ops.len() < 3 {
+        let next = tokio::time::timeout_at(deadline, cursor.next())
+            .await
+            .expect("deadline");
+        let d = next.unwrap().unwrap();
+        ops.push(d.get_str("op").unwrap().to_owned());
+        if d.get_str("op").ok() == Some("u") {
+            assert_eq!(
+                d.get_document("o").unwrap(),
+                &doc! {"$v": 2, "diff": {"i": {"y": 1}}}
+            );
+            assert_eq!(d.get_document("o2").unwrap(), &doc! {"_id": 7});
+        }
+    }
+    assert_eq!(ops, ["i", "u", "d"]);
+    let err = direct(members[1])
+        .await
+        .database("test")
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": 8})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(10107), "{err}");
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn replica_set_client_follows_an_election() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let client = Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=10000",
+        rs.replica_set_uri("replset")
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let old = rs.primary().unwrap();
+    rs.kill_node(old).await.unwrap();
+    assert!(
+        rs.wait_for(DEADLINE, |c| c
+            .primary_of("replset")
+            .is_some_and(|p| p != old))
+            .await,
+        "no new primary"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match coll.insert_one(doc! {"_id": 2}).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "write never succeeded: {e}"),
+        }
+    }
+    let new = rs.primary().unwrap();
+    assert_ne!(new, old);
+    let hello = direct(new)
+        .await
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .unwrap();
+    assert_eq!(hello.get_str("primary").unwrap(), new.to_string());
+    rs.restart_node(old).await.unwrap();
+    assert!(
+        rs.wait_for(DEADLINE, |c| c.oplog_snapshot(old).len()
+            == c.oplog_snapshot(new).len())
+            .await,
+        "restarted node did not catch up"
+    );
+    let hello = direct(old)
+        .await
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .unwrap();
+    assert!(hello.get_bool("secondary").unwrap());
+    // The new term opened with a "new primary" no-op with a higher t.
+    let last_noop = rs
+        .oplog_snapshot(new)
+        .iter()
+        .map(raw_to_doc)
+        .rfind(|d| {
+            d.get_document("o").ok().and_then(|o| o.get_str("msg").ok()) == Some("new primary")
+        })
+        .unwrap();
+    assert_eq!(last_noop.get_i64("t").unwrap(), 2);
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn rollback_kills_the_cursor_on_the_old_primary() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let old = rs.primary().unwrap();
+    let client = direct(old).await;
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let mut cursor = oplog
+        .find(doc! {})
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(Duration::from_millis(100))
+        .batch()
+        .await
+        .unwrap();
+    rs.partition_node(old).await.unwrap();
+    client
+        .database("test")
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": "lost"})
+        .await
+        .unwrap();
+    assert!(
+        rs.wait_for(DEADLINE, |c| c
+            .primary_of("replset")
+            .is_some_and(|p| p != old))
+            .await,
+        "no election"
+    );
+    rs.heal_node(old).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut saw_lost = false;
+    let err = loop {
+        assert!(Instant::now() < deadline, "cursor never failed");
+        match cursor.next().await {
+            Some(Ok(batch)) => {
+                for d in batch.doc_slices().unwrap() {
+                    let d = Document::try_from(d.unwrap().as_document().unwrap()).unwrap();
+                    if d.get_document("o").ok().and_then(|o| o.get_str("_id").ok()) == Some("lost")
+                    {
+                        saw_lost = true;
+                    }
+                }
+            }
+            Some(Err(e)) => break e,
+            None => panic!("cursor ended without an error"),
+        }
+    };
+    assert!(
+        saw_lost,
+        "the un-replicated insert was visible on the old primary first"
+    );
+    assert!(matches!(code(&err), Some(11602) | Some(175)), "{err}");
+    let rolled: Vec<Document> = rs
+        .rolled_back_entries("replset")
+        .iter()
+        .map(raw_to_doc)
+        .collect();
+    assert!(rolled
+        .iter()
+        .any(|d| d.get_document("o").ok().and_then(|o| o.get_str("_id").ok()) == Some("lost")));
+    let committed: Vec<Document> = rs
+        .committed_entries("replset")
+        .iter()
+        .map(raw_to_doc)
+        .collect();
+    assert!(!committed.iter().any(|d| d
+        .get_document("o")
+        .ok()
+        .and_then(|o| o.get_str("_id").ok())
+        == Some("lost")));
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn capped_position_lost_and_fresh_find_from_oldest() {
+    let mut spec = quiet_rs(1);
+    spec.oplog_max_entries = Some(5);
+    let rs = ReplicaSet::start(spec).await.unwrap();
+    let addr = rs.members()[0];
+    let client = direct(addr).await;
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let mut cursor = oplog
+        .find(doc! {})
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(Duration::from_millis(50))
+        .batch()
+        .await
+        .unwrap();
+    let first = cursor.next().await.unwrap().unwrap();
+    let first: Vec<Document> = first
+        .doc_slices()
+        .unwrap()
+        .into_iter()
+        .map(|d| Document::try_from(d.unwrap().as_document().unwrap()).unwrap())
+        .collect();
+    let oldest_ts = first[0].get_timestamp("ts").unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    for i in 0..10 {
+        coll.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let err = loop {
+        match cursor.next().await.unwrap() {
+            Ok(b) => assert!(
+                b.doc_slices().unwrap().into_iter().next().is_none(),
+                "got data after rollover"
+            ),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(code(&err), Some(136), "{err}");
+    let fresh: Vec<Document> = oplog
+        .find(doc! {"ts": {"$gte": oldest_ts}})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(fresh.len(), 5);
+    assert_ne!(fresh[0].get_timestamp("ts").unwrap(), oldest_ts);
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn sharded_writes_list_shards_and_migrations() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        nodes_per_shard: 3,
+        version: ServerVersion::V6_0,
+        noop_interval: Duration::from_secs(3600),
+        election_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mongos = Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=5000", cluster.uri()))
+        .await
+        .unwrap();
+    let hello = mongos
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .unwrap();
+    assert_eq!(hello.get_str("msg").unwrap(), "isdbgrid");
+    let coll = mongos.database("test").collection::<Document>("c");
+    let docs: Vec<Document> = [1, 3, 5, 1001, 1003]
+        .iter()
+        .map(|i| doc! {"_id": *i, "v": "x"})
+        .collect();
+    coll.insert_many(docs).await.unwrap();
+    let all: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(all.len(), 5);
+    let shards = mongos
+        .database("admin")
+        .run_command(doc! {"listShards": 1})
+        .await
+        .unwrap();
+    let shards = shards.get_array("shards").unwrap();
+    assert_eq!(shards.len(), 2);
+    let s1 = shards[0].as_document().unwrap();
+    assert_eq!(s1.get_str("_id").unwrap(), "shard01");
+    let members: Vec<String> = cluster
+        .shard_members("shard01")
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        s1.get_str("host").unwrap(),
+        format!("shard01/{}", members.join(","))
+    );
+    let err = mongos
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(20));
+    let cfg = direct(cluster.config_members()[0]).await;
+    let hello = cfg
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .unwrap();
+    assert_eq!(hello.get_i32("configsvr").unwrap(), 2);
+    let config_shards: Vec<Document> = cfg
+        .database("config")
+        .collection::<Document>("shards")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(config_shards.len(), 2);
+
+    let ops_of = |addr: SocketAddr| -> Vec<Document> {
+        cluster
+            .oplog_snapshot(addr)
+            .iter()
+            .map(raw_to_doc)
+            .filter(|d| d.get_str("ns").ok() == Some("test.c"))
+            .collect()
+    };
+    let p1 = cluster.primary_of("shard01").unwrap();
+    let p2 = cluster.primary_of("shard02").unwrap();
+    assert_eq!(ops_of(p1).len(), 3);
+    assert_eq!(ops_of(p2).len(), 2);
+    cluster.move_chunk("test.c", 1, "shard02").await.unwrap();
+    let donor: Vec<Document> = ops_of(p1)
+        .into_iter()
+        .filter(|d| d.get_str("op").ok() == Some("d"))
+        .collect();
+    let recipient: Vec<Document> = ops_of(p2)
+        .into_iter()
+        .filter(|d| {
+            d.get_str("op").ok() == Some("i") && d.get_bool("fromMigrate").ok() == Some(true)
+        })
+        .collect();
+    assert_eq!(donor.len(), 3);
+    assert!(donor
+        .iter()
+        .all(|d| d.get_bool("fromMigrate").ok() == Some(true)));
+    assert_eq!(recipient.len(), 3);
+    let all: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(all.len(), 5);
+
+    let added = cluster.add_shard(3).await.unwrap();
+    assert_eq!(added, "shard03");
+    cluster.begin_remove_shard("shard02").await.unwrap();
+    let shards = mongos
+        .database("admin")
+        .run_command(doc! {"listShards": 1})
+        .await
+        .unwrap();
+    let draining = shards
+        .get_array("shards")
+        .unwrap()
+        .iter()
+        .find(|s| s.as_document().unwrap().get_str("_id").ok() == Some("shard02"))
+        .unwrap()
+        .as_document()
+        .unwrap()
+        .clone();
+    assert!(draining.get_bool("draining").unwrap());
+    cluster.remove_shard("shard02").await.unwrap();
+    assert_eq!(cluster.shard_names(), ["shard01", "shard03"]);
+    let all: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(all.len(), 5);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn fixture_entries_are_loaded_byte_faithfully() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"ts":{"$timestamp":{"t":1422998530,"i":1}},"h":{"$numberLong":"0"},"v":{"$numberInt":"2"},"op":"n","ns":"","o":{"msg":"initiating set"}}"#,
+        r#"{"ts":{"$timestamp":{"t":1422998574,"i":1}},"h":{"$numberLong":"-6781014703318499311"},"v":{"$numberInt":"2"},"op":"i","ns":"test.mycollection","o":{"_id":{"$numberInt":"1"},"data":"hello"}}"#,
+        r#"{"ts":{"$timestamp":{"t":1422998892,"i":1}},"h":{"$numberLong":"3056127588031004421"},"v":{"$numberInt":"2"},"op":"d","ns":"test.mycollection","fromMigrate":true,"o":{"_id":{"$numberInt":"1"}}}"#,
+    ];
+    std::fs::write(dir.path().join("shard01.oplog.jsonl"), lines.join("\n")).unwrap();
+    std::fs::write(
+        dir.path().join("fixture.toml"),
+        "description = \"seed\"\nserver_version = \"legacy\"\n[[shards]]\nname = \"shard01\"\nnodes = 3\noplog = \"shard01.oplog.jsonl\"\n",
+    )
+    .unwrap();
+    let rs = Cluster::start_with_fixture(
+        ClusterSpec {
+            shards: 0,
+            noop_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let members = rs.shard_members("shard01");
+    assert_eq!(members.len(), 3);
+    for m in &members {
+        let snapshot = rs.oplog_snapshot(*m);
+        assert_eq!(snapshot.len(), 3);
+        for (raw, line) in snapshot.iter().zip(lines) {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            let expected = bson::Document::try_from(json.as_object().unwrap().clone()).unwrap();
+            assert_eq!(raw.as_bytes(), expected.to_vec().unwrap().as_slice());
+        }
+    }
+    // Reading it back through the driver yields the same bytes.
+    let client = direct(members[1]).await;
+    let mut cursor = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find(doc! {})
+        .batch()
+        .await
+        .unwrap();
+    let batch = cursor.next().await.unwrap().unwrap();
+    let got: Vec<Vec<u8>> = batch
+        .doc_slices()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.unwrap().as_document().unwrap().as_bytes().to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = rs
+        .oplog_snapshot(members[1])
+        .iter()
+        .map(|r| r.as_bytes().to_vec())
+        .collect();
+    assert_eq!(got, want);
+    // New writes continue after the last ts in the legacy shape.
+    let primary = direct(members[0]).await;
+    primary
+        .database("test")
+        .collection::<Document>("mycollection")
+        .insert_one(doc! {"_id": 2})
+        .await
+        .unwrap();
+    let last = raw_to_doc(rs.oplog_snapshot(members[0]).last().unwrap());
+    assert!(last.get_i64("h").is_ok());
+    assert!(last.get("t").is_none());
+    assert!(last.get_timestamp("ts").unwrap().time > 1422998892);
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn garbage_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rs = ReplicaSet::start(quiet_rs(1)).await.unwrap();
+    let addr = rs.members()[0];
+    for garbage in [
+        vec![0xffu8; 64],
+        (49_000_000i32)
+            .to_le_bytes()
+            .iter()
+            .chain([0u8; 12].iter())
+            .copied()
+            .collect(),
+        vec![
+            30, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xdd, 7, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9,
+            9, 9,
+        ],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&garbage).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "connection should be closed without a reply");
+    }
+    let hello = direct(addr)
+        .await
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap();
+    assert_eq!(hello.get_f64("ok").unwrap(), 1.0);
+    rs.shutdown().await;
+}
