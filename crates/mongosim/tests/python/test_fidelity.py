@@ -1,0 +1,233 @@
+"""mongosim checked against pymongo, a client nobody here wrote.
+
+Run:  MONGOSIM_BIN=target-sim/debug/mongosim python3 -m pytest -q crates/mongosim/tests/python
+
+Every test starts its own `mongosim` process on ephemeral ports and waits on conditions
+with bounded deadlines (no sleeps that paper over races).
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+from pymongo import MongoClient
+from pymongo.cursor import CursorType
+from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
+
+DEADLINE = 20.0
+
+
+def wait_until(check, what, timeout=DEADLINE):
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling interval of a bounded wait, not a race cover
+
+
+class Sim:
+    def __init__(self, *args):
+        binary = os.environ.get("MONGOSIM_BIN")
+        if not binary:
+            pytest.skip("MONGOSIM_BIN not set")
+        self.dir = tempfile.TemporaryDirectory()
+        layout = os.path.join(self.dir.name, "layout.json")
+        self.proc = subprocess.Popen(
+            [binary, "--port", "0", "--layout-json", layout, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: os.path.exists(layout) or self.proc.poll() is not None, "layout file")
+        assert self.proc.poll() is None, "mongosim exited"
+        with open(layout) as f:
+            self.layout = json.load(f)
+        self.clients = []
+
+    def client(self, addr, **kw):
+        c = MongoClient(f"mongodb://{addr}/?directConnection=true", serverSelectionTimeoutMS=5000, **kw)
+        self.clients.append(c)
+        return c
+
+    def mongos(self):
+        return self.client(self.layout["mongos"])
+
+    def control(self, op, **kw):
+        via = self.layout["mongos"] or self.layout["shards"][0]["members"][0]
+        return self.client(via).admin.command({"mongosimControl": op, **kw})
+
+    def members(self, shard):
+        return next(s["members"] for s in self.layout["shards"] if s["name"] == shard)
+
+    def primary(self, shard):
+        status = self.control("status")["nodes"]
+        for n in status:
+            if n["set"] == shard and n["state"] == "PRIMARY" and n["alive"] and not n["partitioned"]:
+                return n["addr"]
+        return None
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.dir.cleanup()
+
+
+@pytest.fixture
+def sharded():
+    sim = Sim("--sharded", "2", "--replicaset", "--nodes", "3", "--noop-interval", "100ms",
+              "--election-timeout", "300ms")
+    yield sim
+    sim.close()
+
+
+def tail(client, after=None):
+    query = {} if after is None else {"ts": {"$gte": after}}
+    return client.local["oplog.rs"].find(query, cursor_type=CursorType.TAILABLE_AWAIT).max_await_time_ms(100)
+
+
+def try_next(cursor):
+    """One awaitData round: a document, or None when the getMore came back empty."""
+    try:
+        return cursor.next()
+    except StopIteration:
+        assert cursor.alive, "tailable cursor died"
+        return None
+
+
+def drain(cursor, until, what):
+    """Reads from a tailable cursor until `until(entries)` holds."""
+    seen = []
+    end = time.monotonic() + DEADLINE
+    while not until(seen):
+        assert time.monotonic() < end, f"timed out waiting for {what}; saw {seen[-3:]}"
+        doc = try_next(cursor)
+        if doc is not None:
+            seen.append(doc)
+    return seen
+
+
+def has_insert(_id):
+    return lambda seen: any(e["op"] == "i" and e["o"].get("_id") == _id for e in seen)
+
+
+def test_hello_and_list_shards(sharded):
+    mongos = sharded.mongos()
+    hello = mongos.admin.command("hello")
+    assert hello["msg"] == "isdbgrid"
+    shards = mongos.admin.command("listShards")["shards"]
+    assert [s["_id"] for s in shards] == ["shard01", "shard02"]
+    assert shards[0]["host"] == "shard01/" + ",".join(sharded.members("shard01"))
+    for addr in sharded.members("shard01"):
+        h = sharded.client(addr).admin.command("hello")
+        assert h["me"] == addr and h["setName"] == "shard01"
+    cfg = sharded.client(sharded.layout["config"]["members"][0]).admin.command("hello")
+    assert cfg["configsvr"] == 2
+    with pytest.raises(OperationFailure) as e:
+        mongos.local["oplog.rs"].find_one()
+    assert e.value.code == 20
+
+
+def test_write_through_mongos_reaches_every_member(sharded):
+    mongos = sharded.mongos()
+    cursors = {a: tail(sharded.client(a)) for a in sharded.members("shard02")}
+    mongos.test.c.insert_one({"_id": 1500, "v": 1})
+    mongos.test.c.update_one({"_id": 1500}, {"$set": {"v": 2}})
+    for addr, cur in cursors.items():
+        seen = drain(cur, lambda s: any(e["op"] == "u" for e in s), f"update on {addr}")
+        upd = next(e for e in seen if e["op"] == "u")
+        assert upd["o"] == {"$v": 2, "diff": {"u": {"v": 2}}}
+        assert upd["o2"] == {"_id": 1500}
+    assert mongos.test.c.find_one({"_id": 1500})["v"] == 2
+
+
+def test_tail_every_node_through_kill_and_restart(sharded):
+    mongos = sharded.mongos()
+    members = sharded.members("shard01")
+    cursors = {a: tail(sharded.client(a)) for a in members}
+    mongos.test.c.insert_one({"_id": 1})
+    last_ts = {}
+    for addr, cur in cursors.items():
+        seen = drain(cur, has_insert(1), f"insert 1 on {addr}")
+        last_ts[addr] = seen[-1]["ts"]
+    victim = members[2]
+    sharded.control("killNode", node=victim)
+    with pytest.raises((AutoReconnect, ConnectionFailure, OperationFailure)):
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            try_next(cursors[victim])
+    mongos.test.c.insert_one({"_id": 2})
+    sharded.control("restartNode", node=victim)
+    # Resume on the restarted node from the last ts it delivered, as a tailer must.
+    client = sharded.client(victim)
+    resumed = tail(client, after=last_ts[victim])
+    seen = drain(resumed, has_insert(2), "insert 2 on the restarted node")
+    assert seen[0]["ts"] == last_ts[victim], "resume point must be the first entry returned"
+    for addr in members[:2]:
+        drain(cursors[addr], has_insert(2), f"insert 2 on {addr}")
+
+
+def test_rollback_kills_the_cursor_on_the_old_primary(sharded):
+    old = sharded.primary("shard01")
+    client = sharded.client(old)
+    cursor = tail(client)
+    drain(cursor, lambda s: len(s) > 0, "initial entries")
+    sharded.control("partition", node=old)
+    client.test.c.insert_one({"_id": "lost"})
+    drain(cursor, has_insert("lost"), "the un-replicated insert on the old primary")
+    wait_until(lambda: sharded.primary("shard01") not in (None, old), "a new primary")
+    sharded.control("heal", node=old)
+    # An in-flight awaitData getMore fails with InterruptedDueToReplStateChange (11602,
+    # raised by pymongo as NotPrimaryError); an idle cursor gets QueryPlanKilled (175),
+    # which pymongo swallows for tailable cursors and reports as `alive == False`.
+    end = time.monotonic() + DEADLINE
+    outcome = None
+    while outcome is None:
+        assert time.monotonic() < end, "cursor survived the rollback"
+        try:
+            cursor.next()
+        except StopIteration:
+            if not cursor.alive:
+                outcome = "killed"
+        except OperationFailure as e:
+            assert e.code in (11602, 175), e
+            outcome = e.code
+        except (AutoReconnect, ConnectionFailure) as e:
+            outcome = repr(e)
+    truth = sharded.control("groundTruth", shard="shard01")
+    assert any(d["op"] == "i" and d["o"]["_id"] == "lost" for d in truth["rolledBack"])
+    assert not any(d["op"] == "i" and d["o"].get("_id") == "lost" for d in truth["committed"])
+    mongos = sharded.mongos()
+    assert mongos.test.c.find_one({"_id": "lost"}) is None
+
+
+def test_replica_set_uri_follows_failover():
+    sim = Sim("--replicaset", "--nodes", "3", "--noop-interval", "100ms", "--election-timeout", "300ms")
+    try:
+        uri = sim.layout["shards"][0]["uri"]
+        client = MongoClient(uri, serverSelectionTimeoutMS=10000)
+        sim.clients.append(client)
+        client.test.c.insert_one({"_id": 1})
+        old = sim.primary("replset")
+        # Control through a member that survives.
+        other = next(a for a in sim.members("replset") if a != old)
+        sim.client(other).admin.command({"mongosimControl": "killNode", "node": old})
+        def write():
+            try:
+                client.test.c.insert_one({"_id": 2})
+                return True
+            except (AutoReconnect, ConnectionFailure):
+                return False
+        wait_until(write, "a write after failover")
+        assert client.primary is not None and "%s:%d" % client.primary != old
+    finally:
+        sim.close()
