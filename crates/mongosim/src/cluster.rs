@@ -76,7 +76,7 @@ pub struct ClusterSpec {
     pub base_port: u16,
     /// Simulated release.
     pub version: ServerVersion,
-    /// Interval of the primary's "periodic noop" when idle (mongod: 10 s).
+    /// Interval of the primary's "periodic noop" when idle (mongod: 10 s); zero disables.
     pub noop_interval: Duration,
     /// Election timeout (mongod: 10 s): how long a set without a reachable primary waits
     /// before electing, and how long an isolated primary keeps accepting writes.
@@ -90,6 +90,8 @@ pub struct ClusterSpec {
     pub split_points: Option<Vec<Bson>>,
     /// Name of the replica set when `shards == 0` (mlaunch: "replset").
     pub replica_set_name: String,
+    /// Shard names; empty (the default) names them shard01, shard02, ... as mlaunch does.
+    pub shard_names: Vec<String>,
     /// How often the simulation advances (replication, elections, no-ops).
     pub tick_interval: Duration,
 }
@@ -108,6 +110,7 @@ impl Default for ClusterSpec {
             oplog_max_bytes: None,
             split_points: None,
             replica_set_name: "replset".to_owned(),
+            shard_names: Vec::new(),
             tick_interval: Duration::from_millis(5),
         }
     }
@@ -260,7 +263,11 @@ impl Cluster {
                 )
                 .await?;
                 let addrs: Vec<SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
-                let name = format!("shard{:02}", k + 1);
+                let name = spec
+                    .shard_names
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| format!("shard{:02}", k + 1));
                 let s = world.add_set(&name, SetRole::Shard, &addrs, now);
                 shards.push(ShardEntry {
                     name,
@@ -323,6 +330,7 @@ impl Cluster {
             spec.replica_set_name = fx.shards[0].name.clone();
         } else {
             spec.shards = fx.shards.len();
+            spec.shard_names = fx.shards.iter().map(|s| s.name.clone()).collect();
         }
         let cluster = Cluster::start(spec).await?;
         cluster.apply_fixture(fx)?;

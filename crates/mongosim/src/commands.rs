@@ -123,9 +123,9 @@ async fn dispatch(
         "find" => find(shared, proc, db, cmd),
         "getMore" => get_more(shared, proc, db, cmd).await,
         "killCursors" => kill_cursors(shared, proc, cmd),
-        "insert" => insert(shared, proc, db, cmd),
-        "update" => update(shared, proc, db, cmd),
-        "delete" => delete(shared, proc, db, cmd),
+        "insert" => finish_write(shared, proc, cmd, insert(shared, proc, db, cmd)?).await,
+        "update" => finish_write(shared, proc, cmd, update(shared, proc, db, cmd)?).await,
+        "delete" => finish_write(shared, proc, cmd, delete(shared, proc, db, cmd)?).await,
         "create" => create(shared, proc, db, cmd),
         "listDatabases" => list_databases(&shared.world(), proc),
         "listCollections" => list_collections(&shared.world(), proc, db),
@@ -1180,6 +1180,84 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         reply.insert("writeErrors", errors);
     }
     Ok(ok(reply))
+}
+
+/// Honours `writeConcern: {w: "majority" | N, wtimeout}` by waiting until the newest entry
+/// of every written set is held by enough members; on timeout the reply carries a
+/// `writeConcernError` (64 WriteConcernFailed) as mongod's does. `w: 1` (the default)
+/// returns at once.
+async fn finish_write(
+    shared: &Arc<Shared>,
+    proc: Proc,
+    cmd: &Document,
+    mut reply: Document,
+) -> CmdResult {
+    let wc = cmd.get_document("writeConcern").ok();
+    let needed = match wc.and_then(|d| d.get("w")) {
+        Some(Bson::String(m)) if m == "majority" => Some(0usize),
+        Some(Bson::Int32(n)) if *n > 1 => Some(*n as usize),
+        Some(Bson::Int64(n)) if *n > 1 => Some(*n as usize),
+        Some(Bson::Double(n)) if *n > 1.0 => Some(*n as usize),
+        _ => None,
+    };
+    let Some(needed) = needed else {
+        return Ok(reply);
+    };
+    let timeout = wc.and_then(|d| get_i64(d, "wtimeout")).filter(|t| *t > 0);
+    let deadline = tokio::time::Instant::now()
+        + timeout.map_or(Duration::from_secs(365 * 24 * 3600), |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    let targets: Vec<(usize, crate::oplog::EntryId)> = {
+        let w = shared.world();
+        match proc {
+            Proc::Node { set, node } => w.sets[set].nodes[node]
+                .oplog
+                .last()
+                .map(|e| vec![(set, e.id)])
+                .unwrap_or_default(),
+            Proc::Mongos => w
+                .sharding
+                .iter()
+                .flat_map(|sh| {
+                    sh.shards
+                        .iter()
+                        .filter(|x| x.state != ShardState::Removed)
+                        .map(|x| x.set)
+                })
+                .filter_map(|s| {
+                    let p = w.sets[s].sync_source()?;
+                    w.sets[s].nodes[p].oplog.last().map(|e| (s, e.id))
+                })
+                .collect(),
+        }
+    };
+    loop {
+        let mut rx = shared.changes.subscribe();
+        let done = {
+            let w = shared.world();
+            targets.iter().all(|(s, id)| {
+                let set = &w.sets[*s];
+                let need = if needed == 0 { set.majority() } else { needed };
+                set.nodes.iter().filter(|n| n.oplog.contains(id)).count() >= need
+            })
+        };
+        if done {
+            return Ok(reply);
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                reply.insert("writeConcernError", doc! {
+                    "code": 64,
+                    "codeName": "WriteConcernFailed",
+                    "errmsg": "waiting for replication timed out",
+                    "errInfo": {"wtimeout": true},
+                });
+                return Ok(reply);
+            }
+        }
+    }
 }
 
 fn id_of_filter(q: &Document) -> Option<&Bson> {

@@ -10,7 +10,12 @@
 //! oplog = "shard01.oplog.jsonl"      # every member holds this oplog
 //! # node_oplogs = ["n0.jsonl", "n1.jsonl", "n2.jsonl"]   # or one per member
 //! # primary = 0
+//! # partitioned = [2]               # mongosim extension: members cut off at start
 //! ```
+//!
+//! Members whose newest entry the primary lacks (the deposed primary of a rollback
+//! snapshot) also start partitioned, so their extra entries can be tailed; `heal_node`
+//! then triggers the rollback.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +36,9 @@ pub struct FixtureToml {
     /// Free text.
     #[serde(default)]
     pub description: Option<String>,
+    /// Where the data came from (free text).
+    #[serde(default)]
+    pub source: Option<String>,
     /// "legacy" or "4.4".."8.0": the shape of new writes after loading.
     pub server_version: String,
     /// One table per replica set.
@@ -54,6 +62,11 @@ pub struct FixtureShardToml {
     /// Index of the primary (default 0).
     #[serde(default)]
     pub primary: Option<usize>,
+    /// mongosim extension: members that start partitioned from the set (e.g. the old
+    /// primary of a rollback snapshot, so a test can tail its extra entries before healing
+    /// it with `heal_node`, which then triggers the rollback).
+    #[serde(default)]
+    pub partitioned: Vec<usize>,
 }
 
 /// A parsed fixture.
@@ -76,6 +89,8 @@ pub struct FixtureShard {
     pub nodes: Vec<Vec<Document>>,
     /// Primary index.
     pub primary: usize,
+    /// Members that start partitioned.
+    pub partitioned: Vec<usize>,
 }
 
 fn err(dir: &Path, message: impl Into<String>) -> SimError {
@@ -176,10 +191,17 @@ pub fn read(dir: &Path) -> Result<Fixture, SimError> {
                 format!("shard {}: primary {primary} out of range", s.name),
             ));
         }
+        if let Some(bad) = s.partitioned.iter().find(|i| **i >= s.nodes) {
+            return Err(err(
+                dir,
+                format!("shard {}: partitioned member {bad} out of range", s.name),
+            ));
+        }
         shards.push(FixtureShard {
             name: s.name.clone(),
             nodes,
             primary,
+            partitioned: s.partitioned.clone(),
         });
     }
     Ok(Fixture {
@@ -266,6 +288,22 @@ pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> 
                 w.push_entry(s, n, Arc::new(entry));
             }
         }
+        // A member whose newest entry the primary lacks has diverged (the deposed primary
+        // of a rollback snapshot): it starts partitioned so its extra entries stay visible
+        // until `heal_node`, which triggers the rollback.
+        let diverged: Vec<usize> = {
+            let set = &w.sets[s];
+            let primary = &set.nodes[shard.primary];
+            (0..set.nodes.len())
+                .filter(|n| {
+                    *n != shard.primary
+                        && set.nodes[*n]
+                            .oplog
+                            .last()
+                            .is_some_and(|e| !primary.oplog.contains(&e.id))
+                })
+                .collect()
+        };
         let set = &mut w.sets[s];
         for (n, node) in set.nodes.iter_mut().enumerate() {
             node.term = max_term;
@@ -274,6 +312,11 @@ pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> 
             } else {
                 MemberState::Secondary
             };
+            node.partitioned = shard.partitioned.contains(&n) || diverged.contains(&n);
+            if diverged.contains(&n) {
+                tracing::info!(set = %shard.name, node = %node.addr, "fixture member diverged from the primary: starts partitioned");
+            }
+            node.partitioned_at = node.partitioned.then_some(now);
         }
     }
     Ok(())

@@ -972,7 +972,8 @@ impl World {
                 let set = &self.sets[s];
                 let (src, dst) = (&set.nodes[p], &set.nodes[i]);
                 match dst.oplog.last() {
-                    None => Some(0),
+                    // Emptied by truncate_oplog: continue after what it last had.
+                    None => Some(src.oplog.index_after(dst.last_ts)),
                     Some(e) => src.oplog.position_of(&e.id).map(|x| x + 1),
                 }
             };
@@ -1061,6 +1062,7 @@ impl World {
             let node = &self.sets[s].nodes[n];
             if node.alive
                 && node.state == MemberState::Primary
+                && !self.cfg.noop_interval.is_zero()
                 && now.duration_since(node.last_write_at) >= self.cfg.noop_interval
             {
                 self.write(s, n, &OpSpec::noop("periodic noop"), now);
