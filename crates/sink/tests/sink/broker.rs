@@ -119,6 +119,7 @@ impl Tansu {
 impl Broker {
     /// Starts tansu (or uses `KAFKA_BOOTSTRAP`).
     pub fn start() -> Broker {
+        crate::init_tracing();
         if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
             return Broker {
                 bootstrap: b,

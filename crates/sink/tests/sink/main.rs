@@ -69,3 +69,13 @@ pub async fn wait_progress(
 pub fn confirmed_seq(p: &ShardProgress) -> Option<u64> {
     p.confirmed.map(|c| c.seq)
 }
+
+/// Logs go to the test output; filter with `RUST_LOG` (e.g. `RUST_LOG=librdkafka=debug`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
