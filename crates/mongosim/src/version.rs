@@ -62,6 +62,12 @@ impl ServerVersion {
         self != ServerVersion::Legacy
     }
 
+    /// Whether inserts carry `o2` = the document key (`{_id}` plus shard key fields): from
+    /// 5.3, per mongodb/mongo `jstests/sharding/write_oplog_document_key.js` (requires_fcv_53).
+    pub fn insert_document_key(self) -> bool {
+        self >= ServerVersion::V6_0
+    }
+
     /// Whether updates are logged as `$v: 2` diffs (5.0+) rather than `$v: 1` modifiers.
     pub fn diff_updates(self) -> bool {
         self >= ServerVersion::V5_0

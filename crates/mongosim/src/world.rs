@@ -617,12 +617,16 @@ impl World {
                     ),
                 ));
             }
+            let o2 = self
+                .version
+                .insert_document_key()
+                .then(|| doc! {"_id": id.clone()});
             let spec = OpSpec {
                 op: "i",
                 ns: ns.to_owned(),
                 ui,
                 o: d,
-                o2: None,
+                o2,
                 from_migrate,
             };
             self.write(s, n, &spec, now);

@@ -134,6 +134,9 @@ async fn tailable_await_raw_batches_on_a_secondary() {
         .iter()
         .find(|d| d.get_str("op").ok() == Some("i"))
         .unwrap();
+    let keys: Vec<&str> = insert.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
+    assert_eq!(insert.get_document("o2").unwrap(), &doc! {"_id": 1});
     assert_eq!(insert.get_str("ns").unwrap(), "test.c");
     assert!(matches!(insert.get("t"), Some(Bson::Int64(1))));
     assert!(matches!(insert.get("v"), Some(Bson::Int64(2))));
