@@ -25,7 +25,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quorumtail_oplog::{EntryId, ShardPosition};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -36,6 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::config::de_duration;
+use crate::kafka::TracingContext;
 
 /// Positions the sink confirmed, one per shard. Only the sink creates these (or a caller
 /// that vouches for them with [`ConfirmedCheckpoints::assume_confirmed`]), so a store can
@@ -354,7 +354,7 @@ impl KafkaCheckpointConfig {
 /// Checkpoints in a compacted Kafka topic. See the [module docs](self).
 pub struct KafkaCheckpointStore {
     config: KafkaCheckpointConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<TracingContext>,
 }
 
 impl std::fmt::Debug for KafkaCheckpointStore {
@@ -405,9 +405,10 @@ impl KafkaCheckpointStore {
             pc.set(k, v);
         }
         pc.set("linger.ms", "0");
-        let producer: FutureProducer = pc.create().map_err(|e| {
-            kerr("creating the producer", "fix [checkpoint.librdkafka]")(e.to_string())
-        })?;
+        let producer: FutureProducer<TracingContext> =
+            pc.create_with_context(TracingContext).map_err(|e| {
+                kerr("creating the producer", "fix [checkpoint.librdkafka]")(e.to_string())
+            })?;
         let store = KafkaCheckpointStore { config, producer };
         store.ensure_topic().await?;
         Ok(store)
@@ -473,8 +474,10 @@ impl KafkaCheckpointStore {
             return Ok(());
         }
         tracing::info!(topic = %self.config.topic, "checkpoint store: creating the compacted topic");
-        let admin: AdminClient<DefaultClientContext> =
-            self.common_config().create().map_err(|e| {
+        let admin: AdminClient<TracingContext> = self
+            .common_config()
+            .create_with_context(TracingContext)
+            .map_err(|e| {
                 self.err(
                     "creating the admin client",
                     e,
@@ -528,12 +531,12 @@ fn read_to_end(
             fix,
         }
     };
-    let consumer: BaseConsumer = cc
+    let consumer: BaseConsumer<TracingContext> = cc
         .set("group.id", "quorumtail-checkpoint-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(TracingContext)
         .map_err(|e| err("creating the consumer", &e, "fix [checkpoint.librdkafka]"))?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {

@@ -67,6 +67,25 @@ impl ClientContext for SinkContext {
     }
 }
 
+/// The context of the checkpoint store's clients: librdkafka's logs and errors go to
+/// `tracing`; end-of-partition (expected when reading to the end) is not an error.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for TracingContext {}
+
 pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, msg: &str) {
     match level {
         RDKafkaLogLevel::Emerg

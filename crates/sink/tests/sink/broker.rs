@@ -298,13 +298,26 @@ pub async fn read_all(bootstrap: &str, topics: &[&str]) -> Vec<Consumed> {
     out
 }
 
+/// A consumer context that does not report end-of-partition as an error.
+struct Quiet;
+
+impl rdkafka::client::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            eprintln!("test consumer: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
-    let c: BaseConsumer = ClientConfig::new()
+    let c: BaseConsumer<Quiet> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "quorumtail-sink-tests")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(Quiet)
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut waiting = std::collections::HashSet::new();

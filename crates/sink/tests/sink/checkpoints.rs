@@ -114,6 +114,10 @@ async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
     cfg.replication_factor = 1;
     let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
     assert_eq!(partitions(&broker.bootstrap, "it.checkpoints").len(), 1);
+    assert_eq!(
+        topic_config(&broker.bootstrap, "it.checkpoints", "cleanup.policy").await,
+        Some("compact".to_owned())
+    );
     assert!(store.load().await.unwrap().is_empty());
     store
         .store(&confirmed(&[("rs0", cp(1)), ("rs1", cp(2))]))
@@ -128,4 +132,21 @@ async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
         again.load().await.unwrap(),
         map(&[("rs0", cp(6)), ("rs1", cp(2))])
     );
+}
+
+/// A topic's config value, as the broker describes it.
+async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let res = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let r = res.into_iter().next()?.ok()?;
+    r.get(key).and_then(|e| e.value.clone())
 }

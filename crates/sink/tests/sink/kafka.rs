@@ -500,3 +500,51 @@ async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
     let got = read_all(&broker.bootstrap, &["it7"]).await;
     assert_eq!(got.len(), 100);
 }
+
+/// A full librdkafka queue (QueueFull) makes the sink wait for deliveries, never drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_librdkafka_queue_makes_the_sink_wait() {
+    let broker = Broker::start();
+    if !broker.controllable() {
+        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
+        return;
+    }
+    broker.create_topics(&[("it8", 2)]).await;
+    let mut cfg = config(&broker, "it8");
+    cfg.max_in_flight = 1000;
+    cfg.channel_capacity = 4;
+    cfg.librdkafka
+        .insert("queue.buffering.max.messages".into(), "5".into());
+    let sink = Sink::kafka(&cfg, &shards()).await.unwrap();
+    let tx = sink.sender();
+    broker.pause();
+    let mut sender = tokio::spawn(async move {
+        for seq in 1..=60 {
+            tx.send(record("rs0", seq, true, Some(&format!("k{seq}"))))
+                .await
+                .unwrap();
+        }
+    });
+    let blocked = tokio::time::timeout(Duration::from_secs(2), &mut sender).await;
+    assert!(
+        blocked.is_err(),
+        "send did not wait on a full librdkafka queue"
+    );
+    // 5 in librdkafka's queue and the one being retried.
+    assert!(sink.unconfirmed() <= 6, "accepted: {}", sink.unconfirmed());
+    broker.resume();
+    tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .expect("sender finishes after the broker continues")
+        .unwrap();
+    let report = sink.flush(Instant::now() + Duration::from_secs(60)).await;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.checkpoints.get("rs0"), Some(cp(60)));
+    let mut got: Vec<u64> = read_all(&broker.bootstrap, &["it8"])
+        .await
+        .iter()
+        .map(|c| c.seq())
+        .collect();
+    got.sort();
+    assert_eq!(got, (1..=60).collect::<Vec<_>>());
+}
