@@ -134,7 +134,7 @@ async fn dispatch(
         "removeShard" | "removeshard" if proc == Proc::Mongos => {
             control::remove_shard_step(shared, cmd_str(cmd, name)?).await
         }
-        "mongosimControl" => control::handle(shared, cmd).await,
+        "mongosimControl" => control::handle(shared, me, ctx, cmd).await,
         other => Err(CmdError::new(
             59,
             "CommandNotFound",
@@ -1243,6 +1243,28 @@ async fn finish_write(
             })
         };
         if done {
+            return Ok(reply);
+        }
+        let interrupted = {
+            let w = shared.world();
+            match proc {
+                Proc::Node { set, node } => {
+                    let n = &w.sets[set].nodes[node];
+                    n.state != MemberState::Primary
+                        || targets.iter().any(|(_, id)| !n.oplog.contains(id))
+                }
+                Proc::Mongos => false,
+            }
+        };
+        if interrupted {
+            reply.insert(
+                "writeConcernError",
+                doc! {
+                    "code": 11602,
+                    "codeName": "InterruptedDueToReplStateChange",
+                    "errmsg": "operation was interrupted because the node stepped down while waiting for replication",
+                },
+            );
             return Ok(reply);
         }
         tokio::select! {

@@ -15,8 +15,8 @@
 //! {mongosimControl: "groundTruth",   shard: "shard01"}          -> {committed, rolledBack}
 //! ```
 //!
-//! Send these to the mongos or to a process other than the one being killed: a process
-//! killing itself cannot answer.
+//! A process asked to kill itself answers first and dies right after; every other operation
+//! has completed when the reply arrives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use bson::{doc, Bson, Document};
 
 use crate::cluster::{self, SimError};
-use crate::server::Shared;
+use crate::server::{ConnCtx, Shared};
 use crate::world::{CmdError, ShardState};
 
 fn to_cmd_error(e: SimError) -> CmdError {
@@ -66,14 +66,29 @@ fn ok(mut d: Document) -> Document {
 }
 
 /// Runs one control operation.
-pub(crate) async fn handle(shared: &Arc<Shared>, cmd: &Document) -> Result<Document, CmdError> {
+pub(crate) async fn handle(
+    shared: &Arc<Shared>,
+    me: SocketAddr,
+    ctx: &ConnCtx,
+    cmd: &Document,
+) -> Result<Document, CmdError> {
     let op = arg_str(cmd, "mongosimControl")?;
     match op {
         "killNode" => {
             let addr = arg_addr(cmd)?;
-            cluster::kill_node(shared, addr)
-                .await
-                .map_err(to_cmd_error)?;
+            if addr == me {
+                // Killing the process that answers: reply first, die right after.
+                if shared.world().locate(addr).is_none() {
+                    return Err(to_cmd_error(SimError::UnknownNode(addr)));
+                }
+                *ctx.kill_after_reply
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(addr);
+            } else {
+                cluster::kill_node(shared, addr)
+                    .await
+                    .map_err(to_cmd_error)?;
+            }
             Ok(ok(Document::new()))
         }
         "restartNode" => {

@@ -125,6 +125,9 @@ impl Shared {
 pub(crate) struct ConnCtx {
     pub connection_id: i64,
     pub peer: SocketAddr,
+    /// Set by `mongosimControl: "killNode"` aimed at this very process: the kill happens
+    /// after the reply is written.
+    pub kill_after_reply: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 async fn serve_connection(
@@ -142,6 +145,7 @@ async fn serve_connection(
     let ctx = ConnCtx {
         connection_id,
         peer,
+        kill_after_reply: Arc::new(Mutex::new(None)),
     };
     loop {
         let mut head = [0u8; HEADER_LEN];
@@ -197,6 +201,18 @@ async fn serve_connection(
         };
         if stream.write_all(&reply).await.is_err() {
             return;
+        }
+        let kill = ctx
+            .kill_after_reply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(target) = kill {
+            let _ = stream.flush().await;
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _ = crate::cluster::kill_node(&shared, target).await;
+            });
         }
     }
 }

@@ -172,6 +172,8 @@ pub struct NodeState {
     pub dead_cursors: HashMap<i64, CmdError>,
     /// Bumped on rollback and kill: in-flight awaitData getMores abort when it changes.
     pub epoch: u64,
+    /// Fell behind the primary's capped oplog (logged once; replication stops).
+    pub too_stale_logged: bool,
 }
 
 impl NodeState {
@@ -196,6 +198,7 @@ impl NodeState {
             cursors: HashMap::new(),
             dead_cursors: HashMap::new(),
             epoch: 0,
+            too_stale_logged: false,
         }
     }
 
@@ -978,9 +981,28 @@ impl World {
                 match dst.oplog.last() {
                     // Emptied by truncate_oplog: continue after what it last had.
                     None => Some(src.oplog.index_after(dst.last_ts)),
-                    Some(e) => src.oplog.position_of(&e.id).map(|x| x + 1),
+                    Some(e) => match src.oplog.position_of(&e.id) {
+                        Some(x) => Some(x + 1),
+                        // Its newest entry already fell off the source's oplog: "too stale",
+                        // mongod stops replicating and needs a resync. So does the sim.
+                        None if src
+                            .oplog
+                            .first()
+                            .is_some_and(|f| ts_key(f.id.ts) > ts_key(e.id.ts)) =>
+                        {
+                            if !dst.too_stale_logged {
+                                tracing::warn!(node = %dst.addr, source = %src.addr, "too stale to sync from the primary");
+                            }
+                            None.or(Some(usize::MAX))
+                        }
+                        None => None,
+                    },
                 }
             };
+            if start == Some(usize::MAX) {
+                self.sets[s].nodes[i].too_stale_logged = true;
+                continue;
+            }
             let start = match start {
                 Some(x) => x,
                 None => {

@@ -694,3 +694,80 @@ async fn repository_fixtures_load_byte_faithfully() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn write_concern_majority_waits_for_lagging_secondaries() {
+    let mut spec = quiet_rs(3);
+    spec.election_timeout = Duration::from_secs(3600);
+    let rs = ReplicaSet::start(spec).await.unwrap();
+    let members = rs.members();
+    rs.set_lag(members[1], Duration::from_millis(200)).unwrap();
+    rs.set_lag(members[2], Duration::from_millis(200)).unwrap();
+    let client = direct(members[0]).await;
+    let majority = mongodb::options::WriteConcern::majority();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1})
+        .write_concern(majority)
+        .await
+        .unwrap();
+    let last = raw_to_doc(rs.oplog_snapshot(members[0]).last().unwrap());
+    let (commit_ts, _) = rs.commit_point("replset").unwrap();
+    assert_eq!(
+        commit_ts,
+        last.get_timestamp("ts").unwrap(),
+        "acknowledged before majority commit"
+    );
+    rs.partition_node(members[1]).await.unwrap();
+    rs.partition_node(members[2]).await.unwrap();
+    let wc = mongodb::options::WriteConcern::builder()
+        .w(mongodb::options::Acknowledgment::Majority)
+        .w_timeout(Duration::from_millis(200))
+        .build();
+    let err = coll
+        .insert_one(doc! {"_id": 2})
+        .write_concern(wc)
+        .await
+        .unwrap_err();
+    match err.kind.as_ref() {
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(wce)) => {
+            assert_eq!(wce.code, 64)
+        }
+        other => panic!("expected a write concern error, got {other:?}"),
+    }
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_command_kills_its_own_process_after_replying() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let victim = rs.members()[2];
+    let client = direct(victim).await;
+    client
+        .database("admin")
+        .run_command(doc! {"mongosimControl": "killNode", "node": victim.to_string()})
+        .await
+        .unwrap();
+    assert!(
+        rs.wait_for(DEADLINE, |c| c
+            .status()
+            .iter()
+            .any(|n| n.addr == victim.to_string() && !n.alive))
+            .await
+    );
+    let other = direct(rs.members()[0]).await;
+    other
+        .database("admin")
+        .run_command(doc! {"mongosimControl": "restartNode", "node": victim.to_string()})
+        .await
+        .unwrap();
+    let status = other
+        .database("admin")
+        .run_command(doc! {"mongosimControl": "status"})
+        .await
+        .unwrap();
+    let nodes = status.get_array("nodes").unwrap();
+    assert!(nodes
+        .iter()
+        .all(|n| n.as_document().unwrap().get_bool("alive").unwrap()));
+    rs.shutdown().await;
+}
