@@ -380,15 +380,7 @@ impl Worker {
                 }
                 Err((err, _back)) => {
                     let code = err.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-                    let d = DeliveryError {
-                        shard: r.shard.clone(),
-                        seq: r.seq,
-                        ts: r.ts.to_string(),
-                        ns: self.ns.clone(),
-                        topic: self.topic.clone(),
-                        cause: err.to_string(),
-                        fix: kafka_fix(code),
-                    };
+                    let d = self.delivery_error(&r, err.to_string(), code);
                     self.progress.fail(i, r.seq, |_| d.into());
                     return;
                 }

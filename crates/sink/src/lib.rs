@@ -71,6 +71,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
     CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
@@ -128,6 +129,8 @@ pub struct Sink {
     tx: mpsc::Sender<Msg>,
     progress: Arc<Progress>,
     worker: Worker,
+    /// Stops the Kafka task when a flush reaches its deadline.
+    cancel: CancellationToken,
 }
 
 /// What [`Sink::flush`] leaves behind.
@@ -167,13 +170,27 @@ impl Sink {
         }
         let producer = kafka::start(config, shards, progress.clone()).await?;
         let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let keep = producer.clone();
         let worker = kafka::Worker::new(producer, progress.clone(), permits, config);
-        let task = tokio::spawn(worker.run(rx));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = worker.run(rx) => {}
+                }
+                // The last producer handle purges what is left and waits up to 500 ms
+                // for the purge reports: keep that off the async workers.
+                let _ = tokio::task::spawn_blocking(move || drop(keep)).await;
+            }
+        });
         tracing::info!(topic = %config.topic, brokers = %config.brokers, "kafka sink started");
         Ok(Sink {
             tx,
             progress,
             worker: Worker::Task(task),
+            cancel,
         })
     }
 
@@ -198,6 +215,7 @@ impl Sink {
             tx,
             progress,
             worker: Worker::Thread(thread),
+            cancel: CancellationToken::new(),
         })
     }
 
@@ -231,7 +249,8 @@ impl Sink {
     /// Graceful shutdown: the sink takes what is already in its channel, refuses more, and
     /// waits until every accepted record is confirmed or `deadline` passes. Returns the
     /// final confirmed checkpoints. Records still unconfirmed at the deadline are purged
-    /// (they are re-read from the checkpoint after a restart).
+    /// (they are re-read from the checkpoint after a restart); the purge can take up to
+    /// about half a second after the deadline.
     pub async fn flush(self, deadline: Instant) -> FlushReport {
         let (reply, done) = oneshot::channel();
         if let Ok(Ok(())) =
@@ -244,10 +263,12 @@ impl Sink {
             unconfirmed: self.progress.unconfirmed(),
             failures: self.progress.failures(),
         };
+        // Whatever is still in flight is purged now; it is re-read after a restart.
+        self.cancel.cancel();
         match self.worker {
-            // The Kafka task ends at the deadline at the latest; dropping its handle
-            // detaches it.
-            Worker::Task(t) => drop(t),
+            Worker::Task(t) => {
+                let _ = t.await;
+            }
             Worker::Thread(t) => {
                 if report.unconfirmed == 0 {
                     let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -548,3 +548,46 @@ async fn a_full_librdkafka_queue_makes_the_sink_wait() {
     got.sort();
     assert_eq!(got, (1..=60).collect::<Vec<_>>());
 }
+
+/// A flush whose deadline passes with records in flight returns the checkpoints confirmed
+/// so far and says how many records were not confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_deadline_with_a_stopped_broker_reports_what_is_confirmed() {
+    let broker = Broker::start();
+    if !broker.controllable() {
+        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
+        return;
+    }
+    broker.create_topics(&[("it9", 2)]).await;
+    let sink = Sink::kafka(&config(&broker, "it9"), &shards())
+        .await
+        .unwrap();
+    let tx = sink.sender();
+    let mut rs1 = sink.progress("rs1");
+    for seq in 1..=10 {
+        tx.send(record("rs1", seq, true, Some("k"))).await.unwrap();
+    }
+    wait_progress(&mut rs1, Duration::from_secs(30), "first records", |p| {
+        confirmed_seq(p) == Some(10)
+    })
+    .await;
+    broker.pause();
+    for seq in 11..=20 {
+        tx.send(record("rs1", seq, true, Some("k"))).await.unwrap();
+    }
+    tx.send(marker("rs1", 21)).await.unwrap();
+    let started = std::time::Instant::now();
+    let report = sink.flush(Instant::now() + Duration::from_secs(2)).await;
+    let took = started.elapsed();
+    broker.resume();
+    assert!(took < Duration::from_secs(10), "flush took {took:?}");
+    assert!(!report.is_complete());
+    assert_eq!(report.unconfirmed, 10, "{report:?}");
+    assert_eq!(
+        report.checkpoints.get("rs1"),
+        Some(cp(10)),
+        "the marker waits too"
+    );
+    let e = tx.send(record("rs1", 22, true, None)).await.unwrap_err();
+    assert!(matches!(e, SinkError::Closed));
+}
