@@ -97,10 +97,8 @@ async fn dispatch(
         .world()
         .locate(me)
         .ok_or_else(|| CmdError::new(91, "ShutdownInProgress", "process is shutting down"))?;
-    if proc == Proc::Mongos
-        && db == "local"
-        && !matches!(name, "hello" | "isMaster" | "ismaster" | "ping")
-    {
+    // mongos refuses every command on the local database (s/commands/strategy.cpp).
+    if proc == Proc::Mongos && db == "local" {
         return Err(CmdError::new(
             20,
             "IllegalOperation",
@@ -987,7 +985,7 @@ fn get_more_step(
                 return Err(CmdError::new(
                     136,
                     "CappedPositionLost",
-                    format!("CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({record_id})"),
+                    format!("Executor error during getMore :: caused by :: CollectionScan died due to position in capped collection being deleted. Last seen record id: RecordId({record_id})"),
                 ));
             }
             let start = match last_ts {

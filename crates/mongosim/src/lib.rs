@@ -70,6 +70,12 @@
 //!   with InterruptedDueToReplStateChange (11602) and idle cursors with QueryPlanKilled (175)
 //!   — as `jstests/replsets/read_operations_during_rollback.js` shows mongod doing.
 //! - Periodic no-ops (`{msg: "periodic noop"}`) after `noop_interval` of idleness.
+//! - Write concern: `w: "majority"` or `w: N` waits until enough members hold the write
+//!   (honouring per-node lag); `wtimeout` expiry yields a `writeConcernError` (64), a
+//!   step-down while waiting yields one with 11602. `w: 1` acknowledges at once.
+//! - 6.0+ inserts carry `o2: {_id}` (the document key; `jstests/sharding/
+//!   write_oplog_document_key.js`, requires_fcv_53). A secondary that falls behind the
+//!   primary's capped oplog is "too stale" and stops replicating, as mongod does.
 //! - Sharding: mongos routes writes by chunks on `_id`, proxies finds (filtering orphans),
 //!   refuses the `local` database (IllegalOperation 20), answers listShards; config servers
 //!   answer hello with `configsvr: 2` and find on config.shards / config.chunks. moveChunk
@@ -83,16 +89,20 @@
 //! Authentication, TLS, compression, transactions and retryable-write oplog fields (lsid,
 //! txnNumber, stmtId), aggregation, indexes, `$regex` and most query operators, array
 //! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
-//! arbiters/hidden/delayed members, chained replication, writeConcern waits (`w: "majority"`
-//! is acknowledged at once: read the commit point from [`Cluster::commit_point`]), read
-//! concern, causal consistency, change streams, exhaust cursors, and the balancer (chunks
-//! move only when asked). A rollback restores documents by copying the sync source's data
-//! rather than by refetching; a stepped-down primary keeps its connections open (4.2+).
+//! arbiters/hidden/delayed members, chained replication, `j`/tag write concerns, read
+//! concern, causal consistency, change streams, exhaust cursors, cursor idle timeouts, and
+//! the balancer (chunks move only when asked). A rollback restores documents by copying the
+//! sync source's data rather than by refetching; a stepped-down primary keeps its
+//! connections open (4.2+). Ground truth (`committed_entries`) grows without bound: cap the
+//! oplogs and keep simulations short-lived.
 //!
 //! # Where behaviour was looked up
 //!
 //! mongodb/mongo: `src/mongo/db/repl/hello_response.cpp`, `src/mongo/db/repl/oplog_entry.idl`,
-//! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`;
+//! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`,
+//! `jstests/sharding/write_oplog_document_key.js`, `src/mongo/s/commands/strategy.cpp`
+//! ("Can't use 'local' database through mongos"), `src/mongo/db/exec/collection_scan.cpp`
+//! (CappedPositionLost wording); not verified: `t: -1` on the "initiating set" entry;
 //! mongodb/specifications: `source/message/OP_MSG.md`,
 //! `source/server-discovery-and-monitoring/server-discovery-and-monitoring.md`,
 //! `source/find_getmore_killcursors_commands/find_getmore_killcursors_commands.md`;

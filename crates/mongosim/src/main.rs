@@ -50,9 +50,9 @@ struct Args {
     /// Cap each oplog at this many entries.
     #[arg(long)]
     oplog_max_entries: Option<usize>,
-    /// Cap each oplog at this many bytes.
-    #[arg(long)]
-    oplog_max_bytes: Option<usize>,
+    /// Cap each oplog at this many bytes (default 64 MiB, so long demos stay bounded).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    oplog_max_bytes: usize,
     /// Write the layout as JSON to this file once every process listens.
     #[arg(long)]
     layout_json: Option<PathBuf>,
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         noop_interval: args.noop_interval,
         election_timeout: args.election_timeout,
         oplog_max_entries: args.oplog_max_entries,
-        oplog_max_bytes: args.oplog_max_bytes,
+        oplog_max_bytes: Some(args.oplog_max_bytes),
         replica_set_name: args.name.clone(),
         ..ClusterSpec::default()
     };
