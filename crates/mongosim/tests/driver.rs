@@ -771,3 +771,62 @@ async fn control_command_kills_its_own_process_after_replying() {
         .all(|n| n.as_document().unwrap().get_bool("alive").unwrap()));
     rs.shutdown().await;
 }
+
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut len)).await.unwrap().unwrap();
+    let n = i32::from_le_bytes(len) as usize;
+    let mut frame = len.to_vec();
+    frame.resize(n, 0);
+    s.read_exact(&mut frame[4..]).await.unwrap();
+    frame
+}
+
+#[tokio::test]
+async fn legacy_op_query_handshake_and_more_to_come() {
+    use mongosim::codec;
+    use tokio::io::AsyncWriteExt;
+    let rs = ReplicaSet::start(quiet_rs(1)).await.unwrap();
+    let addr = rs.members()[0];
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // OP_QUERY {isMaster: 1} on admin.$cmd, as pre-OP_MSG clients open a connection.
+    let query = doc! {"isMaster": 1}.to_vec().unwrap();
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(&41i32.to_le_bytes());
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(&codec::OP_QUERY.to_le_bytes());
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(b"admin.$cmd\0");
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(&(-1i32).to_le_bytes());
+    msg.extend_from_slice(&query);
+    let len = msg.len() as i32;
+    msg[..4].copy_from_slice(&len.to_le_bytes());
+    s.write_all(&msg).await.unwrap();
+    let reply = read_frame(&mut s).await;
+    assert_eq!(i32::from_le_bytes(reply[8..12].try_into().unwrap()), 41, "responseTo");
+    assert_eq!(i32::from_le_bytes(reply[12..16].try_into().unwrap()), codec::OP_REPLY);
+    let doc = Document::from_reader(&reply[36..]).unwrap();
+    assert!(doc.get_bool("ismaster").unwrap());
+    assert_eq!(doc.get_str("me").unwrap(), addr.to_string());
+
+    // An insert with moreToCome gets no reply; the next command's reply answers it alone.
+    let insert = doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "test"};
+    s.write_all(&codec::encode_msg_request(50, codec::FLAG_MORE_TO_COME, &insert))
+        .await
+        .unwrap();
+    let find = doc! {"find": "c", "filter": {}, "$db": "test"};
+    s.write_all(&codec::encode_msg_request(51, codec::FLAG_CHECKSUM_PRESENT, &find))
+        .await
+        .unwrap();
+    let reply = read_frame(&mut s).await;
+    assert_eq!(i32::from_le_bytes(reply[8..12].try_into().unwrap()), 51);
+    assert_eq!(u32::from_le_bytes(reply[16..20].try_into().unwrap()), 0, "reply flags");
+    let doc = Document::from_reader(&reply[21..]).unwrap();
+    let batch = doc.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+    assert_eq!(batch.len(), 1);
+    assert!(matches!(doc.get_document("cursor").unwrap().get("id"), Some(Bson::Int64(0))));
+    rs.shutdown().await;
+}
