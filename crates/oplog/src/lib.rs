@@ -11,6 +11,8 @@
 //!   [`ShardPosition`], with the ordering guarantees they carry.
 //! * [`entry`]: a zero-copy view of a raw entry (bson's `RawDocument`), read in one pass.
 //! * [`filter`]: `fromMigrate`, no-ops, internal namespaces, include/exclude patterns.
+//! * [`txn`]: transaction assembly: `applyOps` unpacked, large and prepared transactions
+//!   buffered until they commit, with the checkpoint contract that goes with it.
 //! * [`extjson`] and [`record`]: the output record, Extended JSON written straight from the
 //!   raw bytes into a reused buffer.
 //!
@@ -25,7 +27,12 @@ pub mod extjson;
 pub mod filter;
 pub mod position;
 pub mod record;
+pub mod txn;
 
 pub use entry::{EntryError, OpKind, OpTime, OplogEntry};
 pub use filter::{DropReason, Filter, NsPattern};
 pub use position::{EntryId, ShardPosition, Timestamp};
+pub use txn::{
+    AbortedTxn, Bound, CommittedTxn, OpenTxnInfo, Step, TxnAssembler, TxnConfig, TxnError, TxnName,
+    TxnOp,
+};
