@@ -625,6 +625,39 @@ impl Cluster {
         w.sets[s].commit_point.as_ref().map(|c| (c.id.ts, c.id.t))
     }
 
+    /// Runs a command in-process as if a client sent it to `addr` (a mongos or a member),
+    /// without a socket. `cmd` must carry `$db`. Returns the reply document, errors included.
+    pub async fn command(&self, addr: SocketAddr, cmd: bson::Document) -> bson::Document {
+        crate::commands::run_in_process(&self.shared, addr, cmd).await
+    }
+
+    /// Inserts documents into `db.coll` through the mongos (or the replica set's primary),
+    /// as a load generator for demos and tests.
+    ///
+    /// # Errors
+    /// [`SimError::Command`] with the server's error (no primary, duplicate key...).
+    pub async fn insert(&self, ns: &str, docs: Vec<bson::Document>) -> Result<(), SimError> {
+        let (db, coll) = ns
+            .split_once('.')
+            .ok_or_else(|| SimError::Spec(format!("namespace {ns:?} is not db.collection")))?;
+        let target = match self.try_mongos_addr() {
+            Some(m) => m,
+            None => {
+                let name = self.shard_names().first().cloned().unwrap_or_default();
+                self.primary_of(&name)
+                    .ok_or_else(|| SimError::Command(CmdError::not_primary()))?
+            }
+        };
+        let docs: Vec<Bson> = docs.into_iter().map(Bson::Document).collect();
+        let reply = self
+            .command(
+                target,
+                bson::doc! {"insert": coll, "documents": docs, "$db": db},
+            )
+            .await;
+        reply_to_result(&reply)
+    }
+
     /// Waits until `check` holds or `timeout` passes; returns whether it held. Re-checks on
     /// every simulation change (no fixed sleeps).
     pub async fn wait_for(
@@ -659,6 +692,24 @@ impl Drop for Cluster {
         self.ticker.abort();
         self.shared.shutdown.cancel();
     }
+}
+
+fn reply_to_result(reply: &bson::Document) -> Result<(), SimError> {
+    let err_of = |d: &bson::Document| {
+        CmdError::new(
+            d.get_i32("code").unwrap_or(1),
+            "CommandFailed",
+            d.get_str("errmsg").unwrap_or("command failed").to_owned(),
+        )
+    };
+    if reply.get_f64("ok").unwrap_or(0.0) != 1.0 {
+        return Err(SimError::Command(err_of(reply)));
+    }
+    if let Some(Bson::Document(first)) = reply.get_array("writeErrors").ok().and_then(|a| a.first())
+    {
+        return Err(SimError::Command(err_of(first)));
+    }
+    Ok(())
 }
 
 fn spawn_ticker(shared: Arc<Shared>, every: Duration) -> JoinHandle<()> {

@@ -85,6 +85,29 @@ pub(crate) async fn handle(
     }
 }
 
+/// Runs a command without a connection (the Rust API's `Cluster::command`).
+pub(crate) async fn run_in_process(
+    shared: &Arc<Shared>,
+    me: SocketAddr,
+    cmd: Document,
+) -> Document {
+    let ctx = ConnCtx {
+        connection_id: 0,
+        peer: me,
+        kill_after_reply: Default::default(),
+    };
+    let reply = handle(shared, me, &ctx, cmd).await;
+    let kill = ctx
+        .kill_after_reply
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(target) = kill {
+        let _ = crate::cluster::kill_node(shared, target).await;
+    }
+    reply
+}
+
 async fn dispatch(
     shared: &Arc<Shared>,
     me: SocketAddr,

@@ -41,7 +41,8 @@
 //! `step_down`, `set_lag`, `truncate_oplog`, `move_chunk`, `add_shard`,
 //! `begin_remove_shard`, `remove_shard`; ground truth: `oplog_snapshot(addr)`,
 //! `committed_entries(set)`, `rolled_back_entries(set)`, `commit_point(set)`; waiting:
-//! `wait_for(timeout, predicate)`; `shutdown`. The same faults are an admin command
+//! `wait_for(timeout, predicate)`; in-process commands and load: `command(addr, doc)`,
+//! `insert(ns, docs)`; `shutdown`. The same faults are an admin command
 //! (`{mongosimControl: "killNode", node: "127.0.0.1:27019"}`, see [`control`]) and the
 //! `mongosim` binary starts a cluster from the command line (`mongosim --help`).
 //!
@@ -111,7 +112,7 @@
 
 pub mod cluster;
 pub mod codec;
-mod commands;
+pub(crate) mod commands;
 pub mod control;
 pub mod fixture;
 pub mod matcher;

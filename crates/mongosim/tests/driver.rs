@@ -775,7 +775,10 @@ async fn control_command_kills_its_own_process_after_replying() {
 async fn read_frame(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
-    tokio::time::timeout(DEADLINE, s.read_exact(&mut len)).await.unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
     let n = i32::from_le_bytes(len) as usize;
     let mut frame = len.to_vec();
     frame.resize(n, 0);
@@ -806,27 +809,90 @@ async fn legacy_op_query_handshake_and_more_to_come() {
     msg[..4].copy_from_slice(&len.to_le_bytes());
     s.write_all(&msg).await.unwrap();
     let reply = read_frame(&mut s).await;
-    assert_eq!(i32::from_le_bytes(reply[8..12].try_into().unwrap()), 41, "responseTo");
-    assert_eq!(i32::from_le_bytes(reply[12..16].try_into().unwrap()), codec::OP_REPLY);
+    assert_eq!(
+        i32::from_le_bytes(reply[8..12].try_into().unwrap()),
+        41,
+        "responseTo"
+    );
+    assert_eq!(
+        i32::from_le_bytes(reply[12..16].try_into().unwrap()),
+        codec::OP_REPLY
+    );
     let doc = Document::from_reader(&reply[36..]).unwrap();
     assert!(doc.get_bool("ismaster").unwrap());
     assert_eq!(doc.get_str("me").unwrap(), addr.to_string());
 
     // An insert with moreToCome gets no reply; the next command's reply answers it alone.
     let insert = doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "test"};
-    s.write_all(&codec::encode_msg_request(50, codec::FLAG_MORE_TO_COME, &insert))
-        .await
-        .unwrap();
+    s.write_all(&codec::encode_msg_request(
+        50,
+        codec::FLAG_MORE_TO_COME,
+        &insert,
+    ))
+    .await
+    .unwrap();
     let find = doc! {"find": "c", "filter": {}, "$db": "test"};
-    s.write_all(&codec::encode_msg_request(51, codec::FLAG_CHECKSUM_PRESENT, &find))
-        .await
-        .unwrap();
+    s.write_all(&codec::encode_msg_request(
+        51,
+        codec::FLAG_CHECKSUM_PRESENT,
+        &find,
+    ))
+    .await
+    .unwrap();
     let reply = read_frame(&mut s).await;
     assert_eq!(i32::from_le_bytes(reply[8..12].try_into().unwrap()), 51);
-    assert_eq!(u32::from_le_bytes(reply[16..20].try_into().unwrap()), 0, "reply flags");
+    assert_eq!(
+        u32::from_le_bytes(reply[16..20].try_into().unwrap()),
+        0,
+        "reply flags"
+    );
     let doc = Document::from_reader(&reply[21..]).unwrap();
-    let batch = doc.get_document("cursor").unwrap().get_array("firstBatch").unwrap();
+    let batch = doc
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
     assert_eq!(batch.len(), 1);
-    assert!(matches!(doc.get_document("cursor").unwrap().get("id"), Some(Bson::Int64(0))));
+    assert!(matches!(
+        doc.get_document("cursor").unwrap().get("id"),
+        Some(Bson::Int64(0))
+    ));
     rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_process_commands_and_load() {
+    let cluster = Cluster::start(ClusterSpec {
+        noop_interval: Duration::ZERO,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cluster
+        .insert("test.c", vec![doc! {"_id": 1}, doc! {"_id": 2500}])
+        .await
+        .unwrap();
+    let dup = cluster
+        .insert("test.c", vec![doc! {"_id": 1}])
+        .await
+        .unwrap_err();
+    assert!(dup.to_string().contains("11000"), "{dup}");
+    let reply = cluster
+        .command(
+            cluster.mongos_addr(),
+            doc! {"find": "c", "filter": {}, "$db": "test"},
+        )
+        .await;
+    let batch = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+    let secondary = cluster.shard_members("shard02")[1];
+    let refused = cluster
+        .command(secondary, doc! {"find": "c", "$db": "test"})
+        .await;
+    assert_eq!(refused.get_i32("code").unwrap(), 13435);
+    cluster.shutdown().await;
 }
