@@ -17,8 +17,8 @@ use crate::matcher;
 use crate::oplog::ts_key;
 use crate::server::{ConnCtx, Shared};
 use crate::world::{
-    bad_value, optime_doc, CmdError, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState,
-    World,
+    bad_value, optime_doc, CmdError, Cursor, CursorKind, MemberState, Proc, SessionCtx, SetRole,
+    ShardState, World,
 };
 
 const DEFAULT_FIRST_BATCH: i64 = 101;
@@ -1150,6 +1150,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let docs = documents(cmd, "documents")?;
     let ordered = cmd.get_bool("ordered").unwrap_or(true);
     let now = Instant::now();
+    let session = SessionCtx::from_command(cmd);
     let mut w = shared.world();
     let mut n_ok = 0;
     let mut errors = Vec::new();
@@ -1157,6 +1158,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         Proc::Node { set, node } => {
             w.check_writable(set, node)?;
             for (i, d) in docs.into_iter().enumerate() {
+                enter_statement(&mut w, &session, i);
                 match w.insert(set, node, &ns, vec![d], false, now) {
                     Ok(c) => n_ok += c,
                     Err((_, e)) => {
@@ -1170,6 +1172,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         }
         Proc::Mongos => {
             for (i, mut d) in docs.into_iter().enumerate() {
+                enter_statement(&mut w, &session, i);
                 if !d.contains_key("_id") {
                     let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
                     with_id.extend(d);
@@ -1194,6 +1197,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    w.session = None;
     drop(w);
     shared.notify();
     let mut reply = doc! {"n": n_ok as i32};
@@ -1303,6 +1307,18 @@ async fn finish_write(
     }
 }
 
+/// Marks the statement being executed for retryable-write oplog fields.
+fn enter_statement(w: &mut World, session: &Option<SessionCtx>, index: usize) {
+    if let Some(sess) = session {
+        let prev = w.session.take().map(|s| s.prev).unwrap_or_default();
+        w.session = Some(SessionCtx {
+            stmt_id: index as i32,
+            prev,
+            ..sess.clone()
+        });
+    }
+}
+
 fn id_of_filter(q: &Document) -> Option<&Bson> {
     match q.get("_id") {
         Some(Bson::Document(d)) if d.keys().any(|k| k.starts_with('$')) => d.get("$eq"),
@@ -1315,6 +1331,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let ns = format!("{db}.{}", cmd_str(cmd, "update")?);
     let updates = documents(cmd, "updates")?;
     let now = Instant::now();
+    let session = SessionCtx::from_command(cmd);
     let mut w = shared.world();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
@@ -1323,6 +1340,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     for (i, st) in updates.iter().enumerate() {
+        enter_statement(&mut w, &session, i);
         let q = get_doc(st, "q");
         let u = match st.get("u") {
             Some(Bson::Document(u)) => u.clone(),
@@ -1378,6 +1396,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    w.session = None;
     drop(w);
     shared.notify();
     let mut reply = doc! {"n": n as i32, "nModified": n_modified as i32};
@@ -1395,6 +1414,7 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let ns = format!("{db}.{}", cmd_str(cmd, "delete")?);
     let deletes = documents(cmd, "deletes")?;
     let now = Instant::now();
+    let session = SessionCtx::from_command(cmd);
     let mut w = shared.world();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
@@ -1402,6 +1422,7 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut n = 0;
     let mut errors = Vec::new();
     for (i, st) in deletes.iter().enumerate() {
+        enter_statement(&mut w, &session, i);
         let q = get_doc(st, "q");
         let limit_one = get_i64(st, "limit").unwrap_or(0) == 1;
         let targets = match proc {
@@ -1426,6 +1447,7 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    w.session = None;
     drop(w);
     shared.notify();
     let mut reply = doc! {"n": n as i32};

@@ -71,6 +71,10 @@
 //!   with InterruptedDueToReplStateChange (11602) and idle cursors with QueryPlanKilled (175)
 //!   — as `jstests/replsets/read_operations_during_rollback.js` shows mongod doing.
 //! - Periodic no-ops (`{msg: "periodic noop"}`) after `noop_interval` of idleness.
+//! - Retryable writes (a command with `lsid` + `txnNumber`, which drivers send by default)
+//!   log `lsid: {id, uid}`, `txnNumber`, `stmtId` and `prevOpTime` around the operation, in
+//!   `oplog_entry.idl` order; `uid` is SHA-256 of the empty user name (no authentication).
+//!   Writes without a session (e.g. [`Cluster::insert`]) have the plain shape.
 //! - Write concern: `w: "majority"` or `w: N` waits until enough members hold the write
 //!   (honouring per-node lag); `wtimeout` expiry yields a `writeConcernError` (64), a
 //!   step-down while waiting yields one with 11602. `w: 1` acknowledges at once.
@@ -87,8 +91,7 @@
 //!
 //! # What is not
 //!
-//! Authentication, TLS, compression, transactions and retryable-write oplog fields (lsid,
-//! txnNumber, stmtId), aggregation, indexes, `$regex` and most query operators, array
+//! Authentication, TLS, compression, multi-document transactions (applyOps), aggregation, indexes, `$regex` and most query operators, array
 //! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
 //! arbiters/hidden/delayed members, chained replication, `j`/tag write concerns, read
 //! concern, causal consistency, change streams, exhaust cursors, cursor idle timeouts, and

@@ -111,6 +111,20 @@ impl OpSpec {
     }
 }
 
+/// Session fields of a retryable write (`OperationSessionInfo` in oplog_entry.idl):
+/// `lsid` and `txnNumber` lead the entry, `stmtId` follows `o2`, `prevOpTime` follows `wall`.
+#[derive(Debug, Clone)]
+pub struct SessionFields {
+    /// `{id: UUID, uid: BinData}` as the server stores it.
+    pub lsid: Document,
+    /// The client's transaction number.
+    pub txn_number: i64,
+    /// Statement index within the command.
+    pub stmt_id: i32,
+    /// OpTime of the previous entry of this write on this set, `(Timestamp(0,0), -1)` first.
+    pub prev_op_time: (Timestamp, i64),
+}
+
 /// Builds the entry document for `version`.
 pub fn build_entry_doc(
     version: ServerVersion,
@@ -119,8 +133,24 @@ pub fn build_entry_doc(
     term: i64,
     wall: DateTime,
 ) -> Document {
+    build_entry_doc_with_session(version, spec, ts, term, wall, None)
+}
+
+/// Builds the entry document, with retryable-write session fields when given (4.4+ only).
+pub fn build_entry_doc_with_session(
+    version: ServerVersion,
+    spec: &OpSpec,
+    ts: Timestamp,
+    term: i64,
+    wall: DateTime,
+    session: Option<&SessionFields>,
+) -> Document {
     let mut d = Document::new();
     if version.has_terms() {
+        if let Some(sess) = session {
+            d.insert("lsid", sess.lsid.clone());
+            d.insert("txnNumber", sess.txn_number);
+        }
         d.insert("op", spec.op);
         d.insert("ns", spec.ns.clone());
         if let Some(ui) = spec.ui {
@@ -130,6 +160,9 @@ pub fn build_entry_doc(
         if let Some(o2) = &spec.o2 {
             d.insert("o2", o2.clone());
         }
+        if let Some(sess) = session {
+            d.insert("stmtId", sess.stmt_id);
+        }
         if spec.from_migrate {
             d.insert("fromMigrate", true);
         }
@@ -137,6 +170,10 @@ pub fn build_entry_doc(
         d.insert("t", term);
         d.insert("v", 2i64);
         d.insert("wall", wall);
+        if let Some(sess) = session {
+            let (pts, pt) = sess.prev_op_time;
+            d.insert("prevOpTime", doc! {"ts": pts, "t": pt});
+        }
     } else {
         d.insert("ts", ts);
         let h: i64 = if spec.op == "n" && spec.o.get_str("msg").ok() == Some("initiating set") {

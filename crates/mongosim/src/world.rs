@@ -381,6 +381,55 @@ pub struct World {
     next_cursor: i64,
     /// Next connectionId for hello.
     pub next_connection_id: i64,
+    /// Set by a write command that carries `lsid` + `txnNumber` (a retryable write): its
+    /// entries get the session fields.
+    pub session: Option<SessionCtx>,
+}
+
+/// The retryable-write context of the command being executed.
+#[derive(Debug, Clone)]
+pub struct SessionCtx {
+    /// `{id, uid}`.
+    pub lsid: Document,
+    /// The command's txnNumber.
+    pub txn_number: i64,
+    /// The statement being executed.
+    pub stmt_id: i32,
+    /// Last optime written for this command, per set (for `prevOpTime`).
+    pub prev: HashMap<usize, (Timestamp, i64)>,
+}
+
+/// SHA-256 of the empty string: the `uid` mongod derives for sessions without an
+/// authenticated user.
+const EMPTY_USER_UID: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+impl SessionCtx {
+    /// The context of a retryable write command (`lsid` and `txnNumber`, not in a
+    /// transaction), or `None`.
+    pub fn from_command(cmd: &Document) -> Option<SessionCtx> {
+        if cmd.contains_key("autocommit") || cmd.contains_key("startTransaction") {
+            return None;
+        }
+        let txn_number = match cmd.get("txnNumber")? {
+            Bson::Int64(v) => *v,
+            Bson::Int32(v) => i64::from(*v),
+            _ => return None,
+        };
+        let id = cmd.get_document("lsid").ok()?.get("id")?.clone();
+        let uid = bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: EMPTY_USER_UID.to_vec(),
+        };
+        Some(SessionCtx {
+            lsid: doc! {"id": id, "uid": uid},
+            txn_number,
+            stmt_id: 0,
+            prev: HashMap::new(),
+        })
+    }
 }
 
 fn now_secs() -> u32 {
@@ -407,6 +456,7 @@ impl World {
             sharding: None,
             next_cursor: 1 + i64::from(rand::random::<u32>()),
             next_connection_id: 1,
+            session: None,
         }
     }
 
@@ -512,7 +562,36 @@ impl World {
     pub fn write(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
         let ts = self.next_ts(s, n);
         let term = self.sets[s].nodes[n].term;
-        let doc = oplog::build_entry_doc(self.version, spec, ts, term, DateTime::now());
+        let session = match &self.session {
+            Some(sess) if matches!(spec.op, "i" | "u" | "d") && !spec.from_migrate => {
+                Some(oplog::SessionFields {
+                    lsid: sess.lsid.clone(),
+                    txn_number: sess.txn_number,
+                    stmt_id: sess.stmt_id,
+                    prev_op_time: sess.prev.get(&s).copied().unwrap_or((
+                        Timestamp {
+                            time: 0,
+                            increment: 0,
+                        },
+                        -1,
+                    )),
+                })
+            }
+            _ => None,
+        };
+        if session.is_some() {
+            if let Some(sess) = self.session.as_mut() {
+                sess.prev.insert(s, (ts, term));
+            }
+        }
+        let doc = oplog::build_entry_doc_with_session(
+            self.version,
+            spec,
+            ts,
+            term,
+            DateTime::now(),
+            session.as_ref(),
+        );
         let entry = Arc::new(Entry {
             id: EntryId {
                 ts,

@@ -135,8 +135,38 @@ async fn tailable_await_raw_batches_on_a_secondary() {
         .find(|d| d.get_str("op").ok() == Some("i"))
         .unwrap();
     let keys: Vec<&str> = insert.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
+    // The driver's insert is a retryable write: mongod logs the session fields around the
+    // operation (OperationSessionInfo first, stmtId after o2, prevOpTime after wall).
+    assert_eq!(
+        keys,
+        [
+            "lsid",
+            "txnNumber",
+            "op",
+            "ns",
+            "ui",
+            "o",
+            "o2",
+            "stmtId",
+            "ts",
+            "t",
+            "v",
+            "wall",
+            "prevOpTime"
+        ]
+    );
     assert_eq!(insert.get_document("o2").unwrap(), &doc! {"_id": 1});
+    let lsid = insert.get_document("lsid").unwrap();
+    assert!(
+        matches!(lsid.get("id"), Some(Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid)
+    );
+    assert!(matches!(lsid.get("uid"), Some(Bson::Binary(b)) if b.bytes.len() == 32));
+    assert!(matches!(insert.get("txnNumber"), Some(Bson::Int64(_))));
+    assert_eq!(insert.get_i32("stmtId").unwrap(), 0);
+    assert_eq!(
+        insert.get_document("prevOpTime").unwrap(),
+        &doc! {"ts": Timestamp { time: 0, increment: 0 }, "t": -1i64}
+    );
     assert_eq!(insert.get_str("ns").unwrap(), "test.c");
     assert!(matches!(insert.get("t"), Some(Bson::Int64(1))));
     assert!(matches!(insert.get("v"), Some(Bson::Int64(2))));
@@ -872,6 +902,16 @@ async fn in_process_commands_and_load() {
         .insert("test.c", vec![doc! {"_id": 1}, doc! {"_id": 2500}])
         .await
         .unwrap();
+    // Without a session the entry has the plain shape.
+    let p1 = cluster.primary_of("shard01").unwrap();
+    let plain = cluster
+        .oplog_snapshot(p1)
+        .iter()
+        .map(raw_to_doc)
+        .find(|d| d.get_str("op").ok() == Some("i"))
+        .unwrap();
+    let keys: Vec<&str> = plain.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["op", "ns", "ui", "o", "o2", "ts", "t", "v", "wall"]);
     let dup = cluster
         .insert("test.c", vec![doc! {"_id": 1}])
         .await
