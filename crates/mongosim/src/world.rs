@@ -607,6 +607,21 @@ impl World {
         entry
     }
 
+    /// Whether the current retryable-write statement (lsid, txnNumber, stmtId) already has
+    /// an entry on node `n`: a retry after failover then reports success without executing
+    /// again, as mongod does from its session history.
+    pub fn statement_executed(&self, s: usize, n: usize) -> bool {
+        let Some(sess) = &self.session else {
+            return false;
+        };
+        let id = sess.lsid.get("id");
+        self.sets[s].nodes[n].oplog.iter().rev().any(|e| {
+            e.doc.get_i64("txnNumber").ok() == Some(sess.txn_number)
+                && e.doc.get_i32("stmtId").ok() == Some(sess.stmt_id)
+                && e.doc.get_document("lsid").ok().and_then(|l| l.get("id")) == id
+        })
+    }
+
     /// The UUID of a collection, created on first use.
     pub fn collection_uuid(&mut self, s: usize, ns: &str) -> bson::Uuid {
         *self.sets[s].uuids.entry(ns.to_owned()).or_default()
@@ -671,6 +686,9 @@ impl World {
         now: Instant,
     ) -> Result<usize, (usize, CmdError)> {
         self.check_writable(s, n).map_err(|e| (0, e))?;
+        if self.statement_executed(s, n) {
+            return Ok(docs.len());
+        }
         self.ensure_collection(s, n, ns, from_migrate, now);
         let ui = self
             .version
@@ -734,6 +752,9 @@ impl World {
         now: Instant,
     ) -> Result<(usize, usize, Option<Bson>), CmdError> {
         self.check_writable(s, n)?;
+        if self.statement_executed(s, n) {
+            return Ok((1, 1, None));
+        }
         let targets: Vec<Document> = {
             let coll = self.sets[s].nodes[n].data.get(ns);
             let mut out = Vec::new();
@@ -836,6 +857,9 @@ impl World {
         now: Instant,
     ) -> Result<usize, CmdError> {
         self.check_writable(s, n)?;
+        if self.statement_executed(s, n) {
+            return Ok(1);
+        }
         let ids: Vec<Bson> = {
             let mut out = Vec::new();
             if let Some(c) = self.sets[s].nodes[n].data.get(ns) {

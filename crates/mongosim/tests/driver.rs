@@ -929,6 +929,25 @@ async fn in_process_commands_and_load() {
         .get_array("firstBatch")
         .unwrap();
     assert_eq!(batch.len(), 2);
+    // A retried retryable write (same lsid, txnNumber) is not executed twice.
+    let lsid = doc! {"id": bson::Uuid::new()};
+    let retryable = doc! {
+        "insert": "c", "documents": [{"_id": 3}], "lsid": lsid, "txnNumber": 5i64, "$db": "test",
+    };
+    for _ in 0..2 {
+        let reply = cluster
+            .command(cluster.mongos_addr(), retryable.clone())
+            .await;
+        assert_eq!(reply.get_i32("n").unwrap(), 1, "{reply}");
+        assert!(reply.get("writeErrors").is_none(), "{reply}");
+    }
+    let inserts_of_3 = cluster
+        .oplog_snapshot(p1)
+        .iter()
+        .map(raw_to_doc)
+        .filter(|d| d.get_document("o").ok().and_then(|o| o.get_i32("_id").ok()) == Some(3))
+        .count();
+    assert_eq!(inserts_of_3, 1);
     let secondary = cluster.shard_members("shard02")[1];
     let refused = cluster
         .command(secondary, doc! {"find": "c", "$db": "test"})
