@@ -445,7 +445,97 @@ struct FindArgs {
     await_data: bool,
 }
 
+/// Arguments every command accepts (mongodb/mongo `src/mongo/idl/generic_argument.idl`);
+/// `$`-prefixed fields are accepted too.
+const GENERIC_ARGS: &[&str] = &[
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "readConcern",
+    "writeConcern",
+    "lsid",
+    "clientOperationKey",
+    "txnNumber",
+    "txnRetryCounter",
+    "autocommit",
+    "startTransaction",
+    "stmtId",
+    "comment",
+    "allowImplicitCollectionCreation",
+    "databaseVersion",
+    "shardVersion",
+    "help",
+    "maxTimeMSOpOnly",
+    "mayBypassWriteBlocking",
+    "tracking_info",
+    "coordinator",
+    "usesDefaultMaxTimeMS",
+    "readOnly",
+];
+
+const FIND_ARGS: &[&str] = &[
+    "find",
+    "filter",
+    "sort",
+    "projection",
+    "hint",
+    "skip",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "max",
+    "min",
+    "returnKey",
+    "showRecordId",
+    "tailable",
+    "oplogReplay",
+    "noCursorTimeout",
+    "awaitData",
+    "allowPartialResults",
+    "collation",
+    "allowDiskUse",
+    "let",
+    "readOnce",
+    "allowSpeculativeMajorityRead",
+    "requestResumeToken",
+    "resumeAfter",
+    "startAt",
+    "term",
+    "includeQueryStatsMetrics",
+    "rawData",
+];
+
+const GET_MORE_ARGS: &[&str] = &[
+    "getMore",
+    "collection",
+    "batchSize",
+    "term",
+    "lastKnownCommittedOpTime",
+    "includeQueryStatsMetrics",
+    "rawData",
+];
+
+/// Rejects fields a command's IDL does not declare, as mongod 4.4+ does (code 40415).
+fn check_fields(cmd: &Document, name: &str, allowed: &[&str]) -> Result<(), CmdError> {
+    for key in cmd.keys() {
+        if key.starts_with('$')
+            || allowed.contains(&key.as_str())
+            || GENERIC_ARGS.contains(&key.as_str())
+        {
+            continue;
+        }
+        return Err(CmdError::new(
+            40415,
+            "Location40415",
+            format!("BSON field '{name}.{key}' is an unknown field."),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_find(db: &str, cmd: &Document) -> Result<FindArgs, CmdError> {
+    check_fields(cmd, "FindCommandRequest", FIND_ARGS)?;
     let coll = cmd_str(cmd, "find")?;
     let mut limit = get_i64(cmd, "limit").filter(|l| *l != 0);
     let mut single_batch = get_bool(cmd, "singleBatch");
@@ -878,6 +968,7 @@ async fn get_more(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) ->
         Some(Bson::Int32(v)) => i64::from(*v),
         _ => return Err(type_error("getMore", "long")),
     };
+    check_fields(cmd, "getMore", GET_MORE_ARGS)?;
     let coll = cmd_str(cmd, "collection")?;
     let ns = format!("{db}.{coll}");
     let batch_size = get_i64(cmd, "batchSize").filter(|b| *b > 0);
