@@ -9,8 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod coordinator;
+mod demo;
+mod pipeline;
 
 use config::{Config, ConfigError, SinkKind, StartPosition};
+use tokio_util::sync::CancellationToken;
 
 /// Failover-safe change data capture from MongoDB sharded clusters to Kafka.
 ///
@@ -19,12 +23,42 @@ use config::{Config, ConfigError, SinkKind, StartPosition};
 #[derive(Debug, Parser)]
 #[command(name = "quorumtail", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr: `pretty` (default on a terminal), `compact`, or `json`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Compact,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Tail the cluster described by the config file until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a simulated sharded cluster (2 shards x 3 members) with a workload that
+    /// includes a chunk migration and a failover whose rolled-back writes must never be
+    /// emitted; tail it and print the records and a summary.
+    Demo {
+        /// Send records to this Kafka broker instead of stdout.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic template for --brokers.
+        #[arg(long, default_value = "quorumtail.{shard}")]
+        topic: String,
+        /// Application writes before the failover.
+        #[arg(long, default_value_t = 20)]
+        writes: usize,
+    },
     /// Validate a config file and print the resolved topology and quorum per shard.
     Check {
         /// The TOML config file.
@@ -35,9 +69,107 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo {
+            brokers,
+            topic,
+            writes,
+        } => runtime().block_on(demo::demo(demo::DemoOptions {
+            brokers,
+            topic,
+            writes,
+        })),
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("quorumtail")
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1)
+        })
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Compact
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Compact => builder.compact().with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let resolved = match Config::load(path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &resolved.warnings {
+        tracing::warn!("{w}");
+    }
+    runtime().block_on(async move {
+        let token = CancellationToken::new();
+        on_signals(token.clone());
+        match coordinator::run(resolved, token).await {
+            Ok(report) if report.ok() => {
+                tracing::info!(checkpoints = ?report.checkpoints, "stopped cleanly");
+                ExitCode::SUCCESS
+            }
+            Ok(report) => {
+                for f in report.failed.iter().chain(&report.sink_failures) {
+                    tracing::error!("{f}");
+                }
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -1,0 +1,488 @@
+//! The coordinator: from a validated configuration to running shard pipelines, a sink,
+//! checkpoints, topology discovery and a graceful shutdown.
+//!
+//! ```text
+//!   config ─► checkpoint store ─load─► per-shard resume points
+//!      │
+//!      ├─► sink (file | kafka) ◄──────────────────── records + markers ─┐
+//!      │     └─ confirmed checkpoints ─► checkpointer ─► store (every `interval`)
+//!      │                                                                 │
+//!      └─► topology (static + discovery) ─► one shard pipeline each ─────┘
+//!
+//!   shutdown (SIGINT/SIGTERM or caller): stop tailers ─► pipelines return ─►
+//!   sink.flush(deadline) ─► final checkpoint ─► exit code
+//! ```
+//!
+//! A shard that stops with a definite error stays stopped while the others run; the run
+//! then ends with a non-zero status. A definite sink error (authorization, message too
+//! large) stops everything: no shard could make progress past it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::doc;
+use quorumtail_oplog::EntryId;
+use quorumtail_sink::{
+    CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore, FileSinkConfig,
+    KafkaCheckpointConfig, KafkaCheckpointStore, KafkaSinkConfig, Sink, SinkError,
+};
+use quorumtail_tailer::TailerConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{redact_uri, CheckpointKind, Resolved, SinkKind};
+use crate::pipeline::stats::{ShardStats, StatsSnapshot};
+use crate::pipeline::{run_shard, Control, ShardError, ShardSpec, Shared};
+
+/// How a run ended.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// Counters per shard.
+    pub shards: BTreeMap<String, StatsSnapshot>,
+    /// Shards that stopped with a definite error.
+    pub failed: Vec<String>,
+    /// The sink's definite errors.
+    pub sink_failures: Vec<String>,
+    /// Records not confirmed when the shutdown deadline passed (re-read after a restart).
+    pub unconfirmed: usize,
+    /// The final checkpoints stored.
+    pub checkpoints: BTreeMap<String, EntryId>,
+}
+
+impl RunReport {
+    /// Whether the run ended cleanly.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.sink_failures.is_empty()
+    }
+}
+
+/// Errors that prevent a run from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The sink could not start.
+    #[error("sink: {0}")]
+    Sink(#[from] SinkError),
+    /// The checkpoint store could not be read.
+    #[error("checkpoint store: {0}")]
+    Checkpoint(#[from] quorumtail_sink::CheckpointError),
+    /// Discovery failed at startup with no static shards to fall back on.
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
+/// Runs the pipeline until `shutdown` is cancelled (or every shard stopped).
+///
+/// # Errors
+/// [`RunError`] when the sink, the checkpoint store or the initial discovery fail.
+pub async fn run(cfg: Resolved, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    let c = &cfg.config;
+    let store: Arc<dyn CheckpointStore> = match c.checkpoint.kind {
+        CheckpointKind::File => Arc::new(FileCheckpointStore::new(&c.checkpoint.path)),
+        CheckpointKind::Kafka => {
+            let mut k = KafkaCheckpointConfig::new(c.sink.brokers.clone().unwrap_or_default());
+            k.topic = c.checkpoint.topic.clone();
+            k.librdkafka = c.sink.librdkafka.clone();
+            Arc::new(KafkaCheckpointStore::open(k).await?)
+        }
+    };
+    let stored: HashMap<Arc<str>, EntryId> = store.load().await?;
+    for (shard, pos) in &stored {
+        info!(%shard, checkpoint = %pos, "checkpoint loaded");
+    }
+
+    let mut shards: Vec<ShardSpec> = cfg
+        .shards
+        .iter()
+        .map(|s| ShardSpec {
+            name: s.name.as_str().into(),
+            replica_set: Some(s.name.clone()),
+            members: s.members.clone(),
+            arbiters: s.arbiters,
+            quorum: c
+                .shards
+                .iter()
+                .find(|x| x.name == s.name)
+                .and_then(|x| x.quorum),
+        })
+        .collect();
+    let discovery = match &c.discovery {
+        Some(d) => Some(
+            Discovery::connect(&d.uri, &c.mongo.uri_options)
+                .await
+                .map_err(RunError::Discovery)?,
+        ),
+        None => None,
+    };
+    if let Some(d) = &discovery {
+        match d.shards().await {
+            Ok(found) => {
+                for s in found {
+                    if !shards.iter().any(|x| x.name == s.name) {
+                        shards.push(s);
+                    }
+                }
+            }
+            Err(e) if !shards.is_empty() => {
+                warn!(error = %e, "discovery failed at startup; using the static shards")
+            }
+            Err(e) => return Err(RunError::Discovery(e)),
+        }
+    }
+
+    let names: Vec<Arc<str>> = shards.iter().map(|s| s.name.clone()).collect();
+    let sink = match c.sink.kind {
+        SinkKind::File => Sink::file(&FileSinkConfig::new(
+            c.sink.path.clone().unwrap_or_else(|| "-".into()),
+        ))?,
+        SinkKind::Kafka => {
+            let mut k = KafkaSinkConfig::new(c.sink.brokers.clone().unwrap_or_default());
+            if let Some(t) = &c.sink.topic {
+                k.topic = t.parse().map_err(|e: SinkError| e)?;
+            }
+            k.librdkafka = c.sink.librdkafka.clone();
+            Sink::kafka(&k, &names).await?
+        }
+    };
+
+    let mut tailer = TailerConfig::new("".into(), "");
+    tailer.uri_options = c.mongo.uri_options.clone();
+    tailer.username = c.mongo.username.clone();
+    tailer.password = c.mongo.password.clone();
+    tailer.batch_size = c.mongo.batch_size;
+    tailer.max_await = cfg.max_await;
+    let shared = Shared {
+        tailer,
+        filter: cfg.filter.clone(),
+        key: c.sink.key,
+        sink: sink.sender(),
+        max_pending: c.pipeline.max_pending,
+        channel_batches: c.pipeline.channel_batches,
+        start: cfg.start,
+    };
+
+    let pipelines_stop = CancellationToken::new();
+    let mut running = Running {
+        tasks: JoinSet::new(),
+        shards: HashMap::new(),
+        stats: BTreeMap::new(),
+        failed: Vec::new(),
+    };
+    for s in shards {
+        let cp = stored.get(&s.name).copied();
+        running.start(s, cp, &shared, &pipelines_stop);
+    }
+
+    let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut discovery_tick = tokio::time::interval(cfg.discovery_interval);
+    discovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sink_failure = sink.failure();
+    let mut last_stored = ConfirmedCheckpoints::default();
+    let mut sink_failures = Vec::new();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = sink_failure.changed() => {
+                if r.is_ok() {
+                    if let Some(e) = sink_failure.borrow_and_update().clone() {
+                        error!(error = %e, "the sink stopped with a definite error; stopping");
+                        sink_failures.push(e.to_string());
+                        break;
+                    }
+                }
+            }
+            Some(done) = running.tasks.join_next(), if !running.tasks.is_empty() => {
+                running.finished(done);
+                if running.tasks.is_empty() && discovery.is_none() {
+                    warn!("every shard pipeline has stopped");
+                    break;
+                }
+            }
+            _ = checkpoint_tick.tick() => {
+                store_checkpoints(&*store, &sink, &mut last_stored).await;
+            }
+            _ = discovery_tick.tick(), if discovery.is_some() => {
+                if let Some(d) = &discovery {
+                    match d.shards().await {
+                        Ok(found) => running.reconcile(found, &stored, &shared, &pipelines_stop),
+                        Err(e) => warn!(error = %e, "discovery failed; keeping the current topology"),
+                    }
+                }
+            }
+        }
+    }
+
+    // Graceful stop: tailers and pipelines first, then the sink drains.
+    info!("stopping: shard pipelines first, then the sink drains");
+    pipelines_stop.cancel();
+    while let Some(done) = running.tasks.join_next().await {
+        running.finished(done);
+    }
+    drop(shared);
+    let report = sink
+        .flush(tokio::time::Instant::now() + cfg.shutdown_timeout)
+        .await;
+    for f in &report.failures {
+        if !sink_failures.contains(&f.to_string()) {
+            sink_failures.push(f.to_string());
+        }
+    }
+    if let Err(e) = store.store(&report.checkpoints).await {
+        error!(error = %e, "could not store the final checkpoints; the next run re-reads from the previous ones");
+    }
+    let checkpoints = report
+        .checkpoints
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    if report.unconfirmed > 0 {
+        warn!(
+            unconfirmed = report.unconfirmed,
+            "records not confirmed before the shutdown deadline; they are re-read after a restart"
+        );
+    }
+    Ok(RunReport {
+        shards: running
+            .stats
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.snapshot()))
+            .collect(),
+        failed: running.failed,
+        sink_failures,
+        unconfirmed: report.unconfirmed,
+        checkpoints,
+    })
+}
+
+async fn store_checkpoints(
+    store: &dyn CheckpointStore,
+    sink: &Sink,
+    last: &mut ConfirmedCheckpoints,
+) {
+    let now = sink.checkpoints();
+    if now.is_empty() || now == *last {
+        return;
+    }
+    match store.store(&now).await {
+        Ok(()) => *last = now,
+        Err(e) => warn!(error = %e, "could not store checkpoints; retrying at the next interval"),
+    }
+}
+
+struct ShardRun {
+    spec: ShardSpec,
+    control: mpsc::Sender<Control>,
+    stop: CancellationToken,
+}
+
+struct Running {
+    tasks: JoinSet<(Arc<str>, Result<(), ShardError>)>,
+    shards: HashMap<Arc<str>, ShardRun>,
+    stats: BTreeMap<Arc<str>, Arc<ShardStats>>,
+    failed: Vec<String>,
+}
+
+impl Running {
+    fn start(
+        &mut self,
+        spec: ShardSpec,
+        checkpoint: Option<EntryId>,
+        shared: &Shared,
+        stop: &CancellationToken,
+    ) {
+        let stats = self.stats.entry(spec.name.clone()).or_default().clone();
+        let (tx, rx) = mpsc::channel(8);
+        let token = stop.child_token();
+        let name = spec.name.clone();
+        let fut = run_shard(
+            spec.clone(),
+            shared.clone(),
+            checkpoint,
+            stats,
+            rx,
+            token.clone(),
+        );
+        self.tasks.spawn(async move { (name, fut.await) });
+        self.shards.insert(
+            spec.name.clone(),
+            ShardRun {
+                spec,
+                control: tx,
+                stop: token,
+            },
+        );
+    }
+
+    fn finished(
+        &mut self,
+        done: Result<(Arc<str>, Result<(), ShardError>), tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok((name, Ok(()))) => {
+                self.shards.remove(&name);
+            }
+            Ok((name, Err(e))) => {
+                error!(shard = %name, error = %e, "shard stopped with a definite error; the other shards keep running");
+                self.failed.push(e.to_string());
+                self.shards.remove(&name);
+            }
+            Err(e) => {
+                error!(error = %e, "a shard pipeline task panicked");
+                self.failed.push(format!("a shard pipeline panicked: {e}"));
+            }
+        }
+    }
+
+    /// Applies a discovered topology: new shards start (from their checkpoint, or from the
+    /// beginning of their oplog: a new shard's oplog is short), shards gone from the list
+    /// stop once drained, member changes go to the running pipeline.
+    fn reconcile(
+        &mut self,
+        found: Vec<ShardSpec>,
+        stored: &HashMap<Arc<str>, EntryId>,
+        shared: &Shared,
+        stop: &CancellationToken,
+    ) {
+        let before: Vec<String> = self.shards.keys().map(|k| k.to_string()).collect();
+        let mut changed = false;
+        for s in &found {
+            match self.shards.get_mut(&s.name) {
+                None => {
+                    if self
+                        .failed
+                        .iter()
+                        .any(|f| f.contains(&format!("shard {}:", s.name)))
+                    {
+                        continue;
+                    }
+                    info!(shard = %s.name, members = ?s.members, "shard added: starting its pipeline from the beginning of its oplog");
+                    let mut shared = shared.clone();
+                    if !stored.contains_key(&s.name) {
+                        shared.start = crate::config::StartPosition::Earliest;
+                    }
+                    self.start(s.clone(), stored.get(&s.name).copied(), &shared, stop);
+                    changed = true;
+                }
+                Some(run) if run.spec.members != s.members || run.spec.arbiters != s.arbiters => {
+                    let _ = run.control.try_send(Control::Members(s.clone()));
+                    run.spec = s.clone();
+                    changed = true;
+                }
+                Some(_) => {}
+            }
+        }
+        let gone: Vec<Arc<str>> = self
+            .shards
+            .keys()
+            .filter(|k| !found.iter().any(|s| &s.name == *k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(run) = self.shards.get(&name) {
+                info!(shard = %name, "shard removed from the cluster: stopping its pipeline");
+                run.stop.cancel();
+                changed = true;
+            }
+        }
+        if changed {
+            let after: Vec<String> = found.iter().map(|s| s.name.to_string()).collect();
+            info!(?before, ?after, "topology changed");
+        }
+    }
+}
+
+/// Reads the shard list through mongos (`listShards`) or from a config server
+/// (`config.shards`).
+pub struct Discovery {
+    client: mongodb::Client,
+    uri: String,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("uri", &redact_uri(&self.uri))
+            .finish()
+    }
+}
+
+impl Discovery {
+    /// Connects (lazily; errors surface on the first read).
+    ///
+    /// # Errors
+    /// An unparsable URI.
+    pub async fn connect(uri: &str, extra: &str) -> Result<Self, String> {
+        let mut opts = mongodb::options::ClientOptions::parse(uri)
+            .await
+            .map_err(|e| format!("{}: {e}", redact_uri(uri)))?;
+        opts.app_name = Some("quorumtail-discovery".into());
+        opts.server_selection_timeout = Some(Duration::from_secs(5));
+        let _ = extra;
+        let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
+        Ok(Discovery {
+            client,
+            uri: uri.to_owned(),
+        })
+    }
+
+    /// The current shards.
+    ///
+    /// # Errors
+    /// When neither `listShards` nor `config.shards` can be read.
+    pub async fn shards(&self) -> Result<Vec<ShardSpec>, String> {
+        let docs: Vec<bson::Document> = match self
+            .client
+            .database("admin")
+            .run_command(doc! { "listShards": 1 })
+            .await
+        {
+            Ok(reply) => reply
+                .get_array("shards")
+                .map_err(|e| format!("listShards reply: {e}"))?
+                .iter()
+                .filter_map(|b| b.as_document().cloned())
+                .collect(),
+            Err(e) => {
+                // Not a mongos: a config server holds config.shards.
+                use futures::TryStreamExt;
+                let coll = self
+                    .client
+                    .database("config")
+                    .collection::<bson::Document>("shards");
+                let cursor = coll.find(doc! {}).await.map_err(|e2| {
+                    format!("listShards failed ({e}) and config.shards cannot be read ({e2})")
+                })?;
+                cursor.try_collect().await.map_err(|e| e.to_string())?
+            }
+        };
+        let mut out = Vec::new();
+        for d in docs {
+            let name = d
+                .get_str("_id")
+                .map_err(|_| "a shard without _id".to_owned())?;
+            let host = d
+                .get_str("host")
+                .map_err(|_| format!("shard {name} has no host"))?;
+            let (set, members) = match host.split_once('/') {
+                Some((set, hosts)) => (
+                    Some(set.to_owned()),
+                    hosts.split(',').map(str::to_owned).collect(),
+                ),
+                None => (None, vec![host.to_owned()]),
+            };
+            out.push(ShardSpec {
+                name: name.into(),
+                replica_set: set,
+                members,
+                arbiters: 0,
+                quorum: None,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,250 @@
+//! From committed oplog entries to sink inputs: transactions unpacked, filters applied,
+//! records encoded, sequence numbers and safe checkpoints attached.
+//!
+//! A checkpoint is attached only where resuming is safe: never while a transaction is
+//! open (its earlier entries would not be re-read), so entries released meanwhile carry
+//! no checkpoint, and the first entry after the transaction closes carries one again.
+
+use std::sync::Arc;
+
+use quorumtail_oplog::entry::split_ns;
+use quorumtail_oplog::filter::command_target_ns;
+use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op};
+use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
+use quorumtail_oplog::{DropReason, EntryId, Filter, OpKind, OplogEntry, Timestamp};
+use quorumtail_sink::{Marker, OutRecord, SinkInput};
+
+use crate::config::KeyKind;
+use crate::pipeline::stats::ShardStats;
+
+/// Turns one shard's committed entries into sink inputs.
+#[derive(Debug)]
+pub struct Emitter {
+    shard: Arc<str>,
+    filter: Filter,
+    key: KeyKind,
+    seq: u64,
+    txn: TxnAssembler,
+    /// The last checkpoint attached to an input: later inputs carry one only when it moved.
+    last_checkpoint: Option<EntryId>,
+    stats: Arc<ShardStats>,
+}
+
+/// A committed entry that cannot be turned into records: the shard must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard}: cannot emit the committed entry at {id}: {detail}")]
+pub struct EmitError {
+    shard: Arc<str>,
+    id: EntryId,
+    detail: String,
+}
+
+impl Emitter {
+    /// An emitter for one shard. `skip_orphans_before`: a user-given start position
+    /// (never a checkpoint) may fall inside a transaction, whose start is then skipped.
+    pub fn new(
+        shard: Arc<str>,
+        filter: Filter,
+        key: KeyKind,
+        stats: Arc<ShardStats>,
+        skip_orphans_before: Option<Timestamp>,
+    ) -> Self {
+        let txn = TxnAssembler::new(TxnConfig {
+            skip_orphans_before,
+            ..TxnConfig::default()
+        });
+        Emitter {
+            shard,
+            filter,
+            key,
+            seq: 0,
+            txn,
+            last_checkpoint: None,
+            stats,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The checkpoint to attach to the next input, if it moved.
+    fn checkpoint(&mut self) -> Option<EntryId> {
+        let safe = self.txn.safe_position();
+        if safe.is_some() && safe != self.last_checkpoint {
+            self.last_checkpoint = safe;
+            safe
+        } else {
+            None
+        }
+    }
+
+    fn marker(&mut self, out: &mut Vec<SinkInput>) {
+        if let Some(checkpoint) = self.checkpoint() {
+            let seq = self.next_seq();
+            out.push(SinkInput::Marker(Marker {
+                shard: self.shard.clone(),
+                seq,
+                checkpoint,
+            }));
+        }
+    }
+
+    /// Appends the sink inputs for one committed entry to `out`.
+    ///
+    /// # Errors
+    /// [`EmitError`] when the entry's bytes cannot be encoded, or the transaction chain is
+    /// broken (see the assembler's checkpoint contract).
+    pub fn committed(
+        &mut self,
+        entry: &OplogEntry<'_>,
+        out: &mut Vec<SinkInput>,
+    ) -> Result<(), EmitError> {
+        let id = entry.id();
+        let shard = self.shard.clone();
+        let err = |detail: String| EmitError {
+            shard: shard.clone(),
+            id,
+            detail,
+        };
+        match self.txn.push(entry).map_err(|e| err(e.to_string()))? {
+            Step::Entry => {
+                let ns = target_ns(entry.op, entry.ns, entry.o, entry.command_name());
+                match self.filter.check(entry.op, &ns, entry.from_migrate) {
+                    Err(reason) => {
+                        self.stats.dropped(reason);
+                        self.marker(out);
+                    }
+                    Ok(()) => {
+                        let mut value = Vec::with_capacity(entry.raw().as_bytes().len() * 2 + 128);
+                        encode_entry(&self.shard, entry, &mut value)
+                            .map_err(|e| err(e.to_string()))?;
+                        let key = self
+                            .key_for(entry.ns, &ns, entry.document_id())
+                            .map_err(|e| err(e.to_string()))?;
+                        self.record(id, entry.op, entry.ns, key, value, out);
+                    }
+                }
+            }
+            Step::Emit(txn) => {
+                let mut any = false;
+                for op in &txn.ops {
+                    let ns = target_ns(op.op, &op.ns, op.o(), op.command_name());
+                    if let Err(reason) = self.filter.check(op.op, &ns, op.from_migrate) {
+                        self.stats.dropped(reason);
+                        continue;
+                    }
+                    let mut value = Vec::with_capacity(op.doc.as_bytes().len() * 2 + 160);
+                    encode_txn_op(
+                        &self.shard,
+                        txn.commit,
+                        op.op.as_str(),
+                        &op.ns,
+                        txn.info(op),
+                        &op.doc,
+                        &mut value,
+                    )
+                    .map_err(|e| err(e.to_string()))?;
+                    let key = self
+                        .key_for(&op.ns, &ns, op.document_id())
+                        .map_err(|e| err(e.to_string()))?;
+                    // Checkpoints attach after the last operation only.
+                    let seq = self.next_seq();
+                    let (db, coll) = split_ns(&op.ns);
+                    self.stats.emitted();
+                    out.push(SinkInput::Record(OutRecord {
+                        shard: self.shard.clone(),
+                        seq,
+                        checkpoint: None,
+                        ts: txn.commit.ts,
+                        op: op.op.as_str(),
+                        db: db.to_owned(),
+                        coll: coll.to_owned(),
+                        key,
+                        value,
+                    }));
+                    any = true;
+                }
+                self.stats
+                    .transactions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = any;
+                self.marker(out);
+            }
+            Step::Buffered => {}
+            Step::Aborted(a) => {
+                self.stats
+                    .aborted_ops
+                    .fetch_add(a.dropped_ops as u64, std::sync::atomic::Ordering::Relaxed);
+                self.marker(out);
+            }
+            Step::SkippedOrphan(_) => self.marker(out),
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        id: EntryId,
+        op: OpKind,
+        ns: &str,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+        out: &mut Vec<SinkInput>,
+    ) {
+        let checkpoint = self.checkpoint();
+        let seq = self.next_seq();
+        let (db, coll) = split_ns(ns);
+        self.stats.emitted();
+        out.push(SinkInput::Record(OutRecord {
+            shard: self.shard.clone(),
+            seq,
+            checkpoint,
+            ts: id.ts,
+            op: op.as_str(),
+            db: db.to_owned(),
+            coll: coll.to_owned(),
+            key,
+            value,
+        }));
+    }
+
+    fn key_for(
+        &self,
+        ns: &str,
+        target: &str,
+        doc_id: Option<bson::RawBsonRef<'_>>,
+    ) -> Result<Option<Vec<u8>>, bson::error::Error> {
+        Ok(Some(match self.key {
+            KeyKind::Shard => self.shard.as_bytes().to_vec(),
+            KeyKind::Namespace => target.as_bytes().to_vec(),
+            KeyKind::Document => match doc_id {
+                Some(id) => {
+                    let mut k = Vec::with_capacity(64);
+                    document_key(ns, id, &mut k)?;
+                    k
+                }
+                None => target.as_bytes().to_vec(),
+            },
+        }))
+    }
+}
+
+/// The namespace an operation changes, for filters and keys (commands: their target).
+fn target_ns(op: OpKind, ns: &str, o: Option<&bson::RawDocument>, command: Option<&str>) -> String {
+    if op == OpKind::Command {
+        let name = command.unwrap_or("");
+        let first = o
+            .and_then(|o| o.get(name).ok().flatten())
+            .and_then(|v| v.as_str());
+        command_target_ns(ns, name, first)
+    } else {
+        ns.to_owned()
+    }
+}
+
+/// Labels for drop reasons (re-exported for stats).
+pub fn reason_label(r: DropReason) -> &'static str {
+    r.as_str()
+}

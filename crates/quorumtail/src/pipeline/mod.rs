@@ -1,0 +1,678 @@
+//! One shard's pipeline: a tailer per member, the majority merge, and the emitter.
+//!
+//! ```text
+//!  member a ─► tailer ─► [bounded] ─┐
+//!  member b ─► tailer ─► [bounded] ─┼─► merge task: Merge::push ─► Committed ─► Emitter ─► sink
+//!  member c ─► tailer ─► [bounded] ─┘        │         └──► Discarded: counted, logged, never sent
+//!                 ▲                          │
+//!                 └── resume target (watch) ◄┘  the watermark after each release
+//! ```
+//!
+//! Backpressure: `sink.send` waits when the sink is full, which stops this task from
+//! reading the tailer channels, which stops the tailers. When the merge holds more than
+//! `max_pending` unconfirmed entries (a stalled quorum), the channels of the members that
+//! are ahead are set aside until the others catch up; memory stays bounded either way.
+
+pub mod emit;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use mongodb::raw_batch_cursor::RawBatch;
+use quorumtail_merge::{Event, Merge, NodeId, PushError, Report};
+use quorumtail_oplog::{EntryId, Filter, OplogEntry, Timestamp};
+use quorumtail_sink::{SinkInput, SinkSender};
+use quorumtail_tailer::{pred, ResumeTarget, TailMsg, TailerConfig};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt, StreamMap};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{KeyKind, StartPosition};
+use emit::Emitter;
+use stats::ShardStats;
+
+/// A shard as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// Shard name (`config.shards._id`); records carry it.
+    pub name: Arc<str>,
+    /// The replica set name members must report, if known.
+    pub replica_set: Option<String>,
+    /// Data-bearing members, `host:port`.
+    pub members: Vec<String>,
+    /// Arbiters (vote, no oplog).
+    pub arbiters: usize,
+    /// Explicit quorum, if any.
+    pub quorum: Option<usize>,
+}
+
+/// What every shard pipeline shares.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// Template for tailer settings (shard and node are filled in).
+    pub tailer: TailerConfig,
+    /// The filter.
+    pub filter: Filter,
+    /// Kafka key choice.
+    pub key: KeyKind,
+    /// The sink's input.
+    pub sink: SinkSender,
+    /// `[pipeline] max_pending`.
+    pub max_pending: usize,
+    /// `[pipeline] channel_batches`.
+    pub channel_batches: usize,
+    /// `[start] position` for shards without a checkpoint.
+    pub start: StartPosition,
+}
+
+/// Why a shard stopped for good. These are definite: the operator must act.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// Too few members still hold the resume point: changes in between are gone.
+    #[error(
+        "shard {shard}: the resume point {target} is no longer in the oplog of {lacking}; only {holders} of {members} member(s) may still hold it and the quorum is {quorum}, so the changes after it cannot be read any more. Never skipping them, quorumtail stops this shard. Fix: re-snapshot the shard's collections, then reset its checkpoint (remove the \"{shard}\" entry from the checkpoint store) and set [start] position"
+    )]
+    ResumePointLost {
+        /// Shard.
+        shard: Arc<str>,
+        /// The target.
+        target: EntryId,
+        /// Members lacking it, with their first entry.
+        lacking: String,
+        /// Members that may hold it.
+        holders: usize,
+        /// Members.
+        members: usize,
+        /// Quorum.
+        quorum: usize,
+    },
+    /// Two members reported the same entry identity with different content.
+    #[error("shard {shard}: members disagree on the content of entry {id} ({detail}); MongoDB never does this, so the data or a reader is corrupt. Stopped to avoid emitting either version")]
+    Divergence {
+        /// Shard.
+        shard: Arc<str>,
+        /// Entry.
+        id: EntryId,
+        /// Which members.
+        detail: String,
+    },
+    /// An entry could not be read or encoded.
+    #[error("shard {shard}: {detail}")]
+    BadEntry {
+        /// Shard.
+        shard: Arc<str>,
+        /// What.
+        detail: String,
+    },
+    /// A member's stream went backwards.
+    #[error("shard {shard}: {source}")]
+    Stream {
+        /// Shard.
+        shard: Arc<str>,
+        /// The merge's error.
+        source: PushError,
+    },
+    /// The membership or quorum cannot work.
+    #[error("shard {shard}: {detail}")]
+    Quorum {
+        /// Shard.
+        shard: Arc<str>,
+        /// What.
+        detail: String,
+    },
+    /// The sink refused input (it stopped).
+    #[error("shard {shard}: the sink stopped accepting records: {detail}")]
+    Sink {
+        /// Shard.
+        shard: Arc<str>,
+        /// What.
+        detail: String,
+    },
+}
+
+/// A raw entry kept alive by its batch, without copying.
+#[derive(Clone, Debug)]
+pub struct EntryRef {
+    batch: Arc<RawBatch>,
+    start: usize,
+    len: usize,
+}
+
+impl EntryRef {
+    fn doc(&self) -> Result<&bson::RawDocument, String> {
+        let bytes = self
+            .batch
+            .as_raw_document()
+            .as_bytes()
+            .get(self.start..self.start + self.len)
+            .ok_or("entry outside its batch")?;
+        bson::RawDocument::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Per-member state the merge task keeps.
+#[derive(Debug)]
+struct Member {
+    addr: String,
+    probe: Option<(Option<EntryId>, Option<EntryId>)>,
+    lacks: Option<(ResumeTarget, Option<EntryId>)>,
+    state: String,
+}
+
+/// Messages the coordinator sends a running shard.
+#[derive(Debug)]
+pub enum Control {
+    /// The member list changed (discovery).
+    Members(ShardSpec),
+}
+
+/// Runs one shard until `shutdown` or a definite error.
+///
+/// # Errors
+/// [`ShardError`] for definite problems; the other shards keep running.
+pub async fn run_shard(
+    spec: ShardSpec,
+    shared: Shared,
+    checkpoint: Option<EntryId>,
+    stats: Arc<ShardStats>,
+    mut control: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+) -> Result<(), ShardError> {
+    let mut task = ShardTask::new(spec, shared, checkpoint, stats, &shutdown)?;
+    let result: Result<(), ShardError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                Some(c) = control.recv() => task.control(c)?,
+                Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => task.handle(node, msg)?,
+            }
+            task.flush().await?;
+        }
+    }
+    .await;
+    task.tailers_stop.cancel();
+    match &result {
+        Err(e) => error!(shard = %task.shard, error = %e, "shard stopped"),
+        Ok(()) => info!(shard = %task.shard, "shard pipeline stopped"),
+    }
+    result
+}
+
+struct ShardTask {
+    shard: Arc<str>,
+    spec: ShardSpec,
+    shared: Shared,
+    stats: Arc<ShardStats>,
+    tailers_stop: CancellationToken,
+    engine: Option<Merge<EntryRef>>,
+    quorum: usize,
+    target_tx: watch::Sender<Option<ResumeTarget>>,
+    members: BTreeMap<NodeId, Member>,
+    streams: StreamMap<NodeId, ReceiverStream<TailMsg>>,
+    paused: HashMap<NodeId, ReceiverStream<TailMsg>>,
+    emitter: Emitter,
+    out: Vec<SinkInput>,
+}
+
+impl ShardTask {
+    fn new(
+        spec: ShardSpec,
+        shared: Shared,
+        checkpoint: Option<EntryId>,
+        stats: Arc<ShardStats>,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, ShardError> {
+        let shard = spec.name.clone();
+        let quorum = resolve(&spec)?;
+        let (target_tx, _) = watch::channel::<Option<ResumeTarget>>(None);
+        let skip_orphans = match (checkpoint, shared.start) {
+            (None, StartPosition::After(ts)) => Some(ts),
+            _ => None,
+        };
+        let emitter = Emitter::new(
+            shard.clone(),
+            shared.filter.clone(),
+            shared.key,
+            stats.clone(),
+            skip_orphans,
+        );
+        let mut task = ShardTask {
+            shard: shard.clone(),
+            spec: spec.clone(),
+            shared,
+            stats,
+            tailers_stop: shutdown.child_token(),
+            engine: None,
+            quorum,
+            target_tx,
+            members: BTreeMap::new(),
+            streams: StreamMap::new(),
+            paused: HashMap::new(),
+            emitter,
+            out: Vec::with_capacity(1024),
+        };
+        match (checkpoint, task.shared.start) {
+            (Some(cp), _) => {
+                info!(%shard, checkpoint = %cp, "resuming from checkpoint");
+                task.engine = Some(new_engine(&shard, spec.members.len(), quorum, Some(cp))?);
+                task.target_tx.send_replace(Some(ResumeTarget {
+                    id: cp,
+                    exact: true,
+                }));
+            }
+            (None, StartPosition::After(ts)) => {
+                let id = EntryId::at(ts);
+                info!(%shard, after = %ts, "no checkpoint: starting after the configured position");
+                task.engine = Some(new_engine(&shard, spec.members.len(), quorum, Some(id))?);
+                task.target_tx
+                    .send_replace(Some(ResumeTarget { id, exact: false }));
+            }
+            (None, _) => {}
+        }
+        for (i, addr) in spec.members.iter().enumerate() {
+            task.spawn_member(addr, NodeId(i as u8));
+        }
+        info!(%shard, members = ?spec.members, quorum, "shard pipeline started");
+        Ok(task)
+    }
+
+    fn spawn_member(&mut self, addr: &str, id: NodeId) {
+        let (tx, rx) = mpsc::channel(self.shared.channel_batches.max(1));
+        let mut cfg = self.shared.tailer.clone();
+        cfg.shard = self.shard.clone();
+        cfg.node = addr.to_owned();
+        cfg.replica_set = self.spec.replica_set.clone();
+        let token = self.tailers_stop.child_token();
+        tokio::spawn(quorumtail_tailer::run(
+            cfg,
+            self.target_tx.subscribe(),
+            tx,
+            token,
+        ));
+        self.streams.insert(id, ReceiverStream::new(rx));
+        self.members.insert(
+            id,
+            Member {
+                addr: addr.to_owned(),
+                probe: None,
+                lacks: None,
+                state: "connecting".into(),
+            },
+        );
+    }
+
+    fn quorum_err(&self, e: impl std::fmt::Display) -> ShardError {
+        ShardError::Quorum {
+            shard: self.shard.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Membership changes from discovery: stop removed members' tailers, start new ones,
+    /// recompute the quorum.
+    fn control(&mut self, c: Control) -> Result<(), ShardError> {
+        let Control::Members(new_spec) = c;
+        let before: Vec<String> = self.members.values().map(|m| m.addr.clone()).collect();
+        let removed: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !new_spec.members.contains(&m.addr))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in removed {
+            if let Some(m) = self.members.remove(&id) {
+                info!(shard = %self.shard, node = %m.addr, "member removed: stopping its tailer");
+            }
+            // Dropping the receiver ends the tailer (its sends fail).
+            self.streams.remove(&id);
+            self.paused.remove(&id);
+            if let Some(e) = self.engine.as_mut() {
+                e.remove_node(id);
+            }
+        }
+        for addr in &new_spec.members {
+            if !self.members.values().any(|m| &m.addr == addr) {
+                let id = match self.engine.as_mut() {
+                    Some(e) => e.add_node().map_err(|e| ShardError::Quorum {
+                        shard: self.shard.clone(),
+                        detail: e.to_string(),
+                    })?,
+                    None => (0..64u8)
+                        .map(NodeId)
+                        .find(|i| !self.members.contains_key(i))
+                        .ok_or_else(|| self.quorum_err("too many members"))?,
+                };
+                info!(shard = %self.shard, node = %addr, "member added: starting its tailer");
+                self.spawn_member(addr, id);
+            }
+        }
+        let new_q = resolve(&new_spec)?;
+        if let Some(e) = self.engine.as_mut() {
+            e.set_quorum(new_q).map_err(|e| ShardError::Quorum {
+                shard: self.shard.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+        info!(shard = %self.shard, before = ?before, after = ?new_spec.members, quorum_before = self.quorum, quorum_after = new_q, "shard membership changed");
+        self.quorum = new_q;
+        self.spec = new_spec;
+        self.drain()
+    }
+
+    fn handle(&mut self, node: NodeId, msg: TailMsg) -> Result<(), ShardError> {
+        let shard = self.shard.clone();
+        let Some(member) = self.members.get_mut(&node) else {
+            return Ok(());
+        };
+        match msg {
+            TailMsg::Probe { oldest, newest } => {
+                member.probe = Some((oldest, newest));
+                if self.engine.is_none() {
+                    if let Some((target, start)) =
+                        decide_start(&self.members, self.quorum, self.shared.start)
+                    {
+                        info!(%shard, from = %target.id, "no checkpoint: start position chosen from the members' oplogs");
+                        let n = self
+                            .members
+                            .keys()
+                            .map(|k| k.0 as usize + 1)
+                            .max()
+                            .unwrap_or(0);
+                        let mut engine = new_engine(&shard, n, self.quorum, start)?;
+                        for i in 0..n as u8 {
+                            if !self.members.contains_key(&NodeId(i)) {
+                                engine.remove_node(NodeId(i));
+                            }
+                        }
+                        self.engine = Some(engine);
+                        // A transaction may straddle the chosen start: its beginning is
+                        // not ours to emit, so its end is skipped rather than an error.
+                        let skip_before = match self.shared.start {
+                            StartPosition::Earliest => target.id.ts,
+                            _ => Timestamp::new(
+                                target.id.ts.time,
+                                target.id.ts.increment.saturating_add(1),
+                            ),
+                        };
+                        self.emitter = Emitter::new(
+                            shard.clone(),
+                            self.shared.filter.clone(),
+                            self.shared.key,
+                            self.stats.clone(),
+                            Some(skip_before),
+                        );
+                        self.target_tx.send_replace(Some(target));
+                    }
+                }
+            }
+            TailMsg::Started { .. } => {
+                self.stats
+                    .tailer_starts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                member.lacks = None;
+                member.state = "tailing".into();
+                if let Some(e) = self.engine.as_mut() {
+                    e.node_reset(node);
+                }
+            }
+            TailMsg::Idle => member.state = "tailing".into(),
+            TailMsg::Down { reason } => member.state = format!("down: {reason}"),
+            TailMsg::Refused { reason } => {
+                error!(%shard, node = %member.addr, %reason, "member refused");
+                member.state = format!("refused: {reason}");
+            }
+            TailMsg::Lacks { target, first } => {
+                warn!(%shard, node = %member.addr, target = %target.id, first = ?first.map(|f| f.to_string()), "member no longer holds the resume point");
+                member.lacks = Some((target, first));
+                member.state = "lacks the resume point".into();
+                let lacking: Vec<&Member> = self
+                    .members
+                    .values()
+                    .filter(|m| m.lacks.is_some_and(|(t, _)| t == target))
+                    .collect();
+                let holders = self.members.len() - lacking.len();
+                if holders < self.quorum {
+                    return Err(ShardError::ResumePointLost {
+                        shard,
+                        target: target.id,
+                        lacking: lacking
+                            .iter()
+                            .map(|m| match m.lacks.and_then(|(_, f)| f) {
+                                Some(f) => {
+                                    format!("{} (its oldest entry after it: {})", m.addr, f.ts)
+                                }
+                                None => m.addr.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        holders,
+                        members: self.members.len(),
+                        quorum: self.quorum,
+                    });
+                }
+            }
+            TailMsg::Batch(batch) => {
+                member.state = "tailing".into();
+                let addr = member.addr.clone();
+                let Some(e) = self.engine.as_mut() else {
+                    return Ok(());
+                };
+                let reply = batch.shared();
+                let base = reply.as_raw_document().as_bytes().as_ptr() as usize;
+                let bad = |detail: String| ShardError::BadEntry {
+                    shard: shard.clone(),
+                    detail: format!("member {addr}: {detail}"),
+                };
+                for doc in batch.entries().map_err(bad)? {
+                    let doc = doc.map_err(bad)?;
+                    let parsed = OplogEntry::parse(doc).map_err(|e| bad(e.to_string()))?;
+                    let start = doc.as_bytes().as_ptr() as usize - base;
+                    let payload = EntryRef {
+                        batch: reply.clone(),
+                        start,
+                        len: doc.as_bytes().len(),
+                    };
+                    let report = Report {
+                        id: parsed.id(),
+                        digest: Some(parsed.digest()),
+                        payload: Some(payload),
+                    };
+                    e.push(node, report).map_err(|source| ShardError::Stream {
+                        shard: shard.clone(),
+                        source,
+                    })?;
+                }
+                self.drain()?;
+                self.backpressure();
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits released events and publishes the new watermark as the resume target.
+    fn drain(&mut self) -> Result<(), ShardError> {
+        let Some(e) = self.engine.as_mut() else {
+            return Ok(());
+        };
+        drain_events(
+            &self.shard,
+            e,
+            &mut self.emitter,
+            &self.stats,
+            &mut self.out,
+        )?;
+        if let Some(w) = e.watermark() {
+            if w.term.is_some() || w.hash.is_some() {
+                let new = Some(ResumeTarget { id: w, exact: true });
+                self.target_tx.send_if_modified(|t| {
+                    let changed = *t != new;
+                    *t = new;
+                    changed
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets aside members that are ahead while the merge backlog is over its bound.
+    fn backpressure(&mut self) {
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        if e.pending_len() > self.shared.max_pending {
+            for n in e.nodes_ahead().iter() {
+                if let Some(s) = self.streams.remove(&n) {
+                    let addr = self.members.get(&n).map(|m| m.addr.as_str()).unwrap_or("?");
+                    warn!(shard = %self.shard, node = %addr, pending = e.pending_len(), "merge backlog full: pausing a member that is ahead of the quorum");
+                    self.paused.insert(n, s);
+                }
+            }
+        } else if !self.paused.is_empty() && e.pending_len() <= self.shared.max_pending / 2 {
+            for (n, s) in self.paused.drain() {
+                self.streams.insert(n, s);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ShardError> {
+        for input in self.out.drain(..) {
+            self.shared
+                .sink
+                .send(input)
+                .await
+                .map_err(|e| ShardError::Sink {
+                    shard: self.shard.clone(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve(spec: &ShardSpec) -> Result<usize, ShardError> {
+    quorumtail_merge::resolve_quorum(spec.members.len(), spec.arbiters, spec.quorum)
+        .map(|q| q.quorum)
+        .map_err(|e| ShardError::Quorum {
+            shard: spec.name.clone(),
+            detail: e.to_string(),
+        })
+}
+
+fn new_engine(
+    shard: &Arc<str>,
+    nodes: usize,
+    quorum: usize,
+    start: Option<EntryId>,
+) -> Result<Merge<EntryRef>, ShardError> {
+    Merge::new(nodes, quorum, start).map_err(|e| ShardError::Quorum {
+        shard: shard.clone(),
+        detail: e.to_string(),
+    })
+}
+
+/// With `q` probes in, picks the start for a shard without a checkpoint:
+/// `latest`: the q-th newest member's newest entry (held by at least q members once they
+/// catch up); `earliest`: the q-th largest oldest entry (the oldest entry a quorum still
+/// holds), emitted itself.
+fn decide_start(
+    members: &BTreeMap<NodeId, Member>,
+    q: usize,
+    pos: StartPosition,
+) -> Option<(ResumeTarget, Option<EntryId>)> {
+    let probes: Vec<(Option<EntryId>, Option<EntryId>)> =
+        members.values().filter_map(|m| m.probe).collect();
+    if probes.len() < q {
+        return None;
+    }
+    match pos {
+        StartPosition::Latest => {
+            let mut newest: Vec<EntryId> = probes.iter().filter_map(|p| p.1).collect();
+            if newest.len() < q {
+                return None;
+            }
+            newest.sort_by(|a, b| b.cmp(a));
+            let t = newest[q - 1];
+            Some((ResumeTarget { id: t, exact: true }, Some(t)))
+        }
+        StartPosition::Earliest => {
+            let mut oldest: Vec<EntryId> = probes.iter().filter_map(|p| p.0).collect();
+            if oldest.len() < q {
+                return None;
+            }
+            oldest.sort_by(|a, b| b.cmp(a));
+            let t = oldest[q - 1];
+            Some((
+                ResumeTarget { id: t, exact: true },
+                Some(EntryId::at(pred(t.ts))),
+            ))
+        }
+        StartPosition::After(_) => None,
+    }
+}
+
+fn drain_events(
+    shard: &Arc<str>,
+    engine: &mut Merge<EntryRef>,
+    emitter: &mut Emitter,
+    stats: &ShardStats,
+    out: &mut Vec<SinkInput>,
+) -> Result<(), ShardError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    for ev in engine.drain_events() {
+        match ev {
+            Event::Committed { id, payload, .. } => {
+                stats.committed.fetch_add(1, Relaxed);
+                let bad = |detail: String| ShardError::BadEntry {
+                    shard: shard.clone(),
+                    detail: format!("committed entry {id}: {detail}"),
+                };
+                let p = payload.ok_or_else(|| bad("committed without content".into()))?;
+                let entry =
+                    OplogEntry::parse(p.doc().map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+                emitter
+                    .committed(&entry, out)
+                    .map_err(|e| ShardError::BadEntry {
+                        shard: shard.clone(),
+                        detail: e.to_string(),
+                    })?;
+            }
+            Event::Discarded {
+                id,
+                reporters,
+                payload,
+            } => {
+                stats.discarded.fetch_add(1, Relaxed);
+                let what = payload
+                    .and_then(|p| {
+                        p.doc()
+                            .ok()
+                            .and_then(|d| OplogEntry::parse(d).ok())
+                            .map(|e| format!("{} {}", e.op.as_str(), e.ns))
+                    })
+                    .unwrap_or_default();
+                warn!(%shard, entry = %id, op = %what, members = ?reporters, "discarded an entry no quorum holds (rolled back or minority-only); not emitted");
+            }
+            Event::Divergence {
+                id,
+                agreeing,
+                node,
+                expected,
+                found,
+            } => {
+                return Err(ShardError::Divergence {
+                    shard: shard.clone(),
+                    id,
+                    detail: format!(
+                        "members {agreeing:?} have digest {expected:x}, member {} has {found:x}",
+                        node.0
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Counters one shard pipeline keeps for status, metrics and the demo summary.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use quorumtail_oplog::DropReason;
+
+/// Per-shard counters (relaxed atomics: read for reporting only).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Entries committed by the merge.
+    pub committed: AtomicU64,
+    /// Entries discarded by the merge (never reached a quorum).
+    pub discarded: AtomicU64,
+    /// Records handed to the sink.
+    pub records: AtomicU64,
+    /// Committed operations dropped as chunk-migration writes.
+    pub dropped_from_migrate: AtomicU64,
+    /// Committed no-ops dropped.
+    pub dropped_noops: AtomicU64,
+    /// Committed operations on internal namespaces dropped.
+    pub dropped_internal: AtomicU64,
+    /// Committed operations dropped by include/exclude patterns.
+    pub dropped_by_pattern: AtomicU64,
+    /// Tailer (re)starts.
+    pub tailer_starts: AtomicU64,
+    /// Transactions emitted.
+    pub transactions: AtomicU64,
+    /// Operations of aborted transactions (never emitted).
+    pub aborted_ops: AtomicU64,
+}
+
+impl ShardStats {
+    pub(crate) fn dropped(&self, r: DropReason) {
+        match r {
+            DropReason::FromMigrate => &self.dropped_from_migrate,
+            DropReason::Noop => &self.dropped_noops,
+            DropReason::InternalNamespace => &self.dropped_internal,
+            DropReason::Excluded | DropReason::NotIncluded => &self.dropped_by_pattern,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn emitted(&self) {
+        self.records.fetch_add(1, Relaxed);
+    }
+
+    /// A plain snapshot.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            committed: self.committed.load(Relaxed),
+            discarded: self.discarded.load(Relaxed),
+            records: self.records.load(Relaxed),
+            dropped_from_migrate: self.dropped_from_migrate.load(Relaxed),
+            dropped_noops: self.dropped_noops.load(Relaxed),
+            dropped_internal: self.dropped_internal.load(Relaxed),
+            dropped_by_pattern: self.dropped_by_pattern.load(Relaxed),
+            tailer_starts: self.tailer_starts.load(Relaxed),
+            transactions: self.transactions.load(Relaxed),
+            aborted_ops: self.aborted_ops.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of [`ShardStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct StatsSnapshot {
+    pub committed: u64,
+    pub discarded: u64,
+    pub records: u64,
+    pub dropped_from_migrate: u64,
+    pub dropped_noops: u64,
+    pub dropped_internal: u64,
+    pub dropped_by_pattern: u64,
+    pub tailer_starts: u64,
+    pub transactions: u64,
+    pub aborted_ops: u64,
+}

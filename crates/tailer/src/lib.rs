@@ -1,0 +1,504 @@
+//! One replica-set member's oplog tailer.
+//!
+//! ```text
+//!            resume target (watch, from the shard's merge)
+//!                      │
+//!   connect ─► hello ─► probe ─► verify resume point ─► tail raw batches ─► TailMsg channel
+//!      ▲                                                     │ error / killed cursor / rollback
+//!      └──────────────── backoff with jitter ◄───────────────┘
+//! ```
+//!
+//! A tailer reads and reports; it never decides what is committed. Every (re)connection
+//! starts from the shard's current resume target (the merge watermark), not from the
+//! tailer's own last entry: after a rollback that entry may no longer exist, and the new
+//! branch may even reuse its timestamps with a new term.
+//!
+//! # The resume check
+//!
+//! mongod answers `find({ts: {$gte: X}})` from the oldest surviving entry, without any
+//! error, when `X` has fallen off the capped oplog. So a tailer never trusts the query:
+//!
+//! * an exact target (a real entry: a checkpoint or the watermark) must be the FIRST entry
+//!   the cursor returns. A later first entry means this member lacks it
+//!   ([`TailMsg::Lacks`]); the shard's merge judges whether a quorum still holds it.
+//! * a timestamp-only target (`[start] position = "<secs>:<inc>"`) requires the member's
+//!   oldest entry to be at or before it.
+//!
+//! An empty first batch is not a failure: the member is behind and the target will be its
+//! first entry once it replicates it.
+//!
+//! # Errors
+//!
+//! Connection loss, a killed cursor (rollback, restart), `CappedPositionLost` (136),
+//! not-primary and the like are transient here: the tailer logs the transition once,
+//! reports [`TailMsg::Down`], backs off (exponential, with jitter) and reconnects from the
+//! then-current target. What is definite for the shard (too few members hold the resume
+//! point) is decided by the merge, which sees every member. A member that claims another
+//! replica set name, or is an arbiter, is refused ([`TailMsg::Refused`]): its oplog is not
+//! this shard's history.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, RawBsonRef, RawDocument};
+use futures::StreamExt;
+use mongodb::options::{ClientOptions, CursorType};
+use mongodb::raw_batch_cursor::RawBatch;
+use mongodb::Client;
+use quorumtail_oplog::{EntryId, OplogEntry, Timestamp};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Where a tailer starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ResumeTarget {
+    /// The entry (or timestamp) to resume at.
+    pub id: EntryId,
+    /// `true`: the member must hold this very entry (it is the first one returned).
+    /// `false`: only a timestamp; the member's oldest entry must be at or before it.
+    pub exact: bool,
+}
+
+/// A batch of raw oplog entries, in the member's oplog order.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    reply: Arc<RawBatch>,
+}
+
+impl Batch {
+    /// The entries. Invalid BSON is reported per entry.
+    ///
+    /// # Errors
+    /// When the reply has no `firstBatch`/`nextBatch` array.
+    pub fn entries(&self) -> Result<impl Iterator<Item = Result<&RawDocument, String>>, String> {
+        let arr = self.reply.doc_slices().map_err(|e| e.to_string())?;
+        Ok(arr.into_iter().map(|v| match v {
+            Ok(RawBsonRef::Document(d)) => Ok(d),
+            Ok(other) => Err(format!(
+                "oplog batch holds a {:?} instead of a document",
+                other.element_type()
+            )),
+            Err(e) => Err(e.to_string()),
+        }))
+    }
+
+    /// The reply buffer, to keep entries alive without copying them.
+    pub fn shared(&self) -> Arc<RawBatch> {
+        Arc::clone(&self.reply)
+    }
+}
+
+/// What a tailer tells its shard's merge. Messages of one tailer arrive in order.
+#[derive(Clone, Debug)]
+pub enum TailMsg {
+    /// The member's oldest and newest entries (sent after each connect, before tailing):
+    /// the merge uses them to pick a start position when there is no checkpoint.
+    Probe {
+        /// Oldest entry in the member's oplog.
+        oldest: Option<EntryId>,
+        /// Newest entry.
+        newest: Option<EntryId>,
+    },
+    /// A new stream starts at `target`: forget what this member reported before.
+    Started {
+        /// Where it starts.
+        target: ResumeTarget,
+    },
+    /// Entries following the previous ones of this stream.
+    Batch(Batch),
+    /// An empty getMore: the member is alive and has nothing new.
+    Idle,
+    /// The member does not hold the resume target; `first` is its oldest entry at or
+    /// after the target (its oplog window starts later), if any.
+    Lacks {
+        /// The target it lacks.
+        target: ResumeTarget,
+        /// Its first entry at or after the target.
+        first: Option<EntryId>,
+    },
+    /// The stream ended; the tailer will reconnect.
+    Down {
+        /// Why, for logs and status.
+        reason: String,
+    },
+    /// The member cannot serve this shard (another replica set, an arbiter). The tailer
+    /// keeps checking at the longest backoff in case the topology is being fixed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Settings of one tailer.
+#[derive(Clone, Debug)]
+pub struct TailerConfig {
+    /// The shard (for logs).
+    pub shard: Arc<str>,
+    /// The replica set name the member must report in `hello`, if known.
+    pub replica_set: Option<String>,
+    /// `host:port`.
+    pub node: String,
+    /// Extra connection-string options.
+    pub uri_options: String,
+    /// Credentials.
+    pub username: Option<String>,
+    /// Credentials.
+    pub password: Option<String>,
+    /// Entries per getMore.
+    pub batch_size: u32,
+    /// How long a getMore waits for new entries.
+    pub max_await: Duration,
+    /// Drop `fromMigrate` entries on the server (the same filter on every member).
+    pub server_filter_from_migrate: bool,
+    /// Smallest reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl TailerConfig {
+    /// Defaults for a member.
+    pub fn new(shard: Arc<str>, node: impl Into<String>) -> Self {
+        TailerConfig {
+            shard,
+            replica_set: None,
+            node: node.into(),
+            uri_options: String::new(),
+            username: None,
+            password: None,
+            batch_size: 1000,
+            max_await: Duration::from_secs(1),
+            server_filter_from_migrate: false,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    fn uri(&self) -> String {
+        let mut uri = format!("mongodb://{}/?directConnection=true&appName=quorumtail&serverSelectionTimeoutMS=5000&connectTimeoutMS=5000", self.node);
+        if !self.uri_options.is_empty() {
+            uri.push('&');
+            uri.push_str(&self.uri_options);
+        }
+        uri
+    }
+}
+
+/// Why one connection attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("{0}")]
+    Driver(#[from] mongodb::error::Error),
+    #[error("cursor closed by the server")]
+    CursorClosed,
+    #[error("member lacks the resume point")]
+    Lacks,
+    #[error("{0}")]
+    Refused(String),
+    #[error("shutting down")]
+    Shutdown,
+    #[error("merge stopped")]
+    ReceiverGone,
+}
+
+/// Runs a tailer until `shutdown` is cancelled or the receiver is dropped.
+pub async fn run(
+    cfg: TailerConfig,
+    mut target: watch::Receiver<Option<ResumeTarget>>,
+    tx: mpsc::Sender<TailMsg>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = cfg.backoff_min;
+    let mut last_reason = String::new();
+    let mut client: Option<Client> = None;
+    loop {
+        let result = session(&cfg, &mut client, &mut target, &tx, &shutdown).await;
+        let (reason, msg, delay) = match result {
+            Ok(()) | Err(Ended::Shutdown) | Err(Ended::ReceiverGone) => return,
+            Err(Ended::Lacks) => (
+                "lacks the resume point".to_owned(),
+                None,
+                cfg.backoff_max.min(Duration::from_secs(2)),
+            ),
+            Err(Ended::Refused(r)) => (
+                r.clone(),
+                Some(TailMsg::Refused { reason: r }),
+                cfg.backoff_max,
+            ),
+            Err(e @ Ended::CursorClosed) => (
+                e.to_string(),
+                Some(TailMsg::Down {
+                    reason: e.to_string(),
+                }),
+                cfg.backoff_min,
+            ),
+            Err(Ended::Driver(e)) => {
+                let reason = describe(&e);
+                if is_connection_error(&e) {
+                    // A fresh client after the member was down: pools of a dead client can
+                    // linger on a closed port.
+                    client = None;
+                }
+                (reason.clone(), Some(TailMsg::Down { reason }), backoff)
+            }
+        };
+        if reason != last_reason {
+            warn!(shard = %cfg.shard, node = %cfg.node, %reason, "tailer interrupted, reconnecting");
+            last_reason = reason;
+        } else {
+            debug!(shard = %cfg.shard, node = %cfg.node, %reason, "tailer still interrupted");
+        }
+        if let Some(m) = msg {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let sleep = delay.mul_f64(jitter);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+        if matches!(last_reason.as_str(), "") {
+            backoff = cfg.backoff_min;
+        }
+    }
+}
+
+fn is_connection_error(e: &mongodb::error::Error) -> bool {
+    matches!(
+        *e.kind,
+        mongodb::error::ErrorKind::Io(_)
+            | mongodb::error::ErrorKind::ServerSelection { .. }
+            | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
+fn describe(e: &mongodb::error::Error) -> String {
+    match &*e.kind {
+        mongodb::error::ErrorKind::Command(c) if c.code == 136 => {
+            format!(
+                "CappedPositionLost: the oplog rolled over past this tailer's position ({})",
+                c.message
+            )
+        }
+        mongodb::error::ErrorKind::Command(c) => {
+            format!("{} ({}): {}", c.code_name, c.code, c.message)
+        }
+        mongodb::error::ErrorKind::ServerSelection { .. } => "unreachable".to_owned(),
+        mongodb::error::ErrorKind::Io(io) => format!("connection lost: {io}"),
+        _ => e.to_string(),
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<TailMsg>,
+    shutdown: &CancellationToken,
+    msg: TailMsg,
+) -> Result<(), Ended> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(Ended::Shutdown),
+        r = tx.send(msg) => r.map_err(|_| Ended::ReceiverGone),
+    }
+}
+
+async fn session(
+    cfg: &TailerConfig,
+    client: &mut Option<Client>,
+    target_rx: &mut watch::Receiver<Option<ResumeTarget>>,
+    tx: &mpsc::Sender<TailMsg>,
+    shutdown: &CancellationToken,
+) -> Result<(), Ended> {
+    if client.is_none() {
+        let mut opts = ClientOptions::parse(cfg.uri()).await?;
+        if let Some(user) = &cfg.username {
+            opts.credential = Some(
+                mongodb::options::Credential::builder()
+                    .username(user.clone())
+                    .password(cfg.password.clone())
+                    .build(),
+            );
+        }
+        *client = Some(Client::with_options(opts)?);
+    }
+    let client = client.as_ref().ok_or(Ended::CursorClosed)?;
+
+    // Who is this member?
+    let admin = client.database("admin");
+    let hello = tokio::select! {
+        _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+        r = admin.run_command(doc! { "hello": 1 }) => r?,
+    };
+    if hello.get_bool("arbiterOnly").unwrap_or(false) {
+        return Err(Ended::Refused(
+            "member is an arbiter and has no oplog; list it under `arbiters`, not `members`".into(),
+        ));
+    }
+    if hello.get_str("msg").ok() == Some("isdbgrid") {
+        return Err(Ended::Refused(
+            "member is a mongos, not a shard member; list the shard's replica set members".into(),
+        ));
+    }
+    match (hello.get_str("setName").ok(), &cfg.replica_set) {
+        (None, _) => {
+            return Err(Ended::Refused(
+                "member is not part of a replica set (no setName in hello): it has no oplog to tail".into(),
+            ))
+        }
+        (Some(actual), Some(expected)) if actual != expected => {
+            return Err(Ended::Refused(format!(
+                "member belongs to replica set {actual:?}, not {expected:?}: its oplog is another history; fix the shard's member list"
+            )))
+        }
+        _ => {}
+    }
+
+    let oplog = client
+        .database("local")
+        .collection::<bson::Document>("oplog.rs");
+    let oldest = oplog
+        .find(doc! {})
+        .sort(doc! { "$natural": 1 })
+        .limit(1)
+        .batch()
+        .await?;
+    let oldest = first_id(oldest).await?;
+    let newest = oplog
+        .find(doc! {})
+        .sort(doc! { "$natural": -1 })
+        .limit(1)
+        .batch()
+        .await?;
+    let newest = first_id(newest).await?;
+    send(tx, shutdown, TailMsg::Probe { oldest, newest }).await?;
+
+    let target = loop {
+        if let Some(t) = *target_rx.borrow_and_update() {
+            break t;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            r = target_rx.changed() => r.map_err(|_| Ended::ReceiverGone)?,
+        }
+    };
+
+    if !target.exact {
+        if let Some(o) = oldest {
+            if o.ts > target.id.ts {
+                send(
+                    tx,
+                    shutdown,
+                    TailMsg::Lacks {
+                        target,
+                        first: Some(o),
+                    },
+                )
+                .await?;
+                return Err(Ended::Lacks);
+            }
+        }
+    }
+
+    let mut filter = if target.exact {
+        doc! { "ts": { "$gte": bson::Timestamp::from(target.id.ts) } }
+    } else {
+        doc! { "ts": { "$gt": bson::Timestamp::from(target.id.ts) } }
+    };
+    if cfg.server_filter_from_migrate {
+        filter.insert("fromMigrate", doc! { "$exists": false });
+    }
+    let mut cursor = oplog
+        .find(filter)
+        .cursor_type(CursorType::TailableAwait)
+        .max_await_time(cfg.max_await)
+        .batch_size(cfg.batch_size)
+        .batch()
+        .await?;
+    send(tx, shutdown, TailMsg::Started { target }).await?;
+    info!(shard = %cfg.shard, node = %cfg.node, from = %target.id, "tailing");
+
+    let mut verified = !target.exact;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            n = cursor.next() => n,
+        };
+        let batch = match next {
+            None => return Err(Ended::CursorClosed),
+            Some(r) => Batch {
+                reply: Arc::new(r?),
+            },
+        };
+        let first = {
+            let mut entries = batch
+                .entries()
+                .map_err(|e| Ended::Refused(format!("malformed reply: {e}")))?;
+            match entries.next() {
+                None => None,
+                Some(Err(e)) => return Err(Ended::Refused(format!("malformed oplog entry: {e}"))),
+                Some(Ok(doc)) => Some(
+                    OplogEntry::parse(doc)
+                        .map(|e| e.id())
+                        .map_err(|e| Ended::Refused(e.to_string()))?,
+                ),
+            }
+        };
+        let Some(first) = first else {
+            send(tx, shutdown, TailMsg::Idle).await?;
+            continue;
+        };
+        if !verified {
+            if !same_entry(first, target.id) {
+                send(
+                    tx,
+                    shutdown,
+                    TailMsg::Lacks {
+                        target,
+                        first: Some(first),
+                    },
+                )
+                .await?;
+                return Err(Ended::Lacks);
+            }
+            verified = true;
+        }
+        send(tx, shutdown, TailMsg::Batch(batch)).await?;
+    }
+}
+
+/// Whether `found` is the entry `target` names (same ts; same term and hash where the
+/// target has them).
+pub fn same_entry(found: EntryId, target: EntryId) -> bool {
+    found.ts == target.ts
+        && (target.term.is_none() || found.term == target.term)
+        && (target.hash.is_none() || found.hash == target.hash)
+}
+
+async fn first_id(
+    mut c: mongodb::raw_batch_cursor::RawBatchCursor,
+) -> Result<Option<EntryId>, Ended> {
+    while let Some(batch) = c.next().await {
+        let batch = Batch {
+            reply: Arc::new(batch?),
+        };
+        let mut entries = batch.entries().map_err(Ended::Refused)?;
+        if let Some(first) = entries.next() {
+            let first = first.map_err(Ended::Refused)?;
+            return OplogEntry::parse(first)
+                .map(|e| Some(e.id()))
+                .map_err(|e| Ended::Refused(e.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// The timestamp just below `ts` (for "start at this entry, inclusive").
+pub fn pred(ts: Timestamp) -> Timestamp {
+    if ts.increment > 0 {
+        Timestamp::new(ts.time, ts.increment - 1)
+    } else {
+        Timestamp::new(ts.time.saturating_sub(1), u32::MAX)
+    }
+}
