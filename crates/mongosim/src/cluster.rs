@@ -183,11 +183,12 @@ pub struct Cluster {
 }
 
 async fn bind(port: u16) -> Result<(TcpListener, SocketAddr), SimError> {
-    let addr = format!("127.0.0.1:{port}");
+    let sock = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = sock.to_string();
     // A just-killed listener may take a moment to release the port: retry briefly.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match TcpListener::bind(&addr).await {
+        match TcpListener::bind(sock).await {
             Ok(l) => {
                 let a = l.local_addr().map_err(|source| SimError::Bind {
                     addr: addr.clone(),

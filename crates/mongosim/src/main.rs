@@ -107,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    tracing::info!("shutting down");
     cluster.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
