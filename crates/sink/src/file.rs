@@ -34,15 +34,27 @@ impl Out {
         if path == Path::new("-") {
             return Ok(Out::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())));
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| SinkError::Io {
-                op: "open",
+        let io = |op: &'static str| {
+            move |source| SinkError::Io {
+                op,
                 path: path.to_owned(),
                 source,
-            })?;
+            }
+        };
+        let f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io("open"))?;
+        let cut = drop_partial_line(&f).map_err(io("repair the last line of"))?;
+        if cut > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = cut,
+                "file sink: removed an incomplete last line left by a crash (it was never confirmed)"
+            );
+        }
         Ok(Out::File(BufWriter::with_capacity(1 << 16, f)))
     }
 
@@ -64,6 +76,35 @@ impl Out {
             }
         }
     }
+}
+
+/// Truncates the file after its last newline and returns how many bytes went.
+///
+/// A crash can leave part of a line behind. That line was never confirmed (a batch is
+/// confirmed only after whole lines are fsynced), so it is re-sent after the restart;
+/// appending to the fragment would glue two records into one invalid line.
+fn drop_partial_line(f: &File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut r = f;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        r.seek(SeekFrom::Start(start))?;
+        r.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        f.set_len(end)?;
+        f.sync_data()?;
+    }
+    Ok(len - end)
 }
 
 /// The writer thread.

@@ -61,7 +61,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
-mod file;
+pub mod file;
 pub mod kafka;
 mod progress;
 pub mod record;

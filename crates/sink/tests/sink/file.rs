@@ -1,6 +1,5 @@
 //! The file sink.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use quorumtail_sink::{FileSinkConfig, Sink, SinkError};
@@ -128,7 +127,34 @@ fn an_unwritable_path_is_a_clear_error() {
         .contains("fsync_every"));
 }
 
-#[allow(dead_code)]
-fn _shard(s: &str) -> Arc<str> {
-    s.into()
+/// A crash can leave an incomplete last line; it was never confirmed, so the sink cuts it
+/// off instead of gluing the next record to it.
+#[tokio::test]
+async fn an_incomplete_last_line_from_a_crash_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.jsonl");
+    std::fs::write(
+        &path,
+        "{\"shard\":\"rs0\",\"seq\":1}\n{\"shard\":\"rs0\",\"se",
+    )
+    .unwrap();
+    let sink = Sink::file(&FileSinkConfig::new(&path)).unwrap();
+    sink.sender()
+        .send(record("rs0", 2, true, None))
+        .await
+        .unwrap();
+    let report = sink.flush(Instant::now() + Duration::from_secs(10)).await;
+    assert!(report.is_complete());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"shard\":\"rs0\",\"seq\":1}\n{\"seq\":2,\"shard\":\"rs0\"}\n"
+    );
+
+    // A file that is one fragment becomes empty.
+    std::fs::write(&path, "{\"sha").unwrap();
+    Sink::file(&FileSinkConfig::new(&path))
+        .unwrap()
+        .flush(Instant::now() + Duration::from_secs(10))
+        .await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
 }
