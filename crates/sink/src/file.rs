@@ -41,12 +41,24 @@ impl Out {
                 source,
             }
         };
+        let existed = path.exists();
         let f = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
             .map_err(io("open"))?;
+        if !existed {
+            // A new file's directory entry must be durable too, or an fsynced record can
+            // vanish with the file after a power loss.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("fsync the directory of"))?;
+        }
         let cut = drop_partial_line(&f).map_err(io("repair the last line of"))?;
         if cut > 0 {
             tracing::warn!(
