@@ -127,7 +127,6 @@ pub(crate) struct Writer {
     fsync_every: usize,
     /// Written, not yet fsynced: (shard index, seq).
     unsynced: Vec<(usize, u64)>,
-    dropped: u64,
     broken: bool,
 }
 
@@ -153,7 +152,6 @@ impl Writer {
             progress,
             fsync_every: config.fsync_every,
             unsynced: Vec::with_capacity(config.fsync_every),
-            dropped: 0,
             broken: false,
         })
     }
@@ -182,12 +180,6 @@ impl Writer {
             }
         }
         self.sync();
-        if self.dropped > 0 {
-            tracing::warn!(
-                dropped = self.dropped,
-                "file sink: records of failed shards were not written; they are re-read after a restart"
-            );
-        }
         if let Some(r) = reply {
             let _ = r.send(());
         }
@@ -202,7 +194,7 @@ impl Writer {
             SinkInput::Record(r) => {
                 let i = self.progress.index(&r.shard);
                 if self.progress.push_record(i, r.seq, r.checkpoint).is_err() {
-                    self.dropped += 1;
+                    // The shard failed earlier (or this seq broke the contract): not written.
                     return;
                 }
                 if self.broken {

@@ -3,15 +3,16 @@
 //! move only after delivery ("delivery before progress": a crash loses nothing).
 //!
 //! ```text
-//!   merge task (shard A) ─┐                                  ┌─► Kafka (idempotent, acks=all)
-//!   merge task (shard B) ─┼─► SinkSender ─► [bounded channel] ─► sink task ─┤   or file + fsync
-//!                         │   records + markers                         │   ▲ acks, any order
-//!                         │                                             ▼   │
-//!                         │                 per-shard contiguity trackers (tracker.rs)
-//!                         │                                             │
-//!   checkpointer ◄────────┴─ Sink::checkpoints() / watch<ShardProgress> ┘
-//!        │
-//!        └─► CheckpointStore::store(ConfirmedCheckpoints)   (file or compacted topic)
+//!  merge task, shard A ──┐
+//!                        ├─► SinkSender ─► [bounded channel] ─► sink task ─► Kafka (idempotent, acks=all)
+//!  merge task, shard B ──┘   records + markers                     │          or file (+ fsync)
+//!                                                                  │ register        │
+//!                                                                  ▼ (shard, seq)    │ acks, any order
+//!                                                 per-shard contiguity trackers ◄────┘
+//!                                                                  │
+//!  checkpointer ◄── Sink::checkpoints() / watch<ShardProgress> ◄───┘
+//!       │
+//!       └─► CheckpointStore::store(ConfirmedCheckpoints)     (JSON file, or a compacted topic)
 //! ```
 //!
 //! # The decisions

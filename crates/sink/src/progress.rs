@@ -30,6 +30,8 @@ struct Slot {
     tracker: ShardTracker,
     tx: watch::Sender<ShardProgress>,
     failure: Option<Arc<SinkError>>,
+    /// Records refused after the failure (not delivered, re-read after a restart).
+    dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,7 @@ impl Progress {
             tracker: ShardTracker::new(),
             tx: watch::Sender::new(ShardProgress::default()),
             failure: None,
+            dropped: 0,
         });
         inner.index.insert(name.clone(), i);
         i
@@ -124,7 +127,20 @@ impl Progress {
     fn refused(&self, inner: &mut Inner, i: usize, r: Result<(), PushRefused>) -> Result<(), ()> {
         match r {
             Ok(()) => Ok(()),
-            Err(PushRefused::Failed { .. }) => Err(()),
+            Err(PushRefused::Failed { at }) => {
+                let slot = &mut inner.shards[i];
+                slot.dropped += 1;
+                if slot.dropped == 1 {
+                    tracing::warn!(
+                        shard = %slot.name,
+                        failed_seq = at,
+                        "sink: the shard stopped at a failed record; its later records are not \
+                         delivered and its checkpoint stays before the failed one, so they are \
+                         re-read after a restart"
+                    );
+                }
+                Err(())
+            }
             Err(PushRefused::NotIncreasing { seq, last }) => {
                 let err = SinkError::SeqNotIncreasing {
                     shard: inner.shards[i].name.clone(),

@@ -2,7 +2,18 @@
 //! broker from `KAFKA_BOOTSTRAP=host:port`.
 //!
 //! The tansu binary is found through `TANSU_BIN`, else the repository's `.cache/tansu/`
-//! (where `.ci/install-tansu.sh` puts it), else by running `.ci/install-tansu.sh`.
+//! (where `.ci/install-tansu.sh` puts it), else by running `.ci/install-tansu.sh`. Each test
+//! starts its own broker on a free port, from a fresh temp dir (tansu reads a `.env` file
+//! from its working directory), logging to `tansu.log` there:
+//!
+//! ```text
+//! CLUSTER_ID=quorumtail-test $TANSU broker \
+//!   --listener-url tcp://127.0.0.1:$PORT --advertised-listener-url tcp://127.0.0.1:$PORT \
+//!   --storage-engine memory://tansu/
+//! ```
+//!
+//! Topics are created explicitly (AdminClient), partitions are `assign()`ed, and reads go
+//! to end-of-partition, never trusting the high watermark (wrong on tansu for batches).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
