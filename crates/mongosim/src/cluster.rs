@@ -94,6 +94,9 @@ pub struct ClusterSpec {
     pub shard_names: Vec<String>,
     /// How often the simulation advances (replication, elections, no-ops).
     pub tick_interval: Duration,
+    /// Operations per applyOps oplog entry before a committed transaction is logged as a
+    /// `partialTxn` chain (mongod splits at 16 MB; set small to exercise chains).
+    pub max_txn_ops_per_entry: Option<usize>,
 }
 
 impl Default for ClusterSpec {
@@ -112,6 +115,7 @@ impl Default for ClusterSpec {
             replica_set_name: "replset".to_owned(),
             shard_names: Vec::new(),
             tick_interval: Duration::from_millis(5),
+            max_txn_ops_per_entry: None,
         }
     }
 }
@@ -243,6 +247,9 @@ impl Cluster {
             oplog_max_bytes: spec.oplog_max_bytes,
         };
         let mut world = World::new(spec.version, cfg);
+        if let Some(max) = spec.max_txn_ops_per_entry {
+            world.max_txn_ops_per_entry = max.max(1);
+        }
         let now = Instant::now();
         let mut listeners = Vec::new();
         if spec.shards == 0 {
@@ -1026,6 +1033,8 @@ pub struct ReplicaSetSpec {
     pub oplog_max_entries: Option<usize>,
     /// See [`ClusterSpec::oplog_max_bytes`].
     pub oplog_max_bytes: Option<usize>,
+    /// See [`ClusterSpec::max_txn_ops_per_entry`].
+    pub max_txn_ops_per_entry: Option<usize>,
 }
 
 impl Default for ReplicaSetSpec {
@@ -1040,6 +1049,7 @@ impl Default for ReplicaSetSpec {
             election_timeout: c.election_timeout,
             oplog_max_entries: None,
             oplog_max_bytes: None,
+            max_txn_ops_per_entry: None,
         }
     }
 }
@@ -1059,6 +1069,7 @@ impl ReplicaSet {
             election_timeout: spec.election_timeout,
             oplog_max_entries: spec.oplog_max_entries,
             oplog_max_bytes: spec.oplog_max_bytes,
+            max_txn_ops_per_entry: spec.max_txn_ops_per_entry,
             replica_set_name: spec.name,
             ..ClusterSpec::default()
         })

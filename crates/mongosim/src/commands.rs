@@ -148,6 +148,11 @@ async fn dispatch(
         "update" => finish_write(shared, proc, cmd, update(shared, proc, db, cmd)?).await,
         "delete" => finish_write(shared, proc, cmd, delete(shared, proc, db, cmd)?).await,
         "create" => create(shared, proc, db, cmd),
+        "commitTransaction" => {
+            let reply = end_transaction(shared, proc, cmd, true)?;
+            finish_write(shared, proc, cmd, reply).await
+        }
+        "abortTransaction" => end_transaction(shared, proc, cmd, false),
         "listDatabases" => list_databases(&shared.world(), proc),
         "listCollections" => list_collections(&shared.world(), proc, db),
         "listShards" if proc == Proc::Mongos => list_shards(&shared.world()),
@@ -1242,7 +1247,9 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let ordered = cmd.get_bool("ordered").unwrap_or(true);
     let now = Instant::now();
     let session = SessionCtx::from_command(cmd);
+    let txn = txn_key_of(cmd);
     let mut w = shared.world();
+    w.txn_key = txn.clone();
     let mut n_ok = 0;
     let mut errors = Vec::new();
     match proc {
@@ -1288,6 +1295,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    flush_capture(&mut w);
     w.session = None;
     drop(w);
     shared.notify();
@@ -1398,8 +1406,77 @@ async fn finish_write(
     }
 }
 
+/// The transaction a write belongs to (`autocommit: false` with lsid and txnNumber).
+fn txn_key_of(cmd: &Document) -> Option<String> {
+    if cmd.get_bool("autocommit").ok() != Some(false) {
+        return None;
+    }
+    let (lsid, txn) = SessionCtx::lsid_and_txn(cmd)?;
+    Some(crate::world::txn_key(lsid.get("id")?, txn))
+}
+
+/// Moves operations captured inside a transaction to the nodes' transaction buffers.
+fn flush_capture(w: &mut World) {
+    let captured = w.capture.take();
+    let key = w.txn_key.take();
+    if let (Some(ops), Some(key)) = (captured, key) {
+        for (s, n, op) in ops {
+            w.sets[s].nodes[n]
+                .txns
+                .entry(key.clone())
+                .or_default()
+                .push(op);
+        }
+    }
+}
+
+/// commitTransaction / abortTransaction: log (or drop) the buffered operations on every
+/// node that holds some for this transaction (through mongos: every shard touched; a
+/// multi-shard commit is logged per shard without two-phase commit).
+fn end_transaction(shared: &Arc<Shared>, proc: Proc, cmd: &Document, commit: bool) -> CmdResult {
+    let (lsid, txn) = SessionCtx::lsid_and_txn(cmd).ok_or_else(|| {
+        CmdError::new(
+            50768,
+            "Location50768",
+            "Given transaction number does not match any in-progress transactions.",
+        )
+    })?;
+    let key = crate::world::txn_key(lsid.get("id").unwrap_or(&Bson::Null), txn);
+    let now = Instant::now();
+    {
+        let mut w = shared.world();
+        let nodes: Vec<(usize, usize)> = match proc {
+            Proc::Node { set, node } => {
+                w.check_writable(set, node)?;
+                vec![(set, node)]
+            }
+            Proc::Mongos => (0..w.sets.len())
+                .flat_map(|s| (0..w.sets[s].nodes.len()).map(move |n| (s, n)))
+                .collect(),
+        };
+        for (s, n) in nodes {
+            if !w.sets[s].nodes[n].txns.contains_key(&key) {
+                continue;
+            }
+            if commit {
+                if w.sets[s].nodes[n].state != MemberState::Primary {
+                    return Err(CmdError::not_primary());
+                }
+                w.commit_transaction(s, n, &key, &lsid, txn, now);
+            } else {
+                w.sets[s].nodes[n].txns.remove(&key);
+            }
+        }
+    }
+    shared.notify();
+    Ok(ok(Document::new()))
+}
+
 /// Marks the statement being executed for retryable-write oplog fields.
 fn enter_statement(w: &mut World, session: &Option<SessionCtx>, index: usize) {
+    if w.capture.is_none() && w.txn_key.is_some() {
+        w.capture = Some(Vec::new());
+    }
     if let Some(sess) = session {
         let prev = w.session.take().map(|s| s.prev).unwrap_or_default();
         w.session = Some(SessionCtx {
@@ -1423,7 +1500,9 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let updates = documents(cmd, "updates")?;
     let now = Instant::now();
     let session = SessionCtx::from_command(cmd);
+    let txn = txn_key_of(cmd);
     let mut w = shared.world();
+    w.txn_key = txn.clone();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
@@ -1487,6 +1566,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    flush_capture(&mut w);
     w.session = None;
     drop(w);
     shared.notify();
@@ -1506,7 +1586,9 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let deletes = documents(cmd, "deletes")?;
     let now = Instant::now();
     let session = SessionCtx::from_command(cmd);
+    let txn = txn_key_of(cmd);
     let mut w = shared.world();
+    w.txn_key = txn.clone();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
@@ -1538,6 +1620,7 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
             }
         }
     }
+    flush_capture(&mut w);
     w.session = None;
     drop(w);
     shared.notify();

@@ -75,6 +75,11 @@
 //!   log `lsid: {id, uid}`, `txnNumber`, `stmtId` and `prevOpTime` around the operation, in
 //!   `oplog_entry.idl` order; `uid` is SHA-256 of the empty user name (no authentication).
 //!   Writes without a session (e.g. [`Cluster::insert`]) have the plain shape.
+//! - Multi-document transactions (`autocommit: false`, commitTransaction,
+//!   abortTransaction): operations are buffered and logged at commit as one
+//!   `{op: "c", ns: "admin.$cmd", o: {applyOps: [...]}}` entry with the session fields, or
+//!   as a `partialTxn: true` chain linked by `prevOpTime` ending in `{applyOps, count}` when
+//!   longer than `max_txn_ops_per_entry`; an aborted transaction logs nothing.
 //! - Write concern: `w: "majority"` or `w: N` waits until enough members hold the write
 //!   (honouring per-node lag); `wtimeout` expiry yields a `writeConcernError` (64), a
 //!   step-down while waiting yields one with 11602. `w: 1` acknowledges at once.
@@ -91,7 +96,8 @@
 //!
 //! # What is not
 //!
-//! Authentication, TLS, compression, multi-document transactions (applyOps), aggregation, indexes, `$regex` and most query operators, array
+//! Authentication, TLS, compression, prepared / cross-shard (two-phase) transactions,
+//! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
 //! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
 //! arbiters/hidden/delayed members, chained replication, `j`/tag write concerns, read
 //! concern, causal consistency, change streams, exhaust cursors, cursor idle timeouts, and

@@ -160,7 +160,7 @@ pub fn build_entry_doc_with_session(
         if let Some(o2) = &spec.o2 {
             d.insert("o2", o2.clone());
         }
-        if let Some(sess) = session {
+        if let Some(sess) = session.filter(|s| s.stmt_id >= 0) {
             d.insert("stmtId", sess.stmt_id);
         }
         if spec.from_migrate {
@@ -192,6 +192,20 @@ pub fn build_entry_doc_with_session(
             d.insert("o2", o2.clone());
         }
         d.insert("o", spec.o.clone());
+    }
+    d
+}
+
+/// An operation inside a transaction's `applyOps` array: `{op, ns, ui, o, o2}`, no
+/// timestamps.
+pub fn inner_op_doc(spec: &OpSpec) -> Document {
+    let mut d = doc! {"op": spec.op, "ns": spec.ns.clone()};
+    if let Some(ui) = spec.ui {
+        d.insert("ui", ui);
+    }
+    d.insert("o", spec.o.clone());
+    if let Some(o2) = &spec.o2 {
+        d.insert("o2", o2.clone());
     }
     d
 }

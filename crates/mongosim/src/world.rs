@@ -174,6 +174,9 @@ pub struct NodeState {
     pub epoch: u64,
     /// Fell behind the primary's capped oplog (logged once; replication stops).
     pub too_stale_logged: bool,
+    /// Open multi-document transactions: operations buffered until commitTransaction,
+    /// keyed by [`txn_key`].
+    pub txns: HashMap<String, Vec<OpSpec>>,
 }
 
 impl NodeState {
@@ -199,6 +202,7 @@ impl NodeState {
             dead_cursors: HashMap::new(),
             epoch: 0,
             too_stale_logged: false,
+            txns: HashMap::new(),
         }
     }
 
@@ -384,6 +388,14 @@ pub struct World {
     /// Set by a write command that carries `lsid` + `txnNumber` (a retryable write): its
     /// entries get the session fields.
     pub session: Option<SessionCtx>,
+    /// Set while a write command runs inside a transaction: operations are captured as
+    /// `(set, node, op)` instead of being logged, and logged at commit.
+    pub capture: Option<Vec<(usize, usize, OpSpec)>>,
+    /// The transaction of the write command being executed, if any.
+    pub txn_key: Option<String>,
+    /// Operations per applyOps entry before a transaction is split into a `partialTxn`
+    /// chain (mongod: maxNumberOfTransactionOperationsInSingleOplogEntry, and 16 MB).
+    pub max_txn_ops_per_entry: usize,
 }
 
 /// The retryable-write context of the command being executed.
@@ -413,6 +425,17 @@ impl SessionCtx {
         if cmd.contains_key("autocommit") || cmd.contains_key("startTransaction") {
             return None;
         }
+        let (lsid, txn_number) = SessionCtx::lsid_and_txn(cmd)?;
+        Some(SessionCtx {
+            lsid,
+            txn_number,
+            stmt_id: 0,
+            prev: HashMap::new(),
+        })
+    }
+
+    /// The server-side `lsid` (`{id, uid}`) and `txnNumber` of a command, if it has both.
+    pub fn lsid_and_txn(cmd: &Document) -> Option<(Document, i64)> {
         let txn_number = match cmd.get("txnNumber")? {
             Bson::Int64(v) => *v,
             Bson::Int32(v) => i64::from(*v),
@@ -423,12 +446,7 @@ impl SessionCtx {
             subtype: bson::spec::BinarySubtype::Generic,
             bytes: EMPTY_USER_UID.to_vec(),
         };
-        Some(SessionCtx {
-            lsid: doc! {"id": id, "uid": uid},
-            txn_number,
-            stmt_id: 0,
-            prev: HashMap::new(),
-        })
+        Some((doc! {"id": id, "uid": uid}, txn_number))
     }
 }
 
@@ -457,6 +475,9 @@ impl World {
             next_cursor: 1 + i64::from(rand::random::<u32>()),
             next_connection_id: 1,
             session: None,
+            capture: None,
+            txn_key: None,
+            max_txn_ops_per_entry: usize::MAX,
         }
     }
 
@@ -559,7 +580,17 @@ impl World {
     }
 
     /// Writes an entry on node `n` (which must be primary) and returns it.
-    pub fn write(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
+    pub fn write(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Option<Arc<Entry>> {
+        if let Some(capture) = self.capture.as_mut() {
+            if spec.op != "n" {
+                capture.push((s, n, spec.clone()));
+                return None;
+            }
+        }
+        Some(self.write_logged(s, n, spec, now))
+    }
+
+    fn write_logged(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
         let ts = self.next_ts(s, n);
         let term = self.sets[s].nodes[n].term;
         let session = match &self.session {
@@ -622,6 +653,88 @@ impl World {
         })
     }
 
+    /// Logs a committed transaction's operations on node `n` as applyOps entries: one
+    /// `{applyOps: [...]}` entry, or a chain of `{applyOps, partialTxn: true}` entries linked
+    /// by `prevOpTime` ending with `{applyOps, count}` when it exceeds
+    /// `max_txn_ops_per_entry`. Returns how many entries were written.
+    pub fn commit_transaction(
+        &mut self,
+        s: usize,
+        n: usize,
+        key: &str,
+        lsid: &Document,
+        txn_number: i64,
+        now: Instant,
+    ) -> usize {
+        let Some(ops) = self.sets[s].nodes[n].txns.remove(key) else {
+            return 0;
+        };
+        if ops.is_empty() {
+            return 0;
+        }
+        let total = ops.len();
+        let per = self.max_txn_ops_per_entry.max(1);
+        let chunks: Vec<Vec<OpSpec>> = ops.chunks(per).map(|c| c.to_vec()).collect();
+        let last = chunks.len() - 1;
+        let mut prev = (
+            Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            -1i64,
+        );
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let inner: Vec<Bson> = chunk
+                .iter()
+                .map(|op| Bson::Document(oplog::inner_op_doc(op)))
+                .collect();
+            let mut o = doc! {"applyOps": inner};
+            if i < last {
+                o.insert("partialTxn", true);
+            } else if last > 0 {
+                o.insert("count", total as i64);
+            }
+            let spec = OpSpec {
+                op: "c",
+                ns: "admin.$cmd".to_owned(),
+                ui: None,
+                o,
+                o2: None,
+                from_migrate: false,
+            };
+            let ts = self.next_ts(s, n);
+            let term = self.sets[s].nodes[n].term;
+            let session = oplog::SessionFields {
+                lsid: lsid.clone(),
+                txn_number,
+                stmt_id: -1,
+                prev_op_time: prev,
+            };
+            let doc = oplog::build_entry_doc_with_session(
+                self.version,
+                &spec,
+                ts,
+                term,
+                DateTime::now(),
+                Some(&session),
+            );
+            let entry = Arc::new(Entry {
+                id: EntryId {
+                    ts,
+                    t: doc.get_i64("t").ok(),
+                    h: doc.get_i64("h").ok(),
+                },
+                size: doc.to_vec().map(|v| v.len()).unwrap_or(0),
+                doc,
+                written_at: now,
+            });
+            self.push_entry(s, n, entry);
+            self.sets[s].nodes[n].last_write_at = now;
+            prev = (ts, term);
+        }
+        last + 1
+    }
+
     /// The UUID of a collection, created on first use.
     pub fn collection_uuid(&mut self, s: usize, ns: &str) -> bson::Uuid {
         *self.sets[s].uuids.entry(ns.to_owned()).or_default()
@@ -654,6 +767,17 @@ impl World {
         let Some((db, coll)) = ns.split_once('.') else {
             return;
         };
+        let cmd_ns = format!("{db}.$cmd");
+        let pending =
+            |o: &OpSpec| o.op == "c" && o.ns == cmd_ns && o.o.get_str("create").ok() == Some(coll);
+        let captured = self.capture.as_ref().is_some_and(|c| {
+            c.iter()
+                .any(|(cs, cn, o)| *cs == s && *cn == n && pending(o))
+        });
+        let buffered = self.sets[s].nodes[n].txns.values().flatten().any(pending);
+        if captured || buffered {
+            return;
+        }
         if self.version.has_terms() {
             let ui = self.collection_uuid(s, ns);
             let spec = OpSpec {
@@ -1486,7 +1610,13 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
         }
         "c" => {
             let db = ns.split('.').next().unwrap_or("");
-            if let Ok(name) = o.get_str("create") {
+            if let Ok(inner) = o.get_array("applyOps") {
+                for op in inner {
+                    if let Bson::Document(op) = op {
+                        apply_entry(data, op);
+                    }
+                }
+            } else if let Ok(name) = o.get_str("create") {
                 data.entry(format!("{db}.{name}")).or_default();
             } else if let Ok(name) = o.get_str("drop") {
                 data.remove(&format!("{db}.{name}"));
@@ -1494,6 +1624,11 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
         }
         _ => {}
     }
+}
+
+/// Key of an open transaction: the session id and txnNumber.
+pub fn txn_key(lsid_id: &Bson, txn_number: i64) -> String {
+    format!("{lsid_id}/{txn_number}")
 }
 
 /// Parses an `OpTime` document for hello / replSetGetStatus.

@@ -955,3 +955,89 @@ async fn in_process_commands_and_load() {
     assert_eq!(refused.get_i32("code").unwrap(), 13435);
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn transactions_are_logged_as_apply_ops() {
+    let mut spec = quiet_rs(3);
+    spec.max_txn_ops_per_entry = Some(2);
+    let rs = ReplicaSet::start(spec).await.unwrap();
+    let client = Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=5000",
+        rs.replica_set_uri("replset")
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection::<Document>("t");
+    coll.insert_one(doc! {"_id": 0}).await.unwrap();
+    let mut session = client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"_id": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 2})
+        .session(&mut session)
+        .await
+        .unwrap();
+    coll.update_one(doc! {"_id": 0}, doc! {"$set": {"x": 1}})
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"_id": 99})
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.abort_transaction().await.unwrap();
+
+    let primary = rs.primary().unwrap();
+    let txn_entries: Vec<Document> = rs
+        .oplog_snapshot(primary)
+        .iter()
+        .map(raw_to_doc)
+        .filter(|d| d.get_str("ns").ok() == Some("admin.$cmd"))
+        .collect();
+    assert_eq!(txn_entries.len(), 2, "{txn_entries:#?}");
+    let (first, last) = (&txn_entries[0], &txn_entries[1]);
+    assert_eq!(first.get_str("op").unwrap(), "c");
+    assert!(first.get_document("lsid").is_ok());
+    assert!(first
+        .get_document("o")
+        .unwrap()
+        .get_bool("partialTxn")
+        .unwrap());
+    assert_eq!(
+        first
+            .get_document("o")
+            .unwrap()
+            .get_array("applyOps")
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(last.get_document("o").unwrap().get_i64("count").unwrap(), 3);
+    assert_eq!(
+        last.get_document("prevOpTime")
+            .unwrap()
+            .get_timestamp("ts")
+            .unwrap(),
+        first.get_timestamp("ts").unwrap()
+    );
+    let inner = last
+        .get_document("o")
+        .unwrap()
+        .get_array("applyOps")
+        .unwrap();
+    assert_eq!(inner[0].as_document().unwrap().get_str("op").unwrap(), "u");
+    // Committed data is visible; the aborted insert is not.
+    let ids: Vec<Bson> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap().get("_id").cloned().unwrap())
+        .collect()
+        .await;
+    assert_eq!(ids, [Bson::Int32(0), Bson::Int32(1), Bson::Int32(2)]);
+    rs.shutdown().await;
+}
