@@ -1249,14 +1249,13 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let session = SessionCtx::from_command(cmd);
     let txn = txn_key_of(cmd);
     let mut w = shared.world();
-    w.txn_key = txn.clone();
     let mut n_ok = 0;
     let mut errors = Vec::new();
     match proc {
         Proc::Node { set, node } => {
             w.check_writable(set, node)?;
             for (i, d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, i);
+                enter_statement(&mut w, &session, &txn, i);
                 match w.insert(set, node, &ns, vec![d], false, now) {
                     Ok(c) => n_ok += c,
                     Err((_, e)) => {
@@ -1270,7 +1269,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         }
         Proc::Mongos => {
             for (i, mut d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, i);
+                enter_statement(&mut w, &session, &txn, i);
                 if !d.contains_key("_id") {
                     let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
                     with_id.extend(d);
@@ -1473,9 +1472,17 @@ fn end_transaction(shared: &Arc<Shared>, proc: Proc, cmd: &Document, commit: boo
 }
 
 /// Marks the statement being executed for retryable-write oplog fields.
-fn enter_statement(w: &mut World, session: &Option<SessionCtx>, index: usize) {
-    if w.capture.is_none() && w.txn_key.is_some() {
+fn enter_statement(
+    w: &mut World,
+    session: &Option<SessionCtx>,
+    txn: &Option<String>,
+    index: usize,
+) {
+    // Set only here, inside the statement loop, so that an early error return can never
+    // leave a capture behind for the next command.
+    if w.capture.is_none() && txn.is_some() {
         w.capture = Some(Vec::new());
+        w.txn_key = txn.clone();
     }
     if let Some(sess) = session {
         let prev = w.session.take().map(|s| s.prev).unwrap_or_default();
@@ -1502,7 +1509,6 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let session = SessionCtx::from_command(cmd);
     let txn = txn_key_of(cmd);
     let mut w = shared.world();
-    w.txn_key = txn.clone();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
@@ -1510,7 +1516,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     for (i, st) in updates.iter().enumerate() {
-        enter_statement(&mut w, &session, i);
+        enter_statement(&mut w, &session, &txn, i);
         let q = get_doc(st, "q");
         let u = match st.get("u") {
             Some(Bson::Document(u)) => u.clone(),
@@ -1588,14 +1594,13 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let session = SessionCtx::from_command(cmd);
     let txn = txn_key_of(cmd);
     let mut w = shared.world();
-    w.txn_key = txn.clone();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
     let mut n = 0;
     let mut errors = Vec::new();
     for (i, st) in deletes.iter().enumerate() {
-        enter_statement(&mut w, &session, i);
+        enter_statement(&mut w, &session, &txn, i);
         let q = get_doc(st, "q");
         let limit_one = get_i64(st, "limit").unwrap_or(0) == 1;
         let targets = match proc {
