@@ -164,6 +164,8 @@ def test_write_through_mongos_reaches_every_member(sharded):
 
 
 def test_tail_every_node_through_kill_and_restart(sharded):
+    """Each member of shard01 in turn (the primary too) is killed and restarted while being
+    tailed; the tail resumes from the last ts it delivered and sees every later write."""
     mongos = sharded.mongos()
     members = sharded.members("shard01")
     cursors = {a: tail(sharded.client(a)) for a in members}
@@ -172,19 +174,29 @@ def test_tail_every_node_through_kill_and_restart(sharded):
     for addr, cur in cursors.items():
         seen = drain(cur, has_insert(1), f"insert 1 on {addr}")
         last_ts[addr] = seen[-1]["ts"]
-    victim = members[2]
-    sharded.control("killNode", node=victim)
-    # The tail on the killed node ends: a network error, or pymongo closing the cursor.
-    assert cursor_ends(cursors[victim]), "cursor on the killed node kept running"
-    mongos.test.c.insert_one({"_id": 2})
-    sharded.control("restartNode", node=victim)
-    # Resume on the restarted node from the last ts it delivered, as a tailer must.
-    client = sharded.client(victim)
-    resumed = tail(client, after=last_ts[victim])
-    seen = drain(resumed, has_insert(2), "insert 2 on the restarted node")
-    assert seen[0]["ts"] == last_ts[victim], "resume point must be the first entry returned"
-    for addr in members[:2]:
-        drain(cursors[addr], has_insert(2), f"insert 2 on {addr}")
+    for round_no, victim in enumerate(members):
+        _id = 100 + round_no
+        sharded.control("killNode", node=victim)
+        assert cursor_ends(cursors[victim]), f"cursor on killed {victim} kept running"
+
+        def write():
+            try:
+                mongos.test.c.insert_one({"_id": _id})
+                return True
+            except (OperationFailure, AutoReconnect, ConnectionFailure):
+                return False  # no shard01 primary yet: an election is under way
+
+        wait_until(write, f"write {_id} after killing {victim}")
+        sharded.control("restartNode", node=victim)
+        resumed = tail(sharded.client(victim), after=last_ts[victim])
+        seen = drain(resumed, has_insert(_id), f"insert {_id} on restarted {victim}")
+        assert seen[0]["ts"] == last_ts[victim], "resume point must be the first entry returned"
+        cursors[victim] = resumed
+        last_ts[victim] = seen[-1]["ts"]
+        for addr in members:
+            if addr != victim:
+                seen = drain(cursors[addr], has_insert(_id), f"insert {_id} on {addr}")
+                last_ts[addr] = seen[-1]["ts"]
 
 
 def test_rollback_kills_the_cursor_on_the_old_primary(sharded):
