@@ -110,12 +110,13 @@ async fn file_store_in_a_missing_directory_names_the_path() {
 async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
     let broker = Broker::start();
     let mut cfg = KafkaCheckpointConfig::new(broker.bootstrap.clone());
-    cfg.topic = "it.checkpoints".into();
+    let topic = crate::unique("it.checkpoints");
+    cfg.topic = topic.clone();
     cfg.replication_factor = 1;
     let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
-    assert_eq!(partitions(&broker.bootstrap, "it.checkpoints").len(), 1);
+    assert_eq!(partitions(&broker.bootstrap, &topic).len(), 1);
     assert_eq!(
-        topic_config(&broker.bootstrap, "it.checkpoints", "cleanup.policy").await,
+        topic_config(&broker.bootstrap, &topic, "cleanup.policy").await,
         Some("compact".to_owned())
     );
     assert!(store.load().await.unwrap().is_empty());

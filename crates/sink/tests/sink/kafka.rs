@@ -73,12 +73,16 @@ fn records_of(script: &[SinkInput]) -> Vec<&quorumtail_sink::OutRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_two_shards_across_partitions_in_order_with_headers_and_keys() {
     let broker = Broker::start();
+    let p = crate::unique("it1");
     broker
-        .create_topics(&[("it1.rs0.app", 3), ("it1.rs1.app", 4)])
+        .create_topics(&[(&format!("{p}.rs0.app"), 3), (&format!("{p}.rs1.app"), 4)])
         .await;
-    let sink = Sink::kafka(&config(&broker, "it1.{shard}.{db}"), &shards())
-        .await
-        .unwrap();
+    let sink = Sink::kafka(
+        &config(&broker, &format!("{p}.{{shard}}.{{db}}")),
+        &shards(),
+    )
+    .await
+    .unwrap();
     let scripts: BTreeMap<&str, Vec<SinkInput>> =
         [("rs0", script("rs0", 600)), ("rs1", script("rs1", 450))].into();
     // Two producers, like two merge tasks, interleaving on the one channel.
@@ -104,7 +108,11 @@ async fn delivers_two_shards_across_partitions_in_order_with_headers_and_keys() 
         );
     }
 
-    let got = read_all(&broker.bootstrap, &["it1.rs0.app", "it1.rs1.app"]).await;
+    let got = read_all(
+        &broker.bootstrap,
+        &[&format!("{p}.rs0.app"), &format!("{p}.rs1.app")],
+    )
+    .await;
     for (shard, s) in &scripts {
         let want = records_of(s);
         let mine: Vec<_> = got.iter().filter(|c| c.shard() == *shard).collect();
@@ -114,7 +122,7 @@ async fn delivers_two_shards_across_partitions_in_order_with_headers_and_keys() 
         let mut partitions_used = std::collections::HashSet::new();
         for r in &want {
             let c = by_seq[&r.seq];
-            assert_eq!(c.topic, format!("it1.{shard}.app"));
+            assert_eq!(c.topic, format!("{p}.{shard}.app"));
             assert_eq!(c.key, r.key, "{shard} seq {}", r.seq);
             assert_eq!(c.header("shard"), Some(*shard));
             assert_eq!(c.header("ts"), Some(ts(r.seq).to_string().as_str()));
@@ -150,12 +158,13 @@ async fn delivers_two_shards_across_partitions_in_order_with_headers_and_keys() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_checkpoint_waits_for_a_stopped_broker() {
     let broker = Broker::start();
+    let p = crate::unique("it2");
     if !broker.controllable() {
         eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
         return;
     }
-    broker.create_topics(&[("it2", 3)]).await;
-    let mut cfg = config(&broker, "it2");
+    broker.create_topics(&[(&p, 3)]).await;
+    let mut cfg = config(&broker, &p);
     cfg.librdkafka
         .insert("message.timeout.ms".into(), "120000".into());
     let sink = Sink::kafka(&cfg, &shards()).await.unwrap();
@@ -217,7 +226,7 @@ async fn confirmed_checkpoint_waits_for_a_stopped_broker() {
     drop(tx);
     watcher.abort();
 
-    let got = read_all(&broker.bootstrap, &["it2"]).await;
+    let got = read_all(&broker.bootstrap, &[&p]).await;
     let present: std::collections::HashSet<u64> = got.iter().map(|c| c.seq()).collect();
     let seen = seen.lock().unwrap().clone();
     assert!(!seen.is_empty());
@@ -238,12 +247,13 @@ async fn confirmed_checkpoint_waits_for_a_stopped_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_crash_and_restart_continues_or_fails_clearly() {
     let mut broker = Broker::start();
+    let p = crate::unique("it3");
     if !broker.controllable() {
         eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
         return;
     }
-    broker.create_topics(&[("it3", 2)]).await;
-    let mut cfg = config(&broker, "it3");
+    broker.create_topics(&[(&p, 2)]).await;
+    let mut cfg = config(&broker, &p);
     // tansu forgets producer ids when it restarts, and librdkafka's answer to
     // UNKNOWN_PRODUCER_ID (bump the epoch locally) does not satisfy it: the records time
     // out. Keep that bounded wait short.
@@ -272,7 +282,7 @@ async fn broker_crash_and_restart_continues_or_fails_clearly() {
     }
     broker.kill_and_restart();
     assert_eq!(confirmed_seq(&rs0.borrow()), Some(50));
-    broker.create_topics(&[("it3", 2)]).await;
+    broker.create_topics(&[(&p, 2)]).await;
 
     wait_progress(
         &mut rs0,
@@ -281,17 +291,17 @@ async fn broker_crash_and_restart_continues_or_fails_clearly() {
         |p| confirmed_seq(p) == Some(120) || p.failure.is_some(),
     )
     .await;
-    let p = rs0.borrow().clone();
+    let prog = rs0.borrow().clone();
     let report = sink.flush(Instant::now() + Duration::from_secs(30)).await;
     drop(tx);
-    if let Some(err) = p.failure.clone() {
+    if let Some(err) = prog.failure.clone() {
         let msg = err.to_string();
         eprintln!("definite error after the restart: {msg}");
         assert!(msg.contains("shard rs0") && msg.contains("fix:"), "{msg}");
-        let c = confirmed_seq(&p).unwrap();
+        let c = confirmed_seq(&prog).unwrap();
         assert!((50..120).contains(&c), "confirmed {c}");
         // What was confirmed after the restart is in the new broker.
-        let got = read_all(&broker.bootstrap, &["it3"]).await;
+        let got = read_all(&broker.bootstrap, &[&p]).await;
         let present: std::collections::HashSet<u64> = got.iter().map(|c| c.seq()).collect();
         for seq in 51..=c {
             assert!(
@@ -301,7 +311,7 @@ async fn broker_crash_and_restart_continues_or_fails_clearly() {
         }
     } else {
         assert!(report.is_complete(), "{report:?}");
-        let got = read_all(&broker.bootstrap, &["it3"]).await;
+        let got = read_all(&broker.bootstrap, &[&p]).await;
         let present: std::collections::HashSet<u64> = got.iter().map(|c| c.seq()).collect();
         for seq in 51..=120 {
             assert!(
@@ -317,8 +327,9 @@ async fn broker_crash_and_restart_continues_or_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_definite_error_stops_only_its_shard_and_says_how_to_fix_it() {
     let broker = Broker::start();
-    broker.create_topics(&[("it4", 2)]).await;
-    let mut cfg = config(&broker, "it4");
+    let p = crate::unique("it4");
+    broker.create_topics(&[(&p, 2)]).await;
+    let mut cfg = config(&broker, &p);
     cfg.librdkafka
         .insert("message.max.bytes".into(), "4096".into());
     cfg.librdkafka.insert("batch.size".into(), "4096".into());
@@ -354,7 +365,7 @@ async fn a_definite_error_stops_only_its_shard_and_says_how_to_fix_it() {
         "shard rs0",
         &format!("ts={}", ts(2)),
         "ns=app.users",
-        "topic \"it4\"",
+        &format!("topic \"{p}\""),
         "message.max.bytes",
     ] {
         assert!(msg.contains(part), "{part:?} missing from: {msg}");
@@ -371,7 +382,7 @@ async fn a_definite_error_stops_only_its_shard_and_says_how_to_fix_it() {
     );
     assert_eq!(report.failures.len(), 1);
     assert_eq!(report.unconfirmed, 0);
-    let got = read_all(&broker.bootstrap, &["it4"]).await;
+    let got = read_all(&broker.bootstrap, &[&p]).await;
     let rs0: Vec<u64> = got
         .iter()
         .filter(|c| c.shard() == "rs0")
@@ -383,18 +394,21 @@ async fn a_definite_error_stops_only_its_shard_and_says_how_to_fix_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_reports_missing_topics_and_unreachable_brokers() {
     let broker = Broker::start();
-    broker.create_topics(&[("it5.rs0", 1)]).await;
+    let p = crate::unique("it5");
+    broker.create_topics(&[(&format!("{p}.rs0"), 1)]).await;
     // rs0's topic exists, rs1's does not.
-    let e = Sink::kafka(&config(&broker, "it5.{shard}"), &shards())
+    let e = Sink::kafka(&config(&broker, &format!("{p}.{{shard}}")), &shards())
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("\"it5.rs1\"") && e.contains("shard rs1") && e.contains("create the topic"),
+        e.contains(&format!("\"{p}.rs1\""))
+            && e.contains("shard rs1")
+            && e.contains("create the topic"),
         "{e}"
     );
     // Namespace topics cannot be known up front: only reachability is checked.
-    Sink::kafka(&config(&broker, "it5.{db}.{coll}"), &shards())
+    Sink::kafka(&config(&broker, &format!("{p}.{{db}}.{{coll}}")), &shards())
         .await
         .unwrap()
         .flush(Instant::now() + Duration::from_secs(5))
@@ -415,7 +429,7 @@ async fn startup_reports_missing_topics_and_unreachable_brokers() {
         "{e}"
     );
 
-    let mut c = config(&broker, "it5.{shard}");
+    let mut c = config(&broker, &format!("{p}.{{shard}}"));
     c.librdkafka
         .insert("enable.idempotence".into(), "false".into());
     let e = Sink::kafka(&c, &shards()).await.unwrap_err().to_string();
@@ -427,7 +441,8 @@ async fn startup_reports_missing_topics_and_unreachable_brokers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_is_definite_after_a_bounded_wait() {
     let broker = Broker::start();
-    let mut cfg = config(&broker, "it6.{db}");
+    let p = crate::unique("it6");
+    let mut cfg = config(&broker, &format!("{p}.{{db}}"));
     cfg.librdkafka
         .insert("topic.metadata.propagation.max.ms".into(), "2000".into());
     // Ask the broker not to create it (librdkafka's producer asks for creation by default).
@@ -446,19 +461,19 @@ async fn unknown_topic_is_definite_after_a_bounded_wait() {
         |p| p.confirmed.is_some() || p.failure.is_some(),
     )
     .await;
-    let p = rs0.borrow().clone();
-    let msg = p.failure.expect("a definite error").to_string();
+    let prog = rs0.borrow().clone();
+    let msg = prog.failure.expect("a definite error").to_string();
     eprintln!("{msg}");
     for part in [
         "shard rs0",
         "seq=1",
         "ns=app.users",
-        "\"it6.app\"",
+        &format!("\"{p}.app\""),
         "create the topic",
     ] {
         assert!(msg.contains(part), "{part:?} missing from: {msg}");
     }
-    assert!(p.confirmed.is_none());
+    assert!(prog.confirmed.is_none());
     sink.flush(Instant::now() + Duration::from_secs(10)).await;
 }
 
@@ -467,12 +482,13 @@ async fn unknown_topic_is_definite_after_a_bounded_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
     let broker = Broker::start();
+    let p = crate::unique("it7");
     if !broker.controllable() {
         eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
         return;
     }
-    broker.create_topics(&[("it7", 2)]).await;
-    let mut cfg = config(&broker, "it7");
+    broker.create_topics(&[(&p, 2)]).await;
+    let mut cfg = config(&broker, &p);
     cfg.max_in_flight = 8;
     cfg.channel_capacity = 4;
     let sink = Sink::kafka(&cfg, &shards()).await.unwrap();
@@ -497,7 +513,7 @@ async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
     let report = sink.flush(Instant::now() + Duration::from_secs(60)).await;
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.checkpoints.get("rs1"), Some(cp(100)));
-    let got = read_all(&broker.bootstrap, &["it7"]).await;
+    let got = read_all(&broker.bootstrap, &[&p]).await;
     assert_eq!(got.len(), 100);
 }
 
@@ -505,12 +521,13 @@ async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_librdkafka_queue_makes_the_sink_wait() {
     let broker = Broker::start();
+    let p = crate::unique("it8");
     if !broker.controllable() {
         eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
         return;
     }
-    broker.create_topics(&[("it8", 2)]).await;
-    let mut cfg = config(&broker, "it8");
+    broker.create_topics(&[(&p, 2)]).await;
+    let mut cfg = config(&broker, &p);
     cfg.max_in_flight = 1000;
     cfg.channel_capacity = 4;
     cfg.librdkafka
@@ -540,7 +557,7 @@ async fn a_full_librdkafka_queue_makes_the_sink_wait() {
     let report = sink.flush(Instant::now() + Duration::from_secs(60)).await;
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.checkpoints.get("rs0"), Some(cp(60)));
-    let mut got: Vec<u64> = read_all(&broker.bootstrap, &["it8"])
+    let mut got: Vec<u64> = read_all(&broker.bootstrap, &[&p])
         .await
         .iter()
         .map(|c| c.seq())
@@ -554,14 +571,13 @@ async fn a_full_librdkafka_queue_makes_the_sink_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_deadline_with_a_stopped_broker_reports_what_is_confirmed() {
     let broker = Broker::start();
+    let p = crate::unique("it9");
     if !broker.controllable() {
         eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
         return;
     }
-    broker.create_topics(&[("it9", 2)]).await;
-    let sink = Sink::kafka(&config(&broker, "it9"), &shards())
-        .await
-        .unwrap();
+    broker.create_topics(&[(&p, 2)]).await;
+    let sink = Sink::kafka(&config(&broker, &p), &shards()).await.unwrap();
     let tx = sink.sender();
     let mut rs1 = sink.progress("rs1");
     for seq in 1..=10 {

@@ -14,6 +14,14 @@ use quorumtail_oplog::{EntryId, Timestamp};
 use quorumtail_sink::{Marker, OutRecord, ShardProgress};
 use tokio::sync::watch;
 
+/// A topic name unique to this test run, so that the suite can run again against the same
+/// external broker (`KAFKA_BOOTSTRAP`) without reading an earlier run's records.
+pub fn unique(base: &str) -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
+    format!("{base}-{run}")
+}
+
 /// The checkpoint a test gives seq `n`.
 pub fn cp(n: u64) -> EntryId {
     EntryId::new(ts(n), 7)
