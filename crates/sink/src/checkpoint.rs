@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::de_duration;
 use crate::kafka::TracingContext;
+use crate::ProgressView;
 
 /// Positions the sink confirmed, one per shard. Only the sink creates these (or a caller
 /// that vouches for them with [`ConfirmedCheckpoints::assume_confirmed`]), so a store can
@@ -158,6 +159,43 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         &'a self,
         checkpoints: &'a ConfirmedCheckpoints,
     ) -> BoxFuture<'a, Result<(), CheckpointError>>;
+}
+
+/// Stores the sink's confirmed checkpoints every `interval` when they changed, until
+/// `shutdown` is cancelled. A failed store is logged and retried at the next tick (the
+/// previous checkpoint stays intact, so nothing is lost; a restart would only resend more).
+///
+/// The last store is the caller's: after [`Sink::flush`](crate::Sink::flush), store
+/// [`FlushReport::checkpoints`](crate::FlushReport::checkpoints).
+pub async fn run_checkpointer(
+    view: ProgressView,
+    store: Arc<dyn CheckpointStore>,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut stored = ConfirmedCheckpoints::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = view.checkpoints();
+        if now == stored {
+            continue;
+        }
+        match store.store(&now).await {
+            Ok(()) => {
+                tracing::debug!(shards = now.len(), "checkpoints stored");
+                stored = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint store failed; retrying at the next tick")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -54,8 +54,15 @@
 //! let tx = sink.sender(); // give clones to the merge tasks; tx.send(record).await
 //! let mut rs0 = sink.progress("rs0"); // rs0.changed().await; rs0.borrow().confirmed
 //! # drop((tx, rs0));
+//! # let store: std::sync::Arc<dyn quorumtail_sink::CheckpointStore> =
+//! #     std::sync::Arc::new(quorumtail_sink::FileCheckpointStore::new("cp.json"));
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! let every = std::time::Duration::from_secs(1);
+//! tokio::spawn(quorumtail_sink::run_checkpointer(sink.view(), store.clone(), every, stop.clone()));
+//! // ... at shutdown:
+//! stop.cancel();
 //! let report = sink.flush(tokio::time::Instant::now() + std::time::Duration::from_secs(30)).await;
-//! // store report.checkpoints
+//! store.store(&report.checkpoints).await.ok();
 //! # Ok(()) }
 //! ```
 
@@ -75,7 +82,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
-    CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
+    run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
     KafkaCheckpointConfig, KafkaCheckpointStore,
 };
 pub use config::{FileSinkConfig, KafkaSinkConfig, TopicTemplate};
@@ -132,6 +139,30 @@ pub struct Sink {
     worker: Worker,
     /// Stops the Kafka task when a flush reaches its deadline.
     cancel: CancellationToken,
+}
+
+/// A cloneable, read-only view of a sink's progress. It stays valid after the sink is
+/// flushed (it then shows the final state).
+#[derive(Clone, Debug)]
+pub struct ProgressView {
+    progress: Arc<Progress>,
+}
+
+impl ProgressView {
+    /// See [`Sink::checkpoints`].
+    pub fn checkpoints(&self) -> ConfirmedCheckpoints {
+        self.progress.checkpoints()
+    }
+
+    /// See [`Sink::progress`].
+    pub fn progress(&self, shard: &str) -> watch::Receiver<ShardProgress> {
+        self.progress.subscribe(shard)
+    }
+
+    /// See [`Sink::failure`].
+    pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
+        self.progress.subscribe_failure()
+    }
 }
 
 /// What [`Sink::flush`] leaves behind.
@@ -218,6 +249,14 @@ impl Sink {
             worker: Worker::Thread(thread),
             cancel: CancellationToken::new(),
         })
+    }
+
+    /// A read-only view of the progress, for tasks that do not own the sink (the
+    /// checkpointer).
+    pub fn view(&self) -> ProgressView {
+        ProgressView {
+            progress: self.progress.clone(),
+        }
     }
 
     /// A sender for the pipeline.

@@ -151,3 +151,53 @@ async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Option<String>
     let r = res.into_iter().next()?.ok()?;
     r.get(key).and_then(|e| e.value.clone())
 }
+
+/// The checkpointer stores only what the sink confirmed, and the flush report's checkpoints
+/// complete it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpointer_stores_confirmed_positions_from_a_file_sink() {
+    use quorumtail_sink::{run_checkpointer, FileSinkConfig, Sink};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::file(&FileSinkConfig::new(dir.path().join("out.jsonl"))).unwrap();
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(FileCheckpointStore::new(dir.path().join("cp.json")));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(run_checkpointer(
+        sink.view(),
+        store.clone(),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    ));
+    let tx = sink.sender();
+    let mut rs0 = sink.progress("rs0");
+    for seq in 1..=50 {
+        tx.send(crate::record("rs0", seq, seq != 50, None))
+            .await
+            .unwrap();
+    }
+    crate::wait_progress(&mut rs0, Duration::from_secs(10), "confirmed", |p| {
+        crate::confirmed_seq(p) == Some(49)
+    })
+    .await;
+    // Wait (bounded) until the checkpointer has written it.
+    let reader = FileCheckpointStore::new(dir.path().join("cp.json"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if reader.load().await.unwrap().get("rs0") == Some(&cp(49)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    let report = sink
+        .flush(tokio::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    store.store(&report.checkpoints).await.unwrap();
+    assert_eq!(reader.load().await.unwrap(), map(&[("rs0", cp(49))]));
+}
