@@ -389,6 +389,37 @@ impl KafkaCheckpointConfig {
     }
 }
 
+/// Which checkpoint store to use: `kind = "file"` (with `path`) or `kind = "kafka"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckpointConfig {
+    /// A JSON file, replaced atomically.
+    File(FileCheckpointConfig),
+    /// A compacted Kafka topic.
+    Kafka(KafkaCheckpointConfig),
+}
+
+/// The file checkpoint store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheckpointConfig {
+    /// The checkpoint file; its directory must exist.
+    pub path: PathBuf,
+}
+
+impl CheckpointConfig {
+    /// Opens the configured store (creating the Kafka topic if needed).
+    ///
+    /// # Errors
+    /// As [`KafkaCheckpointStore::open`]; the file store opens lazily and cannot fail here.
+    pub async fn open(&self) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+        Ok(match self {
+            CheckpointConfig::File(f) => Arc::new(FileCheckpointStore::new(&f.path)),
+            CheckpointConfig::Kafka(k) => Arc::new(KafkaCheckpointStore::open(k.clone()).await?),
+        })
+    }
+}
+
 /// Checkpoints in a compacted Kafka topic. See the [module docs](self).
 pub struct KafkaCheckpointStore {
     config: KafkaCheckpointConfig,

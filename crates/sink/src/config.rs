@@ -368,6 +368,16 @@ impl FileSinkConfig {
     }
 }
 
+/// Which sink to run: `kind = "kafka"` or `kind = "file"` plus that sink's keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// Deliver to Kafka.
+    Kafka(KafkaSinkConfig),
+    /// Write JSON lines to a file or stdout.
+    File(FileSinkConfig),
+}
+
 /// Renders the namespace header into `out`.
 pub(crate) fn ns_into(out: &mut String, db: &str, coll: &str) {
     out.clear();
@@ -430,6 +440,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn sink_kind_selects_the_sink_and_keeps_rejecting_unknown_keys() {
+        let c: SinkConfig =
+            serde_json::from_str(r#"{"kind":"file","path":"-","fsync_every":10}"#).unwrap();
+        assert!(matches!(c, SinkConfig::File(f) if f.fsync_every == 10));
+        let c: SinkConfig = serde_json::from_str(r#"{"kind":"kafka","brokers":"b:1"}"#).unwrap();
+        assert!(matches!(c, SinkConfig::Kafka(k) if k.brokers == "b:1"));
+        let e = serde_json::from_str::<SinkConfig>(r#"{"kind":"file","path":"-","fsync":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fsync"), "{e}");
+        let e = serde_json::from_str::<SinkConfig>(r#"{"kind":"s3","path":"-"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3") && e.contains("kafka"), "{e}");
     }
 
     #[test]

@@ -82,10 +82,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
-    run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointConfig, KafkaCheckpointStore,
+    run_checkpointer, CheckpointConfig, CheckpointError, CheckpointStore, ConfirmedCheckpoints,
+    FileCheckpointConfig, FileCheckpointStore, KafkaCheckpointConfig, KafkaCheckpointStore,
 };
-pub use config::{FileSinkConfig, KafkaSinkConfig, TopicTemplate};
+pub use config::{FileSinkConfig, KafkaSinkConfig, SinkConfig, TopicTemplate};
 pub use error::{DeliveryError, SinkError};
 pub use progress::ShardProgress;
 pub use record::{Marker, OutRecord, SinkInput};
@@ -224,6 +224,17 @@ impl Sink {
             worker: Worker::Task(task),
             cancel,
         })
+    }
+
+    /// Starts the configured sink.
+    ///
+    /// # Errors
+    /// As [`Sink::kafka`] and [`Sink::file`].
+    pub async fn start(config: &SinkConfig, shards: &[Arc<str>]) -> Result<Sink, SinkError> {
+        match config {
+            SinkConfig::Kafka(k) => Sink::kafka(k, shards).await,
+            SinkConfig::File(f) => Sink::file(f),
+        }
     }
 
     /// Starts the file sink on its own thread (`path = "-"` writes to stdout).

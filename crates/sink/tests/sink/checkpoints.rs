@@ -201,3 +201,24 @@ async fn checkpointer_stores_confirmed_positions_from_a_file_sink() {
     store.store(&report.checkpoints).await.unwrap();
     assert_eq!(reader.load().await.unwrap(), map(&[("rs0", cp(49))]));
 }
+
+#[tokio::test]
+async fn checkpoint_config_selects_the_store() {
+    use quorumtail_sink::CheckpointConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let json = serde_json::json!({"kind": "file", "path": dir.path().join("cp.json")});
+    let c: CheckpointConfig = serde_json::from_value(json).unwrap();
+    let store = c.open().await.unwrap();
+    store.store(&confirmed(&[("rs0", cp(4))])).await.unwrap();
+    assert_eq!(store.load().await.unwrap(), map(&[("rs0", cp(4))]));
+    let e = serde_json::from_str::<CheckpointConfig>(r#"{"kind":"file","path":"x","topic":"t"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("topic"), "{e}");
+    let k: CheckpointConfig =
+        serde_json::from_str(r#"{"kind":"kafka","brokers":"b:1","timeout":"5s"}"#).unwrap();
+    assert!(
+        matches!(k, CheckpointConfig::Kafka(k) if k.topic == "quorumtail.checkpoints"
+            && k.timeout == std::time::Duration::from_secs(5))
+    );
+}
