@@ -73,11 +73,55 @@ pub enum RunError {
     Discovery(String),
 }
 
+/// Live view of the running shards, shared with observers (status endpoints, tests).
+#[derive(Debug, Default)]
+pub struct Status {
+    shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
+}
+
+impl Status {
+    /// The counters of one shard, if it ever ran.
+    pub fn shard(&self, name: &str) -> Option<StatsSnapshot> {
+        self.shards.lock().ok()?.get(name).map(|s| s.snapshot())
+    }
+
+    /// Counters of every shard that ever ran.
+    pub fn all(&self) -> BTreeMap<String, StatsSnapshot> {
+        self.shards
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.snapshot()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn register(&self, name: &Arc<str>) -> Arc<ShardStats> {
+        match self.shards.lock() {
+            Ok(mut m) => m.entry(name.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
 /// Runs the pipeline until `shutdown` is cancelled (or every shard stopped).
 ///
 /// # Errors
 /// [`RunError`] when the sink, the checkpoint store or the initial discovery fail.
 pub async fn run(cfg: Resolved, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    run_observed(cfg, shutdown, Arc::default()).await
+}
+
+/// [`run`], publishing live counters into `status`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    cfg: Resolved,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+) -> Result<RunReport, RunError> {
     let c = &cfg.config;
     let store: Arc<dyn CheckpointStore> = match c.checkpoint.kind {
         CheckpointKind::File => Arc::new(FileCheckpointStore::new(&c.checkpoint.path)),
@@ -167,7 +211,7 @@ pub async fn run(cfg: Resolved, shutdown: CancellationToken) -> Result<RunReport
     let mut running = Running {
         tasks: JoinSet::new(),
         shards: HashMap::new(),
-        stats: BTreeMap::new(),
+        status,
         failed: Vec::new(),
     };
     for s in shards {
@@ -247,11 +291,7 @@ pub async fn run(cfg: Resolved, shutdown: CancellationToken) -> Result<RunReport
         );
     }
     Ok(RunReport {
-        shards: running
-            .stats
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.snapshot()))
-            .collect(),
+        shards: running.status.all(),
         failed: running.failed,
         sink_failures,
         unconfirmed: report.unconfirmed,
@@ -283,7 +323,7 @@ struct ShardRun {
 struct Running {
     tasks: JoinSet<(Arc<str>, Result<(), ShardError>)>,
     shards: HashMap<Arc<str>, ShardRun>,
-    stats: BTreeMap<Arc<str>, Arc<ShardStats>>,
+    status: Arc<Status>,
     failed: Vec<String>,
 }
 
@@ -295,7 +335,7 @@ impl Running {
         shared: &Shared,
         stop: &CancellationToken,
     ) {
-        let stats = self.stats.entry(spec.name.clone()).or_default().clone();
+        let stats = self.status.register(&spec.name);
         let (tx, rx) = mpsc::channel(8);
         let token = stop.child_token();
         let name = spec.name.clone();

@@ -1,17 +1,11 @@
-//! `quorumtail`: failover-safe change data capture from MongoDB sharded clusters to Kafka.
-//!
-//! This binary wires the pieces together: the configuration ([`config`]), and the
-//! commands users run (`check`, and the pipeline commands as they land).
+//! The `quorumtail` command line: `run`, `check`, `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod config;
-mod coordinator;
-mod demo;
-mod pipeline;
+use quorumtail::{config, coordinator, demo};
 
 use config::{Config, ConfigError, SinkKind, StartPosition};
 use tokio_util::sync::CancellationToken;

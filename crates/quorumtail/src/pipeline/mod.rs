@@ -195,6 +195,11 @@ pub async fn run_shard(
     }
     .await;
     task.tailers_stop.cancel();
+    if result.is_err() {
+        task.stats
+            .failed
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match &result {
         Err(e) => error!(shard = %task.shard, error = %e, "shard stopped"),
         Ok(()) => info!(shard = %task.shard, "shard pipeline stopped"),
@@ -487,6 +492,11 @@ impl ShardTask {
                     })?;
                 }
                 self.drain()?;
+                if let Some(e) = self.engine.as_ref() {
+                    self.stats
+                        .pending
+                        .store(e.pending_len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.backpressure();
             }
         }

@@ -27,6 +27,10 @@ pub struct ShardStats {
     pub transactions: AtomicU64,
     /// Operations of aborted transactions (never emitted).
     pub aborted_ops: AtomicU64,
+    /// Entries the merge holds that no quorum confirmed yet (a gauge).
+    pub pending: AtomicU64,
+    /// Whether the shard stopped with a definite error (0 or 1).
+    pub failed: AtomicU64,
 }
 
 impl ShardStats {
@@ -57,6 +61,8 @@ impl ShardStats {
             tailer_starts: self.tailer_starts.load(Relaxed),
             transactions: self.transactions.load(Relaxed),
             aborted_ops: self.aborted_ops.load(Relaxed),
+            pending: self.pending.load(Relaxed),
+            failed: self.failed.load(Relaxed) != 0,
         }
     }
 }
@@ -75,4 +81,6 @@ pub struct StatsSnapshot {
     pub tailer_starts: u64,
     pub transactions: u64,
     pub aborted_ops: u64,
+    pub pending: u64,
+    pub failed: bool,
 }

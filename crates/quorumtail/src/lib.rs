@@ -1,0 +1,16 @@
+//! quorumtail: failover-safe change data capture from MongoDB sharded clusters to Kafka.
+//!
+//! The library behind the `quorumtail` binary: the configuration ([`config`]), one shard's
+//! pipeline of tailers, majority merge and emitter ([`pipeline`]), the coordinator that
+//! runs every shard with a sink, checkpoints and discovery ([`coordinator`]), and the
+//! self-contained [`demo`].
+//!
+//! The pure parts live in their own crates: `quorumtail-oplog` (entries, identities,
+//! filters, transactions, records) and `quorumtail-merge` (the majority-merge engine);
+//! the I/O shells in `quorumtail-tailer` (one member) and `quorumtail-sink` (Kafka, files,
+//! checkpoint stores).
+
+pub mod config;
+pub mod coordinator;
+pub mod demo;
+pub mod pipeline;

@@ -1,0 +1,338 @@
+//! Live clusters: writes, migrations, failovers, restarts, lost resume points, quorum
+//! loss, shards added and removed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bson::doc;
+use mongosim::{Cluster, ClusterSpec};
+use quorumtail_oplog::{EntryId, OplogEntry};
+
+use crate::support::{committed_app_entries, records, shard_ids, shards_toml, start, wait_until};
+
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        noop_interval: Duration::from_millis(200),
+        election_timeout: Duration::from_millis(500),
+        ..ClusterSpec::default()
+    }
+}
+
+async fn mongos(cluster: &Cluster) -> mongodb::Collection<bson::Document> {
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    client.database("shop").collection("orders")
+}
+
+/// Waits until every write made so far is majority-committed (per the simulator) and
+/// every shard's committed application history is in the output.
+async fn wait_caught_up(cluster: &Cluster, out: &std::path::Path) {
+    for s in cluster.shard_names() {
+        let members = cluster.shard_members(&s);
+        wait_until(60, "the writes to commit", || {
+            let newest = members
+                .iter()
+                .filter_map(|m| {
+                    cluster
+                        .oplog_snapshot(*m)
+                        .last()
+                        .map(|e| OplogEntry::parse(e).unwrap().id())
+                })
+                .max();
+            let commit = cluster.commit_point(&s);
+            match (newest, commit) {
+                (Some(n), Some((ts, _))) => quorumtail_oplog::Timestamp::from(ts) >= n.ts,
+                _ => true,
+            }
+        })
+        .await;
+    }
+    wait_until(
+        60,
+        "every committed application write in the output",
+        || {
+            let recs = records(out);
+            cluster
+                .shard_names()
+                .iter()
+                .all(|s| shard_ids(&recs, s) == committed_app_entries(cluster, s))
+        },
+    )
+    .await;
+}
+
+/// Writes on both shards, a chunk migration, an isolated primary whose writes are rolled
+/// back: the output is exactly the majority-committed application history of each shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_migration_and_failover_match_the_committed_history() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(
+        tmp.path(),
+        &shards_toml(&cluster),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    let coll = mongos(&cluster).await;
+    for i in 1..=20 {
+        coll.insert_one(doc! { "_id": i, "v": i }).await.unwrap();
+        coll.insert_one(doc! { "_id": 1000 + i, "v": i })
+            .await
+            .unwrap();
+    }
+    coll.update_many(doc! {}, doc! { "$inc": { "v": 1 } })
+        .await
+        .unwrap();
+    coll.delete_one(doc! { "_id": 3 }).await.unwrap();
+    let names = cluster.shard_names();
+    cluster
+        .move_chunk("shop.orders", bson::Bson::Int32(1), &names[1])
+        .await
+        .unwrap();
+
+    let old = cluster.primary_of(&names[0]).unwrap();
+    cluster.partition_node(old).await.unwrap();
+    let direct = mongodb::Client::with_uri_str(format!("mongodb://{old}/?directConnection=true"))
+        .await
+        .unwrap();
+    let doomed = direct
+        .database("shop")
+        .collection::<bson::Document>("orders");
+    doomed
+        .insert_one(doc! { "_id": 7777, "phantom": true })
+        .await
+        .unwrap();
+    wait_until(30, "a new primary", || {
+        cluster.primary_of(&names[0]).is_some_and(|p| p != old)
+    })
+    .await;
+    cluster.heal_node(old).await.unwrap();
+    wait_until(30, "the rollback", || {
+        !cluster.rolled_back_entries(&names[0]).is_empty()
+    })
+    .await;
+    for i in 21..=25 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    wait_caught_up(&cluster, &q.out).await;
+    let status = q.status.clone();
+    let report = q.stop().await;
+    assert!(report.ok(), "{report:?}");
+
+    let recs = records(&tmp.path().join("out.jsonl"));
+    let rolled_back: HashSet<EntryId> = cluster
+        .rolled_back_entries(&names[0])
+        .iter()
+        .map(|r| OplogEntry::parse(r).unwrap().id())
+        .collect();
+    assert!(!rolled_back.is_empty());
+    for r in &recs {
+        let id = crate::support::record_id(r);
+        // Identities are per replica set: compare within shard01 only.
+        if r["shard"] == names[0].as_str() {
+            assert!(
+                !rolled_back.contains(&id),
+                "a rolled-back entry was emitted: {r}"
+            );
+        }
+        assert!(
+            r["entry"]["fromMigrate"].is_null(),
+            "a migration write was emitted: {r}"
+        );
+        assert_ne!(
+            r["entry"]["o"]["_id"], 7777,
+            "the isolated primary's write was emitted"
+        );
+    }
+    for s in &names {
+        assert_eq!(
+            shard_ids(&recs, s),
+            committed_app_entries(&cluster, s),
+            "{s}"
+        );
+    }
+    let s0 = status.shard(&names[0]).unwrap();
+    assert!(s0.discarded >= 1, "{s0:?}");
+    let s1 = status.shard(&names[1]).unwrap();
+    assert!(
+        s1.dropped_from_migrate + s0.dropped_from_migrate >= 1,
+        "{s0:?} {s1:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Stop, write while stopped, start again: the second run emits exactly the new writes
+/// (a graceful stop stores the final checkpoint, so nothing is repeated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_resumes_from_the_checkpoint_without_loss_or_repeats() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = shards_toml(&cluster);
+    let coll = mongos(&cluster).await;
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"earliest\"\n");
+    for i in 1..=10 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    wait_caught_up(&cluster, &q.out).await;
+    let first = q.stop().await;
+    assert!(first.ok());
+    assert_eq!(first.checkpoints.len(), 2, "{:?}", first.checkpoints);
+    let first_out = records(&tmp.path().join("out.jsonl"));
+    std::fs::rename(tmp.path().join("out.jsonl"), tmp.path().join("first.jsonl")).unwrap();
+
+    for i in 11..=20 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+        coll.insert_one(doc! { "_id": 1000 + i }).await.unwrap();
+    }
+    // `latest` must not matter: the checkpoint decides.
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"latest\"\n");
+    let out = q.out.clone();
+    wait_until(60, "the writes made while stopped", || {
+        let recs = records(&out);
+        let mut all = first_out.clone();
+        all.extend(recs);
+        cluster
+            .shard_names()
+            .iter()
+            .all(|s| shard_ids(&all, s) == committed_app_entries(&cluster, s))
+    })
+    .await;
+    assert!(q.stop().await.ok());
+    let second = records(&out);
+    assert_eq!(
+        second.iter().filter(|r| r["op"] == "i").count(),
+        20,
+        "exactly the 20 new inserts: {second:#?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// The checkpoint fell off every member's oplog while quorumtail was stopped: the shard
+/// stops with a definite error naming it, the members and the fix; nothing is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_point_off_the_oplog_stops_the_shard_loudly() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = shards_toml(&cluster);
+    let coll = mongos(&cluster).await;
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"earliest\"\n");
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    coll.insert_one(doc! { "_id": 1001 }).await.unwrap();
+    wait_caught_up(&cluster, &q.out).await;
+    assert!(q.stop().await.ok());
+    std::fs::rename(tmp.path().join("out.jsonl"), tmp.path().join("first.jsonl")).unwrap();
+
+    let names = cluster.shard_names();
+    for i in 2..=30 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    // shard01's oplogs roll over past the checkpoint on every member.
+    let members = cluster.shard_members(&names[0]);
+    wait_until(30, "replication", || {
+        members
+            .iter()
+            .all(|m| cluster.oplog_snapshot(*m).len() == cluster.oplog_snapshot(members[0]).len())
+    })
+    .await;
+    let keep = 5;
+    for m in &members {
+        let n = cluster.oplog_snapshot(*m).len();
+        cluster.truncate_oplog(*m, n - keep).unwrap();
+    }
+    let q = start(tmp.path(), &shards, "");
+    let status = q.status.clone();
+    wait_until(60, "shard01 to stop", || {
+        status.shard(&names[0]).is_some_and(|s| s.failed)
+    })
+    .await;
+    // The other shard keeps running.
+    coll.insert_one(doc! { "_id": 1002 }).await.unwrap();
+    let out = q.out.clone();
+    wait_until(30, "shard02 to keep emitting", || {
+        records(&out).iter().any(|r| r["entry"]["o"]["_id"] == 1002)
+    })
+    .await;
+    let report = q.stop().await;
+    assert!(!report.ok());
+    let err = report.failed.join("\n");
+    assert!(err.contains(&format!("shard {}", names[0])), "{err}");
+    assert!(err.contains("is no longer in the oplog of"), "{err}");
+    // The quorum is 2 of 3: two members lacking it are enough to know it is gone.
+    assert!(
+        members
+            .iter()
+            .filter(|m| err.contains(&m.to_string()))
+            .count()
+            >= 2,
+        "{err}"
+    );
+    assert!(err.contains("re-snapshot"), "{err}");
+    // Nothing of shard01 after the checkpoint was emitted.
+    assert!(records(&out)
+        .iter()
+        .all(|r| r["shard"] != names[0].as_str()));
+    cluster.shutdown().await;
+}
+
+/// One member down: the majority still commits. Two members down: nothing the primary
+/// alone holds is emitted, and it all arrives once the members return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_lost_and_regained() {
+    let spec = ClusterSpec {
+        election_timeout: Duration::from_secs(3600),
+        ..spec()
+    };
+    let cluster = Cluster::start(spec).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let coll = mongos(&cluster).await;
+    let q = start(
+        tmp.path(),
+        &shards_toml(&cluster),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    let names = cluster.shard_names();
+    let primary = cluster.primary_of(&names[0]).unwrap();
+    let secondaries: Vec<_> = cluster
+        .shard_members(&names[0])
+        .into_iter()
+        .filter(|m| *m != primary)
+        .collect();
+    let emitted =
+        |out: &std::path::Path, id: i32| records(out).iter().any(|r| r["entry"]["o"]["_id"] == id);
+    coll.insert_one(doc! { "_id": 0, "phase": "all up" })
+        .await
+        .unwrap();
+    let out = q.out.clone();
+    wait_until(30, "the first write", || emitted(&out, 0)).await;
+
+    cluster.kill_node(secondaries[0]).await.unwrap();
+    coll.insert_one(doc! { "_id": 1, "phase": "one member down" })
+        .await
+        .unwrap();
+    wait_until(30, "a write with one member down", || emitted(&out, 1)).await;
+
+    cluster.kill_node(secondaries[1]).await.unwrap();
+    coll.insert_one(doc! { "_id": 2, "phase": "primary alone" })
+        .await
+        .unwrap();
+    let status = q.status.clone();
+    // quorumtail has read the entry from the primary but holds it back.
+    wait_until(30, "the primary's entry to be pending in the merge", || {
+        status.shard(&names[0]).is_some_and(|s| s.pending >= 1)
+    })
+    .await;
+    assert!(
+        records(&q.out).iter().all(|r| r["entry"]["o"]["_id"] != 2),
+        "emitted an entry only the primary holds"
+    );
+
+    cluster.restart_node(secondaries[0]).await.unwrap();
+    cluster.restart_node(secondaries[1]).await.unwrap();
+    wait_until(60, "the entry once a majority holds it", || {
+        emitted(&out, 2)
+    })
+    .await;
+    wait_caught_up(&cluster, &q.out).await;
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}

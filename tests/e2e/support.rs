@@ -1,0 +1,137 @@
+//! Shared helpers: start quorumtail on a config text, read its JSON-lines output, wait on
+//! conditions with a deadline (never a bare sleep).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorumtail::config::Config;
+use quorumtail::coordinator::{run_observed, RunReport, Status};
+use quorumtail_oplog::{EntryId, Filter, OplogEntry};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running quorumtail.
+pub struct Running {
+    pub status: std::sync::Arc<Status>,
+    pub token: CancellationToken,
+    pub handle: JoinHandle<Result<RunReport, quorumtail::coordinator::RunError>>,
+    pub out: PathBuf,
+}
+
+impl Running {
+    /// Stops it gracefully and returns its report.
+    pub async fn stop(self) -> RunReport {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("stops within 30 s")
+            .expect("no panic")
+            .expect("runs")
+    }
+}
+
+/// `[[shards]]` sections for a simulated cluster.
+pub fn shards_toml(cluster: &mongosim::Cluster) -> String {
+    let mut t = String::new();
+    for s in cluster.shard_names() {
+        let m: Vec<String> = cluster
+            .shard_members(&s)
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        t.push_str(&format!(
+            "[[shards]]\nname = \"{s}\"\nmembers = [{}]\n\n",
+            m.join(", ")
+        ));
+    }
+    t
+}
+
+/// Starts quorumtail with `extra` TOML after a file sink to `dir/out.jsonl` and a file
+/// checkpoint store in `dir`.
+pub fn start(dir: &Path, shards: &str, extra: &str) -> Running {
+    init_logs();
+    let out = dir.join("out.jsonl");
+    let text = format!(
+        "{shards}\n[mongo]\nmax_await = \"100ms\"\n\n[sink]\nkind = \"file\"\npath = {:?}\n\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n\n{extra}",
+        out.display().to_string(),
+        dir.join("checkpoints.json").display().to_string()
+    );
+    let resolved =
+        Config::parse(&text, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let token = CancellationToken::new();
+    let status = std::sync::Arc::new(Status::default());
+    let handle = tokio::spawn(run_observed(resolved, token.clone(), status.clone()));
+    Running {
+        status,
+        token,
+        handle,
+        out,
+    }
+}
+
+/// Every record in a JSON-lines file (an incomplete last line is left out).
+pub fn records(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))
+        .collect()
+}
+
+/// Waits until `cond` holds, or panics with `what` after `secs`.
+pub async fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The identity of a record.
+pub fn record_id(r: &serde_json::Value) -> EntryId {
+    serde_json::from_value(r["id"].clone()).expect("record id")
+}
+
+/// The application entries of a shard's majority-committed history (as the default
+/// filter keeps them), in order.
+pub fn committed_app_entries(cluster: &mongosim::Cluster, shard: &str) -> Vec<EntryId> {
+    let f = Filter::default();
+    cluster
+        .committed_entries(shard)
+        .iter()
+        .filter_map(|raw| OplogEntry::parse(raw).ok())
+        .filter(|e| f.check(e.op, e.ns, e.from_migrate).is_ok())
+        .map(|e| e.id())
+        .collect()
+}
+
+/// Identities of a shard's records in output order.
+pub fn shard_ids(recs: &[serde_json::Value], shard: &str) -> Vec<EntryId> {
+    recs.iter()
+        .filter(|r| r["shard"] == shard)
+        .map(record_id)
+        .collect()
+}
+
+/// Logs to the test output, filtered by RUST_LOG (default: warnings).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
