@@ -728,8 +728,7 @@ fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult
                             .and_then(|sh| sh.collections.get(&a.ns))
                             .cloned();
                         all.extend(
-                            c.docs
-                                .iter()
+                            c.iter()
                                 .filter(|d| match &chunks {
                                     Some(chunks) => d
                                         .get("_id")
@@ -762,7 +761,7 @@ fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult
                 w.sets[s].nodes[n]
                     .data
                     .get(&a.ns)
-                    .map(|c| c.docs.clone())
+                    .map(|c| c.iter().cloned().collect())
                     .unwrap_or_default()
             }
         }

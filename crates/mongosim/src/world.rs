@@ -61,20 +61,97 @@ impl MemberState {
     }
 }
 
-/// A user collection on one node.
+/// A user collection on one node: documents in natural (insertion) order with an `_id`
+/// index, so lookups stay O(1) as collections grow.
 #[derive(Debug, Clone, Default)]
 pub struct Collection {
-    /// Documents in natural (insertion) order.
-    pub docs: Vec<Document>,
+    slots: Vec<Option<Document>>,
+    index: HashMap<Vec<u8>, usize>,
+    live: usize,
+}
+
+/// The `_id` index key: numbers by value (1 and 1.0 are the same key, as in mongod's
+/// index), anything else by its BSON bytes.
+fn id_key(id: &Bson) -> Vec<u8> {
+    let number = match id {
+        Bson::Int32(v) => Some(f64::from(*v)),
+        Bson::Int64(v) => Some(*v as f64),
+        Bson::Double(v) => Some(*v),
+        _ => None,
+    };
+    match number {
+        Some(n) => {
+            let mut k = b"n:".to_vec();
+            k.extend_from_slice(&(if n == 0.0 { 0.0f64 } else { n }).to_bits().to_le_bytes());
+            k
+        }
+        None => doc! {"k": id.clone()}.to_vec().unwrap_or_default(),
+    }
 }
 
 impl Collection {
-    fn position(&self, id: &Bson) -> Option<usize> {
-        // _id equality as the _id index sees it (1 and 1.0 are the same key).
-        self.docs.iter().position(|d| {
-            d.get("_id")
-                .is_some_and(|v| matcher::compare(v, id).is_eq())
-        })
+    /// Documents in natural order.
+    pub fn iter(&self) -> impl Iterator<Item = &Document> {
+        self.slots.iter().flatten()
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the collection is empty.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Whether a document with this `_id` exists.
+    pub fn contains(&self, id: &Bson) -> bool {
+        self.index.contains_key(&id_key(id))
+    }
+
+    /// The document with this `_id`.
+    pub fn get_mut(&mut self, id: &Bson) -> Option<&mut Document> {
+        let i = *self.index.get(&id_key(id))?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    /// The most recently inserted document.
+    pub fn last(&self) -> Option<&Document> {
+        self.slots.iter().rev().flatten().next()
+    }
+
+    /// Inserts, or replaces in place when the `_id` exists.
+    pub fn upsert(&mut self, doc: Document) {
+        let key = id_key(doc.get("_id").unwrap_or(&Bson::Null));
+        match self.index.get(&key) {
+            Some(i) => self.slots[*i] = Some(doc),
+            None => {
+                self.index.insert(key, self.slots.len());
+                self.slots.push(Some(doc));
+                self.live += 1;
+            }
+        }
+    }
+
+    /// Removes the document with this `_id`.
+    pub fn remove(&mut self, id: &Bson) -> Option<Document> {
+        let i = self.index.remove(&id_key(id))?;
+        let doc = self.slots.get_mut(i)?.take();
+        self.live -= 1;
+        if self.slots.len() > 64 && self.live < self.slots.len() / 2 {
+            self.compact();
+        }
+        doc
+    }
+
+    fn compact(&mut self) {
+        let docs: Vec<Document> = self.slots.drain(..).flatten().collect();
+        self.index.clear();
+        self.live = 0;
+        for d in docs {
+            self.upsert(d);
+        }
     }
 }
 
@@ -252,6 +329,9 @@ pub struct SetState {
     pub elect_now: bool,
     /// Removed from the cluster (removeShard completed): no longer ticks.
     pub removed: bool,
+    /// Retryable-write statements executed on this set: (lsid id, txnNumber, stmtId) to
+    /// the entry that logged it (a retry is answered from here if the entry survives).
+    pub session_history: HashMap<(Vec<u8>, i64, i32), EntryId>,
 }
 
 impl SetState {
@@ -503,6 +583,7 @@ impl World {
             no_primary_since: None,
             elect_now: false,
             removed: false,
+            session_history: HashMap::new(),
         });
         let s = self.sets.len() - 1;
         // "initiating set" is written before any term exists (t: -1, h: 0 in legacy).
@@ -630,6 +711,14 @@ impl World {
             doc,
             written_at: now,
         });
+        if let Some(sess) = &session {
+            let key = (
+                id_key(sess.lsid.get("id").unwrap_or(&Bson::Null)),
+                sess.txn_number,
+                sess.stmt_id,
+            );
+            self.sets[s].session_history.insert(key, entry.id);
+        }
         self.push_entry(s, n, entry.clone());
         self.sets[s].nodes[n].last_write_at = now;
         entry
@@ -642,18 +731,15 @@ impl World {
         let Some(sess) = &self.session else {
             return false;
         };
-        let id = sess.lsid.get("id");
-        // Retries follow the original closely: the newest entries suffice.
-        self.sets[s].nodes[n]
-            .oplog
-            .iter()
-            .rev()
-            .take(10_000)
-            .any(|e| {
-                e.doc.get_i64("txnNumber").ok() == Some(sess.txn_number)
-                    && e.doc.get_i32("stmtId").ok() == Some(sess.stmt_id)
-                    && e.doc.get_document("lsid").ok().and_then(|l| l.get("id")) == id
-            })
+        let key = (
+            id_key(sess.lsid.get("id").unwrap_or(&Bson::Null)),
+            sess.txn_number,
+            sess.stmt_id,
+        );
+        self.sets[s]
+            .session_history
+            .get(&key)
+            .is_some_and(|entry| self.sets[s].nodes[n].oplog.contains(entry))
     }
 
     /// Logs a committed transaction's operations on node `n` as applyOps entries: one
@@ -832,8 +918,7 @@ impl World {
             let exists = self.sets[s].nodes[n]
                 .data
                 .get(ns)
-                .and_then(|c| c.position(&id))
-                .is_some();
+                .is_some_and(|c| c.contains(&id));
             if exists {
                 return Err((
                     count,
@@ -886,7 +971,7 @@ impl World {
             let coll = self.sets[s].nodes[n].data.get(ns);
             let mut out = Vec::new();
             if let Some(c) = coll {
-                for d in &c.docs {
+                for d in c.iter() {
                     if matcher::matches(d, q).map_err(bad_value)? {
                         out.push(d.clone());
                         if !multi {
@@ -930,7 +1015,7 @@ impl World {
                 self.sets[s].nodes[n]
                     .data
                     .get(ns)
-                    .and_then(|c| c.docs.last())
+                    .and_then(|c| c.last())
                     .and_then(|d| d.get("_id").cloned())
             });
             return Ok((0, 0, id));
@@ -990,7 +1075,7 @@ impl World {
         let ids: Vec<Bson> = {
             let mut out = Vec::new();
             if let Some(c) = self.sets[s].nodes[n].data.get(ns) {
-                for d in &c.docs {
+                for d in c.iter() {
                     if matcher::matches(d, q).map_err(bad_value)? {
                         out.push(d.get("_id").cloned().unwrap_or(Bson::Null));
                         if limit_one {
@@ -1475,8 +1560,7 @@ impl World {
             .data
             .get(ns)
             .map(|c| {
-                c.docs
-                    .iter()
+                c.iter()
                     .filter(|d| d.get("_id").is_some_and(|id| chunk.contains(id)))
                     .cloned()
                     .collect()
@@ -1491,7 +1575,7 @@ impl World {
                 self.sets[recipient_set].nodes[rp]
                     .data
                     .get(ns)
-                    .is_none_or(|c| c.position(&id).is_none())
+                    .is_none_or(|c| !c.contains(&id))
             })
             .collect();
         if !fresh.is_empty() {
@@ -1584,12 +1668,7 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
     };
     match op {
         "i" => {
-            let coll = data.entry(ns.to_owned()).or_default();
-            let id = o.get("_id").cloned().unwrap_or(Bson::Null);
-            match coll.position(&id) {
-                Some(i) => coll.docs[i] = o.clone(),
-                None => coll.docs.push(o.clone()),
-            }
+            data.entry(ns.to_owned()).or_default().upsert(o.clone());
         }
         "u" => {
             let id = entry
@@ -1598,17 +1677,15 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
                 .and_then(|o2| o2.get("_id").cloned())
                 .unwrap_or(Bson::Null);
             if let Some(coll) = data.get_mut(ns) {
-                if let Some(i) = coll.position(&id) {
-                    oplog::apply_update_o(&mut coll.docs[i], o);
+                if let Some(doc) = coll.get_mut(&id) {
+                    oplog::apply_update_o(doc, o);
                 }
             }
         }
         "d" => {
             let id = o.get("_id").cloned().unwrap_or(Bson::Null);
             if let Some(coll) = data.get_mut(ns) {
-                if let Some(i) = coll.position(&id) {
-                    coll.docs.remove(i);
-                }
+                coll.remove(&id);
             }
         }
         "c" => {
