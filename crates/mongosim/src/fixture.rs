@@ -11,6 +11,12 @@
 //! # node_oplogs = ["n0.jsonl", "n1.jsonl", "n2.jsonl"]   # or one per member
 //! # primary = 0
 //! # partitioned = [2]               # mongosim extension: members cut off at start
+//!
+//! # mongosim extension: chunk layout of a sharded collection (on _id)
+//! # [[collections]]
+//! # ns = "test.mycollection"
+//! # split_points = [6]
+//! # shards = ["shard02", "shard01"]   # owner of [MinKey, 6) and [6, MaxKey)
 //! ```
 //!
 //! Members whose newest entry the primary lacks (the deposed primary of a rollback
@@ -43,6 +49,24 @@ pub struct FixtureToml {
     pub server_version: String,
     /// One table per replica set.
     pub shards: Vec<FixtureShardToml>,
+    /// mongosim extension: chunk layouts of sharded collections, so writes through mongos
+    /// after loading land where the recorded cluster would put them.
+    #[serde(default)]
+    pub collections: Vec<FixtureCollectionToml>,
+}
+
+/// One `[[collections]]` table: `ns`, `split_points` (`_id` values) and the owning shard of
+/// each of the `split_points.len() + 1` chunks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureCollectionToml {
+    /// `db.coll`.
+    pub ns: String,
+    /// Chunk boundaries on `_id` (integers, floats or strings).
+    #[serde(default)]
+    pub split_points: Vec<toml::Value>,
+    /// Owner of each chunk, lowest first.
+    pub shards: Vec<String>,
 }
 
 /// One `[[shards]]` table.
@@ -78,6 +102,8 @@ pub struct Fixture {
     pub version: ServerVersion,
     /// Sets.
     pub shards: Vec<FixtureShard>,
+    /// Chunk layouts: namespace to `[min, max)` chunks and owners.
+    pub collections: Vec<(String, Vec<crate::world::Chunk>)>,
 }
 
 /// A parsed set.
@@ -204,10 +230,64 @@ pub fn read(dir: &Path) -> Result<Fixture, SimError> {
             partitioned: s.partitioned.clone(),
         });
     }
+    let mut collections = Vec::new();
+    for c in &spec.collections {
+        let mut bounds = vec![Bson::MinKey];
+        for v in &c.split_points {
+            bounds.push(match v {
+                toml::Value::Integer(i) => match i32::try_from(*i) {
+                    Ok(small) => Bson::Int32(small),
+                    Err(_) => Bson::Int64(*i),
+                },
+                toml::Value::Float(f) => Bson::Double(*f),
+                toml::Value::String(s) => Bson::String(s.clone()),
+                other => {
+                    return Err(err(
+                        dir,
+                        format!("collection {}: unsupported split point {other}", c.ns),
+                    ))
+                }
+            });
+        }
+        bounds.push(Bson::MaxKey);
+        if c.shards.len() != bounds.len() - 1 {
+            return Err(err(
+                dir,
+                format!(
+                    "collection {}: {} split points need {} shards, got {}",
+                    c.ns,
+                    c.split_points.len(),
+                    bounds.len() - 1,
+                    c.shards.len()
+                ),
+            ));
+        }
+        if let Some(bad) = c
+            .shards
+            .iter()
+            .find(|n| !spec.shards.iter().any(|s| &s.name == *n))
+        {
+            return Err(err(
+                dir,
+                format!("collection {}: unknown shard {bad}", c.ns),
+            ));
+        }
+        let chunks = bounds
+            .windows(2)
+            .zip(&c.shards)
+            .map(|(w, shard)| crate::world::Chunk {
+                min: w[0].clone(),
+                max: w[1].clone(),
+                shard: shard.clone(),
+            })
+            .collect();
+        collections.push((c.ns.clone(), chunks));
+    }
     Ok(Fixture {
         dir: dir.to_path_buf(),
         version,
         shards,
+        collections,
     })
 }
 
@@ -218,6 +298,11 @@ pub fn read(dir: &Path) -> Result<Fixture, SimError> {
 /// [`SimError::Fixture`] when a set is missing or sized differently.
 pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> {
     let single = w.sharding.is_none() && w.sets.len() == 1 && fx.shards.len() == 1;
+    if let Some(sh) = w.sharding.as_mut() {
+        for (ns, chunks) in &fx.collections {
+            sh.collections.insert(ns.clone(), chunks.clone());
+        }
+    }
     for shard in &fx.shards {
         let s = match w.set_index(&shard.name) {
             Some(s) => s,
@@ -325,6 +410,34 @@ pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_chunk_layouts_and_rejects_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = r#"{"ts":{"$timestamp":{"t":1,"i":1}},"h":{"$numberLong":"0"},"v":{"$numberInt":"2"},"op":"n","ns":"","o":{"msg":"initiating set"}}"#;
+        std::fs::write(dir.path().join("a.jsonl"), line).unwrap();
+        let base = "server_version = \"legacy\"\nsource = \"test\"\n[[shards]]\nname = \"shard01\"\nnodes = 1\noplog = \"a.jsonl\"\n[[shards]]\nname = \"shard02\"\nnodes = 1\noplog = \"a.jsonl\"\n";
+        let good = format!("{base}[[collections]]\nns = \"test.c\"\nsplit_points = [6]\nshards = [\"shard02\", \"shard01\"]\n");
+        std::fs::write(dir.path().join("fixture.toml"), good).unwrap();
+        let fx = read(dir.path()).unwrap();
+        let (ns, chunks) = &fx.collections[0];
+        assert_eq!(ns, "test.c");
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].shard, "shard02");
+        assert!(chunks[0].contains(&Bson::Double(5.0)));
+        assert!(chunks[1].contains(&Bson::Int32(6)));
+        let bad = format!(
+            "{base}[[collections]]\nns = \"test.c\"\nsplit_points = [6]\nshards = [\"shard02\"]\n"
+        );
+        std::fs::write(dir.path().join("fixture.toml"), bad).unwrap();
+        assert!(read(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("need 2 shards"));
+        let unknown = format!("{base}bogus = 1\n");
+        std::fs::write(dir.path().join("fixture.toml"), unknown).unwrap();
+        assert!(read(dir.path()).unwrap_err().to_string().contains("bogus"));
+    }
 
     #[test]
     fn parses_canonical_extended_json_faithfully() {
