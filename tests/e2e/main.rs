@@ -1,6 +1,16 @@
 //! End-to-end suites: a mongosim cluster, quorumtail's coordinator, a real sink, and the
 //! simulator's ground truth to compare with.
 
+// The Kafka test broker harness is shared with the sink's own tests.
+#[path = "../../crates/sink/tests/sink/broker.rs"]
+#[allow(dead_code)]
+mod broker;
 mod fixtures;
+mod kafka;
 mod live;
 mod support;
+
+/// Used by the shared broker harness.
+pub fn init_tracing() {
+    support::init_logs();
+}

@@ -75,6 +75,22 @@ pub fn start(dir: &Path, shards: &str, extra: &str) -> Running {
     }
 }
 
+/// Starts quorumtail on a complete config text (no file output).
+pub fn start_text(text: &str) -> Running {
+    init_logs();
+    let resolved =
+        Config::parse(text, Path::new("e2e.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let token = CancellationToken::new();
+    let status = std::sync::Arc::new(Status::default());
+    let handle = tokio::spawn(run_observed(resolved, token.clone(), status.clone()));
+    Running {
+        status,
+        token,
+        handle,
+        out: PathBuf::new(),
+    }
+}
+
 /// Every record in a JSON-lines file (an incomplete last line is left out).
 pub fn records(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
