@@ -607,3 +607,47 @@ async fn flush_deadline_with_a_stopped_broker_reports_what_is_confirmed() {
     let e = tx.send(record("rs1", 22, true, None)).await.unwrap_err();
     assert!(matches!(e, SinkError::Closed));
 }
+
+/// Namespace topics: each record goes to the topic its db and coll render to; a namespace
+/// that renders to an illegal topic name stops its shard with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_topics_and_an_illegal_rendered_name() {
+    let broker = Broker::start();
+    let p = crate::unique("it10");
+    broker
+        .create_topics(&[
+            (&format!("{p}.app.users"), 2),
+            (&format!("{p}.app.orders"), 2),
+        ])
+        .await;
+    let sink = Sink::kafka(&config(&broker, &format!("{p}.{{db}}.{{coll}}")), &shards())
+        .await
+        .unwrap();
+    let tx = sink.sender();
+    tx.send(record("rs0", 1, true, Some("a"))).await.unwrap();
+    let mut orders = record("rs0", 2, true, Some("b"));
+    orders.coll = "orders".into();
+    tx.send(orders).await.unwrap();
+    let mut bad = record("rs1", 1, true, Some("c"));
+    bad.coll = "has space".into();
+    tx.send(bad).await.unwrap();
+    tx.send(record("rs1", 2, true, Some("d"))).await.unwrap();
+    let report = sink.flush(Instant::now() + Duration::from_secs(30)).await;
+    assert_eq!(report.checkpoints.get("rs0"), Some(cp(2)));
+    assert_eq!(report.checkpoints.get("rs1"), None);
+    assert_eq!(report.failures.len(), 1);
+    let msg = report.failures[0].to_string();
+    for part in [
+        "shard rs1",
+        "ns=app.has space",
+        "illegal topic name",
+        "topic template",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    let users = read_all(&broker.bootstrap, &[&format!("{p}.app.users")]).await;
+    let orders = read_all(&broker.bootstrap, &[&format!("{p}.app.orders")]).await;
+    assert_eq!(users.iter().map(|c| c.seq()).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(orders.iter().map(|c| c.seq()).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(orders[0].header("ns"), Some("app.orders"));
+}
