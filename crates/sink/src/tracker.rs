@@ -320,6 +320,7 @@ mod tests {
         Record(Option<u8>),
         Marker(u8),
         Ack(prop::sample::Index),
+        Fail(prop::sample::Index),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -327,6 +328,7 @@ mod tests {
             4 => proptest::option::of(any::<u8>()).prop_map(Op::Record),
             1 => any::<u8>().prop_map(Op::Marker),
             5 => any::<prop::sample::Index>().prop_map(Op::Ack),
+            1 => any::<prop::sample::Index>().prop_map(Op::Fail),
         ]
     }
 
@@ -334,12 +336,12 @@ mod tests {
     type ModelSlot = (u64, Option<EntryId>, bool, bool);
 
     /// The model: every slot ever submitted, with its ack state; the confirmed checkpoint
-    /// is the last checkpoint of the longest fully-acked prefix.
-    fn model_confirmed(slots: &[ModelSlot]) -> (Option<Confirmed>, usize) {
+    /// is the last checkpoint of the longest fully-acked prefix below the failed seq.
+    fn model_confirmed(slots: &[ModelSlot], failed_at: Option<u64>) -> (Option<Confirmed>, usize) {
         let mut confirmed = None;
         let mut prefix = 0;
         for &(seq, checkpoint, acked, _) in slots {
-            if !acked {
+            if !acked || failed_at.is_some_and(|f| seq >= f) {
                 break;
             }
             prefix += 1;
@@ -359,6 +361,7 @@ mod tests {
         ) {
             let mut t = ShardTracker::new();
             let mut slots: Vec<ModelSlot> = Vec::new();
+            let mut failed_at: Option<u64> = None;
             let mut seq = 0u64;
             let mut released_total = 0usize;
             for (i, op) in ops.into_iter().enumerate() {
@@ -366,16 +369,28 @@ mod tests {
                     Op::Record(c) => {
                         seq += gaps[i];
                         let checkpoint = c.map(|c| cp(seq * 1000 + u64::from(c)));
-                        t.push_record(seq, checkpoint).unwrap();
-                        slots.push((seq, checkpoint, false, true));
+                        let r = t.push_record(seq, checkpoint);
+                        match failed_at {
+                            Some(at) => prop_assert_eq!(r, Err(PushRefused::Failed { at })),
+                            None => {
+                                prop_assert_eq!(r, Ok(()));
+                                slots.push((seq, checkpoint, false, true));
+                            }
+                        }
                     }
                     Op::Marker(c) => {
                         seq += gaps[i];
                         let checkpoint = cp(seq * 1000 + u64::from(c));
-                        t.push_marker(seq, checkpoint).unwrap();
-                        slots.push((seq, Some(checkpoint), true, false));
+                        let r = t.push_marker(seq, checkpoint);
+                        match failed_at {
+                            Some(at) => prop_assert_eq!(r, Err(PushRefused::Failed { at })),
+                            None => {
+                                prop_assert!(r.is_ok());
+                                slots.push((seq, Some(checkpoint), true, false));
+                            }
+                        }
                     }
-                    Op::Ack(ix) => {
+                    Op::Ack(ix) | Op::Fail(ix) => {
                         let unacked: Vec<usize> = slots
                             .iter()
                             .enumerate()
@@ -386,17 +401,29 @@ mod tests {
                             continue;
                         }
                         let k = unacked[ix.index(unacked.len())];
-                        slots[k].2 = true;
-                        released_total += t.ack(slots[k].0).records;
+                        let s = slots[k].0;
+                        if matches!(op, Op::Ack(_)) {
+                            slots[k].2 = true;
+                            released_total += t.ack(s).records;
+                        } else {
+                            released_total += t.fail(s).records;
+                            failed_at = Some(failed_at.map_or(s, |f| f.min(s)));
+                        }
                     }
                 }
-                let (want, prefix) = model_confirmed(&slots);
+                let (want, prefix) = model_confirmed(&slots, failed_at);
                 prop_assert_eq!(t.confirmed(), want);
-                // A record's permit is released exactly when it joins the confirmed prefix.
+                prop_assert_eq!(t.failed_at(), failed_at);
+                // A record's permit is released exactly when it joins the confirmed prefix,
+                // or when a failure at or before it discards it.
                 let records_in_prefix = slots[..prefix].iter().filter(|s| s.3).count();
+                let discarded = slots
+                    .iter()
+                    .filter(|s| s.3 && failed_at.is_some_and(|f| s.0 >= f))
+                    .count();
                 let records_total = slots.iter().filter(|s| s.3).count();
-                prop_assert_eq!(released_total, records_in_prefix);
-                prop_assert_eq!(t.records_pending(), records_total - records_in_prefix);
+                prop_assert_eq!(released_total, records_in_prefix + discarded);
+                prop_assert_eq!(t.records_pending(), records_total - records_in_prefix - discarded);
                 // Markers never outnumber records by more than one.
                 prop_assert!(t.pending.len() <= 2 * t.records_pending() + 1);
             }
