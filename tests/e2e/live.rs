@@ -336,3 +336,67 @@ async fn quorum_lost_and_regained() {
     assert!(q.stop().await.ok());
     cluster.shutdown().await;
 }
+
+/// Discovery through mongos: a shard added at runtime is tailed from the beginning of its
+/// oplog; a removed shard is drained (its migrations out are dropped as fromMigrate) and
+/// its pipeline stops cleanly; nothing any shard committed is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_added_and_removed_at_runtime_are_followed() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let discovery = format!(
+        "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"200ms\"\n",
+        cluster.mongos_addr()
+    );
+    let q = start(tmp.path(), &discovery, "[start]\nposition = \"earliest\"\n");
+    let coll = mongos(&cluster).await;
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    coll.insert_one(doc! { "_id": 1001 }).await.unwrap();
+    wait_caught_up(&cluster, &q.out).await;
+
+    let added = cluster.add_shard(3).await.unwrap();
+    cluster
+        .move_chunk("shop.orders", bson::Bson::Int32(1), &added)
+        .await
+        .unwrap();
+    for i in 2..=10 {
+        coll.insert_one(doc! { "_id": i, "on": "the new shard" })
+            .await
+            .unwrap();
+    }
+    let status = q.status.clone();
+    wait_until(30, "a pipeline for the new shard", || {
+        status.shard(&added).is_some()
+    })
+    .await;
+    wait_caught_up(&cluster, &q.out).await;
+    let recs = records(&q.out);
+    assert!(
+        shard_ids(&recs, &added).len() >= 9,
+        "writes on the added shard: {recs:#?}"
+    );
+
+    cluster.remove_shard(&added).await.unwrap();
+    for i in 11..=15 {
+        coll.insert_one(doc! { "_id": i, "on": "after removal" })
+            .await
+            .unwrap();
+    }
+    wait_until(60, "the removed shard's pipeline to drain and stop", || {
+        status.shard(&added).is_some_and(|s| s.stopped)
+    })
+    .await;
+    wait_caught_up(&cluster, &q.out).await;
+    let report = q.stop().await;
+    assert!(report.ok(), "{report:?}");
+    let recs = records(&tmp.path().join("out.jsonl"));
+    for s in cluster.shard_names().iter().chain([&added]) {
+        assert_eq!(
+            shard_ids(&recs, s),
+            committed_app_entries(&cluster, s),
+            "{s}"
+        );
+    }
+    assert!(recs.iter().all(|r| r["entry"]["fromMigrate"].is_null()));
+    cluster.shutdown().await;
+}

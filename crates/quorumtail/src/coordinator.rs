@@ -317,7 +317,7 @@ async fn store_checkpoints(
 struct ShardRun {
     spec: ShardSpec,
     control: mpsc::Sender<Control>,
-    stop: CancellationToken,
+    draining: bool,
 }
 
 struct Running {
@@ -339,21 +339,14 @@ impl Running {
         let (tx, rx) = mpsc::channel(8);
         let token = stop.child_token();
         let name = spec.name.clone();
-        let fut = run_shard(
-            spec.clone(),
-            shared.clone(),
-            checkpoint,
-            stats,
-            rx,
-            token.clone(),
-        );
+        let fut = run_shard(spec.clone(), shared.clone(), checkpoint, stats, rx, token);
         self.tasks.spawn(async move { (name, fut.await) });
         self.shards.insert(
             spec.name.clone(),
             ShardRun {
                 spec,
                 control: tx,
-                stop: token,
+                draining: false,
             },
         );
     }
@@ -423,10 +416,12 @@ impl Running {
             .cloned()
             .collect();
         for name in gone {
-            if let Some(run) = self.shards.get(&name) {
-                info!(shard = %name, "shard removed from the cluster: stopping its pipeline");
-                run.stop.cancel();
-                changed = true;
+            if let Some(run) = self.shards.get_mut(&name) {
+                if !run.draining {
+                    run.draining = true;
+                    let _ = run.control.try_send(Control::Drain);
+                    changed = true;
+                }
             }
         }
         if changed {

@@ -167,6 +167,8 @@ struct Member {
 pub enum Control {
     /// The member list changed (discovery).
     Members(ShardSpec),
+    /// The shard was removed from the cluster: finish what its members hold, then stop.
+    Drain,
 }
 
 /// Runs one shard until `shutdown` or a definite error.
@@ -191,18 +193,24 @@ pub async fn run_shard(
                 Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => task.handle(node, msg)?,
             }
             task.flush().await?;
+            if task.drained() {
+                info!(shard = %task.shard, "removed shard drained: every member caught up and everything committed was emitted");
+                return Ok(());
+            }
         }
     }
     .await;
     task.tailers_stop.cancel();
-    if result.is_err() {
-        task.stats
-            .failed
-            .store(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    use std::sync::atomic::Ordering::Relaxed;
     match &result {
-        Err(e) => error!(shard = %task.shard, error = %e, "shard stopped"),
-        Ok(()) => info!(shard = %task.shard, "shard pipeline stopped"),
+        Err(e) => {
+            task.stats.failed.store(1, Relaxed);
+            error!(shard = %task.shard, error = %e, "shard stopped");
+        }
+        Ok(()) => {
+            task.stats.stopped.store(1, Relaxed);
+            info!(shard = %task.shard, "shard pipeline stopped");
+        }
     }
     result
 }
@@ -221,6 +229,8 @@ struct ShardTask {
     paused: HashMap<NodeId, ReceiverStream<TailMsg>>,
     emitter: Emitter,
     out: Vec<SinkInput>,
+    /// Set once the shard was removed: members that returned an empty batch since.
+    draining: Option<std::collections::HashSet<NodeId>>,
 }
 
 impl ShardTask {
@@ -259,6 +269,7 @@ impl ShardTask {
             paused: HashMap::new(),
             emitter,
             out: Vec::with_capacity(1024),
+            draining: None,
         };
         match (checkpoint, task.shared.start) {
             (Some(cp), _) => {
@@ -319,8 +330,25 @@ impl ShardTask {
 
     /// Membership changes from discovery: stop removed members' tailers, start new ones,
     /// recompute the quorum.
+    /// A removed shard is finished once a quorum of members reported an empty batch (they
+    /// hold nothing newer) and the merge holds nothing unconfirmed.
+    fn drained(&self) -> bool {
+        match (&self.draining, &self.engine) {
+            (Some(idle), Some(e)) => idle.len() >= self.quorum && e.pending_len() == 0,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
     fn control(&mut self, c: Control) -> Result<(), ShardError> {
-        let Control::Members(new_spec) = c;
+        let new_spec = match c {
+            Control::Members(s) => s,
+            Control::Drain => {
+                info!(shard = %self.shard, "shard removed from the cluster: draining before stopping");
+                self.draining = Some(Default::default());
+                return Ok(());
+            }
+        };
         let before: Vec<String> = self.members.values().map(|m| m.addr.clone()).collect();
         let removed: Vec<NodeId> = self
             .members
@@ -424,7 +452,12 @@ impl ShardTask {
                     e.node_reset(node);
                 }
             }
-            TailMsg::Idle => member.state = "tailing".into(),
+            TailMsg::Idle => {
+                member.state = "tailing".into();
+                if let Some(idle) = self.draining.as_mut() {
+                    idle.insert(node);
+                }
+            }
             TailMsg::Down { reason } => member.state = format!("down: {reason}"),
             TailMsg::Refused { reason } => {
                 error!(%shard, node = %member.addr, %reason, "member refused");
@@ -462,6 +495,9 @@ impl ShardTask {
             }
             TailMsg::Batch(batch) => {
                 member.state = "tailing".into();
+                if let Some(idle) = self.draining.as_mut() {
+                    idle.remove(&node);
+                }
                 let addr = member.addr.clone();
                 let Some(e) = self.engine.as_mut() else {
                     return Ok(());

@@ -31,6 +31,8 @@ pub struct ShardStats {
     pub pending: AtomicU64,
     /// Whether the shard stopped with a definite error (0 or 1).
     pub failed: AtomicU64,
+    /// Whether the shard's pipeline stopped cleanly (shutdown, or drained after removal).
+    pub stopped: AtomicU64,
 }
 
 impl ShardStats {
@@ -63,6 +65,7 @@ impl ShardStats {
             aborted_ops: self.aborted_ops.load(Relaxed),
             pending: self.pending.load(Relaxed),
             failed: self.failed.load(Relaxed) != 0,
+            stopped: self.stopped.load(Relaxed) != 0,
         }
     }
 }
@@ -83,4 +86,5 @@ pub struct StatsSnapshot {
     pub aborted_ops: u64,
     pub pending: u64,
     pub failed: bool,
+    pub stopped: bool,
 }
