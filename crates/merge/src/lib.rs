@@ -95,6 +95,11 @@ impl NodeSet {
         self.0 == 0
     }
 
+    /// Members in either set.
+    pub fn union(self, other: NodeSet) -> NodeSet {
+        NodeSet(self.0 | other.0)
+    }
+
     fn insert(&mut self, n: NodeId) {
         self.0 |= 1 << n.0;
     }

@@ -619,10 +619,14 @@ impl Config {
                         }
                     }
                 }
-                if let Err(e) =
-                    check_topic_template(self.sink.topic.as_deref().unwrap_or(DEFAULT_TOPIC))
-                {
-                    problems.push(format!("sink.topic: {e}"));
+                // The sink's own parser: one definition of a valid template.
+                let topic = self.sink.topic.as_deref().unwrap_or(DEFAULT_TOPIC);
+                if let Err(e) = topic.parse::<quorumtail_sink::TopicTemplate>() {
+                    let problem = match e {
+                        quorumtail_sink::SinkError::Config { problem, .. } => problem,
+                        other => other.to_string(),
+                    };
+                    problems.push(format!("sink.topic: {problem}"));
                 }
                 for (k, v) in &self.sink.librdkafka {
                     let v = v.trim().to_ascii_lowercase();
@@ -716,46 +720,6 @@ fn check_host_port(s: &str) -> Result<(), &'static str> {
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
         _ => Err("has no valid port (1-65535)"),
-    }
-}
-
-/// Checks a topic template: only `{shard}`, `{db}`, `{coll}` placeholders, and literal
-/// characters Kafka allows in topic names.
-///
-/// # Errors
-/// A sentence naming the first problem.
-pub fn check_topic_template(t: &str) -> Result<(), String> {
-    if t.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let literal = &rest[..open];
-        check_topic_chars(literal)?;
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("{t:?} has an unclosed '{{'"))?
-            + open;
-        let name = &rest[open + 1..close];
-        if !matches!(name, "shard" | "db" | "coll") {
-            return Err(format!(
-                "{t:?} uses unknown placeholder {{{name}}}; known: {{shard}}, {{db}}, {{coll}}"
-            ));
-        }
-        rest = &rest[close + 1..];
-    }
-    check_topic_chars(rest)
-}
-
-fn check_topic_chars(s: &str) -> Result<(), String> {
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some(c) => Err(format!(
-            "character {c:?} is not allowed in Kafka topic names (letters, digits, '.', '_', '-')"
-        )),
-        None => Ok(()),
     }
 }
 
@@ -893,13 +857,16 @@ interval = "soon"
 
     #[test]
     fn topic_templates_and_redaction() {
-        assert!(check_topic_template("cdc.{shard}.{db}.{coll}").is_ok());
-        assert!(check_topic_template("cdc {shard}")
-            .unwrap_err()
-            .contains("not allowed"));
-        assert!(check_topic_template("cdc.{shard")
-            .unwrap_err()
-            .contains("unclosed"));
+        let kafka = |topic: &str| {
+            format!("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopic = \"{topic}\"\n")
+        };
+        assert!(parse(&kafka("cdc.{shard}.{db}.{coll}")).is_ok());
+        let p = problems(&kafka("cdc {shard}"));
+        assert!(
+            p[0].starts_with("sink.topic:") && p[0].contains("not allowed"),
+            "{p:?}"
+        );
+        assert!(problems(&kafka("cdc.{shard"))[0].contains("unclosed"));
         assert_eq!(
             redact_uri("mongodb://u:secret@h:1/?x=1"),
             "mongodb://u:***@h:1/?x=1"

@@ -24,8 +24,8 @@ use std::time::Duration;
 use bson::doc;
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
-    CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore, FileSinkConfig,
-    KafkaCheckpointConfig, KafkaCheckpointStore, KafkaSinkConfig, Sink, SinkError,
+    CheckpointStore, FileCheckpointStore, FileSinkConfig, KafkaCheckpointConfig,
+    KafkaCheckpointStore, KafkaSinkConfig, Sink, SinkError,
 };
 use quorumtail_tailer::TailerConfig;
 use tokio::sync::mpsc;
@@ -219,12 +219,18 @@ pub async fn run_observed(
         running.start(s, cp, &shared, &pipelines_stop);
     }
 
-    let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
-    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Confirmed progress is stored periodically by its own task; the final store follows
+    // the sink's flush below.
+    let checkpointer_stop = CancellationToken::new();
+    let checkpointer = tokio::spawn(quorumtail_sink::run_checkpointer(
+        sink.view(),
+        store.clone(),
+        cfg.checkpoint_interval,
+        checkpointer_stop.clone(),
+    ));
     let mut discovery_tick = tokio::time::interval(cfg.discovery_interval);
     discovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sink_failure = sink.failure();
-    let mut last_stored = ConfirmedCheckpoints::default();
     let mut sink_failures = Vec::new();
 
     loop {
@@ -247,9 +253,6 @@ pub async fn run_observed(
                     break;
                 }
             }
-            _ = checkpoint_tick.tick() => {
-                store_checkpoints(&*store, &sink, &mut last_stored).await;
-            }
             _ = discovery_tick.tick(), if discovery.is_some() => {
                 if let Some(d) = &discovery {
                     match d.shards().await {
@@ -268,6 +271,8 @@ pub async fn run_observed(
         running.finished(done);
     }
     drop(shared);
+    checkpointer_stop.cancel();
+    let _ = checkpointer.await;
     let report = sink
         .flush(tokio::time::Instant::now() + cfg.shutdown_timeout)
         .await;
@@ -297,21 +302,6 @@ pub async fn run_observed(
         unconfirmed: report.unconfirmed,
         checkpoints,
     })
-}
-
-async fn store_checkpoints(
-    store: &dyn CheckpointStore,
-    sink: &Sink,
-    last: &mut ConfirmedCheckpoints,
-) {
-    let now = sink.checkpoints();
-    if now.is_empty() || now == *last {
-        return;
-    }
-    match store.store(&now).await {
-        Ok(()) => *last = now,
-        Err(e) => warn!(error = %e, "could not store checkpoints; retrying at the next interval"),
-    }
 }
 
 struct ShardRun {

@@ -213,7 +213,21 @@ pub async fn run(
     let mut last_reason = String::new();
     let mut client: Option<Client> = None;
     loop {
-        let result = session(&cfg, &mut client, &mut target, &tx, &shutdown).await;
+        let mut progressed = false;
+        let result = session(
+            &cfg,
+            &mut client,
+            &mut target,
+            &tx,
+            &shutdown,
+            &mut progressed,
+        )
+        .await;
+        if progressed {
+            // The member served entries: the next interruption starts a fresh backoff.
+            backoff = cfg.backoff_min;
+            last_reason.clear();
+        }
         let (reason, msg, delay) = match result {
             Ok(()) | Err(Ended::Shutdown) | Err(Ended::ReceiverGone) => return,
             Err(Ended::Lacks) => (
@@ -261,9 +275,6 @@ pub async fn run(
             _ = tokio::time::sleep(sleep) => {}
         }
         backoff = (backoff * 2).min(cfg.backoff_max);
-        if matches!(last_reason.as_str(), "") {
-            backoff = cfg.backoff_min;
-        }
     }
 }
 
@@ -310,6 +321,7 @@ async fn session(
     target_rx: &mut watch::Receiver<Option<ResumeTarget>>,
     tx: &mpsc::Sender<TailMsg>,
     shutdown: &CancellationToken,
+    progressed: &mut bool,
 ) -> Result<(), Ended> {
     if client.is_none() {
         let mut opts = ClientOptions::parse(cfg.uri()).await?;
@@ -465,6 +477,7 @@ async fn session(
             verified = true;
         }
         send(tx, shutdown, TailMsg::Batch(batch)).await?;
+        *progressed = true;
     }
 }
 

@@ -668,6 +668,8 @@ fn drain_events(
     out: &mut Vec<SinkInput>,
 ) -> Result<(), ShardError> {
     use std::sync::atomic::Ordering::Relaxed;
+    // Discards come in runs (a rollback); one log line per run.
+    let mut discarded: Option<(EntryId, EntryId, u64, quorumtail_merge::NodeSet)> = None;
     for ev in engine.drain_events() {
         match ev {
             Event::Committed { id, payload, .. } => {
@@ -692,15 +694,21 @@ fn drain_events(
                 payload,
             } => {
                 stats.discarded.fetch_add(1, Relaxed);
-                let what = payload
-                    .and_then(|p| {
-                        p.doc()
-                            .ok()
-                            .and_then(|d| OplogEntry::parse(d).ok())
-                            .map(|e| format!("{} {}", e.op.as_str(), e.ns))
-                    })
-                    .unwrap_or_default();
-                warn!(%shard, entry = %id, op = %what, members = ?reporters, "discarded an entry no quorum holds (rolled back or minority-only); not emitted");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let what = payload
+                        .and_then(|p| {
+                            p.doc()
+                                .ok()
+                                .and_then(|d| OplogEntry::parse(d).ok())
+                                .map(|e| format!("{} {}", e.op.as_str(), e.ns))
+                        })
+                        .unwrap_or_default();
+                    tracing::debug!(%shard, entry = %id, op = %what, members = ?reporters, "discarded");
+                }
+                discarded = Some(match discarded {
+                    None => (id, id, 1, reporters),
+                    Some((first, _, n, held)) => (first, id, n + 1, held.union(reporters)),
+                });
             }
             Event::Divergence {
                 id,
@@ -719,6 +727,9 @@ fn drain_events(
                 });
             }
         }
+    }
+    if let Some((first, last, n, held)) = discarded {
+        warn!(%shard, count = n, first = %first, last = %last, held_by = ?held, "discarded entries no quorum holds (rolled back or seen by a minority only); none is emitted");
     }
     Ok(())
 }
