@@ -11,7 +11,7 @@ use quorumtail_oplog::entry::split_ns;
 use quorumtail_oplog::filter::command_target_ns;
 use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op};
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
-use quorumtail_oplog::{DropReason, EntryId, Filter, OpKind, OplogEntry, Timestamp};
+use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
 use quorumtail_sink::{Marker, OutRecord, SinkInput};
 
 use crate::config::KeyKind;
@@ -244,7 +244,126 @@ fn target_ns(op: OpKind, ns: &str, o: Option<&bson::RawDocument>, command: Optio
     }
 }
 
-/// Labels for drop reasons (re-exported for stats).
-pub fn reason_label(r: DropReason) -> &'static str {
-    r.as_str()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{rawdoc, spec::BinarySubtype, Binary, RawDocumentBuf};
+
+    fn ts(i: u32) -> bson::Timestamp {
+        bson::Timestamp {
+            time: 1_700_000_000,
+            increment: i,
+        }
+    }
+
+    fn lsid() -> RawDocumentBuf {
+        rawdoc! { "id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] }, "uid": Binary { subtype: BinarySubtype::Generic, bytes: vec![2; 32] } }
+    }
+
+    fn emitter() -> Emitter {
+        Emitter::new(
+            "s".into(),
+            Filter::default(),
+            KeyKind::Document,
+            Arc::default(),
+            None,
+        )
+    }
+
+    fn run(e: &mut Emitter, docs: &[RawDocumentBuf]) -> Vec<SinkInput> {
+        let mut out = Vec::new();
+        for d in docs {
+            e.committed(&OplogEntry::parse(d).unwrap(), &mut out)
+                .unwrap();
+        }
+        out
+    }
+
+    fn checkpoints(out: &[SinkInput]) -> Vec<Option<u32>> {
+        out.iter()
+            .map(|i| match i {
+                SinkInput::Record(r) => r.checkpoint.map(|c| c.ts.increment),
+                SinkInput::Marker(m) => Some(m.checkpoint.ts.increment),
+            })
+            .collect()
+    }
+
+    /// A large transaction (two entries) with a plain insert released in between: the
+    /// operations come out together at the commit, with their transaction details, and
+    /// no checkpoint lands between the transaction's first entry and its commit.
+    #[test]
+    fn transactions_are_emitted_whole_and_checkpoints_skip_them() {
+        let mut e = emitter();
+        let first = rawdoc! {
+            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+            "o": { "applyOps": [ { "op": "i", "ns": "shop.orders", "o": { "_id": 1 } } ], "partialTxn": true },
+            "ts": ts(2), "t": 1_i64, "prevOpTime": { "ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1_i64 },
+        };
+        let plain =
+            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "u" }, "ts": ts(3), "t": 1_i64 };
+        let last = rawdoc! {
+            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+            "o": { "applyOps": [ { "op": "u", "ns": "shop.orders", "o": { "$set": { "x": 1 } }, "o2": { "_id": 1 } }, { "op": "i", "ns": "config.x", "o": { "_id": 9 } } ], "count": 3_i64 },
+            "ts": ts(4), "t": 1_i64, "prevOpTime": { "ts": ts(2), "t": 1_i64 },
+        };
+        let before =
+            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "a" }, "ts": ts(1), "t": 1_i64 };
+        let out = run(&mut e, &[before, first, plain, last]);
+        let records: Vec<serde_json::Value> = out
+            .iter()
+            .filter_map(|i| match i {
+                SinkInput::Record(r) => Some(serde_json::from_slice(&r.value).unwrap()),
+                _ => None,
+            })
+            .collect();
+        // before, plain, then the transaction's two shop.orders operations (config.x is internal).
+        assert_eq!(records.len(), 4, "{records:#?}");
+        assert_eq!(records[1]["entry"]["o"]["_id"], "u");
+        assert_eq!(records[2]["txn"]["txnNumber"], 7);
+        assert_eq!(records[2]["txn"]["index"], 0);
+        assert_eq!(records[3]["txn"]["index"], 1);
+        assert_eq!(records[3]["op"], "u");
+        assert_eq!(
+            records[2]["ts"]["i"], 4,
+            "transaction records carry the commit's ts"
+        );
+        // Checkpoint after `before` (1); none while the transaction is open (the plain
+        // insert at 3 carries none); after the commit, 4.
+        assert_eq!(checkpoints(&out), vec![Some(1), None, None, None, Some(4)]);
+    }
+
+    /// Filtered entries still move the checkpoint, through markers.
+    #[test]
+    fn dropped_entries_advance_through_markers() {
+        let mut e = emitter();
+        let noop = rawdoc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" }, "ts": ts(1), "t": 1_i64 };
+        let migrated = rawdoc! { "op": "d", "ns": "shop.orders", "o": { "_id": 1 }, "fromMigrate": true, "ts": ts(2), "t": 1_i64 };
+        let out = run(&mut e, &[noop, migrated]);
+        assert!(out.iter().all(|i| matches!(i, SinkInput::Marker(_))));
+        assert_eq!(checkpoints(&out), vec![Some(1), Some(2)]);
+        assert_eq!(
+            e.stats
+                .dropped_from_migrate
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn document_keys_are_canonical() {
+        let mut e = emitter();
+        let ins = rawdoc! { "op": "i", "ns": "shop.orders", "o": { "_id": 1.0 }, "ts": ts(1), "t": 1_i64 };
+        let out = run(&mut e, &[ins]);
+        let SinkInput::Record(r) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            r.key.as_deref(),
+            Some(&br#"{"ns":"shop.orders","_id":{"$numberDouble":"1.0"}}"#[..])
+        );
+        assert_eq!(
+            (r.db.as_str(), r.coll.as_str(), r.op),
+            ("shop", "orders", "i")
+        );
+    }
 }
