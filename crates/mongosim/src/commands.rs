@@ -1211,7 +1211,6 @@ fn route(w: &mut World, ns: &str, id: Option<&Bson>) -> Result<Vec<(usize, usize
             .unwrap_or_default(),
         None => {
             let mut v: Vec<String> = chunks.iter().map(|c| c.shard.clone()).collect();
-            v.dedup();
             v.sort();
             v.dedup();
             v

@@ -103,7 +103,9 @@
 //! concern, causal consistency, change streams, exhaust cursors, cursor idle timeouts, and
 //! the balancer (chunks move only when asked). A rollback restores documents by copying the
 //! sync source's data rather than by refetching; a stepped-down primary keeps its
-//! connections open (4.2+). Ground truth (`committed_entries`) grows without bound: cap the
+//! connections open (4.2+). The "legacy" (2.6) shape applies to entries only: elections
+//! still log "new primary" and idle primaries periodic no-ops, which 2.6 never wrote (set
+//! `noop_interval` to zero when replaying 2.6 fixtures). Ground truth (`committed_entries`) grows without bound: cap the
 //! oplogs and keep simulations short-lived.
 //!
 //! # Where behaviour was looked up
