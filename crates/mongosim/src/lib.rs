@@ -118,8 +118,7 @@
 //! mongodb/specifications: `source/message/OP_MSG.md`,
 //! `source/server-discovery-and-monitoring/server-discovery-and-monitoring.md`,
 //! `source/find_getmore_killcursors_commands/find_getmore_killcursors_commands.md`;
-//! /work/shared/notes/mongodb-facts.md and the mlaunch sharded-cluster transcript in
-//! /work/shared/seeds.
+//! and the mlaunch sharded-cluster transcript behind `mlaunch-fixtures/sharded-migration`.
 
 pub mod cluster;
 pub mod codec;

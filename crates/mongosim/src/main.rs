@@ -3,7 +3,7 @@
 //! ```text
 //! mongosim --sharded 2 --replicaset --nodes 3 --port 27017
 //! mongosim --replicaset --nodes 3 --version 4.4 --noop-interval 100ms
-//! mongosim --fixture mlaunch-fixtures/seed-004 --layout-json /tmp/layout.json
+//! mongosim --fixture mlaunch-fixtures/sharded-migration --layout-json /tmp/layout.json
 //! ```
 
 use std::path::PathBuf;

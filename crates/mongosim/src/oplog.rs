@@ -3,7 +3,7 @@
 //! Shapes looked up in mongodb/mongo `src/mongo/db/repl/oplog_entry.idl` (field order of
 //! `DurableReplOperation` then `OpTimeBase` then `v`, `wall`: op, ns, ui, o, o2, fromMigrate,
 //! ts, t, v, wall), `src/mongo/db/update/document_diff_serialization.h` (`$v: 2` diffs with
-//! `d`, `u`, `i` sections) and the seed mlaunch transcript for the 2.6 shape
+//! `d`, `u`, `i` sections) and the mlaunch transcript of `mlaunch-fixtures/sharded-migration` for the 2.6 shape
 //! (ts, h, v, op, ns, fromMigrate, o).
 
 use std::collections::VecDeque;

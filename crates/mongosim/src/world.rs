@@ -1520,7 +1520,7 @@ impl World {
     }
 
     /// Moves the chunk of `ns` containing `key` to `to`: the recipient logs `fromMigrate`
-    /// inserts, then the donor logs `fromMigrate` deletes (as in the seed transcript).
+    /// inserts, then the donor logs `fromMigrate` deletes (as in the mlaunch transcript of `mlaunch-fixtures/sharded-migration`).
     ///
     /// # Errors
     /// When the shard or a primary is missing.

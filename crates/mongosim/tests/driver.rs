@@ -567,7 +567,7 @@ async fn fixture_entries_are_loaded_byte_faithfully() {
     std::fs::write(dir.path().join("shard01.oplog.jsonl"), lines.join("\n")).unwrap();
     std::fs::write(
         dir.path().join("fixture.toml"),
-        "description = \"seed\"\nserver_version = \"legacy\"\n[[shards]]\nname = \"shard01\"\nnodes = 3\noplog = \"shard01.oplog.jsonl\"\n",
+        "description = \"transcript\"\nserver_version = \"legacy\"\n[[shards]]\nname = \"shard01\"\nnodes = 3\noplog = \"shard01.oplog.jsonl\"\n",
     )
     .unwrap();
     let rs = Cluster::start_with_fixture(

@@ -16,7 +16,7 @@
 //! * [`extjson`] and [`record`]: the output record, Extended JSON written straight from the
 //!   raw bytes into a reused buffer.
 //!
-//! Why the identity is `(ts, t, h)` and not the seed idea's `(ts, h)`: `h` was random only
+//! Why the identity is `(ts, t, h)` and not the classic `(ts, h)`: `h` was random only
 //! up to MongoDB 4.0, is 0 in 4.2 and absent from 4.4, whereas the term `t` exists from 3.2
 //! on and distinguishes an entry from the one that replaced it at the same `ts` after a
 //! rollback. Using every part that is present covers legacy (2.6-era, `h` only) and current
