@@ -77,9 +77,16 @@ pub enum RunError {
 #[derive(Debug, Default)]
 pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
+    sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
 }
 
 impl Status {
+    /// The shard's checkpoint as confirmed by the sink now (delivered and acknowledged, or
+    /// fsynced): everything up to it is safely out.
+    pub fn confirmed(&self, shard: &str) -> Option<EntryId> {
+        self.sink.get()?.checkpoints().get(shard)
+    }
+
     /// The counters of one shard, if it ever ran.
     pub fn shard(&self, name: &str) -> Option<StatsSnapshot> {
         self.shards.lock().ok()?.get(name).map(|s| s.snapshot())
@@ -184,6 +191,7 @@ pub async fn run_observed(
     }
 
     let names: Vec<Arc<str>> = shards.iter().map(|s| s.name.clone()).collect();
+    let status_for_sink = status.clone();
     let sink = match c.sink.kind {
         SinkKind::File => Sink::file(&FileSinkConfig::new(
             c.sink.path.clone().unwrap_or_else(|| "-".into()),
@@ -198,6 +206,7 @@ pub async fn run_observed(
         }
     };
 
+    let _ = status_for_sink.sink.set(sink.view());
     let mut tailer = TailerConfig::new("".into(), "");
     tailer.uri_options = c.mongo.uri_options.clone();
     tailer.username = c.mongo.username.clone();

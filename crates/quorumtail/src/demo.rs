@@ -54,6 +54,8 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let spec = ClusterSpec {
         noop_interval: Duration::from_millis(500),
         election_timeout: Duration::from_millis(800),
+        // Chunks (-inf, 500) and [1000, inf) on shard01, [500, 1000) on shard02.
+        split_points: Some(vec![bson::Bson::Int32(500), bson::Bson::Int32(1000)]),
         ..ClusterSpec::default()
     };
     let cluster = Cluster::start(spec).await?;
@@ -83,7 +85,14 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         &dir.path().join("checkpoints.json"),
     )?;
     let token = CancellationToken::new();
-    let runner = tokio::spawn(crate::coordinator::run(resolved, token.clone()));
+    // Whatever happens below, the pipeline and the record copier stop with the demo.
+    let _stop_on_exit = token.clone().drop_guard();
+    let status = std::sync::Arc::new(crate::coordinator::Status::default());
+    let runner = tokio::spawn(crate::coordinator::run_observed(
+        resolved,
+        token.clone(),
+        status.clone(),
+    ));
 
     // Copy records to stdout as they land, remembering what was emitted.
     let seen: Seen = Arc::default();
@@ -98,14 +107,16 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let orders = client
         .database("shop")
         .collection::<bson::Document>("orders");
-    let half = opts.writes.div_ceil(2).max(1);
-    // _id < 1000 lives on one shard, >= 1000 on the other (the simulator's split point).
-    for i in 0..half {
+    let third = opts.writes.div_ceil(3).max(1) as i32;
+    for i in 1..=third {
         orders
-            .insert_one(doc! { "_id": i as i32 + 1, "item": "tea", "qty": 1 })
+            .insert_one(doc! { "_id": i, "item": "tea", "qty": 1 })
             .await?;
         orders
-            .insert_one(doc! { "_id": 1000 + i as i32 + 1, "item": "coffee", "qty": 2 })
+            .insert_one(doc! { "_id": 500 + i, "item": "cake", "qty": 1 })
+            .await?;
+        orders
+            .insert_one(doc! { "_id": 1000 + i, "item": "coffee", "qty": 2 })
             .await?;
     }
     orders
@@ -117,7 +128,7 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     orders.delete_one(doc! { "_id": 2 }).await?;
     eprintln!(
         "demo: {} inserts, 2 updates, 1 delete written through mongos",
-        2 * half
+        3 * third
     );
 
     // A chunk migration: the documents move with fromMigrate inserts and deletes.
@@ -127,6 +138,19 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .move_chunk("shop.orders", bson::Bson::Int32(1), &s2)
         .await?;
     eprintln!("demo: chunk of _id 1 moved from {s1} to {s2} (fromMigrate entries on both shards)");
+    // Let the migration's deletes on the donor reach a majority before the failover.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .committed_entries(&s1)
+        .iter()
+        .any(|raw| OplogEntry::parse(raw).is_ok_and(|e| e.from_migrate))
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the migration did not commit on {s1}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Failover: isolate shard01's primary, which still accepts writes that no one else gets.
     let old = cluster
@@ -161,7 +185,10 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     for i in 0..3 {
         orders
-            .insert_one(doc! { "_id": 500 + i, "item": "after failover" })
+            .insert_one(doc! { "_id": 600 + i, "item": "after failover" })
+            .await?;
+        orders
+            .insert_one(doc! { "_id": 1100 + i, "item": "after failover" })
             .await?;
     }
     // A sentinel per shard: once both are emitted, everything before them is.
@@ -173,29 +200,45 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .await?;
     wait_until_rolled_back(&cluster, &s1).await;
 
-    if opts.brokers.is_none() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = {
-                let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                seen.values()
-                    .flatten()
-                    .filter(|(_, s)| s.contains("sentinel"))
-                    .count()
-                    >= 2
-            };
-            if done {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "records did not arrive within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    // Done when each shard's confirmed checkpoint (delivered to Kafka, or fsynced) has
+    // reached its sentinel's entry: every record before it is out.
+    let sentinel_of = |s: &str| {
+        cluster
+            .committed_entries(s)
+            .iter()
+            .filter_map(|raw| {
+                OplogEntry::parse(raw)
+                    .ok()
+                    .filter(|e| e.o.and_then(|o| o.get_str("item").ok()) == Some("sentinel"))
+                    .map(|e| e.id())
+            })
+            .next()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sentinels: Vec<(String, EntryId)> = loop {
+        let found: Vec<(String, EntryId)> = names
+            .iter()
+            .filter_map(|s| sentinel_of(s).map(|id| (s.clone(), id)))
+            .collect();
+        if found.len() == names.len() {
+            break found;
         }
-    } else {
-        // Kafka: wait for the confirmed checkpoints to reach the sentinels' commit points.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the sentinel writes did not commit on every shard within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !sentinels
+        .iter()
+        .all(|(s, id)| status.confirmed(s).is_some_and(|c| c.ts >= id.ts))
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "records were not all delivered within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     token.cancel();
     let report = runner.await??;
