@@ -400,3 +400,82 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
     assert!(recs.iter().all(|r| r["entry"]["fromMigrate"].is_null()));
     cluster.shutdown().await;
 }
+
+/// A transaction large enough to span several oplog entries (partialTxn chain) comes out
+/// as one record per operation, together, with its session details and the commit's ts;
+/// an aborted transaction emits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_emitted_whole_and_aborted_ones_not_at_all() {
+    let rs = mongosim::ReplicaSet::start(mongosim::ReplicaSetSpec {
+        max_txn_ops_per_entry: Some(2),
+        noop_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let name = rs.name();
+    let members: Vec<String> = rs.members().iter().map(|a| format!("\"{a}\"")).collect();
+    let shards = format!(
+        "[[shards]]\nname = \"{name}\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"earliest\"\n");
+
+    let client = mongodb::Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=5000",
+        rs.replica_set_uri(&name)
+    ))
+    .await
+    .unwrap();
+    let coll = client
+        .database("shop")
+        .collection::<bson::Document>("orders");
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    let mut session = client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    for i in 1..=5 {
+        coll.insert_one(doc! { "_id": i })
+            .session(&mut session)
+            .await
+            .unwrap();
+    }
+    coll.update_one(doc! { "_id": 0 }, doc! { "$set": { "paid": true } })
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! { "_id": 99 })
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.abort_transaction().await.unwrap();
+    coll.insert_one(doc! { "_id": 100, "after": true })
+        .await
+        .unwrap();
+
+    let out = q.out.clone();
+    wait_until(30, "the write after the transactions", || {
+        records(&out).iter().any(|r| r["entry"]["o"]["_id"] == 100)
+    })
+    .await;
+    assert!(q.stop().await.ok());
+    let recs = records(&tmp.path().join("out.jsonl"));
+    let txn: Vec<&serde_json::Value> = recs.iter().filter(|r| !r["txn"].is_null()).collect();
+    assert_eq!(txn.len(), 6, "{recs:#?}");
+    for (i, r) in txn.iter().enumerate() {
+        assert_eq!(r["txn"]["index"], i, "{r}");
+        assert_eq!(
+            r["ts"], txn[0]["ts"],
+            "every operation carries the commit's ts"
+        );
+        assert!(r["txn"]["lsid"].is_object() && r["txn"]["txnNumber"].is_number());
+    }
+    assert_eq!(txn[5]["op"], "u");
+    assert!(
+        recs.iter().all(|r| r["entry"]["o"]["_id"] != 99),
+        "the aborted transaction was emitted"
+    );
+    rs.shutdown().await;
+}
