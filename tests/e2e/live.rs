@@ -321,6 +321,10 @@ async fn quorum_lost_and_regained() {
         status.shard(&names[0]).is_some_and(|s| s.pending >= 1)
     })
     .await;
+    wait_until(30, "the shard to report its quorum unreachable", || {
+        status.shard(&names[0]).is_some_and(|s| !s.quorum_reachable)
+    })
+    .await;
     assert!(
         records(&q.out).iter().all(|r| r["entry"]["o"]["_id"] != 2),
         "emitted an entry only the primary holds"
@@ -332,6 +336,7 @@ async fn quorum_lost_and_regained() {
         emitted(&out, 2)
     })
     .await;
+    assert!(status.shard(&names[0]).unwrap().quorum_reachable);
     wait_caught_up(&cluster, &q.out).await;
     assert!(q.stop().await.ok());
     cluster.shutdown().await;

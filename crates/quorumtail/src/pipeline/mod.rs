@@ -190,7 +190,10 @@ pub async fn run_shard(
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(c) = control.recv() => task.control(c)?,
-                Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => task.handle(node, msg)?,
+                Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => {
+                    task.handle(node, msg)?;
+                    task.check_quorum_reachable();
+                }
             }
             task.flush().await?;
             if task.drained() {
@@ -231,6 +234,8 @@ struct ShardTask {
     out: Vec<SinkInput>,
     /// Set once the shard was removed: members that returned an empty batch since.
     draining: Option<std::collections::HashSet<NodeId>>,
+    /// Whether enough members are being tailed to reach the quorum (logged on change).
+    quorum_reachable: bool,
 }
 
 impl ShardTask {
@@ -255,6 +260,9 @@ impl ShardTask {
             stats.clone(),
             skip_orphans,
         );
+        stats
+            .quorum_reachable
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         let mut task = ShardTask {
             shard: shard.clone(),
             spec: spec.clone(),
@@ -270,6 +278,7 @@ impl ShardTask {
             emitter,
             out: Vec::with_capacity(1024),
             draining: None,
+            quorum_reachable: true,
         };
         match (checkpoint, task.shared.start) {
             (Some(cp), _) => {
@@ -330,6 +339,36 @@ impl ShardTask {
 
     /// Membership changes from discovery: stop removed members' tailers, start new ones,
     /// recompute the quorum.
+    /// Says once, loudly, when fewer members than the quorum are being tailed (nothing can
+    /// be emitted then), and again when enough are back.
+    fn check_quorum_reachable(&mut self) {
+        // Members still connecting count as reachable: only reported failures (down,
+        // refused, lacking the resume point) make the quorum unreachable.
+        let out: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| m.state != "tailing" && m.state != "connecting")
+            .collect();
+        let tailing = self.members.len() - out.len();
+        let reachable = tailing >= self.quorum;
+        if reachable == self.quorum_reachable {
+            return;
+        }
+        self.quorum_reachable = reachable;
+        self.stats
+            .quorum_reachable
+            .store(u64::from(reachable), std::sync::atomic::Ordering::Relaxed);
+        if reachable {
+            info!(shard = %self.shard, tailing, quorum = self.quorum, "quorum reachable again: emitting resumes");
+        } else {
+            let down: Vec<String> = out
+                .iter()
+                .map(|m| format!("{} ({})", m.addr, m.state))
+                .collect();
+            warn!(shard = %self.shard, tailing, quorum = self.quorum, members_out = ?down, "quorum unreachable: fewer members than the quorum are being read, so nothing can be confirmed; holding back until enough return");
+        }
+    }
+
     /// A removed shard is finished once a quorum of members reported an empty batch (they
     /// hold nothing newer) and the merge holds nothing unconfirmed.
     fn drained(&self) -> bool {

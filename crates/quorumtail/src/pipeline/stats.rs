@@ -33,6 +33,8 @@ pub struct ShardStats {
     pub failed: AtomicU64,
     /// Whether the shard's pipeline stopped cleanly (shutdown, or drained after removal).
     pub stopped: AtomicU64,
+    /// Whether at least a quorum of members is being tailed (1) or not (0).
+    pub quorum_reachable: AtomicU64,
 }
 
 impl ShardStats {
@@ -66,6 +68,7 @@ impl ShardStats {
             pending: self.pending.load(Relaxed),
             failed: self.failed.load(Relaxed) != 0,
             stopped: self.stopped.load(Relaxed) != 0,
+            quorum_reachable: self.quorum_reachable.load(Relaxed) != 0,
         }
     }
 }
@@ -87,4 +90,5 @@ pub struct StatsSnapshot {
     pub pending: u64,
     pub failed: bool,
     pub stopped: bool,
+    pub quorum_reachable: bool,
 }
