@@ -249,3 +249,40 @@ fn kill_9_and_restart_loses_nothing() {
     }
     rt.block_on(cluster.shutdown());
 }
+
+/// The librdkafka settings of every example are accepted by the librdkafka this binary
+/// links (property names, values, and features such as TLS and SASL/SCRAM).
+#[test]
+fn example_kafka_settings_are_accepted_by_librdkafka() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::BaseProducer;
+    let mut checked = 0;
+    for dir in ["config", "docker"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let resolved =
+                quorumtail::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let sink = &resolved.config.sink;
+            if sink.kind != quorumtail::config::SinkKind::Kafka {
+                continue;
+            }
+            let mut k = quorumtail_sink::KafkaSinkConfig::new(sink.brokers.clone().unwrap());
+            k.librdkafka = sink.librdkafka.clone();
+            let mut cc = ClientConfig::new();
+            for (key, value) in k.producer_properties().unwrap() {
+                cc.set(key, value);
+            }
+            if let Err(e) = cc.create::<BaseProducer>() {
+                panic!("{}: librdkafka refuses the settings: {e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "expected the Kafka examples, checked {checked}"
+    );
+}
