@@ -515,3 +515,50 @@ pub fn pred(ts: Timestamp) -> Timestamp {
         Timestamp::new(ts.time.saturating_sub(1), u32::MAX)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_entry_compares_the_parts_the_target_has() {
+        let ts = Timestamp::new(100, 2);
+        let t3 = EntryId::new(ts, 3);
+        assert!(same_entry(t3, t3));
+        // After a rollback the same ts exists with another term: not the resume entry.
+        assert!(!same_entry(EntryId::new(ts, 4), t3));
+        assert!(!same_entry(EntryId::new(Timestamp::new(100, 3), 3), t3));
+        // A timestamp-only target matches any entry at that ts.
+        assert!(same_entry(t3, EntryId::at(ts)));
+        let legacy = EntryId {
+            ts,
+            term: None,
+            hash: Some(-7),
+        };
+        assert!(same_entry(legacy, legacy));
+        assert!(!same_entry(
+            EntryId {
+                hash: Some(8),
+                ..legacy
+            },
+            legacy
+        ));
+    }
+
+    #[test]
+    fn pred_is_the_timestamp_just_below() {
+        assert_eq!(pred(Timestamp::new(100, 2)), Timestamp::new(100, 1));
+        assert_eq!(pred(Timestamp::new(100, 0)), Timestamp::new(99, u32::MAX));
+        assert!(pred(Timestamp::new(100, 0)) < Timestamp::new(100, 0));
+    }
+
+    #[test]
+    fn connection_string_is_direct_and_carries_user_options() {
+        let mut c = TailerConfig::new("s".into(), "h:27018");
+        assert!(c
+            .uri()
+            .starts_with("mongodb://h:27018/?directConnection=true"));
+        c.uri_options = "tls=true".into();
+        assert!(c.uri().ends_with("&tls=true"));
+    }
+}
