@@ -484,3 +484,112 @@ async fn transactions_are_emitted_whole_and_aborted_ones_not_at_all() {
     );
     rs.shutdown().await;
 }
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: quorumtail\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The operator endpoints: metrics per member and shard, readiness that follows the
+/// quorum, a JSON status and the human page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_endpoints_report_members_shards_and_readiness() {
+    let spec = ClusterSpec {
+        election_timeout: Duration::from_secs(3600),
+        ..spec()
+    };
+    let cluster = Cluster::start(spec).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(
+        tmp.path(),
+        &shards_toml(&cluster),
+        "[start]\nposition = \"earliest\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let coll = mongos(&cluster).await;
+    for i in 1..=5 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    let status = q.status.clone();
+    wait_until(30, "the HTTP endpoints", || status.http_addr().is_some()).await;
+    let addr = status.http_addr().unwrap();
+    let names = cluster.shard_names();
+    let get = move |p: &'static str| tokio::task::spawn_blocking(move || http_get(addr, p));
+
+    assert_eq!(get("/healthz").await.unwrap(), (200, "ok\n".into()));
+    wait_until(30, "every member tailing and the writes emitted", || {
+        let recs = records(&q.out);
+        let s = status.shard(&names[0]).unwrap_or_default();
+        recs.iter().filter(|r| r["op"] == "i").count() >= 5
+            && s.quorum_reachable
+            && status
+                .nodes(&names[0])
+                .values()
+                .all(|n| n.state == "tailing")
+    })
+    .await;
+    let (code, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for m in cluster.shard_members(&names[0]) {
+        let line = format!(
+            "quorumtail_node_up{{shard=\"{}\",node=\"{m}\"}} 1",
+            names[0]
+        );
+        assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
+    }
+    for family in [
+        "quorumtail_shard_records_total",
+        "quorumtail_shard_committed_timestamp_seconds",
+        "quorumtail_node_lag_seconds",
+        "quorumtail_shard_dropped_operations_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    assert_eq!(get("/readyz").await.unwrap().0, 200);
+    let (code, json) = get("/status").await.unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(
+        v["shards"][&names[0]]["nodes"].as_object().unwrap().len(),
+        3
+    );
+    let (code, page) = get("/").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&names[0]) && page.contains("quorum available"),
+        "{page}"
+    );
+
+    // Two members of shard01 go down: not ready, and the page says why.
+    let primary = cluster.primary_of(&names[0]).unwrap();
+    for m in cluster
+        .shard_members(&names[0])
+        .into_iter()
+        .filter(|m| *m != primary)
+    {
+        cluster.kill_node(m).await.unwrap();
+    }
+    wait_until(30, "the shard to lose its quorum", || {
+        status.shard(&names[0]).is_some_and(|s| !s.quorum_reachable)
+    })
+    .await;
+    let (code, body) = get("/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains(&format!("shard {}", names[0])), "{body}");
+    assert!(get("/").await.unwrap().1.contains("quorum unavailable"));
+    assert_eq!(get("/nope").await.unwrap().0, 404);
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}

@@ -71,6 +71,14 @@ pub enum RunError {
     /// Discovery failed at startup with no static shards to fall back on.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// The HTTP endpoints could not listen.
+    #[error("http.listen {addr}: {source}; choose a free address or remove [http]")]
+    Http {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Live view of the running shards, shared with observers (status endpoints, tests).
@@ -78,6 +86,7 @@ pub enum RunError {
 pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
     sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
+    http: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Status {
@@ -85,6 +94,27 @@ impl Status {
     /// fsynced): everything up to it is safely out.
     pub fn confirmed(&self, shard: &str) -> Option<EntryId> {
         self.sink.get()?.checkpoints().get(shard)
+    }
+
+    /// Where the HTTP endpoints listen, once they do.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.get().copied()
+    }
+
+    /// The sink's definite error, if it stopped.
+    pub fn sink_failure(&self) -> Option<String> {
+        let f = self.sink.get()?.failure();
+        let f = f.borrow();
+        f.as_ref().map(|e| e.to_string())
+    }
+
+    /// A shard's members.
+    pub fn nodes(&self, shard: &str) -> BTreeMap<String, crate::pipeline::stats::NodeStats> {
+        self.shards
+            .lock()
+            .ok()
+            .and_then(|m| m.get(shard).map(|s| s.nodes()))
+            .unwrap_or_default()
     }
 
     /// The counters of one shard, if it ever ran.
@@ -140,6 +170,24 @@ pub async fn run_observed(
         }
     };
     let stored: HashMap<Arc<str>, EntryId> = store.load().await?;
+    let http_stop = CancellationToken::new();
+    let _http_stop_guard = http_stop.clone().drop_guard();
+    if let Some(h) = &c.http {
+        let listener = tokio::net::TcpListener::bind(&h.listen)
+            .await
+            .map_err(|source| RunError::Http {
+                addr: h.listen.clone(),
+                source,
+            })?;
+        if let Ok(a) = listener.local_addr() {
+            let _ = status.http.set(a);
+        }
+        tokio::spawn(crate::http::serve(
+            listener,
+            status.clone(),
+            http_stop.clone(),
+        ));
+    }
     for (shard, pos) in &stored {
         info!(%shard, checkpoint = %pos, "checkpoint loaded");
     }

@@ -13,4 +13,5 @@
 pub mod config;
 pub mod coordinator;
 pub mod demo;
+pub mod http;
 pub mod pipeline;

@@ -157,6 +157,7 @@ impl EntryRef {
 #[derive(Debug)]
 struct Member {
     addr: String,
+    info: stats::NodeStats,
     probe: Option<(Option<EntryId>, Option<EntryId>)>,
     lacks: Option<(ResumeTarget, Option<EntryId>)>,
     state: String,
@@ -323,6 +324,10 @@ impl ShardTask {
             id,
             Member {
                 addr: addr.to_owned(),
+                info: stats::NodeStats {
+                    state: "connecting".into(),
+                    ..Default::default()
+                },
                 probe: None,
                 lacks: None,
                 state: "connecting".into(),
@@ -398,6 +403,7 @@ impl ShardTask {
         for id in removed {
             if let Some(m) = self.members.remove(&id) {
                 info!(shard = %self.shard, node = %m.addr, "member removed: stopping its tailer");
+                self.stats.remove_node(&m.addr);
             }
             // Dropping the receiver ends the tailer (its sends fail).
             self.streams.remove(&id);
@@ -436,6 +442,23 @@ impl ShardTask {
     }
 
     fn handle(&mut self, node: NodeId, msg: TailMsg) -> Result<(), ShardError> {
+        let result = self.handle_msg(node, msg);
+        if let Some(m) = self.members.get_mut(&node) {
+            m.info.state.clone_from(&m.state);
+            self.stats.set_node(&m.addr, m.info.clone());
+        }
+        if let Some(e) = self.engine.as_ref() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.pending.store(e.pending_len() as u64, Relaxed);
+            self.stats.quorum.store(e.quorum() as u64, Relaxed);
+            if let Some(w) = e.watermark() {
+                self.stats.watermark.store(w.ts.as_u64(), Relaxed);
+            }
+        }
+        result
+    }
+
+    fn handle_msg(&mut self, node: NodeId, msg: TailMsg) -> Result<(), ShardError> {
         let shard = self.shard.clone();
         let Some(member) = self.members.get_mut(&node) else {
             return Ok(());
@@ -443,6 +466,7 @@ impl ShardTask {
         match msg {
             TailMsg::Probe { oldest, newest } => {
                 member.probe = Some((oldest, newest));
+                member.info.oldest_ts = oldest.map(|o| o.ts);
                 if self.engine.is_none() {
                     if let Some((target, start)) =
                         decide_start(&self.members, self.quorum, self.shared.start)
@@ -482,6 +506,7 @@ impl ShardTask {
                 }
             }
             TailMsg::Started { .. } => {
+                member.info.starts += 1;
                 self.stats
                     .tailer_starts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -492,19 +517,25 @@ impl ShardTask {
                 }
             }
             TailMsg::Idle => {
+                member.info.last_seen_unix_ms = now_ms();
                 member.state = "tailing".into();
                 if let Some(idle) = self.draining.as_mut() {
                     idle.insert(node);
                 }
             }
-            TailMsg::Down { reason } => member.state = format!("down: {reason}"),
+            TailMsg::Down { reason } => {
+                member.info.interruptions += 1;
+                member.state = format!("down: {reason}");
+            }
             TailMsg::Refused { reason } => {
                 error!(%shard, node = %member.addr, %reason, "member refused");
+                member.info.interruptions += 1;
                 member.state = format!("refused: {reason}");
             }
             TailMsg::Lacks { target, first } => {
                 warn!(%shard, node = %member.addr, target = %target.id, first = ?first.map(|f| f.to_string()), "member no longer holds the resume point");
                 member.lacks = Some((target, first));
+                member.info.interruptions += 1;
                 member.state = "lacks the resume point".into();
                 let lacking: Vec<&Member> = self
                     .members
@@ -538,6 +569,8 @@ impl ShardTask {
                     idle.remove(&node);
                 }
                 let addr = member.addr.clone();
+                member.info.last_seen_unix_ms = now_ms();
+                let last_ts = &mut member.info.last_ts;
                 let Some(e) = self.engine.as_mut() else {
                     return Ok(());
                 };
@@ -550,6 +583,7 @@ impl ShardTask {
                 for doc in batch.entries().map_err(bad)? {
                     let doc = doc.map_err(bad)?;
                     let parsed = OplogEntry::parse(doc).map_err(|e| bad(e.to_string()))?;
+                    *last_ts = Some(parsed.ts);
                     let start = doc.as_bytes().as_ptr() as usize - base;
                     let payload = EntryRef {
                         batch: reply.clone(),
@@ -567,11 +601,6 @@ impl ShardTask {
                     })?;
                 }
                 self.drain()?;
-                if let Some(e) = self.engine.as_ref() {
-                    self.stats
-                        .pending
-                        .store(e.pending_len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
                 self.backpressure();
             }
         }
@@ -771,4 +800,11 @@ fn drain_events(
         warn!(%shard, count = n, first = %first, last = %last, held_by = ?held, "discarded entries no quorum holds (rolled back or seen by a minority only); none is emitted");
     }
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -1,8 +1,27 @@
 //! Counters one shard pipeline keeps for status, metrics and the demo summary.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
-use quorumtail_oplog::DropReason;
+use quorumtail_oplog::{DropReason, Timestamp};
+
+/// What a shard pipeline knows about one member, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeStats {
+    /// `connecting`, `tailing`, `down: <reason>`, `refused: <reason>`, `lacks the resume point`.
+    pub state: String,
+    /// The newest entry this member reported.
+    pub last_ts: Option<Timestamp>,
+    /// The oldest entry of its oplog when its tailer last connected.
+    pub oldest_ts: Option<Timestamp>,
+    /// Tailer (re)starts.
+    pub starts: u64,
+    /// Interruptions (connection lost, cursor killed, rollback, ...).
+    pub interruptions: u64,
+    /// When it last answered (a batch or an empty getMore), Unix milliseconds.
+    pub last_seen_unix_ms: u64,
+}
 
 /// Per-shard counters (relaxed atomics: read for reporting only).
 #[derive(Debug, Default)]
@@ -35,6 +54,12 @@ pub struct ShardStats {
     pub stopped: AtomicU64,
     /// Whether at least a quorum of members is being tailed (1) or not (0).
     pub quorum_reachable: AtomicU64,
+    /// The merge watermark (the last committed entry's ts, `Timestamp::as_u64`; 0 = none).
+    pub watermark: AtomicU64,
+    /// The quorum in force.
+    pub quorum: AtomicU64,
+    /// Per member, by address.
+    pub nodes: Mutex<BTreeMap<String, NodeStats>>,
 }
 
 impl ShardStats {
@@ -50,6 +75,31 @@ impl ShardStats {
 
     pub(crate) fn emitted(&self) {
         self.records.fetch_add(1, Relaxed);
+    }
+
+    /// The members, by address.
+    pub fn nodes(&self) -> BTreeMap<String, NodeStats> {
+        self.nodes.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_node(&self, addr: &str, node: NodeStats) {
+        if let Ok(mut m) = self.nodes.lock() {
+            m.insert(addr.to_owned(), node);
+        }
+    }
+
+    pub(crate) fn remove_node(&self, addr: &str) {
+        if let Ok(mut m) = self.nodes.lock() {
+            m.remove(addr);
+        }
+    }
+
+    /// The merge watermark's timestamp, if anything was committed.
+    pub fn watermark(&self) -> Option<Timestamp> {
+        match self.watermark.load(Relaxed) {
+            0 => None,
+            v => Some(Timestamp::from_u64(v)),
+        }
     }
 
     /// A plain snapshot.
@@ -69,6 +119,8 @@ impl ShardStats {
             failed: self.failed.load(Relaxed) != 0,
             stopped: self.stopped.load(Relaxed) != 0,
             quorum_reachable: self.quorum_reachable.load(Relaxed) != 0,
+            quorum: self.quorum.load(Relaxed),
+            watermark_seconds: self.watermark.load(Relaxed) >> 32,
         }
     }
 }
@@ -91,4 +143,6 @@ pub struct StatsSnapshot {
     pub failed: bool,
     pub stopped: bool,
     pub quorum_reachable: bool,
+    pub quorum: u64,
+    pub watermark_seconds: u64,
 }

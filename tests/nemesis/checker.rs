@@ -1,0 +1,398 @@
+//! The checker: every record of every run against the simulator's ground truth.
+//!
+//! Identities are per shard (a replica set's `(ts, t)`), so every comparison is within one
+//! shard. Reported:
+//!
+//! - **lost**: a majority-committed application entry never emitted;
+//! - **phantom**: emitted but rolled back, never held by a majority, fromMigrate, or
+//!   otherwise filtered;
+//! - **duplicates**, each inside or outside a restart window (after a `kill -9`, a run
+//!   may repeat what the killed run emitted after the checkpoint stored before the kill;
+//!   nothing else may repeat);
+//! - **per-shard order**: within a run a shard's identities strictly increase; a run
+//!   resumes after the checkpoint its predecessor left;
+//! - **per-document order**: the versions of one `_id` in output order; an inversion
+//!   between records of two shards is the known limit of per-shard ordering (a chunk moved
+//!   and the shards' streams interleave freely) and is only counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use quorumtail_oplog::{EntryId, Filter, OplogEntry};
+use serde_json::Value;
+
+/// One run's records and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Segment {
+    pub records: Vec<Value>,
+    /// Ended by `kill -9` (its successor may repeat what it emitted after `checkpoints`).
+    pub killed: bool,
+    /// The checkpoints stored when it ended.
+    pub checkpoints: BTreeMap<String, EntryId>,
+}
+
+/// The ground truth of one shard.
+#[derive(Debug, Clone, Default)]
+pub struct ShardTruth {
+    /// Majority-committed entries the default filter keeps, in oplog order.
+    pub committed_app: Vec<EntryId>,
+    /// Every majority-committed entry.
+    pub committed_all: HashSet<EntryId>,
+    /// Entries removed from some member by a rollback.
+    pub rolled_back: HashSet<EntryId>,
+    /// Chunk-migration entries (committed or not).
+    pub from_migrate: HashSet<EntryId>,
+}
+
+impl ShardTruth {
+    /// Reads a shard's ground truth from the simulator.
+    pub fn read(cluster: &mongosim::Cluster, shard: &str) -> ShardTruth {
+        let f = Filter::default();
+        let mut t = ShardTruth::default();
+        for raw in cluster.committed_entries(shard) {
+            let e = OplogEntry::parse(&raw).expect("committed entry parses");
+            if f.check(e.op, e.ns, e.from_migrate).is_ok() {
+                t.committed_app.push(e.id());
+            }
+            if e.from_migrate {
+                t.from_migrate.insert(e.id());
+            }
+            t.committed_all.insert(e.id());
+        }
+        for raw in cluster.rolled_back_entries(shard) {
+            let e = OplogEntry::parse(&raw).expect("rolled-back entry parses");
+            if e.from_migrate {
+                t.from_migrate.insert(e.id());
+            }
+            t.rolled_back.insert(e.id());
+        }
+        t
+    }
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub records: usize,
+    pub distinct: usize,
+    pub committed_app: usize,
+    pub lost: Vec<String>,
+    pub phantom: Vec<String>,
+    pub dup_in_window: usize,
+    pub dup_outside: Vec<String>,
+    pub shard_order: Vec<String>,
+    pub doc_order_same_shard: Vec<String>,
+    pub doc_order_cross_shard: usize,
+    /// Ground truth that contradicts itself (a simulator bug, not quorumtail's).
+    pub sim_anomalies: Vec<String>,
+    pub rolled_back: usize,
+    pub from_migrate: usize,
+}
+
+impl Verdict {
+    /// One line per failure class, with up to 5 examples each.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut class = |name: &str, v: &[String]| {
+            if !v.is_empty() {
+                let ex: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+                out.push(format!("{} {name}: {}", v.len(), ex.join("; ")));
+            }
+        };
+        class("lost", &self.lost);
+        class("phantom", &self.phantom);
+        class("duplicates outside a restart window", &self.dup_outside);
+        class("per-shard order violations", &self.shard_order);
+        class(
+            "per-document order violations within a shard",
+            &self.doc_order_same_shard,
+        );
+        class("ground-truth anomalies (mongosim)", &self.sim_anomalies);
+        out
+    }
+}
+
+/// The identity of a record: shard, entry identity, and its index within a transaction.
+fn key(r: &Value) -> (String, EntryId, i64) {
+    let id: EntryId = serde_json::from_value(r["id"].clone()).expect("record id");
+    (
+        r["shard"].as_str().unwrap_or_default().to_owned(),
+        id,
+        r["txn"]["index"].as_i64().unwrap_or(-1),
+    )
+}
+
+/// `(ns, _id, version)` of an application record of the workload: inserts have version
+/// `v` (0), updates the `v` they set, deletes come last.
+pub fn doc_version(entry: &Value) -> Option<(String, String, i64)> {
+    let ns = entry["ns"].as_str()?.to_owned();
+    let (id, v) = match entry["op"].as_str()? {
+        "i" => (&entry["o"]["_id"], entry["o"]["v"].as_i64()?),
+        "u" => {
+            let o = &entry["o"];
+            let v = o["diff"]["u"]["v"]
+                .as_i64()
+                .or_else(|| o["diff"]["i"]["v"].as_i64())
+                .or_else(|| o["$set"]["v"].as_i64())
+                .or_else(|| o["v"].as_i64())?;
+            (&entry["o2"]["_id"], v)
+        }
+        "d" => (&entry["o"]["_id"], i64::MAX),
+        _ => return None,
+    };
+    Some((ns, id.to_string(), v))
+}
+
+/// Checks every record of every run.
+pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verdict {
+    let mut v = Verdict::default();
+    // First occurrence of each record: (segment).
+    let mut first: HashMap<(String, EntryId, i64), usize> = HashMap::new();
+    let mut emitted: HashMap<String, HashSet<EntryId>> = HashMap::new();
+    // Per document: (version, shard, where) of the last first-occurrence record.
+    let mut docs: HashMap<(String, String), (i64, String, String)> = HashMap::new();
+    let apps: HashMap<&String, HashSet<EntryId>> = truth
+        .iter()
+        .map(|(s, t)| (s, t.committed_app.iter().copied().collect()))
+        .collect();
+    for (k, seg) in segments.iter().enumerate() {
+        let mut last: HashMap<String, (EntryId, i64)> = HashMap::new();
+        let resumed_after = if k > 0 {
+            Some(&segments[k - 1])
+        } else {
+            None
+        };
+        for (line, r) in seg.records.iter().enumerate() {
+            v.records += 1;
+            let (shard, id, idx) = key(r);
+            let at = format!("run {} record {}", k + 1, line + 1);
+            // Per-shard order within the run.
+            if let Some((prev, pidx)) = last.get(&shard) {
+                if !(id > *prev || (id == *prev && idx > *pidx)) {
+                    v.shard_order.push(format!(
+                        "{shard}: {id} after {prev} ({at})"
+                    ));
+                }
+            } else if let Some(cp) = resumed_after.and_then(|p| p.checkpoints.get(&shard)) {
+                if id <= *cp {
+                    v.shard_order.push(format!(
+                        "{shard}: run {} restarted at {id}, at or before the checkpoint {cp} its predecessor stored",
+                        k + 1
+                    ));
+                }
+            }
+            last.insert(shard.clone(), (id, idx));
+            // Duplicates.
+            match first.get(&(shard.clone(), id, idx)) {
+                None => {
+                    first.insert((shard.clone(), id, idx), k);
+                }
+                Some(&j) => {
+                    let in_window = j < k
+                        && resumed_after.is_some_and(|p| {
+                            p.killed && p.checkpoints.get(&shard).is_none_or(|cp| id > *cp)
+                        });
+                    if in_window {
+                        v.dup_in_window += 1;
+                    } else {
+                        v.dup_outside.push(format!(
+                            "{shard}: {id} first in run {}, again in {at}",
+                            j + 1
+                        ));
+                    }
+                    continue;
+                }
+            }
+            emitted.entry(shard.clone()).or_default().insert(id);
+            // Phantoms.
+            let t = truth.get(&shard);
+            let from_migrate = r["entry"]["fromMigrate"].as_bool() == Some(true)
+                || t.is_some_and(|t| t.from_migrate.contains(&id));
+            let committed = t.is_some_and(|t| t.committed_all.contains(&id));
+            let app = apps.get(&shard).is_some_and(|a| a.contains(&id));
+            if from_migrate {
+                v.phantom
+                    .push(format!("{shard}: {id} is a fromMigrate entry ({at})"));
+            } else if !committed {
+                let why = if t.is_some_and(|t| t.rolled_back.contains(&id)) {
+                    "was rolled back"
+                } else {
+                    "was never held by a majority"
+                };
+                v.phantom.push(format!(
+                    "{shard}: {id} {why} ({at}, {} {})",
+                    r["op"], r["entry"]["o"]
+                ));
+            } else if !app {
+                v.phantom.push(format!(
+                    "{shard}: {id} should have been filtered ({at}, {})",
+                    r["entry"]
+                ));
+            }
+            // Per-document order.
+            if let Some((ns, doc, ver)) = doc_version(&r["entry"]) {
+                let dk = (ns, doc);
+                if let Some((pv, pshard, pat)) = docs.get(&dk) {
+                    if ver <= *pv {
+                        if *pshard == shard {
+                            v.doc_order_same_shard.push(format!(
+                                "{} _id {}: version {ver} on {shard} ({at}) after version {pv} ({pat})",
+                                dk.0, dk.1
+                            ));
+                        } else {
+                            v.doc_order_cross_shard += 1;
+                        }
+                    }
+                }
+                if docs.get(&dk).is_none_or(|(pv, _, _)| ver > *pv) {
+                    docs.insert(dk, (ver, shard.clone(), at));
+                }
+            }
+        }
+    }
+    v.distinct = first.len();
+    for (shard, t) in truth {
+        v.committed_app += t.committed_app.len();
+        v.rolled_back += t.rolled_back.len();
+        v.from_migrate += t.from_migrate.len();
+        let seen = emitted.get(shard);
+        for id in &t.committed_app {
+            if !seen.is_some_and(|s| s.contains(id)) {
+                v.lost.push(format!("{shard}: {id}"));
+            }
+        }
+        let mut both: Vec<&EntryId> = t.rolled_back.intersection(&t.committed_all).collect();
+        both.sort();
+        for id in both {
+            v.sim_anomalies.push(format!(
+                "{shard}: {id} is both majority-committed and rolled back"
+            ));
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorumtail_oplog::Timestamp;
+
+    fn id(i: u32) -> EntryId {
+        EntryId::new(
+            Timestamp {
+                time: 100,
+                increment: i,
+            },
+            1,
+        )
+    }
+
+    fn rec(shard: &str, i: u32, doc: i32, v: i64) -> Value {
+        serde_json::json!({
+            "shard": shard,
+            "id": id(i),
+            "op": "u",
+            "ns": "shop.orders",
+            "entry": {"op": "u", "ns": "shop.orders", "o": {"$v": 2, "diff": {"u": {"v": v}}}, "o2": {"_id": doc}},
+        })
+    }
+
+    fn truth(ids: &[u32]) -> ShardTruth {
+        ShardTruth {
+            committed_app: ids.iter().map(|i| id(*i)).collect(),
+            committed_all: ids.iter().map(|i| id(*i)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn one(shard: &str, t: ShardTruth) -> BTreeMap<String, ShardTruth> {
+        BTreeMap::from([(shard.to_owned(), t)])
+    }
+
+    #[test]
+    fn clean_output_passes() {
+        let seg = Segment {
+            records: vec![rec("a", 1, 1, 1), rec("a", 2, 1, 2)],
+            ..Default::default()
+        };
+        let v = check(&[seg], &one("a", truth(&[1, 2])));
+        assert!(v.failures().is_empty(), "{:?}", v.failures());
+        assert_eq!(v.distinct, 2);
+    }
+
+    #[test]
+    fn lost_and_phantom_are_reported() {
+        let mut t = truth(&[1, 2]);
+        t.rolled_back.insert(id(3));
+        let seg = Segment {
+            records: vec![rec("a", 1, 1, 1), rec("a", 3, 2, 1)],
+            ..Default::default()
+        };
+        let v = check(&[seg], &one("a", t));
+        assert_eq!(v.lost, vec![format!("a: {}", id(2))]);
+        assert_eq!(v.phantom.len(), 1);
+        assert!(v.phantom[0].contains("rolled back"), "{:?}", v.phantom);
+    }
+
+    #[test]
+    fn repeats_after_a_kill_are_inside_the_window_only_after_the_checkpoint() {
+        let killed = Segment {
+            records: vec![rec("a", 1, 1, 1), rec("a", 2, 1, 2), rec("a", 3, 1, 3)],
+            killed: true,
+            checkpoints: BTreeMap::from([("a".to_owned(), id(1))]),
+        };
+        let next = Segment {
+            records: vec![rec("a", 2, 1, 2), rec("a", 3, 1, 3), rec("a", 4, 1, 4)],
+            ..Default::default()
+        };
+        let v = check(&[killed.clone(), next], &one("a", truth(&[1, 2, 3, 4])));
+        assert!(v.failures().is_empty(), "{:?}", v.failures());
+        assert_eq!(v.dup_in_window, 2);
+
+        // Repeating the checkpoint itself is outside the window, and an order violation.
+        let bad = Segment {
+            records: vec![rec("a", 1, 1, 1), rec("a", 4, 1, 4)],
+            ..Default::default()
+        };
+        let v = check(&[killed.clone(), bad], &one("a", truth(&[1, 2, 3, 4])));
+        assert_eq!(v.dup_outside.len(), 1, "{v:?}");
+        assert_eq!(v.shard_order.len(), 1, "{v:?}");
+
+        // After a graceful stop nothing may repeat.
+        let stopped = Segment {
+            killed: false,
+            ..killed
+        };
+        let again = Segment {
+            records: vec![rec("a", 3, 1, 3), rec("a", 4, 1, 4)],
+            ..Default::default()
+        };
+        let v = check(&[stopped, again], &one("a", truth(&[1, 2, 3, 4])));
+        assert_eq!(v.dup_outside.len(), 1, "{v:?}");
+    }
+
+    #[test]
+    fn order_within_a_shard_and_across_shards() {
+        let seg = Segment {
+            records: vec![rec("a", 2, 1, 2), rec("a", 1, 1, 1), rec("b", 1, 1, 1)],
+            ..Default::default()
+        };
+        let t = BTreeMap::from([("a".to_owned(), truth(&[1, 2])), ("b".to_owned(), truth(&[1]))]);
+        let v = check(&[seg], &t);
+        assert_eq!(v.shard_order.len(), 1, "{v:?}");
+        assert_eq!(v.doc_order_same_shard.len(), 1, "{v:?}");
+        // Version 1 on shard b after version 2 on shard a: the known cross-shard limit.
+        assert_eq!(v.doc_order_cross_shard, 1, "{v:?}");
+    }
+
+    #[test]
+    fn from_migrate_records_are_phantoms() {
+        let mut r = rec("a", 1, 1, 1);
+        r["entry"]["fromMigrate"] = Value::Bool(true);
+        let seg = Segment {
+            records: vec![r],
+            ..Default::default()
+        };
+        let v = check(&[seg], &one("a", truth(&[1])));
+        assert_eq!(v.phantom.len(), 1);
+    }
+}
