@@ -159,6 +159,61 @@ pub async fn run_observed(
     shutdown: CancellationToken,
     status: Arc<Status>,
 ) -> Result<RunReport, RunError> {
+    let (_tx, rx) = mpsc::channel(1);
+    run_controlled(cfg, shutdown, status, rx).await
+}
+
+/// Requests to a running coordinator (the binary sends them on signals).
+#[derive(Debug)]
+pub enum Command {
+    /// Store the confirmed checkpoints now (SIGUSR1).
+    ForceCheckpoint,
+    /// Apply the topology of a re-read, already validated configuration (SIGHUP). Other
+    /// settings take effect at the next start.
+    Reload(Box<Resolved>),
+}
+
+/// The static `[[shards]]` of a configuration.
+fn static_shards(cfg: &Resolved) -> Vec<ShardSpec> {
+    cfg.shards
+        .iter()
+        .map(|s| ShardSpec {
+            name: s.name.as_str().into(),
+            replica_set: Some(s.name.clone()),
+            members: s.members.clone(),
+            arbiters: s.arbiters,
+            quorum: cfg
+                .config
+                .shards
+                .iter()
+                .find(|x| x.name == s.name)
+                .and_then(|x| x.quorum),
+        })
+        .collect()
+}
+
+/// The whole topology: static shards, then discovered ones not defined statically (a static
+/// definition wins, e.g. to list hidden members or set a quorum).
+fn topology(static_shards: &[ShardSpec], discovered: Vec<ShardSpec>) -> Vec<ShardSpec> {
+    let mut all = static_shards.to_vec();
+    for s in discovered {
+        if !all.iter().any(|x| x.name == s.name) {
+            all.push(s);
+        }
+    }
+    all
+}
+
+/// [`run_observed`], also taking [`Command`]s.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_controlled(
+    cfg: Resolved,
+    shutdown: CancellationToken,
+    status: Arc<Status>,
+    mut commands: mpsc::Receiver<Command>,
+) -> Result<RunReport, RunError> {
     let c = &cfg.config;
     let store: Arc<dyn CheckpointStore> = match c.checkpoint.kind {
         CheckpointKind::File => Arc::new(FileCheckpointStore::new(&c.checkpoint.path)),
@@ -192,21 +247,8 @@ pub async fn run_observed(
         info!(%shard, checkpoint = %pos, "checkpoint loaded");
     }
 
-    let mut shards: Vec<ShardSpec> = cfg
-        .shards
-        .iter()
-        .map(|s| ShardSpec {
-            name: s.name.as_str().into(),
-            replica_set: Some(s.name.clone()),
-            members: s.members.clone(),
-            arbiters: s.arbiters,
-            quorum: c
-                .shards
-                .iter()
-                .find(|x| x.name == s.name)
-                .and_then(|x| x.quorum),
-        })
-        .collect();
+    let mut static_topology = static_shards(&cfg);
+    let mut shards = static_topology.clone();
     let discovery = match &c.discovery {
         Some(d) => Some(
             Discovery::connect(
@@ -224,13 +266,7 @@ pub async fn run_observed(
     };
     if let Some(d) = &discovery {
         match d.shards().await {
-            Ok(found) => {
-                for s in found {
-                    if !shards.iter().any(|x| x.name == s.name) {
-                        shards.push(s);
-                    }
-                }
-            }
+            Ok(found) => shards = topology(&static_topology, found),
             Err(e) if !shards.is_empty() => {
                 warn!(error = %e, "discovery failed at startup; using the static shards")
             }
@@ -317,10 +353,32 @@ pub async fn run_observed(
                     break;
                 }
             }
+            Some(cmd) = commands.recv() => match cmd {
+                Command::ForceCheckpoint => {
+                    let now = sink.checkpoints();
+                    match store.store(&now).await {
+                        Ok(()) => info!(checkpoints = ?now.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), "checkpoints stored on request"),
+                        Err(e) => warn!(error = %e, "checkpoint store failed"),
+                    }
+                }
+                Command::Reload(new) => {
+                    static_topology = static_shards(&new);
+                    let discovered = match &discovery {
+                        Some(d) => d.shards().await.unwrap_or_else(|e| {
+                            warn!(error = %e, "discovery failed during reload; using the static shards only");
+                            Vec::new()
+                        }),
+                        None => Vec::new(),
+                    };
+                    info!("configuration reloaded: applying its topology (other settings take effect at the next start)");
+                    running.reconcile(topology(&static_topology, discovered), &stored, &shared, &pipelines_stop, new.start);
+                }
+            },
             _ = discovery_tick.tick(), if discovery.is_some() => {
                 if let Some(d) = &discovery {
                     match d.shards().await {
-                        Ok(found) => running.reconcile(found, &stored, &shared, &pipelines_stop),
+                        // A shard that appears in the cluster is new: its oplog is short, read it all.
+                        Ok(found) => running.reconcile(topology(&static_topology, found), &stored, &shared, &pipelines_stop, crate::config::StartPosition::Earliest),
                         Err(e) => warn!(error = %e, "discovery failed; keeping the current topology"),
                     }
                 }
@@ -434,6 +492,7 @@ impl Running {
         stored: &HashMap<Arc<str>, EntryId>,
         shared: &Shared,
         stop: &CancellationToken,
+        new_shard_start: crate::config::StartPosition,
     ) {
         let before: Vec<String> = self.shards.keys().map(|k| k.to_string()).collect();
         let mut changed = false;
@@ -447,10 +506,10 @@ impl Running {
                     {
                         continue;
                     }
-                    info!(shard = %s.name, members = ?s.members, "shard added: starting its pipeline from the beginning of its oplog");
+                    info!(shard = %s.name, members = ?s.members, start = ?new_shard_start, "shard added: starting its pipeline");
                     let mut shared = shared.clone();
                     if !stored.contains_key(&s.name) {
-                        shared.start = crate::config::StartPosition::Earliest;
+                        shared.start = new_shard_start;
                     }
                     self.start(s.clone(), stored.get(&s.name).copied(), &shared, stop);
                     changed = true;

@@ -111,22 +111,47 @@ fn init_logging(format: Option<LogFormat>) {
     };
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
-fn on_signals(token: CancellationToken) {
+/// SIGINT/SIGTERM cancel `token`; SIGUSR1 asks for a checkpoint now; SIGHUP re-reads the
+/// config file and, when it is valid, applies its topology (a bad file is logged and the
+/// running topology kept).
+fn on_signals(
+    token: CancellationToken,
+    path: std::path::PathBuf,
+    commands: tokio::sync::mpsc::Sender<coordinator::Command>,
+) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let (Ok(mut term), Ok(mut usr1), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::user_defined1()),
+                signal(SignalKind::hangup()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
                 return;
             };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+                    _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                    _ = usr1.recv() => {
+                        tracing::info!("SIGUSR1: storing checkpoints now");
+                        let _ = commands.send(coordinator::Command::ForceCheckpoint).await;
+                    }
+                    _ = hup.recv() => match Config::load(&path) {
+                        Ok(new) => {
+                            tracing::info!(path = %path.display(), "SIGHUP: configuration re-read and valid");
+                            let _ = commands.send(coordinator::Command::Reload(Box::new(new))).await;
+                        }
+                        Err(e) => tracing::error!("SIGHUP: the configuration was rejected, keeping the running topology: {e}"),
+                    },
+                }
             }
         }
         #[cfg(not(unix))]
         {
+            let _ = (path, commands);
             let _ = tokio::signal::ctrl_c().await;
         }
         token.cancel();
@@ -146,8 +171,9 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     runtime().block_on(async move {
         let token = CancellationToken::new();
-        on_signals(token.clone());
-        match coordinator::run(resolved, token).await {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        on_signals(token.clone(), path.to_owned(), tx);
+        match coordinator::run_controlled(resolved, token, Default::default(), rx).await {
             Ok(report) if report.ok() => {
                 tracing::info!(checkpoints = ?report.checkpoints, "stopped cleanly");
                 ExitCode::SUCCESS

@@ -286,3 +286,112 @@ fn example_kafka_settings_are_accepted_by_librdkafka() {
         "expected the Kafka examples, checked {checked}"
     );
 }
+
+/// SIGUSR1 stores the checkpoints at once; SIGHUP re-reads the config: a bad file is
+/// rejected and logged while the run goes on, a good one adds its new shard.
+#[cfg(unix)]
+#[test]
+fn sigusr1_checkpoints_and_sighup_reloads_the_topology() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt
+        .block_on(mongosim::Cluster::start(mongosim::ClusterSpec {
+            noop_interval: std::time::Duration::from_millis(200),
+            ..Default::default()
+        }))
+        .unwrap();
+    let names = cluster.shard_names();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cp, cfg_path, log) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("cp.json"),
+        dir.path().join("q.toml"),
+        dir.path().join("log"),
+    );
+    let config = |shards: &[String]| {
+        let mut c = String::new();
+        for s in shards {
+            let m: Vec<String> = cluster
+                .shard_members(s)
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect();
+            c.push_str(&format!(
+                "[[shards]]\nname = \"{s}\"\nmembers = [{}]\n",
+                m.join(", ")
+            ));
+        }
+        c.push_str(&format!(
+            "[start]\nposition = \"earliest\"\n[mongo]\nmax_await = \"100ms\"\n[sink]\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"1h\"\n",
+            out.display().to_string(),
+            cp.display().to_string()
+        ));
+        c
+    };
+    std::fs::write(&cfg_path, config(&names[..1])).unwrap();
+    let mut child = bin()
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(&pid)
+            .status()
+            .unwrap()
+            .success());
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let emitted = |shard: &str| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&format!("\"shard\":\"{shard}\"")) && l.contains("\"op\":\"i\""))
+    };
+
+    // Lands on shard01 (the first chunk) and shard02 (from 1000 on).
+    rt.block_on(cluster.insert(
+        "shop.orders",
+        vec![bson::doc! { "_id": 1 }, bson::doc! { "_id": 1001 }],
+    ))
+    .unwrap();
+    wait("shard01's insert", &|| emitted(&names[0]));
+    assert!(!cp.exists(), "the 1h interval has not elapsed");
+    signal("USR1");
+    wait("a checkpoint stored on SIGUSR1", &|| {
+        std::fs::read_to_string(&cp).is_ok_and(|t| t.contains(&names[0]))
+    });
+
+    std::fs::write(&cfg_path, "[[shards]]\nname = \"x\"\nmembers = []\n").unwrap();
+    signal("HUP");
+    wait("the bad file to be rejected", &|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the configuration was rejected")
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload must not stop the run"
+    );
+    assert!(!emitted(&names[1]));
+
+    std::fs::write(&cfg_path, config(&names)).unwrap();
+    signal("HUP");
+    wait("shard02, added by the reload", &|| emitted(&names[1]));
+
+    signal("TERM");
+    assert!(child.wait().unwrap().success());
+    rt.block_on(cluster.shutdown());
+}
