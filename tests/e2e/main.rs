@@ -8,6 +8,7 @@ mod broker;
 mod fixtures;
 mod kafka;
 mod live;
+mod page;
 mod support;
 
 /// Used by the shared broker harness.

@@ -230,6 +230,19 @@ fn write_date(millis: i64, mode: Mode, out: &mut Vec<u8>) {
     }
 }
 
+/// `2015-02-03T21:16:14Z` (UTC) for seconds since the Unix epoch: for logs and status pages.
+pub fn utc_seconds(secs: u32) -> String {
+    let secs = i64::from(secs);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -328,6 +341,12 @@ mod tests {
             relaxed(&doc! { "d": bson::DateTime::from_millis(0) }),
             r#"{"d":{"$date":"1970-01-01T00:00:00Z"}}"#
         );
+    }
+
+    #[test]
+    fn utc_seconds_formats() {
+        assert_eq!(utc_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_seconds(1422998574), "2015-02-03T21:22:54Z");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use quorumtail_oplog::extjson::utc_seconds;
+
 use crate::coordinator::Status;
 use crate::pipeline::stats::{NodeStats, StatsSnapshot};
 
@@ -408,7 +410,7 @@ pub fn page(status: &Status) -> String {
             "<h2>{}</h2><p>{state} &middot; quorum {} &middot; committed up to {} &middot; checkpoint {} &middot; {} records, {} discarded, {} pending</p>",
             html_escape(&name),
             s.quorum,
-            s.watermark_seconds,
+            if s.watermark_seconds == 0 { "nothing yet".to_owned() } else { utc_seconds(s.watermark_seconds as u32) },
             html_escape(&cp),
             s.records,
             s.discarded,
@@ -426,7 +428,7 @@ pub fn page(status: &Status) -> String {
                 "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td></tr>",
                 html_escape(addr),
                 html_escape(&n.state),
-                n.last_ts.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                n.last_ts.map(|t| format!("{} ({t})", utc_seconds(t.time))).unwrap_or_else(|| "-".into()),
                 n.interruptions
             );
         }
