@@ -27,7 +27,7 @@ async fn failover_safe_records_reach_kafka_in_order_and_resume_from_a_kafka_chec
     let topic_refs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 3)).collect();
     broker.create_topics(&topic_refs).await;
 
-    let extra = "[start]\nposition = \"earliest\"\n";
+    let extra = "[start]\nposition = \"earliest\"\n[http]\nlisten = \"127.0.0.1:0\"\n";
     let shards = shards_toml(&cluster);
     let kafka = format!(
         "{shards}\n[sink]\nkind = \"kafka\"\nbrokers = {:?}\ntopic = \"{prefix}.{{shard}}\"\nkey = \"document\"\n\n[checkpoint]\nkind = \"kafka\"\ntopic = \"{prefix}.checkpoints\"\ninterval = \"100ms\"\n\n[mongo]\nmax_await = \"100ms\"\n\n{extra}",
@@ -103,6 +103,23 @@ async fn failover_safe_records_reach_kafka_in_order_and_resume_from_a_kafka_chec
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The delivery metrics saw every acknowledged record.
+    let addr = q.status.http_addr().unwrap();
+    let (_, metrics) =
+        tokio::task::spawn_blocking(move || crate::support::http_get(addr, "/metrics"))
+            .await
+            .unwrap();
+    let delivered: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quorumtail_sink_delivery_seconds_count "))
+        .expect("delivery histogram")
+        .parse()
+        .unwrap();
+    assert!(
+        delivered >= consumed.len() as f64,
+        "{delivered} acknowledged < {} consumed",
+        consumed.len()
+    );
     let report = q.stop().await;
     assert!(report.ok(), "{report:?}");
 

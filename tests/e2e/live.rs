@@ -8,7 +8,9 @@ use bson::doc;
 use mongosim::{Cluster, ClusterSpec};
 use quorumtail_oplog::{EntryId, OplogEntry};
 
-use crate::support::{committed_app_entries, records, shard_ids, shards_toml, start, wait_until};
+use crate::support::{
+    committed_app_entries, http_get, records, shard_ids, shards_toml, start, wait_until,
+};
 
 fn spec() -> ClusterSpec {
     ClusterSpec {
@@ -483,20 +485,6 @@ async fn transactions_are_emitted_whole_and_aborted_ones_not_at_all() {
         "the aborted transaction was emitted"
     );
     rs.shutdown().await;
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: quorumtail\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// The operator endpoints: metrics per member and shard, readiness that follows the

@@ -101,6 +101,16 @@ impl Status {
         self.http.get().copied()
     }
 
+    /// Records accepted by the sink and not yet confirmed.
+    pub fn sink_in_flight(&self) -> Option<usize> {
+        Some(self.sink.get()?.unconfirmed())
+    }
+
+    /// Delivery latency and errors (Kafka sink).
+    pub fn sink_delivery(&self) -> Option<quorumtail_sink::metrics::DeliveryStats> {
+        Some(self.sink.get()?.delivery())
+    }
+
     /// The sink's definite error, if it stopped.
     pub fn sink_failure(&self) -> Option<String> {
         let f = self.sink.get()?.failure();

@@ -171,6 +171,17 @@ fn newest(nodes: &BTreeMap<String, NodeStats>) -> Option<quorumtail_oplog::Times
     nodes.values().filter_map(|n| n.last_ts).max()
 }
 
+fn family(m: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>) {
+    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(m, "{name} {v}");
+        } else {
+            let _ = writeln!(m, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// The Prometheus text exposition.
 pub fn metrics(status: &Status) -> String {
     let shards = status.all();
@@ -179,16 +190,6 @@ pub fn metrics(status: &Status) -> String {
         .map(|k| (k.clone(), status.nodes(k)))
         .collect();
     let mut m = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(m, "{name} {v}");
-            } else {
-                let _ = writeln!(m, "{name}{{{labels}}} {v}");
-            }
-        }
-    };
     let per_shard = |f: &dyn Fn(&StatsSnapshot) -> f64| -> Vec<(String, f64)> {
         shards
             .iter()
@@ -208,24 +209,27 @@ pub fn metrics(status: &Status) -> String {
         v
     };
     family(
+        &mut m,
         "quorumtail_node_up",
         "gauge",
         "Whether the member's tailer is reading its oplog (1) or interrupted (0).",
         per_node(&|n, _| Some(f64::from(u8::from(n.state == "tailing")))),
     );
     family(
+        &mut m,
         "quorumtail_node_last_entry_timestamp_seconds",
         "gauge",
         "ts (seconds) of the newest oplog entry the member reported.",
         per_node(&|n, _| n.last_ts.map(|t| f64::from(t.time))),
     );
-    family(
+    family(&mut m, 
         "quorumtail_node_lag_seconds",
         "gauge",
         "How far the member's newest reported entry is behind the newest entry any member of its shard reported.",
         per_node(&|n, top| Some(f64::from(top.map(|t| t.time).unwrap_or(0).saturating_sub(n.last_ts.map(|t| t.time).unwrap_or(0))))),
     );
     family(
+        &mut m,
         "quorumtail_node_reconnects_total",
         "counter",
         "Times the member's tailer was interrupted and reconnected.",
@@ -250,7 +254,7 @@ pub fn metrics(status: &Status) -> String {
                 }
             }
         }
-        family(
+        family(&mut m, 
             "quorumtail_node_oplog_headroom_seconds",
             "gauge",
             "Checkpoint minus the member's oldest oplog entry: how long quorumtail may stay stopped before this member no longer holds the resume point.",
@@ -258,12 +262,14 @@ pub fn metrics(status: &Status) -> String {
         );
     }
     family(
+        &mut m,
         "quorumtail_shard_committed_timestamp_seconds",
         "gauge",
         "ts (seconds) of the last entry a quorum confirmed (the merge watermark).",
         per_shard(&|s| s.watermark_seconds as f64),
     );
     family(
+        &mut m,
         "quorumtail_shard_checkpoint_timestamp_seconds",
         "gauge",
         "ts (seconds) of the shard's checkpoint as confirmed by the sink.",
@@ -273,18 +279,21 @@ pub fn metrics(status: &Status) -> String {
             .collect(),
     );
     family(
+        &mut m,
         "quorumtail_shard_pending_entries",
         "gauge",
         "Entries reported by fewer members than the quorum so far.",
         per_shard(&|s| s.pending as f64),
     );
     family(
+        &mut m,
         "quorumtail_shard_committed_entries_total",
         "counter",
         "Entries a quorum of members confirmed.",
         per_shard(&|s| s.committed as f64),
     );
     family(
+        &mut m,
         "quorumtail_shard_discarded_entries_total",
         "counter",
         "Entries no quorum ever held (rolled back, or seen by a minority only); never emitted.",
@@ -307,6 +316,7 @@ pub fn metrics(status: &Status) -> String {
             }
         }
         family(
+            &mut m,
             "quorumtail_shard_dropped_operations_total",
             "counter",
             "Committed operations not emitted, by reason.",
@@ -314,24 +324,65 @@ pub fn metrics(status: &Status) -> String {
         );
     }
     family(
+        &mut m,
         "quorumtail_shard_records_total",
         "counter",
         "Records handed to the sink.",
         per_shard(&|s| s.records as f64),
     );
     family(
+        &mut m,
         "quorumtail_shard_quorum_available",
         "gauge",
         "Whether enough members are being read to confirm entries.",
         per_shard(&|s| f64::from(u8::from(s.quorum_reachable))),
     );
     family(
+        &mut m,
         "quorumtail_shard_failed",
         "gauge",
         "Whether the shard stopped with a definite error.",
         per_shard(&|s| f64::from(u8::from(s.failed))),
     );
     family(
+        &mut m,
+        "quorumtail_sink_in_flight_records",
+        "gauge",
+        "Records handed to the sink and not yet confirmed (acknowledged by Kafka or fsynced).",
+        status
+            .sink_in_flight()
+            .map(|n| vec![(String::new(), n as f64)])
+            .unwrap_or_default(),
+    );
+    if let Some(d) = status.sink_delivery() {
+        let _ = writeln!(
+            m,
+            "# HELP quorumtail_sink_delivery_seconds Time from handing a record to the Kafka producer to its acknowledgement (acks=all).\n# TYPE quorumtail_sink_delivery_seconds histogram"
+        );
+        for (le, n) in &d.buckets {
+            let _ = writeln!(
+                m,
+                "quorumtail_sink_delivery_seconds_bucket{{le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            m,
+            "quorumtail_sink_delivery_seconds_bucket{{le=\"+Inf\"}} {}",
+            d.count
+        );
+        let _ = writeln!(m, "quorumtail_sink_delivery_seconds_sum {}", d.sum_seconds);
+        let _ = writeln!(m, "quorumtail_sink_delivery_seconds_count {}", d.count);
+        let _ = writeln!(m, "# HELP quorumtail_sink_delivery_errors_total Definite delivery errors, by librdkafka error code.\n# TYPE quorumtail_sink_delivery_errors_total counter");
+        for (kind, n) in &d.errors {
+            let _ = writeln!(
+                m,
+                "quorumtail_sink_delivery_errors_total{{kind=\"{}\"}} {n}",
+                esc(kind)
+            );
+        }
+    }
+    family(
+        &mut m,
         "quorumtail_sink_failed",
         "gauge",
         "Whether the sink stopped with a definite error.",

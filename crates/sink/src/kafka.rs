@@ -46,6 +46,8 @@ use crate::Msg;
 pub(crate) struct DeliveryTag {
     shard: usize,
     seq: u64,
+    /// When the record was handed to the producer (for the latency histogram).
+    sent: std::time::Instant,
 }
 
 /// The producer context: forwards librdkafka's logs to `tracing` and deliveries to the
@@ -115,9 +117,13 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<DeliveryTag>) {
         match result {
-            Ok(_) => self.progress.ack(tag.shard, tag.seq),
+            Ok(_) => {
+                self.progress.metrics.observe(tag.sent.elapsed());
+                self.progress.ack(tag.shard, tag.seq)
+            }
             Err((err, msg)) => {
                 let code = err.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                self.progress.metrics.error(format!("{code:?}"));
                 let ts = header_str(msg.headers(), "ts");
                 let ns = header_str(msg.headers(), "ns");
                 let topic = msg.topic().to_owned();
@@ -350,6 +356,7 @@ impl Worker {
             Box::new(DeliveryTag {
                 shard: i,
                 seq: r.seq,
+                sent: std::time::Instant::now(),
             }),
         )
         .payload(r.value.as_slice())

@@ -71,6 +71,7 @@ pub mod config;
 pub mod error;
 pub mod file;
 pub mod kafka;
+pub mod metrics;
 mod progress;
 pub mod record;
 pub mod tracker;
@@ -162,6 +163,16 @@ impl ProgressView {
     /// See [`Sink::failure`].
     pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
         self.progress.subscribe_failure()
+    }
+
+    /// See [`Sink::unconfirmed`].
+    pub fn unconfirmed(&self) -> usize {
+        self.progress.unconfirmed()
+    }
+
+    /// Delivery latency and errors of the Kafka sink.
+    pub fn delivery(&self) -> metrics::DeliveryStats {
+        self.progress.metrics.snapshot()
     }
 }
 

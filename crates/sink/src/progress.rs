@@ -52,6 +52,8 @@ pub(crate) struct Progress {
     pub(crate) changed: Notify,
     /// The first definite error of any shard.
     first_failure: watch::Sender<Option<Arc<SinkError>>>,
+    /// Delivery latency and errors.
+    pub(crate) metrics: crate::metrics::DeliveryMetrics,
 }
 
 impl Progress {
@@ -61,6 +63,7 @@ impl Progress {
             permits,
             changed: Notify::new(),
             first_failure: watch::Sender::new(None),
+            metrics: Default::default(),
         }
     }
 
