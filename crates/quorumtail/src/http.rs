@@ -222,7 +222,7 @@ pub fn metrics(status: &Status) -> String {
         "ts (seconds) of the newest oplog entry the member reported.",
         per_node(&|n, _| n.last_ts.map(|t| f64::from(t.time))),
     );
-    family(&mut m, 
+    family(&mut m,
         "quorumtail_node_lag_seconds",
         "gauge",
         "How far the member's newest reported entry is behind the newest entry any member of its shard reported.",
@@ -254,7 +254,7 @@ pub fn metrics(status: &Status) -> String {
                 }
             }
         }
-        family(&mut m, 
+        family(&mut m,
             "quorumtail_node_oplog_headroom_seconds",
             "gauge",
             "Checkpoint minus the member's oldest oplog entry: how long quorumtail may stay stopped before this member no longer holds the resume point.",
