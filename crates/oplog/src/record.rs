@@ -188,3 +188,50 @@ mod tests {
         assert_eq!(k, br#"{"ns":"shop.orders","_id":{"$numberInt":"7"}}"#);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes a member sends, reading and encoding them returns an error or a
+        /// record, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(doc) = RawDocument::from_bytes(&bytes) {
+                if let Ok(e) = OplogEntry::parse(doc) {
+                    let mut out = Vec::new();
+                    let _ = encode_entry("s", &e, &mut out);
+                    let _ = e.digest();
+                    let _ = e.command_name();
+                    let _ = e.document_id();
+                }
+            }
+        }
+
+        /// Valid documents with oplog-like fields in random order and types.
+        #[test]
+        fn arbitrary_fields_never_panic(fields in proptest::collection::vec((prop_oneof![Just("ts"), Just("t"), Just("h"), Just("op"), Just("ns"), Just("o"), Just("o2"), Just("ui"), Just("fromMigrate"), Just("wall"), Just("lsid"), Just("txnNumber"), Just("prevOpTime")], 0u8..8), 0..10)) {
+            let mut d = bson::RawDocumentBuf::new();
+            for (k, kind) in fields {
+                let k: &bson::raw::CStr = k.try_into().unwrap();
+                match kind {
+                    0 => d.append(k, bson::Timestamp { time: 5, increment: 1 }),
+                    1 => d.append(k, 7_i64),
+                    2 => d.append(k, "i"),
+                    3 => d.append(k, bson::rawdoc! { "_id": 1, "applyOps": [] }),
+                    4 => d.append(k, true),
+                    5 => d.append(k, bson::DateTime::from_millis(9)),
+                    6 => d.append(k, bson::rawdoc! { "ts": "x" }),
+                    _ => d.append(k, 3_i32),
+                }
+            }
+            if let Ok(e) = OplogEntry::parse(&d) {
+                let mut out = Vec::new();
+                prop_assert!(encode_entry("s", &e, &mut out).is_ok());
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok(), "{}", String::from_utf8_lossy(&out));
+            }
+        }
+    }
+}
