@@ -183,6 +183,16 @@ pub enum Command {
     Reload(Box<Resolved>),
 }
 
+/// Where a shard (re)started now resumes: its latest confirmed checkpoint, else the one
+/// loaded at startup.
+fn positions(stored: &HashMap<Arc<str>, EntryId>, sink: &Sink) -> HashMap<Arc<str>, EntryId> {
+    let mut all = stored.clone();
+    for (k, v) in sink.checkpoints().iter() {
+        all.insert(k.clone(), *v);
+    }
+    all
+}
+
 /// The static `[[shards]]` of a configuration.
 fn static_shards(cfg: &Resolved) -> Vec<ShardSpec> {
     cfg.shards
@@ -323,6 +333,7 @@ pub async fn run_controlled(
         shards: HashMap::new(),
         status,
         failed: Vec::new(),
+        failed_shards: Default::default(),
     };
     for s in shards {
         let cp = stored.get(&s.name).copied();
@@ -381,14 +392,14 @@ pub async fn run_controlled(
                         None => Vec::new(),
                     };
                     info!("configuration reloaded: applying its topology (other settings take effect at the next start)");
-                    running.reconcile(topology(&static_topology, discovered), &stored, &shared, &pipelines_stop, new.start);
+                    running.reconcile(topology(&static_topology, discovered), &positions(&stored, &sink), &shared, &pipelines_stop, new.start);
                 }
             },
             _ = discovery_tick.tick(), if discovery.is_some() => {
                 if let Some(d) = &discovery {
                     match d.shards().await {
                         // A shard that appears in the cluster is new: its oplog is short, read it all.
-                        Ok(found) => running.reconcile(topology(&static_topology, found), &stored, &shared, &pipelines_stop, crate::config::StartPosition::Earliest),
+                        Ok(found) => running.reconcile(topology(&static_topology, found), &positions(&stored, &sink), &shared, &pipelines_stop, crate::config::StartPosition::Earliest),
                         Err(e) => warn!(error = %e, "discovery failed; keeping the current topology"),
                     }
                 }
@@ -447,6 +458,7 @@ struct Running {
     shards: HashMap<Arc<str>, ShardRun>,
     status: Arc<Status>,
     failed: Vec<String>,
+    failed_shards: std::collections::HashSet<Arc<str>>,
 }
 
 impl Running {
@@ -484,6 +496,7 @@ impl Running {
             Ok((name, Err(e))) => {
                 error!(shard = %name, error = %e, "shard stopped with a definite error; the other shards keep running");
                 self.failed.push(e.to_string());
+                self.failed_shards.insert(name.clone());
                 self.shards.remove(&name);
             }
             Err(e) => {
@@ -509,11 +522,8 @@ impl Running {
         for s in &found {
             match self.shards.get_mut(&s.name) {
                 None => {
-                    if self
-                        .failed
-                        .iter()
-                        .any(|f| f.contains(&format!("shard {}:", s.name)))
-                    {
+                    if self.failed_shards.contains(&s.name) {
+                        // Stopped by a definite error: it stays stopped until restart.
                         continue;
                     }
                     info!(shard = %s.name, members = ?s.members, start = ?new_shard_start, "shard added: starting its pipeline");
