@@ -156,11 +156,7 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
         .collect();
     for (k, seg) in segments.iter().enumerate() {
         let mut last: HashMap<String, (EntryId, i64)> = HashMap::new();
-        let resumed_after = if k > 0 {
-            Some(&segments[k - 1])
-        } else {
-            None
-        };
+        let resumed_after = if k > 0 { Some(&segments[k - 1]) } else { None };
         for (line, r) in seg.records.iter().enumerate() {
             v.records += 1;
             let (shard, id, idx) = key(r);
@@ -168,9 +164,8 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
             // Per-shard order within the run.
             if let Some((prev, pidx)) = last.get(&shard) {
                 if !(id > *prev || (id == *prev && idx > *pidx)) {
-                    v.shard_order.push(format!(
-                        "{shard}: {id} after {prev} ({at})"
-                    ));
+                    v.shard_order
+                        .push(format!("{shard}: {id} after {prev} ({at})"));
                 }
             } else if let Some(cp) = resumed_after.and_then(|p| p.checkpoints.get(&shard)) {
                 if id <= *cp {
@@ -376,7 +371,10 @@ mod tests {
             records: vec![rec("a", 2, 1, 2), rec("a", 1, 1, 1), rec("b", 1, 1, 1)],
             ..Default::default()
         };
-        let t = BTreeMap::from([("a".to_owned(), truth(&[1, 2])), ("b".to_owned(), truth(&[1]))]);
+        let t = BTreeMap::from([
+            ("a".to_owned(), truth(&[1, 2])),
+            ("b".to_owned(), truth(&[1])),
+        ]);
         let v = check(&[seg], &t);
         assert_eq!(v.shard_order.len(), 1, "{v:?}");
         assert_eq!(v.doc_order_same_shard.len(), 1, "{v:?}");

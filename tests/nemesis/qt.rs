@@ -184,15 +184,6 @@ impl Quorumtail {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
-
-    /// Lines of the log that mention `what`.
-    pub fn log_count(&self, what: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(what))
-            .count()
-    }
 }
 
 impl Drop for Quorumtail {
@@ -266,9 +257,8 @@ impl OutputTail {
             return;
         };
         for line in buf[..end].split(|b| *b == b'\n') {
-            let r: serde_json::Value = serde_json::from_slice(line).unwrap_or_else(|e| {
-                panic!("bad record {:?}: {e}", String::from_utf8_lossy(line))
-            });
+            let r: serde_json::Value = serde_json::from_slice(line)
+                .unwrap_or_else(|e| panic!("bad record {:?}: {e}", String::from_utf8_lossy(line)));
             let id: EntryId = serde_json::from_value(r["id"].clone()).expect("record id");
             let shard = r["shard"].as_str().unwrap_or_default().to_owned();
             self.seen.entry(shard).or_default().insert(id);

@@ -85,7 +85,23 @@ impl History {
 
 fn short(e: &mongodb::error::Error) -> String {
     let s = e.to_string();
-    s.chars().take(160).collect()
+    s.chars().take(400).collect()
+}
+
+/// A short cause for an error message: its `code_name`, or its beginning.
+pub fn cause(e: &str) -> String {
+    match e.split_once("code_name: \"") {
+        Some((_, rest)) => rest.split('"').next().unwrap_or_default().to_owned(),
+        None => e
+            .rsplit_once("message: \"")
+            .map_or(e, |(_, m)| m)
+            .split(['"', '\\'])
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(60)
+            .collect(),
+    }
 }
 
 /// What a client needs.
@@ -104,9 +120,8 @@ pub struct Client {
 
 /// Runs one client until `stop`.
 pub async fn client(c: Client) {
-    let mut rng = StdRng::seed_from_u64(
-        c.seed ^ (c.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
+    let mut rng =
+        StdRng::seed_from_u64(c.seed ^ (c.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut live: Vec<(i32, i32)> = Vec::new();
     let mut next: u64 = 0;
     let mut tick = c.period.map(|p| {

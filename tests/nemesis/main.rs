@@ -1,0 +1,393 @@
+//! Nemesis: quorumtail proven the way Jepsen proves databases. A workload writes through
+//! mongos, a nemesis injects faults into the simulated cluster and into quorumtail itself
+//! (the real binary, killed with SIGKILL and stopped with SIGTERM), and a checker compares
+//! every record of every run with the simulator's ground truth.
+//!
+//! ```text
+//!  clients ──writes──► mongos ─► shard01 / shard02 / (added shard)  ◄── nemesis: kill,
+//!     │                              │ every member tailed             partition, lag,
+//!     ▼ history                      ▼                                 step down, move
+//!  (acked / indeterminate)     quorumtail (subprocess, restarted)     chunks, add/remove
+//!                                    │ appends                         shards, kill -9 /
+//!                                    ▼                                 SIGTERM quorumtail
+//!                               out.jsonl ──► checker ◄── ground truth (committed,
+//!                                                         rolled back, fromMigrate)
+//! ```
+//!
+//! Settings (environment): `NEMESIS_SEED` (a number, or `random`; default 1),
+//! `NEMESIS_WRITES` (default 2000), `NEMESIS_SECONDS` (schedule length, default 40),
+//! `NEMESIS_CLIENTS` (default 8), `NEMESIS_RATE` (writes/s; default writes/seconds, 0 for
+//! as fast as possible). See docs/nemesis.md.
+
+#[path = "../e2e/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod checker;
+mod nemesis;
+mod qt;
+mod workload;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongosim::{Cluster, ClusterSpec};
+use quorumtail_oplog::{Filter, OplogEntry};
+
+use checker::{check, Segment, ShardTruth};
+use nemesis::{schedule, Fault, Nemesis};
+use qt::{Ended, Quorumtail};
+use workload::{History, Outcome, WriteKind};
+
+#[derive(Debug, Clone)]
+struct Settings {
+    seed: u64,
+    writes: usize,
+    seconds: u64,
+    clients: usize,
+    rate: f64,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let seed = match std::env::var("NEMESIS_SEED").as_deref() {
+            Ok("random") => rand::random::<u32>() as u64,
+            Ok(s) => s
+                .parse()
+                .unwrap_or_else(|_| panic!("NEMESIS_SEED={s:?} is not a number")),
+            Err(_) => 1,
+        };
+        let writes = env_num("NEMESIS_WRITES", 2000usize);
+        let seconds = env_num("NEMESIS_SECONDS", 40u64).max(10);
+        Settings {
+            seed,
+            writes,
+            seconds,
+            clients: env_num("NEMESIS_CLIENTS", 8usize).max(1),
+            rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
+        }
+    }
+
+    fn command(&self) -> String {
+        format!(
+            "NEMESIS_SEED={} NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
+            self.seed, self.writes, self.seconds, self.clients, self.rate
+        )
+    }
+}
+
+/// `(op, _id, version)` of every committed application entry, to resolve the writes.
+fn committed_writes(truth_entries: &[bson::RawDocumentBuf]) -> HashSet<(String, String, i64)> {
+    let f = Filter::default();
+    truth_entries
+        .iter()
+        .filter_map(|raw| {
+            let e = OplogEntry::parse(raw).ok()?;
+            f.check(e.op, e.ns, e.from_migrate).ok()?;
+            let doc = bson::Document::try_from(raw.as_ref()).ok()?;
+            let json = bson::Bson::Document(doc).into_relaxed_extjson();
+            let (_, id, v) = checker::doc_version(&json)?;
+            Some((json["op"].as_str()?.to_owned(), id, v))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
+    support::init_logs();
+    let s = Settings::from_env();
+    eprintln!(
+        "nemesis seed {} ({s:?})\nreproduce: {}",
+        s.seed,
+        s.command()
+    );
+    let episodes = schedule(s.seed, s.seconds);
+    let scheduled: BTreeMap<Fault, usize> = episodes.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e.fault).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "schedule: {:?}",
+        episodes.iter().map(|e| e.fault).collect::<Vec<_>>()
+    );
+
+    let cluster = Cluster::start(ClusterSpec {
+        election_timeout: Duration::from_millis(400),
+        noop_interval: Duration::from_millis(500),
+        split_points: Some(workload::split_points(32)),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut qt = Quorumtail::new(tmp.path(), cluster.mongos_addr());
+    qt.spawn();
+
+    let t0 = Instant::now();
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = mongodb::Client::with_uri_str(format!(
+        "mongodb://{}/?w=majority&wtimeoutMS=3000&serverSelectionTimeoutMS=5000",
+        cluster.mongos_addr()
+    ))
+    .await
+    .unwrap();
+    let coll = client
+        .database("shop")
+        .collection::<bson::Document>("orders");
+    let period = (s.rate > 0.0).then(|| Duration::from_secs_f64(s.clients as f64 / s.rate));
+    let mut clients = tokio::task::JoinSet::new();
+    for index in 0..s.clients {
+        clients.spawn(workload::client(workload::Client {
+            index,
+            clients: s.clients,
+            seed: s.seed,
+            period,
+            coll: coll.clone(),
+            history: history.clone(),
+            stop: stop.clone(),
+            t0,
+        }));
+    }
+
+    let mut errors: Vec<String> = Vec::new();
+    let mut n = Nemesis::new(&cluster, &mut qt, history.clone(), t0);
+    n.remove_while_down = std::env::var("NEMESIS_REMOVE_WHILE_DOWN").is_ok_and(|v| v == "1");
+    n.note(None, format!("workload started: {} clients", s.clients));
+    for ep in &episodes {
+        if let Err(e) = n.run(ep).await {
+            errors.push(format!("nemesis, {:?}: {e}", ep.fault));
+            break;
+        }
+    }
+    // The workload runs until the schedule is done and the writes are all made.
+    let budget = Duration::from_secs_f64(s.writes as f64 / s.rate.max(1.0) * 3.0 + 300.0);
+    if let Err(e) = nemesis::wait_for(budget.as_secs(), "the workload's writes", || {
+        history.attempts.load(Ordering::SeqCst) >= s.writes
+    })
+    .await
+    {
+        errors.push(e);
+    }
+    stop.store(true, Ordering::SeqCst);
+    while clients.join_next().await.is_some() {}
+    n.note(
+        None,
+        format!(
+            "workload stopped: {} writes",
+            history.attempts.load(Ordering::SeqCst)
+        ),
+    );
+    if errors.is_empty() {
+        if let Err(e) = n.converge().await {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() || n.remove_while_down {
+        if let Err(e) = n.drained(120).await {
+            errors.push(e);
+        }
+    }
+    let all_shards = n.all.clone();
+    let done = n.done.clone();
+    let doomed_acked = n.doomed_acked;
+    let log = std::mem::take(&mut n.log);
+    drop(n);
+    match qt.terminate().await {
+        Ok(_) => {}
+        Err(e) => errors.push(format!("final stop: {e}")),
+    }
+
+    // The checker.
+    let bytes = std::fs::read(&qt.out).unwrap_or_default();
+    let segments: Vec<Segment> = qt
+        .runs
+        .iter()
+        .map(|r| Segment {
+            records: bytes[r.start as usize..r.end as usize]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).expect("a record"))
+                .collect(),
+            killed: r.ended == Ended::Killed,
+            checkpoints: r.checkpoints.clone(),
+        })
+        .collect();
+    let truth: BTreeMap<String, ShardTruth> = all_shards
+        .iter()
+        .map(|sh| (sh.clone(), ShardTruth::read(&cluster, sh)))
+        .collect();
+    let verdict = check(&segments, &truth);
+
+    // The writes against the ground truth.
+    let mut committed = HashSet::new();
+    for sh in &all_shards {
+        committed.extend(committed_writes(&cluster.committed_entries(sh)));
+    }
+    let writes = history.writes.lock().unwrap().clone();
+    let key = |w: &workload::Write| {
+        let op = match w.kind {
+            WriteKind::Insert => "i",
+            WriteKind::Update => "u",
+            WriteKind::Delete => "d",
+        };
+        let v = if w.kind == WriteKind::Delete {
+            i64::MAX
+        } else {
+            w.version as i64
+        };
+        (op.to_owned(), w.id.to_string(), v)
+    };
+    let (mut acked, mut acked_noop, mut indeterminate, mut indet_committed) = (0, 0, 0, 0);
+    let mut causes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut acked_missing = Vec::new();
+    let mut doomed_committed = Vec::new();
+    for w in &writes {
+        let in_truth = committed.contains(&key(w));
+        if w.direct {
+            if in_truth {
+                doomed_committed.push(format!("{w:?}"));
+            }
+            continue;
+        }
+        match &w.outcome {
+            Outcome::Ok { n: 0 } => acked_noop += 1,
+            Outcome::Ok { .. } => {
+                acked += 1;
+                if !in_truth {
+                    acked_missing.push(format!("{w:?}"));
+                }
+            }
+            Outcome::Failed(e) => {
+                indeterminate += 1;
+                indet_committed += usize::from(in_truth);
+                *causes.entry(workload::cause(e)).or_default() += 1;
+            }
+            Outcome::TimedOut => {
+                indeterminate += 1;
+                *causes.entry("client timeout".into()).or_default() += 1;
+                indet_committed += usize::from(in_truth);
+            }
+        }
+    }
+
+    // The report.
+    let mut by_kind: BTreeMap<Fault, usize> = BTreeMap::new();
+    for l in &log {
+        if let Some(f) = l.fault {
+            *by_kind.entry(f).or_default() += 1;
+        }
+    }
+    let kills = qt.runs.iter().filter(|r| r.ended == Ended::Killed).count();
+    println!("\n=== nemesis report (seed {}) ===", s.seed);
+    println!("reproduce: {}", s.command());
+    println!("fault log:");
+    for l in &log {
+        println!("  {:>8.2}s  {}", l.at.as_secs_f64(), l.what);
+    }
+    println!("faults injected by kind:");
+    for (k, v) in &by_kind {
+        println!("  {k:?}: {v}");
+    }
+    println!(
+        "writes: {} attempted through mongos, {} acknowledged ({} matched nothing), {} indeterminate ({} of them committed); {} direct writes to isolated primaries ({} acknowledged)",
+        writes.iter().filter(|w| !w.direct).count(),
+        acked + acked_noop,
+        acked_noop,
+        indeterminate,
+        indet_committed,
+        writes.iter().filter(|w| w.direct).count(),
+        doomed_acked,
+    );
+    let span = writes.iter().map(|w| w.at).max().unwrap_or_default();
+    println!(
+        "writes spanned {:.1} s; indeterminate by cause: {causes:?}",
+        span.as_secs_f64()
+    );
+    println!(
+        "ground truth: {} committed application entries, {} rolled back, {} fromMigrate, over {} shards ({})",
+        verdict.committed_app,
+        verdict.rolled_back,
+        verdict.from_migrate,
+        all_shards.len(),
+        all_shards.join(", ")
+    );
+    println!(
+        "quorumtail: {} runs ({} ended by kill -9), {} records, {} distinct",
+        qt.runs.len(),
+        kills,
+        verdict.records,
+        verdict.distinct
+    );
+    println!(
+        "checker: lost {}, phantom {}, duplicates {} ({} inside restart windows, {} outside), per-shard order violations {}, per-document order violations {} within a shard, {} across shards (known limit of per-shard order)",
+        verdict.lost.len(),
+        verdict.phantom.len(),
+        verdict.dup_in_window + verdict.dup_outside.len(),
+        verdict.dup_in_window,
+        verdict.dup_outside.len(),
+        verdict.shard_order.len(),
+        verdict.doc_order_same_shard.len(),
+        verdict.doc_order_cross_shard
+    );
+
+    let mut failures = errors;
+    failures.extend(verdict.failures());
+    if !acked_missing.is_empty() {
+        failures.push(format!(
+            "{} acknowledged (w: majority) writes are missing from the committed history (mongosim): {}",
+            acked_missing.len(),
+            acked_missing.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        ));
+    }
+    if !doomed_committed.is_empty() {
+        failures.push(format!(
+            "writes to an isolated primary were committed: {}",
+            doomed_committed.join("; ")
+        ));
+    }
+    for (k, want) in &scheduled {
+        let got = done.get(k).copied().unwrap_or(0);
+        if failures.is_empty() && got < *want {
+            failures.push(format!("{k:?}: {got} of {want} scheduled episodes ran"));
+        }
+    }
+    if failures.is_empty() {
+        // A nemesis that injected nothing proves nothing.
+        if scheduled.contains_key(&Fault::PartitionPrimary) && verdict.rolled_back == 0 {
+            failures.push("no entry was rolled back".into());
+        }
+        if scheduled.contains_key(&Fault::MoveChunk) && verdict.from_migrate == 0 {
+            failures.push("no fromMigrate entry was written".into());
+        }
+        if scheduled.contains_key(&Fault::QuorumtailKill9) && kills == 0 {
+            failures.push("quorumtail was never killed".into());
+        }
+        if indeterminate == 0 {
+            eprintln!("note: no write was indeterminate");
+        }
+    }
+    if !failures.is_empty() {
+        println!("quorumtail log (last lines):\n{}", qt.log_tail(40));
+    }
+    cluster.shutdown().await;
+    assert!(
+        failures.is_empty(),
+        "nemesis seed {} failed:\n  {}\nreproduce: {}",
+        s.seed,
+        failures.join("\n  "),
+        s.command()
+    );
+    println!("verdict: PASS (seed {})", s.seed);
+}

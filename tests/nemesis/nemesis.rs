@@ -1,0 +1,597 @@
+//! The nemesis: a schedule of fault episodes drawn from the seed, run one after another
+//! while the workload writes. Each episode injects its fault, holds it, heals it, and
+//! waits (on conditions, with deadlines) for the outcome it must have: a new primary, a
+//! rollback, a pipeline for an added shard, a removed shard drained.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{doc, Bson};
+use mongosim::Cluster;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::qt::{OutputTail, Quorumtail};
+use crate::support::committed_app_entries;
+use crate::workload::{doomed_writes, History, DOOMED_BASE};
+
+/// The kinds of faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// kill -9 a shard primary, restart it later (it rolls back what it alone held).
+    KillPrimary,
+    /// Isolate a primary that keeps accepting writes; write to it directly; heal (rollback).
+    PartitionPrimary,
+    /// Isolate a secondary, heal it.
+    PartitionSecondary,
+    /// Delay replication to a secondary.
+    LagSecondary,
+    /// kill -9 a secondary, restart it.
+    RestartSecondary,
+    /// replSetStepDown.
+    StepDown,
+    /// moveChunk to another shard.
+    MoveChunk,
+    /// addShard (and chunks moved to it).
+    AddShard,
+    /// removeShard of the added shard (drains its chunks away).
+    RemoveShard,
+    /// kill -9 quorumtail, restart it.
+    QuorumtailKill9,
+    /// SIGTERM quorumtail (must exit 0), restart it.
+    QuorumtailSigterm,
+}
+
+/// One scheduled fault.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    pub fault: Fault,
+    /// Chooses the target (shard, member, chunk) among those that exist when it runs.
+    pub pick: u64,
+    /// How long the fault is held.
+    pub hold: Duration,
+    /// Quiet time after the episode.
+    pub gap: Duration,
+}
+
+/// The schedule for `seconds` of workload: every kind at least once (add before remove),
+/// the rest drawn at random; about one episode per 2.5 s.
+pub fn schedule(seed: u64, seconds: u64) -> Vec<Episode> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let repeatable = [
+        Fault::KillPrimary,
+        Fault::PartitionPrimary,
+        Fault::PartitionSecondary,
+        Fault::LagSecondary,
+        Fault::RestartSecondary,
+        Fault::StepDown,
+        Fault::MoveChunk,
+        Fault::MoveChunk,
+        Fault::QuorumtailKill9,
+        Fault::QuorumtailKill9,
+        Fault::QuorumtailSigterm,
+    ];
+    let n = ((seconds as f64 / 2.5) as usize).max(repeatable.len() + 2);
+    let mut kinds: Vec<Fault> = repeatable.to_vec();
+    kinds.dedup();
+    while kinds.len() < n - 2 {
+        kinds.push(*repeatable.choose(&mut rng).unwrap());
+    }
+    kinds.shuffle(&mut rng);
+    let add = kinds.len() / 4;
+    kinds.insert(add, Fault::AddShard);
+    let remove = (kinds.len() * 2 / 3).max(add + 2);
+    kinds.insert(remove, Fault::RemoveShard);
+    kinds
+        .into_iter()
+        .map(|fault| Episode {
+            fault,
+            pick: rng.gen(),
+            hold: Duration::from_millis(rng.gen_range(300..1500)),
+            gap: Duration::from_millis(rng.gen_range(200..1200)),
+        })
+        .collect()
+}
+
+/// One line of the fault log.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub at: Duration,
+    pub fault: Option<Fault>,
+    pub what: String,
+}
+
+/// Waits until `cond` holds; an error naming `what` after `secs`.
+pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after {secs} s waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The running nemesis.
+pub struct Nemesis<'a> {
+    pub cluster: &'a Cluster,
+    pub qt: &'a mut Quorumtail,
+    pub tail: OutputTail,
+    pub history: Arc<History>,
+    pub t0: Instant,
+    pub log: Vec<LogLine>,
+    /// Shards that take writes now, in a stable order.
+    pub active: Vec<String>,
+    /// Every shard that ever existed (removed ones included).
+    pub all: Vec<String>,
+    pub added: Option<String>,
+    pub removed: Option<String>,
+    doomed_next: i32,
+    /// Isolated-primary writes acknowledged (each must be rolled back).
+    pub doomed_acked: usize,
+    /// Episodes done, by kind.
+    pub done: BTreeMap<Fault, usize>,
+    /// Remove the shard while quorumtail is down (reproduces a known loss; see
+    /// docs/nemesis.md).
+    pub remove_while_down: bool,
+}
+
+impl std::fmt::Debug for Nemesis<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nemesis").field("done", &self.done).finish()
+    }
+}
+
+impl<'a> Nemesis<'a> {
+    pub fn new(
+        cluster: &'a Cluster,
+        qt: &'a mut Quorumtail,
+        history: Arc<History>,
+        t0: Instant,
+    ) -> Nemesis<'a> {
+        let tail = OutputTail::new(&qt.out);
+        let active = cluster.shard_names();
+        Nemesis {
+            cluster,
+            qt,
+            tail,
+            history,
+            t0,
+            log: Vec::new(),
+            all: active.clone(),
+            active,
+            added: None,
+            removed: None,
+            doomed_next: DOOMED_BASE,
+            doomed_acked: 0,
+            done: BTreeMap::new(),
+            remove_while_down: false,
+        }
+    }
+
+    pub fn note(&mut self, fault: Option<Fault>, what: impl Into<String>) {
+        let line = LogLine {
+            at: self.t0.elapsed(),
+            fault,
+            what: what.into(),
+        };
+        eprintln!("[nemesis {:>7.2}s] {}", line.at.as_secs_f64(), line.what);
+        self.log.push(line);
+    }
+
+    fn shard(&self, pick: u64) -> String {
+        self.active[(pick % self.active.len() as u64) as usize].clone()
+    }
+
+    fn secondary(&self, shard: &str, pick: u64) -> Result<SocketAddr, String> {
+        let p = self.cluster.primary_of(shard);
+        let s: Vec<SocketAddr> = self
+            .cluster
+            .shard_members(shard)
+            .into_iter()
+            .filter(|m| Some(*m) != p)
+            .collect();
+        if s.is_empty() {
+            return Err(format!("{shard} has no secondary"));
+        }
+        Ok(s[((pick >> 8) % s.len() as u64) as usize])
+    }
+
+    /// Waits until every member of `shard` is up, connected, without lag and holds the
+    /// commit point: a primary fault then cannot leave a stale member the only electable
+    /// one (see docs/nemesis.md, "schedule constraints").
+    async fn in_sync(&self, shard: &str) -> Result<(), String> {
+        let c = self.cluster;
+        let members: Vec<String> = c
+            .shard_members(shard)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        wait_for(30, &format!("{shard} to be in sync"), || {
+            let Some((cp, _)) = c.commit_point(shard) else {
+                return false;
+            };
+            c.primary_of(shard).is_some()
+                && c.status()
+                    .iter()
+                    .filter(|n| members.contains(&n.addr))
+                    .all(|n| {
+                        n.alive
+                            && !n.partitioned
+                            && n.lag_ms == 0
+                            && n.last_ts >= (cp.time, cp.increment)
+                    })
+        })
+        .await
+    }
+
+    async fn new_primary(&self, shard: &str, old: SocketAddr) -> Result<SocketAddr, String> {
+        let c = self.cluster;
+        wait_for(30, &format!("a new primary of {shard}"), || {
+            c.primary_of(shard).is_some_and(|p| p != old)
+                && c.status()
+                    .iter()
+                    .any(|n| n.addr == c.primary_of(shard).unwrap().to_string() && !n.partitioned)
+        })
+        .await?;
+        Ok(c.primary_of(shard).unwrap())
+    }
+
+    /// Waits until quorumtail emitted every committed application entry of `shard`.
+    async fn emitted_all(&mut self, shard: &str, secs: u64) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            self.qt.check_alive()?;
+            self.tail.poll();
+            let want = committed_app_entries(self.cluster, shard);
+            let missing = self.tail.missing(shard, &want);
+            if missing == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "timed out after {secs} s waiting for quorumtail to emit {shard}'s committed entries ({missing} of {} missing)",
+                    want.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn move_chunk(&mut self, key: i32, to: &str) -> Result<(), String> {
+        let c = self.cluster;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match c.move_chunk("shop.orders", Bson::Int32(key), to).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("moveChunk {key} to {to}: {e}")),
+            }
+        }
+    }
+
+    /// `(min key, owner)` of every chunk of `shop.orders` (MinKey as 0: ids are >= 0).
+    async fn chunks(&self) -> Vec<(i32, String)> {
+        let reply = self
+            .cluster
+            .command(
+                self.cluster.mongos_addr(),
+                doc! {"find": "chunks", "filter": {}, "batchSize": 10000, "$db": "config"},
+            )
+            .await;
+        let batch = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .cloned()
+            .unwrap_or_default();
+        let mut out: Vec<(i32, String)> = batch
+            .iter()
+            .filter_map(|d| {
+                let d = d.as_document()?;
+                if d.get_str("ns").ok()? != "shop.orders" {
+                    return None;
+                }
+                let min = match d.get_document("min").ok()?.get("_id")? {
+                    Bson::Int32(i) => *i,
+                    _ => 0,
+                };
+                Some((min, d.get_str("shard").ok()?.to_owned()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Runs one episode.
+    ///
+    /// # Errors
+    /// When an expected outcome does not happen in time.
+    pub async fn run(&mut self, ep: &Episode) -> Result<(), String> {
+        let c = self.cluster;
+        let f = Some(ep.fault);
+        match ep.fault {
+            Fault::KillPrimary => {
+                let shard = self.shard(ep.pick);
+                self.in_sync(&shard).await?;
+                let p = c.primary_of(&shard).ok_or("no primary")?;
+                c.kill_node(p).await.map_err(|e| e.to_string())?;
+                self.note(f, format!("kill primary {p} of {shard}"));
+                let np = self.new_primary(&shard, p).await?;
+                self.note(None, format!("{shard}: {np} elected"));
+                tokio::time::sleep(ep.hold).await;
+                c.restart_node(p).await.map_err(|e| e.to_string())?;
+                self.note(None, format!("restart {p} of {shard}"));
+            }
+            Fault::PartitionPrimary => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let shard = self.shard(ep.pick + attempt - 1);
+                    self.in_sync(&shard).await?;
+                    let p = c.primary_of(&shard).ok_or("no primary")?;
+                    let direct = mongodb::Client::with_uri_str(format!(
+                        "mongodb://{p}/?directConnection=true&serverSelectionTimeoutMS=2000&retryWrites=false"
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let coll = direct
+                        .database("shop")
+                        .collection::<bson::Document>("orders");
+                    let _ = direct.database("admin").run_command(doc! {"ping": 1}).await;
+                    let before = c.rolled_back_entries(&shard).len();
+                    c.partition_node(p).await.map_err(|e| e.to_string())?;
+                    self.note(f, format!("partition primary {p} of {shard}"));
+                    let first = self.doomed_next;
+                    self.doomed_next += 2;
+                    let acked = doomed_writes(&coll, first, &self.history, self.t0).await;
+                    self.note(
+                        None,
+                        format!("{acked} direct write(s) acknowledged by the isolated {p} (_id {first}..)"),
+                    );
+                    let np = self.new_primary(&shard, p).await?;
+                    self.note(None, format!("{shard}: {np} elected"));
+                    tokio::time::sleep(ep.hold).await;
+                    c.heal_node(p).await.map_err(|e| e.to_string())?;
+                    self.note(None, format!("heal {p}"));
+                    if acked > 0 {
+                        wait_for(30, &format!("{p} to roll back"), || {
+                            c.rolled_back_entries(&shard).len() > before
+                        })
+                        .await?;
+                        let n = c.rolled_back_entries(&shard).len() - before;
+                        self.note(None, format!("{shard}: {n} entries rolled back on {p}"));
+                        self.doomed_acked += acked;
+                        break;
+                    }
+                    if attempt >= 3 {
+                        return Err("no direct write reached an isolated primary in 3 attempts (the election came first)".into());
+                    }
+                    drop(direct);
+                }
+            }
+            Fault::PartitionSecondary => {
+                let shard = self.shard(ep.pick);
+                let s = self.secondary(&shard, ep.pick)?;
+                c.partition_node(s).await.map_err(|e| e.to_string())?;
+                self.note(f, format!("partition secondary {s} of {shard}"));
+                tokio::time::sleep(ep.hold).await;
+                c.heal_node(s).await.map_err(|e| e.to_string())?;
+                self.note(None, format!("heal {s}"));
+            }
+            Fault::LagSecondary => {
+                let shard = self.shard(ep.pick);
+                let s = self.secondary(&shard, ep.pick)?;
+                let lag = Duration::from_millis(200 + (ep.pick >> 16) % 600);
+                c.set_lag(s, lag).map_err(|e| e.to_string())?;
+                self.note(f, format!("lag secondary {s} of {shard} by {lag:?}"));
+                tokio::time::sleep(ep.hold + lag).await;
+                c.set_lag(s, Duration::ZERO).map_err(|e| e.to_string())?;
+                self.note(None, format!("no lag on {s}"));
+            }
+            Fault::RestartSecondary => {
+                let shard = self.shard(ep.pick);
+                let s = self.secondary(&shard, ep.pick)?;
+                c.kill_node(s).await.map_err(|e| e.to_string())?;
+                self.note(f, format!("kill secondary {s} of {shard}"));
+                tokio::time::sleep(ep.hold).await;
+                c.restart_node(s).await.map_err(|e| e.to_string())?;
+                self.note(None, format!("restart {s}"));
+            }
+            Fault::StepDown => {
+                let shard = self.shard(ep.pick);
+                self.in_sync(&shard).await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let old = c.primary_of(&shard);
+                loop {
+                    match c.step_down(&shard).await {
+                        Ok(()) => break,
+                        Err(e) if tokio::time::Instant::now() < deadline => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(format!("step down {shard}: {e}")),
+                    }
+                }
+                self.note(
+                    f,
+                    format!(
+                        "step down {} of {shard}; {} elected",
+                        old.map(|a| a.to_string()).unwrap_or_default(),
+                        c.primary_of(&shard)
+                            .map(|a| a.to_string())
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            Fault::MoveChunk => {
+                let chunks = self.chunks().await;
+                let (key, owner) = chunks[(ep.pick % chunks.len() as u64) as usize].clone();
+                let others: Vec<&String> = self.active.iter().filter(|s| **s != owner).collect();
+                let to = others[((ep.pick >> 8) % others.len() as u64) as usize].clone();
+                self.move_chunk(key, &to).await?;
+                self.note(f, format!("move chunk {key} from {owner} to {to}"));
+            }
+            Fault::AddShard => {
+                let name = c.add_shard(3).await.map_err(|e| e.to_string())?;
+                self.note(f, format!("add shard {name}"));
+                self.active.push(name.clone());
+                self.all.push(name.clone());
+                self.added = Some(name.clone());
+                let chunks = self.chunks().await;
+                for k in 0..3u64 {
+                    let i = ((ep.pick >> (8 * k)) % chunks.len() as u64) as usize;
+                    let (key, owner) = chunks[i].clone();
+                    if owner != name {
+                        self.move_chunk(key, &name).await?;
+                        self.note(
+                            Some(Fault::MoveChunk),
+                            format!("move chunk {key} from {owner} to {name}"),
+                        );
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    self.qt.check_alive()?;
+                    self.tail.poll();
+                    if self.tail.seen.get(&name).is_some_and(|s| !s.is_empty()) {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!("quorumtail emitted nothing of {name} in 60 s"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                self.note(None, format!("quorumtail follows {name}"));
+            }
+            Fault::RemoveShard => {
+                let name = self.added.clone().ok_or("no added shard to remove")?;
+                if self.remove_while_down {
+                    let cps = self.qt.kill9();
+                    self.note(
+                        Some(Fault::QuorumtailKill9),
+                        format!("kill -9 quorumtail before removing {name} (checkpoints {cps:?})"),
+                    );
+                    // Writes keep landing on the shard while quorumtail is down.
+                    tokio::time::sleep(ep.hold).await;
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    match c.remove_shard(&name).await {
+                        Ok(()) => break,
+                        Err(e) if tokio::time::Instant::now() < deadline => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(format!("remove shard {name}: {e}")),
+                    }
+                }
+                self.active.retain(|s| *s != name);
+                self.removed = Some(name.clone());
+                self.note(f, format!("remove shard {name} (its chunks drained away)"));
+                if self.remove_while_down {
+                    tokio::time::sleep(ep.hold).await;
+                    self.qt.spawn();
+                    self.note(None, "restart quorumtail");
+                } else {
+                    // quorumtail must emit everything the removed shard committed before
+                    // it is restarted: discovery no longer lists the shard (see
+                    // docs/nemesis.md).
+                    self.settled(&name).await?;
+                    self.emitted_all(&name, 60).await?;
+                    self.note(None, format!("quorumtail emitted all of {name}"));
+                }
+            }
+            Fault::QuorumtailKill9 => {
+                let cps = self.qt.kill9();
+                let cps: Vec<String> = cps.iter().map(|(s, id)| format!("{s}@{id}")).collect();
+                self.note(
+                    f,
+                    format!("kill -9 quorumtail (checkpoints {})", cps.join(" ")),
+                );
+                tokio::time::sleep(ep.hold).await;
+                self.qt.spawn();
+                self.note(None, "restart quorumtail");
+            }
+            Fault::QuorumtailSigterm => {
+                let cps = self.qt.terminate().await?;
+                let cps: Vec<String> = cps.iter().map(|(s, id)| format!("{s}@{id}")).collect();
+                self.note(
+                    f,
+                    format!("SIGTERM quorumtail: exit 0 (checkpoints {})", cps.join(" ")),
+                );
+                tokio::time::sleep(ep.hold).await;
+                self.qt.spawn();
+                self.note(None, "restart quorumtail");
+            }
+        }
+        *self.done.entry(ep.fault).or_default() += 1;
+        self.qt.check_alive()?;
+        tokio::time::sleep(ep.gap).await;
+        Ok(())
+    }
+
+    /// Heals everything and waits until every shard converged: all members hold the
+    /// same newest entry and it is majority-committed.
+    pub async fn converge(&mut self) -> Result<(), String> {
+        let c = self.cluster;
+        for n in c.status() {
+            let addr: SocketAddr = n.addr.parse().unwrap();
+            if !n.alive {
+                c.restart_node(addr).await.map_err(|e| e.to_string())?;
+            }
+            if n.partitioned {
+                c.heal_node(addr).await.map_err(|e| e.to_string())?;
+            }
+            if n.lag_ms > 0 {
+                c.set_lag(addr, Duration::ZERO).map_err(|e| e.to_string())?;
+            }
+        }
+        for shard in self.all.clone() {
+            self.settled(&shard).await?;
+        }
+        self.note(None, "cluster converged");
+        Ok(())
+    }
+
+    /// Waits until every member of `shard` holds the same newest entry and it is
+    /// majority-committed.
+    async fn settled(&self, shard: &str) -> Result<(), String> {
+        let c = self.cluster;
+        let members: Vec<String> = c
+            .shard_members(shard)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        wait_for(60, &format!("{shard} to converge"), || {
+            let Some((cp, _)) = c.commit_point(shard) else {
+                return false;
+            };
+            c.status()
+                .iter()
+                .filter(|n| members.contains(&n.addr))
+                .all(|n| n.last_ts == (cp.time, cp.increment))
+        })
+        .await
+    }
+
+    /// Waits until quorumtail emitted every shard's committed application entries.
+    pub async fn drained(&mut self, secs: u64) -> Result<(), String> {
+        for shard in self.all.clone() {
+            let secs = if self.remove_while_down && self.removed.as_ref() == Some(&shard) {
+                15
+            } else {
+                secs
+            };
+            self.emitted_all(&shard, secs).await?;
+        }
+        self.note(None, "quorumtail emitted every committed entry");
+        Ok(())
+    }
+}
