@@ -24,6 +24,7 @@
 mod support;
 
 mod checker;
+mod findings;
 mod nemesis;
 mod qt;
 mod workload;
@@ -173,12 +174,14 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     }
     // The workload runs until the schedule is done and the writes are all made.
     let budget = Duration::from_secs_f64(s.writes as f64 / s.rate.max(1.0) * 3.0 + 300.0);
-    if let Err(e) = nemesis::wait_for(budget.as_secs(), "the workload's writes", || {
-        history.attempts.load(Ordering::SeqCst) >= s.writes
-    })
-    .await
-    {
-        errors.push(e);
+    if errors.is_empty() {
+        if let Err(e) = nemesis::wait_for(budget.as_secs(), "the workload's writes", || {
+            history.attempts.load(Ordering::SeqCst) >= s.writes
+        })
+        .await
+        {
+            errors.push(e);
+        }
     }
     stop.store(true, Ordering::SeqCst);
     while clients.join_next().await.is_some() {}

@@ -231,7 +231,9 @@ impl<'a> Nemesis<'a> {
 
     async fn new_primary(&self, shard: &str, old: SocketAddr) -> Result<SocketAddr, String> {
         let c = self.cluster;
-        wait_for(30, &format!("a new primary of {shard}"), || {
+        // 90 s: members that stepped down are not electable for 60 s (as in MongoDB),
+        // so two step-downs and a kill can leave a shard without a candidate that long.
+        wait_for(90, &format!("a new primary of {shard}"), || {
             c.primary_of(shard).is_some_and(|p| p != old)
                 && c.status()
                     .iter()

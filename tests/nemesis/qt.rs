@@ -41,6 +41,8 @@ pub struct Quorumtail {
     pub out: PathBuf,
     pub checkpoint: PathBuf,
     log: PathBuf,
+    /// Where the current run's log starts.
+    log_start: u64,
     child: Option<Child>,
     pub runs: Vec<Run>,
 }
@@ -67,6 +69,7 @@ impl Quorumtail {
             out,
             checkpoint,
             log: dir.join("quorumtail.log"),
+            log_start: 0,
             child: None,
             runs: Vec::new(),
         }
@@ -76,6 +79,7 @@ impl Quorumtail {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "quorumtail is already running");
         let start = self.runs.last().map_or(0, |r| r.end);
+        self.log_start = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,6 +132,16 @@ impl Quorumtail {
     /// # Errors
     /// When it does not exit in time or exits with a failure.
     pub async fn terminate(&mut self) -> Result<BTreeMap<String, EntryId>, String> {
+        // A SIGTERM before the process installed its handler kills it outright: wait
+        // until this run started its pipelines.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.started() {
+            self.check_alive()?;
+            if tokio::time::Instant::now() > deadline {
+                return Err("quorumtail started no shard pipeline within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pid = self.pid().expect("quorumtail is running");
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -161,6 +175,13 @@ impl Quorumtail {
                 self.log_tail(30)
             ))
         }
+    }
+
+    /// Whether the current run logged its first shard pipeline.
+    fn started(&self) -> bool {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let from = (self.log_start as usize).min(text.len());
+        String::from_utf8_lossy(&text[from..]).contains("shard pipeline started")
     }
 
     /// An error if the process died on its own.
