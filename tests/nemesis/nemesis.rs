@@ -211,7 +211,7 @@ impl<'a> Nemesis<'a> {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        wait_for(30, &format!("{shard} to be in sync"), || {
+        wait_for(90, &format!("{shard} to be in sync"), || {
             let Some((cp, _)) = c.commit_point(shard) else {
                 return false;
             };
@@ -266,7 +266,7 @@ impl<'a> Nemesis<'a> {
 
     async fn move_chunk(&mut self, key: i32, to: &str) -> Result<(), String> {
         let c = self.cluster;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             match c.move_chunk("shop.orders", Bson::Int32(key), to).await {
                 Ok(()) => return Ok(()),
@@ -409,7 +409,7 @@ impl<'a> Nemesis<'a> {
             Fault::StepDown => {
                 let shard = self.shard(ep.pick);
                 self.in_sync(&shard).await?;
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
                 let old = c.primary_of(&shard);
                 loop {
                     match c.step_down(&shard).await {
@@ -483,7 +483,7 @@ impl<'a> Nemesis<'a> {
                     // Writes keep landing on the shard while quorumtail is down.
                     tokio::time::sleep(ep.hold).await;
                 }
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
                 loop {
                     match c.remove_shard(&name).await {
                         Ok(()) => break,
