@@ -137,12 +137,17 @@ impl Quorumtail {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self.started() {
             self.check_alive()?;
+            if self.child.is_none() {
+                return Err("quorumtail was not running".into());
+            }
             if tokio::time::Instant::now() > deadline {
                 return Err("quorumtail started no shard pipeline within 30 s".into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let pid = self.pid().expect("quorumtail is running");
+        let Some(pid) = self.pid() else {
+            return Err("quorumtail was not running".into());
+        };
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
