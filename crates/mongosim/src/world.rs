@@ -1273,7 +1273,17 @@ impl World {
                 let (ts, t) = self.sets[s].nodes[*i].last_optime();
                 (t, ts_key(ts), std::cmp::Reverse(*i))
             });
-        if let Some(c) = candidate {
+        // A candidate needs the votes of a majority, and a member votes only for a candidate
+        // whose oplog is at least as up to date as its own (members frozen by a step-down
+        // cannot stand, but they still vote): otherwise a lagging member could win and roll
+        // back majority-committed entries.
+        let key = |i: usize| {
+            let (ts, t) = self.sets[s].nodes[i].last_optime();
+            (t, ts_key(ts))
+        };
+        if let Some(c) = candidate
+            .filter(|c| reachable.iter().filter(|v| key(**v) <= key(*c)).count() >= majority)
+        {
             let term = max_reachable_term + 1;
             self.elect(s, c, term, now);
             changed = true;

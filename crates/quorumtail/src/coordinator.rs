@@ -87,6 +87,8 @@ pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
     sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
     http: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Shards with a stored checkpoint that are not in the topology.
+    orphans: std::sync::Mutex<Vec<String>>,
 }
 
 impl Status {
@@ -94,6 +96,12 @@ impl Status {
     /// fsynced): everything up to it is safely out.
     pub fn confirmed(&self, shard: &str) -> Option<EntryId> {
         self.sink.get()?.checkpoints().get(shard)
+    }
+
+    /// Shards with a stored checkpoint that are not in the topology (their later changes are
+    /// not being read).
+    pub fn orphaned_checkpoints(&self) -> Vec<String> {
+        self.orphans.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// Where the HTTP endpoints listen, once they do.
@@ -294,6 +302,23 @@ pub async fn run_controlled(
         }
     }
 
+    // A checkpoint of a shard that is not in the topology: the shard was removed (or
+    // renamed) while quorumtail was stopped, and what it committed after the checkpoint is
+    // not read. Say so loudly; the fix is to list it under [[shards]] until it is drained.
+    for (shard, cp) in &stored {
+        if !shards.iter().any(|s| &s.name == shard) {
+            error!(
+                %shard,
+                checkpoint = %cp,
+                "a checkpoint exists for a shard that is not in the topology: changes it committed after the checkpoint are NOT emitted. If the shard was removed while quorumtail was stopped, add it under [[shards]] with its members until it is drained; if it is gone for good, remove its checkpoint"
+            );
+            status
+                .orphans
+                .lock()
+                .map(|mut o| o.push(shard.to_string()))
+                .ok();
+        }
+    }
     let names: Vec<Arc<str>> = shards.iter().map(|s| s.name.clone()).collect();
     let status_for_sink = status.clone();
     let sink = match c.sink.kind {

@@ -148,6 +148,9 @@ pub fn not_ready(status: &Status) -> Vec<String> {
     if let Some(f) = status.sink_failure() {
         out.push(format!("sink: {f}"));
     }
+    for shard in status.orphaned_checkpoints() {
+        out.push(format!("shard {shard}: has a checkpoint but is not in the topology; its later changes are not read (list it under [[shards]] until drained, or remove its checkpoint)"));
+    }
     let shards = status.all();
     if shards.is_empty() {
         out.push("no shard pipeline is running yet".into());

@@ -119,21 +119,24 @@ fn on_signals(
     path: std::path::PathBuf,
     commands: tokio::sync::mpsc::Sender<coordinator::Command>,
 ) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut usr1), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::user_defined1()),
-                signal(SignalKind::hangup()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
+    // The handlers are installed here, before anything else runs: a signal that arrives
+    // while the pipeline starts is still handled gracefully.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term), Ok(mut usr1), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); break; }
+                    _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                     _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                     _ = usr1.recv() => {
                         tracing::info!("SIGUSR1: storing checkpoints now");
@@ -148,14 +151,17 @@ fn on_signals(
                     },
                 }
             }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (path, commands);
+            token.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, commands);
+        tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
-        }
-        token.cancel();
-    });
+            token.cancel();
+        });
+    }
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
