@@ -581,3 +581,133 @@ async fn operator_endpoints_report_members_shards_and_readiness() {
     assert!(q.stop().await.ok());
     cluster.shutdown().await;
 }
+
+/// A listed member that belongs to another replica set is refused (its oplog is another
+/// history): it never counts towards the quorum, the shard keeps emitting exactly its own
+/// committed history, and the member's state says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_replica_set_is_refused() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let names = cluster.shard_names();
+    let mut members = cluster.shard_members(&names[0]);
+    members.truncate(2);
+    let stranger = cluster.shard_members(&names[1])[0];
+    members.push(stranger);
+    let list: Vec<String> = members.iter().map(|a| format!("\"{a}\"")).collect();
+    let shards = format!(
+        "[[shards]]\nname = \"{}\"\nmembers = [{}]\n",
+        names[0],
+        list.join(", ")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"earliest\"\n");
+    let coll = mongos(&cluster).await;
+    for i in 1..=5 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+        coll.insert_one(doc! { "_id": 1000 + i }).await.unwrap();
+    }
+    let status = q.status.clone();
+    let out = q.out.clone();
+    wait_until(30, "shard01's writes", || {
+        records(&out).iter().filter(|r| r["op"] == "i").count() >= 5
+    })
+    .await;
+    wait_until(30, "the stranger to be refused", || {
+        status
+            .nodes(&names[0])
+            .get(&stranger.to_string())
+            .is_some_and(|n| {
+                n.state
+                    .contains(&format!("belongs to replica set \"{}\"", names[1]))
+            })
+    })
+    .await;
+    wait_caught_up_one(&cluster, &names[0], &out).await;
+    assert!(q.stop().await.ok());
+    let recs = records(&tmp.path().join("out.jsonl"));
+    assert_eq!(
+        shard_ids(&recs, &names[0]),
+        committed_app_entries(&cluster, &names[0])
+    );
+    assert!(
+        recs.iter()
+            .all(|r| r["entry"]["o"]["_id"].as_i64().is_none_or(|id| id < 1000)),
+        "an entry of the other replica set was emitted"
+    );
+    cluster.shutdown().await;
+}
+
+async fn wait_caught_up_one(cluster: &Cluster, shard: &str, out: &std::path::Path) {
+    wait_until(60, "the shard's committed history in the output", || {
+        shard_ids(&records(out), shard) == committed_app_entries(cluster, shard)
+    })
+    .await;
+}
+
+/// Members that answer with garbage or with an oversized frame are treated as down (with
+/// the reason), never crash anything, and the healthy members keep the shard going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_sending_garbage_or_oversized_messages_are_treated_as_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn fake(reply: Vec<u8>) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+    let garbage = fake(b"HTTP/1.1 200 OK\r\n\r\nthis is not MongoDB".to_vec()).await;
+    // A header announcing a 2 GiB OP_MSG reply.
+    let mut huge = Vec::new();
+    huge.extend_from_slice(&i32::MAX.to_le_bytes());
+    huge.extend_from_slice(&1i32.to_le_bytes());
+    huge.extend_from_slice(&1i32.to_le_bytes());
+    huge.extend_from_slice(&2013i32.to_le_bytes());
+    let oversized = fake(huge).await;
+
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let names = cluster.shard_names();
+    let mut list: Vec<String> = cluster
+        .shard_members(&names[0])
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    list.push(format!("\"{garbage}\""));
+    list.push(format!("\"{oversized}\""));
+    let shards = format!(
+        "[[shards]]\nname = \"{}\"\nmembers = [{}]\nquorum = 2\n",
+        names[0],
+        list.join(", ")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(tmp.path(), &shards, "[start]\nposition = \"earliest\"\n");
+    let coll = mongos(&cluster).await;
+    for i in 1..=5 {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    let status = q.status.clone();
+    let out = q.out.clone();
+    wait_caught_up_one(&cluster, &names[0], &out).await;
+    wait_until(60, "both fake members reported down", || {
+        let nodes = status.nodes(&names[0]);
+        [garbage, oversized].iter().all(|a| {
+            nodes
+                .get(&a.to_string())
+                .is_some_and(|n| n.state.starts_with("down") && n.interruptions >= 1)
+        })
+    })
+    .await;
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}
