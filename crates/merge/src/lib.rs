@@ -45,6 +45,18 @@
 //! [`PushError::NotIncreasing`] for that report, which is not applied; the pipeline resets
 //! that member's tailer. Nothing in the engine panics on input.
 //!
+//! **Payloads: reading whole entries from one member.** A report carries the entry's
+//! identity and, optionally, a payload (the whole entry) and its content digest. The
+//! pipeline reads whole entries from one member and only identities from the others, which
+//! is all a quorum needs: within one replica set an identity (`ts` with the term, or with
+//! `h` before 4.2) names one entry of one history, so any member's payload for it is the
+//! committed content. With [`Merge::require_payload`], an entry that reached the quorum
+//! is released only once some member also sent its payload; until then it holds back
+//! everything after it (entries below it are still decided: it has the quorum).
+//! [`Merge::awaiting_payload`] names such an entry and its reporters, so the pipeline can
+//! read whole entries from one of them instead. Digests are compared only between
+//! members that sent content.
+//!
 //! **Membership.** Members can be added ([`Merge::add_node`]) and removed
 //! ([`Merge::remove_node`]) and the quorum changed ([`Merge::set_quorum`]); entries that
 //! reach the new quorum are released at once.
@@ -312,6 +324,11 @@ pub struct Merge<P> {
     pending: VecDeque<Pending<P>>,
     events: VecDeque<Event<P>>,
     stats: Stats,
+    require_payload: bool,
+    /// The highest entry released (committed or discarded). With payloads required,
+    /// entries can be discarded while the watermark waits below them; a member that
+    /// restarts from the watermark must not bring them back.
+    decided: Option<EntryId>,
 }
 
 impl<P> Merge<P> {
@@ -330,11 +347,38 @@ impl<P> Merge<P> {
             pending: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            require_payload: false,
+            decided: None,
         };
         for _ in 0..nodes {
             m.add_node()?;
         }
         Ok(m)
+    }
+
+    /// Makes a payload a condition of release (see "Payloads" in the crate docs): for
+    /// pipelines where only some members send whole entries.
+    #[must_use]
+    pub fn require_payload(mut self) -> Self {
+        self.require_payload = true;
+        self
+    }
+
+    /// Whether a payload is a condition of release.
+    pub fn requires_payload(&self) -> bool {
+        self.require_payload
+    }
+
+    /// The entry that reached the quorum but cannot be released because no member sent
+    /// its payload yet, with the members that reported it. `None` when nothing waits (or
+    /// payloads are not required).
+    pub fn awaiting_payload(&self) -> Option<(EntryId, NodeSet)> {
+        let p = self.pending.front()?;
+        (self.blocked(p)).then_some((p.id, p.reporters))
+    }
+
+    fn blocked(&self, p: &Pending<P>) -> bool {
+        self.require_payload && p.payload.is_none() && p.reporters.len() >= self.quorum
     }
 
     /// Adds a member; it must report from the watermark on. The quorum is unchanged: call
@@ -428,11 +472,11 @@ impl<P> Merge<P> {
         }
         state.last = Some(report.id);
 
-        if let Some(w) = self.watermark {
-            if report.id.ts <= w.ts {
-                self.stats.stale_reports += 1;
-                return Ok(Pushed::Stale);
-            }
+        if self.watermark.is_some_and(|w| report.id.ts <= w.ts)
+            || self.decided.is_some_and(|d| report.id <= d)
+        {
+            self.stats.stale_reports += 1;
+            return Ok(Pushed::Stale);
         }
 
         // Fast path: a new entry beyond everything pending (the member furthest ahead).
@@ -482,14 +526,28 @@ impl<P> Merge<P> {
                     _ => {}
                 }
                 p.reporters.insert(node);
+                let unblocks = p.payload.is_none() && report.payload.is_some() && pos == 0;
                 if p.payload.is_none() {
                     p.payload = report.payload;
+                }
+                if unblocks && self.require_payload && p.reporters.len() >= self.quorum {
+                    // The entry holding back the release got its payload: everything up
+                    // to the last entry with a quorum can go now.
+                    let last = self
+                        .pending
+                        .iter()
+                        .rposition(|p| p.reporters.len() >= self.quorum)
+                        .unwrap_or(0);
+                    return Ok(if self.release_through(last) {
+                        Pushed::Released
+                    } else {
+                        Pushed::Pending
+                    });
                 }
                 pos
             }
         };
-        if self.pending[idx].reporters.len() >= self.quorum {
-            self.release_through(idx);
+        if self.pending[idx].reporters.len() >= self.quorum && self.release_through(idx) {
             Ok(Pushed::Released)
         } else {
             Ok(Pushed::Pending)
@@ -497,14 +555,20 @@ impl<P> Merge<P> {
     }
 
     /// Releases pending entries `0..=idx`, where `idx` has reached the quorum, then the
-    /// entries sharing its `ts`.
-    fn release_through(&mut self, idx: usize) {
+    /// entries sharing its `ts`. Stops early at an entry that has the quorum but waits for
+    /// its payload; returns whether anything was released.
+    fn release_through(&mut self, idx: usize) -> bool {
         let ts = self.pending[idx].id.ts;
         let quorum = self.quorum;
+        let mut released = false;
         for _ in 0..=idx {
+            if self.pending.front().is_some_and(|p| self.blocked(p)) {
+                return released;
+            }
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            released = true;
             self.emit(p, quorum);
         }
         // Same ts, other term: a branch that lost.
@@ -519,9 +583,12 @@ impl<P> Merge<P> {
                 reporters: p.reporters,
             });
         }
+        released
     }
 
     fn emit(&mut self, p: Pending<P>, quorum: u32) {
+        self.decided = self.decided.max(Some(p.id));
+
         if p.reporters.len() >= quorum {
             self.stats.committed += 1;
             // Never moves backwards: the watermark only ever advances to a committed entry.

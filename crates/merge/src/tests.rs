@@ -200,6 +200,81 @@ fn payload_comes_from_whichever_member_sent_one() {
     ));
 }
 
+fn key(i: EntryId) -> Report<&'static str> {
+    Report {
+        id: i,
+        digest: None,
+        payload: None,
+    }
+}
+
+fn whole(i: EntryId, p: &'static str) -> Report<&'static str> {
+    Report {
+        id: i,
+        digest: Some(1),
+        payload: Some(p),
+    }
+}
+
+#[test]
+fn with_payloads_required_a_quorum_of_identities_waits_for_the_whole_entry() {
+    // A reads whole entries but lags; B and C send identities only.
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap().require_payload();
+    m.push(B, key(id(1, 1))).unwrap();
+    m.push(B, key(id(2, 1))).unwrap(); // a branch only B holds
+    m.push(C, key(id(1, 1))).unwrap();
+    m.push(C, key(id(3, 1))).unwrap();
+    assert_eq!(m.push(B, key(id(3, 1))), Ok(Pushed::Pending));
+    let (waiting, reporters) = m.awaiting_payload().expect("(1) has the quorum");
+    assert_eq!(waiting, id(1, 1));
+    assert!(reporters.contains(B) && reporters.contains(C) && !reporters.contains(A));
+    assert!(
+        m.pop_event().is_none(),
+        "nothing is released without its content"
+    );
+
+    // A's whole (1) releases it and decides (2); (3) waits for its own content.
+    assert_eq!(m.push(A, whole(id(1, 1), "one")), Ok(Pushed::Released));
+    let events: Vec<_> = m.drain_events().collect();
+    assert!(matches!(
+        events.as_slice(),
+        [
+            Event::Committed {
+                payload: Some("one"),
+                ..
+            },
+            Event::Discarded { .. }
+        ]
+    ));
+    assert_eq!(m.watermark(), Some(id(1, 1)));
+    assert_eq!(m.awaiting_payload().map(|a| a.0), Some(id(3, 1)));
+
+    // B restarts from the watermark and re-sends (2): decided already, not pending again.
+    m.node_reset(B);
+    assert_eq!(m.push(B, key(id(2, 1))), Ok(Pushed::Stale));
+    assert_eq!(m.push(B, key(id(3, 1))), Ok(Pushed::Pending));
+    assert_eq!(m.push(A, whole(id(3, 1), "three")), Ok(Pushed::Released));
+    let events: Vec<_> = m.drain_events().collect();
+    assert!(matches!(
+        events.as_slice(),
+        [Event::Committed {
+            payload: Some("three"),
+            ..
+        }]
+    ));
+    assert_eq!(m.pending_len(), 0);
+    assert!(m.awaiting_payload().is_none());
+}
+
+#[test]
+fn without_payloads_required_identities_alone_commit() {
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap();
+    assert!(!m.requires_payload());
+    m.push(B, key(id(1, 1))).unwrap();
+    assert_eq!(m.push(C, key(id(1, 1))), Ok(Pushed::Released));
+    assert!(m.awaiting_payload().is_none());
+}
+
 #[test]
 fn quorum_lost_then_regained_and_quorum_changes() {
     // Five members, quorum 3; only two are up: nothing commits, pending is bounded by
@@ -293,6 +368,9 @@ enum Step {
     Deliver(usize),
     /// Tailer n restarts (reconnect) and re-sends from the watermark.
     Restart(usize),
+    /// Key-only mode: whole entries are read from member n from now on (both its tailer
+    /// and the previous one restart from the watermark, as the pipeline does).
+    SwitchFull(usize),
 }
 
 fn arb_step(n: usize) -> impl Strategy<Value = Step> {
@@ -304,6 +382,7 @@ fn arb_step(n: usize) -> impl Strategy<Value = Step> {
         1 => Just(Step::Elect),
         10 => (0..n).prop_map(Step::Deliver),
         1 => (0..n).prop_map(Step::Restart),
+        1 => (0..n).prop_map(Step::SwitchFull),
     ]
 }
 
@@ -327,17 +406,24 @@ struct Sim {
     released: Vec<Event<E>>,
     start: Option<E>,
     resets: u64,
+    /// Key-only mode: the member whose reports carry payloads (the others send identities).
+    full: Option<usize>,
+    /// Times the release waited for a payload (coverage).
+    waits: u64,
 }
 
 impl Sim {
-    fn new(n: usize, start_len: usize) -> Sim {
+    fn new(n: usize, start_len: usize, key_only: bool) -> Sim {
         // A shared history before the engine starts, so that `start` is a real entry.
         let history: Vec<E> = (1..=start_len as u32)
             .map(|s| EntryId::new(Timestamp::new(s, 0), 1))
             .collect();
         let start = history.last().copied();
         let q = n / 2 + 1;
-        let engine = Merge::new(n, q, start).unwrap();
+        let mut engine = Merge::new(n, q, start).unwrap();
+        if key_only {
+            engine = engine.require_payload();
+        }
         let mut sim = Sim {
             n,
             q,
@@ -354,6 +440,8 @@ impl Sim {
             released: Vec::new(),
             start,
             resets: 0,
+            full: key_only.then_some(0),
+            waits: 0,
         };
         for i in 0..n {
             sim.cursors[i] = sim.resume_index(i);
@@ -509,6 +597,13 @@ impl Sim {
             }
             Step::Deliver(node) => self.deliver(node),
             Step::Restart(node) => self.reset(node),
+            Step::SwitchFull(node) => {
+                if let Some(old) = self.full {
+                    self.full = Some(node);
+                    self.reset(old);
+                    self.reset(node);
+                }
+            }
         }
     }
 
@@ -521,16 +616,25 @@ impl Sim {
         if Some(e.ts) > w {
             self.observed_pending.insert(e);
         }
+        let whole = self.full.is_none_or(|f| f == node);
         let pushed = self.engine.push(
             NodeId(node as u8),
             Report {
                 id: e,
-                digest: Some(e.ts.as_u64() ^ e.term.unwrap_or(0) as u64),
-                payload: Some(e),
+                digest: whole.then(|| e.ts.as_u64() ^ e.term.unwrap_or(0) as u64),
+                payload: whole.then_some(e),
             },
         );
         pushed.expect("streams from a log are strictly increasing");
         self.released.extend(self.engine.drain_events());
+        if let Some((waiting, reporters)) = self.engine.awaiting_payload() {
+            self.waits += 1;
+            // Only ever an entry of the committed history a quorum reported.
+            assert!(
+                reporters.len() as usize >= self.q,
+                "{waiting} awaits with {reporters:?}"
+            );
+        }
     }
 
     /// Heal everything, elect, write one entry beyond every ts ever used, replicate to all
@@ -586,7 +690,18 @@ fn check(
     start_len: usize,
     steps: Vec<(Step, u32)>,
 ) -> Result<(usize, u64), TestCaseError> {
-    let mut sim = Sim::new(n, start_len);
+    check_mode(n, start_len, steps, false).map(|(d, r, _)| (d, r))
+}
+
+/// `key_only`: one member (changing with [`Step::SwitchFull`]) sends payloads; the others
+/// only identities. Returns (discarded, resets, waits for a payload).
+fn check_mode(
+    n: usize,
+    start_len: usize,
+    steps: Vec<(Step, u32)>,
+    key_only: bool,
+) -> Result<(usize, u64, u64), TestCaseError> {
+    let mut sim = Sim::new(n, start_len, key_only);
     for (s, salt) in steps {
         sim.step(s, salt);
     }
@@ -632,7 +747,8 @@ fn check(
         .collect();
     prop_assert_eq!(discarded_set, expected_discards);
     prop_assert_eq!(sim.engine.pending_len(), 0);
-    Ok((discarded.len(), sim.resets))
+    prop_assert!(sim.engine.awaiting_payload().is_none());
+    Ok((discarded.len(), sim.resets, sim.waits))
 }
 
 proptest! {
@@ -647,6 +763,39 @@ proptest! {
     fn five_members(start_len in 0usize..3, steps in proptest::collection::vec((arb_step(5), any::<u32>()), 0..300)) {
         check(5, start_len, steps).map(|_| ())?;
     }
+
+    /// Whole entries from one member, identities from the others, with switches of the
+    /// member read whole: the same output, every committed entry with its payload.
+    #[test]
+    fn three_members_key_only(start_len in 0usize..3, steps in proptest::collection::vec((arb_step(3), any::<u32>()), 0..250)) {
+        check_mode(3, start_len, steps, true).map(|_| ())?;
+    }
+
+    #[test]
+    fn five_members_key_only(start_len in 0usize..3, steps in proptest::collection::vec((arb_step(5), any::<u32>()), 0..300)) {
+        check_mode(5, start_len, steps, true).map(|_| ())?;
+    }
+}
+
+/// In key-only mode the release must actually wait for payloads in generated histories
+/// (the full member behind a quorum, rolled back, or switched), or the property proves
+/// little.
+#[test]
+fn key_only_generator_makes_the_release_wait_for_payloads() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = proptest::collection::vec((arb_step(3), any::<u32>()), 100..250);
+    let (mut waits, mut with_waits) = (0, 0);
+    for _ in 0..200 {
+        let steps = strategy.new_tree(&mut runner).unwrap().current();
+        let (_, _, w) = check_mode(3, 1, steps, true).unwrap();
+        waits += w;
+        with_waits += usize::from(w > 0);
+    }
+    assert!(
+        with_waits >= 50 && waits >= 500,
+        "only {with_waits} of 200 histories waited for a payload ({waits} waits)"
+    );
 }
 
 /// The generator must actually produce rollbacks and discards, or the properties above
