@@ -10,6 +10,7 @@ mod kafka;
 mod live;
 mod page;
 mod support;
+mod whole;
 
 /// Used by the shared broker harness.
 pub fn init_tracing() {

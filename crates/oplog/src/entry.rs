@@ -295,6 +295,50 @@ impl<'a> OplogEntry<'a> {
         })
     }
 
+    /// The fields that name an entry, and nothing else: `ts`, `t`, `h`. The identity
+    /// projection that key-only members stream (`{ts: 1, t: 1, h: 1}`) parses with this;
+    /// whole entries parse with it too.
+    ///
+    /// # Errors
+    /// [`EntryError`] when the BSON is invalid, `ts` is missing, or `ts`/`t`/`h` has a type
+    /// MongoDB never writes.
+    pub fn parse_id(raw: &RawDocument) -> Result<EntryId, EntryError> {
+        let mut ts = None;
+        let mut term = None;
+        let mut hash = None;
+        for item in raw.iter() {
+            let (key, value) = item.map_err(|e| EntryError::Bson {
+                at: AtTs(ts),
+                detail: e.to_string(),
+            })?;
+            let wrong = |field: &'static str, expected: &'static str| EntryError::WrongType {
+                at: AtTs(ts),
+                field,
+                found: type_name(&value),
+                expected,
+            };
+            let int = |field: &'static str| match value {
+                RawBsonRef::Int64(v) => Ok(v),
+                RawBsonRef::Int32(v) => Ok(v.into()),
+                _ => Err(wrong(field, "Int64")),
+            };
+            match key.as_str() {
+                "ts" => match value {
+                    RawBsonRef::Timestamp(t) => ts = Some(t.into()),
+                    _ => return Err(wrong("ts", "Timestamp")),
+                },
+                "t" => term = Some(int("t")?),
+                "h" => hash = Some(int("h")?),
+                _ => {}
+            }
+        }
+        let ts = ts.ok_or(EntryError::Missing {
+            at: AtTs(None),
+            field: "ts",
+        })?;
+        Ok(EntryId { ts, term, hash })
+    }
+
     /// The raw document this view borrows from.
     pub fn raw(&self) -> &'a RawDocument {
         self.raw
@@ -429,6 +473,26 @@ mod tests {
         assert_eq!(e.hash, Some(-3056127588031004421));
         assert!(e.from_migrate);
         assert_eq!(e.op, OpKind::Delete);
+    }
+
+    #[test]
+    fn identity_projections_parse_like_whole_entries() {
+        let ts = bson::Timestamp {
+            time: 1700000000,
+            increment: 3,
+        };
+        let whole = rawdoc! { "op": "i", "ns": "a.b", "o": { "_id": 1 }, "ts": ts, "t": 4_i64 };
+        let projected = rawdoc! { "ts": ts, "t": 4_i64 };
+        let id = OplogEntry::parse_id(&projected).unwrap();
+        assert_eq!(id, OplogEntry::parse(&whole).unwrap().id());
+        assert_eq!(OplogEntry::parse_id(&whole).unwrap(), id);
+        let legacy = rawdoc! { "ts": ts, "h": -5_i64 };
+        assert_eq!(OplogEntry::parse_id(&legacy).unwrap().hash, Some(-5));
+        // Not an entry: named errors, no panic.
+        let e = OplogEntry::parse_id(&rawdoc! { "t": 1_i64 }).unwrap_err();
+        assert!(e.to_string().contains("ts"), "{e}");
+        let e = OplogEntry::parse_id(&rawdoc! { "ts": ts, "t": "x" }).unwrap_err();
+        assert!(e.to_string().contains('t'), "{e}");
     }
 
     #[test]

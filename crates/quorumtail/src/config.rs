@@ -319,6 +319,22 @@ pub struct PipelineConfig {
     /// How long SIGINT/SIGTERM waits for in-flight records before exiting.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: String,
+    /// Which members are read in whole: `"one"` (the default: one member per shard sends
+    /// whole entries, the others only identities) or `"all"` (every member sends whole
+    /// entries and their contents are cross-checked, at the members' count times the bytes).
+    #[serde(default)]
+    pub whole_entries: WholeEntries,
+}
+
+/// `[pipeline] whole_entries`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WholeEntries {
+    /// One member per shard (the primary when it keeps up); the others send identities.
+    #[default]
+    One,
+    /// Every member; contents are compared between members.
+    All,
 }
 
 fn default_max_pending() -> usize {
@@ -339,6 +355,7 @@ impl Default for PipelineConfig {
             max_pending: default_max_pending(),
             channel_batches: default_channel_batches(),
             shutdown_timeout: default_shutdown_timeout(),
+            whole_entries: WholeEntries::default(),
         }
     }
 }

@@ -350,6 +350,7 @@ pub async fn run_controlled(
         max_pending: c.pipeline.max_pending,
         channel_batches: c.pipeline.channel_batches,
         start: cfg.start,
+        whole_entries: c.pipeline.whole_entries,
     };
 
     let pipelines_stop = CancellationToken::new();

@@ -238,6 +238,20 @@ pub fn metrics(status: &Status) -> String {
         "Times the member's tailer was interrupted and reconnected.",
         per_node(&|n, _| Some(n.interruptions as f64)),
     );
+    family(
+        &mut m,
+        "quorumtail_node_bytes_read_total",
+        "counter",
+        "Bytes of oplog replies received from the member (whole entries or identities).",
+        per_node(&|n, _| Some(n.bytes_read as f64)),
+    );
+    family(
+        &mut m,
+        "quorumtail_node_reading_whole_entries",
+        "gauge",
+        "Whether the member's stream holds whole entries (1) or identities only (0).",
+        per_node(&|n, _| Some(f64::from(u8::from(n.reading == "whole entries")))),
+    );
     let checkpoints: BTreeMap<String, u32> = shards
         .keys()
         .filter_map(|k| status.confirmed(k).map(|c| (k.clone(), c.ts.time)))
@@ -294,6 +308,13 @@ pub fn metrics(status: &Status) -> String {
         "counter",
         "Entries a quorum of members confirmed.",
         per_shard(&|s| s.committed as f64),
+    );
+    family(
+        &mut m,
+        "quorumtail_shard_whole_entry_member_changes_total",
+        "counter",
+        "Times another member was chosen to send whole entries (the others send identities).",
+        per_shard(&|s| s.whole_switches as f64),
     );
     family(
         &mut m,
@@ -470,7 +491,7 @@ pub fn page(status: &Status) -> String {
             s.discarded,
             s.pending
         );
-        h.push_str("<table><tr><th>member</th><th>state</th><th>newest entry</th><th>lag</th><th>reconnects</th></tr>");
+        h.push_str("<table><tr><th>member</th><th>state</th><th>newest entry</th><th>lag</th><th>reads</th><th>reconnects</th></tr>");
         for (addr, n) in &nodes {
             let class = if n.state == "tailing" { "ok" } else { "bad" };
             let lag = top
@@ -479,10 +500,11 @@ pub fn page(status: &Status) -> String {
                 .saturating_sub(n.last_ts.map(|t| t.time).unwrap_or(0));
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td><td>{}</td></tr>",
                 html_escape(addr),
                 html_escape(&n.state),
                 n.last_ts.map(|t| format!("{} ({t})", utc_seconds(t.time))).unwrap_or_else(|| "-".into()),
+                html_escape(if n.reading.is_empty() { "-" } else { &n.reading }),
                 n.interruptions
             );
         }

@@ -60,6 +60,35 @@ pub struct ResumeTarget {
     pub exact: bool,
 }
 
+/// What a tailer reads of each entry.
+///
+/// The merge needs only identities from most members: the pipeline reads whole entries
+/// from one member and identities (`{ts, t, h}`, about 30 bytes) from the others, so
+/// reading every member of a replica set costs little more than reading one. A change of
+/// mode restarts the stream from the current resume target (a new [`TailMsg::Started`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum ReadMode {
+    /// Whole entries.
+    #[default]
+    Whole,
+    /// Only the fields of the entry's identity: `ts`, `t`, `h`.
+    Identity,
+}
+
+impl ReadMode {
+    /// For status pages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Whole => "whole entries",
+            ReadMode::Identity => "identities",
+        }
+    }
+}
+
+/// The projection of an entry's identity.
+static IDENTITY: std::sync::LazyLock<bson::Document> =
+    std::sync::LazyLock::new(|| doc! { "ts": 1, "t": 1, "h": 1 });
+
 /// A batch of raw oplog entries, in the member's oplog order.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -99,11 +128,15 @@ pub enum TailMsg {
         oldest: Option<EntryId>,
         /// Newest entry.
         newest: Option<EntryId>,
+        /// Whether the member said it is the writable primary.
+        primary: bool,
     },
     /// A new stream starts at `target`: forget what this member reported before.
     Started {
         /// Where it starts.
         target: ResumeTarget,
+        /// What its batches hold.
+        mode: ReadMode,
     },
     /// Entries following the previous ones of this stream.
     Batch(Batch),
@@ -200,12 +233,16 @@ enum Ended {
     Shutdown,
     #[error("merge stopped")]
     ReceiverGone,
+    #[error("read mode changed")]
+    ModeChanged,
 }
 
 /// Runs a tailer until `shutdown` is cancelled or the receiver is dropped.
+/// `mode` says what to read; a change restarts the stream from the resume target.
 pub async fn run(
     cfg: TailerConfig,
     mut target: watch::Receiver<Option<ResumeTarget>>,
+    mut mode: watch::Receiver<ReadMode>,
     tx: mpsc::Sender<TailMsg>,
     shutdown: CancellationToken,
 ) {
@@ -218,6 +255,7 @@ pub async fn run(
             &cfg,
             &mut client,
             &mut target,
+            &mut mode,
             &tx,
             &shutdown,
             &mut progressed,
@@ -230,6 +268,10 @@ pub async fn run(
         }
         let (reason, msg, delay) = match result {
             Ok(()) | Err(Ended::Shutdown) | Err(Ended::ReceiverGone) => return,
+            Err(Ended::ModeChanged) => {
+                debug!(shard = %cfg.shard, node = %cfg.node, mode = mode.borrow().as_str(), "read mode changed: restarting the stream");
+                continue;
+            }
             Err(Ended::Lacks) => (
                 "lacks the resume point".to_owned(),
                 None,
@@ -319,6 +361,7 @@ async fn session(
     cfg: &TailerConfig,
     client: &mut Option<Client>,
     target_rx: &mut watch::Receiver<Option<ResumeTarget>>,
+    mode_rx: &mut watch::Receiver<ReadMode>,
     tx: &mpsc::Sender<TailMsg>,
     shutdown: &CancellationToken,
     progressed: &mut bool,
@@ -370,9 +413,15 @@ async fn session(
     let oplog = client
         .database("local")
         .collection::<bson::Document>("oplog.rs");
+    let primary = hello
+        .get_bool("isWritablePrimary")
+        .or_else(|_| hello.get_bool("ismaster"))
+        .unwrap_or(false);
+    let id_only = IDENTITY.clone();
     let oldest = oplog
         .find(doc! {})
         .sort(doc! { "$natural": 1 })
+        .projection(id_only.clone())
         .limit(1)
         .batch()
         .await?;
@@ -380,11 +429,21 @@ async fn session(
     let newest = oplog
         .find(doc! {})
         .sort(doc! { "$natural": -1 })
+        .projection(id_only)
         .limit(1)
         .batch()
         .await?;
     let newest = first_id(newest).await?;
-    send(tx, shutdown, TailMsg::Probe { oldest, newest }).await?;
+    send(
+        tx,
+        shutdown,
+        TailMsg::Probe {
+            oldest,
+            newest,
+            primary,
+        },
+    )
+    .await?;
 
     let target = loop {
         if let Some(t) = *target_rx.borrow_and_update() {
@@ -421,20 +480,30 @@ async fn session(
     if cfg.server_filter_from_migrate {
         filter.insert("fromMigrate", doc! { "$exists": false });
     }
-    let mut cursor = oplog
+    let mode = *mode_rx.borrow_and_update();
+    let mut find = oplog
         .find(filter)
         .cursor_type(CursorType::TailableAwait)
         .max_await_time(cfg.max_await)
-        .batch_size(cfg.batch_size)
-        .batch()
-        .await?;
-    send(tx, shutdown, TailMsg::Started { target }).await?;
-    info!(shard = %cfg.shard, node = %cfg.node, from = %target.id, "tailing");
+        .batch_size(cfg.batch_size);
+    if mode == ReadMode::Identity {
+        find = find.projection(IDENTITY.clone());
+    }
+    let mut cursor = find.batch().await?;
+    send(tx, shutdown, TailMsg::Started { target, mode }).await?;
+    info!(shard = %cfg.shard, node = %cfg.node, from = %target.id, reading = mode.as_str(), "tailing");
 
     let mut verified = !target.exact;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+            r = mode_rx.changed() => {
+                r.map_err(|_| Ended::ReceiverGone)?;
+                if *mode_rx.borrow_and_update() != mode {
+                    return Err(Ended::ModeChanged);
+                }
+                continue;
+            }
             n = cursor.next() => n,
         };
         let batch = match next {
@@ -450,11 +519,9 @@ async fn session(
             match entries.next() {
                 None => None,
                 Some(Err(e)) => return Err(Ended::Refused(format!("malformed oplog entry: {e}"))),
-                Some(Ok(doc)) => Some(
-                    OplogEntry::parse(doc)
-                        .map(|e| e.id())
-                        .map_err(|e| Ended::Refused(e.to_string()))?,
-                ),
+                Some(Ok(doc)) => {
+                    Some(OplogEntry::parse_id(doc).map_err(|e| Ended::Refused(e.to_string()))?)
+                }
             }
         };
         let Some(first) = first else {
@@ -499,8 +566,8 @@ async fn first_id(
         let mut entries = batch.entries().map_err(Ended::Refused)?;
         if let Some(first) = entries.next() {
             let first = first.map_err(Ended::Refused)?;
-            return OplogEntry::parse(first)
-                .map(|e| Some(e.id()))
+            return OplogEntry::parse_id(first)
+                .map(Some)
                 .map_err(|e| Ended::Refused(e.to_string()));
         }
     }

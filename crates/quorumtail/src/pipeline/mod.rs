@@ -8,6 +8,26 @@
 //!                 └── resume target (watch) ◄┘  the watermark after each release
 //! ```
 //!
+//! # Whole entries from one member, identities from the others
+//!
+//! The merge needs identities; only the emitter needs contents. With `[pipeline]
+//! whole_entries = "one"` (the default) one member per shard streams whole entries and the
+//! others stream the projection `{ts, t, h}`, so reading three members costs about one
+//! read of the oplog plus ~30 bytes per entry per extra member. The merge releases an
+//! entry once a quorum reported its identity AND a payload arrived
+//! ([`Merge::require_payload`]). The member read whole is chosen and changed here:
+//!
+//! * at start, the first member that answers, then the primary as soon as one says so;
+//! * at once when it goes down, is refused, lacks the resume point or is removed, or
+//!   has passed the entry the release waits for without holding it (another branch);
+//! * when the release has waited [`SWITCH_AFTER`] for a payload: the member furthest ahead
+//!   among those that reported the waiting entry.
+//!
+//! A change restarts both members' streams from the watermark (the last released entry):
+//! the new whole member re-sends the waiting entry first, nothing is skipped, and nothing
+//! released is released again (the merge ignores reports at or below what it decided).
+//! Failover in the middle of a change is the same case again: the next member is chosen.
+//!
 //! Backpressure: `sink.send` waits when the sink is full, which stops this task from
 //! reading the tailer channels, which stops the tailers. When the merge holds more than
 //! `max_pending` unconfirmed entries (a stalled quorum), the channels of the members that
@@ -18,19 +38,20 @@ pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mongodb::raw_batch_cursor::RawBatch;
 use quorumtail_merge::{Event, Merge, NodeId, PushError, Report};
 use quorumtail_oplog::{EntryId, Filter, OplogEntry, Timestamp};
 use quorumtail_sink::{SinkInput, SinkSender};
-use quorumtail_tailer::{pred, ResumeTarget, TailMsg, TailerConfig};
+use quorumtail_tailer::{pred, ReadMode, ResumeTarget, TailMsg, TailerConfig};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{KeyKind, StartPosition};
+use crate::config::{KeyKind, StartPosition, WholeEntries};
 use emit::Emitter;
 use stats::ShardStats;
 
@@ -66,7 +87,14 @@ pub struct Shared {
     pub channel_batches: usize,
     /// `[start] position` for shards without a checkpoint.
     pub start: StartPosition,
+    /// `[pipeline] whole_entries`.
+    pub whole_entries: WholeEntries,
 }
+
+/// How long the release may wait for the whole entry a quorum already confirmed before
+/// another member is read whole. Long enough that a member re-reading a backlog after a
+/// change is not changed again; short next to an election.
+pub const SWITCH_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a shard stopped for good. These are definite: the operator must act.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +189,18 @@ struct Member {
     probe: Option<(Option<EntryId>, Option<EntryId>)>,
     lacks: Option<(ResumeTarget, Option<EntryId>)>,
     state: String,
+    /// What this member should read (its tailer restarts when this changes).
+    mode_tx: watch::Sender<ReadMode>,
+    /// What its current stream holds (from `Started`).
+    reading: Option<ReadMode>,
+    /// Whether it said it is primary when it last connected.
+    primary: bool,
+}
+
+impl Member {
+    fn healthy(&self) -> bool {
+        self.state == "tailing" || self.state == "connecting"
+    }
 }
 
 /// Messages the coordinator sends a running shard.
@@ -237,6 +277,12 @@ struct ShardTask {
     draining: Option<std::collections::HashSet<NodeId>>,
     /// Whether enough members are being tailed to reach the quorum (logged on change).
     quorum_reachable: bool,
+    /// `whole_entries = "one"`: only `whole` reads whole entries.
+    key_only: bool,
+    /// The member read whole (key-only mode).
+    whole: Option<NodeId>,
+    /// Since when the release waits for a payload (or since the last change of `whole`).
+    waiting_since: Option<Instant>,
 }
 
 impl ShardTask {
@@ -249,6 +295,7 @@ impl ShardTask {
     ) -> Result<Self, ShardError> {
         let shard = spec.name.clone();
         let quorum = resolve(&spec)?;
+        let task_key_only = shared.whole_entries == WholeEntries::One;
         let (target_tx, _) = watch::channel::<Option<ResumeTarget>>(None);
         let skip_orphans = match (checkpoint, shared.start) {
             (None, StartPosition::After(ts)) => Some(ts),
@@ -280,11 +327,20 @@ impl ShardTask {
             out: Vec::with_capacity(1024),
             draining: None,
             quorum_reachable: true,
+            key_only: task_key_only,
+            whole: None,
+            waiting_since: None,
         };
         match (checkpoint, task.shared.start) {
             (Some(cp), _) => {
                 info!(%shard, checkpoint = %cp, "resuming from checkpoint");
-                task.engine = Some(new_engine(&shard, spec.members.len(), quorum, Some(cp))?);
+                task.engine = Some(new_engine(
+                    &shard,
+                    spec.members.len(),
+                    quorum,
+                    Some(cp),
+                    task.key_only,
+                )?);
                 task.target_tx.send_replace(Some(ResumeTarget {
                     id: cp,
                     exact: true,
@@ -293,7 +349,13 @@ impl ShardTask {
             (None, StartPosition::After(ts)) => {
                 let id = EntryId::at(ts);
                 info!(%shard, after = %ts, "no checkpoint: starting after the configured position");
-                task.engine = Some(new_engine(&shard, spec.members.len(), quorum, Some(id))?);
+                task.engine = Some(new_engine(
+                    &shard,
+                    spec.members.len(),
+                    quorum,
+                    Some(id),
+                    task.key_only,
+                )?);
                 task.target_tx
                     .send_replace(Some(ResumeTarget { id, exact: false }));
             }
@@ -313,9 +375,18 @@ impl ShardTask {
         cfg.node = addr.to_owned();
         cfg.replica_set = self.spec.replica_set.clone();
         let token = self.tailers_stop.child_token();
+        // Key-only members start with identities; the member read whole is chosen when
+        // the first ones answer (see the module docs).
+        let mode = if self.key_only {
+            ReadMode::Identity
+        } else {
+            ReadMode::Whole
+        };
+        let (mode_tx, mode_rx) = watch::channel(mode);
         tokio::spawn(quorumtail_tailer::run(
             cfg,
             self.target_tx.subscribe(),
+            mode_rx,
             tx,
             token,
         ));
@@ -331,8 +402,108 @@ impl ShardTask {
                 probe: None,
                 lacks: None,
                 state: "connecting".into(),
+                mode_tx,
+                reading: None,
+                primary: false,
             },
         );
+    }
+
+    /// Reads whole entries from `to` from now on (key-only mode); both streams restart
+    /// from the watermark.
+    fn switch_whole(&mut self, to: NodeId, why: &str) {
+        if self.whole == Some(to) || !self.members.contains_key(&to) {
+            return;
+        }
+        let from = self.whole.replace(to);
+        let from_addr = from
+            .and_then(|f| self.members.get(&f))
+            .map(|m| m.addr.clone());
+        if let Some(m) = from.and_then(|f| self.members.get(&f)) {
+            m.mode_tx.send_replace(ReadMode::Identity);
+        }
+        let Some(m) = self.members.get(&to) else {
+            return;
+        };
+        m.mode_tx.send_replace(ReadMode::Whole);
+        // It must be read now even if the backlog bound had set it aside.
+        if let Some(s) = self.paused.remove(&to) {
+            self.streams.insert(to, s);
+        }
+        self.waiting_since = None;
+        self.stats
+            .whole_switches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match from_addr {
+            Some(f) => {
+                info!(shard = %self.shard, from = %f, to = %m.addr, reason = why, "reading whole entries from another member")
+            }
+            None => {
+                info!(shard = %self.shard, node = %m.addr, reason = why, "reading whole entries from this member, identities from the others")
+            }
+        }
+    }
+
+    /// The healthy member furthest ahead among `among` (primary first on a tie).
+    fn best_member(&self, among: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+        self.members
+            .iter()
+            .filter(|(id, m)| among(**id) && m.healthy())
+            .max_by_key(|(id, m)| (m.info.last_ts, m.primary, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Key-only mode: keeps the member read whole able to deliver what the release needs
+    /// (see the module docs for the rules).
+    fn check_whole(&mut self) {
+        if !self.key_only {
+            return;
+        }
+        let whole = self
+            .whole
+            .and_then(|w| self.members.get(&w).map(|m| (w, m)));
+        let Some((w, wm)) = whole else {
+            if let Some(b) = self.best_member(|_| true) {
+                self.switch_whole(b, "no member was read whole");
+            }
+            return;
+        };
+        if !wm.healthy() {
+            let why = format!("{} is {}", wm.addr, wm.state);
+            if let Some(b) = self.best_member(|id| id != w) {
+                self.switch_whole(b, &why);
+            }
+            return;
+        }
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        let Some((waiting, reporters)) = e.awaiting_payload() else {
+            self.waiting_since = None;
+            return;
+        };
+        let passed = !reporters.contains(w)
+            && wm.reading == Some(ReadMode::Whole)
+            && e.node_position(w).is_some_and(|p| p.ts >= waiting.ts);
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        if passed || since.elapsed() >= SWITCH_AFTER {
+            let why = if passed {
+                format!(
+                    "{} passed entry {waiting} without holding it (another branch)",
+                    wm.addr
+                )
+            } else {
+                format!(
+                    "entry {waiting} is confirmed by a quorum but {} has not sent it for {:?}",
+                    wm.addr,
+                    since.elapsed()
+                )
+            };
+            match self.best_member(|id| id != w && reporters.contains(id)) {
+                Some(b) => self.switch_whole(b, &why),
+                None => self.waiting_since = Some(Instant::now()),
+            }
+        }
     }
 
     fn quorum_err(&self, e: impl std::fmt::Display) -> ShardError {
@@ -438,11 +609,13 @@ impl ShardTask {
         info!(shard = %self.shard, before = ?before, after = ?new_spec.members, quorum_before = self.quorum, quorum_after = new_q, "shard membership changed");
         self.quorum = new_q;
         self.spec = new_spec;
+        self.check_whole();
         self.drain()
     }
 
     fn handle(&mut self, node: NodeId, msg: TailMsg) -> Result<(), ShardError> {
         let result = self.handle_msg(node, msg);
+        self.check_whole();
         if let Some(m) = self.members.get_mut(&node) {
             m.info.state.clone_from(&m.state);
             self.stats.set_node(&m.addr, m.info.clone());
@@ -464,9 +637,29 @@ impl ShardTask {
             return Ok(());
         };
         match msg {
-            TailMsg::Probe { oldest, newest } => {
+            TailMsg::Probe {
+                oldest,
+                newest,
+                primary,
+            } => {
                 member.probe = Some((oldest, newest));
+                member.primary = primary;
                 member.info.oldest_ts = oldest.map(|o| o.ts);
+                if member.info.last_ts.is_none() {
+                    member.info.last_ts = newest.map(|n| n.ts);
+                }
+                if self.key_only {
+                    let whole_is_primary = self
+                        .whole
+                        .and_then(|w| self.members.get(&w))
+                        .is_some_and(|m| m.primary);
+                    if self.whole.is_none() {
+                        self.switch_whole(node, "first member to answer");
+                    } else if primary && !whole_is_primary {
+                        self.switch_whole(node, "the primary answered");
+                    }
+                }
+
                 if self.engine.is_none() {
                     if let Some((target, start)) =
                         decide_start(&self.members, self.quorum, self.shared.start)
@@ -478,7 +671,7 @@ impl ShardTask {
                             .map(|k| k.0 as usize + 1)
                             .max()
                             .unwrap_or(0);
-                        let mut engine = new_engine(&shard, n, self.quorum, start)?;
+                        let mut engine = new_engine(&shard, n, self.quorum, start, self.key_only)?;
                         for i in 0..n as u8 {
                             if !self.members.contains_key(&NodeId(i)) {
                                 engine.remove_node(NodeId(i));
@@ -505,7 +698,9 @@ impl ShardTask {
                     }
                 }
             }
-            TailMsg::Started { .. } => {
+            TailMsg::Started { mode, .. } => {
+                member.reading = Some(mode);
+                member.info.reading = mode.as_str().into();
                 member.info.starts += 1;
                 self.stats
                     .tailer_starts
@@ -575,6 +770,8 @@ impl ShardTask {
                     return Ok(());
                 };
                 let reply = batch.shared();
+                let whole = member.reading != Some(ReadMode::Identity);
+                member.info.bytes_read += reply.as_raw_document().as_bytes().len() as u64;
                 let base = reply.as_raw_document().as_bytes().as_ptr() as usize;
                 let bad = |detail: String| ShardError::BadEntry {
                     shard: shard.clone(),
@@ -582,19 +779,26 @@ impl ShardTask {
                 };
                 for doc in batch.entries().map_err(bad)? {
                     let doc = doc.map_err(bad)?;
-                    let parsed = OplogEntry::parse(doc).map_err(|e| bad(e.to_string()))?;
-                    *last_ts = Some(parsed.ts);
-                    let start = doc.as_bytes().as_ptr() as usize - base;
-                    let payload = EntryRef {
-                        batch: reply.clone(),
-                        start,
-                        len: doc.as_bytes().len(),
+                    let report = if whole {
+                        let parsed = OplogEntry::parse(doc).map_err(|e| bad(e.to_string()))?;
+                        let start = doc.as_bytes().as_ptr() as usize - base;
+                        Report {
+                            id: parsed.id(),
+                            digest: Some(parsed.digest()),
+                            payload: Some(EntryRef {
+                                batch: reply.clone(),
+                                start,
+                                len: doc.as_bytes().len(),
+                            }),
+                        }
+                    } else {
+                        Report {
+                            id: OplogEntry::parse_id(doc).map_err(|e| bad(e.to_string()))?,
+                            digest: None,
+                            payload: None,
+                        }
                     };
-                    let report = Report {
-                        id: parsed.id(),
-                        digest: Some(parsed.digest()),
-                        payload: Some(payload),
-                    };
+                    *last_ts = (*last_ts).max(Some(report.id.ts));
                     e.push(node, report).map_err(|source| ShardError::Stream {
                         shard: shard.clone(),
                         source,
@@ -681,10 +885,16 @@ fn new_engine(
     nodes: usize,
     quorum: usize,
     start: Option<EntryId>,
+    key_only: bool,
 ) -> Result<Merge<EntryRef>, ShardError> {
-    Merge::new(nodes, quorum, start).map_err(|e| ShardError::Quorum {
+    let engine = Merge::new(nodes, quorum, start).map_err(|e| ShardError::Quorum {
         shard: shard.clone(),
         detail: e.to_string(),
+    })?;
+    Ok(if key_only {
+        engine.require_payload()
+    } else {
+        engine
     })
 }
 

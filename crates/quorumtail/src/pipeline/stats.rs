@@ -21,6 +21,10 @@ pub struct NodeStats {
     pub interruptions: u64,
     /// When it last answered (a batch or an empty getMore), Unix milliseconds.
     pub last_seen_unix_ms: u64,
+    /// What its stream holds: `whole entries` or `identities` (key-only members).
+    pub reading: String,
+    /// Bytes of oplog replies received from it.
+    pub bytes_read: u64,
 }
 
 /// Per-shard counters (relaxed atomics: read for reporting only).
@@ -58,6 +62,8 @@ pub struct ShardStats {
     pub watermark: AtomicU64,
     /// The quorum in force.
     pub quorum: AtomicU64,
+    /// Changes of the member read whole (key-only mode).
+    pub whole_switches: AtomicU64,
     /// Per member, by address.
     pub nodes: Mutex<BTreeMap<String, NodeStats>>,
 }
@@ -121,6 +127,7 @@ impl ShardStats {
             quorum_reachable: self.quorum_reachable.load(Relaxed) != 0,
             quorum: self.quorum.load(Relaxed),
             watermark_seconds: self.watermark.load(Relaxed) >> 32,
+            whole_switches: self.whole_switches.load(Relaxed),
         }
     }
 }
@@ -145,4 +152,5 @@ pub struct StatsSnapshot {
     pub quorum_reachable: bool,
     pub quorum: u64,
     pub watermark_seconds: u64,
+    pub whole_switches: u64,
 }
