@@ -233,3 +233,41 @@ async fn members_read_for_identities_cost_a_fraction_of_the_bytes() {
         cluster.shutdown().await;
     }
 }
+
+/// The member read whole stops being primary and then lags an hour behind: the release
+/// does not wait for it; another member is read whole within seconds and everything
+/// committed is emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_read_whole_that_falls_behind_is_replaced() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let shard = cluster.shard_names()[0].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(
+        tmp.path(),
+        &shards_toml(&cluster),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    let mongos = cluster.mongos_addr();
+    insert_range(mongos, 0..50).await;
+    let old = cluster.primary_of(&shard).unwrap();
+    wait_until(30, "the primary to be read whole", || {
+        whole_member(&q, &shard) == Some(old.to_string())
+    })
+    .await;
+    cluster.step_down(&shard).await.unwrap();
+    wait_until(30, "a new primary", || {
+        cluster.primary_of(&shard).is_some_and(|p| p != old)
+    })
+    .await;
+    cluster.set_lag(old, Duration::from_secs(3600)).unwrap();
+    insert_range(mongos, 50..100).await;
+    wait_exact(&cluster, &q.out, &shard).await;
+    let now_whole = whole_member(&q, &shard);
+    assert!(
+        now_whole.is_some() && now_whole != Some(old.to_string()),
+        "still reading whole entries from the lagging member: {:?}",
+        q.status.nodes(&shard)
+    );
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}

@@ -69,6 +69,37 @@ struct Run {
     cpu: f64,
     rss_kib: u64,
     entries: u64,
+    /// Bytes of oplog replies quorumtail received from all members (from /metrics).
+    bytes_read: Option<f64>,
+}
+
+/// GET /metrics on quorumtail's HTTP port: the sum of one metric over its labels.
+fn metric_sum(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .inspect(|_| found = true)
+        .sum();
+    found.then_some(sum)
+}
+
+/// Percentile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {
@@ -162,7 +193,7 @@ fn main() {
         names.len()
     );
 
-    for prefix in ["bench0", "bench1"] {
+    let create_topics = |prefix: &str| {
         for s in &names {
             let topic = format!("{prefix}.{s}");
             let out = Command::new(&tansu)
@@ -183,10 +214,14 @@ fn main() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-    }
+    };
 
-    let quorumtail = |name: &'static str, prefix: &str, one_member: bool| -> Run {
+    // Starts the release binary on a config: every member (or the primary alone with
+    // quorum 1), `extra` appended. Returns the child, its HTTP port and checkpoint file.
+    let spawn = |prefix: &str, one_member: bool, extra: &str| -> (Child, u16, PathBuf) {
+        create_topics(prefix);
         let cp = dir.path().join(format!("{prefix}.json"));
+        let http = free_port();
         let mut cfg = String::new();
         for s in &names {
             let members = cluster.shard_members(s);
@@ -204,40 +239,52 @@ fn main() {
             }
         }
         cfg.push_str(&format!(
-            "[start]\nposition = \"earliest\"\n[sink]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{shard}}\"\n[sink.librdkafka]\n\"linger.ms\" = \"20\"\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n",
+            "[sink]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{shard}}\"\n[sink.librdkafka]\n\"linger.ms\" = \"5\"\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{extra}",
             cp.display().to_string()
         ));
         let path = dir.path().join(format!("{prefix}.toml"));
         std::fs::write(&path, cfg).unwrap();
-        let start = Instant::now();
         let log = std::fs::File::create(dir.path().join(format!("{prefix}.log"))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quorumtail"))
+        let child = Command::new(env!("CARGO_BIN_EXE_quorumtail"))
             .args(["run", "--config"])
             .arg(&path)
             .stderr(log)
             .spawn()
             .unwrap();
+        (child, http, cp)
+    };
+    let exited = |child: &mut Child, prefix: &str| {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.path().join(format!("{prefix}.log")))
+                .unwrap_or_default();
+            panic!("{prefix}: quorumtail exited early ({status}):\n{log}");
+        }
+    };
+    // Whether the confirmed checkpoints reached `last`.
+    let reached = |cp: &PathBuf, last: &[(String, EntryId)]| {
+        let text = std::fs::read_to_string(cp).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        last.iter().all(|(s, id)| {
+            serde_json::from_value::<EntryId>(v["shards"][s].clone()).is_ok_and(|c| c.ts >= id.ts)
+        })
+    };
+
+    let catch_up = |name: &'static str, prefix: &str, one_member: bool, whole: &str| -> Run {
+        let start = Instant::now();
+        let (mut child, http, cp) = spawn(
+            prefix,
+            one_member,
+            &format!("[start]\nposition = \"earliest\"\n[pipeline]\nwhole_entries = \"{whole}\"\n"),
+        );
         let deadline = Instant::now() + Duration::from_secs(900);
-        loop {
-            let text = std::fs::read_to_string(&cp).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let done = last.iter().all(|(s, id)| {
-                serde_json::from_value::<EntryId>(v["shards"][s].clone())
-                    .is_ok_and(|c| c.ts >= id.ts)
-            });
-            if done {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join(format!("{prefix}.log")))
-                    .unwrap_or_default();
-                panic!("{name} exited early ({status}):\n{log}");
-            }
+        while !reached(&cp, &last) {
+            exited(&mut child, prefix);
             assert!(Instant::now() < deadline, "{name} did not finish");
             std::thread::sleep(Duration::from_millis(20));
         }
         let seconds = start.elapsed().as_secs_f64();
         let (cpu, rss) = usage(child.id());
+        let bytes_read = metric_sum(http, "quorumtail_node_bytes_read_total");
         stop(child);
         Run {
             name,
@@ -245,11 +292,13 @@ fn main() {
             cpu,
             rss_kib: rss,
             entries: total_entries,
+            bytes_read,
         }
     };
 
-    let majority = quorumtail("quorumtail, 3 members, majority", "bench0", false);
-    let single = quorumtail("quorumtail, 1 member, quorum 1", "bench1", true);
+    let majority = catch_up("quorumtail, 3 members, majority", "bench0", false, "one");
+    let all_whole = catch_up("  the same, every member whole", "bench1", false, "all");
+    let single = catch_up("quorumtail, 1 member, quorum 1", "bench2", true, "one");
 
     let primaries: Vec<String> = names
         .iter()
@@ -290,32 +339,292 @@ fn main() {
         cpu: peak.0,
         rss_kib: peak.1,
         entries: app_entries,
+        bytes_read: None,
     };
 
-    println!("\n{n} application inserts ({total_entries} oplog entries, {:.1} MB of BSON) on 2 shards x 3 members", bytes as f64 / 1e6);
+    // Live writes: quorumtail follows a steady write rate; latency from the insert on the
+    // primary (a timestamp in the document) to the record read back by a Kafka consumer
+    // (an upper bound of write -> Kafka acknowledgement: it adds the consumer's fetch).
+    let live_n: u64 = std::env::var("E2E_LIVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let live_rate: f64 = std::env::var("E2E_LIVE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000.0);
+    let live = |prefix: &str, one_member: bool, first_id: u64| -> (Vec<f64>, f64) {
+        let (mut child, http, _cp) = spawn(prefix, one_member, "[start]\nposition = \"latest\"\n");
+        // Writes count once every member is being tailed (the start position is chosen).
+        let members = if one_member {
+            names.len()
+        } else {
+            names.len() * 3
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric_sum(http, "quorumtail_node_up").unwrap_or(0.0) < members as f64 {
+            exited(&mut child, prefix);
+            assert!(Instant::now() < deadline, "{prefix}: members not tailed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let consumer = live_consumer(
+            brokers.clone(),
+            prefix.to_owned(),
+            names.clone(),
+            live_n as usize,
+        );
+        let writer_cluster = &cluster;
+        let t0 = Instant::now();
+        let writes = rt.block_on(async {
+            let client = mongodb::Client::with_uri_str(format!(
+                "mongodb://{}/",
+                writer_cluster.mongos_addr()
+            ))
+            .await
+            .unwrap();
+            let coll = client
+                .database("shop")
+                .collection::<bson::Document>("orders");
+            for i in 0..live_n {
+                let due = t0 + Duration::from_secs_f64(i as f64 / live_rate);
+                tokio::time::sleep_until(due.into()).await;
+                let id = (first_id + i) as i64;
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as i64;
+                coll.insert_one(bson::doc! { "_id": id, "sent_us": sent, "note": "live" })
+                    .await
+                    .unwrap();
+            }
+            t0.elapsed().as_secs_f64()
+        });
+        let achieved = live_n as f64 / writes;
+        let mut lat = consumer.join().unwrap();
+        exited(&mut child, prefix);
+        stop(child);
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (lat, achieved)
+    };
+    let (lat_major, rate_major) = live("live0", false, 10_000_000);
+    let (lat_one, rate_one) = live("live1", true, 20_000_000);
+
+    // Memory under adversity: one member per shard an hour behind (it holds none of the
+    // new entries), then a stalled quorum (only the primary holds them) with a small
+    // max_pending.
+    let extra = n / 2;
+    for s in &names {
+        let m = cluster.shard_members(s);
+        let p = cluster.primary_of(s).unwrap();
+        let lagging = *m.iter().find(|a| **a != p).unwrap();
+        cluster.set_lag(lagging, Duration::from_secs(3600)).unwrap();
+    }
+    let preload = |from: u64, count: u64| {
+        let filler = "x".repeat(200);
+        for start in (from..from + count).step_by(1000) {
+            let docs: Vec<bson::Document> = (start..(start + 1000).min(from + count))
+                .map(|i| bson::doc! { "_id": i as i64, "customer": format!("c{}", i % 997), "amount": (i % 1000) as f64 / 10.0, "note": &filler })
+                .collect();
+            rt.block_on(cluster.insert("shop.orders", docs)).unwrap();
+        }
+    };
+    preload(30_000_000, extra);
+    let newest_on_two: Vec<(String, EntryId)> = names
+        .iter()
+        .map(|s| {
+            let p = cluster.primary_of(s).unwrap();
+            let id = cluster
+                .oplog_snapshot(p)
+                .last()
+                .map(|e| OplogEntry::parse(e).unwrap().id())
+                .unwrap();
+            (s.clone(), id)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !names.iter().all(|s| {
+        cluster.commit_point(s).is_some_and(|(ts, _)| {
+            newest_on_two
+                .iter()
+                .any(|(n, id)| n == s && quorumtail_oplog::Timestamp::from(ts) >= id.ts)
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the lagged writes did not commit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lagging_run = {
+        let start = Instant::now();
+        let (mut child, _http, cp) = spawn("lag0", false, "[start]\nposition = \"earliest\"\n");
+        while !reached(&cp, &newest_on_two) {
+            exited(&mut child, "lag0");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let (cpu, rss) = usage(child.id());
+        stop(child);
+        Run {
+            name: "one member per shard 1 h behind",
+            seconds,
+            cpu,
+            rss_kib: rss,
+            entries: total_entries + extra,
+            bytes_read: None,
+        }
+    };
+    // Stalled: the second secondary lags too; only the primaries hold the next writes.
+    for s in &names {
+        let p = cluster.primary_of(s).unwrap();
+        for m in cluster.shard_members(s) {
+            if m != p {
+                cluster.set_lag(m, Duration::from_secs(3600)).unwrap();
+            }
+        }
+    }
+    let stall_pending = 10_000u64;
+    preload(40_000_000, extra);
+    let stalled = {
+        let (mut child, http, _cp) = spawn(
+            "stall0",
+            false,
+            &format!(
+                "[start]\nposition = \"earliest\"\n[pipeline]\nmax_pending = {stall_pending}\n"
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(300);
+        // Every shard holds its bound of unconfirmed entries.
+        loop {
+            exited(&mut child, "stall0");
+            let pending = metric_sum(http, "quorumtail_shard_pending_entries").unwrap_or(0.0);
+            if pending >= (stall_pending * names.len() as u64) as f64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stalled run never filled its bound ({pending})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let at_bound = usage(child.id()).1;
+        std::thread::sleep(Duration::from_secs(10));
+        let later = usage(child.id()).1;
+        let pending = metric_sum(http, "quorumtail_shard_pending_entries").unwrap_or(0.0);
+        stop(child);
+        (at_bound, later, pending)
+    };
+
+    let mb = bytes as f64 / 1e6;
+    println!("\n{n} application inserts ({total_entries} oplog entries, {mb:.1} MB of BSON) on 2 shards x 3 members, read from the beginning");
     println!(
-        "{:<36} {:>9} {:>12} {:>9} {:>10} {:>11}",
-        "run", "seconds", "entries/s", "MB/s", "CPU s", "peak RSS MB"
+        "{:<36} {:>9} {:>12} {:>9} {:>10} {:>11} {:>15}",
+        "run", "seconds", "entries/s", "MB/s", "CPU s", "peak RSS MB", "read/entry byte"
     );
-    for r in [&majority, &single, &peer_run] {
+    for r in [&majority, &all_whole, &single, &peer_run] {
         println!(
-            "{:<36} {:>9.2} {:>12.0} {:>9.1} {:>10.2} {:>11.1}",
+            "{:<36} {:>9.2} {:>12.0} {:>9.1} {:>10.2} {:>11.1} {:>15}",
             r.name,
             r.seconds,
             r.entries as f64 / r.seconds,
-            bytes as f64 / 1e6 / r.seconds,
+            mb / r.seconds,
             r.cpu,
-            r.rss_kib as f64 / 1024.0
+            r.rss_kib as f64 / 1024.0,
+            r.bytes_read
+                .map(|b| format!("{:.2}x", b / bytes as f64))
+                .unwrap_or_else(|| "-".into())
         );
     }
     println!(
-        "quorumtail (majority) / peer entries/s: {:.1}x;  CPU per entry, majority / quorum 1: {:.2}x",
+        "quorumtail (majority) / peer entries/s: {:.1}x;  CPU per entry, majority / quorum 1: {:.2}x;  bytes read per entry byte: {:.2}x (every member whole: {:.2}x)",
         (majority.entries as f64 / majority.seconds) / (peer_run.entries as f64 / peer_run.seconds),
-        (majority.cpu / majority.entries as f64) / (single.cpu / single.entries as f64)
+        (majority.cpu / majority.entries as f64) / (single.cpu / single.entries as f64),
+        majority.bytes_read.unwrap_or(f64::NAN) / bytes as f64,
+        all_whole.bytes_read.unwrap_or(f64::NAN) / bytes as f64,
+    );
+    println!("\nlive writes through mongos ({live_n} inserts at {live_rate} /s), insert -> record read back from Kafka:");
+    for (name, lat, rate) in [
+        ("quorumtail, 3 members, majority", &lat_major, rate_major),
+        ("quorumtail, 1 member, quorum 1", &lat_one, rate_one),
+    ] {
+        println!(
+            "  {name:<34} {rate:>7.0} writes/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} records)",
+            pct(lat, 0.5),
+            pct(lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            lat.len()
+        );
+    }
+    println!("\nmemory under adversity:");
+    println!(
+        "  {:<34} {:.2} s for {} entries, peak RSS {:.1} MB",
+        lagging_run.name,
+        lagging_run.seconds,
+        lagging_run.entries,
+        lagging_run.rss_kib as f64 / 1024.0
+    );
+    println!(
+        "  stalled quorum (max_pending {stall_pending}): peak RSS {:.1} MB when the bound filled, {:.1} MB 10 s later; {} entries pending",
+        stalled.0 as f64 / 1024.0,
+        stalled.1 as f64 / 1024.0,
+        stalled.2
     );
     let _ = broker.kill();
     let _ = broker.wait();
     rt.block_on(cluster.shutdown());
+}
+
+/// A consumer thread on every partition of `prefix.<shard>` from the start: reads until
+/// `count` records with `sent_us` arrived (or 120 s passed) and returns their latencies
+/// in ms.
+fn live_consumer(
+    brokers: String,
+    prefix: String,
+    shards: Vec<String>,
+    count: usize,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let timeout = Duration::from_secs(120);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{prefix}-latency"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for s in &shards {
+        for p in 0..3 {
+            tpl.add_partition_offset(&format!("{prefix}.{s}"), p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    std::thread::spawn(move || {
+        let mut lat = Vec::with_capacity(count);
+        let deadline = Instant::now() + timeout;
+        while lat.len() < count && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as f64;
+            let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            else {
+                continue;
+            };
+            if let Some(sent) = v["entry"]["o"]["sent_us"].as_i64() {
+                lat.push((now - sent as f64) / 1000.0);
+            }
+        }
+        lat
+    })
 }
 
 fn stop(mut child: Child) {

@@ -195,6 +195,11 @@ struct Member {
     reading: Option<ReadMode>,
     /// Whether it said it is primary when it last connected.
     primary: bool,
+    /// Whether its last answer reached the end of its oplog (an empty or partial batch):
+    /// then what it lacks, it lacks because it is behind, not because it reads slower.
+    at_end: bool,
+    /// When its stream last delivered entries (or started).
+    moved_at: Option<Instant>,
 }
 
 impl Member {
@@ -405,6 +410,8 @@ impl ShardTask {
                 mode_tx,
                 reading: None,
                 primary: false,
+                at_end: false,
+                moved_at: None,
             },
         );
     }
@@ -486,19 +493,26 @@ impl ShardTask {
             && wm.reading == Some(ReadMode::Whole)
             && e.node_position(w).is_some_and(|p| p.ts >= waiting.ts);
         let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        if passed || since.elapsed() >= SWITCH_AFTER {
-            let why = if passed {
-                format!(
-                    "{} passed entry {waiting} without holding it (another branch)",
-                    wm.addr
-                )
-            } else {
-                format!(
-                    "entry {waiting} is confirmed by a quorum but {} has not sent it for {:?}",
+        // A member read whole that is still working through a backlog (full batches) is
+        // slower than the identity readers, not behind: it is left alone. It is replaced
+        // when it is at the end of its oplog without the entry (replication lag) or has
+        // delivered nothing for a while (a hung connection), for SWITCH_AFTER.
+        let stalled = wm.moved_at.is_none_or(|t| t.elapsed() >= SWITCH_AFTER);
+        if passed || ((wm.at_end || stalled) && since.elapsed() >= SWITCH_AFTER) {
+            let why =
+                if passed {
+                    format!(
+                        "{} passed entry {waiting} without holding it (another branch)",
+                        wm.addr
+                    )
+                } else {
+                    format!(
+                    "entry {waiting} is confirmed by a quorum but {} has not sent it for {:?} ({})",
                     wm.addr,
-                    since.elapsed()
+                    since.elapsed(),
+                    if wm.at_end { "it is behind" } else { "it delivers nothing" }
                 )
-            };
+                };
             match self.best_member(|id| id != w && reporters.contains(id)) {
                 Some(b) => self.switch_whole(b, &why),
                 None => self.waiting_since = Some(Instant::now()),
@@ -700,6 +714,8 @@ impl ShardTask {
             }
             TailMsg::Started { mode, .. } => {
                 member.reading = Some(mode);
+                member.at_end = false;
+                member.moved_at = Some(Instant::now());
                 member.info.reading = mode.as_str().into();
                 member.info.starts += 1;
                 self.stats
@@ -712,6 +728,7 @@ impl ShardTask {
                 }
             }
             TailMsg::Idle => {
+                member.at_end = true;
                 member.info.last_seen_unix_ms = now_ms();
                 member.state = "tailing".into();
                 if let Some(idle) = self.draining.as_mut() {
@@ -771,7 +788,11 @@ impl ShardTask {
                 };
                 let reply = batch.shared();
                 let whole = member.reading != Some(ReadMode::Identity);
-                member.info.bytes_read += reply.as_raw_document().as_bytes().len() as u64;
+                let reply_bytes = reply.as_raw_document().as_bytes().len();
+                member.info.bytes_read += reply_bytes as u64;
+                member.moved_at = Some(Instant::now());
+                let full_batch = self.shared.tailer.batch_size as usize;
+                let mut entries = 0usize;
                 let base = reply.as_raw_document().as_bytes().as_ptr() as usize;
                 let bad = |detail: String| ShardError::BadEntry {
                     shard: shard.clone(),
@@ -799,10 +820,15 @@ impl ShardTask {
                         }
                     };
                     *last_ts = (*last_ts).max(Some(report.id.ts));
+                    entries += 1;
                     e.push(node, report).map_err(|source| ShardError::Stream {
                         shard: shard.clone(),
                         source,
                     })?;
+                }
+                if let Some(m) = self.members.get_mut(&node) {
+                    // A partial batch: the cursor reached the end of the member's oplog.
+                    m.at_end = entries < full_batch && reply_bytes < 8 << 20;
                 }
                 self.drain()?;
                 self.backpressure();
@@ -842,7 +868,12 @@ impl ShardTask {
             return;
         };
         if e.pending_len() > self.shared.max_pending {
-            for n in e.nodes_ahead().iter() {
+            // The member read whole is never set aside while the release waits for its
+            // content: that would stall the release that frees the backlog.
+            let keep = self
+                .whole
+                .filter(|_| self.key_only && e.awaiting_payload().is_some());
+            for n in e.nodes_ahead().iter().filter(|n| Some(*n) != keep) {
                 if let Some(s) = self.streams.remove(&n) {
                     let addr = self.members.get(&n).map(|m| m.addr.as_str()).unwrap_or("?");
                     warn!(shard = %self.shard, node = %addr, pending = e.pending_len(), "merge backlog full: pausing a member that is ahead of the quorum");
