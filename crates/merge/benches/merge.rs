@@ -59,6 +59,31 @@ fn lagging(ids: &[EntryId]) -> u64 {
     committed
 }
 
+/// Key-only catch-up: nodes 1 and 2 send identities and run `lead` entries ahead of node
+/// 0, which sends whole entries; every payload unblocks the release of one entry.
+fn key_only_catch_up(ids: &[EntryId], lead: usize) -> u64 {
+    let mut m: Merge<u64> = Merge::new(3, 2, None).unwrap().require_payload();
+    let key = |id: EntryId| Report {
+        id,
+        digest: None,
+        payload: None,
+    };
+    let mut committed = 0u64;
+    for (i, &id) in ids.iter().enumerate() {
+        m.push(NodeId(1), key(id)).unwrap();
+        m.push(NodeId(2), key(id)).unwrap();
+        if i >= lead {
+            m.push(NodeId(0), report(ids[i - lead], i - lead)).unwrap();
+        }
+        committed += m.drain_events().count() as u64;
+    }
+    for (i, &id) in ids.iter().enumerate().skip(ids.len() - lead) {
+        m.push(NodeId(0), report(id, i)).unwrap();
+        committed += m.drain_events().count() as u64;
+    }
+    committed
+}
+
 fn bench(c: &mut Criterion) {
     let ids = ids();
     let mut g = c.benchmark_group("merge");
@@ -78,6 +103,13 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || (),
             |_| assert_eq!(lagging(&ids), ENTRIES as u64),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("3_nodes_key_only_whole_member_10k_behind", |b| {
+        b.iter_batched(
+            || (),
+            |_| assert_eq!(key_only_catch_up(&ids, 10_000), ENTRIES as u64),
             BatchSize::PerIteration,
         )
     });

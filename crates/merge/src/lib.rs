@@ -329,6 +329,9 @@ pub struct Merge<P> {
     /// entries can be discarded while the watermark waits below them; a member that
     /// restarts from the watermark must not bring them back.
     decided: Option<EntryId>,
+    /// The highest pending entry that has the quorum (kept so that a payload unblocking
+    /// the release finds how far to release without scanning the backlog).
+    top_quorum: Option<EntryId>,
 }
 
 impl<P> Merge<P> {
@@ -349,6 +352,7 @@ impl<P> Merge<P> {
             stats: Stats::default(),
             require_payload: false,
             decided: None,
+            top_quorum: None,
         };
         for _ in 0..nodes {
             m.add_node()?;
@@ -421,12 +425,12 @@ impl<P> Merge<P> {
     pub fn set_quorum(&mut self, quorum: usize) -> Result<(), QuorumError> {
         resolve_quorum(self.members.len() as usize, 0, Some(quorum))?;
         self.quorum = quorum as u32;
-        if let Some(idx) = self
-            .pending
-            .iter()
-            .rposition(|p| p.reporters.len() >= self.quorum)
-        {
+        self.recompute_top_quorum();
+        if let Some(idx) = self.top_quorum_index() {
             self.release_through(idx);
+        }
+        if !self.require_payload {
+            self.top_quorum = None;
         }
         Ok(())
     }
@@ -445,6 +449,23 @@ impl<P> Merge<P> {
             p.reporters.remove(node);
             p.diverged.remove(node);
         }
+        if self.require_payload {
+            self.recompute_top_quorum();
+        }
+    }
+
+    fn recompute_top_quorum(&mut self) {
+        self.top_quorum = self
+            .pending
+            .iter()
+            .rev()
+            .find(|p| p.reporters.len() >= self.quorum)
+            .map(|p| p.id);
+    }
+
+    fn top_quorum_index(&self) -> Option<usize> {
+        let top = self.top_quorum?;
+        self.pending.binary_search_by(|p| p.id.cmp(&top)).ok()
     }
 
     fn is_member(&self, node: NodeId) -> bool {
@@ -473,7 +494,7 @@ impl<P> Merge<P> {
         state.last = Some(report.id);
 
         if self.watermark.is_some_and(|w| report.id.ts <= w.ts)
-            || self.decided.is_some_and(|d| report.id <= d)
+            || (self.require_payload && self.decided.is_some_and(|d| report.id <= d))
         {
             self.stats.stale_reports += 1;
             return Ok(Pushed::Stale);
@@ -533,11 +554,7 @@ impl<P> Merge<P> {
                 if unblocks && self.require_payload && p.reporters.len() >= self.quorum {
                     // The entry holding back the release got its payload: everything up
                     // to the last entry with a quorum can go now.
-                    let last = self
-                        .pending
-                        .iter()
-                        .rposition(|p| p.reporters.len() >= self.quorum)
-                        .unwrap_or(0);
+                    let last = self.top_quorum_index().unwrap_or(0);
                     return Ok(if self.release_through(last) {
                         Pushed::Released
                     } else {
@@ -547,7 +564,13 @@ impl<P> Merge<P> {
                 pos
             }
         };
-        if self.pending[idx].reporters.len() >= self.quorum && self.release_through(idx) {
+        if self.pending[idx].reporters.len() < self.quorum {
+            return Ok(Pushed::Pending);
+        }
+        if self.require_payload {
+            self.top_quorum = self.top_quorum.max(Some(self.pending[idx].id));
+        }
+        if self.release_through(idx) {
             Ok(Pushed::Released)
         } else {
             Ok(Pushed::Pending)
@@ -576,6 +599,9 @@ impl<P> Merge<P> {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            if self.require_payload {
+                self.decided = self.decided.max(Some(p.id));
+            }
             self.stats.discarded += 1;
             self.events.push_back(Event::Discarded {
                 id: p.id,
@@ -583,11 +609,16 @@ impl<P> Merge<P> {
                 reporters: p.reporters,
             });
         }
+        if self.require_payload && self.top_quorum.is_some_and(|t| Some(t) <= self.decided) {
+            self.top_quorum = None;
+        }
         released
     }
 
     fn emit(&mut self, p: Pending<P>, quorum: u32) {
-        self.decided = self.decided.max(Some(p.id));
+        if self.require_payload {
+            self.decided = self.decided.max(Some(p.id));
+        }
 
         if p.reporters.len() >= quorum {
             self.stats.committed += 1;
