@@ -856,12 +856,36 @@ fn find_oplog(w: &mut World, s: usize, n: usize, a: &FindArgs, first_n: Option<i
                 "cannot use tailable option with a sort other than {$natural: 1}",
             ));
         }
-        let docs: Vec<Document> = w.sets[s].nodes[n]
-            .oplog
-            .iter()
-            .map(|e| e.doc.clone())
-            .collect();
-        let mut buf: std::collections::VecDeque<Document> = filter_sort_project(docs, a)?.into();
+        let natural_only = a.sort.as_ref().is_some_and(|s| s.len() == 1);
+        let kept = if reverse && natural_only {
+            // A reverse scan from the newest entry, stopping at the limit (as mongod's
+            // collection scan does): "the newest entry" costs one entry, not the oplog.
+            let want = a.limit.map(|l| a.skip + l.max(0) as usize);
+            let mut out = Vec::new();
+            for e in w.sets[s].nodes[n].oplog.iter().rev() {
+                if want.is_some_and(|want| out.len() >= want) {
+                    break;
+                }
+                if matcher::matches(&e.doc, &a.filter).map_err(bad_value)? {
+                    out.push(e.doc.clone());
+                }
+            }
+            out.into_iter()
+                .skip(a.skip)
+                .map(|d| match &a.projection {
+                    Some(p) => matcher::project(&d, p),
+                    None => d,
+                })
+                .collect()
+        } else {
+            let docs: Vec<Document> = w.sets[s].nodes[n]
+                .oplog
+                .iter()
+                .map(|e| e.doc.clone())
+                .collect();
+            filter_sort_project(docs, a)?
+        };
+        let mut buf: std::collections::VecDeque<Document> = kept.into();
         let batch = take_batch(&mut buf, first_n);
         let id = if buf.is_empty() || a.single_batch {
             0

@@ -1041,3 +1041,53 @@ async fn transactions_are_logged_as_apply_ops() {
     assert_eq!(ids, [Bson::Int32(0), Bson::Int32(1), Bson::Int32(2)]);
     rs.shutdown().await;
 }
+
+/// What tailers probe with: the newest entries by a reverse natural scan (with a filter,
+/// a limit and an identity projection), and the oldest by a forward one.
+#[tokio::test]
+async fn reverse_natural_scan_returns_the_newest_entries_first() {
+    let rs = ReplicaSet::start(quiet_rs(1)).await.unwrap();
+    let client = direct(rs.members()[0]).await;
+    let coll = client.database("test").collection::<Document>("c");
+    for i in 0..5 {
+        coll.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    let all: Vec<Document> = oplog
+        .find(doc! {})
+        .sort(doc! {"$natural": 1})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    let newest: Vec<Document> = oplog
+        .find(doc! {"op": "i"})
+        .sort(doc! {"$natural": -1})
+        .limit(2)
+        .projection(doc! {"ts": 1, "t": 1, "h": 1})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    let inserts: Vec<&Document> = all
+        .iter()
+        .filter(|d| d.get_str("op").ok() == Some("i"))
+        .collect();
+    assert_eq!(newest.len(), 2);
+    for (got, want) in newest.iter().zip(inserts.iter().rev()) {
+        assert_eq!(got.get("ts"), want.get("ts"));
+        assert_eq!(got.keys().collect::<Vec<_>>(), vec!["ts", "t"], "{got}");
+    }
+    let oldest = oplog
+        .find(doc! {})
+        .sort(doc! {"$natural": 1})
+        .limit(1)
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(oldest.first(), all.first());
+}

@@ -276,6 +276,26 @@ fn main() {
             one_member,
             &format!("[start]\nposition = \"earliest\"\n[pipeline]\nwhole_entries = \"{whole}\"\n"),
         );
+        // E2E_PERF=<dir>: profile the first run, quorumtail and the simulator (this
+        // process) separately, with `perf record -g`.
+        let perf: Vec<Child> = match std::env::var("E2E_PERF") {
+            Ok(out) if prefix == "bench0" => {
+                [("quorumtail", child.id()), ("mongosim", std::process::id())]
+                    .iter()
+                    .map(|(what, pid)| {
+                        Command::new("perf")
+                            .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
+                            .arg(PathBuf::from(&out).join(format!("{what}.perf")))
+                            .args(["-p", &pid.to_string()])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .expect("perf")
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(900);
         while !reached(&cp, &last) {
             exited(&mut child, prefix);
@@ -283,6 +303,13 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let seconds = start.elapsed().as_secs_f64();
+        for mut p in perf {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(p.id().to_string())
+                .status();
+            let _ = p.wait();
+        }
         let (cpu, rss) = usage(child.id());
         let bytes_read = metric_sum(http, "quorumtail_node_bytes_read_total");
         stop(child);
@@ -297,6 +324,20 @@ fn main() {
     };
 
     let majority = catch_up("quorumtail, 3 members, majority", "bench0", false, "one");
+    if std::env::var("E2E_QUICK").is_ok() {
+        // Only the first run (with E2E_PERF: to profile it).
+        println!(
+            "{}: {:.2} s, {:.2} CPU s, peak RSS {:.1} MB, read/entry byte {:.2}x",
+            majority.name,
+            majority.seconds,
+            majority.cpu,
+            majority.rss_kib as f64 / 1024.0,
+            majority.bytes_read.unwrap_or(f64::NAN) / bytes as f64
+        );
+        let _ = broker.kill();
+        let _ = broker.wait();
+        return;
+    }
     let all_whole = catch_up("  the same, every member whole", "bench1", false, "all");
     let single = catch_up("quorumtail, 1 member, quorum 1", "bench2", true, "one");
 
