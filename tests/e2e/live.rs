@@ -396,6 +396,8 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
     wait_caught_up(&cluster, &q.out).await;
     let report = q.stop().await;
     assert!(report.ok(), "{report:?}");
+    // Marked drained in the checkpoint store: a later start leaves it alone.
+    assert_eq!(report.drained, vec![added.clone()]);
     let recs = records(&tmp.path().join("out.jsonl"));
     for s in cluster.shard_names().iter().chain([&added]) {
         assert_eq!(

@@ -9,6 +9,7 @@ mod fixtures;
 mod kafka;
 mod live;
 mod page;
+mod removed;
 mod support;
 mod whole;
 

@@ -72,12 +72,12 @@ async fn a_majority_committed_entry_is_never_rolled_back_after_a_step_down() {
     rs.shutdown().await;
 }
 
-/// quorumtail with discovery: a shard removed while quorumtail is down is not listed by
-/// mongos when it starts again, so its pipeline never starts and what the shard committed
-/// after the stored checkpoint is never emitted (a running quorumtail drains a removed
-/// shard first; a restarted one ignores checkpoints of shards discovery no longer lists).
+/// Regression (fixed in quorumtail's coordinator): a shard removed while quorumtail is down
+/// is not listed by mongos when it starts again, so its pipeline never started and what the
+/// shard committed after the stored checkpoint was never emitted. Each shard's members are
+/// now stored next to its checkpoint, and a shard with a checkpoint that is not in the
+/// topology is drained with them, then marked drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quorumtail: a shard removed while quorumtail is down is never drained"]
 async fn a_shard_removed_while_quorumtail_is_down_loses_nothing() {
     let cluster = mongosim::Cluster::start(mongosim::ClusterSpec {
         election_timeout: Duration::from_millis(400),
@@ -111,6 +111,18 @@ async fn a_shard_removed_while_quorumtail_is_down_loses_nothing() {
     wait_for(60, "the added shard's writes in the output", || {
         all_out(&mut tail)
     })
+    .await
+    .unwrap();
+    // The scenario: the shard has a stored checkpoint (with its members) when quorumtail dies.
+    wait_for(
+        10,
+        "the added shard's checkpoint and members stored",
+        || {
+            crate::qt::read_stored(&qt.checkpoint)
+                .get(&added)
+                .is_some_and(|s| s.membership.is_some())
+        },
+    )
     .await
     .unwrap();
     qt.kill9();

@@ -230,21 +230,25 @@ pub fn complete_len(path: &Path) -> u64 {
         .map_or(0, |i| i as u64 + 1)
 }
 
-/// The checkpoint file's positions (empty when none was stored yet).
+/// The checkpoint file's positions (empty when none was stored yet), drained shards
+/// included.
 pub fn read_checkpoints(path: &Path) -> BTreeMap<String, EntryId> {
+    read_stored(path)
+        .into_iter()
+        .map(|(k, v)| (k, v.checkpoint))
+        .collect()
+}
+
+/// Everything the checkpoint file holds per shard (positions, memberships, drained flags).
+pub fn read_stored(path: &Path) -> BTreeMap<String, quorumtail_sink::StoredShard> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return BTreeMap::new();
     };
     let v: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("checkpoint file {text:?} is not JSON: {e}"));
-    v["shards"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), serde_json::from_value(v.clone()).unwrap()))
-                .collect()
-        })
-        .unwrap_or_default()
+    assert_eq!(v["version"], 2, "checkpoint file format: {text}");
+    serde_json::from_value(v["shards"].clone())
+        .unwrap_or_else(|e| panic!("checkpoint file {text:?}: {e}"))
 }
 
 /// Reads the output as it grows (complete lines only) and remembers which identities

@@ -16,6 +16,16 @@
 //! A shard that stops with a definite error stays stopped while the others run; the run
 //! then ends with a non-zero status. A definite sink error (authorization, message too
 //! large) stops everything: no shard could make progress past it.
+//!
+//! Removed shards. A shard that leaves the topology while quorumtail runs is drained: its
+//! pipeline keeps reading until a quorum of its members has nothing newer and nothing is
+//! pending, then stops. Each shard's membership is stored next to its checkpoint, so a shard
+//! that was removed while quorumtail was stopped (it has a checkpoint but is not in the
+//! topology at startup or after a discovery) is drained the same way, with its remembered
+//! members. Once everything a drained shard emitted is confirmed by the sink, the shard is
+//! marked drained in the checkpoint store: later starts neither drain nor report it. A shard
+//! whose members cannot be reached stays draining, loudly (an error every minute, `/readyz`
+//! not ready), and its checkpoint is never forgotten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,7 +35,8 @@ use bson::doc;
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
     CheckpointStore, FileCheckpointStore, FileSinkConfig, KafkaCheckpointConfig,
-    KafkaCheckpointStore, KafkaSinkConfig, Sink, SinkError,
+    KafkaCheckpointStore, KafkaSinkConfig, ProgressView, ShardMembership, Sink, SinkError,
+    StoredShards,
 };
 use quorumtail_tailer::TailerConfig;
 use tokio::sync::mpsc;
@@ -50,6 +61,8 @@ pub struct RunReport {
     pub unconfirmed: usize,
     /// The final checkpoints stored.
     pub checkpoints: BTreeMap<String, EntryId>,
+    /// Removed shards read to their end and marked drained in the checkpoint store.
+    pub drained: Vec<String>,
 }
 
 impl RunReport {
@@ -87,8 +100,51 @@ pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
     sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
     http: std::sync::OnceLock<std::net::SocketAddr>,
-    /// Shards with a stored checkpoint that are not in the topology.
+    /// Shards with a stored checkpoint that are not in the topology and cannot be drained
+    /// (no membership stored with the checkpoint).
     orphans: std::sync::Mutex<Vec<String>>,
+    /// Removed shards being drained.
+    draining: std::sync::Mutex<BTreeMap<String, Draining>>,
+}
+
+/// A removed shard being drained (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Draining {
+    /// `removed from the topology` (while running) or `removed while quorumtail was stopped`.
+    pub reason: &'static str,
+    /// The members it is read from.
+    pub members: Vec<String>,
+    /// The checkpoint it was draining from when the drain began.
+    pub from: Option<EntryId>,
+    /// How far the drain got.
+    pub state: DrainState,
+}
+
+/// How far a drain got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    /// Reading what a quorum of its members holds after the checkpoint.
+    Reading,
+    /// Fewer members than the quorum answer: nothing can be confirmed (retrying).
+    Unreachable,
+    /// Read to its end; waiting for the sink to confirm the last records, then marking it
+    /// drained in the checkpoint store.
+    Delivering,
+    /// Done: marked drained in the checkpoint store.
+    Drained,
+}
+
+impl DrainState {
+    /// `reading`, `unreachable`, `delivering`, `drained`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainState::Reading => "reading",
+            DrainState::Unreachable => "unreachable",
+            DrainState::Delivering => "delivering",
+            DrainState::Drained => "drained",
+        }
+    }
 }
 
 impl Status {
@@ -98,10 +154,36 @@ impl Status {
         self.sink.get()?.checkpoints().get(shard)
     }
 
-    /// Shards with a stored checkpoint that are not in the topology (their later changes are
-    /// not being read).
+    /// Shards with a stored checkpoint that are not in the topology and cannot be drained
+    /// (their checkpoint was stored without their membership): their later changes are not
+    /// being read.
     pub fn orphaned_checkpoints(&self) -> Vec<String> {
         self.orphans.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Removed shards being drained (and those drained in this run), by name.
+    pub fn draining(&self) -> BTreeMap<String, Draining> {
+        self.draining.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn set_draining(&self, shard: &str, d: Draining) {
+        if let Ok(mut m) = self.draining.lock() {
+            m.insert(shard.to_owned(), d);
+        }
+    }
+
+    fn drain_state(&self, shard: &str, state: DrainState) {
+        if let Ok(mut m) = self.draining.lock() {
+            if let Some(d) = m.get_mut(shard) {
+                d.state = state;
+            }
+        }
+    }
+
+    fn not_draining(&self, shard: &str) {
+        if let Ok(mut m) = self.draining.lock() {
+            m.remove(shard);
+        }
     }
 
     /// Where the HTTP endpoints listen, once they do.
@@ -220,6 +302,27 @@ fn static_shards(cfg: &Resolved) -> Vec<ShardSpec> {
         .collect()
 }
 
+/// What the checkpoint store remembers of a shard's membership.
+fn membership_of(spec: &ShardSpec) -> ShardMembership {
+    ShardMembership {
+        replica_set: spec.replica_set.clone(),
+        members: spec.members.clone(),
+        arbiters: spec.arbiters,
+        quorum: spec.quorum,
+    }
+}
+
+/// A shard from its remembered membership.
+fn spec_from(name: &Arc<str>, m: &ShardMembership) -> ShardSpec {
+    ShardSpec {
+        name: name.clone(),
+        replica_set: m.replica_set.clone(),
+        members: m.members.clone(),
+        arbiters: m.arbiters,
+        quorum: m.quorum,
+    }
+}
+
 /// The whole topology: static shards, then discovered ones not defined statically (a static
 /// definition wins, e.g. to list hidden members or set a quorum).
 fn topology(static_shards: &[ShardSpec], discovered: Vec<ShardSpec>) -> Vec<ShardSpec> {
@@ -252,7 +355,11 @@ pub async fn run_controlled(
             Arc::new(KafkaCheckpointStore::open(k).await?)
         }
     };
-    let stored: HashMap<Arc<str>, EntryId> = store.load().await?;
+    let remembered: StoredShards = store.load_shards().await?;
+    let stored: HashMap<Arc<str>, EntryId> = remembered
+        .iter()
+        .map(|(k, v)| (k.clone(), v.checkpoint))
+        .collect();
     let http_stop = CancellationToken::new();
     let _http_stop_guard = http_stop.clone().drop_guard();
     if let Some(h) = &c.http {
@@ -271,8 +378,8 @@ pub async fn run_controlled(
             http_stop.clone(),
         ));
     }
-    for (shard, pos) in &stored {
-        info!(%shard, checkpoint = %pos, "checkpoint loaded");
+    for (shard, s) in &remembered {
+        info!(%shard, checkpoint = %s.checkpoint, members = ?s.membership.as_ref().map(|m| &m.members), drained = s.drained, "checkpoint loaded");
     }
 
     let mut static_topology = static_shards(&cfg);
@@ -292,34 +399,26 @@ pub async fn run_controlled(
         ),
         None => None,
     };
+    // Whether the topology is known to be complete: a shard with a checkpoint that is not in
+    // it was removed. Not when discovery failed: its shards are then only unknown.
+    let mut authoritative = true;
     if let Some(d) = &discovery {
         match d.shards().await {
             Ok(found) => shards = topology(&static_topology, found),
             Err(e) if !shards.is_empty() => {
-                warn!(error = %e, "discovery failed at startup; using the static shards")
+                authoritative = false;
+                warn!(error = %e, "discovery failed at startup; using the static shards, and the remembered members of other shards with a checkpoint")
             }
             Err(e) => return Err(RunError::Discovery(e)),
         }
     }
 
-    // A checkpoint of a shard that is not in the topology: the shard was removed (or
-    // renamed) while quorumtail was stopped, and what it committed after the checkpoint is
-    // not read. Say so loudly; the fix is to list it under [[shards]] until it is drained.
-    for (shard, cp) in &stored {
-        if !shards.iter().any(|s| &s.name == shard) {
-            error!(
-                %shard,
-                checkpoint = %cp,
-                "a checkpoint exists for a shard that is not in the topology: changes it committed after the checkpoint are NOT emitted. If the shard was removed while quorumtail was stopped, add it under [[shards]] with its members until it is drained; if it is gone for good, remove its checkpoint"
-            );
-            status
-                .orphans
-                .lock()
-                .map(|mut o| o.push(shard.to_string()))
-                .ok();
+    let mut names: Vec<Arc<str>> = shards.iter().map(|s| s.name.clone()).collect();
+    for (name, s) in &remembered {
+        if !s.drained && s.membership.is_some() && !names.contains(name) {
+            names.push(name.clone());
         }
     }
-    let names: Vec<Arc<str>> = shards.iter().map(|s| s.name.clone()).collect();
     let status_for_sink = status.clone();
     let sink = match c.sink.kind {
         SinkKind::File => Sink::file(&FileSinkConfig::new(
@@ -360,11 +459,28 @@ pub async fn run_controlled(
         status,
         failed: Vec::new(),
         failed_shards: Default::default(),
+        store: store.clone(),
+        view: sink.view(),
+        remembered,
+        finishing: JoinSet::new(),
+        finishing_names: Default::default(),
+        orphans_reported: Default::default(),
+        unreachable_since: HashMap::new(),
+        drained: Vec::new(),
+        retry: cfg.checkpoint_interval,
     };
     for s in shards {
-        let cp = stored.get(&s.name).copied();
+        let mut shared = shared.clone();
+        let cp = running.resume_point(&s, &stored);
+        if cp.is_none() && stored.contains_key(&s.name) {
+            // It came back as another replica set: a new shard.
+            shared.start = crate::config::StartPosition::Earliest;
+        }
         running.start(s, cp, &shared, &pipelines_stop);
     }
+    // Shards with a checkpoint that are not in the topology: removed while quorumtail was
+    // stopped. What they committed after their checkpoint is read before they stop.
+    running.adopt_removed(authoritative, &shared, &pipelines_stop);
 
     // Confirmed progress is stored periodically by its own task; the final store follows
     // the sink's flush below.
@@ -375,6 +491,8 @@ pub async fn run_controlled(
         cfg.checkpoint_interval,
         checkpointer_stop.clone(),
     ));
+    let mut drain_watch = tokio::time::interval(Duration::from_secs(1));
+    drain_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut discovery_tick = tokio::time::interval(cfg.discovery_interval);
     discovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sink_failure = sink.failure();
@@ -395,11 +513,19 @@ pub async fn run_controlled(
             }
             Some(done) = running.tasks.join_next(), if !running.tasks.is_empty() => {
                 running.finished(done);
-                if running.tasks.is_empty() && discovery.is_none() {
+                if running.idle() && discovery.is_none() {
                     warn!("every shard pipeline has stopped");
                     break;
                 }
             }
+            Some(done) = running.finishing.join_next(), if !running.finishing.is_empty() => {
+                running.drain_finished(done);
+                if running.idle() && discovery.is_none() {
+                    warn!("every shard pipeline has stopped");
+                    break;
+                }
+            }
+            _ = drain_watch.tick() => running.watch_drains(),
             Some(cmd) = commands.recv() => match cmd {
                 Command::ForceCheckpoint => {
                     let now = sink.checkpoints();
@@ -410,22 +536,29 @@ pub async fn run_controlled(
                 }
                 Command::Reload(new) => {
                     static_topology = static_shards(&new);
-                    let discovered = match &discovery {
-                        Some(d) => d.shards().await.unwrap_or_else(|e| {
-                            warn!(error = %e, "discovery failed during reload; using the static shards only");
-                            Vec::new()
-                        }),
-                        None => Vec::new(),
+                    let (discovered, complete) = match &discovery {
+                        Some(d) => match d.shards().await {
+                            Ok(found) => (found, true),
+                            Err(e) => {
+                                warn!(error = %e, "discovery failed during reload; using the static shards only");
+                                (Vec::new(), false)
+                            }
+                        },
+                        None => (Vec::new(), true),
                     };
                     info!("configuration reloaded: applying its topology (other settings take effect at the next start)");
                     running.reconcile(topology(&static_topology, discovered), &positions(&stored, &sink), &shared, &pipelines_stop, new.start);
+                    running.adopt_removed(complete, &shared, &pipelines_stop);
                 }
             },
             _ = discovery_tick.tick(), if discovery.is_some() => {
                 if let Some(d) = &discovery {
                     match d.shards().await {
                         // A shard that appears in the cluster is new: its oplog is short, read it all.
-                        Ok(found) => running.reconcile(topology(&static_topology, found), &positions(&stored, &sink), &shared, &pipelines_stop, crate::config::StartPosition::Earliest),
+                        Ok(found) => {
+                            running.reconcile(topology(&static_topology, found), &positions(&stored, &sink), &shared, &pipelines_stop, crate::config::StartPosition::Earliest);
+                            running.adopt_removed(true, &shared, &pipelines_stop);
+                        }
                         Err(e) => warn!(error = %e, "discovery failed; keeping the current topology"),
                     }
                 }
@@ -439,6 +572,9 @@ pub async fn run_controlled(
     while let Some(done) = running.tasks.join_next().await {
         running.finished(done);
     }
+    // Drained shards still waiting for delivery are marked after the flush below.
+    running.finishing.abort_all();
+    while running.finishing.join_next().await.is_some() {}
     drop(shared);
     checkpointer_stop.cancel();
     let _ = checkpointer.await;
@@ -453,6 +589,7 @@ pub async fn run_controlled(
     if let Err(e) = store.store(&report.checkpoints).await {
         error!(error = %e, "could not store the final checkpoints; the next run re-reads from the previous ones");
     }
+    running.mark_delivered_drains(&report.checkpoints).await;
     let checkpoints = report
         .checkpoints
         .iter()
@@ -470,6 +607,7 @@ pub async fn run_controlled(
         sink_failures,
         unconfirmed: report.unconfirmed,
         checkpoints,
+        drained: running.drained,
     })
 }
 
@@ -479,12 +617,79 @@ struct ShardRun {
     draining: bool,
 }
 
+/// A shard pipeline's end: its name, its result, and whether it ended by itself (a drained
+/// shard) rather than by the shutdown.
+type PipelineEnd = (Arc<str>, Result<(), ShardError>, bool);
+
+/// A drained shard's delivery and marking: its name and the position it was marked
+/// drained at (`None`: it never had one), or why it was not marked.
+type DrainEnd = (Arc<str>, Result<Option<EntryId>, String>);
+
 struct Running {
-    tasks: JoinSet<(Arc<str>, Result<(), ShardError>)>,
+    tasks: JoinSet<PipelineEnd>,
     shards: HashMap<Arc<str>, ShardRun>,
     status: Arc<Status>,
     failed: Vec<String>,
     failed_shards: std::collections::HashSet<Arc<str>>,
+    store: Arc<dyn CheckpointStore>,
+    view: ProgressView,
+    /// What the checkpoint store holds (as loaded, then updated as shards start and drain).
+    remembered: StoredShards,
+    /// Drained shards waiting for the sink to confirm their last records.
+    finishing: JoinSet<DrainEnd>,
+    finishing_names: std::collections::HashSet<Arc<str>>,
+    orphans_reported: std::collections::HashSet<Arc<str>>,
+    /// Draining shards whose quorum is unreachable: since when, and when it was last logged.
+    unreachable_since: HashMap<Arc<str>, (std::time::Instant, std::time::Instant)>,
+    /// Shards marked drained in this run.
+    drained: Vec<String>,
+    /// Between attempts to mark a shard drained.
+    retry: Duration,
+}
+
+/// How often a removed shard that cannot be drained is logged again.
+const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Waits until the sink confirmed the last checkpoint the drained shard's pipeline handed
+/// it (delivery before progress), then marks the shard drained in the store, retrying
+/// until that succeeds.
+async fn finish_drain(
+    shard: Arc<str>,
+    handed: Option<EntryId>,
+    view: ProgressView,
+    store: Arc<dyn CheckpointStore>,
+    retry: Duration,
+) -> DrainEnd {
+    if let Some(last) = handed {
+        let mut progress = view.progress(&shard);
+        loop {
+            {
+                let p = progress.borrow_and_update();
+                if let Some(f) = &p.failure {
+                    return (
+                        shard.clone(),
+                        Err(format!("the sink stopped delivering its records: {f}")),
+                    );
+                }
+                if p.confirmed.is_some_and(|c| c.checkpoint >= last) {
+                    break;
+                }
+            }
+            if progress.changed().await.is_err() {
+                return (shard.clone(), Err("the sink stopped".into()));
+            }
+        }
+    }
+    loop {
+        let confirmed = view.checkpoints();
+        match store.mark_drained(&shard, &confirmed).await {
+            Ok(()) => return (shard.clone(), Ok(confirmed.get(&shard))),
+            Err(e) => {
+                warn!(%shard, error = %e, "could not mark the drained shard in the checkpoint store; retrying");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
 }
 
 impl Running {
@@ -499,8 +704,37 @@ impl Running {
         let (tx, rx) = mpsc::channel(8);
         let token = stop.child_token();
         let name = spec.name.clone();
-        let fut = run_shard(spec.clone(), shared.clone(), checkpoint, stats, rx, token);
-        self.tasks.spawn(async move { (name, fut.await) });
+        // Stored with the shard's next checkpoint; a drained shard that starts again is no
+        // longer drained.
+        let membership = membership_of(&spec);
+        self.store.remember(&name, membership.clone());
+        if let Some(r) = self.remembered.get_mut(&name) {
+            r.membership = Some(membership);
+            r.drained = false;
+        }
+        self.status.not_draining(&name);
+        // An orphaned checkpoint listed under [[shards]] (SIGHUP) is read again.
+        if self.orphans_reported.remove(&name) {
+            self.status
+                .orphans
+                .lock()
+                .map(|mut o| o.retain(|x| **x != *name))
+                .ok();
+        }
+        let fut = run_shard(
+            spec.clone(),
+            shared.clone(),
+            checkpoint,
+            stats,
+            rx,
+            token.clone(),
+        );
+        // Ok without the shutdown: the pipeline stopped because the shard was drained.
+        self.tasks.spawn(async move {
+            let r = fut.await;
+            let by_itself = r.is_ok() && !token.is_cancelled();
+            (name, r, by_itself)
+        });
         self.shards.insert(
             spec.name.clone(),
             ShardRun {
@@ -511,15 +745,228 @@ impl Running {
         );
     }
 
-    fn finished(
+    /// Starts a shard that is no longer in the topology, draining from the start.
+    fn start_draining(
         &mut self,
-        done: Result<(Arc<str>, Result<(), ShardError>), tokio::task::JoinError>,
+        spec: ShardSpec,
+        checkpoint: EntryId,
+        shared: &Shared,
+        stop: &CancellationToken,
     ) {
-        match done {
-            Ok((name, Ok(()))) => {
-                self.shards.remove(&name);
+        let name = spec.name.clone();
+        let members = spec.members.clone();
+        warn!(shard = %name, ?members, %checkpoint, "a shard with a checkpoint is not in the topology (removed while quorumtail was stopped): draining it with its remembered members; what a quorum of them holds after the checkpoint is emitted, then it stops");
+        self.start(spec, Some(checkpoint), shared, stop);
+        if let Some(run) = self.shards.get_mut(&name) {
+            run.draining = true;
+            // A fresh channel of 8: the first message always fits.
+            let _ = run.control.try_send(Control::Drain);
+        }
+        self.status.set_draining(
+            &name,
+            Draining {
+                reason: "removed while quorumtail was stopped",
+                members,
+                from: Some(checkpoint),
+                state: DrainState::Reading,
+            },
+        );
+    }
+
+    /// No pipeline runs and no drained shard waits for delivery.
+    fn idle(&self) -> bool {
+        self.tasks.is_empty() && self.finishing.is_empty()
+    }
+
+    /// Where a shard of the topology resumes: its checkpoint, unless it was drained as
+    /// another replica set than the one it is now (a new shard that reuses the name).
+    fn resume_point(
+        &self,
+        spec: &ShardSpec,
+        positions: &HashMap<Arc<str>, EntryId>,
+    ) -> Option<EntryId> {
+        let cp = positions.get(&spec.name).copied()?;
+        let Some(r) = self.remembered.get(&spec.name) else {
+            return Some(cp);
+        };
+        let was = r.membership.as_ref().and_then(|m| m.replica_set.as_deref());
+        if r.drained
+            && was.is_some()
+            && spec.replica_set.is_some()
+            && was != spec.replica_set.as_deref()
+        {
+            info!(shard = %spec.name, was = ?was, now = ?spec.replica_set, drained_at = %cp, "a drained shard is back as another replica set: reading it as a new shard from the beginning of its oplog");
+            return None;
+        }
+        if r.drained {
+            info!(shard = %spec.name, checkpoint = %cp, "a drained shard is back: resuming from its checkpoint");
+        }
+        Some(cp)
+    }
+
+    /// Shards with a checkpoint that are neither in the topology nor running: drained with
+    /// their remembered members when `complete` (the topology is known to be whole), run
+    /// normally otherwise (discovery did not answer; the next successful one decides).
+    /// Without a remembered membership, an error says so and `/readyz` reports it.
+    fn adopt_removed(&mut self, complete: bool, shared: &Shared, stop: &CancellationToken) {
+        let candidates: Vec<(Arc<str>, quorumtail_sink::StoredShard)> = self
+            .remembered
+            .iter()
+            .filter(|(name, s)| {
+                !s.drained
+                    && !self.shards.contains_key(*name)
+                    && !self.finishing_names.contains(*name)
+                    && !self.failed_shards.contains(*name)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, s) in candidates {
+            let Some(m) = &s.membership else {
+                if self.orphans_reported.insert(name.clone()) {
+                    error!(
+                        shard = %name,
+                        checkpoint = %s.checkpoint,
+                        "a checkpoint exists for a shard that is not in the topology, and it was stored without the shard's members (by an older quorumtail), so it cannot be drained: changes the shard committed after the checkpoint are NOT emitted. If the shard was removed while quorumtail was stopped, add it under [[shards]] with its members until it is drained (its members are then stored with its checkpoint, and a later removal drains it by itself); if it is gone for good, remove its checkpoint"
+                    );
+                    self.status
+                        .orphans
+                        .lock()
+                        .map(|mut o| o.push(name.to_string()))
+                        .ok();
+                }
+                continue;
+            };
+            let spec = spec_from(&name, m);
+            if complete {
+                self.start_draining(spec, s.checkpoint, shared, stop);
+            } else {
+                warn!(shard = %name, members = ?m.members, checkpoint = %s.checkpoint, "discovery did not answer: running a shard with a checkpoint from its remembered members until discovery says whether it is still in the cluster");
+                self.start(spec, Some(s.checkpoint), shared, stop);
             }
-            Ok((name, Err(e))) => {
+        }
+    }
+
+    /// Says, loudly and again every minute, which draining shards cannot be read.
+    fn watch_drains(&mut self) {
+        let now = std::time::Instant::now();
+        let draining: Vec<(Arc<str>, Vec<String>)> = self
+            .shards
+            .iter()
+            .filter(|(_, r)| r.draining)
+            .map(|(k, r)| (k.clone(), r.spec.members.clone()))
+            .collect();
+        self.unreachable_since
+            .retain(|k, _| draining.iter().any(|(d, _)| d == k));
+        for (name, members) in draining {
+            let reachable = self.status.shard(&name).is_none_or(|s| s.quorum_reachable);
+            if reachable {
+                if self.unreachable_since.remove(&name).is_some() {
+                    info!(shard = %name, "the removed shard's members answer again: draining resumes");
+                }
+                self.status.drain_state(&name, DrainState::Reading);
+                continue;
+            }
+            self.status.drain_state(&name, DrainState::Unreachable);
+            let (since, logged) = self
+                .unreachable_since
+                .entry(name.clone())
+                .or_insert((now, now));
+            if *logged != now && now.duration_since(*logged) < UNREACHABLE_LOG_EVERY {
+                continue;
+            }
+            *logged = now;
+            let checkpoint = self
+                .status
+                .confirmed(&name)
+                .or_else(|| self.remembered.get(&name).map(|r| r.checkpoint));
+            let states: Vec<String> = self
+                .status
+                .nodes(&name)
+                .into_iter()
+                .map(|(addr, n)| format!("{addr} ({})", n.state))
+                .collect();
+            error!(
+                shard = %name,
+                ?members,
+                member_states = ?states,
+                checkpoint = ?checkpoint.map(|c| c.to_string()),
+                unreachable_for = ?now.duration_since(*since),
+                "a removed shard cannot be drained: fewer of its members than its quorum answer, so what it committed after its checkpoint cannot be read. quorumtail keeps retrying, stays not ready, and keeps the checkpoint. Choices: make a quorum of these members reachable again (restart them, or fix the network) until the shard is drained; or, if the shard's changes after the checkpoint are not needed (it held no data then, or they were copied elsewhere), stop quorumtail and remove the shard's checkpoint entry, accepting that they are never emitted"
+            );
+        }
+    }
+
+    /// A drained shard's delivery ended.
+    fn drain_finished(&mut self, done: Result<DrainEnd, tokio::task::JoinError>) {
+        let Ok((name, r)) = done else {
+            return; // aborted at shutdown: marked after the flush if delivered
+        };
+        self.finishing_names.remove(&name);
+        match r {
+            Ok(at) => {
+                info!(shard = %name, checkpoint = ?at.map(|c| c.to_string()), "removed shard drained and delivered: marked drained in the checkpoint store (later starts neither drain nor report it)");
+                if let Some(r) = self.remembered.get_mut(&name) {
+                    r.drained = true;
+                    if let Some(at) = at {
+                        r.checkpoint = at;
+                    }
+                }
+                self.status.drain_state(&name, DrainState::Drained);
+                self.drained.push(name.to_string());
+            }
+            Err(e) => {
+                error!(shard = %name, error = %e, "the removed shard was read to its end but its records were not all delivered: it is not marked drained, and the next start drains it again");
+                self.failed_shards.insert(name.clone());
+                self.failed.push(format!("shard {name}: drained, but {e}"));
+            }
+        }
+    }
+
+    /// At shutdown, after the sink's flush: drained shards whose delivery is now confirmed
+    /// are marked (the others are drained again at the next start).
+    async fn mark_delivered_drains(&mut self, confirmed: &quorumtail_sink::ConfirmedCheckpoints) {
+        let names: Vec<Arc<str>> = self.finishing_names.drain().collect();
+        for name in names {
+            let handed = self.status.register(&name).last_handed();
+            let delivered = match handed {
+                None => true,
+                Some(last) => confirmed.get(&name).is_some_and(|c| c >= last),
+            };
+            if !delivered {
+                warn!(shard = %name, "the removed shard was read to its end but not all its records were confirmed before the shutdown deadline: the next start drains it again");
+                continue;
+            }
+            match self.store.mark_drained(&name, confirmed).await {
+                Ok(()) => {
+                    info!(shard = %name, "removed shard drained and delivered: marked drained in the checkpoint store");
+                    self.status.drain_state(&name, DrainState::Drained);
+                    self.drained.push(name.to_string());
+                }
+                Err(e) => {
+                    error!(shard = %name, error = %e, "could not mark the drained shard in the checkpoint store: the next start drains it again")
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, done: Result<PipelineEnd, tokio::task::JoinError>) {
+        match done {
+            Ok((name, Ok(()), by_itself)) => {
+                let run = self.shards.remove(&name);
+                if by_itself && run.is_some_and(|r| r.draining) {
+                    let handed = self.status.register(&name).last_handed();
+                    self.status.drain_state(&name, DrainState::Delivering);
+                    self.finishing_names.insert(name.clone());
+                    self.finishing.spawn(finish_drain(
+                        name,
+                        handed,
+                        self.view.clone(),
+                        self.store.clone(),
+                        self.retry,
+                    ));
+                }
+            }
+            Ok((name, Err(e), _)) => {
                 error!(shard = %name, error = %e, "shard stopped with a definite error; the other shards keep running");
                 self.failed.push(e.to_string());
                 self.failed_shards.insert(name.clone());
@@ -552,17 +999,26 @@ impl Running {
                         // Stopped by a definite error: it stays stopped until restart.
                         continue;
                     }
+                    if self.finishing_names.contains(&s.name) {
+                        // Drained and back: it starts again once marked (next discovery).
+                        continue;
+                    }
                     info!(shard = %s.name, members = ?s.members, start = ?new_shard_start, "shard added: starting its pipeline");
                     let mut shared = shared.clone();
-                    if !stored.contains_key(&s.name) {
+                    let cp = self.resume_point(s, stored);
+                    if cp.is_none() {
                         shared.start = new_shard_start;
                     }
-                    self.start(s.clone(), stored.get(&s.name).copied(), &shared, stop);
+                    self.start(s.clone(), cp, &shared, stop);
                     changed = true;
                 }
                 Some(run) if run.spec.members != s.members || run.spec.arbiters != s.arbiters => {
                     let _ = run.control.try_send(Control::Members(s.clone()));
                     run.spec = s.clone();
+                    self.store.remember(&s.name, membership_of(s));
+                    if let Some(r) = self.remembered.get_mut(&s.name) {
+                        r.membership = Some(membership_of(s));
+                    }
                     changed = true;
                 }
                 Some(_) => {}
@@ -579,6 +1035,15 @@ impl Running {
                 if !run.draining {
                     run.draining = true;
                     let _ = run.control.try_send(Control::Drain);
+                    self.status.set_draining(
+                        &name,
+                        Draining {
+                            reason: "removed from the topology",
+                            members: run.spec.members.clone(),
+                            from: self.status.confirmed(&name),
+                            state: DrainState::Reading,
+                        },
+                    );
                     changed = true;
                 }
             }

@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use quorumtail_oplog::extjson::utc_seconds;
 
-use crate::coordinator::Status;
+use crate::coordinator::{DrainState, Status};
 use crate::pipeline::stats::{NodeStats, StatsSnapshot};
 
 /// Serves the endpoints until `shutdown`.
@@ -149,18 +149,31 @@ pub fn not_ready(status: &Status) -> Vec<String> {
         out.push(format!("sink: {f}"));
     }
     for shard in status.orphaned_checkpoints() {
-        out.push(format!("shard {shard}: has a checkpoint but is not in the topology; its later changes are not read (list it under [[shards]] until drained, or remove its checkpoint)"));
+        out.push(format!("shard {shard}: has a checkpoint but is not in the topology, and its members were not stored with it (older checkpoint format), so it cannot be drained; its later changes are not read (list it under [[shards]] with its members until drained, or remove its checkpoint)"));
+    }
+    let draining = status.draining();
+    for (shard, d) in &draining {
+        if d.state == DrainState::Unreachable {
+            out.push(format!(
+                "shard {shard}: removed ({}) and being drained, but fewer of its members than its quorum answer ({}); what it committed after its checkpoint is not read yet (make its members reachable, or remove its checkpoint to give it up)",
+                d.reason,
+                d.members.join(", ")
+            ));
+        }
     }
     let shards = status.all();
     if shards.is_empty() {
         out.push("no shard pipeline is running yet".into());
     }
     for (name, s) in &shards {
+        let unreachable_drain = draining
+            .get(name)
+            .is_some_and(|d| d.state == DrainState::Unreachable);
         if s.failed {
             out.push(format!(
                 "shard {name}: stopped with a definite error (see the logs)"
             ));
-        } else if !s.stopped && !s.quorum_reachable {
+        } else if !s.stopped && !s.quorum_reachable && !unreachable_drain {
             out.push(format!(
                 "shard {name}: fewer members than the quorum are being read"
             ));
@@ -361,6 +374,39 @@ pub fn metrics(status: &Status) -> String {
         "Whether enough members are being read to confirm entries.",
         per_shard(&|s| f64::from(u8::from(s.quorum_reachable))),
     );
+    {
+        let draining = status.draining();
+        family(
+            &mut m,
+            "quorumtail_shard_draining",
+            "gauge",
+            "Whether the shard was removed and is being drained (1: reading, unreachable or delivering; 0: not removed, or drained).",
+            shards
+                .keys()
+                .map(|k| {
+                    let d = draining
+                        .get(k)
+                        .is_some_and(|d| d.state != DrainState::Drained);
+                    (format!("shard=\"{}\"", esc(k)), f64::from(u8::from(d)))
+                })
+                .collect(),
+        );
+        family(
+            &mut m,
+            "quorumtail_shard_drain_blocked",
+            "gauge",
+            "Whether a removed shard cannot be drained because fewer of its members than its quorum answer.",
+            shards
+                .keys()
+                .map(|k| {
+                    let d = draining
+                        .get(k)
+                        .is_some_and(|d| d.state == DrainState::Unreachable);
+                    (format!("shard=\"{}\"", esc(k)), f64::from(u8::from(d)))
+                })
+                .collect(),
+        );
+    }
     family(
         &mut m,
         "quorumtail_shard_failed",
@@ -426,17 +472,20 @@ fn esc(s: &str) -> String {
 
 /// The `/status` document.
 pub fn status_json(status: &Status) -> serde_json::Value {
+    let draining = status.draining();
     let mut shards = serde_json::Map::new();
     for (name, s) in status.all() {
         let mut v = serde_json::to_value(s).unwrap_or_default();
         v["nodes"] = serde_json::to_value(status.nodes(&name)).unwrap_or_default();
         v["checkpoint"] = serde_json::to_value(status.confirmed(&name)).unwrap_or_default();
+        v["draining"] = serde_json::to_value(draining.get(&name)).unwrap_or_default();
         shards.insert(name, v);
     }
     serde_json::json!({
         "ready": not_ready(status).is_empty(),
         "not_ready": not_ready(status),
         "sink_failure": status.sink_failure(),
+        "orphaned_checkpoints": status.orphaned_checkpoints(),
         "shards": shards,
     })
 }
@@ -464,11 +513,21 @@ pub fn page(status: &Status) -> String {
         }
         h.push_str("</ul>");
     }
+    let draining = status.draining();
     for (name, s) in status.all() {
         let nodes = status.nodes(&name);
         let top = newest(&nodes);
+        let drain = draining.get(&name).map(|d| (d.state, d.reason));
         let state = if s.failed {
             "<span class=\"bad\">stopped: definite error</span>"
+        } else if let Some((DrainState::Unreachable, _)) = drain {
+            "<span class=\"bad\">removed, draining: too few members answer</span>"
+        } else if let Some((DrainState::Drained, _)) = drain {
+            "<span class=\"muted\">removed: drained</span>"
+        } else if let Some((DrainState::Delivering, _)) = drain {
+            "<span class=\"ok\">removed: read to its end, delivering</span>"
+        } else if drain.is_some() {
+            "<span class=\"ok\">removed: draining</span>"
         } else if s.stopped {
             "<span class=\"muted\">stopped</span>"
         } else if s.quorum_reachable {

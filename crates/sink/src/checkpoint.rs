@@ -1,19 +1,46 @@
-//! Checkpoint stores: where the confirmed per-shard positions survive a restart.
+//! Checkpoint stores: where the confirmed per-shard positions survive a restart, together
+//! with each shard's membership and whether a removed shard was drained.
 //!
 //! ```text
 //!  Sink::checkpoints() ──► ConfirmedCheckpoints ──► CheckpointStore::store
 //!  (only the sink can make one: a checkpoint is only ever written with confirmed positions)
+//!  coordinator ──► CheckpointStore::remember(shard, membership)   (written with the next store)
+//!  coordinator ──► CheckpointStore::mark_drained(shard, confirmed) (a removed shard is done)
 //!
-//!  startup: CheckpointStore::load ──► HashMap<shard, EntryId> ──► tailers resume after it
+//!  startup: CheckpointStore::load_shards ──► {shard: StoredShard} ──► tailers resume after it;
+//!           a shard no longer in the topology is drained with its remembered members
 //! ```
+//!
+//! What is kept per shard ([`StoredShard`]): the checkpoint; the shard's membership
+//! ([`ShardMembership`]: replica set name, data-bearing members `host:port`, arbiters,
+//! explicit quorum), so that a shard removed from the cluster while quorumtail was stopped
+//! can still be read to its end; and `drained`, set once such a shard was read to its end
+//! and everything was delivered, so that later starts neither drain it again nor report it.
 //!
 //! * [`FileCheckpointStore`]: one JSON file, replaced atomically (temp file in the same
 //!   directory, fsync, rename, fsync of the directory). A file that does not parse is an
 //!   error naming the path and the fix, never ignored: ignoring it would restart every
-//!   shard from scratch or from "now" and lose or duplicate data silently.
+//!   shard from scratch or from "now" and lose or duplicate data silently. Format version 2:
+//!
+//!   ```json
+//!   {"version": 2, "shards": {"shard01": {
+//!       "checkpoint": {"ts": {"t": 1700000000, "i": 3}, "t": 1},
+//!       "membership": {"replica_set": "shard01", "members": ["a:27018", "b:27018", "c:27018"]},
+//!       "drained": true}}}
+//!   ```
+//!
+//!   `membership` is absent for a shard whose membership was never known; `arbiters` and
+//!   `quorum` appear inside it when set; `drained` appears only when true. Version 1 files
+//!   (`{"version": 1, "shards": {"shard01": {"ts": .., "t": ..}}}`, positions only) are still
+//!   read, as shards without a known membership, and are rewritten as version 2 by the first
+//!   store that changes anything. A quorumtail that only knows version 1 refuses a version 2 file.
 //! * [`KafkaCheckpointStore`]: a compacted topic keyed by shard name whose values are JSON
-//!   [`ShardPosition`]s; loading reads the topic to its end (end-of-partition events, not
-//!   the high watermark).
+//!   `{"shard": .., "id": <checkpoint>, "membership": {..}, "drained": true}`: a
+//!   [`ShardPosition`](quorumtail_oplog::ShardPosition) with the two optional fields added,
+//!   so records written before they existed are still read (as shards without a known
+//!   membership), and older readers ignore them. Loading reads the topic to its end
+//!   (end-of-partition events, not the high watermark); a store writes only the shards
+//!   whose record changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -23,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use quorumtail_oplog::{EntryId, ShardPosition};
+use quorumtail_oplog::EntryId;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -100,9 +127,10 @@ pub enum CheckpointError {
     /// The checkpoint file exists but is not a valid checkpoint.
     #[error(
         "checkpoint file {path} is corrupt ({cause}); quorumtail will not guess where to resume: \
-         restore the file from a backup, fix it by hand (format: {{\"version\":1,\"shards\":\
-         {{\"<shard>\":{{\"ts\":{{\"t\":<secs>,\"i\":<inc>}},\"t\":<term>}}}}}}), or move it away to \
-         start from the configured start position"
+         restore the file from a backup, fix it by hand (format: {{\"version\":2,\"shards\":\
+         {{\"<shard>\":{{\"checkpoint\":{{\"ts\":{{\"t\":<secs>,\"i\":<inc>}},\"t\":<term>}},\
+         \"membership\":{{\"replica_set\":\"<name>\",\"members\":[\"<host:port>\"]}}}}}}}}), \
+         or move it away to start from the configured start position"
     )]
     Corrupt {
         /// The file.
@@ -113,7 +141,8 @@ pub enum CheckpointError {
     /// A record of the checkpoint topic is not a valid position.
     #[error(
         "checkpoint topic {topic:?} partition {partition} offset {offset} is not a valid position \
-         ({cause}); delete that key with a tombstone or write a valid position for it, then restart"
+         ({cause}); delete that key with a tombstone or write a valid position for it \
+         ({{\"shard\":\"<shard>\",\"id\":{{\"ts\":{{\"t\":<secs>,\"i\":<inc>}},\"t\":<term>}}}}), then restart"
     )]
     CorruptRecord {
         /// The topic.
@@ -139,18 +168,89 @@ pub enum CheckpointError {
     },
 }
 
+/// A shard's membership as the coordinator last knew it: enough to read the shard again
+/// after the cluster forgot it (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMembership {
+    /// The replica set name its members report, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_set: Option<String>,
+    /// Data-bearing members, `host:port`.
+    pub members: Vec<String>,
+    /// Arbiters (they vote, so they raise the majority).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub arbiters: usize,
+    /// An explicit quorum, if one was configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<usize>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// What a store holds for one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredShard {
+    /// The confirmed position: the shard resumes after this entry.
+    pub checkpoint: EntryId,
+    /// Its membership, when known (stores written before memberships were kept have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<ShardMembership>,
+    /// The shard was removed from the cluster and read to its end; everything up to
+    /// `checkpoint` is delivered and nothing follows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+impl StoredShard {
+    /// A position without a known membership.
+    pub fn at(checkpoint: EntryId) -> Self {
+        StoredShard {
+            checkpoint,
+            membership: None,
+            drained: false,
+        }
+    }
+}
+
+/// What a store holds, by shard.
+pub type StoredShards = BTreeMap<Arc<str>, StoredShard>;
+
 /// Where confirmed checkpoints are kept. Object-safe, so the coordinator can pick a store
 /// from its config.
+///
+/// A store remembers what it last read or wrote; [`store`](Self::store) and
+/// [`mark_drained`](Self::mark_drained) merge into that (a store that never loaded reads
+/// first), write only when something changed, and are serialized with each other.
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
-    /// The stored position of every shard (empty on a first run).
+    /// Everything stored, per shard (empty on a first run).
     ///
     /// # Errors
     /// [`CheckpointError`] when the store cannot be read or holds something that is not a
     /// valid checkpoint.
-    fn load(&self) -> BoxFuture<'_, Result<HashMap<Arc<str>, EntryId>, CheckpointError>>;
+    fn load_shards(&self) -> BoxFuture<'_, Result<StoredShards, CheckpointError>>;
 
-    /// Stores the given positions; shards absent from `checkpoints` keep their stored
-    /// position. Durable when the future completes.
+    /// The stored position of every shard, drained or not (empty on a first run).
+    ///
+    /// # Errors
+    /// As [`load_shards`](Self::load_shards).
+    fn load(&self) -> BoxFuture<'_, Result<HashMap<Arc<str>, EntryId>, CheckpointError>> {
+        Box::pin(async move {
+            Ok(self
+                .load_shards()
+                .await?
+                .into_iter()
+                .map(|(k, v)| (k, v.checkpoint))
+                .collect())
+        })
+    }
+
+    /// Stores the given positions, each with its shard's membership as last
+    /// [`remember`](Self::remember)ed; shards absent from `checkpoints` keep what is stored.
+    /// Durable when the future completes.
     ///
     /// # Errors
     /// [`CheckpointError`] when the write did not complete (the previous checkpoint is
@@ -159,6 +259,87 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
         &'a self,
         checkpoints: &'a ConfirmedCheckpoints,
     ) -> BoxFuture<'a, Result<(), CheckpointError>>;
+
+    /// The shard runs with this membership: it is written with the shard's next store, and
+    /// the shard is no longer drained (it came back). Nothing is written by this call.
+    fn remember(&self, shard: &Arc<str>, membership: ShardMembership);
+
+    /// The removed shard was read to its end: stores the given positions as
+    /// [`store`](Self::store) does, with `shard` marked drained at its confirmed position
+    /// (in `checkpoints`, else the stored one). Nothing is written for a shard that has no
+    /// position at all. Durable when the future completes.
+    ///
+    /// # Errors
+    /// As [`store`](Self::store).
+    fn mark_drained<'a>(
+        &'a self,
+        shard: &'a str,
+        checkpoints: &'a ConfirmedCheckpoints,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
+}
+
+/// What the coordinator told a store (the same for every backend); [`merged`] combines it
+/// with what the store holds and new positions.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Memberships from [`CheckpointStore::remember`] (written with every store).
+    members: HashMap<Arc<str>, ShardMembership>,
+    /// Shards remembered since the last write: their `drained` flag is cleared once.
+    revived: std::collections::HashSet<Arc<str>>,
+}
+
+/// The shards as they should be stored after merging `checkpoints` and the ledger into
+/// `held`, with `drained` marked (at its confirmed or stored position).
+fn merged(
+    held: &StoredShards,
+    ledger: &Ledger,
+    checkpoints: &ConfirmedCheckpoints,
+    drained: Option<&str>,
+) -> StoredShards {
+    let mut next = held.clone();
+    for (shard, id) in checkpoints.iter() {
+        next.entry(shard.clone())
+            .and_modify(|s| s.checkpoint = *id)
+            .or_insert_with(|| StoredShard::at(*id));
+    }
+    for (shard, m) in &ledger.members {
+        if let Some(s) = next.get_mut(shard) {
+            s.membership = Some(m.clone());
+        }
+    }
+    for shard in &ledger.revived {
+        if let Some(s) = next.get_mut(shard) {
+            s.drained = false;
+        }
+    }
+    if let Some(s) = drained.and_then(|d| next.get_mut(d)) {
+        s.drained = true;
+    }
+    next
+}
+
+/// The shards whose stored value differs between `held` and `next`.
+fn changed<'a>(
+    held: &StoredShards,
+    next: &'a StoredShards,
+) -> Vec<(&'a Arc<str>, &'a StoredShard)> {
+    next.iter()
+        .filter(|(k, v)| held.get(*k) != Some(*v))
+        .collect()
+}
+
+impl Ledger {
+    fn remember(&mut self, shard: &Arc<str>, membership: ShardMembership) {
+        self.members.insert(shard.clone(), membership);
+        self.revived.insert(shard.clone());
+    }
+
+    /// After a successful write that applied `revived`: those are done.
+    fn written(&mut self, revived: &std::collections::HashSet<Arc<str>>) {
+        for r in revived {
+            self.revived.remove(r);
+        }
+    }
 }
 
 /// Stores the sink's confirmed checkpoints every `interval` when they changed, until
@@ -182,14 +363,15 @@ pub async fn run_checkpointer(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Every tick: a membership may have changed without a position moving (the store
+        // writes nothing when nothing changed).
         let now = view.checkpoints();
-        if now == stored {
-            continue;
-        }
         match store.store(&now).await {
             Ok(()) => {
-                tracing::debug!(shards = now.len(), "checkpoints stored");
-                stored = now;
+                if now != stored {
+                    tracing::debug!(shards = now.len(), "checkpoints stored");
+                    stored = now;
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint store failed; retrying at the next tick")
@@ -198,21 +380,38 @@ pub async fn run_checkpointer(
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The file as read: the version decides how `shards` is read.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckpointFile {
+struct RawCheckpointFile {
     version: u32,
-    shards: BTreeMap<String, EntryId>,
+    shards: serde_json::Value,
 }
 
-const FILE_VERSION: u32 = 1;
+#[derive(Debug, Serialize)]
+struct CheckpointFile<'a> {
+    version: u32,
+    shards: &'a StoredShards,
+}
+
+/// Positions only, no memberships; still read.
+const FILE_VERSION_1: u32 = 1;
+const FILE_VERSION: u32 = 2;
+
+/// The store's state: what the file holds (once read) and the ledger.
+#[derive(Debug, Default)]
+struct FileState {
+    held: Option<StoredShards>,
+}
 
 /// A checkpoint file, replaced atomically. See the [module docs](self).
 #[derive(Debug)]
 pub struct FileCheckpointStore {
     path: PathBuf,
-    /// What the file holds, once read; `store` merges into it.
-    known: Mutex<Option<HashMap<Arc<str>, EntryId>>>,
+    /// What the file holds, once read; writes merge into it. Held across a write, so
+    /// writes are serialized.
+    state: tokio::sync::Mutex<FileState>,
+    ledger: Mutex<Ledger>,
 }
 
 impl FileCheckpointStore {
@@ -220,7 +419,8 @@ impl FileCheckpointStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileCheckpointStore {
             path: path.into(),
-            known: Mutex::new(None),
+            state: Default::default(),
+            ledger: Default::default(),
         }
     }
 
@@ -229,31 +429,54 @@ impl FileCheckpointStore {
         &self.path
     }
 
-    fn read(path: &Path) -> Result<HashMap<Arc<str>, EntryId>, CheckpointError> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-            Err(source) => {
-                return Err(CheckpointError::Io {
-                    op: "read",
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        };
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parses a checkpoint file of any known version.
+    fn parse(path: &Path, bytes: &[u8]) -> Result<StoredShards, CheckpointError> {
         let corrupt = |cause: String| CheckpointError::Corrupt {
             path: path.to_owned(),
             cause,
         };
-        let f: CheckpointFile =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if f.version != FILE_VERSION {
-            return Err(corrupt(format!(
-                "version {} is not {FILE_VERSION}, the only version this quorumtail knows",
-                f.version
-            )));
+        let f: RawCheckpointFile =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        match f.version {
+            FILE_VERSION_1 => {
+                let m: BTreeMap<String, EntryId> = serde_json::from_value(f.shards)
+                    .map_err(|e| corrupt(format!("version 1 shards: {e}")))?;
+                Ok(m.into_iter()
+                    .map(|(k, v)| (k.into(), StoredShard::at(v)))
+                    .collect())
+            }
+            FILE_VERSION => {
+                let m: BTreeMap<String, StoredShard> = serde_json::from_value(f.shards)
+                    .map_err(|e| corrupt(format!("version 2 shards: {e}")))?;
+                Ok(m.into_iter().map(|(k, v)| (k.into(), v)).collect())
+            }
+            v => Err(corrupt(format!(
+                "version {v} is not {FILE_VERSION_1} or {FILE_VERSION}, the versions this quorumtail knows"
+            ))),
         }
-        Ok(f.shards.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+
+    fn read(path: &Path) -> Result<StoredShards, CheckpointError> {
+        match fs::read(path) {
+            Ok(b) => Self::parse(path, &b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(CheckpointError::Io {
+                op: "read",
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    async fn read_blocking(&self) -> Result<StoredShards, CheckpointError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || Self::read(&path))
+            .await
+            .expect("reading the checkpoint file does not panic")
     }
 
     fn write_atomic(path: &Path, content: &[u8]) -> Result<(), CheckpointError> {
@@ -296,14 +519,61 @@ impl FileCheckpointStore {
     }
 }
 
+impl FileCheckpointStore {
+    /// Merges and writes (when something changed), serialized with other writes.
+    async fn write(
+        &self,
+        checkpoints: &ConfirmedCheckpoints,
+        drained: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        let mut state = self.state.lock().await;
+        // Never overwrite a file we could not read: a corrupt file stays for the operator
+        // to look at.
+        let held = match state.held.take() {
+            Some(h) => h,
+            None => self.read_blocking().await?,
+        };
+        let (next, revived) = {
+            let ledger = self.ledger();
+            (
+                merged(&held, &ledger, checkpoints, drained),
+                ledger.revived.clone(),
+            )
+        };
+        if next == held {
+            state.held = Some(held);
+            return Ok(());
+        }
+        let file = CheckpointFile {
+            version: FILE_VERSION,
+            shards: &next,
+        };
+        let mut json = serde_json::to_vec_pretty(&file).expect("checkpoints serialize");
+        json.push(b'\n');
+        let path = self.path.clone();
+        let written = tokio::task::spawn_blocking(move || Self::write_atomic(&path, &json))
+            .await
+            .expect("writing the checkpoint file does not panic");
+        match written {
+            Ok(()) => {
+                state.held = Some(next);
+                self.ledger().written(&revived);
+                Ok(())
+            }
+            Err(e) => {
+                state.held = Some(held);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl CheckpointStore for FileCheckpointStore {
-    fn load(&self) -> BoxFuture<'_, Result<HashMap<Arc<str>, EntryId>, CheckpointError>> {
+    fn load_shards(&self) -> BoxFuture<'_, Result<StoredShards, CheckpointError>> {
         Box::pin(async move {
-            let path = self.path.clone();
-            let m = tokio::task::spawn_blocking(move || Self::read(&path))
-                .await
-                .expect("reading the checkpoint file does not panic")?;
-            *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+            let mut state = self.state.lock().await;
+            let m = self.read_blocking().await?;
+            state.held = Some(m.clone());
             Ok(m)
         })
     }
@@ -312,33 +582,19 @@ impl CheckpointStore for FileCheckpointStore {
         &'a self,
         checkpoints: &'a ConfirmedCheckpoints,
     ) -> BoxFuture<'a, Result<(), CheckpointError>> {
-        let updates: Vec<(Arc<str>, EntryId)> =
-            checkpoints.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        Box::pin(async move {
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let path = self.path.clone();
-            let merged = tokio::task::spawn_blocking(move || {
-                // Never overwrite a file we could not read: a corrupt file stays for the
-                // operator to look at.
-                let mut m = match known {
-                    Some(m) => m,
-                    None => Self::read(&path)?,
-                };
-                m.extend(updates);
-                let file = CheckpointFile {
-                    version: FILE_VERSION,
-                    shards: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                };
-                let mut json = serde_json::to_vec_pretty(&file).expect("checkpoints serialize");
-                json.push(b'\n');
-                Self::write_atomic(&path, &json)?;
-                Ok::<_, CheckpointError>(m)
-            })
-            .await
-            .expect("writing the checkpoint file does not panic")?;
-            *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(merged);
-            Ok(())
-        })
+        Box::pin(self.write(checkpoints, None))
+    }
+
+    fn remember(&self, shard: &Arc<str>, membership: ShardMembership) {
+        self.ledger().remember(shard, membership);
+    }
+
+    fn mark_drained<'a>(
+        &'a self,
+        shard: &'a str,
+        checkpoints: &'a ConfirmedCheckpoints,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        Box::pin(self.write(checkpoints, Some(shard)))
     }
 }
 
@@ -424,6 +680,22 @@ impl CheckpointConfig {
 pub struct KafkaCheckpointStore {
     config: KafkaCheckpointConfig,
     producer: FutureProducer<TracingContext>,
+    /// What the topic holds, once read; writes merge into it. Held across a write, so
+    /// writes are serialized.
+    held: tokio::sync::Mutex<Option<StoredShards>>,
+    ledger: Mutex<Ledger>,
+}
+
+/// A record of the checkpoint topic: a [`ShardPosition`](quorumtail_oplog::ShardPosition)
+/// (`shard`, `id`) with the two optional fields of [`StoredShard`].
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicRecord {
+    shard: Arc<str>,
+    id: EntryId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    membership: Option<ShardMembership>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    drained: bool,
 }
 
 impl std::fmt::Debug for KafkaCheckpointStore {
@@ -478,7 +750,12 @@ impl KafkaCheckpointStore {
             pc.create_with_context(TracingContext).map_err(|e| {
                 kerr("creating the producer", "fix [checkpoint.librdkafka]")(e.to_string())
             })?;
-        let store = KafkaCheckpointStore { config, producer };
+        let store = KafkaCheckpointStore {
+            config,
+            producer,
+            held: Default::default(),
+            ledger: Default::default(),
+        };
         store.ensure_topic().await?;
         Ok(store)
     }
@@ -591,7 +868,7 @@ fn read_to_end(
     timeout: Duration,
     mut cc: ClientConfig,
     partitions: &[i32],
-) -> Result<HashMap<Arc<str>, EntryId>, CheckpointError> {
+) -> Result<StoredShards, CheckpointError> {
     let err = |op: &'static str, cause: &dyn std::fmt::Display, fix: &'static str| {
         CheckpointError::Kafka {
             topic: topic.to_owned(),
@@ -616,7 +893,7 @@ fn read_to_end(
         .assign(&tpl)
         .map_err(|e| err("assigning partitions", &e, "check READ on the topic"))?;
     let mut at_end: std::collections::HashSet<i32> = std::collections::HashSet::new();
-    let mut out: HashMap<Arc<str>, EntryId> = HashMap::new();
+    let mut out: StoredShards = BTreeMap::new();
     let deadline = std::time::Instant::now() + timeout;
     while at_end.len() < partitions.len() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -657,15 +934,22 @@ fn read_to_end(
                         out.remove(shard);
                     }
                     Some(v) => {
-                        let pos: ShardPosition =
+                        let r: TopicRecord =
                             serde_json::from_slice(v).map_err(|e| corrupt(e.to_string()))?;
-                        if &*pos.shard != shard {
+                        if &*r.shard != shard {
                             return Err(corrupt(format!(
                                 "the key says shard {shard:?} but the value says {:?}",
-                                pos.shard
+                                r.shard
                             )));
                         }
-                        out.insert(pos.shard, pos.id);
+                        out.insert(
+                            r.shard,
+                            StoredShard {
+                                checkpoint: r.id,
+                                membership: r.membership,
+                                drained: r.drained,
+                            },
+                        );
                     }
                 }
             }
@@ -674,23 +958,95 @@ fn read_to_end(
     Ok(out)
 }
 
+impl KafkaCheckpointStore {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read(&self) -> Result<StoredShards, CheckpointError> {
+        let Some(partitions) = self.partitions().await? else {
+            return Err(self.err(
+                "loading",
+                "the topic does not exist",
+                "open the store with KafkaCheckpointStore::open, which creates it",
+            ));
+        };
+        // The consumer blocks; keep it off the async workers.
+        let topic = self.config.topic.clone();
+        let timeout = self.config.timeout;
+        let cc = self.common_config();
+        tokio::task::spawn_blocking(move || read_to_end(&topic, timeout, cc, &partitions))
+            .await
+            .expect("reading the checkpoint topic does not panic")
+    }
+
+    /// Merges and produces the records that changed, serialized with other writes.
+    async fn write(
+        &self,
+        checkpoints: &ConfirmedCheckpoints,
+        drained: Option<&str>,
+    ) -> Result<(), CheckpointError> {
+        let mut held = self.held.lock().await;
+        // A store that never loaded reads the topic first, so that it never replaces a
+        // record with less than it holds (a membership, a drained flag).
+        let current = match held.take() {
+            Some(h) => h,
+            None => self.read().await?,
+        };
+        let (next, revived) = {
+            let ledger = self.ledger();
+            (
+                merged(&current, &ledger, checkpoints, drained),
+                ledger.revived.clone(),
+            )
+        };
+        let values: Vec<(&Arc<str>, Vec<u8>)> = changed(&current, &next)
+            .into_iter()
+            .map(|(shard, s)| {
+                let r = TopicRecord {
+                    shard: shard.clone(),
+                    id: s.checkpoint,
+                    membership: s.membership.clone(),
+                    drained: s.drained,
+                };
+                (shard, serde_json::to_vec(&r).expect("positions serialize"))
+            })
+            .collect();
+        let sends = values.iter().map(|(shard, value)| {
+            let record = FutureRecord::to(&self.config.topic)
+                .key(shard.as_bytes())
+                .payload(value.as_slice());
+            async move {
+                self.producer
+                    .send(record, self.config.timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            // Some records may have landed; re-sending them next time is harmless.
+            *held = Some(current);
+            return Err(self.err(
+                "storing",
+                e,
+                "check the brokers' health and WRITE on the checkpoint topic",
+            ));
+        }
+        *held = Some(next);
+        self.ledger().written(&revived);
+        Ok(())
+    }
+}
+
 impl CheckpointStore for KafkaCheckpointStore {
-    fn load(&self) -> BoxFuture<'_, Result<HashMap<Arc<str>, EntryId>, CheckpointError>> {
+    fn load_shards(&self) -> BoxFuture<'_, Result<StoredShards, CheckpointError>> {
         Box::pin(async move {
-            let Some(partitions) = self.partitions().await? else {
-                return Err(self.err(
-                    "loading",
-                    "the topic does not exist",
-                    "open the store with KafkaCheckpointStore::open, which creates it",
-                ));
-            };
-            // The consumer blocks; keep it off the async workers.
-            let topic = self.config.topic.clone();
-            let timeout = self.config.timeout;
-            let cc = self.common_config();
-            tokio::task::spawn_blocking(move || read_to_end(&topic, timeout, cc, &partitions))
-                .await
-                .expect("reading the checkpoint topic does not panic")
+            let mut held = self.held.lock().await;
+            let m = self.read().await?;
+            *held = Some(m.clone());
+            Ok(m)
         })
     }
 
@@ -698,42 +1054,79 @@ impl CheckpointStore for KafkaCheckpointStore {
         &'a self,
         checkpoints: &'a ConfirmedCheckpoints,
     ) -> BoxFuture<'a, Result<(), CheckpointError>> {
-        Box::pin(async move {
-            let values: Vec<(&Arc<str>, Vec<u8>)> = checkpoints
-                .iter()
-                .map(|(shard, id)| {
-                    let pos = ShardPosition {
-                        shard: shard.clone(),
-                        id: *id,
-                    };
-                    (
-                        shard,
-                        serde_json::to_vec(&pos).expect("positions serialize"),
-                    )
-                })
-                .collect();
-            let sends = values.iter().map(|(shard, value)| {
-                let record = FutureRecord::to(&self.config.topic)
-                    .key(shard.as_bytes())
-                    .payload(value.as_slice());
-                async move {
-                    self.producer
-                        .send(record, self.config.timeout)
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| e)
-                }
-            });
-            for r in futures::future::join_all(sends).await {
-                r.map_err(|e| {
-                    self.err(
-                        "storing",
-                        e,
-                        "check the brokers' health and WRITE on the checkpoint topic",
-                    )
-                })?;
+        Box::pin(self.write(checkpoints, None))
+    }
+
+    fn remember(&self, shard: &Arc<str>, membership: ShardMembership) {
+        self.ledger().remember(shard, membership);
+    }
+
+    fn mark_drained<'a>(
+        &'a self,
+        shard: &'a str,
+        checkpoints: &'a ConfirmedCheckpoints,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        Box::pin(self.write(checkpoints, Some(shard)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quorumtail_oplog::Timestamp;
+
+    fn id(n: u32) -> EntryId {
+        EntryId::new(Timestamp::new(1_700_000_000, n), 1)
+    }
+
+    fn confirmed(v: &[(&str, u32)]) -> ConfirmedCheckpoints {
+        ConfirmedCheckpoints::assume_confirmed(
+            v.iter().map(|(s, n)| (Arc::from(*s), id(*n))).collect(),
+        )
+    }
+
+    fn members(n: usize) -> ShardMembership {
+        ShardMembership {
+            replica_set: Some("rs".into()),
+            members: (0..n).map(|i| format!("h{i}:27017")).collect(),
+            arbiters: 0,
+            quorum: None,
+        }
+    }
+
+    #[test]
+    fn merge_applies_positions_memberships_revivals_and_drains() {
+        let rs: Arc<str> = "rs".into();
+        let mut ledger = Ledger::default();
+        // Nothing known and nothing new: nothing to write.
+        let held = merged(&BTreeMap::new(), &ledger, &confirmed(&[]), Some("rs"));
+        assert!(held.is_empty());
+        // A membership is written with the shard's first position.
+        ledger.remember(&rs, members(3));
+        let held = merged(&held, &ledger, &confirmed(&[("rs", 1)]), None);
+        assert_eq!(
+            held[&rs],
+            StoredShard {
+                checkpoint: id(1),
+                membership: Some(members(3)),
+                drained: false
             }
-            Ok(())
-        })
+        );
+        let revived = ledger.revived.clone();
+        ledger.written(&revived);
+        // Drained at the confirmed position; the same position later keeps the flag.
+        let held = merged(&held, &ledger, &confirmed(&[("rs", 2)]), Some("rs"));
+        assert!(held[&rs].drained && held[&rs].checkpoint == id(2));
+        let same = merged(&held, &ledger, &confirmed(&[("rs", 2)]), None);
+        assert_eq!(same, held);
+        assert!(changed(&held, &same).is_empty());
+        // Back (remembered again): no longer drained, with its new members; a drain
+        // marked in the same write wins (the revival came first).
+        ledger.remember(&rs, members(4));
+        let back = merged(&held, &ledger, &confirmed(&[]), None);
+        assert!(!back[&rs].drained);
+        assert_eq!(back[&rs].membership, Some(members(4)));
+        assert_eq!(changed(&held, &back).len(), 1);
+        assert!(merged(&held, &ledger, &confirmed(&[]), Some("rs"))[&rs].drained);
     }
 }

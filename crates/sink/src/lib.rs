@@ -85,6 +85,7 @@ use tokio_util::sync::CancellationToken;
 pub use checkpoint::{
     run_checkpointer, CheckpointConfig, CheckpointError, CheckpointStore, ConfirmedCheckpoints,
     FileCheckpointConfig, FileCheckpointStore, KafkaCheckpointConfig, KafkaCheckpointStore,
+    ShardMembership, StoredShard, StoredShards,
 };
 pub use config::{FileSinkConfig, KafkaSinkConfig, SinkConfig, TopicTemplate};
 pub use error::{DeliveryError, SinkError};

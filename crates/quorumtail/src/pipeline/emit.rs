@@ -72,8 +72,9 @@ impl Emitter {
     /// The checkpoint to attach to the next input, if it moved.
     fn checkpoint(&mut self) -> Option<EntryId> {
         let safe = self.txn.safe_position();
-        if safe.is_some() && safe != self.last_checkpoint {
+        if let Some(id) = safe.filter(|_| safe != self.last_checkpoint) {
             self.last_checkpoint = safe;
+            self.stats.set_handed(id);
             safe
         } else {
             None

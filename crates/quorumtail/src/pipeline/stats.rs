@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use quorumtail_oplog::{DropReason, Timestamp};
+use quorumtail_oplog::{DropReason, EntryId, Timestamp};
 
 /// What a shard pipeline knows about one member, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -66,6 +66,9 @@ pub struct ShardStats {
     pub whole_switches: AtomicU64,
     /// Per member, by address.
     pub nodes: Mutex<BTreeMap<String, NodeStats>>,
+    /// The last checkpoint handed to the sink with a record or marker: once the sink
+    /// confirms it, everything the pipeline emitted is delivered.
+    pub handed_checkpoint: Mutex<Option<EntryId>>,
 }
 
 impl ShardStats {
@@ -81,6 +84,17 @@ impl ShardStats {
 
     pub(crate) fn emitted(&self) {
         self.records.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_handed(&self, checkpoint: EntryId) {
+        if let Ok(mut h) = self.handed_checkpoint.lock() {
+            *h = Some(checkpoint);
+        }
+    }
+
+    /// The last checkpoint handed to the sink (see [`ShardStats::handed_checkpoint`]).
+    pub fn last_handed(&self) -> Option<EntryId> {
+        self.handed_checkpoint.lock().ok().and_then(|h| *h)
     }
 
     /// The members, by address.

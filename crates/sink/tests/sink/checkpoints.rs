@@ -6,7 +6,7 @@ use std::sync::Arc;
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
     CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointConfig, KafkaCheckpointStore,
+    KafkaCheckpointConfig, KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
 };
 
 use crate::broker::{partitions, Broker};
@@ -55,7 +55,7 @@ async fn file_store_round_trips_merges_and_replaces_atomically() {
     assert_eq!(names, vec!["cp.json".to_owned()]);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
-        text.contains("\"version\": 1") && text.contains("\"rs2\""),
+        text.contains("\"version\": 2") && text.contains("\"rs2\""),
         "{text}"
     );
 }
@@ -66,7 +66,9 @@ async fn file_store_refuses_a_corrupt_file_and_leaves_it_alone() {
     let path = dir.path().join("cp.json");
     for bad in [
         "{\"version\":1,\"shards\":{\"rs0\":{\"ts\":{\"t\":1}}}}",
-        "{\"version\":2,\"shards\":{}}",
+        "{\"version\":3,\"shards\":{}}",
+        "{\"version\":2,\"shards\":{\"rs0\":{\"ts\":{\"t\":1,\"i\":1}}}}",
+        "{\"version\":2,\"shards\":{\"rs0\":{\"checkpoint\":{\"ts\":{\"t\":1,\"i\":1}},\"members\":[]}}}",
         "not json",
         "",
         "{\"version\":1,\"shards\":{},\"extra\":1}",
@@ -221,4 +223,202 @@ async fn checkpoint_config_selects_the_store() {
         matches!(k, CheckpointConfig::Kafka(k) if k.topic == "quorumtail.checkpoints"
             && k.timeout == std::time::Duration::from_secs(5))
     );
+}
+
+fn membership(set: &str, n: u16) -> ShardMembership {
+    ShardMembership {
+        replica_set: Some(set.to_owned()),
+        members: (0..n).map(|i| format!("{set}-{i}.example:27018")).collect(),
+        arbiters: 1,
+        quorum: Some(2),
+    }
+}
+
+fn stored(checkpoint: EntryId, m: Option<ShardMembership>, drained: bool) -> StoredShard {
+    StoredShard {
+        checkpoint,
+        membership: m,
+        drained,
+    }
+}
+
+/// The lifecycle every store goes through: memberships written with positions, a removed
+/// shard marked drained at its confirmed position, a drained shard that comes back
+/// un-drained. `reopen` gives a fresh store on the same storage (a new process).
+async fn memberships_and_drained_flags_round_trip(
+    store: &dyn CheckpointStore,
+    reopen: impl AsyncFn() -> Box<dyn CheckpointStore>,
+) {
+    let rs0: Arc<str> = "rs0".into();
+    let rs1: Arc<str> = "rs1".into();
+    store.remember(&rs0, membership("rs0", 3));
+    // Remembered before it has a position: written with its first one.
+    store.remember(&rs1, membership("rs1", 2));
+    store.store(&confirmed(&[("rs0", cp(1))])).await.unwrap();
+    let want: StoredShards = [(
+        rs0.clone(),
+        stored(cp(1), Some(membership("rs0", 3)), false),
+    )]
+    .into_iter()
+    .collect();
+    assert_eq!(reopen().await.load_shards().await.unwrap(), want);
+
+    store
+        .store(&confirmed(&[("rs0", cp(4)), ("rs1", cp(2))]))
+        .await
+        .unwrap();
+    // rs1 was removed and read to its end: drained at its confirmed position.
+    store
+        .mark_drained("rs1", &confirmed(&[("rs0", cp(5)), ("rs1", cp(3))]))
+        .await
+        .unwrap();
+    let want: StoredShards = [
+        (
+            rs0.clone(),
+            stored(cp(5), Some(membership("rs0", 3)), false),
+        ),
+        (rs1.clone(), stored(cp(3), Some(membership("rs1", 2)), true)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(reopen().await.load_shards().await.unwrap(), want);
+    // Later stores keep the flag (the sink keeps reporting the drained shard's position).
+    store
+        .store(&confirmed(&[("rs0", cp(6)), ("rs1", cp(3))]))
+        .await
+        .unwrap();
+    assert!(reopen().await.load_shards().await.unwrap()[&rs1].drained);
+    // A store in a new process that marks a shard without a confirmed position this run
+    // uses the stored one; a shard it has never seen is not written at all.
+    let again = reopen().await;
+    again
+        .mark_drained("rs0", &ConfirmedCheckpoints::default())
+        .await
+        .unwrap();
+    again
+        .mark_drained("never-seen", &ConfirmedCheckpoints::default())
+        .await
+        .unwrap();
+    let loaded = reopen().await.load_shards().await.unwrap();
+    assert_eq!(
+        loaded[&rs0],
+        stored(cp(6), Some(membership("rs0", 3)), true)
+    );
+    assert!(!loaded.contains_key("never-seen"));
+
+    // rs1 comes back (re-added) with new members: no longer drained.
+    again.remember(&rs1, membership("rs1", 4));
+    again.store(&confirmed(&[("rs1", cp(8))])).await.unwrap();
+    let loaded = reopen().await.load_shards().await.unwrap();
+    assert_eq!(
+        loaded[&rs1],
+        stored(cp(8), Some(membership("rs1", 4)), false)
+    );
+    // The positions-only view covers every shard, drained or not.
+    assert_eq!(
+        reopen().await.load().await.unwrap(),
+        map(&[("rs0", cp(6)), ("rs1", cp(8))])
+    );
+}
+
+#[tokio::test]
+async fn file_store_keeps_memberships_and_drained_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.json");
+    let store = FileCheckpointStore::new(&path);
+    let p = path.clone();
+    memberships_and_drained_flags_round_trip(&store, async || {
+        Box::new(FileCheckpointStore::new(&p)) as Box<dyn CheckpointStore>
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["version"], 2, "{text}");
+    assert_eq!(v["shards"]["rs0"]["drained"], true, "{text}");
+    assert_eq!(
+        v["shards"]["rs1"]["membership"]["replica_set"], "rs1",
+        "{text}"
+    );
+    // `drained: false` is left out.
+    assert!(v["shards"]["rs1"].get("drained").is_none(), "{text}");
+}
+
+/// A version 1 file (positions only, as written before memberships were kept) is read as
+/// shards without a membership and rewritten as version 2 by the next store.
+#[tokio::test]
+async fn file_store_reads_the_version_1_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.json");
+    std::fs::write(
+        &path,
+        r#"{"version":1,"shards":{"rs0":{"ts":{"t":1700000000,"i":2},"t":7},"rs1":{"ts":{"t":1700000001,"i":1}}}}"#,
+    )
+    .unwrap();
+    let store = FileCheckpointStore::new(&path);
+    let rs0_id = EntryId::new(quorumtail_oplog::Timestamp::new(1_700_000_000, 2), 7);
+    let rs1_id = EntryId::at(quorumtail_oplog::Timestamp::new(1_700_000_001, 1));
+    let want: StoredShards = [
+        (Arc::from("rs0"), StoredShard::at(rs0_id)),
+        (Arc::from("rs1"), StoredShard::at(rs1_id)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(store.load_shards().await.unwrap(), want);
+    assert_eq!(
+        store.load().await.unwrap(),
+        map(&[("rs0", rs0_id), ("rs1", rs1_id)])
+    );
+    // Nothing changed: the file is left as it is.
+    store.store(&ConfirmedCheckpoints::default()).await.unwrap();
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"version\":1"));
+    store.remember(&Arc::from("rs0"), membership("rs0", 3));
+    store.store(&confirmed(&[("rs0", cp(9))])).await.unwrap();
+    let loaded = FileCheckpointStore::new(&path).load_shards().await.unwrap();
+    assert_eq!(
+        loaded[&Arc::from("rs0")],
+        stored(cp(9), Some(membership("rs0", 3)), false)
+    );
+    assert_eq!(loaded[&Arc::from("rs1")], StoredShard::at(rs1_id));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"version\": 2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_store_keeps_memberships_and_drained_flags_and_reads_old_records() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let broker = Broker::start();
+    let mut cfg = KafkaCheckpointConfig::new(broker.bootstrap.clone());
+    cfg.topic = crate::unique("it.checkpoints.members");
+    cfg.replication_factor = 1;
+    let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
+    assert!(store.load_shards().await.unwrap().is_empty());
+    let c = cfg.clone();
+    memberships_and_drained_flags_round_trip(&store, async || {
+        Box::new(KafkaCheckpointStore::open(c.clone()).await.unwrap()) as Box<dyn CheckpointStore>
+    })
+    .await;
+
+    // A record as written before memberships were kept: a bare position.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let old = serde_json::json!({"shard": "rs9", "id": cp(2)}).to_string();
+    producer
+        .send(
+            FutureRecord::to(&cfg.topic).key("rs9").payload(&old),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let loaded = KafkaCheckpointStore::open(cfg.clone())
+        .await
+        .unwrap()
+        .load_shards()
+        .await
+        .unwrap();
+    assert_eq!(loaded[&Arc::from("rs9")], StoredShard::at(cp(2)));
+    assert!(loaded[&Arc::from("rs0")].drained);
 }
