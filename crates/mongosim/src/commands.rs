@@ -949,7 +949,6 @@ fn find_oplog(w: &mut World, s: usize, n: usize, a: &FindArgs, first_n: Option<i
         Some(ts) => log.index_after(ts),
         None => log.len(),
     };
-    let rest_docs: Vec<Document> = log.iter().skip(resume).map(|e| e.doc.clone()).collect();
     let rest_args = FindArgs {
         ns: a.ns.clone(),
         filter: a.filter.clone(),
@@ -963,8 +962,10 @@ fn find_oplog(w: &mut World, s: usize, n: usize, a: &FindArgs, first_n: Option<i
         await_data: false,
     };
     let rest = if exhausted_limit {
+        // The limit is reached (a `limit: 1` probe): nothing more to copy.
         Vec::new()
     } else {
+        let rest_docs: Vec<Document> = log.iter().skip(resume).map(|e| e.doc.clone()).collect();
         filter_sort_project(rest_docs, &rest_args)?
     };
     if rest.is_empty() || a.single_batch {
