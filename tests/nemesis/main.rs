@@ -523,7 +523,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         span.as_secs_f64()
     );
     println!(
-        "ground truth: {} committed application entries, {} rolled back, {} fromMigrate, over {} shards ({})",
+        "ground truth: {} expected records (committed application entries and operations of committed transactions), {} rolled back, {} fromMigrate, over {} shards ({})",
         verdict.committed_app,
         verdict.rolled_back,
         verdict.from_migrate,
