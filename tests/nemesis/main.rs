@@ -61,8 +61,11 @@ use workload::{History, Outcome, TxnOutcome, WriteKind};
 /// Chunks of `shop.orders`.
 const CHUNKS: i32 = 32;
 
+/// `(op, _id, tag)` of a transaction's operation (see [`txn_op_key`]).
+type OpKey = (String, String, Option<i64>);
+
 /// `(op, _id, tag)` of every operation of the transactions the ground truth committed.
-fn committed_txn_ops(entries: &[bson::RawDocumentBuf]) -> HashSet<(String, String, Option<i64>)> {
+fn committed_txn_ops(entries: &[bson::RawDocumentBuf]) -> HashSet<OpKey> {
     entries
         .iter()
         .filter_map(|raw| bson::Document::try_from(raw.as_ref()).ok())
@@ -73,7 +76,7 @@ fn committed_txn_ops(entries: &[bson::RawDocumentBuf]) -> HashSet<(String, Strin
 }
 
 /// The key of a workload transaction's operation, as [`txn_op_key`] reads it.
-fn txn_key(tag: i64, op: &(WriteKind, i32, i32)) -> (String, String, Option<i64>) {
+fn txn_key(tag: i64, op: &(WriteKind, i32, i32)) -> OpKey {
     let id = serde_json::json!(op.1).to_string();
     match op.0 {
         WriteKind::Insert => ("i".into(), id, Some(tag)),
@@ -93,14 +96,10 @@ struct TxnVerdict {
     failures: Vec<String>,
 }
 
-fn check_txns(
-    txns: &[workload::Txn],
-    truth: &HashSet<(String, String, Option<i64>)>,
-    segments: &[Segment],
-) -> TxnVerdict {
+fn check_txns(txns: &[workload::Txn], truth: &HashSet<OpKey>, segments: &[Segment]) -> TxnVerdict {
     let mut v = TxnVerdict::default();
     // Emitted transaction operations: key -> commit identities of the records.
-    let mut out: HashMap<(String, String, Option<i64>), HashSet<(String, String)>> = HashMap::new();
+    let mut out: HashMap<OpKey, HashSet<(String, String)>> = HashMap::new();
     let mut out_tags: HashSet<i64> = HashSet::new();
     for seg in segments {
         for (_, r) in &seg.records {
