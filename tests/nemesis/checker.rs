@@ -6,26 +6,38 @@
 //! - **lost**: a majority-committed application entry never emitted;
 //! - **phantom**: emitted but rolled back, never held by a majority, fromMigrate, or
 //!   otherwise filtered;
-//! - **duplicates**, each inside or outside a restart window (after a `kill -9`, a run
-//!   may repeat what the killed run emitted after the checkpoint stored before the kill;
-//!   nothing else may repeat);
-//! - **per-shard order**: within a run a shard's identities strictly increase; a run
-//!   resumes after the checkpoint its predecessor left;
-//! - **per-document order**: the versions of one `_id` in output order; an inversion
+//! - **duplicates**, each inside or outside a restart window (after a `kill -9` or an exit
+//!   on its own, a run may repeat what the ended run emitted after the checkpoint it had
+//!   stored; nothing else may repeat);
+//! - **per-shard order**: within a run and a partition (a lane) a shard's records strictly
+//!   increase (entry identity, then index within a transaction); a run resumes after the
+//!   checkpoint its predecessor left;
+//! - **per-document order**: the versions of one `_id` in the order of its partition (a
+//!   document's records share a key, hence a partition); an inversion
 //!   between records of two shards is the known limit of per-shard ordering (a chunk moved
 //!   and the shards' streams interleave freely) and is only counted.
+//!
+//! The expected records are the ground truth's majority-committed entries the default
+//! filter keeps, plus, for every committed transaction (an `applyOps` entry, or a chain of
+//! `partialTxn` entries ending in one without), each operation the filter keeps, as a record
+//! with the identity of the transaction's last entry and the operation's index in the
+//! whole transaction. This is derived here from the oplog entries, independently of
+//! quorumtail's transaction assembly.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use quorumtail_oplog::{EntryId, Filter, OplogEntry};
+use bson::Document;
+use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry};
 use serde_json::Value;
 
-/// One run's records and how it ended.
+/// One run's records, `(lane, record)`: the lane is the Kafka partition, records of one
+/// lane in offset order.
 #[derive(Debug, Clone, Default)]
 pub struct Segment {
-    pub records: Vec<Value>,
-    /// Ended by `kill -9` (its successor may repeat what it emitted after `checkpoints`).
-    pub killed: bool,
+    pub records: Vec<(i32, Value)>,
+    /// Ended without a graceful stop (`kill -9`, or an exit on its own): its successor may
+    /// repeat what it emitted after `checkpoints`.
+    pub crashed: bool,
     /// The checkpoints stored when it ended.
     pub checkpoints: BTreeMap<String, EntryId>,
 }
@@ -33,8 +45,12 @@ pub struct Segment {
 /// The ground truth of one shard.
 #[derive(Debug, Clone, Default)]
 pub struct ShardTruth {
-    /// Majority-committed entries the default filter keeps, in oplog order.
-    pub committed_app: Vec<EntryId>,
+    /// The records expected: majority-committed entries the default filter keeps (index
+    /// -1) and the kept operations of committed transactions (their index), in oplog
+    /// order.
+    pub committed_app: Vec<(EntryId, i64)>,
+    /// Committed transactions.
+    pub txns: usize,
     /// Every majority-committed entry.
     pub committed_all: HashSet<EntryId>,
     /// Entries removed from some member by a rollback.
@@ -46,20 +62,53 @@ pub struct ShardTruth {
 impl ShardTruth {
     /// Reads a shard's ground truth from the simulator.
     pub fn read(cluster: &mongosim::Cluster, shard: &str) -> ShardTruth {
+        let rolled_back = cluster.rolled_back_entries(shard);
+        ShardTruth::from_entries(&cluster.committed_entries(shard), &rolled_back)
+    }
+
+    /// The ground truth from the committed and the rolled-back entries.
+    pub fn from_entries(
+        committed: &[bson::RawDocumentBuf],
+        rolled_back: &[bson::RawDocumentBuf],
+    ) -> ShardTruth {
         let f = Filter::default();
         let mut t = ShardTruth::default();
-        for raw in cluster.committed_entries(shard) {
-            let e = OplogEntry::parse(&raw).expect("committed entry parses");
-            if f.check(e.op, e.ns, e.from_migrate).is_ok() {
-                t.committed_app.push(e.id());
-            }
+        // Transactions whose chain is not complete yet: (lsid, txnNumber) -> operations.
+        let mut open: HashMap<String, Vec<Document>> = HashMap::new();
+        for raw in committed {
+            let e = OplogEntry::parse(raw).expect("committed entry parses");
+            t.committed_all.insert(e.id());
             if e.from_migrate {
                 t.from_migrate.insert(e.id());
             }
-            t.committed_all.insert(e.id());
+            let doc = Document::try_from(raw.as_ref()).expect("committed entry is BSON");
+            if let Some((ops, partial)) = apply_ops(&doc) {
+                let key = format!(
+                    "{:?}/{:?}",
+                    doc.get_document("lsid").ok().and_then(|l| l.get("id")),
+                    doc.get("txnNumber")
+                );
+                let mut all = open.remove(&key).unwrap_or_default();
+                all.extend(ops);
+                if partial {
+                    open.insert(key, all);
+                    continue;
+                }
+                t.txns += 1;
+                for (i, op) in all.iter().enumerate() {
+                    let kind = op.get_str("op").ok().and_then(OpKind::from_code);
+                    let ns = op.get_str("ns").unwrap_or_default();
+                    let fm = op.get_bool("fromMigrate").unwrap_or(false);
+                    if kind.is_some_and(|k| f.check(k, ns, fm).is_ok()) {
+                        t.committed_app.push((e.id(), i as i64));
+                    }
+                }
+            } else if f.check(e.op, e.ns, e.from_migrate).is_ok() {
+                t.committed_app.push((e.id(), -1));
+            }
         }
-        for raw in cluster.rolled_back_entries(shard) {
-            let e = OplogEntry::parse(&raw).expect("rolled-back entry parses");
+        for raw in rolled_back {
+            let e = OplogEntry::parse(raw).expect("rolled-back entry parses");
             if e.from_migrate {
                 t.from_migrate.insert(e.id());
             }
@@ -67,6 +116,41 @@ impl ShardTruth {
         }
         t
     }
+}
+
+/// The operations of an `applyOps` entry and whether it is a `partialTxn` one.
+pub fn apply_ops(doc: &Document) -> Option<(Vec<Document>, bool)> {
+    if doc.get_str("op").ok()? != "c" {
+        return None;
+    }
+    let o = doc.get_document("o").ok()?;
+    let ops = o
+        .get_array("applyOps")
+        .ok()?
+        .iter()
+        .filter_map(|b| b.as_document().cloned())
+        .collect();
+    Some((ops, o.get_bool("partialTxn").unwrap_or(false)))
+}
+
+/// `(op, _id, tag)` of a workload transaction's operation (the `t` it inserted or set;
+/// deletes have none).
+pub fn txn_op_key(op: &Value) -> Option<(String, String, Option<i64>)> {
+    let kind = op["op"].as_str()?.to_owned();
+    let o = &op["o"];
+    let (id, tag) = match kind.as_str() {
+        "i" => (&o["_id"], o["t"].as_i64()),
+        "u" => (
+            &op["o2"]["_id"],
+            o["diff"]["u"]["t"]
+                .as_i64()
+                .or_else(|| o["diff"]["i"]["t"].as_i64())
+                .or_else(|| o["$set"]["t"].as_i64()),
+        ),
+        "d" => (&o["_id"], None),
+        _ => return None,
+    };
+    Some((kind, id.to_string(), tag))
 }
 
 /// What the checker found.
@@ -86,6 +170,8 @@ pub struct Verdict {
     pub sim_anomalies: Vec<String>,
     pub rolled_back: usize,
     pub from_migrate: usize,
+    /// Committed transactions in the ground truth.
+    pub txns: usize,
 }
 
 impl Verdict {
@@ -147,22 +233,22 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
     let mut v = Verdict::default();
     // First occurrence of each record: (segment).
     let mut first: HashMap<(String, EntryId, i64), usize> = HashMap::new();
-    let mut emitted: HashMap<String, HashSet<EntryId>> = HashMap::new();
     // Per document: (version, shard, where) of the last first-occurrence record.
     let mut docs: HashMap<(String, String), (i64, String, String)> = HashMap::new();
-    let apps: HashMap<&String, HashSet<EntryId>> = truth
+    let apps: HashMap<&String, HashSet<(EntryId, i64)>> = truth
         .iter()
         .map(|(s, t)| (s, t.committed_app.iter().copied().collect()))
         .collect();
+    let mut emitted: HashMap<String, HashSet<(EntryId, i64)>> = HashMap::new();
     for (k, seg) in segments.iter().enumerate() {
-        let mut last: HashMap<String, (EntryId, i64)> = HashMap::new();
+        let mut last: HashMap<(String, i32), (EntryId, i64)> = HashMap::new();
         let resumed_after = if k > 0 { Some(&segments[k - 1]) } else { None };
-        for (line, r) in seg.records.iter().enumerate() {
+        for (line, (lane, r)) in seg.records.iter().enumerate() {
             v.records += 1;
             let (shard, id, idx) = key(r);
-            let at = format!("run {} record {}", k + 1, line + 1);
-            // Per-shard order within the run.
-            if let Some((prev, pidx)) = last.get(&shard) {
+            let at = format!("run {} record {} (partition {lane})", k + 1, line + 1);
+            // Per-shard order within the run and the lane.
+            if let Some((prev, pidx)) = last.get(&(shard.clone(), *lane)) {
                 if !(id > *prev || (id == *prev && idx > *pidx)) {
                     v.shard_order
                         .push(format!("{shard}: {id} after {prev} ({at})"));
@@ -175,7 +261,7 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
                     ));
                 }
             }
-            last.insert(shard.clone(), (id, idx));
+            last.insert((shard.clone(), *lane), (id, idx));
             // Duplicates: `first` keeps the run of the latest occurrence.
             let rk = (shard.clone(), id, idx);
             match first.insert(rk, k) {
@@ -187,7 +273,7 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
                     let uncovered =
                         |seg: &Segment| seg.checkpoints.get(&shard).is_none_or(|cp| id > *cp);
                     let in_window =
-                        m < k && segments[m].killed && segments[m..k].iter().all(uncovered);
+                        m < k && segments[m].crashed && segments[m..k].iter().all(uncovered);
                     if in_window {
                         v.dup_in_window += 1;
                     } else {
@@ -199,13 +285,13 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
                     continue;
                 }
             }
-            emitted.entry(shard.clone()).or_default().insert(id);
+            emitted.entry(shard.clone()).or_default().insert((id, idx));
             // Phantoms.
             let t = truth.get(&shard);
             let from_migrate = r["entry"]["fromMigrate"].as_bool() == Some(true)
                 || t.is_some_and(|t| t.from_migrate.contains(&id));
             let committed = t.is_some_and(|t| t.committed_all.contains(&id));
-            let app = apps.get(&shard).is_some_and(|a| a.contains(&id));
+            let app = apps.get(&shard).is_some_and(|a| a.contains(&(id, idx)));
             if from_migrate {
                 v.phantom
                     .push(format!("{shard}: {id} is a fromMigrate entry ({at})"));
@@ -220,8 +306,13 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
                     r["op"], r["entry"]["o"]
                 ));
             } else if !app {
+                let why = if idx >= 0 {
+                    "is not an operation of a transaction committed there"
+                } else {
+                    "should have been filtered"
+                };
                 v.phantom.push(format!(
-                    "{shard}: {id} should have been filtered ({at}, {})",
+                    "{shard}: {id} [{idx}] {why} ({at}, {})",
                     r["entry"]
                 ));
             }
@@ -248,13 +339,19 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
     }
     v.distinct = first.len();
     for (shard, t) in truth {
+        v.txns += t.txns;
         v.committed_app += t.committed_app.len();
         v.rolled_back += t.rolled_back.len();
         v.from_migrate += t.from_migrate.len();
         let seen = emitted.get(shard);
-        for id in &t.committed_app {
-            if !seen.is_some_and(|s| s.contains(id)) {
-                v.lost.push(format!("{shard}: {id}"));
+        for (id, idx) in &t.committed_app {
+            if !seen.is_some_and(|s| s.contains(&(*id, *idx))) {
+                if *idx >= 0 {
+                    v.lost
+                        .push(format!("{shard}: {id} (operation {idx} of a transaction)"));
+                } else {
+                    v.lost.push(format!("{shard}: {id}"));
+                }
             }
         }
         let mut both: Vec<&EntryId> = t.rolled_back.intersection(&t.committed_all).collect();
@@ -283,19 +380,22 @@ mod tests {
         )
     }
 
-    fn rec(shard: &str, i: u32, doc: i32, v: i64) -> Value {
-        serde_json::json!({
-            "shard": shard,
-            "id": id(i),
-            "op": "u",
-            "ns": "shop.orders",
-            "entry": {"op": "u", "ns": "shop.orders", "o": {"$v": 2, "diff": {"u": {"v": v}}}, "o2": {"_id": doc}},
-        })
+    fn rec(shard: &str, i: u32, doc: i32, v: i64) -> (i32, Value) {
+        (
+            0,
+            serde_json::json!({
+                "shard": shard,
+                "id": id(i),
+                "op": "u",
+                "ns": "shop.orders",
+                "entry": {"op": "u", "ns": "shop.orders", "o": {"$v": 2, "diff": {"u": {"v": v}}}, "o2": {"_id": doc}},
+            }),
+        )
     }
 
     fn truth(ids: &[u32]) -> ShardTruth {
         ShardTruth {
-            committed_app: ids.iter().map(|i| id(*i)).collect(),
+            committed_app: ids.iter().map(|i| (id(*i), -1)).collect(),
             committed_all: ids.iter().map(|i| id(*i)).collect(),
             ..Default::default()
         }
@@ -334,7 +434,7 @@ mod tests {
     fn repeats_after_a_kill_are_inside_the_window_only_after_the_checkpoint() {
         let killed = Segment {
             records: vec![rec("a", 1, 1, 1), rec("a", 2, 1, 2), rec("a", 3, 1, 3)],
-            killed: true,
+            crashed: true,
             checkpoints: BTreeMap::from([("a".to_owned(), id(1))]),
         };
         let next = Segment {
@@ -356,7 +456,7 @@ mod tests {
 
         // After a graceful stop nothing may repeat.
         let stopped = Segment {
-            killed: false,
+            crashed: false,
             ..killed
         };
         let again = Segment {
@@ -371,13 +471,13 @@ mod tests {
     fn a_window_stays_open_across_a_graceful_run_that_did_not_reach_the_record() {
         let killed = Segment {
             records: vec![rec("a", 1, 1, 1), rec("a", 2, 1, 2)],
-            killed: true,
+            crashed: true,
             checkpoints: BTreeMap::from([("a".to_owned(), id(1))]),
         };
         // Stopped gracefully before it re-read id 2: its final checkpoint is still 1.
         let short = Segment {
             records: vec![],
-            killed: false,
+            crashed: false,
             checkpoints: BTreeMap::from([("a".to_owned(), id(1))]),
         };
         let next = Segment {
@@ -409,12 +509,104 @@ mod tests {
     #[test]
     fn from_migrate_records_are_phantoms() {
         let mut r = rec("a", 1, 1, 1);
-        r["entry"]["fromMigrate"] = Value::Bool(true);
+        r.1["entry"]["fromMigrate"] = Value::Bool(true);
         let seg = Segment {
             records: vec![r],
             ..Default::default()
         };
         let v = check(&[seg], &one("a", truth(&[1])));
         assert_eq!(v.phantom.len(), 1);
+    }
+
+    #[test]
+    fn order_is_per_lane() {
+        // Two partitions interleaved: each in order, so no violation.
+        let mut a = rec("a", 2, 1, 1);
+        a.0 = 1;
+        let seg = Segment {
+            records: vec![rec("a", 1, 2, 1), rec("a", 3, 3, 1), a],
+            ..Default::default()
+        };
+        let v = check(&[seg], &one("a", truth(&[1, 2, 3])));
+        assert!(v.failures().is_empty(), "{:?}", v.failures());
+    }
+
+    fn entry(i: u32, op: &str, o: bson::Document) -> bson::RawDocumentBuf {
+        let mut d = bson::doc! {
+            "ts": bson::Timestamp { time: 100, increment: i },
+            "t": 1_i64,
+            "v": 2,
+            "op": op,
+            "ns": if op == "c" { "admin.$cmd" } else { "shop.orders" },
+            "o": o,
+            "wall": bson::DateTime::from_millis(0),
+        };
+        if op == "c" {
+            d.insert("lsid", bson::doc! {"id": 7});
+            d.insert("txnNumber", 3_i64);
+        }
+        bson::RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    fn txn_rec(i: u32, index: i64, op: Value) -> (i32, Value) {
+        (
+            0,
+            serde_json::json!({
+                "shard": "a", "id": id(i), "op": op["op"], "ns": "shop.orders",
+                "txn": {"index": index}, "entry": op,
+            }),
+        )
+    }
+
+    #[test]
+    fn transactions_are_expected_whole_from_a_chain_and_checked() {
+        let ins = |k: i32| bson::doc! {"op": "i", "ns": "shop.orders", "o": {"_id": k, "v": 0, "t": 9_i64}};
+        let committed = vec![
+            entry(1, "i", bson::doc! {"_id": 1, "v": 0}),
+            // A two-entry chain: three operations, one of them internal (filtered).
+            entry(
+                2,
+                "c",
+                bson::doc! {"applyOps": [ins(10), ins(11)], "partialTxn": true},
+            ),
+            entry(
+                3,
+                "c",
+                bson::doc! {"applyOps": [{"op": "i", "ns": "config.x", "o": {"_id": 1}}], "count": 3_i64},
+            ),
+        ];
+        let t = ShardTruth::from_entries(&committed, &[]);
+        assert_eq!(t.txns, 1);
+        assert_eq!(
+            t.committed_app,
+            vec![(id(1), -1), (id(3), 0), (id(3), 1)],
+            "the chain's operations carry the identity of its last entry"
+        );
+        let op = |k: i32| serde_json::json!({"op": "i", "ns": "shop.orders", "o": {"_id": k, "v": 0, "t": 9}});
+        assert_eq!(
+            txn_op_key(&op(10)),
+            Some(("i".into(), "10".into(), Some(9)))
+        );
+        let plain = (
+            0,
+            serde_json::json!({"shard": "a", "id": id(1), "op": "i", "entry": {"op": "i", "ns": "shop.orders", "o": {"_id": 1, "v": 0}}}),
+        );
+        let whole = Segment {
+            records: vec![plain.clone(), txn_rec(3, 0, op(10)), txn_rec(3, 1, op(11))],
+            ..Default::default()
+        };
+        let v = check(&[whole], &one("a", t.clone()));
+        assert!(v.failures().is_empty(), "{:?}", v.failures());
+
+        // One operation missing: lost. An index the transaction does not have: phantom.
+        let partial = Segment {
+            records: vec![plain, txn_rec(3, 0, op(10)), txn_rec(3, 2, op(12))],
+            ..Default::default()
+        };
+        let v = check(&[partial], &one("a", t));
+        assert_eq!(v.lost.len(), 1, "{v:?}");
+        assert!(v.lost[0].contains("operation 1"), "{v:?}");
+        assert_eq!(v.phantom.len(), 1, "{v:?}");
+        assert!(v.phantom[0].contains("not an operation"), "{v:?}");
     }
 }

@@ -4,32 +4,47 @@
 //! every record of every run with the simulator's ground truth.
 //!
 //! ```text
-//!  clients ──writes──► mongos ─► shard01 / shard02 / (added shard)  ◄── nemesis: kill,
-//!     │                              │ every member tailed             partition, lag,
-//!     ▼ history                      ▼                                 step down, move
-//!  (acked / indeterminate)     quorumtail (subprocess, restarted)     chunks, add/remove
-//!                                    │ appends                         shards, kill -9 /
-//!                                    ▼                                 SIGTERM quorumtail
-//!                               out.jsonl ──► checker ◄── ground truth (committed,
-//!                                                         rolled back, fromMigrate)
+//!  clients ──writes, transactions──► mongos ─► shard01 / shard02 / (added shard)
+//!     │                              │ every member tailed       ◄── nemesis: kill,
+//!     ▼ history                      ▼                               partition, lag, step
+//!  (acked / aborted /          quorumtail (subprocess, restarted)    down, move chunks,
+//!   indeterminate)                   │ produces                      add/remove shards,
+//!                                    ▼                               kill mongos / config
+//!                     proxy ──► tansu (Kafka protocol)               members, kill -9 /
+//!                                    │ consumer, run markers         SIGTERM quorumtail,
+//!                                    ▼                               broker outage /
+//!                                 checker ◄── ground truth           pause / restart
+//!                                             (committed, rolled back, fromMigrate)
 //! ```
 //!
 //! Settings (environment): `NEMESIS_SEED` (a number, or `random`; default 1),
 //! `NEMESIS_WRITES` (default 2000), `NEMESIS_SECONDS` (schedule length, default 40),
-//! `NEMESIS_CLIENTS` (default 8), `NEMESIS_RATE` (writes/s; default writes/seconds, 0 for
-//! as fast as possible). See docs/nemesis.md.
+//! `NEMESIS_CLIENTS` (default 8), `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE`
+//! (writes/s; default writes/seconds, 0 for as fast as possible),
+//! `NEMESIS_BROKER_STORAGE` (`s3` or `memory`). See docs/nemesis.md.
 
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
 mod support;
 
+// The Kafka test broker harness is shared with the sink's own tests.
+#[path = "../../crates/sink/tests/sink/broker.rs"]
+#[allow(dead_code)]
+mod broker;
 mod checker;
 mod findings;
+mod kafka;
 mod nemesis;
+mod proxy;
 mod qt;
 mod workload;
 
-use std::collections::{BTreeMap, HashSet};
+/// Used by the shared broker harness.
+pub fn init_tracing() {
+    support::init_logs();
+}
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +52,149 @@ use std::time::{Duration, Instant};
 use mongosim::{Cluster, ClusterSpec};
 use quorumtail_oplog::{Filter, OplogEntry};
 
-use checker::{check, Segment, ShardTruth};
+use checker::{apply_ops, check, txn_op_key, Segment, ShardTruth};
+use kafka::Kafka;
 use nemesis::{schedule, Fault, Nemesis};
-use qt::{Ended, Quorumtail};
-use workload::{History, Outcome, WriteKind};
+use qt::{Ended, Quorumtail, Stopped};
+use workload::{History, Outcome, TxnOutcome, WriteKind};
+
+/// Chunks of `shop.orders`.
+const CHUNKS: i32 = 32;
+
+/// `(op, _id, tag)` of a transaction's operation (see [`txn_op_key`]).
+type OpKey = (String, String, Option<i64>);
+
+/// `(op, _id, tag)` of every operation of the transactions the ground truth committed.
+fn committed_txn_ops(entries: &[bson::RawDocumentBuf]) -> HashSet<OpKey> {
+    entries
+        .iter()
+        .filter_map(|raw| bson::Document::try_from(raw.as_ref()).ok())
+        .filter_map(|d| apply_ops(&d))
+        .flat_map(|(ops, _)| ops)
+        .filter_map(|op| txn_op_key(&bson::Bson::Document(op).into_relaxed_extjson()))
+        .collect()
+}
+
+/// The key of a workload transaction's operation, as [`txn_op_key`] reads it.
+fn txn_key(tag: i64, op: &(WriteKind, i32, i32)) -> OpKey {
+    let id = serde_json::json!(op.1).to_string();
+    match op.0 {
+        WriteKind::Insert => ("i".into(), id, Some(tag)),
+        WriteKind::Update => ("u".into(), id, Some(tag)),
+        WriteKind::Delete => ("d".into(), id, None),
+    }
+}
+
+/// What the transactions show against the ground truth and the output.
+#[derive(Debug, Default)]
+struct TxnVerdict {
+    committed: usize,
+    aborted: usize,
+    failed: usize,
+    failed_committed: usize,
+    ops_checked: usize,
+    failures: Vec<String>,
+}
+
+fn check_txns(txns: &[workload::Txn], truth: &HashSet<OpKey>, segments: &[Segment]) -> TxnVerdict {
+    let mut v = TxnVerdict::default();
+    // Emitted transaction operations: key -> commit identities of the records.
+    let mut out: HashMap<OpKey, HashSet<(String, String)>> = HashMap::new();
+    let mut out_tags: HashSet<i64> = HashSet::new();
+    for seg in segments {
+        for (_, r) in &seg.records {
+            if let Some(k) = txn_op_key(&r["entry"]) {
+                if let Some(t) = k.2 {
+                    out_tags.insert(t);
+                }
+                if r["txn"].is_object() {
+                    out.entry(k).or_default().insert((
+                        r["shard"].as_str().unwrap_or_default().to_owned(),
+                        r["id"].to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    let truth_tags: HashSet<i64> = truth.iter().filter_map(|k| k.2).collect();
+    let (mut missing_truth, mut missing_out, mut split, mut aborted_seen) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut partial = Vec::new();
+    for t in txns {
+        let keys: Vec<_> = t.ops.iter().map(|op| txn_key(t.tag, op)).collect();
+        match &t.outcome {
+            TxnOutcome::Committed => {
+                v.committed += 1;
+                // (shard, commit identity): one per shard. A transaction can span two
+                // shards when a chunk moved while it was open; mongosim then commits each
+                // shard's part on its own (no two-phase commit), as MongoDB's shards each
+                // log their part of a cross-shard transaction.
+                let mut ids: HashSet<(String, String)> = HashSet::new();
+                for k in &keys {
+                    v.ops_checked += 1;
+                    if !truth.contains(k) {
+                        missing_truth.push(format!("tag {} {k:?}", t.tag));
+                    }
+                    match out.get(k) {
+                        None => missing_out.push(format!("tag {} {k:?}", t.tag)),
+                        Some(c) => ids.extend(c.iter().cloned()),
+                    }
+                }
+                let shards: HashSet<&String> = ids.iter().map(|(s, _)| s).collect();
+                if ids.len() > shards.len() {
+                    split.push(format!("tag {}: commit identities {ids:?}", t.tag));
+                }
+            }
+            TxnOutcome::Aborted => {
+                v.aborted += 1;
+                if truth_tags.contains(&t.tag) {
+                    missing_truth.push(format!("aborted tag {} is in the committed oplog", t.tag));
+                }
+                if out_tags.contains(&t.tag) {
+                    aborted_seen.push(format!(
+                        "tag {} at {:.2}s ({:?})",
+                        t.tag,
+                        t.at.as_secs_f64(),
+                        t.ops
+                    ));
+                }
+            }
+            TxnOutcome::Failed(_) => {
+                v.failed += 1;
+                let tagged: Vec<_> = keys.iter().filter(|k| k.2.is_some()).collect();
+                let n = tagged.iter().filter(|k| truth.contains(k)).count();
+                if n > 0 {
+                    v.failed_committed += 1;
+                }
+                if n > 0 && n < tagged.len() {
+                    partial.push(format!("tag {}: {n} of {} operations", t.tag, tagged.len()));
+                }
+            }
+        }
+    }
+    let mut class = |name: &str, list: Vec<String>| {
+        if !list.is_empty() {
+            let ex: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+            v.failures
+                .push(format!("{} {name}: {}", list.len(), ex.join("; ")));
+        }
+    };
+    class(
+        "operations of acknowledged transactions missing from the committed oplog (mongosim)",
+        missing_truth,
+    );
+    class("transactions committed only in part (mongosim)", partial);
+    class(
+        "operations of committed transactions never emitted",
+        missing_out,
+    );
+    class(
+        "committed transactions emitted under more than one commit identity on one shard",
+        split,
+    );
+    class("aborted transactions emitted", aborted_seen);
+    v
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -48,6 +202,7 @@ struct Settings {
     writes: usize,
     seconds: u64,
     clients: usize,
+    txn_clients: usize,
     rate: f64,
 }
 
@@ -76,14 +231,15 @@ impl Settings {
             writes,
             seconds,
             clients: env_num("NEMESIS_CLIENTS", 8usize).max(1),
+            txn_clients: env_num("NEMESIS_TXN_CLIENTS", 2usize),
             rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
         }
     }
 
     fn command(&self) -> String {
         format!(
-            "NEMESIS_SEED={} NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
-            self.seed, self.writes, self.seconds, self.clients, self.rate
+            "NEMESIS_SEED={} NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
+            self.seed, self.writes, self.seconds, self.clients, self.txn_clients, self.rate
         )
     }
 }
@@ -113,7 +269,24 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         s.seed,
         s.command()
     );
-    let episodes = schedule(s.seed, s.seconds);
+    let tmp = tempfile::tempdir().unwrap();
+    let kafka = Arc::new(Kafka::start(tmp.path()).await);
+    let broker_restart = kafka::broker_restart_wanted();
+    assert!(
+        !broker_restart || kafka.storage.persistent,
+        "NEMESIS_BROKER_RESTART=1 needs a storage that survives a restart: NEMESIS_BROKER_STORAGE=s3"
+    );
+    eprintln!(
+        "broker: tansu behind a proxy at {}, storage {}{}",
+        kafka.bootstrap(),
+        kafka.storage.engine,
+        if broker_restart {
+            ""
+        } else {
+            " (BrokerRestart not scheduled: NEMESIS_BROKER_RESTART=1; see docs/nemesis.md)"
+        }
+    );
+    let episodes = schedule(s.seed, s.seconds, broker_restart);
     let scheduled: BTreeMap<Fault, usize> = episodes.iter().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(e.fault).or_default() += 1;
         m
@@ -126,13 +299,16 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let cluster = Cluster::start(ClusterSpec {
         election_timeout: Duration::from_millis(400),
         noop_interval: Duration::from_millis(500),
-        split_points: Some(workload::split_points(32)),
+        split_points: Some(workload::split_points(CHUNKS)),
+        // Transactions of more than 2 operations are logged as partialTxn chains.
+        max_txn_ops_per_entry: Some(2),
+        // A config server replica set of 3: killing its primary elects another.
+        config_servers: 3,
         ..ClusterSpec::default()
     })
     .await
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let mut qt = Quorumtail::new(tmp.path(), cluster.mongos_addr());
+    let mut qt = Quorumtail::new(tmp.path(), cluster.mongos_addr(), kafka.clone());
     qt.spawn();
 
     let t0 = Instant::now();
@@ -155,6 +331,21 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
             clients: s.clients,
             seed: s.seed,
             period,
+            coll: coll.clone(),
+            history: history.clone(),
+            stop: stop.clone(),
+            t0,
+        }));
+    }
+
+    for index in 0..s.txn_clients {
+        clients.spawn(workload::txn_client(workload::TxnClient {
+            index,
+            clients: s.txn_clients,
+            seed: s.seed,
+            period: period.map(|p| p * 2),
+            chunks: CHUNKS,
+            client: client.clone(),
             coll: coll.clone(),
             history: history.clone(),
             stop: stop.clone(),
@@ -205,25 +396,34 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let all_shards = n.all.clone();
     let done = n.done.clone();
     let doomed_acked = n.doomed_acked;
+    let mut exits = std::mem::take(&mut n.exits);
     let log = std::mem::take(&mut n.log);
     drop(n);
     match qt.terminate().await {
-        Ok(_) => {}
+        Ok(Stopped::Graceful(_)) => {}
+        Ok(Stopped::Failed(what)) => {
+            errors.push(format!("final stop: quorumtail had {what}"));
+            exits.push(what);
+        }
         Err(e) => errors.push(format!("final stop: {e}")),
     }
 
-    // The checker.
-    let bytes = std::fs::read(&qt.out).unwrap_or_default();
+    // The checker reads every record back: each run's records lie between its
+    // predecessor's markers and its own.
+    let boundaries: Vec<BTreeMap<i32, i64>> = qt.runs.iter().map(|r| r.boundary.clone()).collect();
+    if let Some(last) = boundaries.last() {
+        if let Err(e) = kafka.read_past(last, 120).await {
+            errors.push(e);
+        }
+    }
+    let (run_records, boundary_problems) = kafka.runs(&boundaries);
     let segments: Vec<Segment> = qt
         .runs
         .iter()
-        .map(|r| Segment {
-            records: bytes[r.start as usize..r.end as usize]
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_slice(l).expect("a record"))
-                .collect(),
-            killed: r.ended == Ended::Killed,
+        .zip(run_records)
+        .map(|(r, records)| Segment {
+            records,
+            crashed: r.ended.crashed(),
             checkpoints: r.checkpoints.clone(),
         })
         .collect();
@@ -232,6 +432,12 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         .map(|sh| (sh.clone(), ShardTruth::read(&cluster, sh)))
         .collect();
     let verdict = check(&segments, &truth);
+    let mut truth_txn_ops = HashSet::new();
+    for sh in &all_shards {
+        truth_txn_ops.extend(committed_txn_ops(&cluster.committed_entries(sh)));
+    }
+    let txns = history.txns.lock().unwrap().clone();
+    let tv = check_txns(&txns, &truth_txn_ops, &segments);
 
     // The writes against the ground truth.
     let mut committed = HashSet::new();
@@ -293,6 +499,11 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         }
     }
     let kills = qt.runs.iter().filter(|r| r.ended == Ended::Killed).count();
+    let exited = qt
+        .runs
+        .iter()
+        .filter(|r| matches!(r.ended, Ended::Exited(..)))
+        .count();
     println!("\n=== nemesis report (seed {}) ===", s.seed);
     println!("reproduce: {}", s.command());
     println!("fault log:");
@@ -319,7 +530,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         span.as_secs_f64()
     );
     println!(
-        "ground truth: {} committed application entries, {} rolled back, {} fromMigrate, over {} shards ({})",
+        "ground truth: {} expected records (committed application entries and operations of committed transactions), {} rolled back, {} fromMigrate, over {} shards ({})",
         verdict.committed_app,
         verdict.rolled_back,
         verdict.from_migrate,
@@ -327,11 +538,25 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         all_shards.join(", ")
     );
     println!(
-        "quorumtail: {} runs ({} ended by kill -9), {} records, {} distinct",
+        "transactions: {} committed ({} operations checked), {} aborted, {} indeterminate ({} of them committed); {} committed transactions in the ground truth",
+        tv.committed, tv.ops_checked, tv.aborted, tv.failed, tv.failed_committed, verdict.txns
+    );
+    println!(
+        "quorumtail: {} runs ({} ended by kill -9, {} exited on its own and were restarted), {} records ({} read from Kafka), {} distinct",
         qt.runs.len(),
         kills,
+        exited,
         verdict.records,
+        kafka.tail.records(),
         verdict.distinct
+    );
+    for e in &exits {
+        println!("  quorumtail {e}");
+    }
+    println!(
+        "broker: {} restarts; proxy connections closed with requests unanswered: {}",
+        kafka.restarts.load(Ordering::SeqCst),
+        kafka.proxy.abandoned()
     );
     println!(
         "checker: lost {}, phantom {}, duplicates {} ({} inside restart windows, {} outside), per-shard order violations {}, per-document order violations {} within a shard, {} across shards (known limit of per-shard order)",
@@ -347,6 +572,19 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
 
     let mut failures = errors;
     failures.extend(verdict.failures());
+    failures.extend(tv.failures.iter().cloned());
+    for (what, list) in [
+        ("records outside every run", boundary_problems),
+        ("unreadable values or gaps in the topic", kafka.bad()),
+    ] {
+        if !list.is_empty() {
+            failures.push(format!(
+                "{} {what}: {}",
+                list.len(),
+                list.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+    }
     if !acked_missing.is_empty() {
         failures.push(format!(
             "{} acknowledged (w: majority) writes are missing from the committed history (mongosim): {}",
@@ -377,6 +615,12 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         if scheduled.contains_key(&Fault::QuorumtailKill9) && kills == 0 {
             failures.push("quorumtail was never killed".into());
         }
+        if s.txn_clients > 0 && (tv.committed == 0 || tv.aborted == 0) {
+            failures.push(format!(
+                "transactions: {} committed, {} aborted; the run needs both",
+                tv.committed, tv.aborted
+            ));
+        }
         if indeterminate == 0 {
             eprintln!("note: no write was indeterminate");
         }
@@ -384,6 +628,13 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     if !failures.is_empty() {
         println!("quorumtail log (last lines):\n{}", qt.log_tail(40));
     }
+    if !failures.is_empty() {
+        println!(
+            "tansu log (last lines):\n{}",
+            kafka.broker.lock().unwrap().log_tail(20)
+        );
+    }
+    kafka.stop();
     cluster.shutdown().await;
     assert!(
         failures.is_empty(),

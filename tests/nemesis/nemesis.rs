@@ -1,7 +1,8 @@
 //! The nemesis: a schedule of fault episodes drawn from the seed, run one after another
 //! while the workload writes. Each episode injects its fault, holds it, heals it, and
 //! waits (on conditions, with deadlines) for the outcome it must have: a new primary, a
-//! rollback, a pipeline for an added shard, a removed shard drained.
+//! rollback, a pipeline for an added shard, a removed shard drained, records flowing to
+//! Kafka again after a broker fault.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,9 +15,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::qt::{OutputTail, Quorumtail};
+use crate::kafka::{Kafka, Tail};
+use crate::qt::{Quorumtail, Stopped};
 use crate::support::committed_app_entries;
-use crate::workload::{doomed_writes, History, DOOMED_BASE};
+use crate::workload::{
+    doomed_writes, History, Outcome, Write, WriteKind, DIRECT_BASE, DOOMED_BASE,
+};
 
 /// The kinds of faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +47,17 @@ pub enum Fault {
     QuorumtailKill9,
     /// SIGTERM quorumtail (must exit 0), restart it.
     QuorumtailSigterm,
+    /// The broker becomes unreachable for 1-5 s: the proxy drops every connection and
+    /// refuses new ones (a broker stop and start with its storage kept).
+    BrokerOutage,
+    /// SIGSTOP the broker for 1-3 s, then SIGCONT.
+    BrokerPause,
+    /// Stop the broker process (SIGTERM) and start it again on the same port and storage.
+    BrokerRestart,
+    /// kill mongos (discovery and the workload's writes fail), restart it.
+    KillMongos,
+    /// kill a config server member (the primary when the pick says so), restart it.
+    KillConfigMember,
 }
 
 /// One scheduled fault.
@@ -58,10 +73,11 @@ pub struct Episode {
 }
 
 /// The schedule for `seconds` of workload: every kind at least once (add before remove),
-/// the rest drawn at random; about one episode per 2.5 s.
-pub fn schedule(seed: u64, seconds: u64) -> Vec<Episode> {
+/// the rest drawn at random; about one episode per 2.5 s. `BrokerRestart` only when the
+/// broker's storage survives a restart.
+pub fn schedule(seed: u64, seconds: u64, broker_restart: bool) -> Vec<Episode> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let repeatable = [
+    let mut repeatable = vec![
         Fault::KillPrimary,
         Fault::PartitionPrimary,
         Fault::PartitionSecondary,
@@ -73,7 +89,14 @@ pub fn schedule(seed: u64, seconds: u64) -> Vec<Episode> {
         Fault::QuorumtailKill9,
         Fault::QuorumtailKill9,
         Fault::QuorumtailSigterm,
+        Fault::BrokerOutage,
+        Fault::BrokerPause,
+        Fault::KillMongos,
+        Fault::KillConfigMember,
     ];
+    if broker_restart {
+        repeatable.push(Fault::BrokerRestart);
+    }
     let n = ((seconds as f64 / 2.5) as usize).max(repeatable.len() + 2);
     let mut kinds: Vec<Fault> = repeatable.to_vec();
     kinds.dedup();
@@ -116,11 +139,38 @@ pub async fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> 
     Ok(())
 }
 
+/// Waits until the async `cond` holds; an error naming `what` after `secs`.
+pub async fn wait_for_async<F, Fut>(secs: u64, what: &str, mut cond: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after {secs} s waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The identity of the committed insert of `_id` on `shard`, if there is one.
+fn committed_entry_of(c: &Cluster, shard: &str, id: i32) -> Option<quorumtail_oplog::EntryId> {
+    c.committed_entries(shard).iter().find_map(|raw| {
+        let e = quorumtail_oplog::OplogEntry::parse(raw).ok()?;
+        let doc = bson::Document::try_from(raw.as_ref()).ok()?;
+        (doc.get_str("op").ok()? == "i" && doc.get_document("o").ok()?.get_i32("_id").ok()? == id)
+            .then(|| e.id())
+    })
+}
+
 /// The running nemesis.
 pub struct Nemesis<'a> {
     pub cluster: &'a Cluster,
     pub qt: &'a mut Quorumtail,
-    pub tail: OutputTail,
+    pub kafka: Arc<Kafka>,
+    pub tail: Arc<Tail>,
     pub history: Arc<History>,
     pub t0: Instant,
     pub log: Vec<LogLine>,
@@ -131,6 +181,9 @@ pub struct Nemesis<'a> {
     pub added: Option<String>,
     pub removed: Option<String>,
     doomed_next: i32,
+    direct_next: i32,
+    /// Times quorumtail exited on its own (and was restarted), with why.
+    pub exits: Vec<String>,
     /// Isolated-primary writes acknowledged (each must be rolled back).
     pub doomed_acked: usize,
     /// Episodes done, by kind.
@@ -153,11 +206,13 @@ impl<'a> Nemesis<'a> {
         history: Arc<History>,
         t0: Instant,
     ) -> Nemesis<'a> {
-        let tail = OutputTail::new(&qt.out);
+        let kafka = qt.kafka.clone();
+        let tail = kafka.tail.clone();
         let active = cluster.shard_names();
         Nemesis {
             cluster,
             qt,
+            kafka,
             tail,
             history,
             t0,
@@ -167,6 +222,8 @@ impl<'a> Nemesis<'a> {
             added: None,
             removed: None,
             doomed_next: DOOMED_BASE,
+            direct_next: DIRECT_BASE,
+            exits: Vec::new(),
             doomed_acked: 0,
             done: BTreeMap::new(),
             remove_while_down: false,
@@ -247,8 +304,7 @@ impl<'a> Nemesis<'a> {
     async fn emitted_all(&mut self, shard: &str, secs: u64) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
-            self.qt.check_alive()?;
-            self.tail.poll();
+            self.revive().await?;
             let want = committed_app_entries(self.cluster, shard);
             let missing = self.tail.missing(shard, &want);
             if missing == 0 {
@@ -460,9 +516,8 @@ impl<'a> Nemesis<'a> {
                 }
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                 loop {
-                    self.qt.check_alive()?;
-                    self.tail.poll();
-                    if self.tail.seen.get(&name).is_some_and(|s| !s.is_empty()) {
+                    self.revive().await?;
+                    if self.tail.any_of(&name) {
                         break;
                     }
                     if tokio::time::Instant::now() > deadline {
@@ -475,7 +530,7 @@ impl<'a> Nemesis<'a> {
             Fault::RemoveShard => {
                 let name = self.added.clone().ok_or("no added shard to remove")?;
                 if self.remove_while_down {
-                    let cps = self.qt.kill9();
+                    let cps = self.qt.kill9().await?;
                     self.note(
                         Some(Fault::QuorumtailKill9),
                         format!("kill -9 quorumtail before removing {name} (checkpoints {cps:?})"),
@@ -510,8 +565,14 @@ impl<'a> Nemesis<'a> {
                     self.note(None, format!("quorumtail emitted all of {name}"));
                 }
             }
+            Fault::BrokerOutage
+            | Fault::BrokerPause
+            | Fault::BrokerRestart
+            | Fault::KillMongos
+            | Fault::KillConfigMember => self.run_more(ep).await?,
             Fault::QuorumtailKill9 => {
-                let cps = self.qt.kill9();
+                self.revive().await?;
+                let cps = self.qt.kill9().await?;
                 let cps: Vec<String> = cps.iter().map(|(s, id)| format!("{s}@{id}")).collect();
                 self.note(
                     f,
@@ -522,20 +583,273 @@ impl<'a> Nemesis<'a> {
                 self.note(None, "restart quorumtail");
             }
             Fault::QuorumtailSigterm => {
-                let cps = self.qt.terminate().await?;
-                let cps: Vec<String> = cps.iter().map(|(s, id)| format!("{s}@{id}")).collect();
-                self.note(
-                    f,
-                    format!("SIGTERM quorumtail: exit 0 (checkpoints {})", cps.join(" ")),
-                );
+                self.revive().await?;
+                match self.qt.terminate().await? {
+                    Stopped::Graceful(cps) => {
+                        let cps: Vec<String> =
+                            cps.iter().map(|(s, id)| format!("{s}@{id}")).collect();
+                        self.note(
+                            f,
+                            format!("SIGTERM quorumtail: exit 0 (checkpoints {})", cps.join(" ")),
+                        );
+                    }
+                    Stopped::Failed(what) => {
+                        self.note(f, format!("SIGTERM quorumtail: it had {what}"));
+                        self.exits.push(what);
+                    }
+                }
                 tokio::time::sleep(ep.hold).await;
                 self.qt.spawn();
                 self.note(None, "restart quorumtail");
             }
         }
         *self.done.entry(ep.fault).or_default() += 1;
-        self.qt.check_alive()?;
+        self.revive().await?;
         tokio::time::sleep(ep.gap).await;
+        Ok(())
+    }
+
+    /// If quorumtail exited on its own with an error, ends the run and restarts it, as an
+    /// operator (or a supervisor) would.
+    ///
+    /// # Errors
+    /// When it exited without a logged error or with a panic, or the boundary fails.
+    pub async fn revive(&mut self) -> Result<(), String> {
+        if let Some(what) = self.qt.exited() {
+            self.qt.exited_ended().await?;
+            self.qt.acceptable_exit(&what)?;
+            self.note(
+                None,
+                format!("quorumtail {what}; restarting it (as an operator would)"),
+            );
+            self.exits.push(what);
+            self.qt.spawn();
+        }
+        Ok(())
+    }
+
+    /// Waits until quorumtail emitted every application entry the active shards had
+    /// committed when this was called (restarting it if it exits on its own).
+    async fn caught_up(&mut self, secs: u64, after: &str) -> Result<(), String> {
+        let want: Vec<(String, Vec<quorumtail_oplog::EntryId>)> = self
+            .active
+            .iter()
+            .map(|s| (s.clone(), committed_app_entries(self.cluster, s)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            self.revive().await?;
+            let missing: usize = want.iter().map(|(s, ids)| self.tail.missing(s, ids)).sum();
+            if missing == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{missing} committed entries not in Kafka {secs} s after {after}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A write straight to `shard`'s primary (`w: "majority"`), retried on a fresh `_id`
+    /// until one is acknowledged; its entry identity.
+    async fn write_to_primary(
+        &mut self,
+        shard: &str,
+        secs: u64,
+    ) -> Result<(i32, quorumtail_oplog::EntryId), String> {
+        let c = self.cluster;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "no write straight to {shard}'s primary was acknowledged in {secs} s"
+                ));
+            }
+            let Some(p) = c.primary_of(shard) else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let id = self.direct_next;
+            self.direct_next += 1;
+            let client = mongodb::Client::with_uri_str(format!(
+                "mongodb://{p}/?directConnection=true&serverSelectionTimeoutMS=2000&w=majority&wtimeoutMS=3000"
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+            let at = self.t0.elapsed();
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                client
+                    .database("shop")
+                    .collection::<bson::Document>("orders")
+                    .insert_one(doc! {"_id": id, "v": 0, "direct": true}),
+            )
+            .await;
+            let outcome = match r {
+                Ok(Ok(_)) => Outcome::Ok { n: 1 },
+                Ok(Err(e)) => Outcome::Failed(e.to_string().chars().take(300).collect()),
+                Err(_) => Outcome::TimedOut,
+            };
+            let ok = matches!(outcome, Outcome::Ok { .. });
+            self.history.record(Write {
+                kind: WriteKind::Insert,
+                id,
+                version: 0,
+                outcome,
+                direct: false,
+                at,
+            });
+            if !ok {
+                continue;
+            }
+            // Its entry (acknowledged by a majority: committed).
+            let mut found = None;
+            wait_for(
+                30,
+                &format!("the committed entry of _id {id} on {shard}"),
+                || {
+                    found = committed_entry_of(c, shard, id);
+                    found.is_some()
+                },
+            )
+            .await?;
+            return Ok((id, found.unwrap()));
+        }
+    }
+
+    /// The broker faults, mongos and config-server kills.
+    async fn run_more(&mut self, ep: &Episode) -> Result<(), String> {
+        let c = self.cluster;
+        let f = Some(ep.fault);
+        match ep.fault {
+            Fault::BrokerOutage => {
+                let hold = Duration::from_millis(1000 + (ep.pick >> 24) % 4000);
+                self.kafka.proxy.go_down();
+                self.note(
+                    f,
+                    format!("broker unreachable for {hold:?}: every connection dropped, new ones refused"),
+                );
+                tokio::time::sleep(hold).await;
+                self.kafka.proxy.come_up();
+                self.note(None, "broker reachable again");
+                self.caught_up(120, "the broker came back").await?;
+                self.note(None, "quorumtail caught up");
+            }
+            Fault::BrokerPause => {
+                let hold = Duration::from_millis(1000 + (ep.pick >> 24) % 2000);
+                self.kafka.pause_broker();
+                self.note(f, format!("SIGSTOP the broker for {hold:?}"));
+                tokio::time::sleep(hold).await;
+                self.kafka.resume_broker();
+                self.note(None, "SIGCONT the broker");
+                self.caught_up(120, "the broker resumed").await?;
+                self.note(None, "quorumtail caught up");
+            }
+            Fault::BrokerRestart => {
+                self.kafka.restart_broker(true);
+                self.note(
+                    f,
+                    "broker stopped (SIGTERM) and started again (same port, same storage)",
+                );
+                let k = self.kafka.clone();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !k.answers().await {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err("the restarted broker did not answer within 60 s".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                self.note(None, "the broker answers");
+                self.caught_up(120, "the broker restarted").await?;
+                self.note(None, "quorumtail caught up");
+            }
+            Fault::KillMongos => {
+                // The claim: quorumtail keeps tailing the shards it knows. A run started
+                // while mongos is down knows none and exits (see docs/nemesis.md), so
+                // mongos is killed once this run tails every shard.
+                let active = self.active.clone();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !self.qt.tailing(&active) {
+                    self.revive().await?;
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "quorumtail did not start the pipelines of {active:?} within 60 s"
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let m = c.mongos_addr();
+                let from = self.qt.run_log_len();
+                c.kill_node(m).await.map_err(|e| e.to_string())?;
+                self.note(f, format!("kill mongos {m}"));
+                // quorumtail keeps tailing the shards it knows: a write straight to a
+                // shard's primary reaches Kafka while mongos is down.
+                let shard = self.shard(ep.pick);
+                let (id, eid) = self.write_to_primary(&shard, 60).await?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !self.tail.emitted(&shard, &eid) {
+                    self.revive().await?;
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "with mongos down, quorumtail did not emit {shard}'s _id {id} ({eid}) within 60 s"
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                self.note(
+                    None,
+                    format!(
+                        "with mongos down, _id {id} written to {shard}'s primary reached Kafka"
+                    ),
+                );
+                let qt = &*self.qt;
+                wait_for(30, "quorumtail to log the discovery failure", || {
+                    qt.logged_since(from, "discovery failed")
+                })
+                .await?;
+                self.note(
+                    None,
+                    "quorumtail logged: discovery failed; keeping the current topology",
+                );
+                tokio::time::sleep(ep.hold).await;
+                c.restart_node(m).await.map_err(|e| e.to_string())?;
+                wait_for_async(30, "mongos to answer", || async {
+                    c.command(m, doc! {"ping": 1, "$db": "admin"})
+                        .await
+                        .get_f64("ok")
+                        .is_ok_and(|ok| ok == 1.0)
+                })
+                .await?;
+                self.note(None, format!("restart mongos {m}"));
+            }
+            Fault::KillConfigMember => {
+                let set = "configRepl";
+                let members = c.config_members();
+                let m = members[(ep.pick % members.len() as u64) as usize];
+                let primary = c.primary_of(set) == Some(m);
+                if primary {
+                    self.in_sync(set).await?;
+                }
+                c.kill_node(m).await.map_err(|e| e.to_string())?;
+                self.note(
+                    f,
+                    format!(
+                        "kill config server member {m}{}",
+                        if primary { " (primary)" } else { "" }
+                    ),
+                );
+                if primary {
+                    let np = self.new_primary(set, m).await?;
+                    self.note(None, format!("{set}: {np} elected"));
+                }
+                tokio::time::sleep(ep.hold).await;
+                c.restart_node(m).await.map_err(|e| e.to_string())?;
+                self.note(None, format!("restart {m}"));
+            }
+            other => return Err(format!("{other:?} is not handled by run_more")),
+        }
         Ok(())
     }
 

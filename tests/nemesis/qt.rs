@@ -1,15 +1,27 @@
-//! quorumtail as users run it: the real binary as a subprocess, a config file, a file sink
-//! that every run appends to, a file checkpoint store. Killed with SIGKILL or stopped with
-//! SIGTERM by the nemesis; each run's byte range of the output is remembered, with the
-//! checkpoints stored when it ended.
+//! quorumtail as users run it: the real binary as a subprocess, a config file, a Kafka sink
+//! (through the nemesis's proxy to tansu), a file checkpoint store. Killed with SIGKILL or
+//! stopped with SIGTERM by the nemesis, or exiting on its own with an error (then restarted
+//! as an operator would). When a run has ended, its boundary is marked in every partition
+//! (see [`crate::kafka`]) and the checkpoints stored when it ended are remembered.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quorumtail_oplog::EntryId;
+
+use crate::kafka::{Kafka, TOPIC};
+
+/// How a SIGTERM ended.
+#[derive(Debug, Clone)]
+pub enum Stopped {
+    /// Exit 0; the checkpoints stored.
+    Graceful(BTreeMap<String, EntryId>),
+    /// It had exited on its own with an error (before or while the signal arrived).
+    Failed(String),
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,16 +32,24 @@ pub enum Ended {
     Killed,
     /// SIGTERM; the exit code.
     Terminated(Option<i32>),
+    /// Exited on its own (the exit code) with these error lines in its log.
+    Exited(Option<i32>, Vec<String>),
+}
+
+impl Ended {
+    /// Ended without a graceful stop: its successor may repeat what it emitted after its
+    /// last stored checkpoint.
+    pub fn crashed(&self) -> bool {
+        matches!(self, Ended::Killed | Ended::Exited(..))
+    }
 }
 
 /// One run of the binary.
 #[derive(Debug, Clone)]
 pub struct Run {
-    /// Its first byte in the output file.
-    pub start: u64,
-    /// After its last complete line (a line torn by `kill -9` is cut by the next run).
-    pub end: u64,
     pub ended: Ended,
+    /// The offset of the marker that ends it, per partition (empty while it runs).
+    pub boundary: BTreeMap<i32, i64>,
     /// The checkpoint file's content right after it ended.
     pub checkpoints: BTreeMap<String, EntryId>,
 }
@@ -38,7 +58,7 @@ pub struct Run {
 #[derive(Debug)]
 pub struct Quorumtail {
     cfg: PathBuf,
-    pub out: PathBuf,
+    pub kafka: Arc<Kafka>,
     pub checkpoint: PathBuf,
     log: PathBuf,
     /// Where the current run's log starts.
@@ -48,25 +68,25 @@ pub struct Quorumtail {
 }
 
 impl Quorumtail {
-    /// Writes the config: discovery through mongos, file sink, file checkpoints.
-    pub fn new(dir: &Path, mongos: std::net::SocketAddr) -> Quorumtail {
-        let out = dir.join("out.jsonl");
+    /// Writes the config: discovery through mongos, Kafka sink (one topic, keyed by
+    /// document), file checkpoints.
+    pub fn new(dir: &Path, mongos: std::net::SocketAddr, kafka: Arc<Kafka>) -> Quorumtail {
         let checkpoint = dir.join("checkpoints.json");
         let cfg = dir.join("quorumtail.toml");
         let text = format!(
             "[discovery]\nuri = \"mongodb://{mongos}/\"\ninterval = \"200ms\"\n\n\
              [start]\nposition = \"earliest\"\n\n\
              [mongo]\nmax_await = \"100ms\"\n\n\
-             [sink]\nkind = \"file\"\npath = {:?}\n\n\
+             [sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\nkey = \"document\"\n\n\
              [checkpoint]\nkind = \"file\"\npath = {:?}\ninterval = \"100ms\"\n\n\
              [pipeline]\nshutdown_timeout = \"20s\"\n",
-            out.display().to_string(),
+            kafka.bootstrap(),
             checkpoint.display().to_string()
         );
         std::fs::write(&cfg, text).unwrap();
         Quorumtail {
             cfg,
-            out,
+            kafka,
             checkpoint,
             log: dir.join("quorumtail.log"),
             log_start: 0,
@@ -78,7 +98,6 @@ impl Quorumtail {
     /// Starts a run appending to the output.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "quorumtail is already running");
-        let start = self.runs.last().map_or(0, |r| r.end);
         self.log_start = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -98,9 +117,8 @@ impl Quorumtail {
             .expect("start quorumtail");
         self.child = Some(child);
         self.runs.push(Run {
-            start,
-            end: start,
             ended: Ended::Running,
+            boundary: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
         });
     }
@@ -109,34 +127,51 @@ impl Quorumtail {
         self.child.as_ref().map(|c| c.id())
     }
 
-    fn ended(&mut self, how: Ended) -> BTreeMap<String, EntryId> {
-        let end = complete_len(&self.out);
+    /// The process has exited: remembers how and the checkpoints it left, waits until the
+    /// proxy answered every request it sent, and marks the boundary in every partition.
+    async fn ended(&mut self, how: Ended) -> Result<BTreeMap<String, EntryId>, String> {
         let checkpoints = read_checkpoints(&self.checkpoint);
-        let run = self.runs.last_mut().expect("a run");
-        run.end = end;
-        run.ended = how;
-        run.checkpoints = checkpoints.clone();
-        checkpoints
+        {
+            let run = self.runs.last_mut().expect("a run");
+            run.ended = how;
+            run.checkpoints = checkpoints.clone();
+        }
+        let k = self.kafka.clone();
+        crate::nemesis::wait_for(
+            60,
+            "quorumtail's broker connections to close (every request it sent answered)",
+            || k.proxy.quiet(),
+        )
+        .await?;
+        let boundary = self.kafka.mark().await?;
+        self.runs.last_mut().expect("a run").boundary = boundary;
+        Ok(checkpoints)
     }
 
     /// `kill -9`; returns the checkpoints stored before the kill.
-    pub fn kill9(&mut self) -> BTreeMap<String, EntryId> {
+    ///
+    /// # Errors
+    /// When the run's boundary cannot be marked.
+    pub async fn kill9(&mut self) -> Result<BTreeMap<String, EntryId>, String> {
         let mut child = self.child.take().expect("quorumtail is running");
         child.kill().unwrap();
         child.wait().unwrap();
-        self.ended(Ended::Killed)
+        self.ended(Ended::Killed).await
     }
 
     /// SIGTERM, then waits (with a deadline) for it to exit.
     ///
     /// # Errors
-    /// When it does not exit in time or exits with a failure.
-    pub async fn terminate(&mut self) -> Result<BTreeMap<String, EntryId>, String> {
+    /// When it does not exit in time, or exits with a failure without an error logged
+    /// (or with a panic).
+    pub async fn terminate(&mut self) -> Result<Stopped, String> {
         // A SIGTERM before the process installed its handler kills it outright: wait
         // until this run started its pipelines.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self.started() {
-            self.check_alive()?;
+            if let Some(e) = self.exited() {
+                return self.failed(e).await;
+            }
             if self.child.is_none() {
                 return Err("quorumtail was not running".into());
             }
@@ -165,21 +200,44 @@ impl Quorumtail {
                 let mut child = self.child.take().expect("running");
                 let _ = child.kill();
                 let _ = child.wait();
-                self.ended(Ended::Terminated(None));
+                self.ended(Ended::Terminated(None)).await?;
                 return Err("quorumtail did not exit within 40 s of SIGTERM".into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.child = None;
-        let cps = self.ended(Ended::Terminated(status.code()));
         if status.success() {
-            Ok(cps)
-        } else {
-            Err(format!(
-                "quorumtail exited with {status} after SIGTERM\n{}",
-                self.log_tail(30)
+            Ok(Stopped::Graceful(
+                self.ended(Ended::Terminated(status.code())).await?,
             ))
+        } else {
+            // A definite error (the sink's, a shard's) stopped it before or while the
+            // signal arrived: it exited on its own.
+            let errors = self.run_errors();
+            let what = format!("exited with {status} after SIGTERM: {}", errors.join(" | "));
+            self.runs.last_mut().expect("a run").ended = Ended::Exited(status.code(), errors);
+            self.failed(what).await
         }
+    }
+
+    /// A run that exited on its own: ends it; an error unless it logged an error (a panic
+    /// or a silent failure is a bug, not something an operator restarts).
+    async fn failed(&mut self, what: String) -> Result<Stopped, String> {
+        self.exited_ended().await?;
+        self.acceptable_exit(&what)?;
+        Ok(Stopped::Failed(what))
+    }
+
+    /// Whether an exit on its own is one an operator would answer with a restart: an
+    /// error was logged, and no panic.
+    ///
+    /// # Errors
+    /// Otherwise, with the log's tail.
+    pub fn acceptable_exit(&self, what: &str) -> Result<(), String> {
+        if self.panicked() || self.run_errors().is_empty() {
+            return Err(format!("quorumtail {what}\n{}", self.log_tail(30)));
+        }
+        Ok(())
     }
 
     /// Whether the current run logged its first shard pipeline.
@@ -189,19 +247,70 @@ impl Quorumtail {
         String::from_utf8_lossy(&text[from..]).contains("shard pipeline started")
     }
 
-    /// An error if the process died on its own.
-    pub fn check_alive(&mut self) -> Result<(), String> {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(s)) = c.try_wait() {
-                self.child = None;
-                self.ended(Ended::Terminated(s.code()));
-                return Err(format!(
-                    "quorumtail exited on its own with {s}\n{}",
-                    self.log_tail(30)
-                ));
-            }
-        }
-        Ok(())
+    /// If the process exited on its own: how (its exit status and the error lines of this
+    /// run's log). The run is not ended yet: see [`Quorumtail::exited_ended`].
+    pub fn exited(&mut self) -> Option<String> {
+        let c = self.child.as_mut()?;
+        let s = c.try_wait().ok()??;
+        self.child = None;
+        let errors = self.run_errors();
+        let what = format!("exited on its own with {s}: {}", errors.join(" | "));
+        self.runs.last_mut().expect("a run").ended = Ended::Exited(s.code(), errors);
+        Some(what)
+    }
+
+    /// Ends a run that exited on its own (boundary, checkpoints).
+    ///
+    /// # Errors
+    /// When the boundary cannot be marked.
+    pub async fn exited_ended(&mut self) -> Result<BTreeMap<String, EntryId>, String> {
+        let how = self.runs.last().expect("a run").ended.clone();
+        self.ended(how).await
+    }
+
+    /// Whether this run's log shows a panic (a bug, never an operator's restart).
+    pub fn panicked(&self) -> bool {
+        self.run_log().contains("panicked at")
+    }
+
+    fn run_log(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let from = (self.log_start as usize).min(text.len());
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
+    /// The ERROR lines of the current run's log (at most 5).
+    fn run_errors(&self) -> Vec<String> {
+        self.run_log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(5)
+            .map(|l| l.chars().take(400).collect())
+            .collect()
+    }
+
+    /// Whether this run started the pipelines of all these shards.
+    pub fn tailing(&self, shards: &[String]) -> bool {
+        let log = self.run_log();
+        let started: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("shard pipeline started"))
+            .collect();
+        shards
+            .iter()
+            .all(|s| started.iter().any(|l| l.contains(&format!("shard={s} "))))
+    }
+
+    /// Whether this run logged `needle` (from byte `from` of its log).
+    pub fn logged_since(&self, from: usize, needle: &str) -> bool {
+        self.run_log()
+            .get(from..)
+            .is_some_and(|t| t.contains(needle))
+    }
+
+    /// The length of this run's log so far.
+    pub fn run_log_len(&self) -> usize {
+        self.run_log().len()
     }
 
     /// The last `n` lines of quorumtail's logs (all runs).
@@ -219,15 +328,6 @@ impl Drop for Quorumtail {
             let _ = c.wait();
         }
     }
-}
-
-/// The length of the file up to and including its last newline.
-pub fn complete_len(path: &Path) -> u64 {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    bytes
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i as u64 + 1)
 }
 
 /// The checkpoint file's positions (empty when none was stored yet), drained shards
@@ -249,59 +349,4 @@ pub fn read_stored(path: &Path) -> BTreeMap<String, quorumtail_sink::StoredShard
     assert_eq!(v["version"], 2, "checkpoint file format: {text}");
     serde_json::from_value(v["shards"].clone())
         .unwrap_or_else(|e| panic!("checkpoint file {text:?}: {e}"))
-}
-
-/// Reads the output as it grows (complete lines only) and remembers which identities
-/// each shard emitted: what the nemesis waits on.
-#[derive(Debug)]
-pub struct OutputTail {
-    path: PathBuf,
-    offset: u64,
-    pub seen: HashMap<String, HashSet<EntryId>>,
-    pub records: usize,
-}
-
-impl OutputTail {
-    pub fn new(path: &Path) -> OutputTail {
-        OutputTail {
-            path: path.to_owned(),
-            offset: 0,
-            seen: HashMap::new(),
-            records: 0,
-        }
-    }
-
-    /// Reads the complete lines appended since the last call.
-    pub fn poll(&mut self) {
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return;
-        }
-        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
-            return;
-        };
-        for line in buf[..end].split(|b| *b == b'\n') {
-            let r: serde_json::Value = serde_json::from_slice(line)
-                .unwrap_or_else(|e| panic!("bad record {:?}: {e}", String::from_utf8_lossy(line)));
-            let id: EntryId = serde_json::from_value(r["id"].clone()).expect("record id");
-            let shard = r["shard"].as_str().unwrap_or_default().to_owned();
-            self.seen.entry(shard).or_default().insert(id);
-            self.records += 1;
-        }
-        self.offset += end as u64 + 1;
-    }
-
-    /// The identities of `ids` this shard has not emitted yet.
-    pub fn missing(&self, shard: &str, ids: &[EntryId]) -> usize {
-        let seen = self.seen.get(shard);
-        ids.iter()
-            .filter(|id| !seen.is_some_and(|s| s.contains(id)))
-            .count()
-    }
 }

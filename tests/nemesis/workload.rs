@@ -18,6 +18,11 @@ use rand::{Rng, SeedableRng};
 pub const ID_SPACE: i32 = 1 << 24;
 /// `_id`s written straight to an isolated primary (they must be rolled back) start here.
 pub const DOOMED_BASE: i32 = 1 << 30;
+/// `_id`s written straight to a shard's primary while mongos is down start here.
+pub const DIRECT_BASE: i32 = 1 << 29;
+/// Sequence numbers from here on (their [`doc_id`]s) are the transactions' documents; the
+/// plain clients stay below.
+pub const TXN_SEQ_BASE: u64 = 1 << 23;
 /// How long one write may take before it counts as timed out (indeterminate).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,11 +74,36 @@ pub struct Write {
     pub at: Duration,
 }
 
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// commitTransaction acknowledged (`w: "majority"`).
+    Committed,
+    /// abortTransaction on purpose: nothing of it may ever be emitted.
+    Aborted,
+    /// An operation or the commit failed or timed out: indeterminate (if an operation
+    /// failed, the transaction was aborted, but an abort is not acknowledged reliably).
+    Failed(String),
+}
+
+/// One multi-document transaction through mongos. Its documents all lie in one chunk
+/// (so on one shard: mongosim has no two-phase commit), and every operation carries the
+/// transaction's `tag` (`t` in inserted documents and in `$set`), except deletes.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub tag: i64,
+    /// `(kind, _id, version after)`.
+    pub ops: Vec<(WriteKind, i32, i32)>,
+    pub outcome: TxnOutcome,
+    pub at: Duration,
+}
+
 /// Every attempt of the run.
 #[derive(Debug, Default)]
 pub struct History {
     pub writes: Mutex<Vec<Write>>,
     pub attempts: AtomicUsize,
+    pub txns: Mutex<Vec<Txn>>,
 }
 
 impl History {
@@ -235,4 +265,155 @@ pub async fn doomed_writes(
         acked += 1;
     }
     acked
+}
+
+/// What a transaction client needs.
+#[derive(Debug, Clone)]
+pub struct TxnClient {
+    pub index: usize,
+    pub clients: usize,
+    pub seed: u64,
+    pub period: Option<Duration>,
+    pub chunks: i32,
+    pub client: mongodb::Client,
+    pub coll: mongodb::Collection<Document>,
+    pub history: Arc<History>,
+    pub stop: Arc<AtomicBool>,
+    pub t0: Instant,
+}
+
+/// Runs one transaction client until `stop`: each transaction inserts 1 to 3 fresh
+/// documents of one chunk and, when the client has live documents in that chunk,
+/// updates one (and sometimes deletes another); 3 in 4 commit, the others abort.
+pub async fn txn_client(c: TxnClient) {
+    let mut rng = StdRng::seed_from_u64(
+        c.seed ^ 0x7478_6e00 ^ (c.index as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    );
+    let width = ID_SPACE / c.chunks;
+    let mut cursor: u64 = 0;
+    let mut fresh_in = |chunk: i32| loop {
+        let seq = TXN_SEQ_BASE + cursor * c.clients as u64 + c.index as u64;
+        cursor += 1;
+        let id = doc_id(seq);
+        if (id / width).min(c.chunks - 1) == chunk {
+            return id;
+        }
+    };
+    let mut live: std::collections::HashMap<i32, Vec<(i32, i32)>> = Default::default();
+    let mut tick = c.period.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut session = None;
+    let mut n: i64 = 0;
+    while !c.stop.load(Ordering::SeqCst) {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        if session.is_none() {
+            match c.client.start_session().await {
+                Ok(s) => session = Some(s),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let s = session.as_mut().unwrap();
+        n += 1;
+        let tag = ((c.index as i64 + 1) << 32) | n;
+        let chunk = rng.gen_range(0..c.chunks);
+        let mut ops = Vec::new();
+        for _ in 0..rng.gen_range(1..=3) {
+            ops.push((WriteKind::Insert, fresh_in(chunk), 0));
+        }
+        let mine = live.entry(chunk).or_default();
+        if !mine.is_empty() {
+            let i = rng.gen_range(0..mine.len());
+            ops.push((WriteKind::Update, mine[i].0, mine[i].1 + 1));
+            if mine.len() > 1 && rng.gen_bool(0.3) {
+                let j = (i + 1) % mine.len();
+                ops.push((WriteKind::Delete, mine[j].0, mine[j].1 + 1));
+            }
+        }
+        let commit = rng.gen_bool(0.75);
+        let at = c.t0.elapsed();
+        let outcome = tokio::time::timeout(OP_TIMEOUT * 2, async {
+            if let Err(e) = s.start_transaction().await {
+                return TxnOutcome::Failed(short(&e));
+            }
+            for (kind, id, version) in &ops {
+                let r = match kind {
+                    WriteKind::Insert => c
+                        .coll
+                        .insert_one(doc! { "_id": *id, "v": 0, "t": tag })
+                        .session(&mut *s)
+                        .await
+                        .map(|_| ()),
+                    WriteKind::Update => c
+                        .coll
+                        .update_one(
+                            doc! { "_id": *id },
+                            doc! { "$set": { "v": *version, "t": tag } },
+                        )
+                        .session(&mut *s)
+                        .await
+                        .map(|_| ()),
+                    WriteKind::Delete => c
+                        .coll
+                        .delete_one(doc! { "_id": *id })
+                        .session(&mut *s)
+                        .await
+                        .map(|_| ()),
+                };
+                if let Err(e) = r {
+                    let _ = s.abort_transaction().await;
+                    return TxnOutcome::Failed(short(&e));
+                }
+            }
+            if commit {
+                match s.commit_transaction().await {
+                    Ok(()) => TxnOutcome::Committed,
+                    Err(e) => TxnOutcome::Failed(short(&e)),
+                }
+            } else {
+                match s.abort_transaction().await {
+                    Ok(()) => TxnOutcome::Aborted,
+                    Err(e) => TxnOutcome::Failed(short(&e)),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| TxnOutcome::Failed("client timeout".into()));
+        let mine = live.entry(chunk).or_default();
+        match &outcome {
+            TxnOutcome::Committed => {
+                for (kind, id, v) in &ops {
+                    match kind {
+                        WriteKind::Insert => mine.push((*id, 0)),
+                        WriteKind::Update => {
+                            if let Some(d) = mine.iter_mut().find(|d| d.0 == *id) {
+                                d.1 = *v;
+                            }
+                        }
+                        WriteKind::Delete => mine.retain(|d| d.0 != *id),
+                    }
+                }
+            }
+            TxnOutcome::Aborted => {}
+            TxnOutcome::Failed(_) => {
+                // Whether it committed is for the ground truth to say: never touch its
+                // documents again. A timed-out session may be unusable: start a new one.
+                mine.retain(|d| !ops.iter().any(|o| o.1 == d.0));
+                session = None;
+            }
+        }
+        c.history.txns.lock().unwrap().push(Txn {
+            tag,
+            ops,
+            outcome,
+            at,
+        });
+    }
 }

@@ -144,15 +144,15 @@ async fn dispatch(
         "find" => find(shared, proc, db, cmd),
         "getMore" => get_more(shared, proc, db, cmd).await,
         "killCursors" => kill_cursors(shared, proc, cmd),
-        "insert" => finish_write(shared, proc, cmd, insert(shared, proc, db, cmd)?).await,
-        "update" => finish_write(shared, proc, cmd, update(shared, proc, db, cmd)?).await,
-        "delete" => finish_write(shared, proc, cmd, delete(shared, proc, db, cmd)?).await,
+        "insert" => finish_write(shared, proc, cmd, insert(shared, proc, db, cmd)?, None).await,
+        "update" => finish_write(shared, proc, cmd, update(shared, proc, db, cmd)?, None).await,
+        "delete" => finish_write(shared, proc, cmd, delete(shared, proc, db, cmd)?, None).await,
         "create" => create(shared, proc, db, cmd),
         "commitTransaction" => {
-            let reply = end_transaction(shared, proc, cmd, true)?;
-            finish_write(shared, proc, cmd, reply).await
+            let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
+            finish_write(shared, proc, cmd, reply, Some(&committed)).await
         }
-        "abortTransaction" => end_transaction(shared, proc, cmd, false),
+        "abortTransaction" => end_transaction(shared, proc, cmd, false).map(|(r, _)| r),
         "listDatabases" => list_databases(&shared.world(), proc),
         "listCollections" => list_collections(&shared.world(), proc, db),
         "listShards" if proc == Proc::Mongos => list_shards(&shared.world()),
@@ -1332,11 +1332,16 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
 /// of every written set is held by enough members; on timeout the reply carries a
 /// `writeConcernError` (64 WriteConcernFailed) as mongod's does. `w: 1` (the default)
 /// returns at once.
+/// Waits for the command's write concern. `at`: the nodes that wrote the command's
+/// entries (a commitTransaction through mongos logs on the nodes holding the transaction,
+/// which need not be the shard's current primary): their newest entries are waited for,
+/// and the wait fails when one of them steps down or loses its entry, as on mongod.
 async fn finish_write(
     shared: &Arc<Shared>,
     proc: Proc,
     cmd: &Document,
     mut reply: Document,
+    at: Option<&[(usize, usize)]>,
 ) -> CmdResult {
     let wc = cmd.get_document("writeConcern").ok();
     let needed = match wc.and_then(|d| d.get("w")) {
@@ -1357,6 +1362,11 @@ async fn finish_write(
     let targets: Vec<(usize, crate::oplog::EntryId)> = {
         let w = shared.world();
         match proc {
+            _ if at.is_some() => at
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|(s, n)| w.sets[*s].nodes[*n].oplog.last().map(|e| (*s, e.id)))
+                .collect(),
             Proc::Node { set, node } => w.sets[set].nodes[node]
                 .oplog
                 .last()
@@ -1394,6 +1404,13 @@ async fn finish_write(
         let interrupted = {
             let w = shared.world();
             match proc {
+                _ if at.is_some() => at.unwrap_or_default().iter().any(|(s, n)| {
+                    let n = &w.sets[*s].nodes[*n];
+                    n.state != MemberState::Primary
+                        || targets
+                            .iter()
+                            .any(|(ts, id)| ts == s && !n.oplog.contains(id))
+                }),
                 Proc::Node { set, node } => {
                     let n = &w.sets[set].nodes[node];
                     n.state != MemberState::Primary
@@ -1454,8 +1471,14 @@ fn flush_capture(w: &mut World) {
 
 /// commitTransaction / abortTransaction: log (or drop) the buffered operations on every
 /// node that holds some for this transaction (through mongos: every shard touched; a
-/// multi-shard commit is logged per shard without two-phase commit).
-fn end_transaction(shared: &Arc<Shared>, proc: Proc, cmd: &Document, commit: bool) -> CmdResult {
+/// multi-shard commit is logged per shard without two-phase commit). Also returns the
+/// nodes that logged a commit (their entries are what the write concern waits for).
+fn end_transaction(
+    shared: &Arc<Shared>,
+    proc: Proc,
+    cmd: &Document,
+    commit: bool,
+) -> Result<(Document, Vec<(usize, usize)>), CmdError> {
     let (lsid, txn) = SessionCtx::lsid_and_txn(cmd).ok_or_else(|| {
         CmdError::new(
             50768,
@@ -1465,6 +1488,7 @@ fn end_transaction(shared: &Arc<Shared>, proc: Proc, cmd: &Document, commit: boo
     })?;
     let key = crate::world::txn_key(lsid.get("id").unwrap_or(&Bson::Null), txn);
     let now = Instant::now();
+    let mut committed = Vec::new();
     {
         let mut w = shared.world();
         let nodes: Vec<(usize, usize)> = match proc {
@@ -1485,13 +1509,14 @@ fn end_transaction(shared: &Arc<Shared>, proc: Proc, cmd: &Document, commit: boo
                     return Err(CmdError::not_primary());
                 }
                 w.commit_transaction(s, n, &key, &lsid, txn, now);
+                committed.push((s, n));
             } else {
                 w.sets[s].nodes[n].txns.remove(&key);
             }
         }
     }
     shared.notify();
-    Ok(ok(Document::new()))
+    Ok((ok(Document::new()), committed))
 }
 
 /// Marks the statement being executed for retryable-write oplog fields.

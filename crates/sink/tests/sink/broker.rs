@@ -62,6 +62,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How to start tansu: [`Broker::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// `--storage-engine` (default `memory://tansu/`, which loses everything on restart).
+    pub storage: Option<String>,
+    /// Extra environment for tansu (for example the S3 endpoint of an `s3://` engine).
+    pub env: Vec<(String, String)>,
+    /// The `host:port` advertised in metadata (default: the listener), for example a proxy
+    /// in front of the broker; it becomes [`Broker::bootstrap`].
+    pub advertised: Option<String>,
+}
+
 /// A running broker. Dropping it stops a tansu it started.
 #[derive(Debug)]
 pub struct Broker {
@@ -75,21 +87,28 @@ struct Tansu {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    opts: BrokerOptions,
 }
 
 impl Tansu {
     /// The exact command the tests run (from a directory without a `.env` file).
     fn command(&self) -> Command {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = self
+            .opts
+            .advertised
+            .as_ref()
+            .map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let mut c = Command::new(&self.bin);
         c.env("CLUSTER_ID", "quorumtail-test")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .arg("broker")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .arg("--storage-engine")
-            .arg("memory://tansu/")
+            .arg(self.opts.storage.as_deref().unwrap_or("memory://tansu/"))
             .current_dir(self.dir.path());
         c
     }
@@ -141,18 +160,51 @@ impl Broker {
                 tansu: None,
             };
         }
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    /// Starts tansu on a free loopback port with these options (never an external broker).
+    pub fn start_with(opts: BrokerOptions) -> Broker {
+        crate::init_tracing();
         let port = free_port();
+        let bootstrap = opts
+            .advertised
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
         let mut t = Tansu {
             bin: tansu_bin(),
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            opts,
         };
         t.spawn();
         Broker {
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap,
             tansu: Some(t),
         }
+    }
+
+    /// The address tansu itself listens on (not the advertised one).
+    pub fn listener(&self) -> Option<SocketAddr> {
+        self.tansu
+            .as_ref()
+            .map(|t| SocketAddr::from(([127, 0, 0, 1], t.port)))
+    }
+
+    /// The tansu process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.tansu.as_ref()?.child.as_ref().map(Child::id)
+    }
+
+    /// The last `n` lines of tansu's log (all its runs).
+    pub fn log_tail(&self, n: usize) -> String {
+        let Some(t) = &self.tansu else {
+            return String::new();
+        };
+        let log = std::fs::read_to_string(t.dir.path().join("tansu.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Whether the broker is ours (so it can be paused, killed and restarted).
@@ -168,6 +220,25 @@ impl Broker {
     /// SIGCONT.
     pub fn resume(&self) {
         self.tansu.as_ref().unwrap().signal("CONT");
+    }
+
+    /// SIGTERM, waits for the exit (SIGKILL after 20 s), then a new tansu on the same
+    /// port. The memory storage starts empty.
+    pub fn stop_and_restart(&mut self) {
+        let t = self.tansu.as_mut().unwrap();
+        t.signal("TERM");
+        let mut child = t.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("tansu did not exit within 20 s of SIGTERM; SIGKILL");
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.spawn();
     }
 
     /// SIGKILL, then a new tansu on the same port. The memory storage starts empty.
