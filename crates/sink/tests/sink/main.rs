@@ -2,6 +2,8 @@
 //! against a real Kafka-protocol broker (tansu on loopback, or `KAFKA_BOOTSTRAP`), the file
 //! sink and the file checkpoint store against a temp dir.
 
+// The harness is shared with the end-to-end and fault suites, which use more of it.
+#[allow(dead_code)]
 mod broker;
 mod checkpoints;
 mod file;
