@@ -371,3 +371,64 @@ async fn an_old_format_checkpoint_of_a_shard_missing_from_the_topology_is_report
     assert!(s.membership.is_none() && !s.drained);
     cluster.shutdown().await;
 }
+
+/// A restart during a mongos outage: discovery fails, but the shards remembered next to
+/// their checkpoints are tailed (a supervisor restarting quorumtail gets no restart loop);
+/// writes made directly on a shard's primary meanwhile are emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_while_mongos_is_down_tails_the_remembered_shards() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let names = cluster.shard_names();
+    let coll = client(&cluster)
+        .await
+        .database("shop")
+        .collection::<bson::Document>("orders");
+    // One write on each shard.
+    coll.insert_one(doc! { "_id": 1 }).await.unwrap();
+    coll.insert_one(doc! { "_id": 1001 }).await.unwrap();
+    let q = start(tmp.path(), &discovery(&cluster), EXTRA);
+    for s in &names {
+        emitted_all(&cluster, s, &q.out).await;
+    }
+    let dir = tmp.path().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for s in &names {
+        while !stored(&dir, s)
+            .await
+            .is_some_and(|s| s.membership.is_some())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no membership stored for {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(q.stop().await.ok());
+    std::fs::rename(tmp.path().join("out.jsonl"), tmp.path().join("first.jsonl")).unwrap();
+
+    cluster.kill_node(cluster.mongos_addr()).await.unwrap();
+    let primary = cluster.primary_of(&names[0]).unwrap();
+    let direct =
+        mongodb::Client::with_uri_str(format!("mongodb://{primary}/?directConnection=true"))
+            .await
+            .unwrap();
+    direct
+        .database("shop")
+        .collection::<bson::Document>("orders")
+        .insert_one(doc! { "_id": 424242, "while": "mongos down" })
+        .await
+        .unwrap();
+    let q = start(tmp.path(), &discovery(&cluster), EXTRA);
+    let out = q.out.clone();
+    wait_until(60, "the write made while mongos was down", || {
+        records(&out)
+            .iter()
+            .any(|r| r["entry"]["o"]["_id"] == 424242)
+    })
+    .await;
+    assert!(!q.handle.is_finished(), "quorumtail stopped");
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}

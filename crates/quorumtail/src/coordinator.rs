@@ -405,7 +405,15 @@ pub async fn run_controlled(
     if let Some(d) = &discovery {
         match d.shards().await {
             Ok(found) => shards = topology(&static_topology, found),
-            Err(e) if !shards.is_empty() => {
+            // A mongos outage must not turn a restart into a restart loop: with static
+            // shards or remembered members there is something to tail until discovery
+            // answers again (it is retried every interval).
+            Err(e)
+                if !shards.is_empty()
+                    || remembered
+                        .values()
+                        .any(|s| !s.drained && s.membership.is_some()) =>
+            {
                 authoritative = false;
                 warn!(error = %e, "discovery failed at startup; using the static shards, and the remembered members of other shards with a checkpoint")
             }
