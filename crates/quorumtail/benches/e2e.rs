@@ -1,11 +1,16 @@
 //! End-to-end benchmark: a simulated 2-shard x 3-member cluster preloaded with N entries
-//! -> quorumtail (the release binary, a subprocess) -> a Kafka-protocol broker on loopback,
-//! beside a single-primary peer tailer (pymongo) reading the same cluster, and quorumtail
-//! with quorum 1 on one member per shard (the price of safety).
+//! -> quorumtail (the release binary, a subprocess) -> a Kafka-protocol broker on loopback.
+//! In one run: quorumtail reading whole entries from one member per shard (the default),
+//! from every member, and from the primary alone with quorum 1 (the price of safety); a
+//! single-primary peer tailer (pymongo) on the same cluster; live writes at a steady rate
+//! with insert -> Kafka latency; and memory with one member per shard an hour behind and
+//! with a stalled quorum.
 //!
-//! `cargo bench -p quorumtail --bench e2e` (E2E_ENTRIES=n to change the size). Needs
-//! tansu (.ci/install-tansu.sh) and pymongo (.ci/install-python-deps.sh); both are found
-//! or installed the same way the tests do. Prints one table; figures go to docs/benchmarks.md.
+//! `cargo bench -p quorumtail --bench e2e` (E2E_ENTRIES=n to change the size, E2E_LIVE and
+//! E2E_LIVE_RATE for the live part, E2E_QUICK=1 for the first run only, E2E_PERF=<dir> to
+//! record `perf` profiles of quorumtail and of the simulator during the first run). Needs
+//! tansu (.ci/install-tansu.sh) and pymongo (.ci/install-python-deps.sh); both are found or
+//! installed the same way the tests do. Figures go to docs/benchmarks.md.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
