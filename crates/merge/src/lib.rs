@@ -12,10 +12,11 @@
 //! # Specification
 //!
 //! **Members and quorum.** The engine tracks the data-bearing members of one replica set
-//! (up to 64; MongoDB allows 50). The quorum `q` defaults to a majority of the voting
-//! members, arbiters included (they vote but hold no oplog, so they never confirm an
-//! entry); see [`resolve_quorum`], which rejects a quorum the data-bearing members can
-//! never reach.
+//! (up to 64; MongoDB allows 50), hidden and delayed ones included, each a voter or not
+//! ([`Merge::set_voter`]: `votes: 0` members replicate but never make a write durable).
+//! Only voters' reports count towards the quorum `q`, which defaults to MongoDB's
+//! `writeMajorityCount`: a majority of all voters, arbiters included, capped at the
+//! voting data-bearing members ([`resolve_voting_quorum`]).
 //!
 //! **Input.** Each member's tailer calls [`Merge::push`] for every entry of that member's
 //! oplog, in oplog order (strictly increasing `ts`), starting at or before the watermark.
@@ -24,15 +25,36 @@
 //! that member's earlier reports, because after a rollback the member may no longer hold
 //! them.
 //!
-//! **Commit.** An entry is committed when `q` distinct members reported the same
-//! [`EntryId`] with the same content digest. Committed entries are released in `ts` order,
-//! each exactly once.
+//! **Commit.** An entry is committed when `q` distinct voters reported the same
+//! [`EntryId`] with the same content digest and, with [`Merge::require_commit_point`],
+//! a member that reported it also reported a commit point at or past it (below).
+//! Committed entries are released in `ts` order, each exactly once.
 //!
-//! **Discard.** When an entry at `ts = X` commits, every pending entry below `X` that has
-//! not reached `q` can never commit: the `q` members that confirmed `X` each reported, in
-//! order, every entry of their oplog before `X` (they all started at or before the
-//! watermark), and MongoDB's log-matching property makes those prefixes identical; so an
-//! entry below `X` on the committed history was reported by all of them. Such entries are
+//! **Commit point.** "Held by a majority" is observed; "majority committed" is what
+//! MongoDB guarantees durable, and they differ: in Raft's "figure 8" an entry of an older
+//! term that a re-elected primary carries to a majority is still rolled back if that
+//! primary fails before committing an entry of its own term, and a tailer that has not yet
+//! noticed its member's rollback still holds that member's old reports. MongoDB's commit
+//! point never covers such an entry (a primary advances it only through an entry of its
+//! own term held by a write majority). So each member's view of the commit point
+//! (hello's `lastWrite.majorityOpTime`) is fed in with [`Merge::commit_point`], together
+//! with the member's newest entry from the same reply (`lastWrite.opTime`). The reading
+//! confirms that member's reports up to the commit point only once the member's current
+//! stream has reported that newest entry itself: the reading and the stream are then one
+//! history (a rollback in between would have removed the entry from the member's oplog
+//! and killed the stream). Readings from before a stream restart are dropped with it; a
+//! commit point beyond the member's own newest entry is capped to it. Legacy entries
+//! without a term (protocol version 0) keep the quorum rule alone.
+//!
+//! **Discard.** When an entry at `ts = X` commits, every pending entry below `X` that is not
+//! committed by the rule above (no quorum, or no reporter's commit point covers it) can
+//! never commit: with the commit point, the confirming member reported its history in
+//! order from the watermark, and that history up to `X` is committed, so an entry below
+//! `X` that it did not report is on a branch that lost. Without it: the `q` members that
+//! confirmed `X` each reported, in order, every entry of their oplog before `X` (they all
+//! started at or before the watermark), and MongoDB's log-matching property makes those
+//! prefixes identical; so an entry below `X` on the committed history was reported by all
+//! of them. Such entries are
 //! released as [`Event::Discarded`] with the members that had them. Pending entries at the
 //! same `ts` as `X` with another term are discarded too: one `ts` holds one committed entry.
 //!
@@ -61,21 +83,19 @@
 //! ([`Merge::remove_node`]) and the quorum changed ([`Merge::set_quorum`]); entries that
 //! reach the new quorum are released at once.
 //!
-//! # Known limit of commit-by-observation
+//! # Tests
 //!
-//! "Seen by a majority" is what this engine can observe; "majority committed" is what
-//! MongoDB guarantees durable. They differ in one corner that Raft calls figure 8: an
-//! entry written by primary P in term T, replicated to a minority, then carried to a
-//! majority by P re-elected in term T+2 before P commits anything of its own term, can
-//! still be rolled back if P fails at that moment and a member holding a term-T+1 branch
-//! wins. MongoDB's own commit point never advances over such an entry. It needs two
-//! elections in quick succession around the same primary; the property tests generate
-//! histories that respect leader completeness for every entry ever held by a majority,
-//! which is the condition under which the engine's output equals the committed history.
+//! `tests.rs` holds scripted stories (the rollback pitfall, non-voters, figure 8, commit
+//! readings from a dead stream) and property tests over histories whose elections respect
+//! leader completeness for every entry ever held by a majority; `raft_tests.rs` elects by
+//! votes as MongoDB does, with non-voters, arbiters, chained replication, per-member commit
+//! points learned late and tailers that notice rollbacks late, so figure 8 happens, and
+//! checks that the output is exactly the final committed history (and that the engine
+//! without the commit point fails that check on the same histories).
 
 use std::collections::VecDeque;
 
-pub use quorumtail_oplog::EntryId;
+pub use quorumtail_oplog::{EntryId, Timestamp};
 
 /// Index of a member in one engine (assigned by [`Merge::new`] and [`Merge::add_node`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -110,6 +130,11 @@ impl NodeSet {
     /// Members in either set.
     pub fn union(self, other: NodeSet) -> NodeSet {
         NodeSet(self.0 | other.0)
+    }
+
+    /// Members in both sets.
+    pub fn intersection(self, other: NodeSet) -> NodeSet {
+        NodeSet(self.0 & other.0)
     }
 
     fn insert(&mut self, n: NodeId) {
@@ -222,68 +247,142 @@ pub enum QuorumError {
     /// No data-bearing members.
     #[error("a replica set needs at least one data-bearing member")]
     NoMembers,
+    /// Data-bearing members, but none of them votes.
+    #[error("no data-bearing member votes: MongoDB can never majority-commit a write in this replica set (give at least one data-bearing member `votes: 1`)")]
+    NoVoters,
     /// More members than the engine tracks.
     #[error("{0} data-bearing members is more than the {MAX_NODES} the merge can track (MongoDB allows 50)")]
     TooManyMembers(usize),
     /// Quorum of zero.
     #[error("quorum must be at least 1")]
     Zero,
-    /// Quorum larger than the data-bearing members.
-    #[error("quorum {quorum} can never be reached: only {data_bearing} members hold an oplog (arbiters vote but never confirm an entry); use a quorum between 1 and {data_bearing}")]
+    /// Quorum larger than the data-bearing voters.
+    #[error("quorum {quorum} can never be reached: only {data_bearing} voting members hold an oplog (arbiters vote but never confirm an entry; members with `votes: 0` never make a write durable); use a quorum between 1 and {data_bearing}")]
     Unreachable {
         /// Requested quorum.
         quorum: usize,
-        /// Data-bearing members.
+        /// Data-bearing voting members.
         data_bearing: usize,
     },
+}
+
+/// The voting make-up of a replica set, as its configuration (`replSetGetConfig`) states it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Voting {
+    /// Members with an oplog and `votes: 1` (hidden and delayed ones included).
+    pub data_bearing_voters: usize,
+    /// Members with an oplog and `votes: 0`: they replicate but never make a write durable.
+    pub non_voters: usize,
+    /// Arbiters: they vote, hold no oplog.
+    pub arbiters: usize,
+}
+
+impl Voting {
+    /// A set where every data-bearing member votes.
+    pub fn all_voting(data_bearing: usize, arbiters: usize) -> Voting {
+        Voting {
+            data_bearing_voters: data_bearing,
+            non_voters: 0,
+            arbiters,
+        }
+    }
 }
 
 /// The quorum a replica set uses, and how it was derived.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct QuorumInfo {
-    /// Confirmations required to commit an entry.
+    /// Confirmations (from voting data-bearing members) required to commit an entry.
     pub quorum: usize,
-    /// Majority of the voting members (data-bearing + arbiters).
+    /// Majority of the voting members, arbiters included (`majorityVoteCount`).
     pub majority: usize,
-    /// Whether `quorum` is below the majority: entries can then be emitted that are later
-    /// rolled back.
+    /// How many voting data-bearing members make a write durable in MongoDB
+    /// (`writeMajorityCount`: the majority, capped at the data-bearing voters).
+    pub write_majority: usize,
+    /// Whether `quorum` is below the write majority: without MongoDB's commit point as a
+    /// condition of release, entries could then be emitted that are later rolled back.
     pub below_majority: bool,
 }
 
-/// Resolves the quorum for a set of `data_bearing` members and `arbiters`, with an optional
-/// explicit override.
+/// Resolves the quorum for `data_bearing` voting members and `arbiters`, with an optional
+/// explicit override; see [`resolve_voting_quorum`].
 ///
 /// # Errors
-/// [`QuorumError`] when there are no members, too many, a zero quorum, or a quorum (given
-/// or derived) that the data-bearing members can never reach, e.g. one data-bearing member
-/// and two arbiters.
+/// As [`resolve_voting_quorum`].
 pub fn resolve_quorum(
     data_bearing: usize,
     arbiters: usize,
     explicit: Option<usize>,
 ) -> Result<QuorumInfo, QuorumError> {
+    resolve_voting_quorum(Voting::all_voting(data_bearing, arbiters), explicit)
+}
+
+/// Resolves the quorum of a replica set from its voting make-up, with an optional explicit
+/// override. The default is MongoDB's `writeMajorityCount`: a majority of all voters
+/// (arbiters included), capped at the number of voting data-bearing members
+/// (`ReplSetConfig::_writeMajority` in the server source).
+///
+/// # Errors
+/// [`QuorumError`] when there are no data-bearing members, none of them votes, too many,
+/// a zero quorum, or a quorum above the data-bearing voters.
+pub fn resolve_voting_quorum(
+    v: Voting,
+    explicit: Option<usize>,
+) -> Result<QuorumInfo, QuorumError> {
+    let data_bearing = v.data_bearing_voters + v.non_voters;
     if data_bearing == 0 {
         return Err(QuorumError::NoMembers);
     }
     if data_bearing > MAX_NODES {
         return Err(QuorumError::TooManyMembers(data_bearing));
     }
-    let majority = (data_bearing + arbiters) / 2 + 1;
-    let quorum = explicit.unwrap_or(majority);
+    if v.data_bearing_voters == 0 {
+        return Err(QuorumError::NoVoters);
+    }
+    let majority = (v.data_bearing_voters + v.arbiters) / 2 + 1;
+    let write_majority = majority.min(v.data_bearing_voters);
+    let quorum = explicit.unwrap_or(write_majority);
     if quorum == 0 {
         return Err(QuorumError::Zero);
     }
-    if quorum > data_bearing {
+    if quorum > v.data_bearing_voters {
         return Err(QuorumError::Unreachable {
             quorum,
-            data_bearing,
+            data_bearing: v.data_bearing_voters,
         });
     }
     Ok(QuorumInfo {
         quorum,
         majority,
-        below_majority: quorum < majority,
+        write_majority,
+        below_majority: quorum < write_majority,
     })
+}
+
+/// A member's view of its replica set's commit point, read together with its own newest
+/// entry (hello's `lastWrite.majorityOpTime` and `lastWrite.opTime`, from one reply).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CommitPoint {
+    /// The newest entry the member knows to be majority-committed.
+    pub committed: EntryId,
+    /// The member's newest entry when it said so.
+    pub last_applied: EntryId,
+}
+
+/// What happened to a commit point report ([`Merge::commit_point`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CommitOutcome {
+    /// The member's stream holds `last_applied`: the commit point now confirms the member's
+    /// reports up to it.
+    Applied,
+    /// The member's stream has not reached `last_applied` yet: the commit point takes
+    /// effect when it reports that entry.
+    Queued,
+    /// Nothing to learn: at or below the watermark, not newer than what the member already
+    /// confirmed, or the engine does not use commit points.
+    Outdated,
+    /// The member's stream passed `last_applied`'s timestamp without reporting that entry
+    /// (another branch, or a filtered entry): the report proves nothing and is dropped.
+    NotOnStream,
 }
 
 #[derive(Debug)]
@@ -295,10 +394,17 @@ struct Pending<P> {
     payload: Option<P>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// Commit points waiting for their member's stream to reach `last_applied`.
+const MAX_QUEUED_COMMIT_POINTS: usize = 32;
+
+#[derive(Clone, Debug, Default)]
 struct NodeState {
     member: bool,
     last: Option<EntryId>,
+    /// The member's commit point, confirmed against its current stream.
+    commit: Option<EntryId>,
+    /// Commit points whose `last_applied` the stream has not reported yet, oldest first.
+    queued: VecDeque<CommitPoint>,
 }
 
 /// Counters for metrics.
@@ -312,6 +418,12 @@ pub struct Stats {
     pub stale_reports: u64,
     /// Divergences seen.
     pub divergences: u64,
+    /// Commit points that confirmed a member's stream.
+    pub commit_points_applied: u64,
+    /// Commit points dropped because the member's stream did not hold their entry.
+    pub commit_points_not_on_stream: u64,
+    /// Commit points beyond the member's own newest entry (capped to it).
+    pub commit_points_beyond_last_applied: u64,
 }
 
 /// The merge state of one replica set. See the crate docs for the specification.
@@ -319,23 +431,26 @@ pub struct Stats {
 pub struct Merge<P> {
     quorum: u32,
     members: NodeSet,
+    voters: NodeSet,
     nodes: Vec<NodeState>,
     watermark: Option<EntryId>,
     pending: VecDeque<Pending<P>>,
     events: VecDeque<Event<P>>,
     stats: Stats,
     require_payload: bool,
+    require_commit_point: bool,
     /// The highest entry released (committed or discarded). With payloads required,
     /// entries can be discarded while the watermark waits below them; a member that
     /// restarts from the watermark must not bring them back.
     decided: Option<EntryId>,
-    /// The highest pending entry that has the quorum (kept so that a payload unblocking
-    /// the release finds how far to release without scanning the backlog).
-    top_quorum: Option<EntryId>,
+    /// The highest pending entry that is decided as committed (quorum, and commit point
+    /// when required), kept so that a payload unblocking the release finds how far to
+    /// release without scanning the backlog.
+    top_ready: Option<EntryId>,
 }
 
 impl<P> Merge<P> {
-    /// An engine for `nodes` members (ids `0..nodes`) and the given quorum, ignoring
+    /// An engine for `nodes` voting members (ids `0..nodes`) and the given quorum, ignoring
     /// everything at or before `start` (the checkpoint, or the start position).
     ///
     /// # Errors
@@ -345,14 +460,16 @@ impl<P> Merge<P> {
         let mut m = Merge {
             quorum: quorum as u32,
             members: NodeSet::EMPTY,
+            voters: NodeSet::EMPTY,
             nodes: Vec::with_capacity(nodes),
             watermark: start,
             pending: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             require_payload: false,
+            require_commit_point: false,
             decided: None,
-            top_quorum: None,
+            top_ready: None,
         };
         for _ in 0..nodes {
             m.add_node()?;
@@ -373,6 +490,19 @@ impl<P> Merge<P> {
         self.require_payload
     }
 
+    /// Makes MongoDB's commit point a condition of release for entries with a term (see
+    /// "Commit point" in the crate docs).
+    #[must_use]
+    pub fn require_commit_point(mut self) -> Self {
+        self.require_commit_point = true;
+        self
+    }
+
+    /// Whether the commit point is a condition of release.
+    pub fn requires_commit_point(&self) -> bool {
+        self.require_commit_point
+    }
+
     /// The entry that reached the quorum but cannot be released because no member sent
     /// its payload yet, with the members that reported it. `None` when nothing waits (or
     /// payloads are not required).
@@ -381,12 +511,46 @@ impl<P> Merge<P> {
         (self.blocked(p)).then_some((p.id, p.reporters))
     }
 
-    fn blocked(&self, p: &Pending<P>) -> bool {
-        self.require_payload && p.payload.is_none() && p.reporters.len() >= self.quorum
+    /// The oldest pending entry that a quorum of voters reported but no reporter's commit
+    /// point covers yet, with its reporters. `None` when nothing waits for a commit point.
+    pub fn awaiting_commit_point(&self) -> Option<(EntryId, NodeSet)> {
+        if !self.require_commit_point {
+            return None;
+        }
+        self.pending
+            .iter()
+            .find(|p| self.has_quorum(p) && !self.confirmed(p))
+            .map(|p| (p.id, p.reporters))
     }
 
-    /// Adds a member; it must report from the watermark on. The quorum is unchanged: call
-    /// [`Merge::set_quorum`] with the recomputed value.
+    fn has_quorum(&self, p: &Pending<P>) -> bool {
+        p.reporters.intersection(self.voters).len() >= self.quorum
+    }
+
+    /// Whether a reporter's confirmed commit point covers `p` (always, without the rule or
+    /// for legacy entries without a term).
+    fn confirmed(&self, p: &Pending<P>) -> bool {
+        !self.require_commit_point
+            || p.id.term.is_none()
+            || p.reporters.iter().any(|r| {
+                self.nodes[r.0 as usize]
+                    .commit
+                    .is_some_and(|c| p.id.ts <= c.ts)
+            })
+    }
+
+    /// Part of the committed history: a quorum of voters reported it and (when required) a
+    /// reporter's commit point covers it.
+    fn ready(&self, p: &Pending<P>) -> bool {
+        self.has_quorum(p) && self.confirmed(p)
+    }
+
+    fn blocked(&self, p: &Pending<P>) -> bool {
+        self.require_payload && p.payload.is_none() && self.ready(p)
+    }
+
+    /// Adds a voting member; it must report from the watermark on. The quorum is
+    /// unchanged: call [`Merge::set_quorum`] with the recomputed value.
     ///
     /// # Errors
     /// [`QuorumError::TooManyMembers`] when 64 members already exist.
@@ -402,9 +566,10 @@ impl<P> Merge<P> {
         let id = NodeId(idx as u8);
         self.nodes[idx] = NodeState {
             member: true,
-            last: None,
+            ..NodeState::default()
         };
         self.members.insert(id);
+        self.voters.insert(id);
         Ok(id)
     }
 
@@ -415,32 +580,60 @@ impl<P> Merge<P> {
             self.forget(node);
             self.nodes[node.0 as usize] = NodeState::default();
             self.members.remove(node);
+            self.voters.remove(node);
         }
+    }
+
+    /// Says whether a member votes (`votes: 1` in the replica set configuration). Only
+    /// voters' reports count towards the quorum; a non-voter's reports still carry
+    /// payloads and commit points. Entries that now reach the quorum are released.
+    pub fn set_voter(&mut self, node: NodeId, voter: bool) {
+        if !self.is_member(node) {
+            return;
+        }
+        if voter {
+            self.voters.insert(node);
+        } else {
+            self.voters.remove(node);
+        }
+        self.release_ready(None);
+    }
+
+    /// The voting members.
+    pub fn voters(&self) -> NodeSet {
+        self.voters
     }
 
     /// Changes the quorum; entries that now reach it are released.
     ///
     /// # Errors
-    /// [`QuorumError`] when `quorum` is 0 or exceeds the current members.
+    /// [`QuorumError`] when `quorum` is 0 or exceeds the current voting members.
     pub fn set_quorum(&mut self, quorum: usize) -> Result<(), QuorumError> {
-        resolve_quorum(self.members.len() as usize, 0, Some(quorum))?;
+        let voters = self.voters.len() as usize;
+        let non_voters = self.members.len() as usize - voters;
+        resolve_voting_quorum(
+            Voting {
+                data_bearing_voters: voters,
+                non_voters,
+                arbiters: 0,
+            },
+            Some(quorum),
+        )?;
         self.quorum = quorum as u32;
-        self.recompute_top_quorum();
-        if let Some(idx) = self.top_quorum_index() {
-            self.release_through(idx);
-        }
-        if !self.require_payload {
-            self.top_quorum = None;
-        }
+        self.release_ready(None);
         Ok(())
     }
 
     /// The member's tailer restarted and will re-send from the watermark: forget what it
-    /// reported (it may have been rolled back) and accept its stream from the start again.
+    /// reported (it may have been rolled back), its commit point (learned on the old
+    /// stream) and accept its stream from the start again.
     pub fn node_reset(&mut self, node: NodeId) {
         if self.is_member(node) {
             self.forget(node);
-            self.nodes[node.0 as usize].last = None;
+            let n = &mut self.nodes[node.0 as usize];
+            n.last = None;
+            n.commit = None;
+            n.queued.clear();
         }
     }
 
@@ -450,26 +643,137 @@ impl<P> Merge<P> {
             p.diverged.remove(node);
         }
         if self.require_payload {
-            self.recompute_top_quorum();
+            self.recompute_top_ready();
         }
     }
 
-    fn recompute_top_quorum(&mut self) {
-        self.top_quorum = self
+    fn recompute_top_ready(&mut self) {
+        self.top_ready = self
             .pending
             .iter()
             .rev()
-            .find(|p| p.reporters.len() >= self.quorum)
+            .find(|p| self.ready(p))
             .map(|p| p.id);
     }
 
-    fn top_quorum_index(&self) -> Option<usize> {
-        let top = self.top_quorum?;
+    fn top_ready_index(&self) -> Option<usize> {
+        let top = self.top_ready?;
         self.pending.binary_search_by(|p| p.id.cmp(&top)).ok()
     }
 
     fn is_member(&self, node: NodeId) -> bool {
         (node.0 as usize) < MAX_NODES && self.members.contains(node)
+    }
+
+    /// Releases through the highest ready pending entry at or below `upto` (all of them
+    /// with `None`).
+    fn release_ready(&mut self, upto: Option<Timestamp>) {
+        let mut top = None;
+        for (i, p) in self.pending.iter().enumerate() {
+            if upto.is_some_and(|u| p.id.ts > u) {
+                break;
+            }
+            if self.ready(p) {
+                top = Some(i);
+            }
+        }
+        if self.require_payload {
+            if let Some(i) = top {
+                self.top_ready = self.top_ready.max(Some(self.pending[i].id));
+            }
+            if let Some(i) = self.top_ready_index() {
+                self.release_through(i);
+            }
+        } else if let Some(i) = top {
+            self.release_through(i);
+        }
+    }
+
+    /// A member's view of the commit point, read from the member (hello's
+    /// `lastWrite.majorityOpTime` with `lastWrite.opTime` of the same reply). It confirms
+    /// the member's reports up to `committed` once the member's current stream holds
+    /// `last_applied`: that proves the stream and the commit point are one history (a
+    /// rollback between the report and the reading would have removed `last_applied` or
+    /// killed the stream). A commit point beyond `last_applied` is capped to it and
+    /// counted ([`Stats::commit_points_beyond_last_applied`]). Entries it confirms are
+    /// released.
+    ///
+    /// # Errors
+    /// [`PushError::UnknownNode`] for a removed member.
+    pub fn commit_point(
+        &mut self,
+        node: NodeId,
+        mut point: CommitPoint,
+    ) -> Result<CommitOutcome, PushError> {
+        if !self.is_member(node) {
+            return Err(PushError::UnknownNode(node));
+        }
+        if point.committed.ts > point.last_applied.ts {
+            self.stats.commit_points_beyond_last_applied += 1;
+            point.committed = point.last_applied;
+        }
+        if !self.require_commit_point {
+            return Ok(CommitOutcome::Outdated);
+        }
+        let state = &self.nodes[node.0 as usize];
+        if state.commit.is_some_and(|c| point.committed.ts <= c.ts)
+            || self.watermark.is_some_and(|w| point.committed.ts <= w.ts)
+        {
+            return Ok(CommitOutcome::Outdated);
+        }
+        match state.last {
+            Some(last) if point.last_applied.ts <= last.ts => {}
+            _ => {
+                let q = &mut self.nodes[node.0 as usize].queued;
+                if q.len() == MAX_QUEUED_COMMIT_POINTS {
+                    q.pop_front();
+                }
+                q.push_back(point);
+                return Ok(CommitOutcome::Queued);
+            }
+        }
+        // The stream is at or past `last_applied`: it must have reported that very entry.
+        let held = self
+            .pending
+            .binary_search_by(|p| p.id.cmp(&point.last_applied))
+            .ok()
+            .is_some_and(|i| self.pending[i].reporters.contains(node));
+        if !held {
+            self.stats.commit_points_not_on_stream += 1;
+            return Ok(CommitOutcome::NotOnStream);
+        }
+        self.apply_commit(node, point.committed);
+        Ok(CommitOutcome::Applied)
+    }
+
+    fn apply_commit(&mut self, node: NodeId, committed: EntryId) {
+        let n = &mut self.nodes[node.0 as usize];
+        if n.commit.is_some_and(|c| committed.ts <= c.ts) {
+            return;
+        }
+        n.commit = Some(committed);
+        self.stats.commit_points_applied += 1;
+        self.release_ready(Some(committed.ts));
+    }
+
+    /// The member's stream reported `id`: queued commit points whose `last_applied` it is
+    /// take effect; those it passed without reporting are dropped. Returns the commit
+    /// point to apply once the report is recorded.
+    fn take_queued_commit(&mut self, node: NodeId, id: EntryId) -> Option<EntryId> {
+        let q = &mut self.nodes[node.0 as usize].queued;
+        let mut apply = None;
+        while let Some(front) = q.front() {
+            if front.last_applied.ts > id.ts {
+                break;
+            }
+            let point = q.pop_front()?;
+            if point.last_applied == id {
+                apply = apply.max(Some(point.committed));
+            } else {
+                self.stats.commit_points_not_on_stream += 1;
+            }
+        }
+        apply
     }
 
     /// Takes one member's report of one entry.
@@ -492,14 +796,36 @@ impl<P> Merge<P> {
             }
         }
         state.last = Some(report.id);
+        let queued_commit = if state.queued.is_empty() {
+            None
+        } else {
+            self.take_queued_commit(node, report.id)
+        };
 
         if self.watermark.is_some_and(|w| report.id.ts <= w.ts)
             || (self.require_payload && self.decided.is_some_and(|d| report.id <= d))
         {
             self.stats.stale_reports += 1;
+            if let Some(c) = queued_commit {
+                self.apply_commit(node, c);
+            }
             return Ok(Pushed::Stale);
         }
+        let pushed = self.record(node, report);
+        match queued_commit {
+            Some(c) if pushed != Ok(Pushed::Diverged) => {
+                let before = self.stats.committed + self.stats.discarded;
+                self.apply_commit(node, c);
+                if self.stats.committed + self.stats.discarded > before {
+                    return Ok(Pushed::Released);
+                }
+                pushed
+            }
+            _ => pushed,
+        }
+    }
 
+    fn record(&mut self, node: NodeId, report: Report<P>) -> Result<Pushed, PushError> {
         // Fast path: a new entry beyond everything pending (the member furthest ahead).
         let idx = match self.pending.back() {
             None => None,
@@ -551,10 +877,10 @@ impl<P> Merge<P> {
                 if p.payload.is_none() {
                     p.payload = report.payload;
                 }
-                if unblocks && self.require_payload && p.reporters.len() >= self.quorum {
+                if unblocks && self.require_payload && self.ready(&self.pending[0]) {
                     // The entry holding back the release got its payload: everything up
-                    // to the last entry with a quorum can go now.
-                    let last = self.top_quorum_index().unwrap_or(0);
+                    // to the last ready entry can go now.
+                    let last = self.top_ready_index().unwrap_or(0);
                     return Ok(if self.release_through(last) {
                         Pushed::Released
                     } else {
@@ -564,11 +890,11 @@ impl<P> Merge<P> {
                 pos
             }
         };
-        if self.pending[idx].reporters.len() < self.quorum {
+        if !self.ready(&self.pending[idx]) {
             return Ok(Pushed::Pending);
         }
         if self.require_payload {
-            self.top_quorum = self.top_quorum.max(Some(self.pending[idx].id));
+            self.top_ready = self.top_ready.max(Some(self.pending[idx].id));
         }
         if self.release_through(idx) {
             Ok(Pushed::Released)
@@ -577,12 +903,11 @@ impl<P> Merge<P> {
         }
     }
 
-    /// Releases pending entries `0..=idx`, where `idx` has reached the quorum, then the
-    /// entries sharing its `ts`. Stops early at an entry that has the quorum but waits for
-    /// its payload; returns whether anything was released.
+    /// Releases pending entries `0..=idx`, where `idx` is ready, then the entries sharing
+    /// its `ts`. Stops early at an entry that is ready but waits for its payload; returns
+    /// whether anything was released.
     fn release_through(&mut self, idx: usize) -> bool {
         let ts = self.pending[idx].id.ts;
-        let quorum = self.quorum;
         let mut released = false;
         for _ in 0..=idx {
             if self.pending.front().is_some_and(|p| self.blocked(p)) {
@@ -592,7 +917,7 @@ impl<P> Merge<P> {
                 break;
             };
             released = true;
-            self.emit(p, quorum);
+            self.emit(p);
         }
         // Same ts, other term: a branch that lost.
         while self.pending.front().is_some_and(|p| p.id.ts == ts) {
@@ -609,18 +934,18 @@ impl<P> Merge<P> {
                 reporters: p.reporters,
             });
         }
-        if self.require_payload && self.top_quorum.is_some_and(|t| Some(t) <= self.decided) {
-            self.top_quorum = None;
+        if self.require_payload && self.top_ready.is_some_and(|t| Some(t) <= self.decided) {
+            self.top_ready = None;
         }
         released
     }
 
-    fn emit(&mut self, p: Pending<P>, quorum: u32) {
+    fn emit(&mut self, p: Pending<P>) {
         if self.require_payload {
             self.decided = self.decided.max(Some(p.id));
         }
 
-        if p.reporters.len() >= quorum {
+        if self.ready(&p) {
             self.stats.committed += 1;
             // Never moves backwards: the watermark only ever advances to a committed entry.
             self.watermark = Some(p.id);
@@ -655,7 +980,7 @@ impl<P> Merge<P> {
         self.watermark
     }
 
-    /// Entries reported by fewer than a quorum so far.
+    /// Entries not released yet (waiting for a quorum, a commit point or a payload).
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -676,6 +1001,14 @@ impl<P> Merge<P> {
             .get(node.0 as usize)
             .filter(|n| n.member)
             .and_then(|n| n.last)
+    }
+
+    /// The member's commit point, confirmed against its current stream.
+    pub fn node_commit_point(&self, node: NodeId) -> Option<EntryId> {
+        self.nodes
+            .get(node.0 as usize)
+            .filter(|n| n.member)
+            .and_then(|n| n.commit)
     }
 
     /// Members that reported entries beyond the watermark, i.e. that hold pending entries
@@ -701,3 +1034,6 @@ impl<P> Merge<P> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod raft_tests;

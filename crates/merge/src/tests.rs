@@ -77,7 +77,8 @@ fn rollback_pitfall_d_and_e_are_discarded() {
             committed: 5,
             discarded: 2,
             stale_reports: 5,
-            divergences: 0
+            divergences: 0,
+            ..Stats::default()
         }
     );
 }
@@ -316,13 +317,19 @@ fn quorum_resolution() {
         QuorumInfo {
             quorum: 2,
             majority: 2,
+            write_majority: 2,
             below_majority: false
         }
     );
     assert_eq!(resolve_quorum(2, 1, None).unwrap().quorum, 2);
     assert_eq!(resolve_quorum(4, 0, None).unwrap().quorum, 3);
     assert!(resolve_quorum(3, 0, Some(1)).unwrap().below_majority);
-    let e = resolve_quorum(1, 2, None).unwrap_err();
+    // writeMajorityCount = min(majority of voters, voting data-bearing members)
+    // (ReplSetConfig::_calculateMajorities): one data-bearing member and two arbiters
+    // majority-commit with that one member.
+    let psa = resolve_quorum(1, 2, None).unwrap();
+    assert_eq!((psa.quorum, psa.majority, psa.write_majority), (1, 2, 1));
+    let e = resolve_quorum(1, 2, Some(2)).unwrap_err();
     assert_eq!(
         e,
         QuorumError::Unreachable {
@@ -331,6 +338,40 @@ fn quorum_resolution() {
         }
     );
     assert!(e.to_string().contains("arbiters vote but never confirm"));
+    // Hidden voters count; non-voters do not: 3 visible + 2 hidden voters, 1 non-voter.
+    let v = Voting {
+        data_bearing_voters: 5,
+        non_voters: 1,
+        arbiters: 0,
+    };
+    let q = resolve_voting_quorum(v, None).unwrap();
+    assert_eq!((q.quorum, q.majority, q.write_majority), (3, 3, 3));
+    // Two voters and three non-voters: the non-voters never help.
+    let v = Voting {
+        data_bearing_voters: 2,
+        non_voters: 3,
+        arbiters: 1,
+    };
+    assert_eq!(resolve_voting_quorum(v, None).unwrap().quorum, 2);
+    assert_eq!(
+        resolve_voting_quorum(v, Some(3)).unwrap_err(),
+        QuorumError::Unreachable {
+            quorum: 3,
+            data_bearing: 2
+        }
+    );
+    assert_eq!(
+        resolve_voting_quorum(
+            Voting {
+                data_bearing_voters: 0,
+                non_voters: 2,
+                arbiters: 1
+            },
+            None
+        )
+        .unwrap_err(),
+        QuorumError::NoVoters
+    );
     assert_eq!(
         resolve_quorum(3, 0, Some(4)).unwrap_err(),
         QuorumError::Unreachable {
@@ -821,4 +862,204 @@ fn generator_produces_rollbacks_and_discards() {
         discards >= 100 && resets >= 100,
         "discards {discards}, resets {resets}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Voting membership and the commit point.
+// ---------------------------------------------------------------------------------------
+
+fn point(committed: EntryId, last_applied: EntryId) -> CommitPoint {
+    CommitPoint {
+        committed,
+        last_applied,
+    }
+}
+
+/// A primary and two non-voters hold an entry that one voter... never held: it must not be
+/// emitted, and is discarded once the voters' branch commits.
+#[test]
+fn non_voters_never_confirm_an_entry() {
+    // Members: A (voter, old primary), B and C (voters), D and E (votes: 0).
+    let mut m: Merge<&str> = Merge::new(5, 1, None).unwrap();
+    let (d, e) = (NodeId(3), NodeId(4));
+    m.set_voter(d, false);
+    m.set_voter(e, false);
+    m.set_quorum(2).unwrap();
+    assert_eq!(m.voters().len(), 3);
+    let x = id(1, 1);
+    for n in [A, d, e] {
+        m.push(n, rep(x)).unwrap();
+    }
+    assert!(committed(&mut m).is_empty(), "three holders, one voter");
+    // B and C elect B, which writes y at the same ts with a new term: x loses.
+    let y = id(1, 2);
+    m.push(B, rep(y)).unwrap();
+    m.push(C, rep(y)).unwrap();
+    let events: Vec<_> = m.drain_events().collect();
+    assert!(matches!(events[0], Event::Discarded { id, .. } if id == x));
+    assert!(matches!(events[1], Event::Committed { id, .. } if id == y));
+    // A quorum above the voters is refused.
+    assert!(matches!(
+        m.set_quorum(4),
+        Err(QuorumError::Unreachable {
+            quorum: 4,
+            data_bearing: 3
+        })
+    ));
+}
+
+/// Raft's figure 8: x (term 2) reaches a majority of voters while its writer is primary
+/// again in term 4, but no commit point ever covers it; the term-3 branch wins.
+#[test]
+fn figure_8_entry_held_by_a_majority_is_not_released_without_the_commit_point() {
+    let mut m: Merge<&str> = Merge::new(5, 3, None).unwrap().require_commit_point();
+    let (s1, s2, s3, s4, s5) = (A, B, C, NodeId(3), NodeId(4));
+    let base = id(1, 1);
+    for n in [s1, s2, s3, s4, s5] {
+        m.push(n, rep(base)).unwrap();
+    }
+    assert!(
+        committed(&mut m).is_empty(),
+        "held by all, not yet known committed"
+    );
+    assert_eq!(
+        m.commit_point(s1, point(base, base)).unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(committed(&mut m), vec![base]);
+    assert_eq!(
+        m.commit_point(s2, point(base, base)).unwrap(),
+        CommitOutcome::Outdated
+    );
+    // s1 (term 2) writes x, replicated to s2; s1 fails; s5 (term 3) writes y alone; s1
+    // re-elected in term 4 carries x to s3: x is on s1, s2, s3, a majority.
+    let x = id(2, 2);
+    for n in [s1, s2, s3] {
+        m.push(n, rep(x)).unwrap();
+    }
+    // Their commit points stay at base: a term-4 primary commits nothing before an entry
+    // of term 4 reaches a majority.
+    for n in [s1, s2, s3] {
+        assert_eq!(
+            m.commit_point(n, point(base, x)).unwrap(),
+            CommitOutcome::Outdated
+        );
+    }
+    assert!(
+        committed(&mut m).is_empty(),
+        "x must wait for the commit point"
+    );
+    assert_eq!(m.awaiting_commit_point().map(|(i, _)| i), Some(x));
+    // s1 fails; s5 wins term 5 with votes of s2, s3, s4 (its y of term 3 is newer than x)
+    // and rolls s2, s3 back: their tailers restart.
+    let y = id(3, 3);
+    let z = id(4, 5);
+    m.node_reset(s2);
+    m.node_reset(s3);
+    for n in [s2, s3, s4, s5] {
+        m.push(n, rep(y)).unwrap();
+        m.push(n, rep(z)).unwrap();
+    }
+    assert!(
+        committed(&mut m).is_empty(),
+        "nothing committed until the commit point"
+    );
+    assert_eq!(
+        m.commit_point(s5, point(z, z)).unwrap(),
+        CommitOutcome::Applied
+    );
+    let events: Vec<_> = m.drain_events().collect();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| match e {
+            Event::Committed { id, .. } => ("commit", *id),
+            Event::Discarded { id, .. } => ("discard", *id),
+            Event::Divergence { id, .. } => ("diverge", *id),
+        })
+        .collect();
+    assert_eq!(summary, vec![("discard", x), ("commit", y), ("commit", z)]);
+}
+
+/// A commit point counts only once the member's stream holds the entry read with it: a
+/// reading taken after a rollback the stream has not noticed confirms nothing.
+#[test]
+fn commit_point_is_tied_to_the_members_stream() {
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap().require_commit_point();
+    let (a1, a2) = (id(1, 1), id(2, 1));
+    for n in [A, B, C] {
+        m.push(n, rep(a1)).unwrap();
+        m.push(n, rep(a2)).unwrap();
+    }
+    // A was rolled back to a1 and moved on to b3 on another branch (its cursor is dead but
+    // the pipeline does not know yet); its reading says b3 and a commit point past a2.
+    let b3 = id(3, 2);
+    assert_eq!(
+        m.commit_point(A, point(b3, b3)).unwrap(),
+        CommitOutcome::Queued
+    );
+    assert!(committed(&mut m).is_empty());
+    // The stream dies: the queued reading goes with it.
+    m.node_reset(A);
+    m.push(A, rep(a1)).unwrap();
+    m.push(A, rep(b3)).unwrap();
+    assert!(
+        committed(&mut m).is_empty(),
+        "b3's reading was from the old stream"
+    );
+    // A reading whose newest entry the stream passed without holding it proves nothing.
+    assert_eq!(
+        m.commit_point(A, point(a2, a2)).unwrap(),
+        CommitOutcome::NotOnStream
+    );
+    // B's stream holds a2: its reading confirms a1 and a2.
+    assert_eq!(
+        m.commit_point(B, point(a2, a2)).unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(committed(&mut m), vec![a1, a2]);
+    // A queued reading takes effect when the stream reports its entry.
+    let a4 = id(4, 2);
+    assert_eq!(
+        m.commit_point(B, point(a4, a4)).unwrap(),
+        CommitOutcome::Queued
+    );
+    m.push(C, rep(a4)).unwrap();
+    assert!(committed(&mut m).is_empty());
+    assert_eq!(m.push(B, rep(a4)).unwrap(), Pushed::Released);
+    assert_eq!(committed(&mut m), vec![a4]);
+    assert_eq!(m.stats().commit_points_not_on_stream, 1);
+}
+
+/// A member claiming a commit point beyond its own newest entry is capped to that entry.
+#[test]
+fn commit_point_beyond_the_members_own_entry_is_capped() {
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap().require_commit_point();
+    let (a1, a2) = (id(1, 1), id(2, 1));
+    for n in [A, B] {
+        m.push(n, rep(a1)).unwrap();
+    }
+    m.push(B, rep(a2)).unwrap();
+    m.push(C, rep(a2)).unwrap();
+    assert_eq!(
+        m.commit_point(A, point(a2, a1)).unwrap(),
+        CommitOutcome::Applied
+    );
+    // Only a1 is confirmed (A never reported a2).
+    assert_eq!(committed(&mut m), vec![a1]);
+    assert_eq!(m.stats().commit_points_beyond_last_applied, 1);
+    assert_eq!(m.node_commit_point(A), Some(a1));
+}
+
+/// Legacy (protocol version 0) entries have no term: no commit point is needed.
+#[test]
+fn legacy_entries_without_terms_keep_the_quorum_rule() {
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap().require_commit_point();
+    let legacy = EntryId {
+        ts: Timestamp::new(1, 1),
+        term: None,
+        hash: Some(42),
+    };
+    m.push(A, rep(legacy)).unwrap();
+    m.push(B, rep(legacy)).unwrap();
+    assert_eq!(committed(&mut m), vec![legacy]);
 }
