@@ -511,16 +511,15 @@ impl<P> Merge<P> {
         (self.blocked(p)).then_some((p.id, p.reporters))
     }
 
-    /// The oldest pending entry that a quorum of voters reported but no reporter's commit
-    /// point covers yet, with its reporters. `None` when nothing waits for a commit point.
+    /// The next entry to release when a quorum of voters reported it but no reporter's
+    /// commit point covers it yet (the release waits for MongoDB to commit it), with its
+    /// reporters. `None` when the release does not wait for a commit point.
     pub fn awaiting_commit_point(&self) -> Option<(EntryId, NodeSet)> {
         if !self.require_commit_point {
             return None;
         }
-        self.pending
-            .iter()
-            .find(|p| self.has_quorum(p) && !self.confirmed(p))
-            .map(|p| (p.id, p.reporters))
+        let p = self.pending.front()?;
+        (self.has_quorum(p) && !self.confirmed(p)).then_some((p.id, p.reporters))
     }
 
     fn has_quorum(&self, p: &Pending<P>) -> bool {

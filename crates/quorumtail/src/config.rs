@@ -324,6 +324,24 @@ pub struct PipelineConfig {
     /// entries and their contents are cross-checked, at the members' count times the bytes).
     #[serde(default)]
     pub whole_entries: WholeEntries,
+    /// When an entry is released: `"commit_point"` (the default: a quorum of voters
+    /// reported it AND a member holding it reports MongoDB's commit point at or past it,
+    /// so nothing MongoDB can still roll back is emitted) or `"quorum"` (a quorum of
+    /// voters reported it: a few milliseconds sooner, but Raft's "figure 8" and rollbacks
+    /// a tailer has not noticed yet can let a rolled-back entry through).
+    #[serde(default)]
+    pub release: Release,
+}
+
+/// `[pipeline] release`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// Quorum of voters and MongoDB's commit point.
+    #[default]
+    CommitPoint,
+    /// Quorum of voters only.
+    Quorum,
 }
 
 /// `[pipeline] whole_entries`.
@@ -356,6 +374,7 @@ impl Default for PipelineConfig {
             channel_batches: default_channel_batches(),
             shutdown_timeout: default_shutdown_timeout(),
             whole_entries: WholeEntries::default(),
+            release: Release::default(),
         }
     }
 }
@@ -847,7 +866,12 @@ interval = "soon"
         let r = parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\", \"h:2\"]\narbiters = 1\n")
             .unwrap();
         assert_eq!(r.shards[0].quorum.quorum, 2);
-        let p = problems("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\n");
+        // One data-bearing member and two arbiters: MongoDB's writeMajorityCount is 1
+        // (the majority of voters, capped at the data-bearing voters).
+        let r = parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\n").unwrap();
+        assert_eq!(r.shards[0].quorum.quorum, 1);
+        let p =
+            problems("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\nquorum = 2\n");
         assert!(p[0].contains("arbiters vote but never confirm"), "{p:?}");
         let r =
             parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\", \"h:2\", \"h:3\"]\nquorum = 1\n")

@@ -217,6 +217,15 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// Where a shard's quorum comes from (static list, or the replica set configuration).
+    pub fn quorum_source(&self, shard: &str) -> String {
+        self.shards
+            .lock()
+            .ok()
+            .and_then(|m| m.get(shard).map(|s| s.quorum_source()))
+            .unwrap_or_default()
+    }
+
     /// The counters of one shard, if it ever ran.
     pub fn shard(&self, name: &str) -> Option<StatsSnapshot> {
         self.shards.lock().ok()?.get(name).map(|s| s.snapshot())
@@ -458,6 +467,7 @@ pub async fn run_controlled(
         channel_batches: c.pipeline.channel_batches,
         start: cfg.start,
         whole_entries: c.pipeline.whole_entries,
+        release: c.pipeline.release,
     };
 
     let pipelines_stop = CancellationToken::new();

@@ -265,6 +265,27 @@ pub fn metrics(status: &Status) -> String {
         "Whether the member's stream holds whole entries (1) or identities only (0).",
         per_node(&|n, _| Some(f64::from(u8::from(n.reading == "whole entries")))),
     );
+    family(
+        &mut m,
+        "quorumtail_node_voter",
+        "gauge",
+        "Whether the member's reports count towards the quorum (votes: 1 in the replica set configuration).",
+        per_node(&|n, _| Some(f64::from(u8::from(n.voter)))),
+    );
+    family(
+        &mut m,
+        "quorumtail_node_hidden",
+        "gauge",
+        "Whether the member is hidden in the replica set configuration (read although hello and config.shards omit it).",
+        per_node(&|n, _| Some(f64::from(u8::from(n.hidden)))),
+    );
+    family(
+        &mut m,
+        "quorumtail_node_commit_point_timestamp_seconds",
+        "gauge",
+        "ts (seconds) of the member's view of MongoDB's commit point, confirmed against its stream.",
+        per_node(&|n, _| n.commit_point_ts.map(|t| f64::from(t.time))),
+    );
     let checkpoints: BTreeMap<String, u32> = shards
         .keys()
         .filter_map(|k| status.confirmed(k).map(|c| (k.clone(), c.ts.time)))
@@ -291,6 +312,34 @@ pub fn metrics(status: &Status) -> String {
             v,
         );
     }
+    family(
+        &mut m,
+        "quorumtail_shard_awaiting_commit_point",
+        "gauge",
+        "Whether the next entry a quorum of voters holds waits for MongoDB's commit point (1).",
+        per_shard(&|s| f64::from(u8::from(s.awaiting_commit_point))),
+    );
+    family(
+        &mut m,
+        "quorumtail_shard_commit_point_waits_total",
+        "counter",
+        "Times the release waited for MongoDB's commit point after a quorum of voters held the next entry.",
+        per_shard(&|s| s.commit_waits as f64),
+    );
+    family(
+        &mut m,
+        "quorumtail_shard_commit_point_wait_seconds_total",
+        "counter",
+        "Total time the release waited for MongoDB's commit point.",
+        per_shard(&|s| s.commit_wait_micros as f64 / 1e6),
+    );
+    family(
+        &mut m,
+        "quorumtail_shard_arbiters",
+        "gauge",
+        "Arbiters in the replica set configuration (they vote, hold no oplog).",
+        per_shard(&|s| s.arbiters as f64),
+    );
     family(
         &mut m,
         "quorumtail_shard_committed_timestamp_seconds",
@@ -477,6 +526,7 @@ pub fn status_json(status: &Status) -> serde_json::Value {
     for (name, s) in status.all() {
         let mut v = serde_json::to_value(s).unwrap_or_default();
         v["nodes"] = serde_json::to_value(status.nodes(&name)).unwrap_or_default();
+        v["quorum_source"] = serde_json::Value::String(status.quorum_source(&name));
         v["checkpoint"] = serde_json::to_value(status.confirmed(&name)).unwrap_or_default();
         v["draining"] = serde_json::to_value(draining.get(&name)).unwrap_or_default();
         shards.insert(name, v);

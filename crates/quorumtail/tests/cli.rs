@@ -72,7 +72,7 @@ fn check_never_prints_credentials() {
 fn check_lists_every_problem_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[[shards]]\nname = \"a\"\nmembers = []\n[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\n").unwrap();
+    std::fs::write(&path, "[[shards]]\nname = \"a\"\nmembers = []\n[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\narbiters = 2\nquorum = 2\n").unwrap();
     let out = bin()
         .arg("check")
         .arg("--config")

@@ -37,6 +37,10 @@
 //! replica set name, or is an arbiter, is refused ([`TailMsg::Refused`]): its oplog is not
 //! this shard's history.
 
+pub mod membership;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +51,9 @@ use mongodb::raw_batch_cursor::RawBatch;
 use mongodb::Client;
 use quorumtail_oplog::{EntryId, OplogEntry, Timestamp};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+pub use membership::{CommitReading, ConfigSource, MemberConfig, ReplicaSetConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -130,6 +137,9 @@ pub enum TailMsg {
         newest: Option<EntryId>,
         /// Whether the member said it is the writable primary.
         primary: bool,
+        /// What the member calls itself (hello `me`): the name the replica set
+        /// configuration uses for it, which may differ from the address dialled.
+        me: Option<String>,
     },
     /// A new stream starts at `target`: forget what this member reported before.
     Started {
@@ -161,6 +171,12 @@ pub enum TailMsg {
         /// Why.
         reason: String,
     },
+    /// The member's view of the commit point with its newest entry (one hello reply). Sent
+    /// after `Started`, and again whenever it changes.
+    CommitPoint(CommitReading),
+    /// The replica set's configuration as this member reports it (after each connect, and
+    /// when hello's `setVersion` changes).
+    Config(Box<ReplicaSetConfig>),
 }
 
 /// Settings of one tailer.
@@ -188,6 +204,11 @@ pub struct TailerConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// Read the member's commit point (hello) while entries it sent may wait for it, this
+    /// often.
+    pub commit_poll: Duration,
+    /// Read it (and the config version) this often otherwise.
+    pub idle_poll: Duration,
 }
 
 impl TailerConfig {
@@ -205,6 +226,8 @@ impl TailerConfig {
             server_filter_from_migrate: false,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            commit_poll: Duration::from_millis(10),
+            idle_poll: Duration::from_secs(1),
         }
     }
 
@@ -249,6 +272,7 @@ pub async fn run(
     let mut backoff = cfg.backoff_min;
     let mut last_reason = String::new();
     let mut client: Option<Client> = None;
+    let mut notes = Notes::default();
     loop {
         let mut progressed = false;
         let result = session(
@@ -259,6 +283,7 @@ pub async fn run(
             &tx,
             &shutdown,
             &mut progressed,
+            &mut notes,
         )
         .await;
         if progressed {
@@ -357,6 +382,62 @@ async fn send(
     }
 }
 
+/// What a tailer has already said once (so that it is not repeated at every reconnect).
+#[derive(Debug, Default)]
+struct Notes {
+    config_fallback: bool,
+    config_unavailable: bool,
+}
+
+/// Reads the replica set's configuration from the member: `replSetGetConfig`, or
+/// `replSetGetStatus` when that is not permitted. `None` (logged once) when neither is.
+async fn read_config(
+    cfg: &TailerConfig,
+    admin: &mongodb::Database,
+    version: Option<i64>,
+    me: Option<String>,
+    notes: &mut Notes,
+) -> Result<Option<ReplicaSetConfig>, Ended> {
+    let refused = |e: &mongodb::error::Error| match &*e.kind {
+        mongodb::error::ErrorKind::Command(c) => Some(format!("{} ({})", c.code_name, c.code)),
+        _ => None,
+    };
+    let first = match admin.run_command(doc! { "replSetGetConfig": 1 }).await {
+        Ok(reply) => match membership::parse_get_config(&reply) {
+            Ok(c) => return Ok(Some(ReplicaSetConfig { me, ..c })),
+            Err(e) => e,
+        },
+        Err(e) => match refused(&e) {
+            Some(why) => why,
+            None => return Err(e.into()),
+        },
+    };
+    let second = match admin.run_command(doc! { "replSetGetStatus": 1 }).await {
+        Ok(reply) => match membership::parse_get_status(&reply, version.unwrap_or(0)) {
+            Ok(c) => {
+                if !notes.config_fallback {
+                    notes.config_fallback = true;
+                    warn!(shard = %cfg.shard, node = %cfg.node, replSetGetConfig = %first, "cannot read the replica set configuration, using replSetGetStatus: hidden and delayed members are known but not who votes, so non-voting members are counted as voters (MongoDB's commit point still guards every release). Fix: grant the clusterMonitor role (it has replSetGetConfig)");
+                }
+                return Ok(Some(ReplicaSetConfig { me, ..c }));
+            }
+            Err(e) => e,
+        },
+        Err(e) => match refused(&e) {
+            Some(why) => why,
+            None => return Err(e.into()),
+        },
+    };
+    if !notes.config_unavailable {
+        notes.config_unavailable = true;
+        warn!(shard = %cfg.shard, node = %cfg.node, replSetGetConfig = %first, replSetGetStatus = %second, "cannot read the replica set's membership: members and votes come from the configuration only, and hidden members are not found. Fix: grant the clusterMonitor role");
+    }
+    Ok(None)
+}
+
+type HelloPoll = Pin<Box<dyn Future<Output = mongodb::error::Result<bson::Document>> + Send>>;
+
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &TailerConfig,
     client: &mut Option<Client>,
@@ -365,6 +446,7 @@ async fn session(
     tx: &mpsc::Sender<TailMsg>,
     shutdown: &CancellationToken,
     progressed: &mut bool,
+    notes: &mut Notes,
 ) -> Result<(), Ended> {
     if client.is_none() {
         let mut opts = ClientOptions::parse(cfg.uri()).await?;
@@ -409,6 +491,12 @@ async fn session(
         }
         _ => {}
     }
+    let me = hello.get_str("me").ok().map(str::to_owned);
+    let mut set_version = membership::set_version(&hello);
+    if let Some(c) = read_config(cfg, &admin, set_version, me.clone(), notes).await? {
+        send(tx, shutdown, TailMsg::Config(Box::new(c))).await?;
+    }
+    let mut reading = membership::commit_reading(&hello);
 
     let oplog = client
         .database("local")
@@ -441,6 +529,7 @@ async fn session(
             oldest,
             newest,
             primary,
+            me: me.clone(),
         },
     )
     .await?;
@@ -492,9 +581,28 @@ async fn session(
     let mut cursor = find.batch().await?;
     send(tx, shutdown, TailMsg::Started { target, mode }).await?;
     info!(shard = %cfg.shard, node = %cfg.node, from = %target.id, reading = mode.as_str(), "tailing");
+    if let Some(r) = reading {
+        send(tx, shutdown, TailMsg::CommitPoint(r)).await?;
+    }
 
+    // The member's commit point is read with hello on the side: often while entries this
+    // stream sent may wait for it, rarely otherwise. The merge ties each reading to this
+    // stream by the newest entry in it (see the merge crate docs), so the reading may come
+    // from another connection of the pool.
+    let mut last_sent: Option<EntryId> = None;
+    let mut poll: Option<HelloPoll> = None;
+    let mut next_poll = Instant::now() + cfg.commit_poll;
+    let waiting = |last_sent: Option<EntryId>, reading: Option<CommitReading>| {
+        last_sent.is_some_and(|s| reading.is_none_or(|r| r.committed.ts < s.ts))
+    };
     let mut verified = !target.exact;
     loop {
+        if poll.is_none() && Instant::now() >= next_poll {
+            let db = admin.clone();
+            poll = Some(Box::pin(async move {
+                db.run_command(doc! { "hello": 1 }).await
+            }));
+        }
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Err(Ended::Shutdown),
             r = mode_rx.changed() => {
@@ -504,6 +612,29 @@ async fn session(
                 }
                 continue;
             }
+            r = async { poll.as_mut().expect("guarded").await }, if poll.is_some() => {
+                poll = None;
+                let hello = r?;
+                let now = membership::commit_reading(&hello);
+                if now.is_some() && now != reading {
+                    reading = now;
+                    if let Some(r) = now {
+                        send(tx, shutdown, TailMsg::CommitPoint(r)).await?;
+                    }
+                }
+                let version = membership::set_version(&hello);
+                if version != set_version {
+                    set_version = version;
+                    debug!(shard = %cfg.shard, node = %cfg.node, set_version = ?version, "replica set configuration changed: reading it again");
+                    if let Some(c) = read_config(cfg, &admin, set_version, me.clone(), notes).await? {
+                        send(tx, shutdown, TailMsg::Config(Box::new(c))).await?;
+                    }
+                }
+                next_poll = Instant::now()
+                    + if waiting(last_sent, reading) { cfg.commit_poll } else { cfg.idle_poll };
+                continue;
+            }
+            _ = tokio::time::sleep_until(next_poll), if poll.is_none() => continue,
             n = cursor.next() => n,
         };
         let batch = match next {
@@ -543,8 +674,23 @@ async fn session(
             }
             verified = true;
         }
+        let last = {
+            let entries = batch
+                .entries()
+                .map_err(|e| Ended::Refused(format!("malformed reply: {e}")))?;
+            match entries.last() {
+                Some(Ok(doc)) => OplogEntry::parse_id(doc).ok(),
+                _ => None,
+            }
+        };
         send(tx, shutdown, TailMsg::Batch(batch)).await?;
         *progressed = true;
+        if last.is_some() {
+            last_sent = last;
+            if waiting(last_sent, reading) {
+                next_poll = next_poll.min(Instant::now() + cfg.commit_poll);
+            }
+        }
     }
 }
 

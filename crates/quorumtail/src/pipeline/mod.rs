@@ -41,17 +41,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::raw_batch_cursor::RawBatch;
-use quorumtail_merge::{Event, Merge, NodeId, PushError, Report};
+use quorumtail_merge::{CommitOutcome, CommitPoint, Event, Merge, NodeId, PushError, Report};
 use quorumtail_oplog::{EntryId, Filter, OplogEntry, Timestamp};
 use quorumtail_sink::{SinkInput, SinkSender};
-use quorumtail_tailer::{pred, ReadMode, ResumeTarget, TailMsg, TailerConfig};
+use quorumtail_tailer::{
+    pred, ConfigSource, ReadMode, ReplicaSetConfig, ResumeTarget, TailMsg, TailerConfig,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{KeyKind, StartPosition, WholeEntries};
+use crate::config::{KeyKind, Release, StartPosition, WholeEntries};
 use emit::Emitter;
 use stats::ShardStats;
 
@@ -89,6 +91,8 @@ pub struct Shared {
     pub start: StartPosition,
     /// `[pipeline] whole_entries`.
     pub whole_entries: WholeEntries,
+    /// `[pipeline] release`.
+    pub release: Release,
 }
 
 /// How long the release may wait for the whole entry a quorum already confirmed before
@@ -200,12 +204,26 @@ struct Member {
     at_end: bool,
     /// When its stream last delivered entries (or started).
     moved_at: Option<Instant>,
+    /// What it calls itself (hello `me`), once it answered.
+    me: Option<String>,
+    /// Its reports count towards the quorum.
+    voter: bool,
+    /// Said once that its commit point ran ahead of its own newest entry.
+    noted_commit_beyond: bool,
 }
 
 impl Member {
     fn healthy(&self) -> bool {
         self.state == "tailing" || self.state == "connecting"
     }
+}
+
+/// A member the shard should read.
+#[derive(Debug)]
+struct Desired {
+    addr: String,
+    voter: bool,
+    hidden: bool,
 }
 
 /// Messages the coordinator sends a running shard.
@@ -288,6 +306,13 @@ struct ShardTask {
     whole: Option<NodeId>,
     /// Since when the release waits for a payload (or since the last change of `whole`).
     waiting_since: Option<Instant>,
+    /// The newest replica set configuration a member reported: it decides which members
+    /// are read, who votes and the quorum (see "Membership" in the module docs).
+    live: Option<ReplicaSetConfig>,
+    /// Said once that an explicit quorum is below the replica set's write majority.
+    noted_low_quorum: bool,
+    /// Since when an entry a quorum holds waits for the commit point.
+    commit_wait_since: Option<Instant>,
 }
 
 impl ShardTask {
@@ -335,7 +360,15 @@ impl ShardTask {
             key_only: task_key_only,
             whole: None,
             waiting_since: None,
+            live: None,
+            noted_low_quorum: false,
+            commit_wait_since: None,
         };
+        task.stats.set_quorum_source(if spec.quorum.is_some() {
+            "static (explicit quorum)".into()
+        } else {
+            "static (member list; until a member reports the replica set configuration)".into()
+        });
         match (checkpoint, task.shared.start) {
             (Some(cp), _) => {
                 info!(%shard, checkpoint = %cp, "resuming from checkpoint");
@@ -345,6 +378,7 @@ impl ShardTask {
                     quorum,
                     Some(cp),
                     task.key_only,
+                    task.shared.release,
                 )?);
                 task.target_tx.send_replace(Some(ResumeTarget {
                     id: cp,
@@ -360,6 +394,7 @@ impl ShardTask {
                     quorum,
                     Some(id),
                     task.key_only,
+                    task.shared.release,
                 )?);
                 task.target_tx
                     .send_replace(Some(ResumeTarget { id, exact: false }));
@@ -412,6 +447,9 @@ impl ShardTask {
                 primary: false,
                 at_end: false,
                 moved_at: None,
+                me: None,
+                voter: true,
+                noted_commit_beyond: false,
             },
         );
     }
@@ -537,9 +575,9 @@ impl ShardTask {
         let out: Vec<&Member> = self
             .members
             .values()
-            .filter(|m| m.state != "tailing" && m.state != "connecting")
+            .filter(|m| m.voter && m.state != "tailing" && m.state != "connecting")
             .collect();
-        let tailing = self.members.len() - out.len();
+        let tailing = self.members.values().filter(|m| m.voter).count() - out.len();
         let reachable = tailing >= self.quorum;
         if reachable == self.quorum_reachable {
             return;
@@ -578,11 +616,154 @@ impl ShardTask {
                 return Ok(());
             }
         };
-        let before: Vec<String> = self.members.values().map(|m| m.addr.clone()).collect();
+        if self.live.is_some() {
+            // The replica set's own configuration decides the members; the new list only
+            // changes the seeds and an explicit quorum.
+            self.spec = new_spec;
+            self.reconcile()?;
+            return self.drain();
+        }
+        let new_q = resolve(&new_spec)?;
+        let desired: Vec<Desired> = new_spec
+            .members
+            .iter()
+            .map(|a| Desired {
+                addr: a.clone(),
+                voter: true,
+                hidden: false,
+            })
+            .collect();
+        self.spec = new_spec;
+        self.apply_membership(desired, new_q)?;
+        self.drain()
+    }
+
+    /// A member reported the replica set's configuration: the newest one (config term,
+    /// then version) is adopted.
+    fn on_config(&mut self, node: NodeId, c: ReplicaSetConfig) -> Result<(), ShardError> {
+        if let Some(expected) = &self.spec.replica_set {
+            if &c.set != expected {
+                warn!(shard = %self.shard, set = %c.set, expected = %expected, "member reported the configuration of another replica set; ignored");
+                return Ok(());
+            }
+        }
+        if let Some(m) = self.members.get_mut(&node) {
+            if c.me.is_some() {
+                m.me.clone_from(&c.me);
+                m.info.me.clone_from(&c.me);
+            }
+        }
+        if self.live.as_ref().is_none_or(|l| c.newer_than(l)) {
+            let (voters, non_voters, arbiters) = c.voting();
+            info!(shard = %self.shard, version = c.version, term = c.term, voters, non_voters, arbiters, hidden = c.members.iter().filter(|m| m.hidden).count(), write_majority = c.write_majority(), "replica set configuration");
+            self.live = Some(c);
+        }
+        self.reconcile()
+    }
+
+    /// Brings the tailed members, their votes and the quorum in line with the replica
+    /// set's configuration (see "Membership" in the module docs).
+    fn reconcile(&mut self) -> Result<(), ShardError> {
+        let Some(live) = self.live.clone() else {
+            return Ok(());
+        };
+        let seeds = &self.spec.members;
+        let mut desired: Vec<Desired> = Vec::new();
+        let mut chosen_ids = std::collections::HashSet::new();
+        for m in live.data_bearing() {
+            let answered = self
+                .members
+                .iter()
+                .filter(|(_, x)| x.me.as_deref() == Some(m.host.as_str()))
+                .min_by_key(|(id, x)| (!seeds.contains(&x.addr), **id))
+                .map(|(id, _)| *id);
+            let chosen = answered.or_else(|| {
+                self.members
+                    .iter()
+                    .find(|(_, x)| x.me.is_none() && x.addr == m.host)
+                    .map(|(id, _)| *id)
+            });
+            let addr = match chosen {
+                Some(id) => {
+                    chosen_ids.insert(id);
+                    self.members[&id].addr.clone()
+                }
+                None => m.host.clone(),
+            };
+            if !desired.iter().any(|d| d.addr == addr) {
+                desired.push(Desired {
+                    addr,
+                    voter: m.voter,
+                    hidden: m.hidden,
+                });
+            }
+        }
+        // Listed members that have not answered yet may be other names of configured
+        // members: they stay until they say who they are (they report nothing before).
+        for (id, x) in &self.members {
+            if x.me.is_none()
+                && !chosen_ids.contains(id)
+                && !desired.iter().any(|d| d.addr == x.addr)
+            {
+                desired.push(Desired {
+                    addr: x.addr.clone(),
+                    voter: true,
+                    hidden: false,
+                });
+            }
+        }
+        let write_majority = live.write_majority();
+        let quorum = match self.spec.quorum {
+            Some(q) => {
+                if q < write_majority && !self.noted_low_quorum {
+                    self.noted_low_quorum = true;
+                    warn!(shard = %self.shard, quorum = q, write_majority, "the configured quorum is below the replica set's write majority: with [pipeline] release = \"quorum\" entries MongoDB later rolls back can be emitted");
+                }
+                q
+            }
+            None => write_majority,
+        };
+        let missing: Vec<&str> = desired
+            .iter()
+            .filter(|d| !self.members.values().any(|m| m.addr == d.addr))
+            .map(|d| d.addr.as_str())
+            .collect();
+        if !missing.is_empty() && !self.spec.members.is_empty() {
+            warn!(shard = %self.shard, members = ?missing, "the replica set configuration has members that are not listed (hidden or delayed members, or members added since): reading them too; list them to silence this");
+        }
+        self.stats.set_quorum_source(match live.source {
+            ConfigSource::GetConfig => format!(
+                "replica set config v{} term {}{}",
+                live.version,
+                live.term,
+                if self.spec.quorum.is_some() {
+                    ", explicit quorum"
+                } else {
+                    ""
+                }
+            ),
+            ConfigSource::GetStatus => {
+                "replica set status (no replSetGetConfig privilege: votes unknown)".into()
+            }
+        });
+        self.stats
+            .arbiters
+            .store(live.voting().2 as u64, std::sync::atomic::Ordering::Relaxed);
+        self.apply_membership(desired, quorum)
+    }
+
+    /// Starts and stops tailers so that exactly `desired` is read, sets who votes and the
+    /// quorum.
+    fn apply_membership(&mut self, desired: Vec<Desired>, quorum: usize) -> Result<(), ShardError> {
+        let before: Vec<(String, bool)> = self
+            .members
+            .values()
+            .map(|m| (m.addr.clone(), m.voter))
+            .collect();
         let removed: Vec<NodeId> = self
             .members
             .iter()
-            .filter(|(_, m)| !new_spec.members.contains(&m.addr))
+            .filter(|(_, m)| !desired.iter().any(|d| d.addr == m.addr))
             .map(|(id, _)| *id)
             .collect();
         for id in removed {
@@ -597,8 +778,8 @@ impl ShardTask {
                 e.remove_node(id);
             }
         }
-        for addr in &new_spec.members {
-            if !self.members.values().any(|m| &m.addr == addr) {
+        for d in &desired {
+            if !self.members.values().any(|m| m.addr == d.addr) {
                 let id = match self.engine.as_mut() {
                     Some(e) => e.add_node().map_err(|e| ShardError::Quorum {
                         shard: self.shard.clone(),
@@ -609,22 +790,57 @@ impl ShardTask {
                         .find(|i| !self.members.contains_key(i))
                         .ok_or_else(|| self.quorum_err("too many members"))?,
                 };
-                info!(shard = %self.shard, node = %addr, "member added: starting its tailer");
-                self.spawn_member(addr, id);
+                info!(shard = %self.shard, node = %d.addr, voter = d.voter, hidden = d.hidden, "member added: starting its tailer");
+                self.spawn_member(&d.addr, id);
+            }
+            let id = self
+                .members
+                .iter()
+                .find(|(_, m)| m.addr == d.addr)
+                .map(|(id, _)| *id);
+            if let Some(id) = id {
+                if let Some(m) = self.members.get_mut(&id) {
+                    m.voter = d.voter;
+                    m.info.voter = d.voter;
+                    m.info.hidden = d.hidden;
+                    self.stats.set_node(&m.addr, m.info.clone());
+                }
+                if let Some(e) = self.engine.as_mut() {
+                    e.set_voter(id, d.voter);
+                }
             }
         }
-        let new_q = resolve(&new_spec)?;
+        let voters = self.members.values().filter(|m| m.voter).count();
+        let non_voters = self.members.len() - voters;
+        quorumtail_merge::resolve_voting_quorum(
+            quorumtail_merge::Voting {
+                data_bearing_voters: voters,
+                non_voters,
+                arbiters: 0,
+            },
+            Some(quorum),
+        )
+        .map_err(|e| self.quorum_err(e))?;
         if let Some(e) = self.engine.as_mut() {
-            e.set_quorum(new_q).map_err(|e| ShardError::Quorum {
+            e.set_quorum(quorum).map_err(|e| ShardError::Quorum {
                 shard: self.shard.clone(),
                 detail: e.to_string(),
             })?;
         }
-        info!(shard = %self.shard, before = ?before, after = ?new_spec.members, quorum_before = self.quorum, quorum_after = new_q, "shard membership changed");
-        self.quorum = new_q;
-        self.spec = new_spec;
+        let after: Vec<(String, bool)> = self
+            .members
+            .values()
+            .map(|m| (m.addr.clone(), m.voter))
+            .collect();
+        if before != after || self.quorum != quorum {
+            info!(shard = %self.shard, before = ?before, after = ?after, quorum_before = self.quorum, quorum_after = quorum, "shard membership changed (member, voter)");
+        }
+        self.quorum = quorum;
+        self.stats
+            .quorum
+            .store(quorum as u64, std::sync::atomic::Ordering::Relaxed);
         self.check_whole();
-        self.drain()
+        Ok(())
     }
 
     fn handle(&mut self, node: NodeId, msg: TailMsg) -> Result<(), ShardError> {
@@ -636,6 +852,23 @@ impl ShardTask {
         }
         if let Some(e) = self.engine.as_ref() {
             use std::sync::atomic::Ordering::Relaxed;
+            let waiting = e.awaiting_commit_point().is_some();
+            match (waiting, self.commit_wait_since) {
+                (true, None) => {
+                    self.commit_wait_since = Some(Instant::now());
+                    self.stats.commit_waits.fetch_add(1, Relaxed);
+                }
+                (false, Some(t)) => {
+                    self.commit_wait_since = None;
+                    self.stats
+                        .commit_wait_micros
+                        .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
+                }
+                _ => {}
+            }
+            self.stats
+                .awaiting_commit_point
+                .store(u64::from(waiting), Relaxed);
             self.stats.pending.store(e.pending_len() as u64, Relaxed);
             self.stats.quorum.store(e.quorum() as u64, Relaxed);
             if let Some(w) = e.watermark() {
@@ -655,9 +888,19 @@ impl ShardTask {
                 oldest,
                 newest,
                 primary,
+                me,
             } => {
                 member.probe = Some((oldest, newest));
                 member.primary = primary;
+                if me.is_some() && member.me != me {
+                    member.me.clone_from(&me);
+                    member.info.me = me;
+                    // Another tailed address may name the same member: read it once.
+                    self.reconcile()?;
+                }
+                let Some(member) = self.members.get_mut(&node) else {
+                    return Ok(());
+                };
                 member.info.oldest_ts = oldest.map(|o| o.ts);
                 if member.info.last_ts.is_none() {
                     member.info.last_ts = newest.map(|n| n.ts);
@@ -685,12 +928,17 @@ impl ShardTask {
                             .map(|k| k.0 as usize + 1)
                             .max()
                             .unwrap_or(0);
-                        let mut engine = new_engine(&shard, n, self.quorum, start, self.key_only)?;
+                        let mut engine =
+                            new_engine(&shard, n, 1, start, self.key_only, self.shared.release)?;
                         for i in 0..n as u8 {
-                            if !self.members.contains_key(&NodeId(i)) {
-                                engine.remove_node(NodeId(i));
+                            match self.members.get(&NodeId(i)) {
+                                None => engine.remove_node(NodeId(i)),
+                                Some(m) => engine.set_voter(NodeId(i), m.voter),
                             }
                         }
+                        engine
+                            .set_quorum(self.quorum)
+                            .map_err(|e| self.quorum_err(e))?;
                         self.engine = Some(engine);
                         // A transaction may straddle the chosen start: its beginning is
                         // not ours to emit, so its end is skipped rather than an error.
@@ -754,7 +1002,11 @@ impl ShardTask {
                     .values()
                     .filter(|m| m.lacks.is_some_and(|(t, _)| t == target))
                     .collect();
-                let holders = self.members.len() - lacking.len();
+                let holders = self
+                    .members
+                    .values()
+                    .filter(|m| m.voter && !m.lacks.is_some_and(|(t, _)| t == target))
+                    .count();
                 if holders < self.quorum {
                     return Err(ShardError::ResumePointLost {
                         shard,
@@ -775,6 +1027,33 @@ impl ShardTask {
                     });
                 }
             }
+            TailMsg::CommitPoint(r) => {
+                if r.committed.ts > r.last_applied.ts && !member.noted_commit_beyond {
+                    member.noted_commit_beyond = true;
+                    warn!(%shard, node = %member.addr, commit_point = %r.committed, newest_entry = %r.last_applied, "member reports a commit point beyond its own newest entry; it confirms nothing past that entry");
+                }
+                let Some(e) = self.engine.as_mut() else {
+                    return Ok(());
+                };
+                let outcome = e
+                    .commit_point(
+                        node,
+                        CommitPoint {
+                            committed: r.committed,
+                            last_applied: r.last_applied,
+                        },
+                    )
+                    .map_err(|source| ShardError::Stream {
+                        shard: shard.clone(),
+                        source,
+                    })?;
+                if outcome == CommitOutcome::NotOnStream {
+                    tracing::debug!(%shard, node = %member.addr, newest_entry = %r.last_applied, "commit point reading dropped: the member's stream passed its newest entry without holding it");
+                }
+                member.info.commit_point_ts = e.node_commit_point(node).map(|c| c.ts);
+                self.drain()?;
+            }
+            TailMsg::Config(c) => self.on_config(node, *c)?,
             TailMsg::Batch(batch) => {
                 member.state = "tailing".into();
                 if let Some(idle) = self.draining.as_mut() {
@@ -917,16 +1196,19 @@ fn new_engine(
     quorum: usize,
     start: Option<EntryId>,
     key_only: bool,
+    release: Release,
 ) -> Result<Merge<EntryRef>, ShardError> {
-    let engine = Merge::new(nodes, quorum, start).map_err(|e| ShardError::Quorum {
+    let mut engine = Merge::new(nodes, quorum, start).map_err(|e| ShardError::Quorum {
         shard: shard.clone(),
         detail: e.to_string(),
     })?;
-    Ok(if key_only {
-        engine.require_payload()
-    } else {
-        engine
-    })
+    if key_only {
+        engine = engine.require_payload();
+    }
+    if release == Release::CommitPoint {
+        engine = engine.require_commit_point();
+    }
+    Ok(engine)
 }
 
 /// With `q` probes in, picks the start for a shard without a checkpoint:

@@ -25,6 +25,15 @@ pub struct NodeStats {
     pub reading: String,
     /// Bytes of oplog replies received from it.
     pub bytes_read: u64,
+    /// Whether its reports count towards the quorum (`votes: 1`; true until the replica
+    /// set's configuration says otherwise).
+    pub voter: bool,
+    /// Hidden in the replica set configuration (absent from hello and `config.shards`).
+    pub hidden: bool,
+    /// What the member calls itself (hello `me`), once it answered.
+    pub me: Option<String>,
+    /// Its view of the commit point, confirmed against its stream.
+    pub commit_point_ts: Option<Timestamp>,
 }
 
 /// Per-shard counters (relaxed atomics: read for reporting only).
@@ -64,6 +73,17 @@ pub struct ShardStats {
     pub quorum: AtomicU64,
     /// Changes of the member read whole (key-only mode).
     pub whole_switches: AtomicU64,
+    /// Times the release waited for MongoDB's commit point after a quorum held an entry.
+    pub commit_waits: AtomicU64,
+    /// Total time of those waits, microseconds.
+    pub commit_wait_micros: AtomicU64,
+    /// Whether an entry a quorum holds waits for the commit point now (0 or 1).
+    pub awaiting_commit_point: AtomicU64,
+    /// Where the quorum comes from: `static`, `replica set config v<version> term <term>`,
+    /// `replica set status (no replSetGetConfig privilege)`.
+    pub quorum_source: Mutex<String>,
+    /// Arbiters in the replica set configuration.
+    pub arbiters: AtomicU64,
     /// Per member, by address.
     pub nodes: Mutex<BTreeMap<String, NodeStats>>,
     /// The last checkpoint handed to the sink with a record or marker: once the sink
@@ -114,6 +134,20 @@ impl ShardStats {
         }
     }
 
+    /// Where the quorum comes from (see [`ShardStats::quorum_source`]).
+    pub fn quorum_source(&self) -> String {
+        self.quorum_source
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_quorum_source(&self, source: String) {
+        if let Ok(mut s) = self.quorum_source.lock() {
+            *s = source;
+        }
+    }
+
     /// The merge watermark's timestamp, if anything was committed.
     pub fn watermark(&self) -> Option<Timestamp> {
         match self.watermark.load(Relaxed) {
@@ -142,6 +176,10 @@ impl ShardStats {
             quorum: self.quorum.load(Relaxed),
             watermark_seconds: self.watermark.load(Relaxed) >> 32,
             whole_switches: self.whole_switches.load(Relaxed),
+            commit_waits: self.commit_waits.load(Relaxed),
+            commit_wait_micros: self.commit_wait_micros.load(Relaxed),
+            awaiting_commit_point: self.awaiting_commit_point.load(Relaxed) != 0,
+            arbiters: self.arbiters.load(Relaxed),
         }
     }
 }
@@ -167,4 +205,8 @@ pub struct StatsSnapshot {
     pub quorum: u64,
     pub watermark_seconds: u64,
     pub whole_switches: u64,
+    pub commit_waits: u64,
+    pub commit_wait_micros: u64,
+    pub awaiting_commit_point: bool,
+    pub arbiters: u64,
 }
