@@ -126,6 +126,7 @@ pub(crate) mod commands;
 pub mod control;
 pub mod fixture;
 pub mod matcher;
+pub mod membership;
 pub mod oplog;
 mod server;
 pub mod version;
