@@ -1358,28 +1358,29 @@ fn plan_reconfig(
     };
     let mut slots = Vec::with_capacity(members.len());
     for m in &mut members {
-        let slot =
-            match m.host {
-                Some(h) => match w.locate(h) {
-                    Some(Proc::Node { set: s2, node }) if s2 == s => Ok(node),
-                    Some(_) => return Err(reconfig_error(
+        let slot = match m.host {
+            Some(h) => match w.locate(h) {
+                Some(Proc::Node { set: s2, node }) if s2 == s => Ok(node),
+                Some(_) => {
+                    return Err(reconfig_error(
                         103,
                         "NewReplicaSetConfigurationIncompatible",
                         format!(
                             "host {h} is another process of this simulation, not a member of {}",
                             set.name
                         ),
-                    )),
-                    None => Err(h.port()),
-                },
-                None => {
-                    let port = next_port;
-                    if next_port != 0 {
-                        next_port = next_port.saturating_add(1);
-                    }
-                    Err(port)
+                    ))
                 }
-            };
+                None => Err(h.port()),
+            },
+            None => {
+                let port = next_port;
+                if next_port != 0 {
+                    next_port = next_port.saturating_add(1);
+                }
+                Err(port)
+            }
+        };
         if let Ok(node) = slot {
             let old = &set.nodes[node];
             if !old.removed {
