@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::fixture;
+use crate::membership::{self, MemberSpec};
 use crate::server::Shared;
 use crate::version::ServerVersion;
 use crate::world::{
@@ -97,6 +98,16 @@ pub struct ClusterSpec {
     /// Operations per applyOps oplog entry before a committed transaction is logged as a
     /// `partialTxn` chain (mongod splits at 16 MB; set small to exercise chains).
     pub max_txn_ops_per_entry: Option<usize>,
+    /// Member configuration of every shard replica set (and of the single replica set):
+    /// votes, priority, hidden, arbiters, delayed members. `None` (the default):
+    /// `nodes_per_shard` plain voters. When set, its length replaces `nodes_per_shard`.
+    /// Validated as mongod validates a config (at most 7 voters, votes 0 implies priority
+    /// 0, ...). The config server set always has plain voters.
+    pub members: Option<Vec<MemberSpec>>,
+    /// How long secondaries take to learn the commit point from their sync source or the
+    /// primary's heartbeats (so their `lastWrite.majorityOpTime` trails the primary's).
+    /// Default: 5 ms, about one tick.
+    pub commit_point_delay: Duration,
 }
 
 impl Default for ClusterSpec {
@@ -116,6 +127,8 @@ impl Default for ClusterSpec {
             shard_names: Vec::new(),
             tick_interval: Duration::from_millis(5),
             max_txn_ops_per_entry: None,
+            members: None,
+            commit_point_delay: Duration::from_millis(5),
         }
     }
 }
@@ -176,6 +189,13 @@ pub struct NodeStatus {
     pub last_ts: (u32, u32),
     /// Replication lag in milliseconds.
     pub lag_ms: u64,
+    /// Member kind in the config: voter, passive, hidden, nonvoter, arbiter, delayed:SECS
+    /// ("removed" when a reconfig dropped it).
+    pub member: String,
+    /// The member's view of the commit point, as (seconds, increment).
+    pub commit_point: Option<(u32, u32)>,
+    /// The member it replicates from.
+    pub sync_source: Option<String>,
 }
 
 /// A running simulation: a sharded cluster, or a single replica set (`shards == 0`).
@@ -236,26 +256,43 @@ impl Cluster {
     ///
     /// # Errors
     /// [`SimError::Bind`] when a port is taken, [`SimError::Spec`] for an empty topology.
-    pub async fn start(spec: ClusterSpec) -> Result<Cluster, SimError> {
+    pub async fn start(mut spec: ClusterSpec) -> Result<Cluster, SimError> {
+        if let Some(members) = &spec.members {
+            membership::validate_set(members, spec.version, false)
+                .map_err(|e| SimError::Spec(format!("members: {}", e.errmsg)))?;
+            spec.nodes_per_shard = members.len();
+        }
         if spec.nodes_per_shard == 0 {
             return Err(SimError::Spec("nodes_per_shard must be at least 1".into()));
         }
+        let members = spec
+            .members
+            .clone()
+            .unwrap_or_else(|| vec![MemberSpec::voter(); spec.nodes_per_shard]);
         let cfg = SimConfig {
             noop_interval: spec.noop_interval,
             election_timeout: spec.election_timeout,
             oplog_max_entries: spec.oplog_max_entries,
             oplog_max_bytes: spec.oplog_max_bytes,
+            commit_point_delay: spec.commit_point_delay,
         };
         let mut world = World::new(spec.version, cfg);
         if let Some(max) = spec.max_txn_ops_per_entry {
             world.max_txn_ops_per_entry = max.max(1);
         }
+        world.base_port = spec.base_port;
         let now = Instant::now();
         let mut listeners = Vec::new();
         if spec.shards == 0 {
             let nodes = bind_many(spec.base_port, 0, spec.nodes_per_shard).await?;
             let addrs: Vec<SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
-            world.add_set(&spec.replica_set_name, SetRole::Plain, &addrs, now);
+            world.add_set_with_members(
+                &spec.replica_set_name,
+                SetRole::Plain,
+                &addrs,
+                &members,
+                now,
+            );
             listeners.extend(nodes);
         } else {
             let (mongos_l, mongos) = bind_many(spec.base_port, 0, 1)
@@ -276,7 +313,7 @@ impl Cluster {
                     .get(k)
                     .cloned()
                     .unwrap_or_else(|| format!("shard{:02}", k + 1));
-                let s = world.add_set(&name, SetRole::Shard, &addrs, now);
+                let s = world.add_set_with_members(&name, SetRole::Shard, &addrs, &members, now);
                 shards.push(ShardEntry {
                     name,
                     set: s,
@@ -596,6 +633,94 @@ impl Cluster {
         finish_remove_shard(&self.shared, shard)
     }
 
+    /// The current config of a set: every member with its `host` and `_id`, in config order.
+    /// Edit it and hand it to [`Cluster::reconfigure`].
+    ///
+    /// # Errors
+    /// [`SimError::UnknownShard`].
+    pub fn member_specs(&self, set: &str) -> Result<Vec<MemberSpec>, SimError> {
+        let w = self.world();
+        let s = w
+            .set_index(set)
+            .ok_or_else(|| SimError::UnknownShard(set.into()))?;
+        Ok(w.sets[s]
+            .config_members()
+            .map(|(_, n)| n.member.clone())
+            .collect())
+    }
+
+    /// `replSetReconfig` with these members: members with a `host` of the set keep their
+    /// process (their votes, priority, hidden... change), members without one are started
+    /// on a new port and initial-sync (an instant copy of the primary's oplog and data),
+    /// members left out are removed (their process keeps running without a config).
+    /// `setVersion` goes up by one (a forced reconfig adds mongod's random 10,000+). Without
+    /// `force`, at most one voting member may be added or removed, as mongod requires.
+    /// Returns the members' addresses in config order.
+    ///
+    /// # Errors
+    /// [`SimError::UnknownShard`], [`SimError::Command`] with mongod's error for an invalid
+    /// config, [`SimError::Bind`].
+    pub async fn reconfigure(
+        &self,
+        set: &str,
+        members: Vec<MemberSpec>,
+        force: bool,
+    ) -> Result<Vec<SocketAddr>, SimError> {
+        let s = self
+            .world()
+            .set_index(set)
+            .ok_or_else(|| SimError::UnknownShard(set.into()))?;
+        reconfigure(&self.shared, s, members, None, force, None).await
+    }
+
+    /// Chained replication: `node` syncs from `source` (another member of its set) instead
+    /// of the primary while `source` is reachable; `None` goes back to the primary.
+    ///
+    /// # Errors
+    /// [`SimError::UnknownNode`], or [`SimError::Spec`] when they are not in the same set.
+    pub fn set_sync_source(
+        &self,
+        node: SocketAddr,
+        source: Option<SocketAddr>,
+    ) -> Result<(), SimError> {
+        set_sync_source(&self.shared, node, source)
+    }
+
+    /// Stops (or resumes) replication to `node`: it receives no entries but keeps voting
+    /// and learning the commit point by heartbeat. For scripting who holds which entry.
+    ///
+    /// # Errors
+    /// [`SimError::UnknownNode`].
+    pub fn block_replication(&self, node: SocketAddr, blocked: bool) -> Result<(), SimError> {
+        block_replication(&self.shared, node, blocked)
+    }
+
+    /// While held, a member elected in `set` stays in drain mode: it does not write its "new
+    /// primary" no-op, takes no writes and commits nothing, but secondaries replicate from
+    /// it. Releasing lets it finish stepping up at the next tick.
+    ///
+    /// # Errors
+    /// [`SimError::UnknownShard`].
+    pub fn hold_step_up(&self, set: &str, hold: bool) -> Result<(), SimError> {
+        hold_step_up(&self.shared, set, hold)
+    }
+
+    /// How long secondaries take to learn the commit point (see
+    /// [`ClusterSpec::commit_point_delay`]).
+    pub fn set_commit_point_delay(&self, delay: Duration) {
+        self.world().cfg.commit_point_delay = delay;
+    }
+
+    /// A member's own view of the commit point (`lastCommittedOpTime`).
+    pub fn member_commit_point(&self, node: SocketAddr) -> Option<(Timestamp, Option<i64>)> {
+        let w = self.world();
+        let (s, n) = locate_node(&w, node).ok()?;
+        w.sets[s].nodes[n]
+            .commit_point
+            .as_ref()
+            .map(|c| (c.id.ts, c.id.t))
+    }
+
     /// Ground truth: a node's oplog, oldest first, as raw BSON.
     pub fn oplog_snapshot(&self, addr: SocketAddr) -> Vec<RawDocumentBuf> {
         let w = self.world();
@@ -609,8 +734,10 @@ impl Cluster {
         }
     }
 
-    /// Ground truth: every entry of the set that reached a majority, in oplog order
-    /// (entries that fell off every oplog before committing are missing).
+    /// Ground truth: every committed entry of the set, in oplog order: an entry enters when
+    /// a primary's commit point passes it (held by `writeMajorityCount` data-bearing voters,
+    /// and followed by an entry of that primary's term). Entries that fell off every oplog
+    /// before committing are missing.
     pub fn committed_entries(&self, shard: &str) -> Vec<RawDocumentBuf> {
         let w = self.world();
         w.set_index(shard)
@@ -626,7 +753,8 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// The newest majority-committed `(ts, t)` of a set.
+    /// The newest committed `(ts, t)` of a set (the highest commit point any primary
+    /// reached).
     pub fn commit_point(&self, shard: &str) -> Option<(Timestamp, Option<i64>)> {
         let w = self.world();
         let s = w.set_index(shard)?;
@@ -748,14 +876,25 @@ pub(crate) fn status(w: &World) -> Vec<NodeStatus> {
                 set: set.name.clone(),
                 alive: n.alive,
                 partitioned: n.partitioned,
-                state: match n.state {
-                    MemberState::Primary => "PRIMARY".into(),
-                    MemberState::Secondary => "SECONDARY".into(),
+                state: if n.removed {
+                    "REMOVED".into()
+                } else {
+                    n.state.name().into()
                 },
                 term: n.term,
                 oplog_len: n.oplog.len(),
                 last_ts: (ts.time, ts.increment),
                 lag_ms: n.lag.as_millis() as u64,
+                member: if n.removed {
+                    "removed".into()
+                } else {
+                    n.member.to_string()
+                },
+                commit_point: n
+                    .commit_point
+                    .as_ref()
+                    .map(|c| (c.id.ts.time, c.id.ts.increment)),
+                sync_source: n.sync_source.map(|j| set.nodes[j].addr.to_string()),
             });
         }
     }
@@ -1035,6 +1174,10 @@ pub struct ReplicaSetSpec {
     pub oplog_max_bytes: Option<usize>,
     /// See [`ClusterSpec::max_txn_ops_per_entry`].
     pub max_txn_ops_per_entry: Option<usize>,
+    /// See [`ClusterSpec::members`]; when set it replaces `nodes`.
+    pub members: Option<Vec<MemberSpec>>,
+    /// See [`ClusterSpec::commit_point_delay`].
+    pub commit_point_delay: Duration,
 }
 
 impl Default for ReplicaSetSpec {
@@ -1050,6 +1193,8 @@ impl Default for ReplicaSetSpec {
             oplog_max_entries: None,
             oplog_max_bytes: None,
             max_txn_ops_per_entry: None,
+            members: None,
+            commit_point_delay: c.commit_point_delay,
         }
     }
 }
@@ -1070,6 +1215,8 @@ impl ReplicaSet {
             oplog_max_entries: spec.oplog_max_entries,
             oplog_max_bytes: spec.oplog_max_bytes,
             max_txn_ops_per_entry: spec.max_txn_ops_per_entry,
+            members: spec.members,
+            commit_point_delay: spec.commit_point_delay,
             replica_set_name: spec.name,
             ..ClusterSpec::default()
         })
@@ -1104,4 +1251,432 @@ impl Deref for ReplicaSet {
     fn deref(&self) -> &Cluster {
         &self.0
     }
+}
+
+pub(crate) fn set_sync_source(
+    shared: &Arc<Shared>,
+    node: SocketAddr,
+    source: Option<SocketAddr>,
+) -> Result<(), SimError> {
+    {
+        let mut w = shared.world();
+        let (s, n) = locate_node(&w, node)?;
+        let src = match source {
+            None => None,
+            Some(a) => {
+                let (s2, j) = locate_node(&w, a)?;
+                if s2 != s || j == n {
+                    return Err(SimError::Spec(format!(
+                        "{a} cannot be the sync source of {node}: pick another member of its replica set"
+                    )));
+                }
+                if w.sets[s].nodes[j].member.arbiter_only {
+                    return Err(SimError::Spec(format!(
+                        "{a} is an arbiter and has no oplog to sync from"
+                    )));
+                }
+                Some(j)
+            }
+        };
+        w.sets[s].nodes[n].sync_from = src;
+        tracing::info!(%node, source = ?source, "sync source set");
+    }
+    shared.notify();
+    Ok(())
+}
+
+pub(crate) fn block_replication(
+    shared: &Arc<Shared>,
+    node: SocketAddr,
+    blocked: bool,
+) -> Result<(), SimError> {
+    {
+        let mut w = shared.world();
+        let (s, n) = locate_node(&w, node)?;
+        w.sets[s].nodes[n].replication_blocked = blocked;
+        tracing::info!(%node, blocked, "replication block");
+    }
+    shared.notify();
+    Ok(())
+}
+
+pub(crate) fn hold_step_up(shared: &Arc<Shared>, set: &str, hold: bool) -> Result<(), SimError> {
+    {
+        let mut w = shared.world();
+        let s = w
+            .set_index(set)
+            .ok_or_else(|| SimError::UnknownShard(set.into()))?;
+        w.sets[s].hold_step_up = hold;
+        tracing::info!(set, hold, "step-up hold");
+    }
+    shared.notify();
+    Ok(())
+}
+
+fn reconfig_error(code: i32, name: &'static str, msg: impl Into<String>) -> SimError {
+    SimError::Command(CmdError::new(code, name, msg))
+}
+
+/// A validated reconfig, ready to apply.
+struct ReconfigPlan {
+    /// Per new-config member: its existing node index, or the port to start it on
+    /// (0 = ephemeral).
+    slots: Vec<(MemberSpec, Result<usize, u16>)>,
+    version: i32,
+}
+
+fn plan_reconfig(
+    w: &World,
+    s: usize,
+    mut members: Vec<MemberSpec>,
+    version: Option<i64>,
+    force: bool,
+    executing: Option<usize>,
+) -> Result<ReconfigPlan, SimError> {
+    let set = &w.sets[s];
+    let current: Vec<&MemberSpec> = set.config_members().map(|(_, n)| &n.member).collect();
+    let mut next_id = set
+        .nodes
+        .iter()
+        .filter_map(|n| n.member.id)
+        .max()
+        .unwrap_or(-1)
+        + 1;
+    let mut next_port = {
+        let max = w
+            .sets
+            .iter()
+            .flat_map(|x| x.nodes.iter().map(|n| n.addr.port()))
+            .chain(w.sharding.as_ref().map(|sh| sh.mongos.port()))
+            .max()
+            .unwrap_or(0);
+        if w.base_port == 0 {
+            0
+        } else {
+            max.saturating_add(1)
+        }
+    };
+    let mut slots = Vec::with_capacity(members.len());
+    for m in &mut members {
+        let slot = match m.host {
+            Some(h) => match w.locate(h) {
+                Some(Proc::Node { set: s2, node }) if s2 == s => Ok(node),
+                Some(_) => {
+                    return Err(reconfig_error(
+                        103,
+                        "NewReplicaSetConfigurationIncompatible",
+                        format!(
+                            "host {h} is another process of this simulation, not a member of {}",
+                            set.name
+                        ),
+                    ))
+                }
+                None => Err(h.port()),
+            },
+            None => {
+                let port = next_port;
+                if next_port != 0 {
+                    next_port = next_port.saturating_add(1);
+                }
+                Err(port)
+            }
+        };
+        if let Ok(node) = slot {
+            let old = &set.nodes[node];
+            if !old.removed {
+                if let Some(id) = m.id.filter(|id| Some(*id) != old.member.id) {
+                    return Err(reconfig_error(
+                        103,
+                        "NewReplicaSetConfigurationIncompatible",
+                        format!(
+                            "New and old configurations both have members with host of {} but in the new configuration the _id field is {id} and in the old configuration it is {} for replica set {}",
+                            old.addr,
+                            old.member.id.unwrap_or_default(),
+                            set.name
+                        ),
+                    ));
+                }
+                if old.member.arbiter_only != m.arbiter_only {
+                    return Err(reconfig_error(
+                        103,
+                        "NewReplicaSetConfigurationIncompatible",
+                        format!(
+                            "New and old configurations differ in the setting of the arbiterOnly field for member {}; to make this change, remove then re-add the member",
+                            old.addr
+                        ),
+                    ));
+                }
+            }
+            if m.id.is_none() {
+                m.id = old.member.id;
+            }
+        }
+        if m.id.is_none() {
+            m.id = Some(next_id);
+            next_id += 1;
+        }
+        slots.push((m.clone(), slot));
+    }
+    // Fill hosts for validation of uniqueness (new hostless members get distinct ports).
+    let for_validation: Vec<MemberSpec> = slots
+        .iter()
+        .map(|(m, slot)| {
+            let mut m = m.clone();
+            if let Ok(node) = slot {
+                m.host = Some(set.nodes[*node].addr);
+            }
+            m
+        })
+        .collect();
+    membership::validate_set(
+        &for_validation,
+        w.version,
+        set.role == SetRole::ConfigServer,
+    )
+    .map_err(SimError::Command)?;
+    let version = if force {
+        let given = version.unwrap_or(i64::from(set.set_version));
+        given + 10_000 + i64::from(rand::random::<u32>() % 100_000)
+    } else {
+        let v = version.unwrap_or(i64::from(set.set_version) + 1);
+        if v <= i64::from(set.set_version) {
+            return Err(reconfig_error(
+                103,
+                "NewReplicaSetConfigurationIncompatible",
+                format!(
+                    "New replica set configuration version and term must be greater than old, but {{ version: {v}, term: {} }} is not greater than {{ version: {}, term: {} }} for replica set {}",
+                    set.config_term, set.set_version, set.config_term, set.name
+                ),
+            ));
+        }
+        // validateSingleNodeChange: at most one voter added or removed.
+        let old_voters: std::collections::BTreeSet<i32> = current
+            .iter()
+            .filter(|m| m.is_voter())
+            .filter_map(|m| m.id)
+            .collect();
+        let new_voters: std::collections::BTreeSet<i32> = slots
+            .iter()
+            .filter(|(m, _)| m.is_voter())
+            .filter_map(|(m, _)| m.id)
+            .collect();
+        if old_voters.symmetric_difference(&new_voters).count() > 1 {
+            return Err(reconfig_error(
+                93,
+                "InvalidReplicaSetConfig",
+                "Non force replica set reconfig can only add or remove at most 1 voting member.",
+            ));
+        }
+        if let Some(me) = executing {
+            let stays_electable = slots
+                .iter()
+                .any(|(m, slot)| *slot == Ok(me) && m.is_electable());
+            if !stays_electable {
+                return Err(reconfig_error(
+                    103,
+                    "NewReplicaSetConfigurationIncompatible",
+                    format!(
+                        "This node, {}, with _id {} is not electable under the new configuration with version {v} for replica set {}",
+                        set.nodes[me].addr,
+                        set.nodes[me].member.id.unwrap_or_default(),
+                        set.name
+                    ),
+                ));
+            }
+        }
+        v
+    };
+    let version = i32::try_from(version)
+        .map_err(|_| reconfig_error(2, "BadValue", format!("version {version} is out of range")))?;
+    Ok(ReconfigPlan { slots, version })
+}
+
+/// Validates, starts the processes of new members, and installs the config.
+pub(crate) async fn reconfigure(
+    shared: &Arc<Shared>,
+    s: usize,
+    members: Vec<MemberSpec>,
+    version: Option<i64>,
+    force: bool,
+    executing: Option<usize>,
+) -> Result<Vec<SocketAddr>, SimError> {
+    let plan = {
+        let w = shared.world();
+        plan_reconfig(&w, s, members, version, force, executing)?
+    };
+    let mut listeners = Vec::new();
+    let mut slots = Vec::with_capacity(plan.slots.len());
+    for (m, slot) in plan.slots {
+        match slot {
+            Ok(node) => slots.push((m, Ok(node))),
+            Err(port) => {
+                let (l, addr) = bind(port).await?;
+                listeners.push((l, addr));
+                slots.push((m, Err(addr)));
+            }
+        }
+    }
+    let addrs = {
+        let mut w = shared.world();
+        let now = Instant::now();
+        let cfg = w.cfg.clone();
+        let mut keep = Vec::new();
+        let mut addrs = Vec::new();
+        for (mut m, slot) in slots {
+            let n = match slot {
+                Ok(node) => {
+                    let addr = w.sets[s].nodes[node].addr;
+                    m.host = Some(addr);
+                    let was_removed = w.sets[s].nodes[node].removed;
+                    let node_state = &mut w.sets[s].nodes[node];
+                    node_state.member = m;
+                    node_state.removed = false;
+                    if node_state.member.arbiter_only {
+                        node_state.state = MemberState::Arbiter;
+                    }
+                    if was_removed {
+                        tracing::info!(%addr, "member re-added");
+                    }
+                    node
+                }
+                Err(addr) => {
+                    m.host = Some(addr);
+                    w.sets[s]
+                        .nodes
+                        .push(crate::world::NodeState::new(addr, m, &cfg, now));
+                    let node = w.sets[s].nodes.len() - 1;
+                    w.initial_sync(s, node);
+                    tracing::info!(%addr, "member added; initial sync copied its sync source");
+                    node
+                }
+            };
+            keep.push(n);
+            addrs.push(w.sets[s].nodes[n].addr);
+        }
+        for n in 0..w.sets[s].nodes.len() {
+            if keep.contains(&n) || w.sets[s].nodes[n].removed {
+                continue;
+            }
+            w.sets[s].nodes[n].removed = true;
+            if w.sets[s].nodes[n].state == MemberState::Primary {
+                w.step_down_node(s, n, now);
+            }
+            tracing::info!(addr = %w.sets[s].nodes[n].addr, "member removed from the config");
+        }
+        for n in 0..w.sets[s].nodes.len() {
+            let stale = w.sets[s].nodes[n]
+                .sync_from
+                .is_some_and(|j| !keep.contains(&j));
+            if stale {
+                w.sets[s].nodes[n].sync_from = None;
+            }
+            let node = &w.sets[s].nodes[n];
+            if node.state == MemberState::Primary && !node.member.is_electable() {
+                // "Could not remain primary because no longer electable".
+                w.step_down_node(s, n, now);
+            }
+        }
+        let term = w.sets[s]
+            .primary_index()
+            .map(|p| w.sets[s].nodes[p].term)
+            .unwrap_or(w.sets[s].config_term);
+        let set = &mut w.sets[s];
+        set.set_version = plan.version;
+        set.config_term = if force { -1 } else { term };
+        tracing::info!(set = %set.name, version = plan.version, force, "reconfig installed");
+        addrs
+    };
+    for (l, a) in listeners {
+        shared.spawn_listener(l, a);
+    }
+    shared.notify();
+    Ok(addrs)
+}
+
+/// The `replSetReconfig` command run on member `n` of set `s`.
+pub(crate) async fn repl_set_reconfig_cmd(
+    shared: &Arc<Shared>,
+    s: usize,
+    n: usize,
+    cmd: &bson::Document,
+) -> Result<bson::Document, CmdError> {
+    let cfg = cmd.get_document("replSetReconfig").map_err(|_| {
+        CmdError::new(
+            14,
+            "TypeMismatch",
+            "BSON field 'replSetReconfig' is the wrong type, expected type 'object'",
+        )
+    })?;
+    let force = matches!(cmd.get("force"), Some(Bson::Boolean(true)));
+    {
+        let w = shared.world();
+        let set = &w.sets[s];
+        let node = &set.nodes[n];
+        if !force && !node.writable_primary() {
+            return Err(CmdError::new(
+                10107,
+                "NotWritablePrimary",
+                format!(
+                    "replSetReconfig should only be run on a writable PRIMARY. Current state {};",
+                    node.state.name()
+                ),
+            ));
+        }
+        let name = cfg.get_str("_id").unwrap_or_default();
+        if name != set.name {
+            return Err(CmdError::new(
+                103,
+                "NewReplicaSetConfigurationIncompatible",
+                format!(
+                    "New and old configurations differ in replica set name; old was {}, and new is {name}",
+                    set.name
+                ),
+            ));
+        }
+    }
+    let version = match cfg.get("version") {
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) if v.fract() == 0.0 => *v as i64,
+        _ => {
+            return Err(CmdError::new(
+                40414,
+                "Location40414",
+                "BSON field 'ReplSetConfig.version' is missing but a required field",
+            ))
+        }
+    };
+    let docs = cfg.get_array("members").map_err(|_| {
+        CmdError::new(
+            40414,
+            "Location40414",
+            "BSON field 'ReplSetConfig.members' is missing but a required field",
+        )
+    })?;
+    let mut members = Vec::with_capacity(docs.len());
+    for d in docs {
+        let Bson::Document(d) = d else {
+            return Err(CmdError::new(
+                14,
+                "TypeMismatch",
+                "members must be an array of objects",
+            ));
+        };
+        let m = MemberSpec::from_config_doc(d, true)?;
+        if m.id.is_none() {
+            return Err(CmdError::new(
+                40414,
+                "Location40414",
+                "BSON field 'MemberConfig._id' is missing but a required field",
+            ));
+        }
+        members.push(m);
+    }
+    reconfigure(shared, s, members, Some(version), force, Some(n))
+        .await
+        .map_err(|e| match e {
+            SimError::Command(c) => c,
+            other => CmdError::new(2, "BadValue", other.to_string()),
+        })?;
+    Ok(bson::doc! {"ok": 1.0})
 }

@@ -17,8 +17,8 @@ use crate::matcher;
 use crate::oplog::ts_key;
 use crate::server::{ConnCtx, Shared};
 use crate::world::{
-    bad_value, optime_doc, CmdError, Cursor, CursorKind, MemberState, Proc, SessionCtx, SetRole,
-    ShardState, World,
+    bad_value, op_key, optime_doc, CmdError, Cursor, CursorKind, MemberState, Proc, SessionCtx,
+    SetRole, SetState, ShardState, World,
 };
 
 const DEFAULT_FIRST_BATCH: i64 = 101;
@@ -140,6 +140,11 @@ async fn dispatch(
         )),
         "serverStatus" => Ok(server_status(&shared.world(), me)),
         "replSetGetStatus" => repl_set_get_status(&shared.world(), proc),
+        "replSetGetConfig" => repl_set_get_config(&shared.world(), proc),
+        "replSetReconfig" => {
+            let (s, n) = node_or_not_found(proc, "replSetReconfig")?;
+            crate::cluster::repl_set_reconfig_cmd(shared, s, n, cmd).await
+        }
         "replSetStepDown" => step_down_cmd(shared, proc),
         "find" => find(shared, proc, db, cmd),
         "getMore" => get_more(shared, proc, db, cmd).await,
@@ -232,49 +237,16 @@ pub(crate) fn hello(
         Some(Proc::Node { set, node }) => {
             let s = &w.sets[set];
             let n = &s.nodes[node];
-            let hosts: Vec<Bson> = s
-                .nodes
-                .iter()
-                .map(|m| Bson::String(m.addr.to_string()))
-                .collect();
-            d.insert("hosts", hosts);
-            d.insert("setName", s.name.clone());
-            d.insert("setVersion", s.set_version);
-            let is_primary = n.state == MemberState::Primary;
-            d.insert(primary_field, is_primary);
-            d.insert("secondary", !is_primary);
-            let seen_primary = (0..s.nodes.len())
-                .filter(|i| {
-                    s.sees(node, *i)
-                        && s.nodes[*i].alive
-                        && s.nodes[*i].state == MemberState::Primary
-                })
-                .max_by_key(|i| s.nodes[*i].term);
-            if let Some(p) = seen_primary {
-                d.insert("primary", s.nodes[p].addr.to_string());
+            if n.removed {
+                // A member removed by reconfig has no config (HelloResponse::markAsNoConfig).
+                d.insert("setName", s.name.clone());
+                d.insert(primary_field, false);
+                d.insert("secondary", false);
+                d.insert("info", "Does not have a valid replica set config");
+                d.insert("isreplicaset", true);
+            } else {
+                hello_for_member(&mut d, s, node, primary_field);
             }
-            d.insert("me", n.addr.to_string());
-            if is_primary {
-                d.insert("electionId", crate::world::election_id_for_term(n.term));
-            }
-            let (ts, t) = n.last_optime();
-            let last_wall = n
-                .oplog
-                .last()
-                .and_then(|e| e.doc.get_datetime("wall").ok().copied())
-                .unwrap_or_else(DateTime::now);
-            let mut last_write = doc! {"opTime": optime_doc(ts, t), "lastWriteDate": last_wall};
-            if let Some(c) = &s.commit_point {
-                let cwall = c
-                    .doc
-                    .get_datetime("wall")
-                    .ok()
-                    .copied()
-                    .unwrap_or(last_wall);
-                last_write.insert("majorityOpTime", optime_doc(c.id.ts, c.id.t.unwrap_or(-1)));
-                last_write.insert("majorityWriteDate", cwall);
-            }
-            d.insert("lastWrite", last_write);
             if s.role == SetRole::ConfigServer {
                 d.insert("configsvr", 2);
             }
@@ -292,6 +264,93 @@ pub(crate) fn hello(
     ok(d)
 }
 
+/// A `Date` from an OpTime's seconds, as `appendTimeT` writes lastWriteDate.
+fn date_of_secs(ts: Timestamp) -> DateTime {
+    DateTime::from_millis(i64::from(ts.time) * 1000)
+}
+
+/// The replica-set part of hello, in `HelloResponse::addToBSON` order, filled as
+/// `TopologyCoordinator::fillHelloForReplSet` does: hidden and delayed members are in no
+/// list; electable members (priority > 0) are `hosts`, arbiters `arbiters`, other
+/// data-bearing members `passives`; each list only when non-empty.
+fn hello_for_member(d: &mut Document, s: &SetState, node: usize, primary_field: &str) {
+    let n = &s.nodes[node];
+    let (mut hosts, mut passives, mut arbiters) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, m) in s.config_members() {
+        if !m.member.listed_in_hello() {
+            continue;
+        }
+        let host = Bson::String(m.addr.to_string());
+        if m.member.is_electable() {
+            hosts.push(host);
+        } else if m.member.arbiter_only {
+            arbiters.push(host);
+        } else {
+            passives.push(host);
+        }
+    }
+    if !hosts.is_empty() {
+        d.insert("hosts", hosts);
+    }
+    if !passives.is_empty() {
+        d.insert("passives", passives);
+    }
+    if !arbiters.is_empty() {
+        d.insert("arbiters", arbiters);
+    }
+    d.insert("setName", s.name.clone());
+    d.insert("setVersion", s.set_version);
+    // A primary in drain mode reports itself secondary until it can take writes.
+    let is_primary = n.state == MemberState::Primary;
+    d.insert(primary_field, n.writable_primary());
+    d.insert(
+        "secondary",
+        n.state == MemberState::Secondary || (is_primary && n.draining),
+    );
+    let seen_primary = (0..s.nodes.len())
+        .filter(|i| {
+            s.sees(node, *i)
+                && s.nodes[*i].alive
+                && !s.nodes[*i].removed
+                && s.nodes[*i].state == MemberState::Primary
+        })
+        .max_by_key(|i| s.nodes[*i].term);
+    if let Some(p) = seen_primary {
+        d.insert("primary", s.nodes[p].addr.to_string());
+    }
+    if n.member.arbiter_only {
+        d.insert("arbiterOnly", true);
+    } else if n.member.priority == 0.0 {
+        d.insert("passive", true);
+    }
+    if n.member.hidden {
+        d.insert("hidden", true);
+    }
+    if n.member.secondary_delay_secs > 0 {
+        // appendNumber(long long): an int when it fits.
+        match i32::try_from(n.member.secondary_delay_secs) {
+            Ok(v) => d.insert("secondaryDelaySecs", v),
+            Err(_) => d.insert(
+                "secondaryDelaySecs",
+                i64::try_from(n.member.secondary_delay_secs).unwrap_or(i64::MAX),
+            ),
+        };
+    }
+    d.insert("me", n.addr.to_string());
+    if is_primary {
+        d.insert("electionId", crate::world::election_id_for_term(n.term));
+    }
+    // lastWrite: the member's last applied optime and its committed snapshot (the commit
+    // point as this member knows it, capped at what it applied), dates from the seconds.
+    let (ts, t) = n.last_optime();
+    let mut last_write = doc! {"opTime": optime_doc(ts, t), "lastWriteDate": date_of_secs(ts)};
+    if let Some(c) = n.committed_snapshot() {
+        last_write.insert("majorityOpTime", optime_doc(c.id.ts, c.id.t.unwrap_or(-1)));
+        last_write.insert("majorityWriteDate", date_of_secs(c.id.ts));
+    }
+    d.insert("lastWrite", last_write);
+}
+
 fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
     match proc {
         Proc::Node { set, node } => Ok((set, node)),
@@ -303,105 +362,176 @@ fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
     }
 }
 
+fn null_optime() -> Document {
+    optime_doc(
+        Timestamp {
+            time: 0,
+            increment: 0,
+        },
+        -1,
+    )
+}
+
+fn node_or_not_found(proc: Proc, cmd: &str) -> Result<(usize, usize), CmdError> {
+    match proc {
+        Proc::Node { set, node } => Ok((set, node)),
+        Proc::Mongos => Err(CmdError::new(
+            59,
+            "CommandNotFound",
+            format!("no such command: '{cmd}'"),
+        )),
+    }
+}
+
+/// replSetGetStatus as `TopologyCoordinator::prepareStatusResponse` shapes it (the fields
+/// mongosim has a value for): the member's own view of the commit point in `optimes`, the
+/// majorities of the config, and per member state, optime and sync source.
 fn repl_set_get_status(w: &World, proc: Proc) -> CmdResult {
-    let (s, me) = match proc {
-        Proc::Node { set, node } => (set, node),
-        Proc::Mongos => {
-            return Err(CmdError::new(
-                59,
-                "CommandNotFound",
-                "no such command: 'replSetGetStatus'",
-            ))
-        }
-    };
+    let (s, me) = node_or_not_found(proc, "replSetGetStatus")?;
     let set = &w.sets[s];
     let node = &set.nodes[me];
+    if node.removed {
+        return Err(CmdError::new(
+            94,
+            "NotYetInitialized",
+            "Our replica set config is invalid or we are not a member of it",
+        ));
+    }
     let (ts, t) = node.last_optime();
-    let commit = set
+    let commit = node
         .commit_point
         .as_ref()
         .map(|c| optime_doc(c.id.ts, c.id.t.unwrap_or(-1)))
-        .unwrap_or_else(|| {
-            optime_doc(
-                Timestamp {
-                    time: 0,
-                    increment: 0,
-                },
-                -1,
-            )
-        });
-    let primary = set.sync_source();
+        .unwrap_or_else(null_optime);
+    let snapshot = node
+        .committed_snapshot()
+        .map(|c| optime_doc(c.id.ts, c.id.t.unwrap_or(-1)))
+        .unwrap_or_else(null_optime);
+    let sync_of = |i: usize| -> (String, i32) {
+        match set.nodes[i].sync_source {
+            Some(j) if set.nodes[i].state == MemberState::Secondary => (
+                set.nodes[j].addr.to_string(),
+                set.nodes[j].member.id.unwrap_or(j as i32),
+            ),
+            _ => (String::new(), -1),
+        }
+    };
     let mut members = Vec::new();
-    for (i, m) in set.nodes.iter().enumerate() {
+    for (i, m) in set.config_members() {
         let visible = set.sees(me, i) && m.alive;
         let (mts, mt) = m.last_optime();
-        let wall = m
-            .oplog
-            .last()
-            .and_then(|e| e.doc.get_datetime("wall").ok().copied())
-            .unwrap_or_else(|| DateTime::from_millis(i64::from(mts.time) * 1000));
-        let mut md = doc! {"_id": i as i32, "name": m.addr.to_string()};
+        let mut md = doc! {"_id": m.member.id.unwrap_or(i as i32), "name": m.addr.to_string()};
         if visible {
             md.insert("health", 1.0);
             md.insert("state", m.state.code());
             md.insert("stateStr", m.state.name());
             md.insert("uptime", 1);
             md.insert("optime", optime_doc(mts, mt));
-            md.insert("optimeDate", wall);
-            let sync = if m.state == MemberState::Secondary {
-                primary
-                    .filter(|p| *p != i)
-                    .map(|p| set.nodes[p].addr.to_string())
-            } else {
-                None
-            };
-            md.insert("syncSourceHost", sync.clone().unwrap_or_default());
-            md.insert(
-                "syncSourceId",
-                sync.map(|_| primary.unwrap_or(0) as i32).unwrap_or(-1),
-            );
+            md.insert("optimeDate", date_of_secs(mts));
+            let (host, id) = sync_of(i);
+            md.insert("syncSourceHost", host);
+            md.insert("syncSourceId", id);
         } else {
             md.insert("health", 0.0);
             md.insert("state", 8);
             md.insert("stateStr", "(not reachable/healthy)");
             md.insert("uptime", 0);
-            md.insert(
-                "optime",
-                optime_doc(
-                    Timestamp {
-                        time: 0,
-                        increment: 0,
-                    },
-                    -1,
-                ),
-            );
+            md.insert("optime", null_optime());
             md.insert("optimeDate", DateTime::from_millis(0));
         }
         md.insert("configVersion", set.set_version);
+        md.insert("configTerm", set.config_term);
         if i == me {
             md.insert("self", true);
         }
         members.push(Bson::Document(md));
     }
-    let majority = set.majority() as i32;
-    Ok(ok(doc! {
+    let maj = set.majorities();
+    let (sync_host, sync_id) = sync_of(me);
+    let mut d = doc! {
         "set": set.name.clone(),
         "date": DateTime::now(),
         "myState": node.state.code(),
         "term": node.term,
-        "heartbeatIntervalMillis": 2000i64,
-        "majorityVoteCount": majority,
-        "writeMajorityCount": majority,
-        "votingMembersCount": set.nodes.len() as i32,
-        "writableVotingMembersCount": set.nodes.len() as i32,
-        "optimes": {
-            "lastCommittedOpTime": commit.clone(),
-            "readConcernMajorityOpTime": commit,
+        "syncSourceHost": sync_host,
+        "syncSourceId": sync_id,
+    };
+    if set.role == SetRole::ConfigServer {
+        d.insert("configsvr", true);
+    }
+    d.insert("heartbeatIntervalMillis", 2000i64);
+    d.insert("majorityVoteCount", maj.majority_vote_count as i32);
+    d.insert("writeMajorityCount", maj.write_majority as i32);
+    d.insert("votingMembersCount", maj.voters as i32);
+    d.insert(
+        "writableVotingMembersCount",
+        maj.writable_voting_members as i32,
+    );
+    d.insert(
+        "optimes",
+        doc! {
+            "lastCommittedOpTime": commit,
+            "readConcernMajorityOpTime": snapshot,
             "appliedOpTime": optime_doc(ts, t),
             "durableOpTime": optime_doc(ts, t),
         },
+    );
+    d.insert("members", members);
+    Ok(ok(d))
+}
+
+/// replSetGetConfig: `{config: {_id, version, term, members, protocolVersion,
+/// writeConcernMajorityJournalDefault, settings}}`, members as `MemberConfig::toBSON`.
+fn repl_set_get_config(w: &World, proc: Proc) -> CmdResult {
+    let (s, me) = node_or_not_found(proc, "replSetGetConfig")?;
+    let set = &w.sets[s];
+    if set.nodes[me].removed {
+        return Err(CmdError::new(
+            94,
+            "NotYetInitialized",
+            "Our replica set config is invalid or we are not a member of it",
+        ));
+    }
+    Ok(ok(doc! {"config": config_doc(set, w.cfg.election_timeout)}))
+}
+
+/// The current config document of a set.
+pub(crate) fn config_doc(set: &SetState, election_timeout: Duration) -> Document {
+    let members: Vec<Bson> = set
+        .config_members()
+        .map(|(i, n)| {
+            Bson::Document(
+                n.member
+                    .to_config_doc(n.member.id.unwrap_or(i as i32), n.addr),
+            )
+        })
+        .collect();
+    let mut cfg = doc! {
+        "_id": set.name.clone(),
+        "version": set.set_version,
+        "term": set.config_term,
         "members": members,
-    }))
+        "protocolVersion": 1i64,
+        "writeConcernMajorityJournalDefault": true,
+    };
+    if set.role == SetRole::ConfigServer {
+        cfg.insert("configsvr", true);
+    }
+    cfg.insert(
+        "settings",
+        doc! {
+            "chainingAllowed": true,
+            "heartbeatIntervalMillis": 2000,
+            "heartbeatTimeoutSecs": 10,
+            "electionTimeoutMillis": i64::try_from(election_timeout.as_millis()).unwrap_or(i64::MAX),
+            "catchUpTimeoutMillis": -1,
+            "catchUpTakeoverDelayMillis": 30000,
+            "getLastErrorModes": {},
+            "getLastErrorDefaults": {"w": 1, "wtimeout": 0},
+            "replicaSetId": set.replica_set_id,
+        },
+    );
+    cfg
 }
 
 fn step_down_cmd(shared: &Arc<Shared>, proc: Proc) -> CmdResult {
@@ -1359,18 +1489,19 @@ async fn finish_write(
         + timeout.map_or(Duration::from_secs(365 * 24 * 3600), |ms| {
             Duration::from_millis(ms as u64)
         });
-    let targets: Vec<(usize, crate::oplog::EntryId)> = {
+    // (set, node that wrote it, entry).
+    let targets: Vec<(usize, usize, crate::oplog::EntryId)> = {
         let w = shared.world();
         match proc {
             _ if at.is_some() => at
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|(s, n)| w.sets[*s].nodes[*n].oplog.last().map(|e| (*s, e.id)))
+                .filter_map(|(s, n)| w.sets[*s].nodes[*n].oplog.last().map(|e| (*s, *n, e.id)))
                 .collect(),
             Proc::Node { set, node } => w.sets[set].nodes[node]
                 .oplog
                 .last()
-                .map(|e| vec![(set, e.id)])
+                .map(|e| vec![(set, node, e.id)])
                 .unwrap_or_default(),
             Proc::Mongos => w
                 .sharding
@@ -1383,7 +1514,7 @@ async fn finish_write(
                 })
                 .filter_map(|s| {
                     let p = w.sets[s].sync_source()?;
-                    w.sets[s].nodes[p].oplog.last().map(|e| (s, e.id))
+                    w.sets[s].nodes[p].oplog.last().map(|e| (s, p, e.id))
                 })
                 .collect(),
         }
@@ -1392,10 +1523,24 @@ async fn finish_write(
         let mut rx = shared.changes.subscribe();
         let done = {
             let w = shared.world();
-            targets.iter().all(|(s, id)| {
+            targets.iter().all(|(s, n, id)| {
                 let set = &w.sets[*s];
-                let need = if needed == 0 { set.majority() } else { needed };
-                set.nodes.iter().filter(|n| n.oplog.contains(id)).count() >= need
+                if needed == 0 {
+                    // w: "majority" waits for the writer's commit point to pass the entry
+                    // (on its branch: the writer still holds it).
+                    let writer = &set.nodes[*n];
+                    writer.oplog.contains(id)
+                        && writer
+                            .commit_point
+                            .as_ref()
+                            .is_some_and(|c| op_key(&c.id) >= op_key(id))
+                } else {
+                    // w: N counts data-bearing members that hold it, voting or not.
+                    set.config_members()
+                        .filter(|(_, m)| m.oplog.contains(id))
+                        .count()
+                        >= needed
+                }
             })
         };
         if done {
@@ -1409,14 +1554,18 @@ async fn finish_write(
                     n.state != MemberState::Primary
                         || targets
                             .iter()
-                            .any(|(ts, id)| ts == s && !n.oplog.contains(id))
+                            .any(|(ts, _, id)| ts == s && !n.oplog.contains(id))
                 }),
                 Proc::Node { set, node } => {
                     let n = &w.sets[set].nodes[node];
                     n.state != MemberState::Primary
-                        || targets.iter().any(|(_, id)| !n.oplog.contains(id))
+                        || targets.iter().any(|(_, _, id)| !n.oplog.contains(id))
                 }
-                Proc::Mongos => false,
+                // Through mongos: the shard primary that wrote it stepped down or lost it.
+                Proc::Mongos => targets.iter().any(|(s, n, id)| {
+                    let n = &w.sets[*s].nodes[*n];
+                    n.state != MemberState::Primary || !n.oplog.contains(id)
+                }),
             }
         };
         if interrupted {

@@ -12,8 +12,19 @@
 //! {mongosimControl: "addShard",      nodes: 3}                 -> {shard: "shard03"}
 //! {mongosimControl: "removeShard",   shard: "shard02"}         (drains and removes)
 //! {mongosimControl: "status"}                                   -> {layout, nodes, truth}
-//! {mongosimControl: "groundTruth",   shard: "shard01"}          -> {committed, rolledBack}
+//! {mongosimControl: "groundTruth",   shard: "shard01"}          -> {committed, rolledBack, commitPoint}
+//! {mongosimControl: "reconfig",      shard: "rs", members: "voter,voter,hidden,arbiter", force?}
+//! {mongosimControl: "reconfig",      shard: "rs", members: [{host?, _id?, votes, priority, hidden,
+//!                                     arbiterOnly, secondaryDelaySecs}, ...], force?} -> {members}
+//! {mongosimControl: "setSyncSource", node: "127.0.0.1:27019", source: "127.0.0.1:27018"}  ("" = primary)
+//! {mongosimControl: "blockReplication", node: "127.0.0.1:27019", blocked: true}
+//! {mongosimControl: "holdStepUp",    shard: "shard01", hold: true}
+//! {mongosimControl: "setCommitPointDelay", ms: 200}
 //! ```
+//!
+//! `reconfig` with a string of kinds applies them by position to the current members (extra
+//! kinds add members on new ports, fewer remove the trailing members); with documents,
+//! members with a `host` of the set keep their process and those without one are added.
 //!
 //! A process asked to kill itself answers first and dies right after; every other operation
 //! has completed when the reply arrives.
@@ -25,6 +36,7 @@ use std::time::Duration;
 use bson::{doc, Bson, Document};
 
 use crate::cluster::{self, SimError};
+use crate::membership::{parse_member_list, MemberSpec};
 use crate::server::{ConnCtx, Shared};
 use crate::world::{CmdError, ShardState};
 
@@ -163,7 +175,94 @@ pub(crate) async fn handle(
                 .iter()
                 .map(|e| Bson::Document(e.doc.clone()))
                 .collect();
-            Ok(ok(doc! {"committed": committed, "rolledBack": rolled}))
+            let commit = w.sets[s]
+                .commit_point
+                .as_ref()
+                .map(|c| Bson::Document(crate::world::optime_doc(c.id.ts, c.id.t.unwrap_or(-1))))
+                .unwrap_or(Bson::Null);
+            Ok(ok(
+                doc! {"committed": committed, "rolledBack": rolled, "commitPoint": commit},
+            ))
+        }
+        "reconfig" => {
+            let shard = arg_str(cmd, "shard")?;
+            let s = shared.world().set_index(shard).ok_or_else(|| {
+                CmdError::new(70, "ShardNotFound", format!("no set named {shard}"))
+            })?;
+            let force = cmd.get_bool("force").unwrap_or(false);
+            let members = match cmd.get("members") {
+                Some(Bson::String(kinds)) => {
+                    let kinds = parse_member_list(kinds)
+                        .map_err(|e| CmdError::new(2, "BadValue", e))?;
+                    let current: Vec<MemberSpec> = {
+                        let w = shared.world();
+                        w.sets[s].config_members().map(|(_, n)| n.member.clone()).collect()
+                    };
+                    kinds
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, mut k)| {
+                            if let Some(old) = current.get(i) {
+                                k.host = old.host;
+                                k.id = old.id;
+                            }
+                            k
+                        })
+                        .collect()
+                }
+                Some(Bson::Array(docs)) => {
+                    let mut out = Vec::new();
+                    for d in docs {
+                        let Bson::Document(d) = d else {
+                            return Err(CmdError::new(
+                                14,
+                                "TypeMismatch",
+                                "members must be a string of kinds or an array of objects",
+                            ));
+                        };
+                        out.push(MemberSpec::from_config_doc(d, false)?);
+                    }
+                    out
+                }
+                _ => {
+                    return Err(CmdError::new(
+                        2,
+                        "BadValue",
+                        "mongosimControl reconfig needs 'members': \"voter,hidden,...\" or an array of member documents",
+                    ))
+                }
+            };
+            let addrs = cluster::reconfigure(shared, s, members, None, force, None)
+                .await
+                .map_err(to_cmd_error)?;
+            let addrs: Vec<Bson> = addrs.iter().map(|a| Bson::String(a.to_string())).collect();
+            Ok(ok(doc! {"members": addrs}))
+        }
+        "setSyncSource" => {
+            let node = arg_addr(cmd)?;
+            let source = match cmd.get_str("source").unwrap_or("") {
+                "" => None,
+                s => Some(s.parse().map_err(|_| {
+                    CmdError::new(2, "BadValue", format!("source {s:?} is not host:port"))
+                })?),
+            };
+            cluster::set_sync_source(shared, node, source).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "blockReplication" => {
+            let blocked = cmd.get_bool("blocked").unwrap_or(true);
+            cluster::block_replication(shared, arg_addr(cmd)?, blocked).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "holdStepUp" => {
+            let hold = cmd.get_bool("hold").unwrap_or(true);
+            cluster::hold_step_up(shared, arg_str(cmd, "shard")?, hold).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "setCommitPointDelay" => {
+            let ms = arg_i64(cmd, "ms").unwrap_or(0).max(0) as u64;
+            shared.world().cfg.commit_point_delay = Duration::from_millis(ms);
+            Ok(ok(Document::new()))
         }
         other => Err(CmdError::new(
             2,

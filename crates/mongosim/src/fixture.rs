@@ -390,7 +390,19 @@ pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> 
                 .collect()
         };
         let set = &mut w.sets[s];
+        // The primary may commit from the first entry of its (newest) term on.
+        let floor = set.nodes.get(shard.primary).and_then(|p| {
+            let t = p.oplog.last()?.id.t;
+            p.oplog
+                .iter()
+                .find(|e| e.id.t == t)
+                .map(|e| crate::world::op_key(&e.id))
+        });
         for (n, node) in set.nodes.iter_mut().enumerate() {
+            node.commit_point = None;
+            node.commit_history.clear();
+            node.draining = false;
+            node.first_optime_of_term = if n == shard.primary { floor } else { None };
             node.term = max_term;
             node.state = if n == shard.primary {
                 MemberState::Primary

@@ -39,7 +39,11 @@
 //! `shard_names`, `shard_members`, `config_members`, `replica_set_uri`, `primary_of`,
 //! `layout`, `status`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
 //! `step_down`, `set_lag`, `truncate_oplog`, `move_chunk`, `add_shard`,
-//! `begin_remove_shard`, `remove_shard`; ground truth: `oplog_snapshot(addr)`,
+//! `begin_remove_shard`, `remove_shard`; membership: `ClusterSpec::members` /
+//! `ReplicaSetSpec::members` ([`membership::MemberSpec`]: voter, passive, hidden,
+//! non_voter, arbiter, delayed), `member_specs`, `reconfigure`, `set_sync_source`,
+//! `block_replication`, `hold_step_up`, `set_commit_point_delay`, `member_commit_point`;
+//! ground truth: `oplog_snapshot(addr)`,
 //! `committed_entries(set)`, `rolled_back_entries(set)`, `commit_point(set)`; waiting:
 //! `wait_for(timeout, predicate)`; in-process commands and load: `command(addr, doc)`,
 //! `insert(ns, docs)`; `shutdown`. The same faults are an admin command
@@ -52,9 +56,67 @@
 //!   honoured), OP_QUERY only for the legacy `isMaster` handshake (answered with OP_REPLY).
 //!   Oversized (> 48,000,000 bytes) or malformed messages close that connection only.
 //! - hello/isMaster as mongod and mongos answer it (field order from
-//!   `src/mongo/db/repl/hello_response.cpp`): hosts, setName, setVersion,
-//!   isWritablePrimary/ismaster, secondary, primary, me, electionId (pv1 `OID::fromTerm`),
-//!   lastWrite, limits, wire versions 9/13/17/21/25. No topologyVersion: no streaming hello.
+//!   `src/mongo/db/repl/hello_response.cpp`, lists from `TopologyCoordinator::
+//!   fillHelloForReplSet`): `hosts` (visible members with priority > 0), `passives` (visible
+//!   data-bearing members with priority 0, voting or not), `arbiters` — hidden and delayed
+//!   members in none, each list only when non-empty — setName, setVersion,
+//!   isWritablePrimary/ismaster (false while a new primary drains), secondary, primary,
+//!   arbiterOnly / passive, hidden, secondaryDelaySecs, me, electionId (pv1
+//!   `OID::fromTerm`), `lastWrite {opTime, lastWriteDate, majorityOpTime,
+//!   majorityWriteDate}` where majorityOpTime is the member's committed snapshot (its own
+//!   commit point capped at what it applied) and the dates are the optimes' seconds, as
+//!   `appendTimeT` writes them; limits, wire versions 9/13/17/21/25. A member removed by
+//!   reconfig answers `{isWritablePrimary: false, secondary: false, info: "Does not have a
+//!   valid replica set config", isreplicaset: true}`. No `topologyVersion`: drivers would
+//!   switch to streaming (awaitable) hello, which is not implemented, so they poll.
+//! - Member configuration (`votes` 0/1, `priority`, `hidden`, `arbiterOnly`,
+//!   `secondaryDelaySecs`) at startup (`ClusterSpec::members`, `--members
+//!   voter,voter,hidden,nonvoter,arbiter`), validated as `member_config.cpp` and
+//!   `repl_set_config.cpp` do: at most 7 voters and 50 members, votes 0 / hidden / delayed
+//!   imply priority 0, arbiters vote with priority 0, at least one electable member, unique
+//!   `_id` and host, no second arbiter from 6.0 (`allowMultipleArbiters` default), no
+//!   arbiter or delay in a config server set. `majorityVoteCount = voters / 2 + 1`,
+//!   `writeMajorityCount = min(that, data-bearing voters)` (`_calculateMajorities`).
+//!   Arbiters are processes with no oplog and no data (state ARBITER, 7). Delayed members
+//!   receive entries `secondaryDelaySecs` after they were written.
+//! - replSetGetConfig (`{config: {_id, version, term, members: [{_id, host, arbiterOnly,
+//!   buildIndexes, hidden, priority, tags, secondaryDelaySecs, votes}], protocolVersion,
+//!   writeConcernMajorityJournalDefault, settings}}`, members as `MemberConfig::toBSON`),
+//!   replSetGetStatus (set, date, myState, term, syncSourceHost/Id, heartbeatIntervalMillis,
+//!   majorityVoteCount, writeMajorityCount, votingMembersCount, writableVotingMembersCount,
+//!   optimes {lastCommittedOpTime = the member's commit point, readConcernMajorityOpTime =
+//!   its committed snapshot, appliedOpTime, durableOpTime}, members[] {_id, name, health,
+//!   state, stateStr, uptime, optime, optimeDate, syncSourceHost, syncSourceId,
+//!   configVersion, configTerm, self}) and replSetReconfig (`{replSetReconfig: cfg,
+//!   force}`: on the writable primary unless forced; version must grow; same host keeps its
+//!   `_id`; arbiterOnly cannot change; at most one voter added or removed without force
+//!   (`validateSingleNodeChange`); the primary must stay electable; force adds 10,000 plus
+//!   a random number below 100,000 to the version and sets the config term to -1). A new
+//!   member's process starts on the given port and initial-syncs by copying its sync
+//!   source's oplog and data at once; a removed member's process keeps running without a
+//!   config. The same through `Cluster::reconfigure` and `{mongosimControl: "reconfig"}`.
+//! - Elections count votes: only voters vote (arbiters too) and only electable members
+//!   (not arbiters, priority > 0) stand; the most up-to-date electable candidate (then
+//!   priority, then config order) wins if `majorityVoteCount` reachable voters are not more
+//!   up to date than it; a primary steps down after one election timeout without seeing a
+//!   majority of voters.
+//! - The commit rule of protocol version 1 (`TopologyCoordinator::
+//!   updateLastCommittedOpTimeAndWallTime` / `advanceLastCommittedOpTimeAndWallTime`): a
+//!   primary's commit point moves to the newest entry held by `writeMajorityCount`
+//!   data-bearing voters, never to an optime before the first entry of its own term (the
+//!   "new primary" no-op), so entries of older terms commit only with a later entry of the
+//!   current term; non-voters' copies never count. Each member keeps its own commit point:
+//!   secondaries learn their sync source's (capped at their newest entry when the terms
+//!   differ) and the primary's through heartbeats (ignored when the term differs from their
+//!   newest entry's), both `commit_point_delay` late. Ground truth follows the primaries:
+//!   an entry is in `committed_entries` once a primary's commit point passed it; entries
+//!   rolled back before that are in `rolled_back_entries` only. `w: "majority"` waits for
+//!   the writing primary's commit point.
+//! - Chained replication (`set_sync_source`, `syncSourceHost`), replication blocks
+//!   (`block_replication`) and a held step-up (`hold_step_up`: the elected member stays in
+//!   drain mode, no "new primary" no-op, no writes, no commits, while secondaries sync from
+//!   it) are the levers a test uses to script commit stories such as Raft's "figure 8"
+//!   (`tests/driver.rs`, `figure_eight_entry_held_by_a_majority_is_rolled_back`).
 //! - Oplog entries shaped per version (`src/mongo/db/repl/oplog_entry.idl`): 4.4+
 //!   `{op, ns, ui, o, o2, fromMigrate, ts, t, v: Long(2), wall}`; updates as `$v: 1`
 //!   modifiers (4.4) or `$v: 2` diffs (5.0+); "legacy" `{ts, h, v: 2, op, ns, fromMigrate,
@@ -80,9 +142,10 @@
 //!   `{op: "c", ns: "admin.$cmd", o: {applyOps: [...]}}` entry with the session fields, or
 //!   as a `partialTxn: true` chain linked by `prevOpTime` ending in `{applyOps, count}` when
 //!   longer than `max_txn_ops_per_entry`; an aborted transaction logs nothing.
-//! - Write concern: `w: "majority"` or `w: N` waits until enough members hold the write
-//!   (honouring per-node lag); `wtimeout` expiry yields a `writeConcernError` (64), a
-//!   step-down while waiting yields one with 11602. `w: 1` acknowledges at once.
+//! - Write concern: `w: "majority"` waits for the commit point (above), `w: N` until N
+//!   data-bearing members hold the write (honouring per-node lag); `wtimeout` expiry yields
+//!   a `writeConcernError` (64), a step-down while waiting yields one with 11602 (also
+//!   through mongos). `w: 1` acknowledges at once.
 //! - 6.0+ inserts carry `o2: {_id}` (the document key; `jstests/sharding/
 //!   write_oplog_document_key.js`, requires_fcv_53). A secondary that falls behind the
 //!   primary's capped oplog is "too stale" and stops replicating, as mongod does.
@@ -99,7 +162,13 @@
 //! Authentication, TLS, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
 //! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
-//! arbiters/hidden/delayed members, chained replication, `j`/tag write concerns, read
+//! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats
+//! as messages (members see each other's state directly; the primary counts a voter's copy
+//! while that voter's oplog holds the entry, where mongod uses its last reported optime),
+//! automatic sync-source selection by ping (secondaries sync from the primary unless told
+//! otherwise), priority takeover and catch-up, `newlyAdded` members, the config-commitment
+//! wait of safe reconfig, member reordering by reconfig (members keep their first order),
+//! `j`/tag write concerns, read
 //! concern, causal consistency, change streams, exhaust cursors, cursor idle timeouts, and
 //! the balancer (chunks move only when asked). A rollback restores documents by copying the
 //! sync source's data rather than by refetching; a stepped-down primary keeps its
@@ -110,7 +179,24 @@
 //!
 //! # Where behaviour was looked up
 //!
-//! mongodb/mongo: `src/mongo/db/repl/hello_response.cpp`, `src/mongo/db/repl/oplog_entry.idl`,
+//! mongodb/mongo: `src/mongo/db/repl/hello_response.cpp` and `hello/hello_response.cpp`
+//! (field order, `addHost`/`addPassive`/`addArbiter`), `src/mongo/db/repl/
+//! topology_coordinator.cpp` (`fillHelloForReplSet`, `updateLastCommittedOpTimeAndWallTime`,
+//! `advanceLastCommittedOpTimeAndWallTime`, `processWinElection`,
+//! `completeTransitionToPrimary`, `_getUnelectableReason`), `replication_coordinator_impl.cpp`
+//! (hello's lastWrite from `_currentCommittedSnapshot`; the drain-mode "report that we are
+//! secondary"; `incrementConfigVersionByRandom` for force reconfig, read in the 3.6
+//! version; the cap of the committed snapshot at lastApplied (`_recalculateStableOpTime`)
+//! was read through a summary, not in its body), `replication_coordinator_impl_heartbeat.cpp`
+//! (commit point by heartbeat, `fromSyncSource = false`), `repl_set_config.cpp`
+//! (`_validate`, `_calculateMajorities`, `_initializeConnectionString`), `member_config.cpp`
+//! (member rules, `toBSON`), `repl_set_config_checks.cpp` (`validateArbiterPriorities`,
+//! `validateSingleNodeChange`, `validateOldAndNewConfigsCompatible`),
+//! `jstests/replsets/disable_multiple_arbiters.js`; not verified: the config term -1 after
+//! a force reconfig, `secondaryDelaySecs` in hello as an int when it fits
+//! (`appendNumber`), hello of an arbiter (lastWrite with a null optime, no
+//! majorityOpTime), and replSetGetStatus field order (from mongosh output, not the source);
+//! `src/mongo/db/repl/oplog_entry.idl`,
 //! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`,
 //! `jstests/sharding/write_oplog_document_key.js`, `src/mongo/s/commands/strategy.cpp`
 //! ("Can't use 'local' database through mongos"), `src/mongo/db/exec/collection_scan.cpp`
@@ -126,6 +212,7 @@ pub(crate) mod commands;
 pub mod control;
 pub mod fixture;
 pub mod matcher;
+pub mod membership;
 pub mod oplog;
 mod server;
 pub mod version;

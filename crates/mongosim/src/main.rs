@@ -4,13 +4,27 @@
 //! mongosim --sharded 2 --replicaset --nodes 3 --port 27017
 //! mongosim --replicaset --nodes 3 --version 4.4 --noop-interval 100ms
 //! mongosim --fixture mlaunch-fixtures/sharded-migration --layout-json /tmp/layout.json
+//! mongosim --replicaset --members voter,voter,voter,hidden,arbiter
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use mongosim::membership::{parse_member_list, MemberSpec};
 use mongosim::{Cluster, ClusterSpec, ServerVersion};
+
+/// The value of `--members` (one argument holding the whole list).
+#[derive(Debug, Clone)]
+struct MemberList(Vec<MemberSpec>);
+
+fn parse_members(s: &str) -> Result<MemberList, String> {
+    let members = parse_member_list(s)?;
+    if members.is_empty() {
+        return Err("--members needs at least one member kind".into());
+    }
+    Ok(MemberList(members))
+}
 
 /// Start a simulated MongoDB deployment on 127.0.0.1 and run until SIGINT/SIGTERM.
 #[derive(Debug, Parser)]
@@ -23,9 +37,21 @@ struct Args {
     /// mlaunch compatibility).
     #[arg(long)]
     replicaset: bool,
-    /// Members per replica set.
+    /// Members per replica set (plain voters; see --members for other kinds).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Member kinds of every shard replica set (or of the replica set), comma-separated;
+    /// replaces --nodes. Kinds: voter (votes 1, priority 1), passive (priority 0), hidden
+    /// (hidden voter, priority 0), nonvoter (votes 0, priority 0), hidden-nonvoter, arbiter
+    /// (votes, no data), delayed:SECS (hidden voter applying entries SECS late). Validated
+    /// as mongod validates a config: at most 7 voters, at least one voter with priority > 0,
+    /// one arbiter at most from 6.0 on. Example: voter,voter,voter,hidden,arbiter
+    #[arg(long, value_parser = parse_members)]
+    members: Option<MemberList>,
+    /// How long secondaries take to learn the commit point from their sync source or the
+    /// primary (their hello lastWrite.majorityOpTime trails the primary's by this much).
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    commit_point_delay: Duration,
     /// Config server members.
     #[arg(long, default_value_t = 1)]
     config: usize,
@@ -79,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
         oplog_max_entries: args.oplog_max_entries,
         oplog_max_bytes: Some(args.oplog_max_bytes),
         replica_set_name: args.name.clone(),
+        members: args.members.clone().map(|m| m.0),
+        commit_point_delay: args.commit_point_delay,
         ..ClusterSpec::default()
     };
     let cluster = match &args.fixture {

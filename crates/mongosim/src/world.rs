@@ -2,11 +2,15 @@
 //! catalog. Everything here is synchronous and runs under one lock; time is passed in.
 //!
 //! ```text
-//!   write on primary --append--> primary oplog --tick: replicate after lag--> secondaries
-//!                                     |                                          |
-//!                                     +---- tick: majority commit point <--------+
-//!   tick: step down isolated primaries, elect the most up-to-date reachable node,
-//!         roll back a rejoining node to the common point, write periodic no-ops
+//!   write on primary --append--> primary oplog --tick: replicate after lag (+delay)--> secondaries
+//!                                     |            (from the primary or a chained source)  |
+//!                                     +-- tick: primary commit point: newest entry held <---+
+//!                                     |   by writeMajorityCount data-bearing voters, not
+//!                                     |   before its own term's first entry
+//!                                     +-- secondaries / arbiters learn it commit_point_delay later
+//!   tick: step down isolated primaries, elect the most up-to-date electable member with
+//!         a majority of votes, roll back a rejoining node to the common point, write
+//!         periodic no-ops
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 
 use crate::matcher;
+use crate::membership::{Majorities, MemberSpec};
 use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
 use crate::version::ServerVersion;
 
@@ -32,6 +37,10 @@ pub struct SimConfig {
     pub oplog_max_entries: Option<usize>,
     /// Cap on bytes per node oplog.
     pub oplog_max_bytes: Option<usize>,
+    /// How long a secondary takes to learn its sync source's (or the primary's) commit
+    /// point: mongod carries it in oplog fetcher metadata and heartbeats, so a secondary's
+    /// `majorityOpTime` trails the primary's.
+    pub commit_point_delay: Duration,
 }
 
 /// A member's replication state.
@@ -39,8 +48,10 @@ pub struct SimConfig {
 pub enum MemberState {
     /// Accepts writes.
     Primary,
-    /// Replicates from the primary.
+    /// Replicates from the primary (or another secondary).
     Secondary,
+    /// An arbiter: votes, holds no data.
+    Arbiter,
 }
 
 impl MemberState {
@@ -49,6 +60,7 @@ impl MemberState {
         match self {
             MemberState::Primary => 1,
             MemberState::Secondary => 2,
+            MemberState::Arbiter => 7,
         }
     }
 
@@ -57,6 +69,7 @@ impl MemberState {
         match self {
             MemberState::Primary => "PRIMARY",
             MemberState::Secondary => "SECONDARY",
+            MemberState::Arbiter => "ARBITER",
         }
     }
 }
@@ -251,18 +264,68 @@ pub struct NodeState {
     /// Open multi-document transactions: operations buffered until commitTransaction,
     /// keyed by [`txn_key`].
     pub txns: HashMap<String, Vec<OpSpec>>,
+    /// The member's configuration (`_id` is always set).
+    pub member: MemberSpec,
+    /// Not in the current config any more (replSetReconfig removed it): the process runs on
+    /// and answers hello without a config, as a removed mongod does.
+    pub removed: bool,
+    /// Receives no entries (a fault for scripting commit stories); still votes and
+    /// exchanges heartbeats.
+    pub replication_blocked: bool,
+    /// Sync source forced by `set_sync_source` (chained replication), if any.
+    pub sync_from: Option<usize>,
+    /// The member it replicated from at the last tick (replSetGetStatus `syncSourceHost`).
+    pub sync_source: Option<usize>,
+    /// Elected but not yet writable: the "new primary" no-op is not written while the set's
+    /// step-up is held (mongod's drain mode; hello reports it secondary).
+    pub draining: bool,
+    /// As primary: the optime of the first entry of its term. The commit point never moves
+    /// to an earlier optime (TopologyCoordinator's `_firstOpTimeOfMyTerm`); `None` while
+    /// draining or not primary.
+    pub first_optime_of_term: Option<OpKey>,
+    /// This member's view of the commit point (`lastCommittedOpTime`).
+    pub commit_point: Option<Arc<Entry>>,
+    /// When its commit point moved, so that others learn it `commit_point_delay` later.
+    pub commit_history: VecDeque<(Instant, Arc<Entry>)>,
+}
+
+/// An OpTime ordered as mongod orders them: term first, then timestamp.
+pub type OpKey = (i64, (u32, u32));
+
+/// The OpTime of an entry (legacy entries without `t` sort with term -1).
+pub fn op_key(id: &EntryId) -> OpKey {
+    (id.t.unwrap_or(-1), ts_key(id.ts))
 }
 
 impl NodeState {
-    fn new(addr: SocketAddr, cfg: &SimConfig, now: Instant) -> NodeState {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        member: MemberSpec,
+        cfg: &SimConfig,
+        now: Instant,
+    ) -> NodeState {
+        let arbiter = member.arbiter_only;
         NodeState {
             addr,
+            member,
+            removed: false,
+            replication_blocked: false,
+            sync_from: None,
+            sync_source: None,
+            draining: false,
+            first_optime_of_term: None,
+            commit_point: None,
+            commit_history: VecDeque::new(),
             alive: true,
             partitioned: false,
             partitioned_at: None,
             minority_since: None,
             lag: Duration::ZERO,
-            state: MemberState::Secondary,
+            state: if arbiter {
+                MemberState::Arbiter
+            } else {
+                MemberState::Secondary
+            },
             term: 0,
             stepdown_until: None,
             oplog: Oplog::new(cfg.oplog_max_entries, cfg.oplog_max_bytes),
@@ -281,15 +344,49 @@ impl NodeState {
     }
 
     fn reachable(&self) -> bool {
-        self.alive && !self.partitioned
+        self.alive && !self.partitioned && !self.removed
     }
 
-    /// OpTime of the newest entry `{ts, t}`.
+    /// OpTime of the newest entry `{ts, t}` (an arbiter's is null: `Timestamp(0, 0)`, -1).
     pub fn last_optime(&self) -> (Timestamp, i64) {
         match self.oplog.last() {
             Some(e) => (e.id.ts, e.id.t.unwrap_or(-1)),
+            None if self.member.arbiter_only => (
+                Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+                -1,
+            ),
             None => (self.last_ts, self.term),
         }
+    }
+
+    /// [`NodeState::last_optime`] as an ordered key.
+    pub fn last_key(&self) -> OpKey {
+        let (ts, t) = self.last_optime();
+        (t, ts_key(ts))
+    }
+
+    /// The committed snapshot hello reports as `lastWrite.majorityOpTime`: the commit point
+    /// capped at what this member has applied (mongod's stable optime is at most
+    /// min(commit point, lastApplied)). `None` before it learned any commit point, and for
+    /// arbiters (no storage, no snapshot).
+    pub fn committed_snapshot(&self) -> Option<&Arc<Entry>> {
+        if self.member.arbiter_only {
+            return None;
+        }
+        let c = self.commit_point.as_ref()?;
+        match self.oplog.last() {
+            Some(last) if op_key(&last.id) < op_key(&c.id) => Some(last),
+            Some(_) => Some(c),
+            None => None,
+        }
+    }
+
+    /// Whether it is primary and accepts writes (elected and out of drain mode).
+    pub fn writable_primary(&self) -> bool {
+        self.state == MemberState::Primary && !self.draining
     }
 }
 
@@ -329,15 +426,43 @@ pub struct SetState {
     pub elect_now: bool,
     /// Removed from the cluster (removeShard completed): no longer ticks.
     pub removed: bool,
+    /// Config `term` (the primary's term when the config was installed; -1 after a force
+    /// reconfig).
+    pub config_term: i64,
+    /// `settings.replicaSetId`.
+    pub replica_set_id: ObjectId,
+    /// While set, a newly elected primary stays in drain mode (no "new primary" no-op, no
+    /// writes, no commit point): the lever that lets a test carry an old-term entry to a
+    /// majority before the new term commits anything (Raft's "figure 8").
+    pub hold_step_up: bool,
     /// Retryable-write statements executed on this set: (lsid id, txnNumber, stmtId) to
     /// the entry that logged it (a retry is answered from here if the entry survives).
     pub session_history: HashMap<(Vec<u8>, i64, i32), EntryId>,
 }
 
 impl SetState {
-    /// Majority of voting members.
+    /// Votes an election needs (`majorityVoteCount`).
     pub fn majority(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        self.majorities().majority_vote_count
+    }
+
+    /// The majorities of the current config.
+    pub fn majorities(&self) -> Majorities {
+        Majorities::of(self.config_members().map(|(_, n)| &n.member))
+    }
+
+    /// Members of the current config, in config order, with their index.
+    pub fn config_members(&self) -> impl Iterator<Item = (usize, &NodeState)> {
+        self.nodes.iter().enumerate().filter(|(_, n)| !n.removed)
+    }
+
+    /// How many data-bearing voters hold this entry (what a write majority counts).
+    pub fn voting_holders(&self, id: &EntryId) -> usize {
+        self.config_members()
+            .filter(|(_, n)| {
+                n.member.is_voter() && n.member.is_data_bearing() && n.oplog.contains(id)
+            })
+            .count()
     }
 
     /// The reachable primary with the highest term, if any.
@@ -362,9 +487,14 @@ impl SetState {
         })
     }
 
-    /// The `host` string of config.shards: `name/h1,h2,h3`.
+    /// The `host` string of config.shards: `name/h1,h2,h3` with the members that are
+    /// neither hidden nor arbiters (`ReplSetConfig::_initializeConnectionString`).
     pub fn host_string(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        let hosts: Vec<String> = self
+            .config_members()
+            .filter(|(_, n)| !n.member.hidden && !n.member.arbiter_only)
+            .map(|(_, n)| n.addr.to_string())
+            .collect();
         format!("{}/{}", self.name, hosts.join(","))
     }
 
@@ -470,6 +600,9 @@ pub struct World {
     pub capture: Option<Vec<(usize, usize, OpSpec)>>,
     /// The transaction of the write command being executed, if any.
     pub txn_key: Option<String>,
+    /// First port of a cluster laid out on consecutive ports (0: ephemeral ports); members
+    /// added by reconfig without a host take the next free one.
+    pub base_port: u16,
     /// Operations per applyOps entry before a transaction is split into a `partialTxn`
     /// chain (mongod: maxNumberOfTransactionOperationsInSingleOplogEntry, and 16 MB).
     pub max_txn_ops_per_entry: usize,
@@ -554,6 +687,7 @@ impl World {
             session: None,
             capture: None,
             txn_key: None,
+            base_port: 0,
             max_txn_ops_per_entry: usize::MAX,
         }
     }
@@ -567,15 +701,39 @@ impl World {
         addrs: &[SocketAddr],
         now: Instant,
     ) -> usize {
+        let members = vec![MemberSpec::voter(); addrs.len()];
+        self.add_set_with_members(name, role, addrs, &members, now)
+    }
+
+    /// Adds a replica set with these member configurations (validate them first with
+    /// [`crate::membership::validate_set`]); the first electable member is the first
+    /// primary. Arbiters get no oplog entries.
+    pub fn add_set_with_members(
+        &mut self,
+        name: &str,
+        role: SetRole,
+        addrs: &[SocketAddr],
+        members: &[MemberSpec],
+        now: Instant,
+    ) -> usize {
         let nodes = addrs
             .iter()
-            .map(|a| NodeState::new(*a, &self.cfg, now))
+            .enumerate()
+            .map(|(i, a)| {
+                let mut m = members.get(i).cloned().unwrap_or_default();
+                m.host = Some(*a);
+                m.id = Some(m.id.unwrap_or(i as i32));
+                NodeState::new(*a, m, &self.cfg, now)
+            })
             .collect();
         self.sets.push(SetState {
             name: name.to_owned(),
             role,
             nodes,
             set_version: 1,
+            config_term: 1,
+            replica_set_id: ObjectId::new(),
+            hold_step_up: false,
             uuids: HashMap::new(),
             committed: Vec::new(),
             rolled_back: Vec::new(),
@@ -598,11 +756,50 @@ impl World {
         if let Ok(entry) = Entry::from_doc(doc, now) {
             let entry = Arc::new(entry);
             for n in 0..self.sets[s].nodes.len() {
-                self.push_entry(s, n, entry.clone());
+                if self.sets[s].nodes[n].member.is_data_bearing() {
+                    self.push_entry(s, n, entry.clone());
+                }
             }
         }
-        self.elect(s, 0, 1, now);
+        let first = self.sets[s]
+            .nodes
+            .iter()
+            .position(|n| n.member.is_electable())
+            .unwrap_or(0);
+        self.elect(s, first, 1, now);
         s
+    }
+
+    /// Initial sync of a member added by reconfig: it copies the oplog and data of the
+    /// primary (or of the most up-to-date reachable data-bearing member) in one step.
+    pub fn initial_sync(&mut self, s: usize, n: usize) {
+        if !self.sets[s].nodes[n].member.is_data_bearing() {
+            return;
+        }
+        let source = self.sets[s].sync_source().filter(|p| *p != n).or_else(|| {
+            self.sets[s]
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| *i != n && m.reachable() && m.member.is_data_bearing())
+                .max_by_key(|(_, m)| m.last_key())
+                .map(|(i, _)| i)
+        });
+        let Some(src) = source else { return };
+        let (entries, data, term, last_ts) = {
+            let src = &self.sets[s].nodes[src];
+            let entries: Vec<Arc<Entry>> = src.oplog.iter().cloned().collect();
+            (entries, src.data.clone(), src.term, src.last_ts)
+        };
+        let node = &mut self.sets[s].nodes[n];
+        node.oplog = Oplog::new(self.cfg.oplog_max_entries, self.cfg.oplog_max_bytes);
+        for e in entries {
+            node.oplog.push(e);
+        }
+        node.data = data;
+        node.term = node.term.max(term);
+        node.last_ts = last_ts;
+        node.too_stale_logged = false;
     }
 
     /// Finds the process listening on `addr`.
@@ -834,7 +1031,7 @@ impl World {
     /// # Errors
     /// NotWritablePrimary when the node is not primary.
     pub fn check_writable(&self, s: usize, n: usize) -> Result<(), CmdError> {
-        if self.sets[s].nodes[n].state == MemberState::Primary {
+        if self.sets[s].nodes[n].writable_primary() {
             Ok(())
         } else {
             Err(CmdError::not_primary())
@@ -1115,12 +1312,30 @@ impl World {
                 node.term = term;
                 node.state = MemberState::Primary;
                 node.minority_since = None;
+                node.sync_source = None;
+                node.draining = true;
+                node.first_optime_of_term = None;
             }
         }
         set.no_primary_since = None;
         set.elect_now = false;
-        self.write(s, n, &OpSpec::noop("new primary"), now);
         tracing::info!(set = %self.sets[s].name, node = %self.sets[s].nodes[n].addr, term, "elected primary");
+        if !self.sets[s].hold_step_up {
+            self.complete_step_up(s, n, now);
+        }
+    }
+
+    /// Ends drain mode: logs the "new primary" no-op, whose optime becomes the floor of what
+    /// this primary may commit (TopologyCoordinator::completeTransitionToPrimary).
+    fn complete_step_up(&mut self, s: usize, n: usize, now: Instant) {
+        let node = &mut self.sets[s].nodes[n];
+        if node.state != MemberState::Primary || !node.draining {
+            return;
+        }
+        node.draining = false;
+        if let Some(e) = self.write(s, n, &OpSpec::noop("new primary"), now) {
+            self.sets[s].nodes[n].first_optime_of_term = Some(op_key(&e.id));
+        }
     }
 
     /// Steps a primary down to secondary.
@@ -1129,6 +1344,8 @@ impl World {
         if node.state == MemberState::Primary {
             node.state = MemberState::Secondary;
             node.minority_since = None;
+            node.draining = false;
+            node.first_optime_of_term = None;
             tracing::info!(node = %node.addr, "stepped down");
         }
         if self.sets[s].no_primary_since.is_none() {
@@ -1151,8 +1368,8 @@ impl World {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(i, node)| *i != p && node.reachable())
-            .max_by_key(|(i, node)| (ts_key(node.last_optime().0), std::cmp::Reverse(*i)))
+            .filter(|(i, node)| *i != p && node.reachable() && node.member.is_electable())
+            .max_by_key(|(i, node)| (node.last_key(), std::cmp::Reverse(*i)))
             .map(|(i, _)| i);
         let Some(c) = candidate else {
             return Err(CmdError::new(
@@ -1202,12 +1419,30 @@ impl World {
                 continue;
             }
             changed |= self.run_elections(s, now);
+            changed |= self.finish_drains(s, now);
             changed |= self.replicate(s, now);
             changed |= self.write_noops(s, now);
             changed |= self.replicate(s, now);
-            self.advance_commit(s);
+            changed |= self.advance_commit(s, now);
         }
         changed
+    }
+
+    /// Completes drain mode of primaries elected while the step-up was held.
+    fn finish_drains(&mut self, s: usize, now: Instant) -> bool {
+        if self.sets[s].hold_step_up {
+            return false;
+        }
+        let draining: Vec<usize> = (0..self.sets[s].nodes.len())
+            .filter(|i| {
+                let n = &self.sets[s].nodes[*i];
+                n.alive && n.state == MemberState::Primary && n.draining
+            })
+            .collect();
+        for n in &draining {
+            self.complete_step_up(s, *n, now);
+        }
+        !draining.is_empty()
     }
 
     fn run_elections(&mut self, s: usize, now: Instant) -> bool {
@@ -1215,6 +1450,12 @@ impl World {
         let majority = self.sets[s].majority();
         let reachable: Vec<usize> = (0..self.sets[s].nodes.len())
             .filter(|i| self.sets[s].nodes[*i].reachable())
+            .collect();
+        // Only voters count towards an election or towards a primary seeing a majority.
+        let voters: Vec<usize> = reachable
+            .iter()
+            .copied()
+            .filter(|i| self.sets[s].nodes[*i].member.is_voter())
             .collect();
         let max_reachable_term = reachable
             .iter()
@@ -1227,12 +1468,12 @@ impl World {
             if node.state != MemberState::Primary {
                 continue;
             }
-            let step = if !node.alive {
+            let step = if !node.alive || node.removed || !node.member.is_electable() {
                 true
             } else if node.partitioned {
                 node.partitioned_at
                     .is_some_and(|at| now.duration_since(at) >= timeout)
-            } else if reachable.len() < majority {
+            } else if voters.len() < majority {
                 let since = *node.minority_since.get_or_insert(now);
                 now.duration_since(since) >= timeout
             } else {
@@ -1254,36 +1495,41 @@ impl World {
             self.sets[s].no_primary_since = None;
             return changed;
         }
-        if reachable.len() < majority {
+        if voters.len() < majority {
             return changed;
         }
         let since = *self.sets[s].no_primary_since.get_or_insert(now);
         if !self.sets[s].elect_now && now.duration_since(since) < timeout {
             return changed;
         }
+        // Candidates: electable members (not arbiters, priority > 0: hidden, delayed and
+        // non-voting members never stand) that are not frozen by a step-down.
         let candidate = reachable
             .iter()
             .copied()
             .filter(|i| {
-                self.sets[s].nodes[*i]
-                    .stepdown_until
-                    .is_none_or(|until| until <= now)
+                let n = &self.sets[s].nodes[*i];
+                n.member.is_electable() && n.stepdown_until.is_none_or(|until| until <= now)
             })
-            .max_by_key(|i| {
-                let (ts, t) = self.sets[s].nodes[*i].last_optime();
-                (t, ts_key(ts), std::cmp::Reverse(*i))
+            .max_by(|a, b| {
+                let (na, nb) = (&self.sets[s].nodes[*a], &self.sets[s].nodes[*b]);
+                na.last_key()
+                    .cmp(&nb.last_key())
+                    .then(na.member.priority.total_cmp(&nb.member.priority))
+                    .then(b.cmp(a))
             });
-        // A candidate needs the votes of a majority, and a member votes only for a candidate
-        // whose oplog is at least as up to date as its own (members frozen by a step-down
-        // cannot stand, but they still vote): otherwise a lagging member could win and roll
-        // back majority-committed entries.
-        let key = |i: usize| {
-            let (ts, t) = self.sets[s].nodes[i].last_optime();
-            (t, ts_key(ts))
-        };
-        if let Some(c) = candidate
-            .filter(|c| reachable.iter().filter(|v| key(**v) <= key(*c)).count() >= majority)
-        {
+        // A candidate needs the votes of a majority of voters (majorityVoteCount), and a
+        // voter grants its vote only to a candidate whose oplog is at least as up to date as
+        // its own (an arbiter's is empty, so it always does): otherwise a lagging member
+        // could win and roll back majority-committed entries.
+        if let Some(c) = candidate.filter(|c| {
+            let ck = self.sets[s].nodes[*c].last_key();
+            voters
+                .iter()
+                .filter(|v| self.sets[s].nodes[**v].last_key() <= ck)
+                .count()
+                >= majority
+        }) {
             let term = max_reachable_term + 1;
             self.elect(s, c, term, now);
             changed = true;
@@ -1291,13 +1537,37 @@ impl World {
         changed
     }
 
+    /// Where member `i` replicates from: its forced sync source when that one is usable,
+    /// else the primary.
+    fn pick_sync_source(&self, s: usize, i: usize) -> Option<usize> {
+        let set = &self.sets[s];
+        if let Some(j) = set.nodes[i].sync_from {
+            let src = &set.nodes[j];
+            if j != i && src.reachable() && src.member.is_data_bearing() {
+                return Some(j);
+            }
+        }
+        set.sync_source().filter(|p| *p != i)
+    }
+
     fn replicate(&mut self, s: usize, now: Instant) -> bool {
-        let Some(p) = self.sets[s].sync_source() else {
-            return false;
-        };
         let mut changed = false;
         for i in 0..self.sets[s].nodes.len() {
-            if i == p || !self.sets[s].nodes[i].reachable() {
+            {
+                let node = &self.sets[s].nodes[i];
+                if !node.reachable()
+                    || !node.member.is_data_bearing()
+                    || node.state == MemberState::Primary
+                {
+                    continue;
+                }
+            }
+            let Some(p) = self.pick_sync_source(s, i) else {
+                self.sets[s].nodes[i].sync_source = None;
+                continue;
+            };
+            self.sets[s].nodes[i].sync_source = Some(p);
+            if self.sets[s].nodes[i].replication_blocked {
                 continue;
             }
             let start = {
@@ -1316,9 +1586,16 @@ impl World {
                             .is_some_and(|f| ts_key(f.id.ts) > ts_key(e.id.ts)) =>
                         {
                             if !dst.too_stale_logged {
-                                tracing::warn!(node = %dst.addr, source = %src.addr, "too stale to sync from the primary");
+                                tracing::warn!(node = %dst.addr, source = %src.addr, "too stale to sync from its source");
                             }
                             None.or(Some(usize::MAX))
+                        }
+                        // Its newest entry is not on the source's branch yet: a secondary
+                        // source that lags behind it waits; a primary means rollback.
+                        None if src.state != MemberState::Primary
+                            && src.last_key() < dst.last_key() =>
+                        {
+                            continue
                         }
                         None => None,
                     },
@@ -1342,7 +1619,9 @@ impl World {
                     }
                 }
             };
-            let lag = self.sets[s].nodes[i].lag;
+            let node = &self.sets[s].nodes[i];
+            // A delayed member applies entries secondaryDelaySecs after they were written.
+            let lag = node.lag + Duration::from_secs(node.member.secondary_delay_secs);
             let ready: Vec<Arc<Entry>> = self.sets[s].nodes[p]
                 .oplog
                 .iter()
@@ -1400,7 +1679,13 @@ impl World {
             );
         }
         tracing::warn!(set = %set.name, node = %node.addr, entries = removed.len(), "rollback");
+        let committed_key = set.commit_point.as_ref().map(|c| op_key(&c.id));
         for e in removed {
+            if committed_key.is_some_and(|k| op_key(&e.id) <= k)
+                && set.committed.iter().rev().any(|c| c.id == e.id)
+            {
+                tracing::error!(set = %set.name, node = %node.addr, ts = ?e.id.ts, "a committed entry was rolled back (simulator bug)");
+            }
             if !set.rolled_back.iter().any(|r| r.id == e.id) {
                 set.rolled_back.push(e);
             }
@@ -1412,7 +1697,7 @@ impl World {
         for n in 0..self.sets[s].nodes.len() {
             let node = &self.sets[s].nodes[n];
             if node.alive
-                && node.state == MemberState::Primary
+                && node.writable_primary()
                 && !self.cfg.noop_interval.is_zero()
                 && now.duration_since(node.last_write_at) >= self.cfg.noop_interval
             {
@@ -1423,10 +1708,145 @@ impl World {
         changed
     }
 
-    fn advance_commit(&mut self, s: usize) {
+    /// The commit rule of protocol version 1, per member.
+    ///
+    /// A primary (out of drain mode) moves its commit point to the newest entry that
+    /// `writeMajorityCount` data-bearing voters hold, but never to an optime before the first
+    /// entry of its own term (TopologyCoordinator::updateLastCommittedOpTimeAndWallTime and
+    /// advanceLastCommittedOpTimeAndWallTime): entries of older terms commit only when an
+    /// entry of the current term does. Non-voters' and arbiters' copies never count.
+    ///
+    /// Secondaries learn their sync source's commit point (capped at their own newest entry
+    /// when its term differs: same branch guaranteed) and the primary's through heartbeats
+    /// (ignored when its term differs from their newest entry's), both as they were
+    /// `commit_point_delay` ago. Arbiters take the heartbeat value as is.
+    ///
+    /// The set's ground truth follows the primaries: an entry enters `committed` when a
+    /// primary's commit point passes it.
+    fn advance_commit(&mut self, s: usize, now: Instant) -> bool {
+        let mut changed = false;
+        let write_majority = self.sets[s].majorities().write_majority;
+        for p in 0..self.sets[s].nodes.len() {
+            let target = {
+                let set = &self.sets[s];
+                let primary = &set.nodes[p];
+                if !primary.alive
+                    || primary.removed
+                    || primary.state != MemberState::Primary
+                    || primary.draining
+                {
+                    continue;
+                }
+                let Some(floor) = primary.first_optime_of_term else {
+                    continue;
+                };
+                let start = match &primary.commit_point {
+                    Some(c) => match primary.oplog.position_of(&c.id) {
+                        Some(i) => i + 1,
+                        None => primary.oplog.index_after(c.id.ts),
+                    },
+                    None => 0,
+                };
+                let mut newest = None;
+                for i in (start..primary.oplog.len()).rev() {
+                    if let Some(e) = primary.oplog.get(i) {
+                        if op_key(&e.id) < floor {
+                            break;
+                        }
+                        if set.voting_holders(&e.id) >= write_majority {
+                            newest = Some(e.clone());
+                            break;
+                        }
+                    }
+                }
+                newest
+            };
+            if let Some(e) = target {
+                self.set_node_commit_point(s, p, e.clone(), now);
+                self.advance_truth(s, p, &e);
+                changed = true;
+            }
+        }
+        // Secondaries and arbiters learn it.
+        let cutoff = now.checked_sub(self.cfg.commit_point_delay);
+        let primary = self.sets[s].sync_source();
+        for i in 0..self.sets[s].nodes.len() {
+            let (learn_from_source, is_arbiter) = {
+                let n = &self.sets[s].nodes[i];
+                if !n.reachable() || n.state == MemberState::Primary {
+                    continue;
+                }
+                (n.sync_source, n.member.arbiter_only)
+            };
+            let mut candidates = Vec::new();
+            if let Some(src) = learn_from_source.filter(|_| !is_arbiter) {
+                if self.sets[s].nodes[src].reachable() {
+                    if let Some(c) = commit_point_at(&self.sets[s].nodes[src], cutoff) {
+                        candidates.push((c, true));
+                    }
+                }
+            }
+            if let Some(p) = primary.filter(|p| *p != i) {
+                if let Some(c) = commit_point_at(&self.sets[s].nodes[p], cutoff) {
+                    candidates.push((c, false));
+                }
+            }
+            for (c, from_sync_source) in candidates {
+                let accepted = {
+                    let n = &self.sets[s].nodes[i];
+                    let mine = n.commit_point.as_ref().map(|m| op_key(&m.id));
+                    let c = if is_arbiter {
+                        Some(c)
+                    } else {
+                        match n.oplog.last() {
+                            None => None,
+                            Some(last) if last.id.t == c.id.t => Some(c),
+                            Some(last) if from_sync_source => {
+                                Some(if op_key(&last.id) < op_key(&c.id) {
+                                    last.clone()
+                                } else {
+                                    c
+                                })
+                            }
+                            Some(_) => None,
+                        }
+                    };
+                    c.filter(|c| mine.is_none_or(|m| op_key(&c.id) > m))
+                };
+                if let Some(c) = accepted {
+                    self.set_node_commit_point(s, i, c, now);
+                    changed = true;
+                }
+            }
+        }
+        // Forget history nobody can ask for any more.
+        if let Some(cutoff) = cutoff {
+            for n in &mut self.sets[s].nodes {
+                while n.commit_history.len() >= 2 && n.commit_history[1].0 <= cutoff {
+                    n.commit_history.pop_front();
+                }
+            }
+        }
+        changed
+    }
+
+    fn set_node_commit_point(&mut self, s: usize, n: usize, e: Arc<Entry>, now: Instant) {
+        let node = &mut self.sets[s].nodes[n];
+        node.commit_point = Some(e.clone());
+        node.commit_history.push_back((now, e));
+    }
+
+    /// Moves the ground truth to `e` (committed by primary `p`): the entries of `p`'s oplog
+    /// between the previous truth and `e` become committed.
+    fn advance_truth(&mut self, s: usize, p: usize, e: &Arc<Entry>) {
         let set = &self.sets[s];
-        let Some(p) = set.primary_index() else { return };
-        let majority = set.majority();
+        if set
+            .commit_point
+            .as_ref()
+            .is_some_and(|c| op_key(&c.id) >= op_key(&e.id))
+        {
+            return;
+        }
         let primary = &set.nodes[p];
         let start = match &set.commit_point {
             Some(c) => match primary.oplog.position_of(&c.id) {
@@ -1435,23 +1855,17 @@ impl World {
             },
             None => 0,
         };
-        let held = |e: &Entry| set.nodes.iter().filter(|n| n.oplog.contains(&e.id)).count();
-        let mut newest = None;
-        for i in (start..primary.oplog.len()).rev() {
-            if let Some(e) = primary.oplog.get(i) {
-                if held(e) >= majority {
-                    newest = Some(i);
-                    break;
-                }
-            }
-        }
-        let Some(end) = newest else { return };
+        let Some(end) = primary.oplog.position_of(&e.id) else {
+            return;
+        };
         let newly: Vec<Arc<Entry>> = (start..=end)
             .filter_map(|i| primary.oplog.get(i).cloned())
             .collect();
         let set = &mut self.sets[s];
-        if let Some(last) = newly.last() {
-            set.commit_point = Some(last.clone());
+        set.commit_point = Some(e.clone());
+        if !set.rolled_back.is_empty() {
+            set.rolled_back
+                .retain(|r| !newly.iter().any(|c| c.id == r.id));
         }
         set.committed.extend(newly);
     }
@@ -1472,7 +1886,11 @@ impl World {
     pub fn restart(&mut self, s: usize, n: usize, now: Instant) {
         let node = &mut self.sets[s].nodes[n];
         node.alive = true;
-        node.state = MemberState::Secondary;
+        node.state = if node.member.arbiter_only {
+            MemberState::Arbiter
+        } else {
+            MemberState::Secondary
+        };
         node.last_write_at = now;
     }
 
@@ -1604,6 +2022,16 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// The newest commit point `n` had at `cutoff` (what others can have learned by now).
+fn commit_point_at(n: &NodeState, cutoff: Option<Instant>) -> Option<Arc<Entry>> {
+    let cutoff = cutoff?;
+    n.commit_history
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= cutoff)
+        .map(|(_, e)| e.clone())
 }
 
 /// BadValue (2) from a filter error.
@@ -1740,6 +2168,7 @@ mod tests {
                 election_timeout: TIMEOUT,
                 oplog_max_entries: None,
                 oplog_max_bytes: None,
+                commit_point_delay: Duration::ZERO,
             },
         );
         let addrs: Vec<SocketAddr> = (0..nodes)
@@ -1909,5 +2338,81 @@ mod tests {
             .map(|e| ts_key(e.id.ts))
             .collect();
         assert!(ts.windows(2).all(|p| p[0] < p[1]));
+    }
+}
+
+#[cfg(test)]
+mod commit_rule_tests {
+    use super::*;
+
+    fn five() -> (World, Instant) {
+        let mut w = World::new(
+            ServerVersion::V7_0,
+            SimConfig {
+                noop_interval: Duration::ZERO,
+                election_timeout: Duration::from_millis(100),
+                oplog_max_entries: None,
+                oplog_max_bytes: None,
+                commit_point_delay: Duration::ZERO,
+            },
+        );
+        let addrs: Vec<SocketAddr> = (0..5)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 41000 + i)))
+            .collect();
+        let now = Instant::now();
+        w.add_set("rs", SetRole::Plain, &addrs, now);
+        w.tick(now);
+        (w, now)
+    }
+
+    #[test]
+    fn an_older_term_entry_commits_only_with_an_entry_of_the_current_term() {
+        let (mut w, t0) = five();
+        for n in 2..5 {
+            w.sets[0].nodes[n].replication_blocked = true;
+        }
+        w.insert(0, 0, "test.c", vec![doc! {"_id": "x"}], false, t0)
+            .unwrap();
+        w.tick(t0);
+        let x = w.sets[0].nodes[0].oplog.last().unwrap().id;
+        assert_eq!(w.sets[0].voting_holders(&x), 2);
+        // Node 0 steps down and is re-elected in a new term with its step-up held.
+        w.sets[0].hold_step_up = true;
+        w.step_down_node(0, 0, t0);
+        w.elect(0, 0, 5, t0);
+        assert!(w.sets[0].nodes[0].draining);
+        w.sets[0].nodes[2].replication_blocked = false;
+        w.tick(t0);
+        assert_eq!(w.sets[0].voting_holders(&x), 3, "held by a majority");
+        assert!(!w.sets[0].committed.iter().any(|e| e.id == x));
+        // Releasing the hold logs the term-5 no-op; once it is held by a majority, x commits.
+        w.sets[0].hold_step_up = false;
+        w.tick(t0);
+        let noop = w.sets[0].nodes[0].oplog.last().unwrap().id;
+        assert_eq!(noop.t, Some(5));
+        assert!(w.sets[0].committed.iter().any(|e| e.id == x));
+        assert_eq!(w.sets[0].commit_point.as_ref().unwrap().id, noop);
+        // Secondaries learned it (commit_point_delay is zero here).
+        assert_eq!(w.sets[0].nodes[2].commit_point.as_ref().unwrap().id, noop);
+    }
+
+    #[test]
+    fn non_voters_do_not_count() {
+        let (mut w, t0) = five();
+        for n in 3..5 {
+            w.sets[0].nodes[n].member = MemberSpec::non_voter();
+        }
+        assert_eq!(w.sets[0].majorities().write_majority, 2);
+        w.sets[0].nodes[1].replication_blocked = true;
+        w.sets[0].nodes[2].replication_blocked = true;
+        w.insert(0, 0, "test.c", vec![doc! {"_id": "z"}], false, t0)
+            .unwrap();
+        w.tick(t0);
+        let z = w.sets[0].nodes[0].oplog.last().unwrap().id;
+        assert!(w.sets[0].nodes[3].oplog.contains(&z) && w.sets[0].nodes[4].oplog.contains(&z));
+        assert!(!w.sets[0].committed.iter().any(|e| e.id == z));
+        w.sets[0].nodes[1].replication_blocked = false;
+        w.tick(t0);
+        assert!(w.sets[0].committed.iter().any(|e| e.id == z));
     }
 }

@@ -1091,3 +1091,639 @@ async fn reverse_natural_scan_returns_the_newest_entries_first() {
         .await;
     assert_eq!(oldest.first(), all.first());
 }
+
+// ---------------------------------------------------------------------------------------
+// Membership: hidden members, non-voters, arbiters, delayed members, reconfig, the commit
+// rule and Raft's "figure 8".
+// ---------------------------------------------------------------------------------------
+
+use mongosim::membership::MemberSpec;
+
+type OpKey = (i64, (u32, u32));
+
+fn key_of(d: &Document) -> OpKey {
+    let ts = d.get_timestamp("ts").unwrap();
+    (d.get_i64("t").unwrap_or(-1), (ts.time, ts.increment))
+}
+
+fn entry_key(raw: &RawDocumentBuf) -> OpKey {
+    key_of(&raw_to_doc(raw))
+}
+
+fn holds(rs: &Cluster, node: SocketAddr, key: OpKey) -> bool {
+    rs.oplog_snapshot(node).iter().any(|e| entry_key(e) == key)
+}
+
+fn committed_keys(rs: &Cluster, set: &str) -> Vec<OpKey> {
+    rs.committed_entries(set).iter().map(entry_key).collect()
+}
+
+fn rolled_back_keys(rs: &Cluster, set: &str) -> Vec<OpKey> {
+    rs.rolled_back_entries(set).iter().map(entry_key).collect()
+}
+
+fn member_rs(members: Vec<MemberSpec>) -> ReplicaSetSpec {
+    ReplicaSetSpec {
+        members: Some(members),
+        noop_interval: Duration::from_secs(3600),
+        election_timeout: Duration::from_millis(300),
+        commit_point_delay: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
+async fn admin(addr: SocketAddr, cmd: Document) -> Document {
+    direct(addr)
+        .await
+        .database("admin")
+        .run_command(cmd)
+        .await
+        .unwrap()
+}
+
+/// Inserts one document on `primary` (w: 1) and returns the key of its oplog entry.
+async fn insert_on(rs: &Cluster, primary: SocketAddr, id: &str) -> OpKey {
+    direct(primary)
+        .await
+        .database("test")
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": id})
+        .await
+        .unwrap();
+    let entry = rs
+        .oplog_snapshot(primary)
+        .into_iter()
+        .map(|r| raw_to_doc(&r))
+        .find(|d| {
+            d.get_str("op").ok() == Some("i")
+                && d.get_document("o").unwrap().get_str("_id").ok() == Some(id)
+        })
+        .expect("the insert is in the primary's oplog");
+    key_of(&entry)
+}
+
+async fn wait_primary(rs: &Cluster, set: &str, want: SocketAddr) {
+    assert!(
+        rs.wait_for(DEADLINE, |c| c.primary_of(set) == Some(want)
+            && c.status()
+                .iter()
+                .any(|n| n.addr == want.to_string() && n.state == "PRIMARY"))
+            .await,
+        "{want} did not become primary: {:?}",
+        rs.status()
+    );
+}
+
+async fn wait_committed(rs: &Cluster, set: &str, key: OpKey) {
+    assert!(
+        rs.wait_for(DEADLINE, |c| committed_keys(c, set).contains(&key))
+            .await,
+        "{key:?} never committed"
+    );
+}
+
+fn majority_op_time(hello: &Document) -> Option<OpKey> {
+    hello
+        .get_document("lastWrite")
+        .ok()?
+        .get_document("majorityOpTime")
+        .ok()
+        .map(key_of)
+}
+
+/// Raft's figure 8 (Ongaro's thesis, fig. 3.7) on five voters A..E. A (term 1) writes X,
+/// which reaches B only. A and B die; C wins term 2 with D and E and writes Y alone. C dies;
+/// A and B return and A wins term 3, but its step-up is held (drain mode): before it
+/// commits anything of term 3, D copies X from it, so X is held by A, B, D — a majority of
+/// voters. A dies before finishing its step-up; C (newest term in its log) wins again and X
+/// is rolled back everywhere. X must never be committed, and no member's
+/// `lastWrite.majorityOpTime` (read with the Rust driver throughout) may reach X on X's
+/// branch.
+#[tokio::test]
+async fn figure_eight_entry_held_by_a_majority_is_rolled_back() {
+    let rs = ReplicaSet::start(member_rs(vec![MemberSpec::voter(); 5]))
+        .await
+        .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    let (a, b, c, d, e) = (m[0], m[1], m[2], m[3], m[4]);
+    wait_primary(&rs, &set, a).await;
+    assert!(
+        rs.wait_for(DEADLINE, |x| x.commit_point(&set).is_some())
+            .await
+    );
+
+    // Every member's majorityOpTime, read through hello with the Rust driver, all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let members = m.clone();
+        tokio::spawn(async move {
+            let mut clients = Vec::new();
+            for addr in &members {
+                clients.push(
+                    Client::with_uri_str(format!(
+                        "mongodb://{addr}/?directConnection=true&serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+                    ))
+                    .await
+                    .unwrap(),
+                );
+            }
+            let mut seen: Vec<(SocketAddr, OpKey)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for (addr, c) in members.iter().zip(&clients) {
+                    let hello = tokio::time::timeout(
+                        Duration::from_millis(400),
+                        c.database("admin").run_command(doc! {"hello": 1}),
+                    )
+                    .await;
+                    if let Ok(Ok(h)) = hello {
+                        if let Some(k) = majority_op_time(&h) {
+                            seen.push((*addr, k));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+
+    // Term 1: X reaches B only.
+    for n in [c, d, e] {
+        rs.block_replication(n, true).unwrap();
+    }
+    let x = insert_on(&rs, a, "X").await;
+    assert_eq!(x.0, 1);
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, b, x)).await);
+    rs.kill_node(a).await.unwrap();
+    rs.kill_node(b).await.unwrap();
+
+    // Term 2: C is elected by C, D, E and writes Y on its own.
+    wait_primary(&rs, &set, c).await;
+    let y = insert_on(&rs, c, "Y").await;
+    assert_eq!(y.0, 2);
+    assert!(!holds(&rs, d, y) && !holds(&rs, e, y));
+    rs.kill_node(c).await.unwrap();
+
+    // Term 3: A wins (it holds X) but stays in drain mode; D copies X from it.
+    rs.hold_step_up(&set, true).unwrap();
+    rs.restart_node(a).await.unwrap();
+    rs.restart_node(b).await.unwrap();
+    wait_primary(&rs, &set, a).await;
+    let hello_a = admin(a, doc! {"hello": 1}).await;
+    assert!(
+        !hello_a.get_bool("isWritablePrimary").unwrap(),
+        "drain mode: {hello_a}"
+    );
+    rs.block_replication(d, false).unwrap();
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, d, x)).await);
+    let holders = [a, b, c, d, e]
+        .iter()
+        .filter(|n| holds(&rs, **n, x))
+        .count();
+    assert_eq!(holders, 3, "X is held by a majority of the five voters");
+    // Give the simulation time to (wrongly) commit it.
+    assert!(
+        !rs.wait_for(Duration::from_millis(300), |r| committed_keys(r, &set)
+            .contains(&x))
+            .await,
+        "X held by a majority but no term-3 entry: it must not commit"
+    );
+    assert!(rs
+        .member_commit_point(a)
+        .is_none_or(|(ts, t)| (t.unwrap_or(-1), (ts.time, ts.increment)) < x));
+
+    // A dies before writing anything of term 3; C returns (without syncing) and wins.
+    rs.block_replication(c, true).unwrap();
+    rs.restart_node(c).await.unwrap();
+    rs.kill_node(a).await.unwrap();
+    wait_primary(&rs, &set, c).await;
+    rs.hold_step_up(&set, false).unwrap();
+    rs.block_replication(e, false).unwrap();
+    rs.block_replication(c, false).unwrap();
+    assert!(
+        rs.wait_for(DEADLINE, |r| rolled_back_keys(r, &set).contains(&x)
+            && !holds(r, b, x)
+            && !holds(r, d, x))
+            .await,
+        "X was not rolled back: {:?}",
+        rs.status()
+    );
+    // C's new term commits, carrying Y (term 2) with it.
+    wait_committed(&rs, &set, y).await;
+    let c_term = rs
+        .status()
+        .iter()
+        .find(|n| n.addr == c.to_string())
+        .unwrap()
+        .term;
+    rs.restart_node(a).await.unwrap();
+    assert!(rs.wait_for(DEADLINE, |r| !holds(r, a, x)).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = poller.await.unwrap();
+
+    assert!(!committed_keys(&rs, &set).contains(&x), "X never committed");
+    assert!(rolled_back_keys(&rs, &set).contains(&x));
+    assert!(!seen.is_empty());
+    for (addr, k) in &seen {
+        assert!(
+            *k < x || k.0 >= c_term,
+            "{addr} reported majorityOpTime {k:?}, which reaches X {x:?} on X's branch"
+        );
+    }
+    assert!(
+        seen.iter().any(|(_, k)| k.0 >= c_term),
+        "members learned the new term's commit point"
+    );
+    rs.shutdown().await;
+}
+
+/// 3 visible + 2 hidden voters: hello lists 3 hosts, the config 5 members, a write needs 3
+/// of the 5 voters, hidden ones included.
+#[tokio::test]
+async fn hidden_voters_count_for_the_write_majority() {
+    let rs = ReplicaSet::start(member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::hidden(),
+        MemberSpec::hidden(),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    let hello = admin(m[1], doc! {"hello": 1}).await;
+    let hosts = hello.get_array("hosts").unwrap();
+    assert_eq!(hosts.len(), 3, "{hello}");
+    assert!(!hello.contains_key("passives"));
+    for h in &m[3..] {
+        assert!(!hosts.contains(&Bson::String(h.to_string())));
+    }
+    let hidden = admin(m[3], doc! {"hello": 1}).await;
+    assert_eq!(hidden.get_bool("hidden").ok(), Some(true));
+    assert_eq!(hidden.get_bool("passive").ok(), Some(true));
+    assert_eq!(hidden.get_bool("secondary").ok(), Some(true));
+    let cfg = admin(m[0], doc! {"replSetGetConfig": 1}).await;
+    let members = cfg
+        .get_document("config")
+        .unwrap()
+        .get_array("members")
+        .unwrap();
+    assert_eq!(members.len(), 5);
+    let h = members[3].as_document().unwrap();
+    assert_eq!(h.get_bool("hidden").ok(), Some(true));
+    assert_eq!(h.get_f64("priority").ok(), Some(0.0));
+    assert_eq!(h.get_i32("votes").ok(), Some(1));
+    let status = admin(m[0], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(3));
+    assert_eq!(status.get_i32("majorityVoteCount").ok(), Some(3));
+    assert_eq!(status.get_i32("votingMembersCount").ok(), Some(5));
+    assert_eq!(status.get_i32("writableVotingMembersCount").ok(), Some(5));
+
+    // Held by two visible members only: not committed.
+    for n in [m[2], m[3], m[4]] {
+        rs.block_replication(n, true).unwrap();
+    }
+    let z = insert_on(&rs, m[0], "Z").await;
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, m[1], z)).await);
+    assert!(
+        !rs.wait_for(Duration::from_millis(300), |r| committed_keys(r, &set)
+            .contains(&z))
+            .await
+    );
+    let hello = admin(m[0], doc! {"hello": 1}).await;
+    assert!(majority_op_time(&hello).unwrap() < z);
+    // A hidden voter's copy makes it durable.
+    rs.block_replication(m[3], false).unwrap();
+    wait_committed(&rs, &set, z).await;
+    assert!(
+        rs.wait_for(DEADLINE, |r| r.member_commit_point(m[1]).is_some_and(
+            |(ts, t)| (t.unwrap_or(-1), (ts.time, ts.increment)) >= z
+        ))
+        .await
+    );
+    rs.shutdown().await;
+}
+
+/// Non-voters' copies never count: an entry on the primary and two non-voters (three of
+/// five members) is not committed, and rolls back when the voters elect another primary.
+#[tokio::test]
+async fn entry_held_by_non_voters_is_not_committed_and_rolls_back() {
+    let rs = ReplicaSet::start(member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::non_voter(),
+        MemberSpec::non_voter(),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    let hello = admin(m[3], doc! {"hello": 1}).await;
+    assert_eq!(hello.get_array("passives").unwrap().len(), 2, "{hello}");
+    assert_eq!(hello.get_array("hosts").unwrap().len(), 3);
+    let status = admin(m[0], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("votingMembersCount").ok(), Some(3));
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(2));
+
+    rs.block_replication(m[1], true).unwrap();
+    rs.block_replication(m[2], true).unwrap();
+    let z = insert_on(&rs, m[0], "Z").await;
+    assert!(
+        rs.wait_for(DEADLINE, |r| holds(r, m[3], z) && holds(r, m[4], z))
+            .await
+    );
+    assert!(
+        !rs.wait_for(Duration::from_millis(300), |r| committed_keys(r, &set)
+            .contains(&z))
+            .await,
+        "three of five members but one voter: not committed"
+    );
+    rs.kill_node(m[0]).await.unwrap();
+    rs.block_replication(m[1], false).unwrap();
+    rs.block_replication(m[2], false).unwrap();
+    assert!(
+        rs.wait_for(
+            DEADLINE,
+            |r| matches!(r.primary_of(&set), Some(p) if p == m[1] || p == m[2])
+        )
+        .await
+    );
+    assert!(
+        rs.wait_for(DEADLINE, |r| rolled_back_keys(r, &set).contains(&z)
+            && !holds(r, m[3], z)
+            && !holds(r, m[4], z))
+            .await
+    );
+    rs.restart_node(m[0]).await.unwrap();
+    assert!(rs.wait_for(DEADLINE, |r| !holds(r, m[0], z)).await);
+    assert!(!committed_keys(&rs, &set).contains(&z));
+    rs.shutdown().await;
+}
+
+/// One arbiter (P-S-A): listed in `arbiters`, answers hello as an arbiter, votes (the
+/// primary survives losing the secondary) but holds no data, so majority writes stall.
+#[tokio::test]
+async fn arbiter_votes_but_does_not_make_writes_durable() {
+    let rs = ReplicaSet::start(member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::arbiter(),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    let hello = admin(m[0], doc! {"hello": 1}).await;
+    assert_eq!(
+        hello.get_array("arbiters").unwrap(),
+        &vec![Bson::String(m[2].to_string())]
+    );
+    assert_eq!(hello.get_array("hosts").unwrap().len(), 2);
+    let arb = admin(m[2], doc! {"hello": 1}).await;
+    assert_eq!(arb.get_bool("arbiterOnly").ok(), Some(true));
+    assert_eq!(arb.get_bool("isWritablePrimary").ok(), Some(false));
+    assert_eq!(arb.get_bool("secondary").ok(), Some(false));
+    assert!(majority_op_time(&arb).is_none());
+    let status = admin(m[2], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("myState").ok(), Some(7));
+    assert_eq!(status.get_i32("majorityVoteCount").ok(), Some(2));
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(2));
+    assert_eq!(status.get_i32("writableVotingMembersCount").ok(), Some(2));
+    assert!(rs.oplog_snapshot(m[2]).is_empty(), "arbiters hold no oplog");
+
+    rs.kill_node(m[1]).await.unwrap();
+    let coll = direct(m[0])
+        .await
+        .database("test")
+        .collection::<Document>("c");
+    let res = coll
+        .insert_one(doc! {"_id": "w"})
+        .with_options(
+            mongodb::options::InsertOneOptions::builder()
+                .write_concern(
+                    mongodb::options::WriteConcern::builder()
+                        .w(mongodb::options::Acknowledgment::Majority)
+                        .w_timeout(Duration::from_millis(400))
+                        .build(),
+                )
+                .build(),
+        )
+        .await;
+    assert!(
+        res.is_err(),
+        "w: majority cannot be satisfied by the arbiter: {res:?}"
+    );
+    assert_eq!(
+        rs.primary_of(&set),
+        Some(m[0]),
+        "the arbiter's vote keeps the primary"
+    );
+    rs.shutdown().await;
+
+    // 4.4 allows two arbiters: majorityVoteCount 2 but one data-bearing voter.
+    let mut spec = member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::arbiter(),
+        MemberSpec::arbiter(),
+    ]);
+    spec.version = ServerVersion::V4_4;
+    let paa = ReplicaSet::start(spec).await.unwrap();
+    let status = admin(paa.members()[0], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("majorityVoteCount").ok(), Some(2));
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(1));
+    paa.shutdown().await;
+    let mut spec = member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::arbiter(),
+        MemberSpec::arbiter(),
+    ]);
+    spec.version = ServerVersion::V7_0;
+    assert!(
+        ReplicaSet::start(spec).await.is_err(),
+        "7.0 refuses a second arbiter"
+    );
+}
+
+/// A delayed member applies entries `secondaryDelaySecs` late and says so in hello.
+#[tokio::test]
+async fn delayed_member_applies_late() {
+    let rs = ReplicaSet::start(member_rs(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::delayed(1),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    let hello = admin(m[2], doc! {"hello": 1}).await;
+    assert_eq!(hello.get_i32("secondaryDelaySecs").ok(), Some(1));
+    assert_eq!(hello.get_bool("hidden").ok(), Some(true));
+    assert_eq!(hello.get_array("hosts").unwrap().len(), 2);
+    let z = insert_on(&rs, m[0], "Z").await;
+    let at = Instant::now();
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, m[1], z)).await);
+    wait_committed(&rs, &set, z).await;
+    assert!(!holds(&rs, m[2], z), "not yet on the delayed member");
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, m[2], z)).await);
+    assert!(at.elapsed() >= Duration::from_millis(900));
+    rs.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// replSetReconfig while writes flow: a hidden member is added (it initial-syncs and
+/// replicates), setVersion bumps in every member's hello, the config reflects it, invalid
+/// configs are refused with mongod's errors, and a removed member answers without config.
+#[tokio::test]
+async fn reconfig_mid_stream() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    let before = insert_on(&rs, m[0], "before").await;
+    let cfg = admin(m[0], doc! {"replSetGetConfig": 1}).await;
+    let mut cfg = cfg.get_document("config").unwrap().clone();
+    assert_eq!(cfg.get_i32("version").ok(), Some(1));
+    let new_host = format!("127.0.0.1:{}", free_port());
+    let mut members = cfg.get_array("members").unwrap().clone();
+    members.push(Bson::Document(
+        doc! {"_id": 3, "host": new_host.clone(), "hidden": true, "priority": 0, "votes": 1},
+    ));
+    cfg.insert("members", members.clone());
+    cfg.insert("version", 2);
+    let primary = direct(m[0]).await;
+    primary
+        .database("admin")
+        .run_command(doc! {"replSetReconfig": cfg.clone()})
+        .await
+        .unwrap();
+    let added: SocketAddr = new_host.parse().unwrap();
+    for addr in m.iter().chain([&added]) {
+        let hello = admin(*addr, doc! {"hello": 1}).await;
+        assert_eq!(hello.get_i32("setVersion").ok(), Some(2), "{addr}: {hello}");
+    }
+    assert!(holds(&rs, added, before), "initial sync copied the oplog");
+    let after = insert_on(&rs, m[0], "after").await;
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, added, after)).await);
+    let got = admin(added, doc! {"replSetGetConfig": 1}).await;
+    let got = got.get_document("config").unwrap();
+    assert_eq!(got.get_array("members").unwrap().len(), 4);
+    let status = admin(m[0], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("votingMembersCount").ok(), Some(4));
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(3));
+
+    // Same version again: refused.
+    let err = primary
+        .database("admin")
+        .run_command(doc! {"replSetReconfig": cfg.clone()})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(103));
+    // Two voters at once: refused without force.
+    let mut two = cfg.clone();
+    let mut ms = members.clone();
+    ms.push(Bson::Document(
+        doc! {"_id": 4, "host": format!("127.0.0.1:{}", free_port())},
+    ));
+    ms.push(Bson::Document(
+        doc! {"_id": 5, "host": format!("127.0.0.1:{}", free_port())},
+    ));
+    two.insert("members", ms);
+    two.insert("version", 3);
+    let err = primary
+        .database("admin")
+        .run_command(doc! {"replSetReconfig": two})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(93));
+    // votes: 0 with priority 1: refused.
+    let mut bad = cfg.clone();
+    let mut ms = members.clone();
+    ms[2] = Bson::Document(doc! {"_id": 2, "host": m[2].to_string(), "votes": 0});
+    bad.insert("members", ms);
+    bad.insert("version", 3);
+    let err = primary
+        .database("admin")
+        .run_command(doc! {"replSetReconfig": bad})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(2), "{err}");
+
+    // Remove the added member through the Cluster API.
+    let specs: Vec<MemberSpec> = rs
+        .member_specs(&set)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.host != Some(added))
+        .collect();
+    let now = rs.reconfigure(&set, specs, false).await.unwrap();
+    assert_eq!(now, m);
+    let hello = admin(added, doc! {"hello": 1}).await;
+    assert_eq!(hello.get_bool("isreplicaset").ok(), Some(true), "{hello}");
+    let hello = admin(m[1], doc! {"hello": 1}).await;
+    assert_eq!(hello.get_i32("setVersion").ok(), Some(3));
+    // And the control API: the third member becomes a non-voter.
+    let reply = admin(
+        m[0],
+        doc! {"mongosimControl": "reconfig", "shard": set.clone(), "members": "voter,voter,nonvoter"},
+    )
+    .await;
+    assert_eq!(reply.get_array("members").unwrap().len(), 3);
+    let status = admin(m[0], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(status.get_i32("votingMembersCount").ok(), Some(2));
+    assert_eq!(status.get_i32("writeMajorityCount").ok(), Some(2));
+    rs.shutdown().await;
+}
+
+/// Chained replication and commit-point propagation: C syncs from B (replSetGetStatus says
+/// so), and with a slow commit-point propagation an entry is committed on the primary
+/// before the secondaries' majorityOpTime reaches it.
+#[tokio::test]
+async fn chained_sync_and_lagging_commit_point() {
+    let rs = ReplicaSet::start(quiet_rs(3)).await.unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    wait_primary(&rs, &set, m[0]).await;
+    rs.set_sync_source(m[2], Some(m[1])).unwrap();
+    rs.set_commit_point_delay(Duration::from_millis(700));
+    let z = insert_on(&rs, m[0], "Z").await;
+    assert!(rs.wait_for(DEADLINE, |r| holds(r, m[2], z)).await);
+    let status = admin(m[2], doc! {"replSetGetStatus": 1}).await;
+    assert_eq!(
+        status.get_str("syncSourceHost").ok(),
+        Some(m[1].to_string().as_str())
+    );
+    wait_committed(&rs, &set, z).await;
+    let on_primary = majority_op_time(&admin(m[0], doc! {"hello": 1}).await).unwrap();
+    assert!(on_primary >= z);
+    let on_secondary = majority_op_time(&admin(m[2], doc! {"hello": 1}).await);
+    assert!(
+        on_secondary.is_none_or(|k| k < z),
+        "held by a majority and committed on the primary, not yet on C"
+    );
+    assert!(
+        rs.wait_for(DEADLINE, |r| r.member_commit_point(m[2]).is_some_and(
+            |(ts, t)| (t.unwrap_or(-1), (ts.time, ts.increment)) >= z
+        ))
+        .await
+    );
+    let on_secondary = majority_op_time(&admin(m[2], doc! {"hello": 1}).await).unwrap();
+    assert!(on_secondary >= z);
+    rs.shutdown().await;
+}

@@ -254,3 +254,60 @@ def test_replica_set_uri_follows_failover():
         assert client.primary is not None and "%s:%d" % client.primary != old
     finally:
         sim.close()
+
+
+def test_member_kinds_hello_config_and_status_shapes():
+    """hello / replSetGetConfig / replSetGetStatus of a set with a hidden voter, a non-voter
+    and an arbiter, read with pymongo; then the replica set URI works for a client that
+    discovers the topology from hello (hidden members are not listed)."""
+    sim = Sim("--replicaset", "--members", "voter,voter,hidden,nonvoter,arbiter",
+              "--noop-interval", "100ms", "--election-timeout", "300ms")
+    try:
+        p, s, hidden, nonvoter, arbiter = sim.members("replset")
+        hello = sim.client(p).admin.command("hello")
+        assert hello["hosts"] == [p, s]
+        assert hello["passives"] == [nonvoter]
+        assert hello["arbiters"] == [arbiter]
+        assert hello["setVersion"] == 1
+        assert hello["isWritablePrimary"] is True
+        assert set(hello["lastWrite"]) == {"opTime", "lastWriteDate", "majorityOpTime", "majorityWriteDate"}
+        assert "topologyVersion" not in hello
+        h = sim.client(hidden).admin.command("hello")
+        assert h["hidden"] is True and h["passive"] is True and h["secondary"] is True
+        a = sim.client(arbiter).admin.command("hello")
+        assert a["arbiterOnly"] is True and a["secondary"] is False
+        n = sim.client(nonvoter).admin.command("hello")
+        assert n["passive"] is True and "hidden" not in n
+
+        cfg = sim.client(p).admin.command("replSetGetConfig")["config"]
+        assert cfg["_id"] == "replset" and cfg["version"] == 1 and cfg["protocolVersion"] == 1
+        members = cfg["members"]
+        assert [m["host"] for m in members] == [p, s, hidden, nonvoter, arbiter]
+        assert list(members[0]) == ["_id", "host", "arbiterOnly", "buildIndexes", "hidden",
+                                    "priority", "tags", "secondaryDelaySecs", "votes"]
+        assert [m["votes"] for m in members] == [1, 1, 1, 0, 1]
+        assert [m["priority"] for m in members] == [1.0, 1.0, 0.0, 0.0, 0.0]
+        assert [m["hidden"] for m in members] == [False, False, True, False, False]
+        assert [m["arbiterOnly"] for m in members] == [False, False, False, False, True]
+
+        status = sim.client(s).admin.command("replSetGetStatus")
+        assert status["set"] == "replset" and status["myState"] == 2
+        assert status["majorityVoteCount"] == 3
+        assert status["writeMajorityCount"] == 3
+        assert status["votingMembersCount"] == 4
+        assert status["writableVotingMembersCount"] == 3
+        assert set(status["optimes"]) >= {"lastCommittedOpTime", "readConcernMajorityOpTime",
+                                          "appliedOpTime", "durableOpTime"}
+        by_name = {m["name"]: m for m in status["members"]}
+        assert by_name[arbiter]["stateStr"] == "ARBITER"
+        assert by_name[p]["stateStr"] == "PRIMARY"
+        assert by_name[s]["syncSourceHost"] == p
+        assert sum(1 for m in status["members"] if m.get("self")) == 1
+
+        client = MongoClient(sim.layout["shards"][0]["uri"], serverSelectionTimeoutMS=10000, w="majority")
+        sim.clients.append(client)
+        client.test.c.insert_one({"_id": 1})
+        assert client.primary is not None and "%s:%d" % client.primary == p
+        assert "%s:%d" % tuple(client.address) == p
+    finally:
+        sim.close()
