@@ -8,6 +8,7 @@ mod broker;
 mod fixtures;
 mod kafka;
 mod live;
+mod membership;
 mod page;
 mod removed;
 mod support;
