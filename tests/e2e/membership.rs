@@ -485,3 +485,83 @@ async fn reconfig_mid_stream_is_followed_without_loss() {
     q.stop().await;
     rs.shutdown().await;
 }
+
+/// Bad input from members: every member refuses `replSetGetConfig` (a user without the
+/// clusterMonitor role) and one reports a commit point beyond its own newest entry.
+/// quorumtail falls back to `replSetGetStatus` (hidden members are still found), says so,
+/// trusts no commit point past the member's own entry, and emits exactly the committed
+/// history. With `replSetGetStatus` refused too, it keeps the listed members and still
+/// emits only what MongoDB committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_config_and_a_commit_point_beyond_the_members_entry() {
+    let rs = ReplicaSet::start(spec(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::hidden(),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    let a = m[0];
+    wait_primary(&rs, a).await;
+    for n in &m {
+        rs.refuse_commands(*n, &["replSetGetConfig"]).unwrap();
+    }
+    rs.misreport_commit_point(m[1], true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let q = start(
+        dir.path(),
+        &shards(&rs, &m[..3]),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    wait_until(
+        30,
+        "the hidden member is found through replSetGetStatus",
+        || {
+            let nodes = q.status.nodes(&set);
+            nodes.len() == 4 && nodes.values().all(|n| n.state == "tailing")
+        },
+    )
+    .await;
+    assert!(
+        q.status.quorum_source(&set).contains("replica set status"),
+        "{}",
+        q.status.quorum_source(&set)
+    );
+    // writeMajorityCount of 4 voters, as replSetGetStatus states it.
+    assert_eq!(q.status.all()[&set].quorum, 3);
+    for i in 0..30 {
+        insert_on(&rs, a, &format!("w{i}")).await;
+    }
+    let got = settle(&rs, a, &q, "last").await;
+    // The collection's implicit create, 30 inserts, the last one.
+    assert_eq!(got.len(), 32);
+    // The misreporting member's confirmed commit point never passes its own entries.
+    let nodes = q.status.nodes(&set);
+    let liar = &nodes[&m[1].to_string()];
+    assert!(liar.commit_point_ts <= liar.last_ts, "{liar:?}");
+    q.stop().await;
+
+    // Neither command permitted: the listed members are read, as voters.
+    for n in &m {
+        rs.refuse_commands(*n, &["replSetGetConfig", "replSetGetStatus"])
+            .unwrap();
+    }
+    let dir2 = tempfile::tempdir().unwrap();
+    let q2 = start(
+        dir2.path(),
+        &shards(&rs, &m[..3]),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    wait_until(30, "the listed members are read", || {
+        let nodes = q2.status.nodes(&set);
+        nodes.len() == 3 && nodes.values().all(|n| n.state == "tailing")
+    })
+    .await;
+    let got = settle(&rs, a, &q2, "last2").await;
+    assert_eq!(got.len(), 33);
+    q2.stop().await;
+    rs.shutdown().await;
+}

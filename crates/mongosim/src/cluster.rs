@@ -695,6 +695,30 @@ impl Cluster {
         block_replication(&self.shared, node, blocked)
     }
 
+    /// Fault injection: `node` answers `commands` with Unauthorized (13), as mongod does
+    /// for a user whose roles lack the privilege (an empty list lifts it).
+    ///
+    /// # Errors
+    /// [`SimError::UnknownNode`] and the like when `node` is not a replica-set member.
+    pub fn refuse_commands(&self, node: SocketAddr, commands: &[&str]) -> Result<(), SimError> {
+        let mut w = self.world();
+        let (s, n) = locate_node(&w, node)?;
+        w.sets[s].nodes[n].refused_commands = commands.iter().map(|c| (*c).to_owned()).collect();
+        Ok(())
+    }
+
+    /// Fault injection: `node`'s hello reports a commit point one second beyond its own
+    /// newest entry (no real mongod does; a reader must not trust it past that entry).
+    ///
+    /// # Errors
+    /// As [`Cluster::refuse_commands`].
+    pub fn misreport_commit_point(&self, node: SocketAddr, on: bool) -> Result<(), SimError> {
+        let mut w = self.world();
+        let (s, n) = locate_node(&w, node)?;
+        w.sets[s].nodes[n].misreport_commit_point = on;
+        Ok(())
+    }
+
     /// While held, a member elected in `set` stays in drain mode: it does not write its "new
     /// primary" no-op, takes no writes and commits nothing, but secondaries replicate from
     /// it. Releasing lets it finish stepping up at the next tick.
@@ -901,7 +925,7 @@ pub(crate) fn status(w: &World) -> Vec<NodeStatus> {
     out
 }
 
-fn locate_node(w: &World, addr: SocketAddr) -> Result<(usize, usize), SimError> {
+pub(crate) fn locate_node(w: &World, addr: SocketAddr) -> Result<(usize, usize), SimError> {
     match w.locate(addr) {
         Some(Proc::Node { set, node }) => Ok((set, node)),
         _ => Err(SimError::UnknownNode(addr)),

@@ -128,6 +128,16 @@ async fn dispatch(
             "Can't use 'local' database through mongos",
         ));
     }
+    if let Proc::Node { set, node } = proc {
+        let w = shared.world();
+        if w.sets[set].nodes[node].refused_commands.contains(name) {
+            return Err(CmdError::new(
+                13,
+                "Unauthorized",
+                format!("not authorized on {db} to execute command {{ {name}: 1 }} (mongosim fault injection)"),
+            ));
+        }
+    }
     match name {
         "hello" | "isMaster" | "ismaster" => Ok(hello(shared, me, ctx, cmd, name != "hello")),
         "ping" => Ok(ok(Document::new())),
@@ -344,7 +354,15 @@ fn hello_for_member(d: &mut Document, s: &SetState, node: usize, primary_field: 
     // point as this member knows it, capped at what it applied), dates from the seconds.
     let (ts, t) = n.last_optime();
     let mut last_write = doc! {"opTime": optime_doc(ts, t), "lastWriteDate": date_of_secs(ts)};
-    if let Some(c) = n.committed_snapshot() {
+    if n.misreport_commit_point {
+        // Fault injection: a commit point beyond the member's own newest entry.
+        let ahead = bson::Timestamp {
+            time: ts.time + 1,
+            increment: 1,
+        };
+        last_write.insert("majorityOpTime", optime_doc(ahead, t));
+        last_write.insert("majorityWriteDate", date_of_secs(ahead));
+    } else if let Some(c) = n.committed_snapshot() {
         last_write.insert("majorityOpTime", optime_doc(c.id.ts, c.id.t.unwrap_or(-1)));
         last_write.insert("majorityWriteDate", date_of_secs(c.id.ts));
     }

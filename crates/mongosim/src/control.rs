@@ -20,6 +20,8 @@
 //! {mongosimControl: "blockReplication", node: "127.0.0.1:27019", blocked: true}
 //! {mongosimControl: "holdStepUp",    shard: "shard01", hold: true}
 //! {mongosimControl: "setCommitPointDelay", ms: 200}
+//! {mongosimControl: "refuseCommands", node: "127.0.0.1:27019", commands: ["replSetGetConfig"]}
+//! {mongosimControl: "misreportCommitPoint", node: "127.0.0.1:27019", on: true}
 //! ```
 //!
 //! `reconfig` with a string of kinds applies them by position to the current members (extra
@@ -257,6 +259,27 @@ pub(crate) async fn handle(
         "holdStepUp" => {
             let hold = cmd.get_bool("hold").unwrap_or(true);
             cluster::hold_step_up(shared, arg_str(cmd, "shard")?, hold).map_err(to_cmd_error)?;
+            Ok(ok(Document::new()))
+        }
+        "refuseCommands" => {
+            let names: Vec<String> = cmd
+                .get_array("commands")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut w = shared.world();
+            let (s, n) = cluster::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
+            w.sets[s].nodes[n].refused_commands = names.into_iter().collect();
+            Ok(ok(Document::new()))
+        }
+        "misreportCommitPoint" => {
+            let on = cmd.get_bool("on").unwrap_or(true);
+            let mut w = shared.world();
+            let (s, n) = cluster::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
+            w.sets[s].nodes[n].misreport_commit_point = on;
             Ok(ok(Document::new()))
         }
         "setCommitPointDelay" => {

@@ -272,6 +272,12 @@ pub struct NodeState {
     /// Receives no entries (a fault for scripting commit stories); still votes and
     /// exchanges heartbeats.
     pub replication_blocked: bool,
+    /// Fault injection: commands this member answers with Unauthorized (13), as for a
+    /// user without the privilege.
+    pub refused_commands: std::collections::BTreeSet<String>,
+    /// Fault injection: hello reports a `majorityOpTime` beyond the member's own newest
+    /// entry (a misbehaving or misreporting member).
+    pub misreport_commit_point: bool,
     /// Sync source forced by `set_sync_source` (chained replication), if any.
     pub sync_from: Option<usize>,
     /// The member it replicated from at the last tick (replSetGetStatus `syncSourceHost`).
@@ -310,6 +316,8 @@ impl NodeState {
             member,
             removed: false,
             replication_blocked: false,
+            refused_commands: Default::default(),
+            misreport_commit_point: false,
             sync_from: None,
             sync_source: None,
             draining: false,

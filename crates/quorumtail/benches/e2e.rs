@@ -7,7 +7,8 @@
 //! with a stalled quorum.
 //!
 //! `cargo bench -p quorumtail --bench e2e` (E2E_ENTRIES=n to change the size, E2E_LIVE and
-//! E2E_LIVE_RATE for the live part, E2E_QUICK=1 for the first run only, E2E_PERF=<dir> to
+//! E2E_LIVE_RATE for the live part, E2E_LIVE_ONLY=1 for the live latency runs alone (with
+//! and without the commit point as a condition of release), E2E_QUICK=1 for the first run only, E2E_PERF=<dir> to
 //! record `perf` profiles of quorumtail and of the simulator during the first run). Needs
 //! tansu (.ci/install-tansu.sh) and pymongo (.ci/install-python-deps.sh); both are found or
 //! installed the same way the tests do. Figures go to docs/benchmarks.md.
@@ -329,6 +330,105 @@ fn main() {
         }
     };
 
+    // Live writes: quorumtail follows a steady write rate; latency from the insert on the
+    // primary (a timestamp in the document) to the record read back by a Kafka consumer
+    // (an upper bound of write -> Kafka acknowledgement: it adds the consumer's fetch).
+    let live_n: u64 = std::env::var("E2E_LIVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let live_rate: f64 = std::env::var("E2E_LIVE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000.0);
+    let live = |prefix: &str, one_member: bool, first_id: u64, release: &str| -> (Vec<f64>, f64) {
+        let (mut child, http, _cp) = spawn(
+            prefix,
+            one_member,
+            &format!("[start]\nposition = \"latest\"\n[pipeline]\nrelease = \"{release}\"\n"),
+        );
+        // Writes count once every member is being tailed (the start position is chosen).
+        let members = if one_member {
+            names.len()
+        } else {
+            names.len() * 3
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric_sum(http, "quorumtail_node_up").unwrap_or(0.0) < members as f64 {
+            exited(&mut child, prefix);
+            assert!(Instant::now() < deadline, "{prefix}: members not tailed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let consumer = live_consumer(
+            brokers.clone(),
+            prefix.to_owned(),
+            names.clone(),
+            live_n as usize,
+        );
+        let writer_cluster = &cluster;
+        let t0 = Instant::now();
+        let writes = rt.block_on(async {
+            let client = mongodb::Client::with_uri_str(format!(
+                "mongodb://{}/",
+                writer_cluster.mongos_addr()
+            ))
+            .await
+            .unwrap();
+            let coll = client
+                .database("shop")
+                .collection::<bson::Document>("orders");
+            for i in 0..live_n {
+                let due = t0 + Duration::from_secs_f64(i as f64 / live_rate);
+                tokio::time::sleep_until(due.into()).await;
+                let id = (first_id + i) as i64;
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as i64;
+                coll.insert_one(bson::doc! { "_id": id, "sent_us": sent, "note": "live" })
+                    .await
+                    .unwrap();
+            }
+            t0.elapsed().as_secs_f64()
+        });
+        let achieved = live_n as f64 / writes;
+        let mut lat = consumer.join().unwrap();
+        exited(&mut child, prefix);
+        stop(child);
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (lat, achieved)
+    };
+    let print_live = |rows: &[(&str, &Vec<f64>, f64)]| {
+        println!("\nlive writes through mongos ({live_n} inserts at {live_rate} /s), insert -> record read back from Kafka:");
+        for (name, lat, rate) in rows {
+            println!(
+                "  {name:<44} {rate:>7.0} writes/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} records)",
+                pct(lat, 0.5),
+                pct(lat, 0.99),
+                lat.last().copied().unwrap_or(f64::NAN),
+                lat.len()
+            );
+        }
+    };
+    if std::env::var("E2E_LIVE_ONLY").is_ok() {
+        // Only the live latency runs: the commit point as a condition of release, and the
+        // quorum of voters alone.
+        let (lat_cp, rate_cp) = live("live0", false, 10_000_000, "commit_point");
+        let (lat_q, rate_q) = live("live2", false, 30_000_000, "quorum");
+        print_live(&[
+            (
+                "3 members, quorum + commit point (default)",
+                &lat_cp,
+                rate_cp,
+            ),
+            ("3 members, quorum only (release = quorum)", &lat_q, rate_q),
+        ]);
+        let _ = broker.kill();
+        let _ = broker.wait();
+        rt.block_on(cluster.shutdown());
+        return;
+    }
+
     let majority = catch_up("quorumtail, 3 members, majority", "bench0", false, "one");
     if std::env::var("E2E_QUICK").is_ok() {
         // Only the first run (with E2E_PERF: to profile it).
@@ -389,72 +489,9 @@ fn main() {
         bytes_read: None,
     };
 
-    // Live writes: quorumtail follows a steady write rate; latency from the insert on the
-    // primary (a timestamp in the document) to the record read back by a Kafka consumer
-    // (an upper bound of write -> Kafka acknowledgement: it adds the consumer's fetch).
-    let live_n: u64 = std::env::var("E2E_LIVE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let live_rate: f64 = std::env::var("E2E_LIVE_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000.0);
-    let live = |prefix: &str, one_member: bool, first_id: u64| -> (Vec<f64>, f64) {
-        let (mut child, http, _cp) = spawn(prefix, one_member, "[start]\nposition = \"latest\"\n");
-        // Writes count once every member is being tailed (the start position is chosen).
-        let members = if one_member {
-            names.len()
-        } else {
-            names.len() * 3
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while metric_sum(http, "quorumtail_node_up").unwrap_or(0.0) < members as f64 {
-            exited(&mut child, prefix);
-            assert!(Instant::now() < deadline, "{prefix}: members not tailed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let consumer = live_consumer(
-            brokers.clone(),
-            prefix.to_owned(),
-            names.clone(),
-            live_n as usize,
-        );
-        let writer_cluster = &cluster;
-        let t0 = Instant::now();
-        let writes = rt.block_on(async {
-            let client = mongodb::Client::with_uri_str(format!(
-                "mongodb://{}/",
-                writer_cluster.mongos_addr()
-            ))
-            .await
-            .unwrap();
-            let coll = client
-                .database("shop")
-                .collection::<bson::Document>("orders");
-            for i in 0..live_n {
-                let due = t0 + Duration::from_secs_f64(i as f64 / live_rate);
-                tokio::time::sleep_until(due.into()).await;
-                let id = (first_id + i) as i64;
-                let sent = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_micros() as i64;
-                coll.insert_one(bson::doc! { "_id": id, "sent_us": sent, "note": "live" })
-                    .await
-                    .unwrap();
-            }
-            t0.elapsed().as_secs_f64()
-        });
-        let achieved = live_n as f64 / writes;
-        let mut lat = consumer.join().unwrap();
-        exited(&mut child, prefix);
-        stop(child);
-        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        (lat, achieved)
-    };
-    let (lat_major, rate_major) = live("live0", false, 10_000_000);
-    let (lat_one, rate_one) = live("live1", true, 20_000_000);
+    let (lat_major, rate_major) = live("live0", false, 10_000_000, "commit_point");
+    let (lat_quorum, rate_quorum) = live("live2", false, 30_000_000, "quorum");
+    let (lat_one, rate_one) = live("live1", true, 20_000_000, "commit_point");
 
     // Memory under adversity: one member per shard an hour behind (it holds none of the
     // new entries), then a stalled quorum (only the primary holds them) with a small
@@ -593,19 +630,19 @@ fn main() {
         majority.bytes_read.unwrap_or(f64::NAN) / bytes as f64,
         all_whole.bytes_read.unwrap_or(f64::NAN) / bytes as f64,
     );
-    println!("\nlive writes through mongos ({live_n} inserts at {live_rate} /s), insert -> record read back from Kafka:");
-    for (name, lat, rate) in [
-        ("quorumtail, 3 members, majority", &lat_major, rate_major),
-        ("quorumtail, 1 member, quorum 1", &lat_one, rate_one),
-    ] {
-        println!(
-            "  {name:<34} {rate:>7.0} writes/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} records)",
-            pct(lat, 0.5),
-            pct(lat, 0.99),
-            lat.last().copied().unwrap_or(f64::NAN),
-            lat.len()
-        );
-    }
+    print_live(&[
+        (
+            "3 members, quorum + commit point (default)",
+            &lat_major,
+            rate_major,
+        ),
+        (
+            "3 members, quorum only (release = quorum)",
+            &lat_quorum,
+            rate_quorum,
+        ),
+        ("1 member, quorum 1", &lat_one, rate_one),
+    ]);
     println!("\nmemory under adversity:");
     println!(
         "  {:<34} {:.2} s for {} entries, peak RSS {:.1} MB",
