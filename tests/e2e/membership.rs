@@ -565,3 +565,84 @@ async fn refused_config_and_a_commit_point_beyond_the_members_entry() {
     q2.stop().await;
     rs.shutdown().await;
 }
+
+/// Discovery through mongos: `config.shards` (and so `listShards`) never lists hidden
+/// members, as mongod builds the host string from what the shard's replica-set monitor
+/// sees. quorumtail finds them in each shard's configuration, reads them and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_finds_hidden_members_that_config_shards_omits() {
+    let cluster = Cluster::start(mongosim::ClusterSpec {
+        members: Some(vec![
+            MemberSpec::voter(),
+            MemberSpec::voter(),
+            MemberSpec::voter(),
+            MemberSpec::hidden(),
+            MemberSpec::non_voter(),
+        ]),
+        noop_interval: Duration::from_millis(200),
+        election_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mongos = cluster.mongos_addr();
+    let listed = direct(mongos)
+        .await
+        .database("admin")
+        .run_command(doc! {"listShards": 1})
+        .await
+        .unwrap();
+    for s in listed.get_array("shards").unwrap() {
+        let host = s.as_document().unwrap().get_str("host").unwrap();
+        assert_eq!(
+            host.split(',').count(),
+            4,
+            "config.shards omits the hidden member: {host}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let q = start(
+        dir.path(),
+        &format!("[discovery]\nuri = \"mongodb://{mongos}/\"\ninterval = \"200ms\"\n"),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    for shard in cluster.shard_names() {
+        wait_until(30, "every member of every shard is read", || {
+            let nodes = q.status.nodes(&shard);
+            nodes.len() == 5
+                && nodes.values().filter(|n| n.hidden).count() == 1
+                && nodes.values().filter(|n| n.voter).count() == 4
+                && nodes.values().all(|n| n.state == "tailing")
+        })
+        .await;
+        // 4 voters: write majority 3.
+        assert_eq!(q.status.all()[&shard].quorum, 3);
+    }
+    // Discovery runs again every 200 ms with the 4 listed members: the hidden member stays.
+    // (The ids fall in shard01's chunk; shard02 must emit exactly its own history.)
+    cluster
+        .insert("shop.orders", (0..50).map(|i| doc! {"_id": i}).collect())
+        .await
+        .unwrap();
+    for shard in cluster.shard_names() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = shard_ids(&records(&q.out), &shard);
+            let want = committed_app_entries(&cluster, &shard);
+            if got == want && (!got.is_empty() || shard != "shard01") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{shard}: emitted {} entries, committed {}:\n{got:?}\n{want:?}\n{:?}",
+                got.len(),
+                want.len(),
+                q.status.nodes(&shard)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(q.status.nodes(&shard).len(), 5);
+    }
+    q.stop().await;
+    cluster.shutdown().await;
+}

@@ -300,6 +300,7 @@ fn static_shards(cfg: &Resolved) -> Vec<ShardSpec> {
             name: s.name.as_str().into(),
             replica_set: Some(s.name.clone()),
             members: s.members.clone(),
+            listed: true,
             arbiters: s.arbiters,
             quorum: cfg
                 .config
@@ -329,6 +330,7 @@ fn spec_from(name: &Arc<str>, m: &ShardMembership) -> ShardSpec {
         members: m.members.clone(),
         arbiters: m.arbiters,
         quorum: m.quorum,
+        listed: false,
     }
 }
 
@@ -1239,6 +1241,7 @@ fn shard_from_document(d: &bson::Document) -> Result<ShardSpec, String> {
         members,
         arbiters: 0,
         quorum: None,
+        listed: false,
     })
 }
 

@@ -70,6 +70,9 @@ pub struct ShardSpec {
     pub arbiters: usize,
     /// Explicit quorum, if any.
     pub quorum: Option<usize>,
+    /// The members come from `[[shards]]` (the operator can list missing ones) rather
+    /// than from discovery or a stored membership.
+    pub listed: bool,
 }
 
 /// What every shard pipeline shares.
@@ -728,8 +731,12 @@ impl ShardTask {
             .filter(|d| !self.members.values().any(|m| m.addr == d.addr))
             .map(|d| d.addr.as_str())
             .collect();
-        if !missing.is_empty() && !self.spec.members.is_empty() {
-            warn!(shard = %self.shard, members = ?missing, "the replica set configuration has members that are not listed (hidden or delayed members, or members added since): reading them too; list them to silence this");
+        if !missing.is_empty() {
+            if self.spec.listed {
+                warn!(shard = %self.shard, members = ?missing, "the replica set configuration has members that [[shards]] does not list (hidden or delayed members, or members added since): reading them too; list them to silence this");
+            } else {
+                info!(shard = %self.shard, members = ?missing, "reading members of the replica set configuration that discovery does not list (hidden or delayed members, or members added since)");
+            }
         }
         self.stats.set_quorum_source(match live.source {
             ConfigSource::GetConfig => format!(
