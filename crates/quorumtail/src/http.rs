@@ -591,28 +591,36 @@ pub fn page(status: &Status) -> String {
             .unwrap_or_else(|| "none yet".into());
         let _ = write!(
             h,
-            "<h2>{}</h2><p>{state} &middot; quorum {} &middot; committed up to {} &middot; checkpoint {} &middot; {} records, {} discarded, {} pending</p>",
+            "<h2>{}</h2><p>{state} &middot; quorum {} ({}) &middot; committed up to {} &middot; checkpoint {} &middot; {} records, {} discarded, {} pending</p>",
             html_escape(&name),
             s.quorum,
+            html_escape(&status.quorum_source(&name)),
             if s.watermark_seconds == 0 { "nothing yet".to_owned() } else { utc_seconds(s.watermark_seconds as u32) },
             html_escape(&cp),
             s.records,
             s.discarded,
             s.pending
         );
-        h.push_str("<table><tr><th>member</th><th>state</th><th>newest entry</th><th>lag</th><th>reads</th><th>reconnects</th></tr>");
+        h.push_str("<table><tr><th>member</th><th>votes</th><th>state</th><th>newest entry</th><th>lag</th><th>commit point</th><th>reads</th><th>reconnects</th></tr>");
         for (addr, n) in &nodes {
             let class = if n.state == "tailing" { "ok" } else { "bad" };
             let lag = top
                 .map(|t| t.time)
                 .unwrap_or(0)
                 .saturating_sub(n.last_ts.map(|t| t.time).unwrap_or(0));
+            let kind = match (n.voter, n.hidden) {
+                (true, false) => "voter",
+                (true, true) => "voter, hidden",
+                (false, false) => "non-voter",
+                (false, true) => "non-voter, hidden",
+            };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{kind}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(addr),
                 html_escape(&n.state),
                 n.last_ts.map(|t| format!("{} ({t})", utc_seconds(t.time))).unwrap_or_else(|| "-".into()),
+                n.commit_point_ts.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 html_escape(if n.reading.is_empty() { "-" } else { &n.reading }),
                 n.interruptions
             );

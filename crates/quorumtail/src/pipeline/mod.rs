@@ -28,6 +28,27 @@
 //! released is released again (the merge ignores reports at or below what it decided).
 //! Failover in the middle of a change is the same case again: the next member is chosen.
 //!
+//! # Membership
+//!
+//! Which members are read, who votes and the quorum come from the replica set itself.
+//! Every tailer reads the set's configuration after it connects and whenever hello's
+//! `setVersion` changes (`replSetGetConfig`; `replSetGetStatus` without that privilege) and
+//! sends it here with the name the member gives itself (hello `me`). The newest
+//! configuration (config term, then version) wins:
+//!
+//! * every data-bearing member in it is read, hidden and delayed ones included (hello and
+//!   `config.shards` never list them); a listed or discovered address is matched to a
+//!   configured member by `me`, so one member is never read twice under two names, and a
+//!   listed address that has not answered yet stays until it says who it is;
+//! * members that left the configuration stop being read;
+//! * only voters' reports count; the quorum is the set's `writeMajorityCount` unless
+//!   `[[shards]] quorum` says otherwise (a lower one is warned about).
+//!
+//! Until a configuration arrives (or when no member may read it) the listed members are
+//! read as voters with the quorum from the list. Whatever the membership, an entry is
+//! released only once MongoDB's commit point covers it (`[pipeline] release`), so a wrong
+//! membership can delay output but not emit a rolled-back write.
+//!
 //! Backpressure: `sink.send` waits when the sink is full, which stops this task from
 //! reading the tailer channels, which stops the tailers. When the merge holds more than
 //! `max_pending` unconfirmed entries (a stalled quorum), the channels of the members that
