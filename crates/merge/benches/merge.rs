@@ -3,7 +3,7 @@
 //! `cargo bench -p quorumtail-merge` (figures in docs/benchmarks.md).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use quorumtail_merge::{Event, Merge, NodeId, Report};
+use quorumtail_merge::{CommitPoint, Event, Merge, NodeId, Report};
 use quorumtail_oplog::{EntryId, Timestamp};
 
 const ENTRIES: u32 = 1_000_000;
@@ -41,6 +41,64 @@ fn interleaved(nodes: usize, batch: usize, ids: &[EntryId]) -> u64 {
         }
     }
     committed
+}
+
+/// As `interleaved` with 3 members, whole entries from node 0 and identities from the
+/// others, and the commit point as a condition of release: after each round node 0 reports
+/// a commit point at the end of the previous round (the primary's commit point trails what
+/// it wrote), so every entry waits for a reading, as in a live pipeline.
+fn interleaved_commit_point(batch: usize, ids: &[EntryId]) -> u64 {
+    let mut m: Merge<u64> = Merge::new(3, 2, None)
+        .unwrap()
+        .require_payload()
+        .require_commit_point();
+    let key = |id: EntryId| Report {
+        id,
+        digest: None,
+        payload: None,
+    };
+    let mut committed = 0u64;
+    let mut previous_end: Option<EntryId> = None;
+    for start in (0..ids.len()).step_by(batch) {
+        let end = (start + batch).min(ids.len());
+        for n in 0..3u8 {
+            for (i, &id) in ids[start..end].iter().enumerate() {
+                let r = if n == 0 {
+                    report(id, start + i)
+                } else {
+                    key(id)
+                };
+                m.push(NodeId(n), r).unwrap();
+            }
+        }
+        let last = ids[end - 1];
+        let committed_to = previous_end.unwrap_or(ids[start]);
+        m.commit_point(
+            NodeId(0),
+            CommitPoint {
+                committed: committed_to,
+                last_applied: last,
+            },
+        )
+        .unwrap();
+        previous_end = Some(last);
+        committed += m
+            .drain_events()
+            .filter(|e| matches!(e, Event::Committed { .. }))
+            .count() as u64;
+    }
+    m.commit_point(
+        NodeId(0),
+        CommitPoint {
+            committed: ids[ids.len() - 1],
+            last_applied: ids[ids.len() - 1],
+        },
+    )
+    .unwrap();
+    committed
+        + m.drain_events()
+            .filter(|e| matches!(e, Event::Committed { .. }))
+            .count() as u64
 }
 
 /// Nodes 0 and 1 run in lockstep; node 2 delivers everything afterwards (an hour behind):
@@ -99,6 +157,13 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.throughput(Throughput::Elements(ENTRIES as u64 * 3));
+    g.bench_function("3_nodes_interleaved_key_only_commit_point", |b| {
+        b.iter_batched(
+            || (),
+            |_| assert_eq!(interleaved_commit_point(64, &ids), ENTRIES as u64),
+            BatchSize::PerIteration,
+        )
+    });
     g.bench_function("3_nodes_one_lagging", |b| {
         b.iter_batched(
             || (),
