@@ -548,9 +548,21 @@ mod tests {
         // Corrupt the length of the nested document.
         let n = bytes.len();
         bytes[n - 8] = 0x7f;
-        if let Ok(doc) = RawDocument::from_bytes(&bytes) {
-            let _ = OplogEntry::parse(doc);
-        }
+        // The entry view reads only the fields it needs (no full decode), so the corrupt
+        // string inside `o` is found when the record is written, never emitted as valid:
+        // the document is refused up front, or parsing or writing the record fails.
+        let caught = match RawDocument::from_bytes(&bytes) {
+            Err(_) => true,
+            Ok(doc) => match OplogEntry::parse(doc) {
+                Err(_) => true,
+                Ok(_) => {
+                    let mut out = Vec::new();
+                    crate::extjson::write_document(doc, crate::extjson::Mode::Relaxed, &mut out)
+                        .is_err()
+                }
+            },
+        };
+        assert!(caught, "a corrupt string length inside `o` went unnoticed");
     }
 
     #[test]
