@@ -417,7 +417,10 @@ pub async fn run_controlled(
                 authoritative = false;
                 warn!(error = %e, "discovery failed at startup; using the static shards, and the remembered members of other shards with a checkpoint")
             }
-            Err(e) => return Err(RunError::Discovery(e)),
+            Err(e) => {
+                d.close().await;
+                return Err(RunError::Discovery(e));
+            }
         }
     }
 
@@ -431,14 +434,29 @@ pub async fn run_controlled(
     let sink = match c.sink.kind {
         SinkKind::File => Sink::file(&FileSinkConfig::new(
             c.sink.path.clone().unwrap_or_else(|| "-".into()),
-        ))?,
+        )),
         SinkKind::Kafka => {
             let mut k = KafkaSinkConfig::new(c.sink.brokers.clone().unwrap_or_default());
-            if let Some(t) = &c.sink.topic {
-                k.topic = t.parse().map_err(|e: SinkError| e)?;
-            }
             k.librdkafka = c.sink.librdkafka.clone();
-            Sink::kafka(&k, &names).await?
+            match &c.sink.topic {
+                Some(t) => match t.parse() {
+                    Ok(t) => {
+                        k.topic = t;
+                        Sink::kafka(&k, &names).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Sink::kafka(&k, &names).await,
+            }
+        }
+    };
+    let sink = match sink {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(d) = &discovery {
+                d.close().await;
+            }
+            return Err(e.into());
         }
     };
 
@@ -579,6 +597,9 @@ pub async fn run_controlled(
     pipelines_stop.cancel();
     while let Some(done) = running.tasks.join_next().await {
         running.finished(done);
+    }
+    if let Some(d) = &discovery {
+        d.close().await;
     }
     // Drained shards still waiting for delivery are marked after the flush below.
     running.finishing.abort_all();
@@ -1111,6 +1132,18 @@ impl Discovery {
             member,
             sets: Default::default(),
         })
+    }
+
+    /// Shuts its driver clients down (before the runtime goes away; see
+    /// [`quorumtail_tailer::close`]).
+    pub async fn close(&self) {
+        let sets: Vec<mongodb::Client> = self.sets.lock().await.values().cloned().collect();
+        futures::future::join_all(
+            std::iter::once(self.client.clone())
+                .chain(sets)
+                .map(quorumtail_tailer::close),
+        )
+        .await;
     }
 
     /// The current shards.

@@ -395,3 +395,125 @@ fn sigusr1_checkpoints_and_sighup_reloads_the_topology() {
     assert!(child.wait().unwrap().success());
     rt.block_on(cluster.shutdown());
 }
+
+/// Regression (issue 15): a SIGTERM stop must never end with a panic of the MongoDB
+/// driver's background tasks (`JoinError::Cancelled` in its join handle) after "stopped
+/// cleanly". Every driver client is shut down before the runtime goes away; this stops a
+/// run of a 2x3 cluster under write load 200 times (`STOP_ROUNDS` to change) and checks
+/// each stop: exit status 0, "stopped cleanly", no panic. The race is narrow: without the
+/// fix about 1 stop in 70 panicked here, so 200 rounds catch it almost always (about 7 s).
+#[cfg(unix)]
+#[test]
+fn sigterm_under_load_never_panics() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = Arc::new(
+        rt.block_on(mongosim::Cluster::start(mongosim::ClusterSpec {
+            noop_interval: std::time::Duration::from_millis(200),
+            ..Default::default()
+        }))
+        .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let mut cfg = String::new();
+    for s in cluster.shard_names() {
+        let m: Vec<String> = cluster
+            .shard_members(&s)
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        cfg.push_str(&format!(
+            "[[shards]]\nname = \"{s}\"\nmembers = [{}]\n",
+            m.join(", ")
+        ));
+    }
+    cfg.push_str(&format!(
+        "[mongo]\nmax_await = \"100ms\"\n[sink]\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n",
+        out.display().to_string(),
+        dir.path().join("cp.json").display().to_string()
+    ));
+    let cfg_path = dir.path().join("q.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+
+    // Writes to both shards (shard02 holds _id >= 1000) until the test ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+            let mut i = 0i32;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                i += 1;
+                let docs = vec![bson::doc! { "_id": i }, bson::doc! { "_id": 1_000_000 + i }];
+                cluster.insert("shop.orders", docs).await.unwrap();
+            }
+        })
+    };
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .matches('\n')
+            .count()
+    };
+    let rounds: usize = std::env::var("STOP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut bad = Vec::new();
+    for round in 0..rounds {
+        let log = dir.path().join(format!("stderr.{round}"));
+        let mut child = bin()
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Even rounds stop while the tailers connect (the driver's connection tasks are
+        // busiest then), odd ones while records flow.
+        let before = lines();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let started = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("shard pipeline started")
+                .count()
+                == 2
+        };
+        while !if round % 2 == 0 {
+            started()
+        } else {
+            lines() >= before + 20
+        } {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no records\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success());
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        if stderr.contains("panicked") || !status.success() || !stderr.contains("stopped cleanly") {
+            bad.push(format!("round {round}: {status:?}\n{stderr}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {rounds} stops were not clean:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    let cluster = Arc::into_inner(cluster).unwrap();
+    rt.block_on(cluster.shutdown());
+}

@@ -250,6 +250,13 @@ pub async fn run_shard(
     }
     .await;
     task.tailers_stop.cancel();
+    // The tailers shut their driver clients down before the runtime may go away; with
+    // their receivers dropped, none waits on a full channel.
+    let tailers = task.tailers.clone();
+    tailers.close();
+    drop(std::mem::take(&mut task.streams));
+    task.paused.clear();
+    tailers.wait().await;
     use std::sync::atomic::Ordering::Relaxed;
     match &result {
         Err(e) => {
@@ -270,6 +277,8 @@ struct ShardTask {
     shared: Shared,
     stats: Arc<ShardStats>,
     tailers_stop: CancellationToken,
+    /// The member tailers' tasks, awaited when the shard stops.
+    tailers: tokio_util::task::TaskTracker,
     engine: Option<Merge<EntryRef>>,
     quorum: usize,
     target_tx: watch::Sender<Option<ResumeTarget>>,
@@ -322,6 +331,7 @@ impl ShardTask {
             shared,
             stats,
             tailers_stop: shutdown.child_token(),
+            tailers: tokio_util::task::TaskTracker::new(),
             engine: None,
             quorum,
             target_tx,
@@ -388,7 +398,7 @@ impl ShardTask {
             ReadMode::Whole
         };
         let (mode_tx, mode_rx) = watch::channel(mode);
-        tokio::spawn(quorumtail_tailer::run(
+        self.tailers.spawn(quorumtail_tailer::run(
             cfg,
             self.target_tx.subscribe(),
             mode_rx,
