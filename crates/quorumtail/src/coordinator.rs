@@ -217,6 +217,20 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// Whether a running shard is starting: fewer members than its quorum answered yet,
+    /// and some were never reached (connecting for the first time). A shard that is
+    /// starting is neither ready nor reported unreachable.
+    pub fn starting(&self, shard: &str) -> bool {
+        let Some(s) = self.shard(shard) else {
+            return false;
+        };
+        let nodes = self.nodes(shard);
+        !s.quorum_reachable
+            && !s.stopped
+            && !s.failed
+            && (nodes.is_empty() || nodes.values().any(|n| n.state == "connecting"))
+    }
+
     /// The counters of one shard, if it ever ran.
     pub fn shard(&self, name: &str) -> Option<StatsSnapshot> {
         self.shards.lock().ok()?.get(name).map(|s| s.snapshot())
@@ -887,7 +901,9 @@ impl Running {
         self.unreachable_since
             .retain(|k, _| draining.iter().any(|(d, _)| d == k));
         for (name, members) in draining {
-            let reachable = self.status.shard(&name).is_none_or(|s| s.quorum_reachable);
+            // A shard still starting is not known to be unreachable yet.
+            let reachable = self.status.starting(&name)
+                || self.status.shard(&name).is_none_or(|s| s.quorum_reachable);
             if reachable {
                 if self.unreachable_since.remove(&name).is_some() {
                     info!(shard = %name, "the removed shard's members answer again: draining resumes");

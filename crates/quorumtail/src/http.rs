@@ -173,6 +173,14 @@ pub fn not_ready(status: &Status) -> Vec<String> {
             out.push(format!(
                 "shard {name}: stopped with a definite error (see the logs)"
             ));
+        } else if status.starting(name) {
+            let nodes = status.nodes(name);
+            let answered = nodes.values().filter(|n| n.state == "tailing").count();
+            out.push(format!(
+                "shard {name}: starting: {answered} of {} member(s) answered so far, {} needed to confirm entries",
+                nodes.len(),
+                s.quorum
+            ));
         } else if !s.stopped && !s.quorum_reachable && !unreachable_drain {
             out.push(format!(
                 "shard {name}: fewer members than the quorum are being read"
@@ -530,6 +538,8 @@ pub fn page(status: &Status) -> String {
             "<span class=\"ok\">removed: draining</span>"
         } else if s.stopped {
             "<span class=\"muted\">stopped</span>"
+        } else if status.starting(&name) {
+            "<span class=\"muted\">starting: waiting for members to answer</span>"
         } else if s.quorum_reachable {
             "<span class=\"ok\">quorum available</span>"
         } else {

@@ -11,6 +11,37 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A started quorumtail that is killed if the test fails before it stopped it.
+struct Running(std::process::Child);
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Running {
+        Running(cmd.spawn().unwrap())
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Every example in config/ is a valid configuration.
 #[test]
 fn every_example_config_passes_check() {
@@ -465,12 +496,12 @@ fn sigterm_under_load_never_panics() {
     let mut bad = Vec::new();
     for round in 0..rounds {
         let log = dir.path().join(format!("stderr.{round}"));
-        let mut child = bin()
-            .args(["run", "--config"])
-            .arg(&cfg_path)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = Running::spawn(
+            bin()
+                .args(["run", "--config"])
+                .arg(&cfg_path)
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
         // Even rounds stop while the tailers connect (the driver's connection tasks are
         // busiest then), odd ones while records flow.
         let before = lines();
@@ -494,13 +525,8 @@ fn sigterm_under_load_never_panics() {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert!(Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap()
-            .success());
-        let status = child.wait().unwrap();
+        child.signal("TERM");
+        let status = child.wait();
         let stderr = std::fs::read_to_string(&log).unwrap();
         if stderr.contains("panicked") || !status.success() || !stderr.contains("stopped cleanly") {
             bad.push(format!("round {round}: {status:?}\n{stderr}"));
@@ -516,4 +542,116 @@ fn sigterm_under_load_never_panics() {
     rt.block_on(writer).unwrap();
     let cluster = Arc::into_inner(cluster).unwrap();
     rt.block_on(cluster.shutdown());
+}
+
+/// The address `[http] listen = "127.0.0.1:0"` bound, from the run's log.
+fn http_addr(log: &std::path::Path) -> std::net::SocketAddr {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("HTTP endpoints")) {
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next();
+            return addr.unwrap().parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTP address\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A plain HTTP request: (status code, head, body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: quorumtail\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// Free loopback ports nothing listens on: members that refuse every connection.
+fn dead_members(n: usize) -> Vec<String> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+/// Regression (issue 15): with every member of a shard unreachable, /readyz answered 200
+/// and `quorumtail_shard_quorum_available` was 1 until the driver gave up on the members
+/// (about 5 s). Ready means a quorum of members answered: before that it is 503,
+/// "starting", and once the members failed, 503 with the quorum unavailable.
+#[cfg(unix)]
+#[test]
+fn readyz_is_not_ready_while_no_member_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let members: Vec<String> = dead_members(3)
+        .into_iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let cfg = format!(
+        "[[shards]]\nname = \"shard01\"\nmembers = [{}]\n[sink]\npath = {:?}\n[checkpoint]\npath = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        members.join(", "),
+        dir.path().join("out.jsonl").display().to_string(),
+        dir.path().join("cp.json").display().to_string()
+    );
+    let cfg_path = dir.path().join("q.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Running::spawn(
+        bin()
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let addr = http_addr(&log);
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // The pipeline registers the shard right after the listener is up.
+    wait("the shard in the status", &|| {
+        http(addr, "GET", "/metrics")
+            .2
+            .contains("quorumtail_shard_quorum_available{shard=\"shard01\"}")
+    });
+    let (code, _, body) = http(addr, "GET", "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("shard shard01: starting: 0 of 3 member(s) answered so far, 2 needed"),
+        "{body}"
+    );
+    let metrics = http(addr, "GET", "/metrics").2;
+    assert!(
+        metrics.contains("quorumtail_shard_quorum_available{shard=\"shard01\"} 0"),
+        "{metrics}"
+    );
+    // Once the driver gave up on them, the members are down: still not ready.
+    wait("the members to be reported down", &|| {
+        http(addr, "GET", "/readyz")
+            .2
+            .contains("shard shard01: fewer members than the quorum are being read")
+    });
+    assert_eq!(http(addr, "GET", "/readyz").0, 503);
+    child.signal("TERM");
+    assert!(child.wait().success());
 }
