@@ -50,9 +50,12 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// The replica set name, as in `config.shards._id` (records carry it as `shard`).
+    /// Required (missing reads as empty, which validation reports with the others).
+    #[serde(default)]
     pub name: String,
     /// Every data-bearing member as `host:port`. All are tailed; an entry is emitted once
-    /// a quorum of them holds it.
+    /// a quorum of them holds it. Required.
+    #[serde(default)]
     pub members: Vec<String>,
     /// Voting members without an oplog. They raise the majority but never confirm an
     /// entry, which is why a set like 2 data + 1 arbiter needs both data members.
@@ -68,7 +71,8 @@ pub struct ShardConfig {
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// A mongos or config-server URI; `listShards` (mongos) or `config.shards` (config
-    /// servers) is read from it.
+    /// servers) is read from it. Required.
+    #[serde(default)]
     pub uri: String,
     /// How often the shard list and each shard's membership are re-read.
     #[serde(default = "default_discovery_interval")]
@@ -250,6 +254,17 @@ impl Default for SinkConfig {
     }
 }
 
+impl KeyKind {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Document => "document",
+            KeyKind::Shard => "shard",
+            KeyKind::Namespace => "namespace",
+        }
+    }
+}
+
 /// Default Kafka topic template.
 pub const DEFAULT_TOPIC: &str = "quorumtail.{shard}";
 
@@ -364,7 +379,8 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`.
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`. Required.
+    #[serde(default)]
     pub listen: String,
 }
 
@@ -451,21 +467,20 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] listing every problem with its key path.
     pub fn parse(text: &str, path: &Path) -> Result<Resolved, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let message = if key.is_empty() || key == "." {
-                inner
-            } else {
-                format!("key `{key}`: {inner}")
-            };
-            ConfigError::Parse {
-                path: path.into(),
-                message: message.trim_end().to_owned(),
-            }
+        let (config, mut problems) = read::read(text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
         })?;
-        config.validate().map_err(|problems| ConfigError::Invalid {
+        let shadowed = read::shadowed(&problems);
+        match config.validate() {
+            Ok(resolved) if problems.is_empty() => return Ok(resolved),
+            Ok(_) => {}
+            Err(more) => problems.extend(
+                more.into_iter()
+                    .filter(|p| !shadowed.iter().any(|k| p.starts_with(k.as_str()))),
+            ),
+        }
+        Err(ConfigError::Invalid {
             path: path.into(),
             problems,
         })
@@ -660,6 +675,20 @@ impl Config {
                         _ => {}
                     }
                 }
+                // librdkafka itself judges property names and values (no broker is asked).
+                if !self.sink.librdkafka.is_empty() {
+                    let brokers = self.sink.brokers.as_deref().unwrap_or("127.0.0.1:9092");
+                    for (k, why) in quorumtail_sink::preflight::librdkafka_properties(
+                        brokers,
+                        &self.sink.librdkafka,
+                    ) {
+                        problems.push(if k.is_empty() {
+                            format!("sink.librdkafka: {why}")
+                        } else {
+                            format!("sink.librdkafka.\"{k}\": {why}")
+                        });
+                    }
+                }
             }
         }
 
@@ -756,6 +785,217 @@ pub fn redact_uri(uri: &str) -> String {
     }
 }
 
+mod read {
+    //! Reading the file so that every problem is reported at once: a key that is unknown
+    //! or has a wrong type or value is reported (with its line) and taken out, and the
+    //! rest is read again, until what remains reads; then the values are validated.
+
+    use serde_path_to_error::Segment;
+
+    /// One step of a key path.
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+
+    fn steps(path: &serde_path_to_error::Path) -> Vec<Step> {
+        path.iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(Step::Index(*index)),
+                Segment::Map { key } => Some(Step::Key(key.clone())),
+                Segment::Enum { variant } => Some(Step::Key(variant.clone())),
+                Segment::Unknown => None,
+            })
+            .collect()
+    }
+
+    /// Reads `text` into a [`super::Config`], collecting every key-level problem.
+    ///
+    /// # Errors
+    /// The TOML syntax error, with its line (nothing can be read past it).
+    pub(super) fn read(text: &str) -> Result<(super::Config, Vec<String>), String> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+        let doc = toml_edit::ImDocument::parse(text).ok();
+        let mut problems: Vec<(usize, String)> = Vec::new();
+        // Each round takes one key out; a file has far fewer keys than this.
+        for _ in 0..256 {
+            let e = match serde_path_to_error::deserialize::<_, super::Config>(toml::Value::Table(
+                table.clone(),
+            )) {
+                Ok(c) => return Ok((c, sorted(problems))),
+                Err(e) => e,
+            };
+            let at = steps(e.path());
+            let key = e.path().to_string();
+            let line = doc.as_ref().and_then(|d| line_of(d, text, &at));
+            // toml adds "in `key`" on a line of its own: the key leads the problem already.
+            let inner = e.into_inner().to_string();
+            let mut inner: String = inner
+                .lines()
+                .filter(|l| !l.starts_with("in `"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Some(hint) = did_you_mean(&inner) {
+                inner.push_str(&hint);
+            }
+            problems.push((
+                line.unwrap_or(usize::MAX),
+                match (key.as_str(), line) {
+                    ("" | ".", _) => inner,
+                    (k, Some(l)) => format!("{k} (line {l}): {inner}"),
+                    (k, None) => format!("{k}: {inner}"),
+                },
+            ));
+            if at.is_empty() || !remove(&mut table, &at) {
+                // What remains cannot be read: validate nothing more than the defaults.
+                return Ok((super::Config::default(), sorted(problems)));
+            }
+        }
+        Ok((super::Config::default(), sorted(problems)))
+    }
+
+    fn sorted(mut problems: Vec<(usize, String)>) -> Vec<String> {
+        problems.sort_by_key(|(line, _)| *line);
+        problems.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Keys whose problems make validation reports about them (or, for a `kind`, about
+    /// their section) meaningless: the key was taken out and its default stands in.
+    pub(super) fn shadowed(problems: &[String]) -> Vec<String> {
+        problems
+            .iter()
+            .filter_map(|p| {
+                let key = p.split([' ', ':']).next()?;
+                // A list with a bad element is taken out whole.
+                let key = match key.strip_suffix(']').and_then(|k| k.rsplit_once('[')) {
+                    Some((list, _)) => list,
+                    None => key,
+                };
+                Some(match key.strip_suffix(".kind") {
+                    Some(section) => format!("{section}."),
+                    None => key.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    fn remove(table: &mut toml::Table, at: &[Step]) -> bool {
+        let (last, parents) = match at.split_last() {
+            Some(x) => x,
+            None => return false,
+        };
+        let mut node: &mut toml::Value = match parents.first() {
+            Some(Step::Key(k)) => match table.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            Some(Step::Index(_)) => return false,
+            None => {
+                return match last {
+                    Step::Key(k) => table.remove(k).is_some(),
+                    Step::Index(_) => false,
+                }
+            }
+        };
+        for step in &parents[1..] {
+            node = match (step, node) {
+                (Step::Key(k), toml::Value::Table(t)) => match t.get_mut(k) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                (Step::Index(i), toml::Value::Array(a)) => match a.get_mut(*i) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                _ => return false,
+            };
+        }
+        match (last, node) {
+            (Step::Key(k), toml::Value::Table(t)) => t.remove(k).is_some(),
+            // An element of a list with a wrong type: the list goes (indices must stay).
+            (Step::Index(_), _) => remove(table, parents),
+            _ => false,
+        }
+    }
+
+    /// The line of the key (or element) at `at`, 1-based.
+    fn line_of(doc: &toml_edit::ImDocument<&str>, text: &str, at: &[Step]) -> Option<usize> {
+        use toml_edit::{Item, Value};
+        enum Node<'a> {
+            Table(&'a toml_edit::Table),
+            Inline(&'a toml_edit::InlineTable),
+            Item(&'a Item),
+            Value(&'a Value),
+        }
+        let mut node = Node::Table(doc.as_table());
+        let mut span = None;
+        for step in at {
+            // Descend into the containers an item or value stands for.
+            let n = match node {
+                Node::Item(Item::Table(t)) => Node::Table(t),
+                Node::Item(Item::Value(Value::InlineTable(t)))
+                | Node::Value(Value::InlineTable(t)) => Node::Inline(t),
+                other => other,
+            };
+            node = match (step, n) {
+                (Step::Key(k), Node::Table(t)) => {
+                    let (key, item) = t.get_key_value(k)?;
+                    span = key.span().or(item.span()).or(span);
+                    Node::Item(item)
+                }
+                (Step::Key(k), Node::Inline(t)) => {
+                    let (key, item) = t.get_key_value(k)?;
+                    span = key.span().or(item.span()).or(span);
+                    Node::Item(item)
+                }
+                (Step::Index(i), Node::Item(Item::ArrayOfTables(a))) => {
+                    let t = a.get(*i)?;
+                    span = t.span().or(span);
+                    Node::Table(t)
+                }
+                (Step::Index(i), Node::Item(Item::Value(Value::Array(a))))
+                | (Step::Index(i), Node::Value(Value::Array(a))) => {
+                    let v = a.get(*i)?;
+                    span = v.span().or(span);
+                    Node::Value(v)
+                }
+                _ => return None,
+            };
+        }
+        let start = span?.start;
+        Some(text.get(..start)?.matches('\n').count() + 1)
+    }
+
+    /// serde names the expected keys or values; a near miss gets a suggestion.
+    fn did_you_mean(message: &str) -> Option<String> {
+        let (_, rest) = message.split_once("expected")?;
+        let got = message.split('`').nth(1)?;
+        let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        let best = expected
+            .iter()
+            .map(|e| (edit_distance(&got.to_ascii_lowercase(), e), *e))
+            .min()?;
+        (best.0 <= 2 && best.1 != got).then(|| format!("; did you mean `{}`?", best.1))
+    }
+
+    fn edit_distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,6 +1080,55 @@ interval = "soon"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    /// Regression (issue 15): a bad value hid every later problem, parse-level ones
+    /// (unknown keys, wrong types) included.
+    #[test]
+    fn parse_level_problems_are_reported_together_with_their_lines() {
+        let p = problems(
+            "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:1\"\nkey = \"Document\"\n[pipeline]\nmax_pendin = 5\n[mongo]\nmax_await = \"soon\"\nbatch_size = \"many\"\n[sink.librdkafka]\n\"no.such.property\" = \"1\"\n",
+        );
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(
+            p[0].starts_with("sink.key (line 7): unknown variant `Document`"),
+            "{p:#?}"
+        );
+        assert!(p[0].ends_with("did you mean `document`?"), "{p:#?}");
+        assert!(
+            p[1].starts_with("pipeline.max_pendin (line 9): unknown field `max_pendin`"),
+            "{p:#?}"
+        );
+        assert!(p[1].ends_with("did you mean `max_pending`?"), "{p:#?}");
+        assert!(
+            p[2].starts_with("mongo.batch_size (line 12): invalid type: string \"many\""),
+            "{p:#?}"
+        );
+        assert!(
+            p[3].starts_with("mongo.max_await: \"soon\" is not a duration"),
+            "{p:#?}"
+        );
+        assert!(
+            p[4].starts_with("sink.librdkafka.\"no.such.property\": librdkafka refuses it: No such configuration property"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_key_taken_out_does_not_report_its_default() {
+        // The bad kind is reported; what depends on it is not (brokers with kind = file).
+        let p = problems("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"s3\"\nbrokers = \"k:1\"\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        // A list with a bad element, and a shard missing its members.
+        let p = problems(
+            "[[shards]]\nname = \"a\"\nmembers = [\"h:1\", 2]\n[[shards]]\nname = \"b\"\n",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with("shards[0].members[1] (line 3): invalid type: integer `2`"),
+            "{p:#?}"
+        );
+        assert!(p[1].starts_with("shards[1].members: empty"), "{p:#?}");
     }
 
     #[test]

@@ -15,3 +15,4 @@ pub mod coordinator;
 pub mod demo;
 pub mod http;
 pub mod pipeline;
+pub mod preflight;

@@ -58,6 +58,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also reach every member (hello, a one-entry oplog read), the discovery
+        /// endpoint (listShards) and the Kafka brokers (metadata, topics).
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
         Command::Run { config } => run(&config),
         Command::Demo {
             brokers,
@@ -198,7 +202,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     let resolved = match Config::load(path) {
         Ok(r) => r,
         Err(e) => {
@@ -231,9 +235,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     let c = &resolved.config;
     if let Some(d) = &c.discovery {
         println!(
-            "discovery: {} every {:?} (shards found there are tailed too)",
+            "discovery: {} every {} (shards found there are tailed too)",
             config::redact_uri(&d.uri),
-            resolved.discovery_interval
+            d.interval
         );
     }
     let start = match resolved.start {
@@ -243,35 +247,54 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     println!("start: {start} (for shards without a checkpoint)");
     let f = &resolved.filter;
+    let list = |l: &[quorumtail_oplog::filter::NsPattern]| {
+        let quoted: Vec<String> = l.iter().map(|p| format!("{:?}", p.as_str())).collect();
+        format!("[{}]", quoted.join(", "))
+    };
     println!(
-        "filter: drop fromMigrate={} noops={} internal={} include={:?} exclude={:?}",
+        "filter: drop_from_migrate = {}, drop_noops = {}, drop_internal = {}, include = {}, exclude = {}",
         f.drop_from_migrate,
         f.drop_noops,
         f.drop_internal,
-        f.include.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        f.exclude.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+        list(&f.include),
+        list(&f.exclude)
     );
     match c.sink.kind {
         SinkKind::File => println!("sink: file {}", c.sink.path.as_deref().unwrap_or("-")),
         SinkKind::Kafka => println!(
-            "sink: kafka brokers={} topic={} key={:?}",
+            "sink: kafka brokers = {}, topic = {}, key = {}",
             c.sink.brokers.as_deref().unwrap_or(""),
             c.sink.topic.as_deref().unwrap_or(config::DEFAULT_TOPIC),
-            c.sink.key
+            c.sink.key.as_str()
         ),
     }
     match c.checkpoint.kind {
         config::CheckpointKind::File => println!(
-            "checkpoint: file {} every {:?}",
-            c.checkpoint.path, resolved.checkpoint_interval
+            "checkpoint: file {} every {}",
+            c.checkpoint.path, c.checkpoint.interval
         ),
         config::CheckpointKind::Kafka => println!(
-            "checkpoint: kafka topic {} every {:?}",
-            c.checkpoint.topic, resolved.checkpoint_interval
+            "checkpoint: kafka topic {} every {}",
+            c.checkpoint.topic, c.checkpoint.interval
         ),
     }
     for w in &resolved.warnings {
         println!("warning: {w}");
     }
-    ExitCode::SUCCESS
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let report = runtime().block_on(quorumtail::preflight::connect(&resolved));
+    for ok in &report.ok {
+        println!("connect: ok: {ok}");
+    }
+    if report.problems.is_empty() {
+        println!("connect: OK");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {} connection problem(s):", report.problems.len());
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(1)
 }

@@ -655,3 +655,123 @@ fn readyz_is_not_ready_while_no_member_answered() {
     child.signal("TERM");
     assert!(child.wait().success());
 }
+
+/// Regression (issue 15): `check` stopped at the first unreadable value (a bad `sink.key`
+/// hid a misspelled `max_pendin` and a bad `max_await`), printed Rust debug forms
+/// (`key=Document`) and accepted properties librdkafka does not know.
+#[test]
+fn check_reports_every_problem_at_once_and_values_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nkey = \"Document\"\n[pipeline]\nmax_pendin = 5\n[mongo]\nmax_await = \"soon\"\n[sink.librdkafka]\n\"compresion.type\" = \"lz4\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "4 problem(s)",
+        "sink.key (line 7): unknown variant `Document`",
+        "pipeline.max_pendin (line 9): unknown field `max_pendin`",
+        "did you mean `max_pending`?",
+        "mongo.max_await: \"soon\" is not a duration",
+        "sink.librdkafka.\"compresion.type\": librdkafka refuses it: No such configuration property",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in\n{stderr}");
+    }
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nkey = \"shard\"\n[checkpoint]\ninterval = \"1m\"\n[filter]\ninclude = [\"shop.*\"]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("key = shard"), "{stdout}");
+    assert!(stdout.contains("every 1m"), "{stdout}");
+    assert!(stdout.contains("include = [\"shop.*\"]"), "{stdout}");
+    assert!(
+        !stdout.contains("Shard") && !stdout.contains("60s"),
+        "{stdout}"
+    );
+}
+
+/// `check --connect` reaches every member (found through discovery too), the discovery
+/// endpoint and the brokers, and reports each failure with the member or broker and the
+/// fix; exit status 1 when something cannot be reached.
+#[test]
+fn check_connect_reaches_members_discovery_and_brokers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt
+        .block_on(mongosim::Cluster::start(mongosim::ClusterSpec::default()))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_members(2);
+    let path = dir.path().join("q.toml");
+    let write = |sink: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[discovery]\nuri = \"{}\"\n[[shards]]\nname = \"gone\"\nmembers = [\"{}\"]\n{sink}",
+                cluster.uri(),
+                dead[0]
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let out = bin()
+        .args(["check", "--connect", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("shard(s) listed"), "{stdout}");
+    for shard in cluster.shard_names() {
+        for m in cluster.shard_members(&shard) {
+            let line = format!("ok: shard {shard} member {m}: answers (");
+            assert!(stdout.contains(&line), "missing {line:?} in\n{stdout}");
+        }
+    }
+    assert!(stderr.contains("1 connection problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("shard gone member {}: unreachable", dead[0])),
+        "{stderr}"
+    );
+
+    write(&format!(
+        "[sink]\nkind = \"kafka\"\nbrokers = \"{}\"\n",
+        dead[1]
+    ));
+    let out = bin()
+        .args(["check", "--connect", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 connection problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("sink.brokers {}: no metadata", dead[1])),
+        "{stderr}"
+    );
+    rt.block_on(cluster.shutdown());
+}
