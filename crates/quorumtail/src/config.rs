@@ -84,7 +84,7 @@ fn default_discovery_interval() -> String {
 }
 
 /// `[mongo]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoConfig {
     /// Appended to every per-node connection string (`authSource=admin&tls=true`, ...).
@@ -93,8 +93,12 @@ pub struct MongoConfig {
     pub uri_options: String,
     /// User name for every node connection, if the cluster requires authentication.
     pub username: Option<String>,
-    /// Password for `username`.
+    /// Password for `username`. Prefer `password_file` or `"${ENV_VAR}"` over writing it
+    /// here.
     pub password: Option<String>,
+    /// A file holding the password for `username` (a mounted secret): read once when the
+    /// config is loaded, a trailing newline removed. Excludes `password`.
+    pub password_file: Option<String>,
     /// Entries per getMore batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
@@ -118,6 +122,7 @@ impl Default for MongoConfig {
             uri_options: String::new(),
             username: None,
             password: None,
+            password_file: None,
             batch_size: default_batch_size(),
             max_await: default_max_await(),
         }
@@ -221,7 +226,7 @@ pub enum KeyKind {
 }
 
 /// `[sink]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// `file` or `kafka`.
@@ -239,6 +244,66 @@ pub struct SinkConfig {
     /// Kafka sink: librdkafka settings passed through (`compression.type`, TLS, SASL...).
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// Kafka sink: a file holding the SASL password (a mounted secret), read once when the
+    /// config is loaded, a trailing newline removed; it becomes librdkafka's
+    /// `sasl.password`, which must then not be set in `[sink.librdkafka]`.
+    pub sasl_password_file: Option<String>,
+}
+
+/// Whether a librdkafka property holds a secret (never printed).
+pub fn is_secret_property(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri_options", &redact_uri_options(&self.uri_options))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("batch_size", &self.batch_size)
+            .field("max_await", &self.max_await)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let librdkafka: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("SinkConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("librdkafka", &librdkafka)
+            .field("sasl_password_file", &self.sasl_password_file)
+            .finish()
+    }
+}
+
+/// `uri_options` with the value of any option that looks like a secret hidden.
+fn redact_uri_options(options: &str) -> String {
+    options
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_property(&k.to_ascii_lowercase()) => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl Default for SinkConfig {
@@ -250,6 +315,7 @@ impl Default for SinkConfig {
             topic: None,
             key: KeyKind::Document,
             librdkafka: BTreeMap::new(),
+            sasl_password_file: None,
         }
     }
 }
@@ -467,10 +533,24 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] listing every problem with its key path.
     pub fn parse(text: &str, path: &Path) -> Result<Resolved, ConfigError> {
-        let (config, mut problems) = read::read(text).map_err(|message| ConfigError::Parse {
-            path: path.into(),
-            message,
-        })?;
+        Self::parse_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `env` standing in for the process environment (for
+    /// `${NAME}` in string values).
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its key path.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Resolved, ConfigError> {
+        let (config, mut problems) =
+            read::read(text, env).map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message,
+            })?;
         let shadowed = read::shadowed(&problems);
         match config.validate() {
             Ok(resolved) if problems.is_empty() => return Ok(resolved),
@@ -490,9 +570,36 @@ impl Config {
     ///
     /// # Errors
     /// Every problem found, one line each, starting with the key path.
-    pub fn validate(self) -> Result<Resolved, Vec<String>> {
+    pub fn validate(mut self) -> Result<Resolved, Vec<String>> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
+
+        // Secrets from files: read once here, never printed.
+        if let Some(file) = self.mongo.password_file.clone() {
+            if self.mongo.password.is_some() {
+                problems.push(
+                    "mongo.password_file: set either password or password_file, not both".into(),
+                );
+            }
+            match read_secret("mongo.password_file", &file) {
+                Ok(p) => self.mongo.password = Some(p),
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(file) = self.sink.sasl_password_file.clone() {
+            if self.sink.librdkafka.contains_key("sasl.password") {
+                problems.push("sink.sasl_password_file: set either sasl_password_file or sink.librdkafka.\"sasl.password\", not both".into());
+            }
+            if self.sink.kind != SinkKind::Kafka {
+                problems.push("sink.sasl_password_file: only used by kind = \"kafka\"".into());
+            }
+            match read_secret("sink.sasl_password_file", &file) {
+                Ok(p) => {
+                    self.sink.librdkafka.insert("sasl.password".into(), p);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
 
         if self.shards.is_empty() && self.discovery.is_none() {
             problems.push("no topology: add [[shards]] with name and members, or a [discovery] section with a mongos uri".to_owned());
@@ -752,6 +859,23 @@ impl Config {
     }
 }
 
+/// A secret from a file: the whole file less one trailing newline.
+fn read_secret(key: &str, file: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!("{key}: cannot read {file:?} ({e}); mount the secret there or fix the path")
+    })?;
+    let secret = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if secret.is_empty() {
+        return Err(format!(
+            "{key}: {file:?} is empty; write the secret into it"
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
 fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| {
         format!("{key}: {text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"2m\"")
@@ -793,6 +917,7 @@ mod read {
     use serde_path_to_error::Segment;
 
     /// One step of a key path.
+    #[derive(Clone)]
     enum Step {
         Key(String),
         Index(usize),
@@ -813,12 +938,26 @@ mod read {
     ///
     /// # Errors
     /// The TOML syntax error, with its line (nothing can be read past it).
-    pub(super) fn read(text: &str) -> Result<(super::Config, Vec<String>), String> {
+    pub(super) fn read(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(super::Config, Vec<String>), String> {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
         let doc = toml_edit::ImDocument::parse(text).ok();
         let mut problems: Vec<(usize, String)> = Vec::new();
+        for (at, problem) in interpolate_table(&mut table, &mut Vec::new(), env) {
+            let line = doc.as_ref().and_then(|d| line_of(d, text, &at));
+            let key = display(&at);
+            problems.push((
+                line.unwrap_or(usize::MAX),
+                match line {
+                    Some(l) => format!("{key} (line {l}): {problem}"),
+                    None => format!("{key}: {problem}"),
+                },
+            ));
+        }
         // Each round takes one key out; a file has far fewer keys than this.
         for _ in 0..256 {
             let e = match serde_path_to_error::deserialize::<_, super::Config>(toml::Value::Table(
@@ -879,6 +1018,111 @@ mod read {
                 })
             })
             .collect()
+    }
+
+    /// Replaces `${NAME}` in every string value by the environment variable `NAME`
+    /// (`$${` stands for a literal `${`); returns each problem with the key's path.
+    fn interpolate_table(
+        table: &mut toml::Table,
+        at: &mut Vec<Step>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(Vec<Step>, String)> {
+        let mut problems = Vec::new();
+        for (k, v) in table.iter_mut() {
+            at.push(Step::Key(k.clone()));
+            interpolate_value(v, at, env, &mut problems);
+            at.pop();
+        }
+        problems
+    }
+
+    fn interpolate_value(
+        v: &mut toml::Value,
+        at: &mut Vec<Step>,
+        env: &dyn Fn(&str) -> Option<String>,
+        problems: &mut Vec<(Vec<Step>, String)>,
+    ) {
+        match v {
+            toml::Value::String(s) => match interpolate(s, env) {
+                Ok(Some(new)) => *s = new,
+                Ok(None) => {}
+                Err(e) => problems.push((at.clone(), e)),
+            },
+            toml::Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    at.push(Step::Index(i));
+                    interpolate_value(x, at, env, problems);
+                    at.pop();
+                }
+            }
+            toml::Value::Table(t) => problems.extend(interpolate_table(t, at, env)),
+            _ => {}
+        }
+    }
+
+    /// `${NAME}` replaced by the variable, `$${` by `${`; `Ok(None)`: nothing to replace.
+    pub(super) fn interpolate(
+        s: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, String> {
+        if !s.contains("${") {
+            return Ok(None);
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i..];
+            if let Some(r) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = r;
+            } else if let Some(r) = after.strip_prefix("${") {
+                let end = r.find('}').ok_or_else(|| {
+                    "unclosed \"${\": write ${NAME} for an environment variable, or $${ for a literal \"${\"".to_owned()
+                })?;
+                let name = &r[..end];
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "\"${{{name}}}\" is not an environment variable name (letters, digits and '_'); write $${{ for a literal \"${{\""
+                    ));
+                }
+                match env(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        return Err(format!(
+                            "the environment variable {name} (in \"${{{name}}}\") is not set; set it, or write $${{ for a literal \"${{\""
+                        ))
+                    }
+                }
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+                rest = &after[1..];
+            }
+        }
+        out.push_str(rest);
+        Ok(Some(out))
+    }
+
+    /// `sink.librdkafka."sasl.password"`, `shards[0].members[1]`.
+    fn display(at: &[Step]) -> String {
+        let mut s = String::new();
+        for step in at {
+            match step {
+                Step::Key(k) if k.contains(['.', ' ', '"']) => s.push_str(&format!(".{k:?}")),
+                Step::Key(k) => {
+                    s.push('.');
+                    s.push_str(k);
+                }
+                Step::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s.trim_start_matches('.').to_owned()
     }
 
     fn remove(table: &mut toml::Table, at: &[Step]) -> bool {
@@ -1129,6 +1373,88 @@ interval = "soon"
             "{p:#?}"
         );
         assert!(p[1].starts_with("shards[1].members: empty"), "{p:#?}");
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "MONGO_PW" => Some("p@ss".into()),
+            "BROKERS" => Some("k1:9092,k2:9092".into()),
+            _ => None,
+        }
+    }
+
+    const SHARD: &str = "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n";
+
+    #[test]
+    fn environment_variables_in_string_values() {
+        let text = format!("{SHARD}[mongo]\nusername = \"u\"\npassword = \"${{MONGO_PW}}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"${{BROKERS}}\"\ntopic = \"cdc.{{shard}}\"\n[sink.librdkafka]\n\"client.id\" = \"a$${{b}}$c\"\n");
+        let r = Config::parse_with_env(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(r.config.mongo.password.as_deref(), Some("p@ss"));
+        assert_eq!(r.config.sink.brokers.as_deref(), Some("k1:9092,k2:9092"));
+        // `$${` is a literal `${`; a lone `$` stays.
+        assert_eq!(r.config.sink.librdkafka["client.id"], "a${b}$c");
+        // Never printed.
+        let debug = format!("{:?}", r.config);
+        assert!(!debug.contains("p@ss"), "{debug}");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_names_the_key_and_the_variable() {
+        let text = format!("{SHARD}[mongo]\nusername = \"u\"\npassword = \"${{NOT_SET}}\"\n[sink.librdkafka]\n\"sasl.password\" = \"${{bad-name}}\"\n");
+        let e = Config::parse_with_env(&text, Path::new("t.toml"), &env).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = e else {
+            panic!("{e}")
+        };
+        assert!(
+            problems[0].starts_with("mongo.password (line 6): the environment variable NOT_SET (in \"${NOT_SET}\") is not set"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("sink.librdkafka.\"sasl.password\" (line 8): \"${bad-name}\" is not an environment variable name"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mongo = dir.path().join("mongo");
+        let kafka = dir.path().join("kafka");
+        std::fs::write(&mongo, "s3cret\n").unwrap();
+        std::fs::write(&kafka, "k-s3cret\r\n").unwrap();
+        let text = format!(
+            "{SHARD}[mongo]\nusername = \"u\"\npassword_file = {:?}\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nsasl_password_file = {:?}\n",
+            mongo.display().to_string(),
+            kafka.display().to_string()
+        );
+        let r = parse(&text).unwrap();
+        assert_eq!(r.config.mongo.password.as_deref(), Some("s3cret"));
+        assert_eq!(r.config.sink.librdkafka["sasl.password"], "k-s3cret");
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+
+        let missing = dir.path().join("nope");
+        let p = problems(&format!(
+            "{SHARD}[mongo]\nusername = \"u\"\npassword = \"x\"\npassword_file = {:?}\n[sink]\nsasl_password_file = {:?}\n",
+            missing.display().to_string(),
+            mongo.display().to_string()
+        ));
+        let all = p.join("\n");
+        assert!(
+            all.contains("mongo.password_file: set either password or password_file"),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!(
+                "mongo.password_file: cannot read {:?}",
+                missing.display().to_string()
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains("sink.sasl_password_file: only used by kind = \"kafka\""),
+            "{all}"
+        );
     }
 
     #[test]

@@ -7,6 +7,23 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quorumtail"))
 }
 
+/// The environment the example configs read their secrets from.
+const EXAMPLE_ENV: [(&str, &str); 2] = [
+    ("QUORUMTAIL_MONGO_PASSWORD", "secret"),
+    ("QUORUMTAIL_KAFKA_PASSWORD", "secret"),
+];
+
+/// `quorumtail check` of an example config, with its secrets in the environment.
+fn check_example(path: &std::path::Path) -> std::process::Output {
+    bin()
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .envs(EXAMPLE_ENV)
+        .output()
+        .unwrap()
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -49,12 +66,7 @@ fn every_example_config_passes_check() {
     for entry in std::fs::read_dir(repo().join("config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = bin()
-                .arg("check")
-                .arg("--config")
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = check_example(&path);
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
@@ -89,11 +101,7 @@ fn check_prints_the_resolved_topology() {
 
 #[test]
 fn check_never_prints_credentials() {
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(repo().join("config/kafka.toml"))
-        .output()
-        .unwrap();
+    let out = check_example(&repo().join("config/kafka.toml"));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("secret"), "{stdout}");
     assert!(stdout.contains("quorumtail:***@"), "{stdout}");
@@ -294,8 +302,15 @@ fn example_kafka_settings_are_accepted_by_librdkafka() {
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
-            let resolved =
-                quorumtail::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let env = |name: &str| {
+                EXAMPLE_ENV
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            };
+            let resolved = quorumtail::config::Config::parse_with_env(&text, &path, &env)
+                .unwrap_or_else(|e| panic!("{e}"));
             let sink = &resolved.config.sink;
             if sink.kind != quorumtail::config::SinkKind::Kafka {
                 continue;
