@@ -361,6 +361,12 @@ pub struct CheckpointConfig {
     /// How often confirmed progress is written (also on shutdown and on SIGUSR1).
     #[serde(default = "default_checkpoint_interval")]
     pub interval: String,
+    /// Refuse to start when the store holds no checkpoint. Without one every shard starts
+    /// from `[start] position`; when a previous run's state was lost (a container recreated
+    /// without its volume, a wrong path) that silently skips or repeats changes. Set it
+    /// once the first checkpoints are stored.
+    #[serde(default)]
+    pub require_existing: bool,
 }
 
 fn default_checkpoint_path() -> String {
@@ -382,6 +388,7 @@ impl Default for CheckpointConfig {
             path: default_checkpoint_path(),
             topic: default_checkpoint_topic(),
             interval: default_checkpoint_interval(),
+            require_existing: false,
         }
     }
 }

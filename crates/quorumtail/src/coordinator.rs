@@ -84,6 +84,12 @@ pub enum RunError {
     /// Discovery failed at startup with no static shards to fall back on.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// `[checkpoint] require_existing = true` and the store holds no checkpoint.
+    #[error("checkpoint.require_existing: the checkpoint store ({store}) holds no checkpoint, so the state of the previous run is missing (a container recreated without its volume? a changed path or topic?). Restore it there, or, if this is the first start, set require_existing = false for that start (every shard then starts from [start] position)")]
+    MissingState {
+        /// The file or topic.
+        store: String,
+    },
     /// The HTTP endpoints could not listen.
     #[error("http.listen {addr}: {source}; choose a free address or remove [http]")]
     Http {
@@ -370,6 +376,16 @@ pub async fn run_controlled(
         }
     };
     let remembered: StoredShards = store.load_shards().await?;
+    if remembered.is_empty() {
+        let where_ = match c.checkpoint.kind {
+            CheckpointKind::File => format!("file {}", c.checkpoint.path),
+            CheckpointKind::Kafka => format!("topic {}", c.checkpoint.topic),
+        };
+        if c.checkpoint.require_existing {
+            return Err(RunError::MissingState { store: where_ });
+        }
+        warn!(store = %where_, start = %c.start.position, "no checkpoint stored: every shard starts from [start] position. If a previous run stored checkpoints, its state is missing: stop now and restore it (set [checkpoint] require_existing = true to refuse such a start)");
+    }
     let stored: HashMap<Arc<str>, EntryId> = remembered
         .iter()
         .map(|(k, v)| (k.clone(), v.checkpoint))

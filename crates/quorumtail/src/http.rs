@@ -142,6 +142,50 @@ async fn respond(
     stream.shutdown().await
 }
 
+/// A plain HTTP/1.1 GET of `http://host:port/path` (what `quorumtail healthcheck` needs,
+/// no more): the status code and the body.
+///
+/// # Errors
+/// A URL that is not `http://host:port/...`, or no answer within `timeout` (named with
+/// the URL and the fix).
+pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--url {url:?}: only http://host:port/path is supported, e.g. http://127.0.0.1:9000/healthz")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url:?}: {authority:?} is not host:port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("--url {url:?}: {authority:?} resolves to no address"))?;
+    let fail = |e: std::io::Error| {
+        format!("{url}: no answer ({e}); is quorumtail running with [http] listen on {authority}?")
+    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    s.set_read_timeout(Some(timeout)).map_err(fail)?;
+    s.set_write_timeout(Some(timeout)).map_err(fail)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(fail)?;
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).map_err(fail)?;
+    let text = String::from_utf8_lossy(&text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
 /// Why the process is not ready, one line each; empty when ready.
 pub fn not_ready(status: &Status) -> Vec<String> {
     let mut out = Vec::new();

@@ -63,6 +63,16 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// GET an endpoint of a running quorumtail (for container health checks, where no
+    /// HTTP client may be installed): exit 0 on a 2xx answer, 1 otherwise.
+    Healthcheck {
+        /// `http://host:port/path`, e.g. `http://127.0.0.1:9000/healthz`.
+        #[arg(long)]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s")]
+        timeout: humantime::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +80,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config, connect } => check(&config, connect),
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout.into()),
         Command::Run { config } => run(&config),
         Command::Demo {
             brokers,
@@ -200,6 +211,25 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
     })
+}
+
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match quorumtail::http::get(url, timeout) {
+        Ok((code, body)) => {
+            let first = body.lines().next().unwrap_or("");
+            if (200..300).contains(&code) {
+                println!("{url}: {code} {first}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{url}: {code}\n{body}");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn check(path: &std::path::Path, connect: bool) -> ExitCode {

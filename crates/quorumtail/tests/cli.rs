@@ -790,3 +790,112 @@ fn check_connect_reaches_members_discovery_and_brokers() {
     );
     rt.block_on(cluster.shutdown());
 }
+
+/// A start without any stored checkpoint: loud by default, refused with
+/// `require_existing = true` (a container recreated without its state must not silently
+/// start from `latest`). The error names the store and the fix.
+#[cfg(unix)]
+#[test]
+fn a_missing_checkpoint_store_is_refused_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("state").join("cp.json");
+    let cfg = |require: bool| {
+        format!(
+            "[[shards]]\nname = \"shard01\"\nmembers = [\"{}\"]\n[sink]\npath = {:?}\n[checkpoint]\npath = {:?}\nrequire_existing = {require}\n",
+            dead_members(1)[0],
+            dir.path().join("out.jsonl").display().to_string(),
+            cp.display().to_string()
+        )
+    };
+    let path = dir.path().join("q.toml");
+    std::fs::write(&path, cfg(true)).unwrap();
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "checkpoint store (file {}) holds no checkpoint",
+            cp.display()
+        )) && stderr.contains("set require_existing = false"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, cfg(false)).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Running::spawn(
+        bin()
+            .args(["run", "--config"])
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("shard pipeline started")
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARN")
+            && text.contains("no checkpoint stored: every shard starts from [start] position"),
+        "{text}"
+    );
+    child.signal("TERM");
+    assert!(child.wait().success());
+}
+
+/// `quorumtail healthcheck` (the slim image has no curl): 0 on 2xx, 1 on anything else or
+/// no answer.
+#[test]
+fn healthcheck_exits_by_the_answer() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        for answer in [
+            "200 OK\r\n\r\nok\n",
+            "503 Service Unavailable\r\n\r\nnot ready:\nshard x\n",
+        ] {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(format!("HTTP/1.1 {answer}").as_bytes())
+                .unwrap();
+        }
+    });
+    let run = |path: &str| {
+        bin()
+            .args(["healthcheck", "--url"])
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .unwrap()
+    };
+    let ok = run("/healthz");
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let bad = run("/readyz");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("503"),
+        "{bad:?}"
+    );
+    server.join().unwrap();
+    // Nothing listens any more.
+    let gone = run("/healthz");
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no answer"),
+        "{gone:?}"
+    );
+    let https = bin()
+        .args(["healthcheck", "--url", "https://x:1/"])
+        .output()
+        .unwrap();
+    assert_eq!(https.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&https.stderr).contains("only http://"));
+}
