@@ -105,6 +105,8 @@ pub enum RunError {
 pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
     sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
+    /// Whether the sink is Kafka (the delivery histogram exists only then).
+    kafka_sink: std::sync::OnceLock<bool>,
     http: std::sync::OnceLock<std::net::SocketAddr>,
     /// Shards with a stored checkpoint that are not in the topology and cannot be drained
     /// (no membership stored with the checkpoint).
@@ -204,6 +206,9 @@ impl Status {
 
     /// Delivery latency and errors (Kafka sink).
     pub fn sink_delivery(&self) -> Option<quorumtail_sink::metrics::DeliveryStats> {
+        if !self.kafka_sink.get().copied().unwrap_or(false) {
+            return None;
+        }
         Some(self.sink.get()?.delivery())
     }
 
@@ -254,7 +259,7 @@ impl Status {
             .unwrap_or_default()
     }
 
-    fn register(&self, name: &Arc<str>) -> Arc<ShardStats> {
+    pub(crate) fn register(&self, name: &Arc<str>) -> Arc<ShardStats> {
         match self.shards.lock() {
             Ok(mut m) => m.entry(name.clone()).or_default().clone(),
             Err(_) => Arc::default(),
@@ -490,6 +495,9 @@ pub async fn run_controlled(
         }
     };
 
+    let _ = status_for_sink
+        .kafka_sink
+        .set(c.sink.kind == SinkKind::Kafka);
     let _ = status_for_sink.sink.set(sink.view());
     let mut tailer = TailerConfig::new("".into(), "");
     tailer.uri_options = c.mongo.uri_options.clone();
