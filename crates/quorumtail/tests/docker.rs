@@ -1,7 +1,9 @@
 //! docker/ cannot run here (no container engine), so its files are checked for what can go
 //! wrong without one: the compose file parses and is consistent (services, dependencies,
 //! mounted files, names and ports shared with the init scripts and quorumtail's config),
-//! and the config it mounts is valid.
+//! the config it mounts is valid, and what operating the container needs is there (build
+//! context, stop grace period, checkpoint volume, health check, host listeners, stripped
+//! binary).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
