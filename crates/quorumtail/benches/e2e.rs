@@ -318,7 +318,7 @@ fn main() {
             let _ = p.wait();
         }
         let (cpu, rss) = usage(child.id());
-        let bytes_read = metric_sum(http, "quorumtail_node_bytes_read_total");
+        let bytes_read = metric_sum(http, "quorumtail_node_read_bytes_total");
         stop(child);
         Run {
             name,

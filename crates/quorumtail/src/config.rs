@@ -50,9 +50,12 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     /// The replica set name, as in `config.shards._id` (records carry it as `shard`).
+    /// Required (missing reads as empty, which validation reports with the others).
+    #[serde(default)]
     pub name: String,
     /// Every data-bearing member as `host:port`. All are tailed; an entry is emitted once
-    /// a quorum of them holds it.
+    /// a quorum of them holds it. Required.
+    #[serde(default)]
     pub members: Vec<String>,
     /// Voting members without an oplog. They raise the majority but never confirm an
     /// entry, which is why a set like 2 data + 1 arbiter needs both data members.
@@ -68,7 +71,8 @@ pub struct ShardConfig {
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// A mongos or config-server URI; `listShards` (mongos) or `config.shards` (config
-    /// servers) is read from it.
+    /// servers) is read from it. Required.
+    #[serde(default)]
     pub uri: String,
     /// How often the shard list and each shard's membership are re-read.
     #[serde(default = "default_discovery_interval")]
@@ -80,7 +84,7 @@ fn default_discovery_interval() -> String {
 }
 
 /// `[mongo]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MongoConfig {
     /// Appended to every per-node connection string (`authSource=admin&tls=true`, ...).
@@ -89,8 +93,12 @@ pub struct MongoConfig {
     pub uri_options: String,
     /// User name for every node connection, if the cluster requires authentication.
     pub username: Option<String>,
-    /// Password for `username`.
+    /// Password for `username`. Prefer `password_file` or `"${ENV_VAR}"` over writing it
+    /// here.
     pub password: Option<String>,
+    /// A file holding the password for `username` (a mounted secret): read once when the
+    /// config is loaded, a trailing newline removed. Excludes `password`.
+    pub password_file: Option<String>,
     /// Entries per getMore batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
@@ -114,6 +122,7 @@ impl Default for MongoConfig {
             uri_options: String::new(),
             username: None,
             password: None,
+            password_file: None,
             batch_size: default_batch_size(),
             max_await: default_max_await(),
         }
@@ -217,7 +226,7 @@ pub enum KeyKind {
 }
 
 /// `[sink]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// `file` or `kafka`.
@@ -235,6 +244,66 @@ pub struct SinkConfig {
     /// Kafka sink: librdkafka settings passed through (`compression.type`, TLS, SASL...).
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// Kafka sink: a file holding the SASL password (a mounted secret), read once when the
+    /// config is loaded, a trailing newline removed; it becomes librdkafka's
+    /// `sasl.password`, which must then not be set in `[sink.librdkafka]`.
+    pub sasl_password_file: Option<String>,
+}
+
+/// Whether a librdkafka property holds a secret (never printed).
+pub fn is_secret_property(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri_options", &redact_uri_options(&self.uri_options))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("batch_size", &self.batch_size)
+            .field("max_await", &self.max_await)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let librdkafka: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("SinkConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("librdkafka", &librdkafka)
+            .field("sasl_password_file", &self.sasl_password_file)
+            .finish()
+    }
+}
+
+/// `uri_options` with the value of any option that looks like a secret hidden.
+fn redact_uri_options(options: &str) -> String {
+    options
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_property(&k.to_ascii_lowercase()) => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 impl Default for SinkConfig {
@@ -246,6 +315,18 @@ impl Default for SinkConfig {
             topic: None,
             key: KeyKind::Document,
             librdkafka: BTreeMap::new(),
+            sasl_password_file: None,
+        }
+    }
+}
+
+impl KeyKind {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Document => "document",
+            KeyKind::Shard => "shard",
+            KeyKind::Namespace => "namespace",
         }
     }
 }
@@ -280,6 +361,12 @@ pub struct CheckpointConfig {
     /// How often confirmed progress is written (also on shutdown and on SIGUSR1).
     #[serde(default = "default_checkpoint_interval")]
     pub interval: String,
+    /// Refuse to start when the store holds no checkpoint. Without one every shard starts
+    /// from `[start] position`; when a previous run's state was lost (a container recreated
+    /// without its volume, a wrong path) that silently skips or repeats changes. Set it
+    /// once the first checkpoints are stored.
+    #[serde(default)]
+    pub require_existing: bool,
 }
 
 fn default_checkpoint_path() -> String {
@@ -301,6 +388,7 @@ impl Default for CheckpointConfig {
             path: default_checkpoint_path(),
             topic: default_checkpoint_topic(),
             interval: default_checkpoint_interval(),
+            require_existing: false,
         }
     }
 }
@@ -383,7 +471,8 @@ impl Default for PipelineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`.
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`. Required.
+    #[serde(default)]
     pub listen: String,
 }
 
@@ -470,21 +559,34 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] listing every problem with its key path.
     pub fn parse(text: &str, path: &Path) -> Result<Resolved, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let message = if key.is_empty() || key == "." {
-                inner
-            } else {
-                format!("key `{key}`: {inner}")
-            };
-            ConfigError::Parse {
+        Self::parse_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with `env` standing in for the process environment (for
+    /// `${NAME}` in string values).
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem with its key path.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Resolved, ConfigError> {
+        let (config, mut problems) =
+            read::read(text, env).map_err(|message| ConfigError::Parse {
                 path: path.into(),
-                message: message.trim_end().to_owned(),
-            }
-        })?;
-        config.validate().map_err(|problems| ConfigError::Invalid {
+                message,
+            })?;
+        let shadowed = read::shadowed(&problems);
+        match config.validate() {
+            Ok(resolved) if problems.is_empty() => return Ok(resolved),
+            Ok(_) => {}
+            Err(more) => problems.extend(
+                more.into_iter()
+                    .filter(|p| !shadowed.iter().any(|k| p.starts_with(k.as_str()))),
+            ),
+        }
+        Err(ConfigError::Invalid {
             path: path.into(),
             problems,
         })
@@ -494,9 +596,36 @@ impl Config {
     ///
     /// # Errors
     /// Every problem found, one line each, starting with the key path.
-    pub fn validate(self) -> Result<Resolved, Vec<String>> {
+    pub fn validate(mut self) -> Result<Resolved, Vec<String>> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
+
+        // Secrets from files: read once here, never printed.
+        if let Some(file) = self.mongo.password_file.clone() {
+            if self.mongo.password.is_some() {
+                problems.push(
+                    "mongo.password_file: set either password or password_file, not both".into(),
+                );
+            }
+            match read_secret("mongo.password_file", &file) {
+                Ok(p) => self.mongo.password = Some(p),
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(file) = self.sink.sasl_password_file.clone() {
+            if self.sink.librdkafka.contains_key("sasl.password") {
+                problems.push("sink.sasl_password_file: set either sasl_password_file or sink.librdkafka.\"sasl.password\", not both".into());
+            }
+            if self.sink.kind != SinkKind::Kafka {
+                problems.push("sink.sasl_password_file: only used by kind = \"kafka\"".into());
+            }
+            match read_secret("sink.sasl_password_file", &file) {
+                Ok(p) => {
+                    self.sink.librdkafka.insert("sasl.password".into(), p);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
 
         if self.shards.is_empty() && self.discovery.is_none() {
             problems.push("no topology: add [[shards]] with name and members, or a [discovery] section with a mongos uri".to_owned());
@@ -679,6 +808,20 @@ impl Config {
                         _ => {}
                     }
                 }
+                // librdkafka itself judges property names and values (no broker is asked).
+                if !self.sink.librdkafka.is_empty() {
+                    let brokers = self.sink.brokers.as_deref().unwrap_or("127.0.0.1:9092");
+                    for (k, why) in quorumtail_sink::preflight::librdkafka_properties(
+                        brokers,
+                        &self.sink.librdkafka,
+                    ) {
+                        problems.push(if k.is_empty() {
+                            format!("sink.librdkafka: {why}")
+                        } else {
+                            format!("sink.librdkafka.\"{k}\": {why}")
+                        });
+                    }
+                }
             }
         }
 
@@ -742,6 +885,23 @@ impl Config {
     }
 }
 
+/// A secret from a file: the whole file less one trailing newline.
+fn read_secret(key: &str, file: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!("{key}: cannot read {file:?} ({e}); mount the secret there or fix the path")
+    })?;
+    let secret = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if secret.is_empty() {
+        return Err(format!(
+            "{key}: {file:?} is empty; write the secret into it"
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
 fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| {
         format!("{key}: {text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"2m\"")
@@ -772,6 +932,337 @@ pub fn redact_uri(uri: &str) -> String {
             format!("{}{}:***@{}", &uri[..scheme_end + 3], user, &rest[at + 1..])
         }
         None => uri.to_owned(),
+    }
+}
+
+mod read {
+    //! Reading the file so that every problem is reported at once: a key that is unknown
+    //! or has a wrong type or value is reported (with its line) and taken out, and the
+    //! rest is read again, until what remains reads; then the values are validated.
+
+    use serde_path_to_error::Segment;
+
+    /// One step of a key path.
+    #[derive(Clone)]
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+
+    fn steps(path: &serde_path_to_error::Path) -> Vec<Step> {
+        path.iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(Step::Index(*index)),
+                Segment::Map { key } => Some(Step::Key(key.clone())),
+                Segment::Enum { variant } => Some(Step::Key(variant.clone())),
+                Segment::Unknown => None,
+            })
+            .collect()
+    }
+
+    /// Reads `text` into a [`super::Config`], collecting every key-level problem.
+    ///
+    /// # Errors
+    /// The TOML syntax error, with its line (nothing can be read past it).
+    pub(super) fn read(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(super::Config, Vec<String>), String> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+        let doc = toml_edit::ImDocument::parse(text).ok();
+        let mut problems: Vec<(usize, String)> = Vec::new();
+        for (at, problem) in interpolate_table(&mut table, &mut Vec::new(), env) {
+            let line = doc.as_ref().and_then(|d| line_of(d, text, &at));
+            let key = display(&at);
+            problems.push((
+                line.unwrap_or(usize::MAX),
+                match line {
+                    Some(l) => format!("{key} (line {l}): {problem}"),
+                    None => format!("{key}: {problem}"),
+                },
+            ));
+        }
+        // Each round takes one key out; a file has far fewer keys than this.
+        for _ in 0..256 {
+            let e = match serde_path_to_error::deserialize::<_, super::Config>(toml::Value::Table(
+                table.clone(),
+            )) {
+                Ok(c) => return Ok((c, sorted(problems))),
+                Err(e) => e,
+            };
+            let at = steps(e.path());
+            let key = e.path().to_string();
+            let line = doc.as_ref().and_then(|d| line_of(d, text, &at));
+            // toml adds "in `key`" on a line of its own: the key leads the problem already.
+            let inner = e.into_inner().to_string();
+            let mut inner: String = inner
+                .lines()
+                .filter(|l| !l.starts_with("in `"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Some(hint) = did_you_mean(&inner) {
+                inner.push_str(&hint);
+            }
+            problems.push((
+                line.unwrap_or(usize::MAX),
+                match (key.as_str(), line) {
+                    ("" | ".", _) => inner,
+                    (k, Some(l)) => format!("{k} (line {l}): {inner}"),
+                    (k, None) => format!("{k}: {inner}"),
+                },
+            ));
+            if at.is_empty() || !remove(&mut table, &at) {
+                // What remains cannot be read: validate nothing more than the defaults.
+                return Ok((super::Config::default(), sorted(problems)));
+            }
+        }
+        Ok((super::Config::default(), sorted(problems)))
+    }
+
+    fn sorted(mut problems: Vec<(usize, String)>) -> Vec<String> {
+        problems.sort_by_key(|(line, _)| *line);
+        problems.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Keys whose problems make validation reports about them (or, for a `kind`, about
+    /// their section) meaningless: the key was taken out and its default stands in.
+    pub(super) fn shadowed(problems: &[String]) -> Vec<String> {
+        problems
+            .iter()
+            .filter_map(|p| {
+                let key = p.split([' ', ':']).next()?;
+                // A list with a bad element is taken out whole.
+                let key = match key.strip_suffix(']').and_then(|k| k.rsplit_once('[')) {
+                    Some((list, _)) => list,
+                    None => key,
+                };
+                Some(match key.strip_suffix(".kind") {
+                    Some(section) => format!("{section}."),
+                    None => key.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces `${NAME}` in every string value by the environment variable `NAME`
+    /// (`$${` stands for a literal `${`); returns each problem with the key's path.
+    fn interpolate_table(
+        table: &mut toml::Table,
+        at: &mut Vec<Step>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(Vec<Step>, String)> {
+        let mut problems = Vec::new();
+        for (k, v) in table.iter_mut() {
+            at.push(Step::Key(k.clone()));
+            interpolate_value(v, at, env, &mut problems);
+            at.pop();
+        }
+        problems
+    }
+
+    fn interpolate_value(
+        v: &mut toml::Value,
+        at: &mut Vec<Step>,
+        env: &dyn Fn(&str) -> Option<String>,
+        problems: &mut Vec<(Vec<Step>, String)>,
+    ) {
+        match v {
+            toml::Value::String(s) => match interpolate(s, env) {
+                Ok(Some(new)) => *s = new,
+                Ok(None) => {}
+                Err(e) => problems.push((at.clone(), e)),
+            },
+            toml::Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    at.push(Step::Index(i));
+                    interpolate_value(x, at, env, problems);
+                    at.pop();
+                }
+            }
+            toml::Value::Table(t) => problems.extend(interpolate_table(t, at, env)),
+            _ => {}
+        }
+    }
+
+    /// `${NAME}` replaced by the variable, `$${` by `${`; `Ok(None)`: nothing to replace.
+    pub(super) fn interpolate(
+        s: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, String> {
+        if !s.contains("${") {
+            return Ok(None);
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i..];
+            if let Some(r) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = r;
+            } else if let Some(r) = after.strip_prefix("${") {
+                let end = r.find('}').ok_or_else(|| {
+                    "unclosed \"${\": write ${NAME} for an environment variable, or $${ for a literal \"${\"".to_owned()
+                })?;
+                let name = &r[..end];
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "\"${{{name}}}\" is not an environment variable name (letters, digits and '_'); write $${{ for a literal \"${{\""
+                    ));
+                }
+                match env(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        return Err(format!(
+                            "the environment variable {name} (in \"${{{name}}}\") is not set; set it, or write $${{ for a literal \"${{\""
+                        ))
+                    }
+                }
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+                rest = &after[1..];
+            }
+        }
+        out.push_str(rest);
+        Ok(Some(out))
+    }
+
+    /// `sink.librdkafka."sasl.password"`, `shards[0].members[1]`.
+    fn display(at: &[Step]) -> String {
+        let mut s = String::new();
+        for step in at {
+            match step {
+                Step::Key(k) if k.contains(['.', ' ', '"']) => s.push_str(&format!(".{k:?}")),
+                Step::Key(k) => {
+                    s.push('.');
+                    s.push_str(k);
+                }
+                Step::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s.trim_start_matches('.').to_owned()
+    }
+
+    fn remove(table: &mut toml::Table, at: &[Step]) -> bool {
+        let (last, parents) = match at.split_last() {
+            Some(x) => x,
+            None => return false,
+        };
+        let mut node: &mut toml::Value = match parents.first() {
+            Some(Step::Key(k)) => match table.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            Some(Step::Index(_)) => return false,
+            None => {
+                return match last {
+                    Step::Key(k) => table.remove(k).is_some(),
+                    Step::Index(_) => false,
+                }
+            }
+        };
+        for step in &parents[1..] {
+            node = match (step, node) {
+                (Step::Key(k), toml::Value::Table(t)) => match t.get_mut(k) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                (Step::Index(i), toml::Value::Array(a)) => match a.get_mut(*i) {
+                    Some(v) => v,
+                    None => return false,
+                },
+                _ => return false,
+            };
+        }
+        match (last, node) {
+            (Step::Key(k), toml::Value::Table(t)) => t.remove(k).is_some(),
+            // An element of a list with a wrong type: the list goes (indices must stay).
+            (Step::Index(_), _) => remove(table, parents),
+            _ => false,
+        }
+    }
+
+    /// The line of the key (or element) at `at`, 1-based.
+    fn line_of(doc: &toml_edit::ImDocument<&str>, text: &str, at: &[Step]) -> Option<usize> {
+        use toml_edit::{Item, Value};
+        enum Node<'a> {
+            Table(&'a toml_edit::Table),
+            Inline(&'a toml_edit::InlineTable),
+            Item(&'a Item),
+            Value(&'a Value),
+        }
+        let mut node = Node::Table(doc.as_table());
+        let mut span = None;
+        for step in at {
+            // Descend into the containers an item or value stands for.
+            let n = match node {
+                Node::Item(Item::Table(t)) => Node::Table(t),
+                Node::Item(Item::Value(Value::InlineTable(t)))
+                | Node::Value(Value::InlineTable(t)) => Node::Inline(t),
+                other => other,
+            };
+            node = match (step, n) {
+                (Step::Key(k), Node::Table(t)) => {
+                    let (key, item) = t.get_key_value(k)?;
+                    span = key.span().or(item.span()).or(span);
+                    Node::Item(item)
+                }
+                (Step::Key(k), Node::Inline(t)) => {
+                    let (key, item) = t.get_key_value(k)?;
+                    span = key.span().or(item.span()).or(span);
+                    Node::Item(item)
+                }
+                (Step::Index(i), Node::Item(Item::ArrayOfTables(a))) => {
+                    let t = a.get(*i)?;
+                    span = t.span().or(span);
+                    Node::Table(t)
+                }
+                (Step::Index(i), Node::Item(Item::Value(Value::Array(a))))
+                | (Step::Index(i), Node::Value(Value::Array(a))) => {
+                    let v = a.get(*i)?;
+                    span = v.span().or(span);
+                    Node::Value(v)
+                }
+                _ => return None,
+            };
+        }
+        let start = span?.start;
+        Some(text.get(..start)?.matches('\n').count() + 1)
+    }
+
+    /// serde names the expected keys or values; a near miss gets a suggestion.
+    fn did_you_mean(message: &str) -> Option<String> {
+        let (_, rest) = message.split_once("expected")?;
+        let got = message.split('`').nth(1)?;
+        let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        let best = expected
+            .iter()
+            .map(|e| (edit_distance(&got.to_ascii_lowercase(), e), *e))
+            .min()?;
+        (best.0 <= 2 && best.1 != got).then(|| format!("; did you mean `{}`?", best.1))
+    }
+
+    fn edit_distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
     }
 }
 
@@ -859,6 +1350,137 @@ interval = "soon"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    /// Regression (issue 15): a bad value hid every later problem, parse-level ones
+    /// (unknown keys, wrong types) included.
+    #[test]
+    fn parse_level_problems_are_reported_together_with_their_lines() {
+        let p = problems(
+            "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:1\"\nkey = \"Document\"\n[pipeline]\nmax_pendin = 5\n[mongo]\nmax_await = \"soon\"\nbatch_size = \"many\"\n[sink.librdkafka]\n\"no.such.property\" = \"1\"\n",
+        );
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(
+            p[0].starts_with("sink.key (line 7): unknown variant `Document`"),
+            "{p:#?}"
+        );
+        assert!(p[0].ends_with("did you mean `document`?"), "{p:#?}");
+        assert!(
+            p[1].starts_with("pipeline.max_pendin (line 9): unknown field `max_pendin`"),
+            "{p:#?}"
+        );
+        assert!(p[1].ends_with("did you mean `max_pending`?"), "{p:#?}");
+        assert!(
+            p[2].starts_with("mongo.batch_size (line 12): invalid type: string \"many\""),
+            "{p:#?}"
+        );
+        assert!(
+            p[3].starts_with("mongo.max_await: \"soon\" is not a duration"),
+            "{p:#?}"
+        );
+        assert!(
+            p[4].starts_with("sink.librdkafka.\"no.such.property\": librdkafka refuses it: No such configuration property"),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_key_taken_out_does_not_report_its_default() {
+        // The bad kind is reported; what depends on it is not (brokers with kind = file).
+        let p = problems("[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"s3\"\nbrokers = \"k:1\"\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        // A list with a bad element, and a shard missing its members.
+        let p = problems(
+            "[[shards]]\nname = \"a\"\nmembers = [\"h:1\", 2]\n[[shards]]\nname = \"b\"\n",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with("shards[0].members[1] (line 3): invalid type: integer `2`"),
+            "{p:#?}"
+        );
+        assert!(p[1].starts_with("shards[1].members: empty"), "{p:#?}");
+    }
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "MONGO_PW" => Some("p@ss".into()),
+            "BROKERS" => Some("k1:9092,k2:9092".into()),
+            _ => None,
+        }
+    }
+
+    const SHARD: &str = "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n";
+
+    #[test]
+    fn environment_variables_in_string_values() {
+        let text = format!("{SHARD}[mongo]\nusername = \"u\"\npassword = \"${{MONGO_PW}}\"\n[sink]\nkind = \"kafka\"\nbrokers = \"${{BROKERS}}\"\ntopic = \"cdc.{{shard}}\"\n[sink.librdkafka]\n\"client.id\" = \"a$${{b}}$c\"\n");
+        let r = Config::parse_with_env(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(r.config.mongo.password.as_deref(), Some("p@ss"));
+        assert_eq!(r.config.sink.brokers.as_deref(), Some("k1:9092,k2:9092"));
+        // `$${` is a literal `${`; a lone `$` stays.
+        assert_eq!(r.config.sink.librdkafka["client.id"], "a${b}$c");
+        // Never printed.
+        let debug = format!("{:?}", r.config);
+        assert!(!debug.contains("p@ss"), "{debug}");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_names_the_key_and_the_variable() {
+        let text = format!("{SHARD}[mongo]\nusername = \"u\"\npassword = \"${{NOT_SET}}\"\n[sink.librdkafka]\n\"sasl.password\" = \"${{bad-name}}\"\n");
+        let e = Config::parse_with_env(&text, Path::new("t.toml"), &env).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = e else {
+            panic!("{e}")
+        };
+        assert!(
+            problems[0].starts_with("mongo.password (line 6): the environment variable NOT_SET (in \"${NOT_SET}\") is not set"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("sink.librdkafka.\"sasl.password\" (line 8): \"${bad-name}\" is not an environment variable name"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mongo = dir.path().join("mongo");
+        let kafka = dir.path().join("kafka");
+        std::fs::write(&mongo, "s3cret\n").unwrap();
+        std::fs::write(&kafka, "k-s3cret\r\n").unwrap();
+        let text = format!(
+            "{SHARD}[mongo]\nusername = \"u\"\npassword_file = {:?}\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nsasl_password_file = {:?}\n",
+            mongo.display().to_string(),
+            kafka.display().to_string()
+        );
+        let r = parse(&text).unwrap();
+        assert_eq!(r.config.mongo.password.as_deref(), Some("s3cret"));
+        assert_eq!(r.config.sink.librdkafka["sasl.password"], "k-s3cret");
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+
+        let missing = dir.path().join("nope");
+        let p = problems(&format!(
+            "{SHARD}[mongo]\nusername = \"u\"\npassword = \"x\"\npassword_file = {:?}\n[sink]\nsasl_password_file = {:?}\n",
+            missing.display().to_string(),
+            mongo.display().to_string()
+        ));
+        let all = p.join("\n");
+        assert!(
+            all.contains("mongo.password_file: set either password or password_file"),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!(
+                "mongo.password_file: cannot read {:?}",
+                missing.display().to_string()
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains("sink.sasl_password_file: only used by kind = \"kafka\""),
+            "{all}"
+        );
     }
 
     #[test]

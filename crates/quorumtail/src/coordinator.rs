@@ -84,6 +84,12 @@ pub enum RunError {
     /// Discovery failed at startup with no static shards to fall back on.
     #[error("discovery: {0}")]
     Discovery(String),
+    /// `[checkpoint] require_existing = true` and the store holds no checkpoint.
+    #[error("checkpoint.require_existing: the checkpoint store ({store}) holds no checkpoint, so the state of the previous run is missing (a container recreated without its volume? a changed path or topic?). Restore it there, or, if this is the first start, set require_existing = false for that start (every shard then starts from [start] position)")]
+    MissingState {
+        /// The file or topic.
+        store: String,
+    },
     /// The HTTP endpoints could not listen.
     #[error("http.listen {addr}: {source}; choose a free address or remove [http]")]
     Http {
@@ -99,6 +105,8 @@ pub enum RunError {
 pub struct Status {
     shards: std::sync::Mutex<BTreeMap<Arc<str>, Arc<ShardStats>>>,
     sink: std::sync::OnceLock<quorumtail_sink::ProgressView>,
+    /// Whether the sink is Kafka (the delivery histogram exists only then).
+    kafka_sink: std::sync::OnceLock<bool>,
     http: std::sync::OnceLock<std::net::SocketAddr>,
     /// Shards with a stored checkpoint that are not in the topology and cannot be drained
     /// (no membership stored with the checkpoint).
@@ -198,6 +206,9 @@ impl Status {
 
     /// Delivery latency and errors (Kafka sink).
     pub fn sink_delivery(&self) -> Option<quorumtail_sink::metrics::DeliveryStats> {
+        if !self.kafka_sink.get().copied().unwrap_or(false) {
+            return None;
+        }
         Some(self.sink.get()?.delivery())
     }
 
@@ -226,6 +237,20 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// Whether a running shard is starting: fewer members than its quorum answered yet,
+    /// and some were never reached (connecting for the first time). A shard that is
+    /// starting is neither ready nor reported unreachable.
+    pub fn starting(&self, shard: &str) -> bool {
+        let Some(s) = self.shard(shard) else {
+            return false;
+        };
+        let nodes = self.nodes(shard);
+        !s.quorum_reachable
+            && !s.stopped
+            && !s.failed
+            && (nodes.is_empty() || nodes.values().any(|n| n.state == "connecting"))
+    }
+
     /// The counters of one shard, if it ever ran.
     pub fn shard(&self, name: &str) -> Option<StatsSnapshot> {
         self.shards.lock().ok()?.get(name).map(|s| s.snapshot())
@@ -243,7 +268,7 @@ impl Status {
             .unwrap_or_default()
     }
 
-    fn register(&self, name: &Arc<str>) -> Arc<ShardStats> {
+    pub(crate) fn register(&self, name: &Arc<str>) -> Arc<ShardStats> {
         match self.shards.lock() {
             Ok(mut m) => m.entry(name.clone()).or_default().clone(),
             Err(_) => Arc::default(),
@@ -367,6 +392,16 @@ pub async fn run_controlled(
         }
     };
     let remembered: StoredShards = store.load_shards().await?;
+    if remembered.is_empty() {
+        let where_ = match c.checkpoint.kind {
+            CheckpointKind::File => format!("file {}", c.checkpoint.path),
+            CheckpointKind::Kafka => format!("topic {}", c.checkpoint.topic),
+        };
+        if c.checkpoint.require_existing {
+            return Err(RunError::MissingState { store: where_ });
+        }
+        warn!(store = %where_, start = %c.start.position, "no checkpoint stored: every shard starts from [start] position. If a previous run stored checkpoints, its state is missing: stop now and restore it (set [checkpoint] require_existing = true to refuse such a start)");
+    }
     let stored: HashMap<Arc<str>, EntryId> = remembered
         .iter()
         .map(|(k, v)| (k.clone(), v.checkpoint))
@@ -428,7 +463,10 @@ pub async fn run_controlled(
                 authoritative = false;
                 warn!(error = %e, "discovery failed at startup; using the static shards, and the remembered members of other shards with a checkpoint")
             }
-            Err(e) => return Err(RunError::Discovery(e)),
+            Err(e) => {
+                d.close().await;
+                return Err(RunError::Discovery(e));
+            }
         }
     }
 
@@ -442,17 +480,35 @@ pub async fn run_controlled(
     let sink = match c.sink.kind {
         SinkKind::File => Sink::file(&FileSinkConfig::new(
             c.sink.path.clone().unwrap_or_else(|| "-".into()),
-        ))?,
+        )),
         SinkKind::Kafka => {
             let mut k = KafkaSinkConfig::new(c.sink.brokers.clone().unwrap_or_default());
-            if let Some(t) = &c.sink.topic {
-                k.topic = t.parse().map_err(|e: SinkError| e)?;
-            }
             k.librdkafka = c.sink.librdkafka.clone();
-            Sink::kafka(&k, &names).await?
+            match &c.sink.topic {
+                Some(t) => match t.parse() {
+                    Ok(t) => {
+                        k.topic = t;
+                        Sink::kafka(&k, &names).await
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Sink::kafka(&k, &names).await,
+            }
+        }
+    };
+    let sink = match sink {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(d) = &discovery {
+                d.close().await;
+            }
+            return Err(e.into());
         }
     };
 
+    let _ = status_for_sink
+        .kafka_sink
+        .set(c.sink.kind == SinkKind::Kafka);
     let _ = status_for_sink.sink.set(sink.view());
     let mut tailer = TailerConfig::new("".into(), "");
     tailer.uri_options = c.mongo.uri_options.clone();
@@ -591,6 +647,9 @@ pub async fn run_controlled(
     pipelines_stop.cancel();
     while let Some(done) = running.tasks.join_next().await {
         running.finished(done);
+    }
+    if let Some(d) = &discovery {
+        d.close().await;
     }
     // Drained shards still waiting for delivery are marked after the flush below.
     running.finishing.abort_all();
@@ -878,7 +937,9 @@ impl Running {
         self.unreachable_since
             .retain(|k, _| draining.iter().any(|(d, _)| d == k));
         for (name, members) in draining {
-            let reachable = self.status.shard(&name).is_none_or(|s| s.quorum_reachable);
+            // A shard still starting is not known to be unreachable yet.
+            let reachable = self.status.starting(&name)
+                || self.status.shard(&name).is_none_or(|s| s.quorum_reachable);
             if reachable {
                 if self.unreachable_since.remove(&name).is_some() {
                     info!(shard = %name, "the removed shard's members answer again: draining resumes");
@@ -1123,6 +1184,18 @@ impl Discovery {
             member,
             sets: Default::default(),
         })
+    }
+
+    /// Shuts its driver clients down (before the runtime goes away; see
+    /// [`quorumtail_tailer::close`]).
+    pub async fn close(&self) {
+        let sets: Vec<mongodb::Client> = self.sets.lock().await.values().cloned().collect();
+        futures::future::join_all(
+            std::iter::once(self.client.clone())
+                .chain(sets)
+                .map(quorumtail_tailer::close),
+        )
+        .await;
     }
 
     /// The current shards.

@@ -199,6 +199,9 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         .insert_one(doc! { "_id": 999_999, "item": "sentinel" })
         .await?;
     wait_until_rolled_back(&cluster, &s1).await;
+    drop((orders, doomed));
+    quorumtail_tailer::close(client).await;
+    quorumtail_tailer::close(direct).await;
 
     // Done when each shard's confirmed checkpoint (delivered to Kafka, or fsynced) has
     // reached its sentinel's entry: every record before it is out.

@@ -2,9 +2,10 @@
 //! `/healthz` (the process answers), `/readyz` (every shard can confirm entries and the sink
 //! has not failed), `/status` (JSON), and `/`, a small status page that refreshes itself.
 //!
-//! Deliberately minimal: GET only, one request per connection, bounded request size and
-//! time; scrapers and browsers need nothing more, and it keeps a web framework out of the
-//! dependency tree.
+//! Deliberately minimal: GET and HEAD only, one request per connection, bounded request
+//! size and time, at most [`MAX_CONNECTIONS`] connections served at once (more wait to be
+//! accepted); scrapers and browsers need nothing more, and it keeps a web framework out of
+//! the dependency tree.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,12 +22,25 @@ use quorumtail_oplog::extjson::utc_seconds;
 use crate::coordinator::{DrainState, Status};
 use crate::pipeline::stats::{NodeStats, StatsSnapshot};
 
+/// Connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves the endpoints until `shutdown`.
 pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "HTTP endpoints: /metrics /healthz /readyz /status /");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A slot first: a flood of connections waits in the kernel's backlog instead of
+        // costing a task each.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => {
@@ -36,6 +50,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
                         if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &status)).await {
                             debug!(error = %e, "HTTP request timed out");
                         }
+                        drop(slot);
                     });
                 }
             }
@@ -58,6 +73,7 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
                 431,
                 "text/plain",
                 b"request header too large\n",
+                true,
             )
             .await;
         }
@@ -66,8 +82,9 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
+        return respond(&mut stream, 405, "text/plain", b"only GET and HEAD\n", true).await;
     }
+    let with_body = method == "GET";
     let path = target.split('?').next().unwrap_or("");
     match path {
         "/metrics" => {
@@ -76,27 +93,29 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
                 200,
                 "text/plain; version=0.0.4",
                 metrics(status).as_bytes(),
+                with_body,
             )
             .await
         }
-        "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
+        "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n", with_body).await,
         "/readyz" => {
             let problems = not_ready(status);
             if problems.is_empty() {
-                respond(&mut stream, 200, "text/plain", b"ready\n").await
+                respond(&mut stream, 200, "text/plain", b"ready\n", with_body).await
             } else {
                 respond(
                     &mut stream,
                     503,
                     "text/plain",
                     format!("not ready:\n{}\n", problems.join("\n")).as_bytes(),
+                    with_body,
                 )
                 .await
             }
         }
         "/status" => {
             let body = serde_json::to_vec_pretty(&status_json(status)).unwrap_or_default();
-            respond(&mut stream, 200, "application/json", &body).await
+            respond(&mut stream, 200, "application/json", &body, with_body).await
         }
         "/" => {
             respond(
@@ -104,6 +123,7 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
                 200,
                 "text/html; charset=utf-8",
                 page(status).as_bytes(),
+                with_body,
             )
             .await
         }
@@ -113,17 +133,20 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
                 404,
                 "text/plain",
                 b"not found: try /metrics /healthz /readyz /status /\n",
+                with_body,
             )
             .await
         }
     }
 }
 
+/// Writes a whole response; `with_body: false` answers HEAD (the headers GET would get).
 async fn respond(
     stream: &mut TcpStream,
     code: u16,
     content_type: &str,
     body: &[u8],
+    with_body: bool,
 ) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
@@ -133,13 +156,64 @@ async fn respond(
         503 => "Service Unavailable",
         _ => "",
     };
+    let allow = if code == 405 {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    if with_body {
+        stream.write_all(body).await?;
+    }
     stream.shutdown().await
+}
+
+/// A plain HTTP/1.1 GET of `http://host:port/path` (what `quorumtail healthcheck` needs,
+/// no more): the status code and the body.
+///
+/// # Errors
+/// A URL that is not `http://host:port/...`, or no answer within `timeout` (named with
+/// the URL and the fix).
+pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("--url {url:?}: only http://host:port/path is supported, e.g. http://127.0.0.1:9000/healthz")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url:?}: {authority:?} is not host:port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("--url {url:?}: {authority:?} resolves to no address"))?;
+    let fail = |e: std::io::Error| {
+        format!("{url}: no answer ({e}); is quorumtail running with [http] listen on {authority}?")
+    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    s.set_read_timeout(Some(timeout)).map_err(fail)?;
+    s.set_write_timeout(Some(timeout)).map_err(fail)?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(fail)?;
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).map_err(fail)?;
+    let text = String::from_utf8_lossy(&text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 /// Why the process is not ready, one line each; empty when ready.
@@ -173,6 +247,14 @@ pub fn not_ready(status: &Status) -> Vec<String> {
             out.push(format!(
                 "shard {name}: stopped with a definite error (see the logs)"
             ));
+        } else if status.starting(name) {
+            let nodes = status.nodes(name);
+            let answered = nodes.values().filter(|n| n.state == "tailing").count();
+            out.push(format!(
+                "shard {name}: starting: {answered} of {} member(s) answered so far, {} needed to confirm entries",
+                nodes.len(),
+                s.quorum
+            ));
         } else if !s.stopped && !s.quorum_reachable && !unreachable_drain {
             out.push(format!(
                 "shard {name}: fewer members than the quorum are being read"
@@ -200,6 +282,140 @@ fn family(m: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(Stri
 
 /// The Prometheus text exposition.
 pub fn metrics(status: &Status) -> String {
+    let mut m = String::with_capacity(4096);
+    family(
+        &mut m,
+        "quorumtail_build_info",
+        "gauge",
+        "Always 1; the labels say which build runs.",
+        vec![(
+            format!("version=\"{}\"", esc(env!("CARGO_PKG_VERSION"))),
+            1.0,
+        )],
+    );
+    process_metrics(&mut m);
+    m.push_str(&pipeline_metrics(status));
+    m
+}
+
+/// `process_*` metrics as Prometheus client libraries name them, from `/proc/self`
+/// (Linux; elsewhere none).
+fn process_metrics(m: &mut String) {
+    let Some(p) = ProcessStats::read() else {
+        return;
+    };
+    family(
+        m,
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        vec![(String::new(), p.cpu_seconds)],
+    );
+    family(
+        m,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        vec![(String::new(), p.resident_bytes)],
+    );
+    family(
+        m,
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        vec![(String::new(), p.virtual_bytes)],
+    );
+    family(
+        m,
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        vec![(String::new(), p.open_fds)],
+    );
+    if let Some(max) = p.max_fds {
+        family(
+            m,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            vec![(String::new(), max)],
+        );
+    }
+    if let Some(start) = p.start_time_seconds {
+        family(
+            m,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            vec![(String::new(), start)],
+        );
+    }
+}
+
+/// What `/proc/self` says about this process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    open_fds: f64,
+    max_fds: Option<f64>,
+    start_time_seconds: Option<f64>,
+}
+
+/// Clock ticks per second in `/proc` (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        Self::parse(&stat, &status, open_fds, &limits, &boot)
+    }
+
+    fn parse(
+        stat: &str,
+        status: &str,
+        open_fds: usize,
+        limits: &str,
+        proc_stat: &str,
+    ) -> Option<ProcessStats> {
+        // Fields after the command name (which may hold spaces and parentheses).
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 2..)?
+            .split_whitespace()
+            .collect();
+        // utime, stime and starttime are fields 14, 15 and 22 of the whole line.
+        let tick = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+        let cpu_seconds = (tick(14)? + tick(15)?) / USER_HZ;
+        let kb = |key: &str| -> Option<f64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+        };
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok());
+        let btime = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        Some(ProcessStats {
+            cpu_seconds,
+            resident_bytes: kb("VmRSS:")?,
+            virtual_bytes: kb("VmSize:").unwrap_or(0.0),
+            open_fds: open_fds as f64,
+            max_fds,
+            start_time_seconds: btime.zip(tick(22)).map(|(b, t)| b + t / USER_HZ),
+        })
+    }
+}
+
+/// The pipeline's and the sink's metrics.
+fn pipeline_metrics(status: &Status) -> String {
     let shards = status.all();
     let nodes: BTreeMap<String, BTreeMap<String, NodeStats>> = shards
         .keys()
@@ -242,7 +458,8 @@ pub fn metrics(status: &Status) -> String {
         "quorumtail_node_lag_seconds",
         "gauge",
         "How far the member's newest reported entry is behind the newest entry any member of its shard reported.",
-        per_node(&|n, top| Some(f64::from(top.map(|t| t.time).unwrap_or(0).saturating_sub(n.last_ts.map(|t| t.time).unwrap_or(0))))),
+        // A member that never reported has no lag to show (not "since 1970").
+        per_node(&|n, top| Some(f64::from(top?.time.saturating_sub(n.last_ts?.time)))),
     );
     family(
         &mut m,
@@ -253,7 +470,7 @@ pub fn metrics(status: &Status) -> String {
     );
     family(
         &mut m,
-        "quorumtail_node_bytes_read_total",
+        "quorumtail_node_read_bytes_total",
         "counter",
         "Bytes of oplog replies received from the member (whole entries or identities).",
         per_node(&|n, _| Some(n.bytes_read as f64)),
@@ -580,6 +797,8 @@ pub fn page(status: &Status) -> String {
             "<span class=\"ok\">removed: draining</span>"
         } else if s.stopped {
             "<span class=\"muted\">stopped</span>"
+        } else if status.starting(&name) {
+            "<span class=\"muted\">starting: waiting for members to answer</span>"
         } else if s.quorum_reachable {
             "<span class=\"ok\">quorum available</span>"
         } else {
@@ -604,10 +823,10 @@ pub fn page(status: &Status) -> String {
         h.push_str("<table><tr><th>member</th><th>votes</th><th>state</th><th>newest entry</th><th>lag</th><th>commit point</th><th>reads</th><th>reconnects</th></tr>");
         for (addr, n) in &nodes {
             let class = if n.state == "tailing" { "ok" } else { "bad" };
-            let lag = top
-                .map(|t| t.time)
-                .unwrap_or(0)
-                .saturating_sub(n.last_ts.map(|t| t.time).unwrap_or(0));
+            let lag = match (top, n.last_ts) {
+                (Some(top), Some(last)) => format!("{} s", top.time.saturating_sub(last.time)),
+                _ => "-".to_owned(),
+            };
             let kind = match (n.voter, n.hidden) {
                 (true, false) => "voter",
                 (true, true) => "voter, hidden",
@@ -616,7 +835,7 @@ pub fn page(status: &Status) -> String {
             };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{kind}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{kind}</td><td class=\"{class}\">{}</td><td>{}</td><td>{lag}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(addr),
                 html_escape(&n.state),
                 n.last_ts.map(|t| format!("{} ({t})", utc_seconds(t.time))).unwrap_or_else(|| "-".into()),
@@ -629,4 +848,173 @@ pub fn page(status: &Status) -> String {
     }
     h.push_str("</body></html>");
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::stats::NodeStats;
+    use quorumtail_oplog::Timestamp;
+
+    fn sample(text: &str, name: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Regression (issue 15): a member that never reported showed a lag of about 1.7e9 s
+    /// (the shard's newest entry minus zero); the file sink showed a Kafka histogram; the
+    /// bytes counter is named per Prometheus conventions.
+    #[test]
+    fn metrics_name_and_omit_what_does_not_exist() {
+        let status = Status::default();
+        let stats = status.register(&"shard01".into());
+        stats.set_node(
+            "a:1",
+            NodeStats {
+                state: "tailing".into(),
+                last_ts: Some(Timestamp::new(1_700_000_010, 1)),
+                bytes_read: 42,
+                ..Default::default()
+            },
+        );
+        stats.set_node(
+            "b:1",
+            NodeStats {
+                state: "tailing".into(),
+                last_ts: Some(Timestamp::new(1_700_000_000, 1)),
+                ..Default::default()
+            },
+        );
+        stats.set_node(
+            "c:1",
+            NodeStats {
+                state: "connecting".into(),
+                ..Default::default()
+            },
+        );
+        let m = metrics(&status);
+        assert_eq!(
+            sample(&m, "quorumtail_node_lag_seconds"),
+            [
+                "quorumtail_node_lag_seconds{shard=\"shard01\",node=\"a:1\"} 0",
+                "quorumtail_node_lag_seconds{shard=\"shard01\",node=\"b:1\"} 10",
+            ]
+        );
+        assert!(
+            m.contains("quorumtail_node_read_bytes_total{shard=\"shard01\",node=\"a:1\"} 42"),
+            "{m}"
+        );
+        assert!(!m.contains("bytes_read"), "{m}");
+        assert!(
+            m.contains(&format!(
+                "quorumtail_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{m}"
+        );
+        // The status page neither: the member that never reported has no lag.
+        let page = page(&status);
+        let row = page.split("<tr>").find(|r| r.contains("c:1")).unwrap();
+        assert!(row.contains("<td>-</td><td>-</td>"), "{row}");
+        assert!(page.contains("<td>10 s</td>"), "{page}");
+        // No sink known as Kafka: no delivery histogram.
+        assert!(!m.contains("quorumtail_sink_delivery"), "{m}");
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert_eq!(sample(&m, name).len(), 1, "{name} in\n{m}");
+        }
+    }
+
+    #[test]
+    fn process_stats_from_proc_files() {
+        let stat = "4242 (quorum tail) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1000 123456789 5000 18446744073709551615";
+        let status = "Name:\tquorumtail\nVmSize:\t  123456 kB\nVmRSS:\t   30000 kB\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n";
+        let p =
+            ProcessStats::parse(stat, status, 17, limits, "cpu 1 2 3\nbtime 1700000000\n").unwrap();
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 30000.0 * 1024.0,
+                virtual_bytes: 123456.0 * 1024.0,
+                open_fds: 17.0,
+                max_fds: Some(1024.0),
+                start_time_seconds: Some(1_700_000_010.0),
+            }
+        );
+        #[cfg(target_os = "linux")]
+        {
+            let live = ProcessStats::read().unwrap();
+            assert!(live.resident_bytes > 0.0 && live.open_fds > 0.0, "{live:?}");
+        }
+    }
+
+    async fn request(addr: std::net::SocketAddr, text: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(text.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// HEAD answers the headers without a body; other methods get 405 with `Allow`; at
+    /// most MAX_CONNECTIONS connections are served at once.
+    #[tokio::test]
+    async fn head_405_and_the_connection_cap() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::new(Status::default()), stop.clone()));
+
+        let head = request(addr, "HEAD /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Content-Length: 3\r\n"), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "a body after the headers: {head:?}"
+        );
+
+        let post = request(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{post}"
+        );
+        assert!(post.contains("Allow: GET, HEAD\r\n"), "{post}");
+
+        // Every slot held by a connection that sends nothing.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut waiting = TcpStream::connect(addr).await.unwrap();
+        waiting
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), waiting.read(&mut buf))
+                .await
+                .is_err(),
+            "served beyond the cap"
+        );
+        // One slot frees: the waiting request is served.
+        drop(idle.pop());
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), waiting.read_to_string(&mut out))
+            .await
+            .expect("served once a slot is free")
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        stop.cancel();
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! The library behind the `quorumtail` binary: the configuration ([`config`]), one shard's
 //! pipeline of tailers, majority merge and emitter ([`pipeline`]), the coordinator that
-//! runs every shard with a sink, checkpoints and discovery ([`coordinator`]), and the
+//! runs every shard with a sink, checkpoints and discovery ([`coordinator`]), the operator
+//! endpoints ([`http`]), the checks of `check --connect` ([`preflight`]), and the
 //! self-contained [`demo`].
 //!
 //! The pure parts live in their own crates: `quorumtail-oplog` (entries, identities,
@@ -15,3 +16,4 @@ pub mod coordinator;
 pub mod demo;
 pub mod http;
 pub mod pipeline;
+pub mod preflight;

@@ -58,6 +58,20 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also reach every member (hello, a one-entry oplog read), the discovery
+        /// endpoint (listShards) and the Kafka brokers (metadata, topics).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// GET an endpoint of a running quorumtail (for container health checks, where no
+    /// HTTP client may be installed): exit 0 on a 2xx answer, 1 otherwise.
+    Healthcheck {
+        /// `http://host:port/path`, e.g. `http://127.0.0.1:9000/healthz`.
+        #[arg(long)]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s")]
+        timeout: humantime::Duration,
     },
 }
 
@@ -65,7 +79,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout.into()),
         Command::Run { config } => run(&config),
         Command::Demo {
             brokers,
@@ -198,7 +213,26 @@ fn run(path: &std::path::Path) -> ExitCode {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match quorumtail::http::get(url, timeout) {
+        Ok((code, body)) => {
+            let first = body.lines().next().unwrap_or("");
+            if (200..300).contains(&code) {
+                println!("{url}: {code} {first}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{url}: {code}\n{body}");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     let resolved = match Config::load(path) {
         Ok(r) => r,
         Err(e) => {
@@ -231,9 +265,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     let c = &resolved.config;
     if let Some(d) = &c.discovery {
         println!(
-            "discovery: {} every {:?} (shards found there are tailed too)",
+            "discovery: {} every {} (shards found there are tailed too)",
             config::redact_uri(&d.uri),
-            resolved.discovery_interval
+            d.interval
         );
     }
     let start = match resolved.start {
@@ -243,35 +277,57 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     println!("start: {start} (for shards without a checkpoint)");
     let f = &resolved.filter;
+    let list = |l: &[quorumtail_oplog::filter::NsPattern]| {
+        let quoted: Vec<String> = l.iter().map(|p| format!("{:?}", p.as_str())).collect();
+        format!("[{}]", quoted.join(", "))
+    };
     println!(
-        "filter: drop fromMigrate={} noops={} internal={} include={:?} exclude={:?}",
+        "filter: drop_from_migrate = {}, drop_noops = {}, drop_internal = {}, include = {}, exclude = {}",
         f.drop_from_migrate,
         f.drop_noops,
         f.drop_internal,
-        f.include.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        f.exclude.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+        list(&f.include),
+        list(&f.exclude)
     );
     match c.sink.kind {
         SinkKind::File => println!("sink: file {}", c.sink.path.as_deref().unwrap_or("-")),
         SinkKind::Kafka => println!(
-            "sink: kafka brokers={} topic={} key={:?}",
+            "sink: kafka brokers = {}, topic = {}, key = {}",
             c.sink.brokers.as_deref().unwrap_or(""),
             c.sink.topic.as_deref().unwrap_or(config::DEFAULT_TOPIC),
-            c.sink.key
+            c.sink.key.as_str()
         ),
     }
     match c.checkpoint.kind {
         config::CheckpointKind::File => println!(
-            "checkpoint: file {} every {:?}",
-            c.checkpoint.path, resolved.checkpoint_interval
+            "checkpoint: file {} every {}",
+            c.checkpoint.path, c.checkpoint.interval
         ),
         config::CheckpointKind::Kafka => println!(
-            "checkpoint: kafka topic {} every {:?}",
-            c.checkpoint.topic, resolved.checkpoint_interval
+            "checkpoint: kafka topic {} every {}",
+            c.checkpoint.topic, c.checkpoint.interval
         ),
     }
     for w in &resolved.warnings {
         println!("warning: {w}");
     }
-    ExitCode::SUCCESS
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+    let report = runtime().block_on(quorumtail::preflight::connect(&resolved));
+    for ok in &report.ok {
+        println!("connect: ok: {ok}");
+    }
+    for w in &report.warnings {
+        println!("connect: warning: {w}");
+    }
+    if report.problems.is_empty() {
+        println!("connect: OK");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {} connection problem(s):", report.problems.len());
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(1)
 }

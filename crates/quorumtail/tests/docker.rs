@@ -1,7 +1,9 @@
 //! docker/ cannot run here (no container engine), so its files are checked for what can go
 //! wrong without one: the compose file parses and is consistent (services, dependencies,
 //! mounted files, names and ports shared with the init scripts and quorumtail's config),
-//! and the config it mounts is valid.
+//! the config it mounts is valid, and what operating the container needs is there (build
+//! context, stop grace period, checkpoint volume, health check, host listeners, stripped
+//! binary).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -127,12 +129,45 @@ fn mounted_config_matches_the_cluster() {
         uri.contains(&format!("mongos:{port}")),
         "{uri} vs mongos port {port}"
     );
-    // The sink talks to the listener Kafka advertises.
-    let advertised = svc["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    // The sink talks to the listener Kafka advertises to the containers; clients on the
+    // host use the EXTERNAL listener, advertised as localhost and published on that port.
+    let kafka = &svc["kafka"];
+    let env = &kafka["environment"];
+    let advertised: Vec<&str> = env["KAFKA_ADVERTISED_LISTENERS"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .split(',')
+        .collect();
     let brokers = cfg.config.sink.brokers.clone().unwrap();
-    assert!(advertised.ends_with(&brokers), "{brokers} vs {advertised}");
+    assert!(
+        advertised.contains(&format!("PLAINTEXT://{brokers}").as_str()),
+        "{brokers} vs {advertised:?}"
+    );
+    let external = advertised
+        .iter()
+        .find_map(|l| l.strip_prefix("EXTERNAL://localhost:"))
+        .expect("an EXTERNAL listener advertised as localhost");
+    assert!(
+        env["KAFKA_LISTENERS"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("EXTERNAL://:{external}")),
+        "Kafka listens on the advertised host port"
+    );
+    assert!(env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+        .as_str()
+        .unwrap()
+        .contains("EXTERNAL:PLAINTEXT"));
+    let published: Vec<&str> = kafka["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        published.contains(&format!("{external}:{external}").as_str()),
+        "{published:?}"
+    );
     // kafka-init creates the topics the template renders for the shards the init script adds.
     let init = std::fs::read_to_string(docker().join("init/add-shards.sh")).unwrap();
     let kafka_init = svc["kafka-init"]["entrypoint"]
@@ -151,4 +186,92 @@ fn mounted_config_matches_the_cluster() {
         let topic = template.replace("{shard}", shard);
         assert!(kafka_init.contains(&topic), "kafka-init creates {topic}");
     }
+}
+
+/// What operating the container needs: a small build context, a stop that leaves time for
+/// the drain, checkpoints that outlive the container, a health check that works without
+/// curl, and a stripped binary.
+#[test]
+fn container_operations() {
+    let ignore = std::fs::read_to_string(docker().join("../.dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignore.lines().map(str::trim).collect();
+    for entry in ["target/", ".cache/", ".git"] {
+        assert!(ignored.contains(&entry), ".dockerignore lacks {entry}");
+    }
+    let cfg = quorumtail::config::Config::load(&docker().join("quorumtail.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = compose();
+    let q = &services(&c)["quorumtail"];
+
+    // SIGTERM's drain (shutdown_timeout) ends before docker sends SIGKILL.
+    let grace = humantime::parse_duration(q["stop_grace_period"].as_str().unwrap()).unwrap();
+    assert!(
+        grace > cfg.shutdown_timeout,
+        "stop_grace_period {grace:?} must exceed shutdown_timeout {:?}",
+        cfg.shutdown_timeout
+    );
+
+    // The checkpoint file lies on a named volume declared at the top level.
+    assert_eq!(
+        cfg.config.checkpoint.kind,
+        quorumtail::config::CheckpointKind::File
+    );
+    let path = std::path::Path::new(&cfg.config.checkpoint.path);
+    let named = q["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|v| {
+            let (src, dst) = v.split_once(':')?;
+            (!src.starts_with('.')
+                && !src.starts_with('/')
+                && path.starts_with(dst.split(':').next()?))
+            .then_some(src)
+        })
+        .expect("the checkpoint path is on a volume");
+    assert!(
+        c["volumes"].as_mapping().unwrap().contains_key(named),
+        "volume {named} is declared"
+    );
+
+    // The endpoints are published, and the health check asks them with the binary itself.
+    let listen = &cfg.config.http.as_ref().expect("[http] is enabled").listen;
+    let port = listen.rsplit_once(':').unwrap().1;
+    let ports: Vec<&str> = q["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        ports.contains(&format!("{port}:{port}").as_str()),
+        "{ports:?}"
+    );
+    let test: Vec<&str> = q["healthcheck"]["test"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        &test[..4],
+        ["CMD", "quorumtail", "healthcheck", "--url"],
+        "{test:?}"
+    );
+    assert!(
+        test[4].starts_with(&format!("http://127.0.0.1:{port}/")),
+        "{test:?}"
+    );
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_quorumtail"))
+        .args(["healthcheck", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--url"));
+
+    let dockerfile = std::fs::read_to_string(docker().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("strip target/release/quorumtail"),
+        "the image ships a stripped binary"
+    );
 }

@@ -72,6 +72,7 @@ pub mod error;
 pub mod file;
 pub mod kafka;
 pub mod metrics;
+pub mod preflight;
 mod progress;
 pub mod record;
 pub mod tracker;

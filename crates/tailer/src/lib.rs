@@ -262,8 +262,47 @@ enum Ended {
 
 /// Runs a tailer until `shutdown` is cancelled or the receiver is dropped.
 /// `mode` says what to read; a change restarts the stream from the resume target.
+///
+/// The driver client is shut down before this returns (see [`close`]): await the task
+/// before the runtime goes away.
 pub async fn run(
     cfg: TailerConfig,
+    target: watch::Receiver<Option<ResumeTarget>>,
+    mode: watch::Receiver<ReadMode>,
+    tx: mpsc::Sender<TailMsg>,
+    shutdown: CancellationToken,
+) {
+    let mut client: Option<Client> = None;
+    tail(&cfg, &mut client, target, mode, tx, shutdown).await;
+    if let Some(c) = client {
+        close(c).await;
+    }
+}
+
+/// Shuts a driver client down: its cursors are killed, its sessions ended and its
+/// background tasks stopped. A client merely dropped does that cleanup in tasks of its
+/// own, which the runtime may cancel while they run when the process exits (the driver
+/// then panics). The graceful part waits at most a second (a member that stopped
+/// answering cannot take a cursor's kill); the rest skips waiting for the server.
+pub async fn close(client: Client) {
+    let graceful = client.clone().shutdown();
+    if tokio::time::timeout(Duration::from_secs(1), graceful)
+        .await
+        .is_err()
+    {
+        let immediate = client.shutdown().immediate(true);
+        if tokio::time::timeout(Duration::from_secs(1), immediate)
+            .await
+            .is_err()
+        {
+            debug!("driver client shutdown timed out");
+        }
+    }
+}
+
+async fn tail(
+    cfg: &TailerConfig,
+    client: &mut Option<Client>,
     mut target: watch::Receiver<Option<ResumeTarget>>,
     mut mode: watch::Receiver<ReadMode>,
     tx: mpsc::Sender<TailMsg>,
@@ -271,13 +310,12 @@ pub async fn run(
 ) {
     let mut backoff = cfg.backoff_min;
     let mut last_reason = String::new();
-    let mut client: Option<Client> = None;
     let mut notes = Notes::default();
     loop {
         let mut progressed = false;
         let result = session(
-            &cfg,
-            &mut client,
+            cfg,
+            client,
             &mut target,
             &mut mode,
             &tx,
@@ -319,7 +357,9 @@ pub async fn run(
                 if is_connection_error(&e) {
                     // A fresh client after the member was down: pools of a dead client can
                     // linger on a closed port.
-                    client = None;
+                    if let Some(c) = client.take() {
+                        close(c).await;
+                    }
                 }
                 (reason.clone(), Some(TailMsg::Down { reason }), backoff)
             }
@@ -331,7 +371,7 @@ pub async fn run(
             debug!(shard = %cfg.shard, node = %cfg.node, %reason, "tailer still interrupted");
         }
         if let Some(m) = msg {
-            if tx.send(m).await.is_err() {
+            if send(&tx, &shutdown, m).await.is_err() {
                 return;
             }
         }

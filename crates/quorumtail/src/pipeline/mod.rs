@@ -292,6 +292,13 @@ pub async fn run_shard(
     }
     .await;
     task.tailers_stop.cancel();
+    // The tailers shut their driver clients down before the runtime may go away; with
+    // their receivers dropped, none waits on a full channel.
+    let tailers = task.tailers.clone();
+    tailers.close();
+    drop(std::mem::take(&mut task.streams));
+    task.paused.clear();
+    tailers.wait().await;
     use std::sync::atomic::Ordering::Relaxed;
     match &result {
         Err(e) => {
@@ -312,6 +319,8 @@ struct ShardTask {
     shared: Shared,
     stats: Arc<ShardStats>,
     tailers_stop: CancellationToken,
+    /// The member tailers' tasks, awaited when the shard stops.
+    tailers: tokio_util::task::TaskTracker,
     engine: Option<Merge<EntryRef>>,
     quorum: usize,
     target_tx: watch::Sender<Option<ResumeTarget>>,
@@ -322,8 +331,9 @@ struct ShardTask {
     out: Vec<SinkInput>,
     /// Set once the shard was removed: members that returned an empty batch since.
     draining: Option<std::collections::HashSet<NodeId>>,
-    /// Whether enough members are being tailed to reach the quorum (logged on change).
-    quorum_reachable: bool,
+    /// Whether enough members are being tailed to reach the quorum (logged on change);
+    /// `None` while starting, before a quorum answered or every member answered or failed.
+    quorum_reachable: Option<bool>,
     /// `whole_entries = "one"`: only `whole` reads whole entries.
     key_only: bool,
     /// The member read whole (key-only mode).
@@ -362,15 +372,20 @@ impl ShardTask {
             stats.clone(),
             skip_orphans,
         );
+        // Not reachable until a quorum of members answered (see `check_quorum_reachable`).
         stats
             .quorum_reachable
-            .store(1, std::sync::atomic::Ordering::Relaxed);
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .quorum
+            .store(quorum as u64, std::sync::atomic::Ordering::Relaxed);
         let mut task = ShardTask {
             shard: shard.clone(),
             spec: spec.clone(),
             shared,
             stats,
             tailers_stop: shutdown.child_token(),
+            tailers: tokio_util::task::TaskTracker::new(),
             engine: None,
             quorum,
             target_tx,
@@ -380,7 +395,7 @@ impl ShardTask {
             emitter,
             out: Vec::with_capacity(1024),
             draining: None,
-            quorum_reachable: true,
+            quorum_reachable: None,
             key_only: task_key_only,
             whole: None,
             waiting_since: None,
@@ -447,7 +462,7 @@ impl ShardTask {
             ReadMode::Whole
         };
         let (mode_tx, mode_rx) = watch::channel(mode);
-        tokio::spawn(quorumtail_tailer::run(
+        self.tailers.spawn(quorumtail_tailer::run(
             cfg,
             self.target_tx.subscribe(),
             mode_rx,
@@ -455,14 +470,16 @@ impl ShardTask {
             token,
         ));
         self.streams.insert(id, ReceiverStream::new(rx));
+        let info = stats::NodeStats {
+            state: "connecting".into(),
+            ..Default::default()
+        };
+        self.stats.set_node(addr, info.clone());
         self.members.insert(
             id,
             Member {
                 addr: addr.to_owned(),
-                info: stats::NodeStats {
-                    state: "connecting".into(),
-                    ..Default::default()
-                },
+                info,
                 probe: None,
                 lacks: None,
                 state: "connecting".into(),
@@ -594,24 +611,27 @@ impl ShardTask {
     /// Says once, loudly, when fewer members than the quorum are being tailed (nothing can
     /// be emitted then), and again when enough are back.
     fn check_quorum_reachable(&mut self) {
-        // Members still connecting count as reachable: only reported failures (down,
-        // refused, lacking the resume point) make the quorum unreachable.
+        // Only members that answered count: a member still connecting for the first time
+        // may never answer. Until a quorum answered or every member had its first answer
+        // or failure, the shard is starting (neither reachable nor reported unreachable).
         let out: Vec<&Member> = self
             .members
             .values()
-            .filter(|m| m.voter && m.state != "tailing" && m.state != "connecting")
+            .filter(|m| m.voter && m.state != "tailing")
             .collect();
         let tailing = self.members.values().filter(|m| m.voter).count() - out.len();
         let reachable = tailing >= self.quorum;
-        if reachable == self.quorum_reachable {
+        let starting = self.quorum_reachable.is_none()
+            && self.members.values().any(|m| m.state == "connecting");
+        if (!reachable && starting) || Some(reachable) == self.quorum_reachable {
             return;
         }
-        self.quorum_reachable = reachable;
+        self.quorum_reachable = Some(reachable);
         self.stats
             .quorum_reachable
             .store(u64::from(reachable), std::sync::atomic::Ordering::Relaxed);
         if reachable {
-            info!(shard = %self.shard, tailing, quorum = self.quorum, "quorum reachable again: emitting resumes");
+            info!(shard = %self.shard, tailing, quorum = self.quorum, "quorum reachable: enough members answer to confirm entries");
         } else {
             let down: Vec<String> = out
                 .iter()
