@@ -34,7 +34,12 @@ fn whole_member(q: &Running, shard: &str) -> Option<String> {
     (whole.len() == 1).then(|| whole[0].clone())
 }
 
-async fn insert_range(mongos: SocketAddr, ids: std::ops::Range<i32>) {
+/// Inserts each id with `w: "majority"`, retrying through elections; returns the ids whose
+/// insert was acknowledged. An id whose retry met a duplicate key is not among them: the
+/// duplicate may be an unreplicated earlier attempt that is rolled back later, so only the
+/// ground truth decides about it.
+async fn insert_range(mongos: SocketAddr, ids: std::ops::Range<i32>) -> Vec<i32> {
+    let mut acked = Vec::new();
     let client = mongodb::Client::with_uri_str(format!("mongodb://{mongos}/?retryWrites=true"))
         .await
         .unwrap();
@@ -55,7 +60,10 @@ async fn insert_range(mongos: SocketAddr, ids: std::ops::Range<i32>) {
                 )
                 .await;
             match r {
-                Ok(_) => break,
+                Ok(_) => {
+                    acked.push(i);
+                    break;
+                }
                 Err(e) if e.to_string().contains("E11000") => break,
                 Err(e) => {
                     tries += 1;
@@ -65,6 +73,7 @@ async fn insert_range(mongos: SocketAddr, ids: std::ops::Range<i32>) {
             }
         }
     }
+    acked
 }
 
 /// The output holds the shard's committed application history exactly once, in order.
@@ -91,7 +100,7 @@ async fn the_member_read_whole_fails_twice_in_a_row_and_nothing_is_lost_or_repea
         "[start]\nposition = \"earliest\"\n",
     );
     let mongos = cluster.mongos_addr();
-    insert_range(mongos, 0..200).await;
+    let mut acked = insert_range(mongos, 0..200).await;
     wait_exact(&cluster, &q.out, &shard).await;
     let primary = cluster.primary_of(&shard).unwrap();
     wait_until(30, "the primary to be read whole", || {
@@ -129,9 +138,9 @@ async fn the_member_read_whole_fails_twice_in_a_row_and_nothing_is_lost_or_repea
     let second = second.unwrap();
     cluster.kill_node(second).await.unwrap();
     cluster.restart_node(first).await.unwrap();
-    writer.await.unwrap();
+    acked.extend(writer.await.unwrap());
     cluster.restart_node(second).await.unwrap();
-    insert_range(mongos, 1200..1210).await;
+    acked.extend(insert_range(mongos, 1200..1210).await);
     wait_exact(&cluster, &q.out, &shard).await;
 
     let snap = q.status.shard(&shard).unwrap();
@@ -150,9 +159,33 @@ async fn the_member_read_whole_fails_twice_in_a_row_and_nothing_is_lost_or_repea
         .filter(|r| r["op"] == "i")
         .filter_map(|r| r["entry"]["o"]["_id"].as_i64())
         .collect();
+    let missing: Vec<&i32> = acked
+        .iter()
+        .filter(|i| !inserted.contains(&i64::from(**i)))
+        .collect();
+    if !missing.is_empty() {
+        let find = |docs: Vec<bson::RawDocumentBuf>| -> Vec<String> {
+            docs.iter()
+                .filter_map(|d| bson::Document::try_from(d.as_ref()).ok())
+                .filter(|d| {
+                    d.get_document("o")
+                        .ok()
+                        .and_then(|o| o.get("_id"))
+                        .is_some_and(|v| missing.iter().any(|m| v.as_i32() == Some(**m)))
+                })
+                .map(|d| format!("{d}"))
+                .collect()
+        };
+        panic!(
+            "acknowledged (w: majority) inserts are missing: {missing:?}\ncommitted: {:?}\nrolled back: {:?}",
+            find(cluster.committed_entries(&shard)),
+            find(cluster.rolled_back_entries(&shard))
+        );
+    }
     assert!(
-        (0..1210).all(|i| inserted.contains(&i)),
-        "an acknowledged insert is missing"
+        acked.len() > 1000,
+        "most inserts were acknowledged: {}",
+        acked.len()
     );
     cluster.shutdown().await;
 }

@@ -1545,13 +1545,21 @@ async fn finish_write(
                 let set = &w.sets[*s];
                 if needed == 0 {
                     // w: "majority" waits for the writer's commit point to pass the entry
-                    // (on its branch: the writer still holds it).
+                    // (on its branch: the writer still holds it), and for the entry to be
+                    // in the set's committed history, so that an acknowledged write is
+                    // never one the ground truth later reports rolled back.
                     let writer = &set.nodes[*n];
                     writer.oplog.contains(id)
                         && writer
                             .commit_point
                             .as_ref()
                             .is_some_and(|c| op_key(&c.id) >= op_key(id))
+                        && set
+                            .committed
+                            .iter()
+                            .rev()
+                            .take_while(|e| e.id.ts >= id.ts)
+                            .any(|e| e.id == *id)
                 } else {
                     // w: N counts data-bearing members that hold it, voting or not.
                     set.config_members()

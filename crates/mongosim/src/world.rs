@@ -473,6 +473,22 @@ impl SetState {
             .count()
     }
 
+    /// Voting data-bearing members holding `id` whose acknowledgement a primary of `term`
+    /// accepts: a member that has seen a newer term answers with it instead, and the primary
+    /// learns it must step down rather than count it (Raft's rule; replication progress,
+    /// `replSetUpdatePosition`, carries the member's term). Without this a stale primary
+    /// could commit with copies held by members that already follow a newer primary.
+    pub fn voting_holders_in_term(&self, id: &EntryId, term: i64) -> usize {
+        self.config_members()
+            .filter(|(_, n)| {
+                n.member.is_voter()
+                    && n.member.is_data_bearing()
+                    && n.term <= term
+                    && n.oplog.contains(id)
+            })
+            .count()
+    }
+
     /// The reachable primary with the highest term, if any.
     pub fn sync_source(&self) -> Option<usize> {
         self.nodes
@@ -1761,7 +1777,7 @@ impl World {
                         if op_key(&e.id) < floor {
                             break;
                         }
-                        if set.voting_holders(&e.id) >= write_majority {
+                        if set.voting_holders_in_term(&e.id, primary.term) >= write_majority {
                             newest = Some(e.clone());
                             break;
                         }
