@@ -366,8 +366,25 @@ impl<'a> Nemesis<'a> {
         }
     }
 
+    /// `(min key, owner)` of every chunk of `shop.orders`. The chunks exist once mongos
+    /// sharded the collection (at its first write): an episode at the very start waits for
+    /// them.
+    async fn chunks(&self) -> Result<Vec<(i32, String)>, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let chunks = self.chunks_now().await;
+            if !chunks.is_empty() {
+                return Ok(chunks);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("shop.orders has no chunks after 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `(min key, owner)` of every chunk of `shop.orders` (MinKey as 0: ids are >= 0).
-    async fn chunks(&self) -> Vec<(i32, String)> {
+    async fn chunks_now(&self) -> Vec<(i32, String)> {
         let reply = self
             .cluster
             .command(
@@ -532,7 +549,7 @@ impl<'a> Nemesis<'a> {
                 );
             }
             Fault::MoveChunk => {
-                let chunks = self.chunks().await;
+                let chunks = self.chunks().await?;
                 let (key, owner) = chunks[(ep.pick % chunks.len() as u64) as usize].clone();
                 let others: Vec<&String> = self.active.iter().filter(|s| **s != owner).collect();
                 let to = others[((ep.pick >> 8) % others.len() as u64) as usize].clone();
@@ -545,7 +562,7 @@ impl<'a> Nemesis<'a> {
                 self.active.push(name.clone());
                 self.all.push(name.clone());
                 self.added = Some(name.clone());
-                let chunks = self.chunks().await;
+                let chunks = self.chunks().await?;
                 for k in 0..3u64 {
                     let i = ((ep.pick >> (8 * k)) % chunks.len() as u64) as usize;
                     let (key, owner) = chunks[i].clone();

@@ -154,12 +154,16 @@ impl Nemesis<'_> {
     }
 
     async fn double_failover(&mut self, ep: &Episode) -> Result<(), String> {
-        let shards = self.active.clone();
+        // The shards of the drawn layout first (the pick chooses among them), the added
+        // shard (3 plain voters) only when none of them can run it.
+        let mut shards = self.active.clone();
+        let rot = (ep.pick % shards.len() as u64) as usize;
+        shards.rotate_left(rot);
+        shards.sort_by_key(|s| self.added.as_ref() == Some(s));
         let deadline = Instant::now() + Duration::from_secs(75);
         let plan = loop {
             let mut found = None;
-            for k in 0..shards.len() {
-                let shard = &shards[(ep.pick as usize + k) % shards.len()];
+            for shard in &shards {
                 self.in_sync(shard).await?;
                 if let Some(p) = self.plan(shard, ep.pick) {
                     found = Some(p);
