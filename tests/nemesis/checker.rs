@@ -49,7 +49,7 @@ pub struct Segment {
 /// The ground truth of one shard.
 #[derive(Debug, Clone, Default)]
 pub struct ShardTruth {
-    /// The records expected: majority-committed entries the default filter keeps (index
+    /// The records expected: committed entries the default filter keeps (index
     /// -1) and the kept operations of committed transactions (their index), in oplog
     /// order.
     pub committed_app: Vec<(EntryId, i64)>,

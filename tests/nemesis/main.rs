@@ -1,27 +1,31 @@
 //! Nemesis: quorumtail proven the way Jepsen proves databases. A workload writes through
 //! mongos, a nemesis injects faults into the simulated cluster and into quorumtail itself
 //! (the real binary, killed with SIGKILL and stopped with SIGTERM), and a checker compares
-//! every record of every run with the simulator's ground truth.
+//! every record of every run with the simulator's ground truth, which follows MongoDB's
+//! commit point. The shards' member layout (hidden voters, non-voters, a delayed member, an
+//! arbiter, five voters) is drawn from the seed.
 //!
 //! ```text
 //!  clients ──writes, transactions──► mongos ─► shard01 / shard02 / (added shard)
 //!     │                              │ every member tailed       ◄── nemesis: kill,
 //!     ▼ history                      ▼                               partition, lag, step
-//!  (acked / aborted /          quorumtail (subprocess, restarted)    down, move chunks,
-//!   indeterminate)                   │ produces                      add/remove shards,
+//!  (acked / aborted /          quorumtail (subprocess, restarted)    down, figure 8,
+//!   indeterminate)                   │ produces                      reconfig, lagging
+//!                                    ▼                               commit point, chained
+//!                     proxy ──► tansu (Kafka protocol)               sync, move chunks,
+//!                                    │ consumer, run markers         add/remove shards,
 //!                                    ▼                               kill mongos / config
-//!                     proxy ──► tansu (Kafka protocol)               members, kill -9 /
-//!                                    │ consumer, run markers         SIGTERM quorumtail,
-//!                                    ▼                               broker outage /
-//!                                 checker ◄── ground truth           pause / restart
-//!                                             (committed, rolled back, fromMigrate)
+//!                                 checker ◄── ground truth           members, kill -9 /
+//!                                             (committed, rolled     SIGTERM quorumtail,
+//!                                             back, fromMigrate)     broker outage / pause
 //! ```
 //!
 //! Settings (environment): `NEMESIS_SEED` (a number, or `random`; default 1),
-//! `NEMESIS_WRITES` (default 2000), `NEMESIS_SECONDS` (schedule length, default 40),
-//! `NEMESIS_CLIENTS` (default 8), `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE`
-//! (writes/s; default writes/seconds, 0 for as fast as possible),
-//! `NEMESIS_BROKER_STORAGE` (`s3` or `memory`). See docs/nemesis.md.
+//! `NEMESIS_LAYOUT` (instead of the seed's layout), `NEMESIS_WRITES` (default 2000),
+//! `NEMESIS_SECONDS` (schedule length, default 40), `NEMESIS_CLIENTS` (default 8),
+//! `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE` (writes/s; default writes/seconds, 0
+//! for as fast as possible), `NEMESIS_BROKER_STORAGE` (`s3` or `memory`),
+//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run). See docs/nemesis.md.
 
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]

@@ -2,7 +2,8 @@
 //! while the workload writes. Each episode injects its fault, holds it, heals it, and
 //! waits (on conditions, with deadlines) for the outcome it must have: a new primary, a
 //! rollback, a pipeline for an added shard, a removed shard drained, records flowing to
-//! Kafka again after a broker fault.
+//! Kafka again after a broker fault. The replication and membership faults (double
+//! failover, reconfig, lagging commit point, chained sync) are in `replication.rs`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -918,7 +919,7 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Heals everything and waits until every shard converged: all members hold the
-    /// same newest entry and it is majority-committed.
+    /// same newest entry and it is committed.
     pub async fn converge(&mut self) -> Result<(), String> {
         let c = self.cluster;
         for n in c.status() {
@@ -949,7 +950,7 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Waits until every member of `shard` holds the same newest entry and it is
-    /// majority-committed.
+    /// committed.
     async fn settled(&self, shard: &str) -> Result<(), String> {
         let c = self.cluster;
         wait_for(60, &format!("{shard} to converge"), || {
