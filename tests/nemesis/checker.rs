@@ -3,9 +3,9 @@
 //! Identities are per shard (a replica set's `(ts, t)`), so every comparison is within one
 //! shard. Reported:
 //!
-//! - **lost**: a majority-committed application entry never emitted;
-//! - **phantom**: emitted but rolled back, never held by a majority, fromMigrate, or
-//!   otherwise filtered;
+//! - **lost**: a committed application entry never emitted;
+//! - **phantom**: emitted but rolled back (whether or not a majority of voters had held
+//!   it), never committed, fromMigrate, or otherwise filtered;
 //! - **duplicates**, each inside or outside a restart window (after a `kill -9` or an exit
 //!   on its own, a run may repeat what the ended run emitted after the checkpoint it had
 //!   stored; nothing else may repeat);
@@ -17,7 +17,11 @@
 //!   between records of two shards is the known limit of per-shard ordering (a chunk moved
 //!   and the shards' streams interleave freely) and is only counted.
 //!
-//! The expected records are the ground truth's majority-committed entries the default
+//! The ground truth is the simulator's: `committed_entries` follows MongoDB's commit point
+//! (an entry commits when a primary's commit point passes it: held by a write majority of
+//! data-bearing voters and followed by an entry of that primary's term), so an entry a
+//! majority of voters held but no primary committed is not in it and ends in
+//! `rolled_back_entries`. The expected records are the committed entries the default
 //! filter keeps, plus, for every committed transaction (an `applyOps` entry, or a chain of
 //! `partialTxn` entries ending in one without), each operation the filter keeps, as a record
 //! with the identity of the transaction's last entry and the operation's index in the
@@ -45,16 +49,19 @@ pub struct Segment {
 /// The ground truth of one shard.
 #[derive(Debug, Clone, Default)]
 pub struct ShardTruth {
-    /// The records expected: majority-committed entries the default filter keeps (index
+    /// The records expected: committed entries the default filter keeps (index
     /// -1) and the kept operations of committed transactions (their index), in oplog
     /// order.
     pub committed_app: Vec<(EntryId, i64)>,
     /// Committed transactions.
     pub txns: usize,
-    /// Every majority-committed entry.
+    /// Every committed entry (passed by a primary's commit point).
     pub committed_all: HashSet<EntryId>,
     /// Entries removed from some member by a rollback.
     pub rolled_back: HashSet<EntryId>,
+    /// Entries the nemesis saw held by a write majority of voters while not committed
+    /// (the simulator keeps no history of holders: observed, so a lower bound).
+    pub majority_held: HashSet<EntryId>,
     /// Chunk-migration entries (committed or not).
     pub from_migrate: HashSet<EntryId>,
 }
@@ -169,6 +176,10 @@ pub struct Verdict {
     /// Ground truth that contradicts itself (a simulator bug, not quorumtail's).
     pub sim_anomalies: Vec<String>,
     pub rolled_back: usize,
+    /// Rolled-back entries a write majority of voters had held (observed).
+    pub rolled_back_majority_held: usize,
+    /// Entries observed held by a write majority while uncommitted that committed later.
+    pub majority_held_committed: usize,
     pub from_migrate: usize,
     /// Committed transactions in the ground truth.
     pub txns: usize,
@@ -296,10 +307,12 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
                 v.phantom
                     .push(format!("{shard}: {id} is a fromMigrate entry ({at})"));
             } else if !committed {
-                let why = if t.is_some_and(|t| t.rolled_back.contains(&id)) {
-                    "was rolled back"
-                } else {
-                    "was never held by a majority"
+                let why = match t {
+                    Some(t) if t.rolled_back.contains(&id) && t.majority_held.contains(&id) => {
+                        "was rolled back although a majority of voters had held it"
+                    }
+                    Some(t) if t.rolled_back.contains(&id) => "was rolled back",
+                    _ => "was never committed",
                 };
                 v.phantom.push(format!(
                     "{shard}: {id} {why} ({at}, {} {})",
@@ -342,6 +355,8 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
         v.txns += t.txns;
         v.committed_app += t.committed_app.len();
         v.rolled_back += t.rolled_back.len();
+        v.rolled_back_majority_held += t.rolled_back.intersection(&t.majority_held).count();
+        v.majority_held_committed += t.majority_held.intersection(&t.committed_all).count();
         v.from_migrate += t.from_migrate.len();
         let seen = emitted.get(shard);
         for (id, idx) in &t.committed_app {
@@ -357,9 +372,8 @@ pub fn check(segments: &[Segment], truth: &BTreeMap<String, ShardTruth>) -> Verd
         let mut both: Vec<&EntryId> = t.rolled_back.intersection(&t.committed_all).collect();
         both.sort();
         for id in both {
-            v.sim_anomalies.push(format!(
-                "{shard}: {id} is both majority-committed and rolled back"
-            ));
+            v.sim_anomalies
+                .push(format!("{shard}: {id} is both committed and rolled back"));
         }
     }
     v
@@ -428,6 +442,34 @@ mod tests {
         assert_eq!(v.lost, vec![format!("a: {}", id(2))]);
         assert_eq!(v.phantom.len(), 1);
         assert!(v.phantom[0].contains("rolled back"), "{:?}", v.phantom);
+    }
+
+    #[test]
+    fn an_entry_a_majority_held_but_never_committed_is_a_phantom() {
+        // Figure 8: entry 3 was held by a write majority of voters, never committed, and
+        // rolled back; entry 4 was held the same way and committed later.
+        let mut t = truth(&[1, 2, 4]);
+        t.rolled_back.insert(id(3));
+        t.majority_held.extend([id(3), id(4)]);
+        let seg = Segment {
+            records: vec![
+                rec("a", 1, 1, 1),
+                rec("a", 2, 1, 2),
+                rec("a", 3, 2, 1),
+                rec("a", 4, 1, 3),
+            ],
+            ..Default::default()
+        };
+        let v = check(&[seg], &one("a", t));
+        assert_eq!(v.phantom.len(), 1, "{v:?}");
+        assert!(
+            v.phantom[0].contains("although a majority of voters had held it"),
+            "{:?}",
+            v.phantom
+        );
+        assert_eq!(v.rolled_back_majority_held, 1);
+        assert_eq!(v.majority_held_committed, 1);
+        assert!(v.lost.is_empty(), "{v:?}");
     }
 
     #[test]

@@ -1,27 +1,31 @@
 //! Nemesis: quorumtail proven the way Jepsen proves databases. A workload writes through
 //! mongos, a nemesis injects faults into the simulated cluster and into quorumtail itself
 //! (the real binary, killed with SIGKILL and stopped with SIGTERM), and a checker compares
-//! every record of every run with the simulator's ground truth.
+//! every record of every run with the simulator's ground truth, which follows MongoDB's
+//! commit point. The shards' member layout (hidden voters, non-voters, a delayed member, an
+//! arbiter, five voters) is drawn from the seed.
 //!
 //! ```text
 //!  clients ──writes, transactions──► mongos ─► shard01 / shard02 / (added shard)
 //!     │                              │ every member tailed       ◄── nemesis: kill,
 //!     ▼ history                      ▼                               partition, lag, step
-//!  (acked / aborted /          quorumtail (subprocess, restarted)    down, move chunks,
-//!   indeterminate)                   │ produces                      add/remove shards,
+//!  (acked / aborted /          quorumtail (subprocess, restarted)    down, figure 8,
+//!   indeterminate)                   │ produces                      reconfig, lagging
+//!                                    ▼                               commit point, chained
+//!                     proxy ──► tansu (Kafka protocol)               sync, move chunks,
+//!                                    │ consumer, run markers         add/remove shards,
 //!                                    ▼                               kill mongos / config
-//!                     proxy ──► tansu (Kafka protocol)               members, kill -9 /
-//!                                    │ consumer, run markers         SIGTERM quorumtail,
-//!                                    ▼                               broker outage /
-//!                                 checker ◄── ground truth           pause / restart
-//!                                             (committed, rolled back, fromMigrate)
+//!                                 checker ◄── ground truth           members, kill -9 /
+//!                                             (committed, rolled     SIGTERM quorumtail,
+//!                                             back, fromMigrate)     broker outage / pause
 //! ```
 //!
 //! Settings (environment): `NEMESIS_SEED` (a number, or `random`; default 1),
-//! `NEMESIS_WRITES` (default 2000), `NEMESIS_SECONDS` (schedule length, default 40),
-//! `NEMESIS_CLIENTS` (default 8), `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE`
-//! (writes/s; default writes/seconds, 0 for as fast as possible),
-//! `NEMESIS_BROKER_STORAGE` (`s3` or `memory`). See docs/nemesis.md.
+//! `NEMESIS_LAYOUT` (instead of the seed's layout), `NEMESIS_WRITES` (default 2000),
+//! `NEMESIS_SECONDS` (schedule length, default 40), `NEMESIS_CLIENTS` (default 8),
+//! `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE` (writes/s; default writes/seconds, 0
+//! for as fast as possible), `NEMESIS_BROKER_STORAGE` (`s3` or `memory`),
+//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run). See docs/nemesis.md.
 
 #[path = "../e2e/support.rs"]
 #[allow(dead_code)]
@@ -37,6 +41,7 @@ mod kafka;
 mod nemesis;
 mod proxy;
 mod qt;
+mod topology;
 mod workload;
 
 /// Used by the shared broker harness.
@@ -56,6 +61,7 @@ use checker::{apply_ops, check, txn_op_key, Segment, ShardTruth};
 use kafka::Kafka;
 use nemesis::{schedule, Fault, Nemesis};
 use qt::{Ended, Quorumtail, Stopped};
+use topology::Layout;
 use workload::{History, Outcome, TxnOutcome, WriteKind};
 
 /// Chunks of `shop.orders`.
@@ -204,6 +210,8 @@ struct Settings {
     clients: usize,
     txn_clients: usize,
     rate: f64,
+    /// The shards' member layout: the seed's, or `NEMESIS_LAYOUT`.
+    layout: Layout,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -233,12 +241,18 @@ impl Settings {
             clients: env_num("NEMESIS_CLIENTS", 8usize).max(1),
             txn_clients: env_num("NEMESIS_TXN_CLIENTS", 2usize),
             rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
+            layout: Layout::from_env(seed),
         }
     }
 
     fn command(&self) -> String {
+        let layout = if self.layout == Layout::from_seed(self.seed) {
+            String::new()
+        } else {
+            format!("NEMESIS_LAYOUT={} ", self.layout.name())
+        };
         format!(
-            "NEMESIS_SEED={} NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
+            "NEMESIS_SEED={} {layout}NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
             self.seed, self.writes, self.seconds, self.clients, self.txn_clients, self.rate
         )
     }
@@ -265,8 +279,9 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     support::init_logs();
     let s = Settings::from_env();
     eprintln!(
-        "nemesis seed {} ({s:?})\nreproduce: {}",
+        "nemesis seed {} ({s:?})\nshard layout: {}\nreproduce: {}",
         s.seed,
+        s.layout.describe(),
         s.command()
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -304,6 +319,8 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         max_txn_ops_per_entry: Some(2),
         // A config server replica set of 3: killing its primary elects another.
         config_servers: 3,
+        // Every shard (but one added during the run) has the layout the seed drew.
+        members: Some(s.layout.members()),
         ..ClusterSpec::default()
     })
     .await
@@ -396,6 +413,8 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let all_shards = n.all.clone();
     let done = n.done.clone();
     let doomed_acked = n.doomed_acked;
+    let majority_held = std::mem::take(&mut n.majority_held);
+    let figure_eights = n.figure_eights;
     let mut exits = std::mem::take(&mut n.exits);
     let log = std::mem::take(&mut n.log);
     drop(n);
@@ -429,7 +448,11 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         .collect();
     let truth: BTreeMap<String, ShardTruth> = all_shards
         .iter()
-        .map(|sh| (sh.clone(), ShardTruth::read(&cluster, sh)))
+        .map(|sh| {
+            let mut t = ShardTruth::read(&cluster, sh);
+            t.majority_held = majority_held.get(sh).cloned().unwrap_or_default();
+            (sh.clone(), t)
+        })
         .collect();
     let verdict = check(&segments, &truth);
     let mut truth_txn_ops = HashSet::new();
@@ -515,7 +538,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         println!("  {k:?}: {v}");
     }
     println!(
-        "writes: {} attempted through mongos, {} acknowledged ({} matched nothing), {} indeterminate ({} of them committed); {} direct writes to isolated primaries ({} acknowledged)",
+        "writes: {} attempted through mongos, {} acknowledged ({} matched nothing), {} indeterminate ({} of them committed); {} direct writes that must roll back (to isolated primaries, figure 8's X; {} acknowledged)",
         writes.iter().filter(|w| !w.direct).count(),
         acked + acked_noop,
         acked_noop,
@@ -530,12 +553,20 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         span.as_secs_f64()
     );
     println!(
-        "ground truth: {} expected records (committed application entries and operations of committed transactions), {} rolled back, {} fromMigrate, over {} shards ({})",
+        "ground truth (MongoDB's commit point): {} expected records (committed application entries and operations of committed transactions), {} rolled back, {} fromMigrate, over {} shards ({}); shard layout {}",
         verdict.committed_app,
         verdict.rolled_back,
         verdict.from_migrate,
         all_shards.len(),
-        all_shards.join(", ")
+        all_shards.join(", "),
+        s.layout.describe()
+    );
+    println!(
+        "held by a write majority of voters while not committed (seen at the peak of {} figure-8 double failovers): {} entries, {} of them rolled back, {} committed later",
+        figure_eights,
+        majority_held.values().map(HashSet::len).sum::<usize>(),
+        verdict.rolled_back_majority_held,
+        verdict.majority_held_committed
     );
     println!(
         "transactions: {} committed ({} operations checked), {} aborted, {} indeterminate ({} of them committed); {} committed transactions in the ground truth",
@@ -594,7 +625,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     }
     if !doomed_committed.is_empty() {
         failures.push(format!(
-            "writes to an isolated primary were committed: {}",
+            "writes that must roll back (to an isolated primary, or figure 8's X) were committed: {}",
             doomed_committed.join("; ")
         ));
     }
@@ -608,6 +639,11 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         // A nemesis that injected nothing proves nothing.
         if scheduled.contains_key(&Fault::PartitionPrimary) && verdict.rolled_back == 0 {
             failures.push("no entry was rolled back".into());
+        }
+        if figure_eights > 0 && verdict.rolled_back_majority_held == 0 {
+            failures.push(
+                "figure 8 ran but no entry a write majority of voters held was rolled back".into(),
+            );
         }
         if scheduled.contains_key(&Fault::MoveChunk) && verdict.from_migrate == 0 {
             failures.push("no fromMigrate entry was written".into());

@@ -2,9 +2,10 @@
 //! while the workload writes. Each episode injects its fault, holds it, heals it, and
 //! waits (on conditions, with deadlines) for the outcome it must have: a new primary, a
 //! rollback, a pipeline for an added shard, a removed shard drained, records flowing to
-//! Kafka again after a broker fault.
+//! Kafka again after a broker fault. The replication and membership faults (double
+//! failover, reconfig, lagging commit point, chained sync) are in `replication.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +16,19 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use quorumtail_oplog::EntryId;
+
 use crate::kafka::{Kafka, Tail};
 use crate::qt::{Quorumtail, Stopped};
 use crate::support::committed_app_entries;
+use crate::topology::{members, Member};
 use crate::workload::{
     doomed_writes, History, Outcome, Write, WriteKind, DIRECT_BASE, DOOMED_BASE,
 };
+
+// The replication and membership faults, in their own file.
+#[path = "replication.rs"]
+mod replication;
 
 /// The kinds of faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +66,18 @@ pub enum Fault {
     KillMongos,
     /// kill a config server member (the primary when the pick says so), restart it.
     KillConfigMember,
+    /// Two elections in quick succession around one primary (Raft's figure 8): an entry
+    /// reaches a majority of voters under a re-elected primary that never commits it, and
+    /// is rolled back. Where the layout cannot hold that story (PSA), two elections back
+    /// to back.
+    DoubleFailover,
+    /// replSetReconfig mid-stream (one voter change): add a hidden voter, take a member's
+    /// votes, or drop a member; undone later.
+    ReconfigVotes,
+    /// Secondaries learn the commit point late (`commit_point_delay` raised), for a while.
+    LaggingCommitPoint,
+    /// Chained replication: a secondary syncs from another (lagging) secondary, for a while.
+    ChainedSync,
 }
 
 /// One scheduled fault.
@@ -85,7 +105,6 @@ pub fn schedule(seed: u64, seconds: u64, broker_restart: bool) -> Vec<Episode> {
         Fault::RestartSecondary,
         Fault::StepDown,
         Fault::MoveChunk,
-        Fault::MoveChunk,
         Fault::QuorumtailKill9,
         Fault::QuorumtailKill9,
         Fault::QuorumtailSigterm,
@@ -93,6 +112,10 @@ pub fn schedule(seed: u64, seconds: u64, broker_restart: bool) -> Vec<Episode> {
         Fault::BrokerPause,
         Fault::KillMongos,
         Fault::KillConfigMember,
+        Fault::DoubleFailover,
+        Fault::ReconfigVotes,
+        Fault::LaggingCommitPoint,
+        Fault::ChainedSync,
     ];
     if broker_restart {
         repeatable.push(Fault::BrokerRestart);
@@ -180,7 +203,7 @@ pub struct Nemesis<'a> {
     pub all: Vec<String>,
     pub added: Option<String>,
     pub removed: Option<String>,
-    doomed_next: i32,
+    pub(crate) doomed_next: i32,
     direct_next: i32,
     /// Times quorumtail exited on its own (and was restarted), with why.
     pub exits: Vec<String>,
@@ -191,6 +214,15 @@ pub struct Nemesis<'a> {
     /// Remove the shard while quorumtail is down (reproduces a known loss; see
     /// docs/nemesis.md).
     pub remove_while_down: bool,
+    /// Members stepped down by `replSetStepDown`, and when: they cannot stand for 60 s.
+    pub(crate) stepped_down: BTreeMap<SocketAddr, Instant>,
+    /// Per shard, entries the nemesis saw held by a write majority of voters while not
+    /// committed (the peak of a double failover). The simulator keeps no history of who
+    /// held what, so this is what was observed, a lower bound.
+    pub majority_held: BTreeMap<String, HashSet<EntryId>>,
+    /// Double failovers that ran the figure-8 story (the others: two elections back to
+    /// back, where the layout cannot carry an entry to a majority without committing it).
+    pub figure_eights: usize,
 }
 
 impl std::fmt::Debug for Nemesis<'_> {
@@ -227,6 +259,9 @@ impl<'a> Nemesis<'a> {
             doomed_acked: 0,
             done: BTreeMap::new(),
             remove_while_down: false,
+            stepped_down: BTreeMap::new(),
+            majority_held: BTreeMap::new(),
+            figure_eights: 0,
         }
     }
 
@@ -244,18 +279,18 @@ impl<'a> Nemesis<'a> {
         self.active[(pick % self.active.len() as u64) as usize].clone()
     }
 
-    fn secondary(&self, shard: &str, pick: u64) -> Result<SocketAddr, String> {
+    /// A member of `shard`'s configuration other than the primary (arbiters included: they
+    /// can be killed and cut off too); `data` asks for one that holds an oplog.
+    fn secondary(&self, shard: &str, pick: u64, data: bool) -> Result<Member, String> {
         let p = self.cluster.primary_of(shard);
-        let s: Vec<SocketAddr> = self
-            .cluster
-            .shard_members(shard)
+        let s: Vec<Member> = members(self.cluster, shard)
             .into_iter()
-            .filter(|m| Some(*m) != p)
+            .filter(|m| Some(m.addr) != p && (!data || m.spec.is_data_bearing()))
             .collect();
         if s.is_empty() {
             return Err(format!("{shard} has no secondary"));
         }
-        Ok(s[((pick >> 8) % s.len() as u64) as usize])
+        Ok(s[((pick >> 8) % s.len() as u64) as usize].clone())
     }
 
     /// Waits until every member of `shard` is up, connected, without lag and holds the
@@ -263,25 +298,22 @@ impl<'a> Nemesis<'a> {
     /// one (see docs/nemesis.md, "schedule constraints").
     async fn in_sync(&self, shard: &str) -> Result<(), String> {
         let c = self.cluster;
-        let members: Vec<String> = c
-            .shard_members(shard)
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
         wait_for(90, &format!("{shard} to be in sync"), || {
             let Some((cp, _)) = c.commit_point(shard) else {
                 return false;
             };
+            // Arbiters hold no oplog and a delayed member is behind by design: both only
+            // need to be up and connected.
+            let members = members(c, shard);
             c.primary_of(shard).is_some()
-                && c.status()
-                    .iter()
-                    .filter(|n| members.contains(&n.addr))
-                    .all(|n| {
-                        n.alive
-                            && !n.partitioned
-                            && n.lag_ms == 0
-                            && n.last_ts >= (cp.time, cp.increment)
-                    })
+                && c.status().iter().all(|n| {
+                    let Some(m) = members.iter().find(|m| m.addr.to_string() == n.addr) else {
+                        return true;
+                    };
+                    n.alive
+                        && !n.partitioned
+                        && (!m.current() || (n.lag_ms == 0 && n.last_ts >= (cp.time, cp.increment)))
+                })
         })
         .await
     }
@@ -335,8 +367,25 @@ impl<'a> Nemesis<'a> {
         }
     }
 
+    /// `(min key, owner)` of every chunk of `shop.orders`. The chunks exist once mongos
+    /// sharded the collection (at its first write): an episode at the very start waits for
+    /// them.
+    async fn chunks(&self) -> Result<Vec<(i32, String)>, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let chunks = self.chunks_now().await;
+            if !chunks.is_empty() {
+                return Ok(chunks);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("shop.orders has no chunks after 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `(min key, owner)` of every chunk of `shop.orders` (MinKey as 0: ids are >= 0).
-    async fn chunks(&self) -> Vec<(i32, String)> {
+    async fn chunks_now(&self) -> Vec<(i32, String)> {
         let reply = self
             .cluster
             .command(
@@ -436,28 +485,37 @@ impl<'a> Nemesis<'a> {
             }
             Fault::PartitionSecondary => {
                 let shard = self.shard(ep.pick);
-                let s = self.secondary(&shard, ep.pick)?;
+                let m = self.secondary(&shard, ep.pick, false)?;
+                let s = m.addr;
                 c.partition_node(s).await.map_err(|e| e.to_string())?;
-                self.note(f, format!("partition secondary {s} of {shard}"));
+                self.note(
+                    f,
+                    format!("partition secondary {s} ({}) of {shard}", m.spec),
+                );
                 tokio::time::sleep(ep.hold).await;
                 c.heal_node(s).await.map_err(|e| e.to_string())?;
                 self.note(None, format!("heal {s}"));
             }
             Fault::LagSecondary => {
                 let shard = self.shard(ep.pick);
-                let s = self.secondary(&shard, ep.pick)?;
+                let m = self.secondary(&shard, ep.pick, true)?;
+                let s = m.addr;
                 let lag = Duration::from_millis(200 + (ep.pick >> 16) % 600);
                 c.set_lag(s, lag).map_err(|e| e.to_string())?;
-                self.note(f, format!("lag secondary {s} of {shard} by {lag:?}"));
+                self.note(
+                    f,
+                    format!("lag secondary {s} ({}) of {shard} by {lag:?}", m.spec),
+                );
                 tokio::time::sleep(ep.hold + lag).await;
                 c.set_lag(s, Duration::ZERO).map_err(|e| e.to_string())?;
                 self.note(None, format!("no lag on {s}"));
             }
             Fault::RestartSecondary => {
                 let shard = self.shard(ep.pick);
-                let s = self.secondary(&shard, ep.pick)?;
+                let m = self.secondary(&shard, ep.pick, false)?;
+                let s = m.addr;
                 c.kill_node(s).await.map_err(|e| e.to_string())?;
-                self.note(f, format!("kill secondary {s} of {shard}"));
+                self.note(f, format!("kill secondary {s} ({}) of {shard}", m.spec));
                 tokio::time::sleep(ep.hold).await;
                 c.restart_node(s).await.map_err(|e| e.to_string())?;
                 self.note(None, format!("restart {s}"));
@@ -477,6 +535,9 @@ impl<'a> Nemesis<'a> {
                         Err(e) => return Err(format!("step down {shard}: {e}")),
                     }
                 }
+                if let Some(old) = old {
+                    self.stepped_down.insert(old, Instant::now());
+                }
                 self.note(
                     f,
                     format!(
@@ -489,7 +550,7 @@ impl<'a> Nemesis<'a> {
                 );
             }
             Fault::MoveChunk => {
-                let chunks = self.chunks().await;
+                let chunks = self.chunks().await?;
                 let (key, owner) = chunks[(ep.pick % chunks.len() as u64) as usize].clone();
                 let others: Vec<&String> = self.active.iter().filter(|s| **s != owner).collect();
                 let to = others[((ep.pick >> 8) % others.len() as u64) as usize].clone();
@@ -502,7 +563,7 @@ impl<'a> Nemesis<'a> {
                 self.active.push(name.clone());
                 self.all.push(name.clone());
                 self.added = Some(name.clone());
-                let chunks = self.chunks().await;
+                let chunks = self.chunks().await?;
                 for k in 0..3u64 {
                     let i = ((ep.pick >> (8 * k)) % chunks.len() as u64) as usize;
                     let (key, owner) = chunks[i].clone();
@@ -570,6 +631,10 @@ impl<'a> Nemesis<'a> {
             | Fault::BrokerRestart
             | Fault::KillMongos
             | Fault::KillConfigMember => self.run_more(ep).await?,
+            Fault::DoubleFailover
+            | Fault::ReconfigVotes
+            | Fault::LaggingCommitPoint
+            | Fault::ChainedSync => self.run_replication(ep).await?,
             Fault::QuorumtailKill9 => {
                 self.revive().await?;
                 let cps = self.qt.kill9().await?;
@@ -854,7 +919,7 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Heals everything and waits until every shard converged: all members hold the
-    /// same newest entry and it is majority-committed.
+    /// same newest entry and it is committed.
     pub async fn converge(&mut self) -> Result<(), String> {
         let c = self.cluster;
         for n in c.status() {
@@ -868,7 +933,15 @@ impl<'a> Nemesis<'a> {
             if n.lag_ms > 0 {
                 c.set_lag(addr, Duration::ZERO).map_err(|e| e.to_string())?;
             }
+            // Episodes release their blocks themselves; this is the safety net.
+            c.block_replication(addr, false)
+                .map_err(|e| e.to_string())?;
+            c.set_sync_source(addr, None).map_err(|e| e.to_string())?;
         }
+        for shard in &self.all {
+            c.hold_step_up(shard, false).map_err(|e| e.to_string())?;
+        }
+        c.set_commit_point_delay(c.spec().commit_point_delay);
         for shard in self.all.clone() {
             self.settled(&shard).await?;
         }
@@ -877,18 +950,19 @@ impl<'a> Nemesis<'a> {
     }
 
     /// Waits until every member of `shard` holds the same newest entry and it is
-    /// majority-committed.
+    /// committed.
     async fn settled(&self, shard: &str) -> Result<(), String> {
         let c = self.cluster;
-        let members: Vec<String> = c
-            .shard_members(shard)
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
         wait_for(60, &format!("{shard} to converge"), || {
             let Some((cp, _)) = c.commit_point(shard) else {
                 return false;
             };
+            // The members of the current configuration that hold an undelayed oplog.
+            let members: Vec<String> = members(c, shard)
+                .iter()
+                .filter(|m| m.current())
+                .map(|m| m.addr.to_string())
+                .collect();
             c.status()
                 .iter()
                 .filter(|n| members.contains(&n.addr))

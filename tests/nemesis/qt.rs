@@ -67,6 +67,16 @@ pub struct Quorumtail {
     pub runs: Vec<Run>,
 }
 
+/// `NEMESIS_RELEASE=quorum` runs quorumtail with the quorum-only release rule (an entry is
+/// released once a quorum of voters holds it, without waiting for the commit point): a
+/// run that must fail when a figure-8 double failover ran, which shows the checker sees it.
+fn release_rule() -> String {
+    match std::env::var("NEMESIS_RELEASE") {
+        Ok(rule) => format!("release = {rule:?}\n"),
+        Err(_) => String::new(),
+    }
+}
+
 impl Quorumtail {
     /// Writes the config: discovery through mongos, Kafka sink (one topic, keyed by
     /// document), file checkpoints.
@@ -79,9 +89,10 @@ impl Quorumtail {
              [mongo]\nmax_await = \"100ms\"\n\n\
              [sink]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"{TOPIC}\"\nkey = \"document\"\n\n\
              [checkpoint]\nkind = \"file\"\npath = {:?}\ninterval = \"100ms\"\n\n\
-             [pipeline]\nshutdown_timeout = \"20s\"\n",
+             [pipeline]\nshutdown_timeout = \"20s\"\n{}",
             kafka.bootstrap(),
-            checkpoint.display().to_string()
+            checkpoint.display().to_string(),
+            release_rule()
         );
         std::fs::write(&cfg, text).unwrap();
         Quorumtail {
