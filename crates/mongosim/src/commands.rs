@@ -159,9 +159,17 @@ async fn dispatch(
         "find" => find(shared, proc, db, cmd),
         "getMore" => get_more(shared, proc, db, cmd).await,
         "killCursors" => kill_cursors(shared, proc, cmd),
-        "insert" => finish_write(shared, proc, cmd, insert(shared, proc, db, cmd)?, None).await,
-        "update" => finish_write(shared, proc, cmd, update(shared, proc, db, cmd)?, None).await,
-        "delete" => finish_write(shared, proc, cmd, delete(shared, proc, db, cmd)?, None).await,
+        "insert" | "update" | "delete" => {
+            let mut reply = match name {
+                "insert" => insert(shared, proc, db, cmd)?,
+                "update" => update(shared, proc, db, cmd)?,
+                _ => delete(shared, proc, db, cmd)?,
+            };
+            // Through mongos, the write concern waits on the members that took the write,
+            // not on whichever member is primary by the time the wait starts.
+            let written = take_written(&mut reply);
+            finish_write(shared, proc, cmd, reply, written.as_deref()).await
+        }
         "create" => create(shared, proc, db, cmd),
         "commitTransaction" => {
             let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
@@ -1400,6 +1408,39 @@ fn route(w: &mut World, ns: &str, id: Option<&Bson>) -> Result<Vec<(usize, usize
     Ok(out)
 }
 
+/// Where a write through mongos was applied, carried from the write handlers to the write
+/// concern wait under a field no client sees.
+const WRITTEN: &str = "$mongosimWritten";
+
+fn note_written(reply: &mut Document, written: &[(usize, usize)]) {
+    if !written.is_empty() {
+        let list: Vec<Bson> = written
+            .iter()
+            .map(|(s, n)| Bson::Array(vec![Bson::Int64(*s as i64), Bson::Int64(*n as i64)]))
+            .collect();
+        reply.insert(WRITTEN, list);
+    }
+}
+
+fn take_written(reply: &mut Document) -> Option<Vec<(usize, usize)>> {
+    let Some(Bson::Array(list)) = reply.remove(WRITTEN) else {
+        return None;
+    };
+    let mut out: Vec<(usize, usize)> = list
+        .iter()
+        .filter_map(|v| match v {
+            Bson::Array(p) => match (p.first(), p.get(1)) {
+                (Some(Bson::Int64(s)), Some(Bson::Int64(n))) => Some((*s as usize, *n as usize)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
 fn check_user_ns(db: &str, proc: Proc) -> Result<(), CmdError> {
     if db == "local" && proc != Proc::Mongos {
         return Err(CmdError::new(
@@ -1422,6 +1463,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut w = shared.world();
     let mut n_ok = 0;
     let mut errors = Vec::new();
+    let mut written: Vec<(usize, usize)> = Vec::new();
     match proc {
         Proc::Node { set, node } => {
             w.check_writable(set, node)?;
@@ -1451,6 +1493,7 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
                     let (s, p) = targets.first().copied().ok_or_else(|| {
                         CmdError::new(70, "ShardNotFound", "no shard owns the key")
                     })?;
+                    written.push((s, p));
                     w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
                 });
                 match r {
@@ -1473,7 +1516,9 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
     }
-    Ok(ok(reply))
+    let mut reply = ok(reply);
+    note_written(&mut reply, &written);
+    Ok(reply)
 }
 
 /// Honours `writeConcern: {w: "majority" | N, wtimeout}` by waiting until the newest entry
@@ -1732,6 +1777,7 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let session = SessionCtx::from_command(cmd);
     let txn = txn_key_of(cmd);
     let mut w = shared.world();
+    let mut written: Vec<(usize, usize)> = Vec::new();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
@@ -1773,6 +1819,9 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         let r = targets.and_then(|targets| {
             let mut acc = (0, 0, None);
             for (s, p) in targets {
+                if proc == Proc::Mongos {
+                    written.push((s, p));
+                }
                 let (m, md, up) = w.update(s, p, &ns, &q, &u, multi, upsert, now)?;
                 acc.0 += m;
                 acc.1 += md;
@@ -1806,7 +1855,9 @@ fn update(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
     }
-    Ok(ok(reply))
+    let mut reply = ok(reply);
+    note_written(&mut reply, &written);
+    Ok(reply)
 }
 
 fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
@@ -1817,6 +1868,7 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let session = SessionCtx::from_command(cmd);
     let txn = txn_key_of(cmd);
     let mut w = shared.world();
+    let mut written: Vec<(usize, usize)> = Vec::new();
     if let Proc::Node { set, node } = proc {
         w.check_writable(set, node)?;
     }
@@ -1833,6 +1885,9 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
         let r = targets.and_then(|targets| {
             let mut count = 0;
             for (s, p) in targets {
+                if proc == Proc::Mongos {
+                    written.push((s, p));
+                }
                 count += w.delete(s, p, &ns, &q, limit_one, false, now)?;
                 if limit_one && count > 0 {
                     break;
@@ -1856,7 +1911,9 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     if !errors.is_empty() {
         reply.insert("writeErrors", errors);
     }
-    Ok(ok(reply))
+    let mut reply = ok(reply);
+    note_written(&mut reply, &written);
+    Ok(reply)
 }
 
 fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
