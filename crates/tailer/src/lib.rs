@@ -313,17 +313,21 @@ async fn tail(
     let mut notes = Notes::default();
     loop {
         let mut progressed = false;
-        let result = session(
-            cfg,
-            client,
-            &mut target,
-            &mut mode,
-            &tx,
-            &shutdown,
-            &mut progressed,
-            &mut notes,
-        )
-        .await;
+        // Cancelled as a whole at shutdown: a member that stopped answering must not hold
+        // the stop in a driver call that has no deadline.
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => Err(Ended::Shutdown),
+            r = session(
+                cfg,
+                client,
+                &mut target,
+                &mut mode,
+                &tx,
+                &shutdown,
+                &mut progressed,
+                &mut notes,
+            ) => r,
+        };
         if progressed {
             // The member served entries: the next interruption starts a fresh backoff.
             backoff = cfg.backoff_min;

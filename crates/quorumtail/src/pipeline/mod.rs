@@ -298,7 +298,12 @@ pub async fn run_shard(
     tailers.close();
     drop(std::mem::take(&mut task.streams));
     task.paused.clear();
-    tailers.wait().await;
+    if tokio::time::timeout(Duration::from_secs(10), tailers.wait())
+        .await
+        .is_err()
+    {
+        warn!(shard = %task.shard, "member tailers did not stop within 10 s; not waiting for them");
+    }
     use std::sync::atomic::Ordering::Relaxed;
     match &result {
         Err(e) => {
