@@ -103,7 +103,9 @@
 //! - The commit rule of protocol version 1 (`TopologyCoordinator::
 //!   updateLastCommittedOpTimeAndWallTime` / `advanceLastCommittedOpTimeAndWallTime`): a
 //!   primary's commit point moves to the newest entry held by `writeMajorityCount`
-//!   data-bearing voters, never to an optime before the first entry of its own term (the
+//!   data-bearing voters that have not seen a newer term than the primary's (a member
+//!   following a newer primary answers with its term instead of acknowledging, as in
+//!   Raft), never to an optime before the first entry of its own term (the
 //!   "new primary" no-op), so entries of older terms commit only with a later entry of the
 //!   current term; non-voters' copies never count. Each member keeps its own commit point:
 //!   secondaries learn their sync source's (capped at their newest entry when the terms
@@ -111,7 +113,9 @@
 //!   newest entry's), both `commit_point_delay` late. Ground truth follows the primaries:
 //!   an entry is in `committed_entries` once a primary's commit point passed it; entries
 //!   rolled back before that are in `rolled_back_entries` only. `w: "majority"` waits for
-//!   the writing primary's commit point.
+//!   the writing primary's commit point and for the entry to be in that committed history,
+//!   on the members that took the write (through mongos too), so an acknowledged write is
+//!   never one the ground truth later reports rolled back.
 //! - Chained replication (`set_sync_source`, `syncSourceHost`), replication blocks
 //!   (`block_replication`) and a held step-up (`hold_step_up`: the elected member stays in
 //!   drain mode, no "new primary" no-op, no writes, no commits, while secondaries sync from
