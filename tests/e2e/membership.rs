@@ -646,3 +646,60 @@ async fn discovery_finds_hidden_members_that_config_shards_omits() {
     q.stop().await;
     cluster.shutdown().await;
 }
+
+/// Primary, secondary, arbiter (PSA): the arbiter votes but holds no oplog, so the write
+/// majority is 2 of the 2 data-bearing members (`writeMajorityCount` capped at the
+/// data-bearing voters). X reaches the primary only; the secondary and the arbiter elect
+/// the secondary and X is rolled back. quorumtail reads the arbiter from the configuration
+/// (it is never tailed), requires both data-bearing members and never emits X.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_secondary_arbiter_rollback_is_never_emitted() {
+    let rs = ReplicaSet::start(spec(vec![
+        MemberSpec::voter(),
+        MemberSpec::voter(),
+        MemberSpec::arbiter(),
+    ]))
+    .await
+    .unwrap();
+    let set = rs.name();
+    let m = rs.members();
+    let (a, b) = (m[0], m[1]);
+    wait_primary(&rs, a).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The data-bearing members are listed; the arbiter is found in the configuration.
+    let q = start(
+        dir.path(),
+        &shards(&rs, &[a, b]),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    let first = insert_on(&rs, a, "before").await;
+    wait_until(30, "the first write", || {
+        shard_ids(&records(&q.out), &set).contains(&first)
+    })
+    .await;
+    wait_until(30, "the arbiter is known", || {
+        q.status.all()[&set].arbiters == 1 && q.status.nodes(&set).len() == 2
+    })
+    .await;
+    assert_eq!(q.status.all()[&set].quorum, 2);
+
+    rs.block_replication(b, true).unwrap();
+    let x = insert_on(&rs, a, "X").await;
+    rs.partition_node(a).await.unwrap();
+    rs.block_replication(b, false).unwrap();
+    wait_primary(&rs, b).await;
+    insert_on(&rs, b, "Y").await;
+    rs.heal_node(a).await.unwrap();
+    assert!(
+        rs.wait_for(Duration::from_secs(20), |r| !holds(r, a, x))
+            .await,
+        "X rolled back"
+    );
+    let got = settle(&rs, b, &q, "after").await;
+    assert!(
+        !got.contains(&x),
+        "X, held by the old primary alone, was emitted"
+    );
+    q.stop().await;
+    rs.shutdown().await;
+}
