@@ -258,6 +258,7 @@ fn check(path: &std::path::Path, connect: bool) -> ExitCode {
                 String::new()
             }
         );
+        println!("  (as listed; at run time the replica set's configuration decides: every data-bearing member including hidden ones, who votes, and writeMajorityCount; `check --connect` shows it)");
         for m in &s.members {
             println!("  member {m}");
         }
