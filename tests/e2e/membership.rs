@@ -87,18 +87,35 @@ fn shards(rs: &ReplicaSet, members: &[SocketAddr]) -> String {
 /// Writes a last entry on `primary` through the majority, then waits until quorumtail
 /// emitted exactly the committed history; returns the emitted identities.
 async fn settle(rs: &ReplicaSet, primary: SocketAddr, q: &Running, last: &str) -> Vec<EntryId> {
-    direct(primary)
+    let coll = direct(primary)
         .await
         .database("app")
-        .collection::<Document>("c")
-        .insert_one(doc! {"_id": last})
-        .with_options(
-            mongodb::options::InsertOneOptions::builder()
-                .write_concern(mongodb::options::WriteConcern::majority())
-                .build(),
-        )
-        .await
-        .unwrap();
+        .collection::<Document>("c");
+    // A member rejoining after the story can interrupt the wait for the majority
+    // (InterruptedDueToReplStateChange): the write is retried, as a client would.
+    let mut tries = 0;
+    loop {
+        let r = coll
+            .insert_one(doc! {"_id": last})
+            .with_options(
+                mongodb::options::InsertOneOptions::builder()
+                    .write_concern(mongodb::options::WriteConcern::majority())
+                    .build(),
+            )
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if e.to_string().contains("E11000") => {
+                // An earlier attempt got in; the ground truth below decides about it.
+                break;
+            }
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 100, "the last write kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     let set = rs.name();
     let want = committed_app_entries(rs, &set);
     wait_until(30, "quorumtail emits the committed history", || {

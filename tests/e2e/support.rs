@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use quorumtail::config::Config;
 use quorumtail::coordinator::{run_observed, RunReport, Status};
-use quorumtail_oplog::{EntryId, Filter, OplogEntry};
+use quorumtail_oplog::{EntryId, OplogEntry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -121,15 +121,14 @@ pub fn record_id(r: &serde_json::Value) -> EntryId {
     serde_json::from_value(r["id"].clone()).expect("record id")
 }
 
-/// The application entries of a shard's majority-committed history (as the default
-/// filter keeps them), in order.
+/// The application entries of a shard's majority-committed history (what the default
+/// filter keeps, as the testkit states it), in order.
 pub fn committed_app_entries(cluster: &mongosim::Cluster, shard: &str) -> Vec<EntryId> {
-    let f = Filter::default();
     cluster
         .committed_entries(shard)
         .iter()
         .filter_map(|raw| OplogEntry::parse(raw).ok())
-        .filter(|e| f.check(e.op, e.ns, e.from_migrate).is_ok())
+        .filter(|e| quorumtail_testkit::emitted_by_default(e.op.as_str(), e.ns, e.from_migrate))
         .map(|e| e.id())
         .collect()
 }

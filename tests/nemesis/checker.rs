@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bson::Document;
-use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry};
+use quorumtail_oplog::{EntryId, OpKind, OplogEntry};
 use serde_json::Value;
 
 /// One run's records, `(lane, record)`: the lane is the Kafka partition, records of one
@@ -78,7 +78,7 @@ impl ShardTruth {
         committed: &[bson::RawDocumentBuf],
         rolled_back: &[bson::RawDocumentBuf],
     ) -> ShardTruth {
-        let f = Filter::default();
+        let emitted = quorumtail_testkit::emitted_by_default;
         let mut t = ShardTruth::default();
         // Transactions whose chain is not complete yet: (lsid, txnNumber) -> operations.
         let mut open: HashMap<String, Vec<Document>> = HashMap::new();
@@ -106,11 +106,11 @@ impl ShardTruth {
                     let kind = op.get_str("op").ok().and_then(OpKind::from_code);
                     let ns = op.get_str("ns").unwrap_or_default();
                     let fm = op.get_bool("fromMigrate").unwrap_or(false);
-                    if kind.is_some_and(|k| f.check(k, ns, fm).is_ok()) {
+                    if kind.is_some_and(|k| emitted(k.as_str(), ns, fm)) {
                         t.committed_app.push((e.id(), i as i64));
                     }
                 }
-            } else if f.check(e.op, e.ns, e.from_migrate).is_ok() {
+            } else if emitted(e.op.as_str(), e.ns, e.from_migrate) {
                 t.committed_app.push((e.id(), -1));
             }
         }

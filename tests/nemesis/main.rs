@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongosim::{Cluster, ClusterSpec};
-use quorumtail_oplog::{Filter, OplogEntry};
+use quorumtail_oplog::OplogEntry;
 
 use checker::{apply_ops, check, txn_op_key, Segment, ShardTruth};
 use kafka::Kafka;
@@ -260,12 +260,12 @@ impl Settings {
 
 /// `(op, _id, version)` of every committed application entry, to resolve the writes.
 fn committed_writes(truth_entries: &[bson::RawDocumentBuf]) -> HashSet<(String, String, i64)> {
-    let f = Filter::default();
     truth_entries
         .iter()
         .filter_map(|raw| {
             let e = OplogEntry::parse(raw).ok()?;
-            f.check(e.op, e.ns, e.from_migrate).ok()?;
+            quorumtail_testkit::emitted_by_default(e.op.as_str(), e.ns, e.from_migrate)
+                .then_some(())?;
             let doc = bson::Document::try_from(raw.as_ref()).ok()?;
             let json = bson::Bson::Document(doc).into_relaxed_extjson();
             let (_, id, v) = checker::doc_version(&json)?;

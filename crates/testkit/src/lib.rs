@@ -1,0 +1,53 @@
+//! What the end-to-end and fault suites expect quorumtail to emit, written down here
+//! independently of quorumtail's own filter code, so that a bug in that code cannot also
+//! change what the tests expect.
+//!
+//! The rules come from the README's configuration section (`[filter]` defaults) and from
+//! what MongoDB writes for its own bookkeeping:
+//!
+//! | dropped by default | why |
+//! |---|---|
+//! | `fromMigrate: true` | chunk-migration copies and range deletions: the data only moved between shards (`[filter] drop_from_migrate`) |
+//! | `op: "n"` | no-ops: periodic no-ops, "new primary", migration markers (`drop_noops`) |
+//! | `config.*`, `admin.*`, `local.*` | the cluster's own metadata, users and oplog (`drop_internal`) |
+//! | `<db>.system.*` | system collections (`drop_internal`) |
+//!
+//! Everything else (inserts, updates, deletes and commands on application databases) is
+//! emitted.
+
+/// Whether an operation `op` (`"i"`, `"u"`, `"d"`, `"c"`, `"n"`) on `ns` is emitted with
+/// the default `[filter]` settings.
+pub fn emitted_by_default(op: &str, ns: &str, from_migrate: bool) -> bool {
+    if from_migrate || op == "n" {
+        return false;
+    }
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    if matches!(db, "config" | "admin" | "local") {
+        return false;
+    }
+    !coll.starts_with("system.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emitted_by_default;
+
+    #[test]
+    fn application_operations_are_emitted() {
+        for op in ["i", "u", "d"] {
+            assert!(emitted_by_default(op, "shop.orders", false));
+        }
+        assert!(emitted_by_default("c", "shop.$cmd", false));
+        assert!(emitted_by_default("i", "shop.systems", false));
+    }
+
+    #[test]
+    fn bookkeeping_is_dropped() {
+        assert!(!emitted_by_default("i", "shop.orders", true));
+        assert!(!emitted_by_default("n", "", false));
+        assert!(!emitted_by_default("i", "config.chunks", false));
+        assert!(!emitted_by_default("c", "admin.$cmd", false));
+        assert!(!emitted_by_default("i", "local.oplog.rs", false));
+        assert!(!emitted_by_default("i", "shop.system.views", false));
+    }
+}
