@@ -866,4 +866,43 @@ mod tests {
         c.uri_options = "tls=true".into();
         assert!(c.uri().ends_with("&tls=true"));
     }
+
+    fn command_error(code: i32, name: &str, msg: &str) -> mongodb::error::Error {
+        let e: mongodb::error::CommandError =
+            bson::deserialize_from_document(doc! {"code": code, "codeName": name, "errmsg": msg})
+                .unwrap();
+        mongodb::error::ErrorKind::Command(e).into()
+    }
+
+    /// A failed authentication and a missing privilege are
+    /// refusals naming the user, the member and the fix; other errors are not.
+    #[test]
+    fn auth_errors_are_refusals_naming_user_member_and_fix() {
+        let mut c = TailerConfig::new("s".into(), "h:27018");
+        c.username = Some("tail".into());
+        // The handshake's ErrorKind::Authentication cannot be built outside the driver;
+        // tests/e2e/auth.rs meets it through a real handshake.
+        let e = command_error(18, "AuthenticationFailed", "Authentication failed.");
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(r.contains("user \"tail\"") && r.contains("h:27018"), "{r}");
+        assert!(r.contains("password_file"), "{r}");
+        let e = command_error(
+            13,
+            "Unauthorized",
+            "not authorized on local to execute command",
+        );
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(
+            r.contains("user \"tail\" may not read the oplog on h:27018"),
+            "{r}"
+        );
+        assert!(
+            r.contains("read on the local database") && r.contains("clusterMonitor"),
+            "{r}"
+        );
+        c.username = None;
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(r.contains("[mongo] username is not set"), "{r}");
+        assert!(auth_refusal(&c, &command_error(136, "CappedPositionLost", "gone")).is_none());
+    }
 }
