@@ -10,7 +10,8 @@
 //!
 //! Empty `users` (the default) means no authentication at all, as before: `saslStart` stays
 //! `CommandNotFound` and every command is allowed. Commands the Rust API runs in-process
-//! ([`crate::Cluster::command`]) are trusted.
+//! ([`crate::Cluster::command`]) are trusted; over the wire, `mongosimControl` needs a user
+//! with `root` once users exist.
 //!
 //! What mongod does, and where it was looked up:
 //! - `src/mongo/db/auth/sasl_scram_server_conversation.cpp` (mongodb/mongo): the
@@ -22,9 +23,12 @@
 //!   client asked for `options: {skipEmptyExchange: true}`; otherwise one more empty exchange.
 //! - The driver specification `source/auth/auth.md` (mongodb/specifications): SCRAM-SHA-1's
 //!   password is `hex(MD5(user ":mongo:" password))`, SCRAM-SHA-256's is `SASLprep(password)`;
-//!   `hello` answers `saslSupportedMechs: "db.user"` with the user's mechanisms; a
-//!   `speculativeAuthenticate` absent from the hello reply makes the driver run `saslStart`
-//!   itself, so mongosim does not answer it.
+//!   `hello` answers `saslSupportedMechs: "db.user"` with the user's mechanisms.
+//! - `speculativeAuthenticate` in hello is not answered: a reply without it makes clients
+//!   authenticate explicitly with `saslStart` (mongod's own client says so in
+//!   `src/mongo/client/async_client.cpp`: "No reply could mean failed auth, or old server";
+//!   the Rust driver 3.9 and pymongo do the same, checked in `tests/driver.rs` and
+//!   `tests/python`).
 //! - Failures answer `AuthenticationFailed` (18, "Authentication failed.") whatever went wrong,
 //!   as `sasl_commands.cpp` does so that a client cannot tell an unknown user from a wrong
 //!   password; commands before authentication answer `Unauthorized` (13, "command X requires
