@@ -2,6 +2,7 @@
 //! simulator's ground truth to compare with.
 
 // The Kafka test broker harness is shared with the sink's own tests.
+mod auth;
 #[path = "../../crates/sink/tests/sink/broker.rs"]
 #[allow(dead_code)]
 mod broker;

@@ -55,10 +55,15 @@ pub fn shards_toml(cluster: &mongosim::Cluster) -> String {
 /// Starts quorumtail with `extra` TOML after a file sink to `dir/out.jsonl` and a file
 /// checkpoint store in `dir`.
 pub fn start(dir: &Path, shards: &str, extra: &str) -> Running {
+    start_with_mongo(dir, shards, "", extra)
+}
+
+/// As [`start`], with `mongo` TOML lines added to the `[mongo]` section (credentials).
+pub fn start_with_mongo(dir: &Path, shards: &str, mongo: &str, extra: &str) -> Running {
     init_logs();
     let out = dir.join("out.jsonl");
     let text = format!(
-        "{shards}\n[mongo]\nmax_await = \"100ms\"\n\n[sink]\nkind = \"file\"\npath = {:?}\n\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n\n{extra}",
+        "{shards}\n[mongo]\nmax_await = \"100ms\"\n{mongo}\n[sink]\nkind = \"file\"\npath = {:?}\n\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n\n{extra}",
         out.display().to_string(),
         dir.join("checkpoints.json").display().to_string()
     );

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::auth::{Auth, SimUser};
 use crate::fixture;
 use crate::membership::{self, MemberSpec};
 use crate::server::Shared;
@@ -108,6 +109,9 @@ pub struct ClusterSpec {
     /// primary's heartbeats (so their `lastWrite.majorityOpTime` trails the primary's).
     /// Default: 5 ms, about one tick.
     pub commit_point_delay: Duration,
+    /// Users of every process (shards, config servers, mongos), stored on `admin`. Empty
+    /// (the default): no authentication, every connection may run every command.
+    pub users: Vec<SimUser>,
 }
 
 impl Default for ClusterSpec {
@@ -129,6 +133,7 @@ impl Default for ClusterSpec {
             max_txn_ops_per_entry: None,
             members: None,
             commit_point_delay: Duration::from_millis(5),
+            users: Vec::new(),
         }
     }
 }
@@ -252,6 +257,17 @@ async fn bind_many(
 }
 
 impl Cluster {
+    /// `saslStart` commands received by every process so far (how hard clients retry a
+    /// failing authentication).
+    pub fn sasl_starts(&self) -> u64 {
+        self.shared.auth.sasl_starts()
+    }
+
+    /// Authentications that failed so far, on every process.
+    pub fn auth_failures(&self) -> u64 {
+        self.shared.auth.failures()
+    }
+
     /// Starts every process and returns once all listeners accept connections.
     ///
     /// # Errors
@@ -347,7 +363,7 @@ impl Cluster {
             listeners.push((mongos_l, mongos));
         }
         world.tick(now);
-        let shared = Shared::new(world);
+        let shared = Shared::new(world, Auth::new(&spec.users));
         for (l, a) in listeners {
             shared.spawn_listener(l, a);
         }
@@ -1202,6 +1218,8 @@ pub struct ReplicaSetSpec {
     pub members: Option<Vec<MemberSpec>>,
     /// See [`ClusterSpec::commit_point_delay`].
     pub commit_point_delay: Duration,
+    /// See [`ClusterSpec::users`].
+    pub users: Vec<SimUser>,
 }
 
 impl Default for ReplicaSetSpec {
@@ -1219,6 +1237,7 @@ impl Default for ReplicaSetSpec {
             max_txn_ops_per_entry: None,
             members: None,
             commit_point_delay: c.commit_point_delay,
+            users: Vec::new(),
         }
     }
 }
@@ -1241,6 +1260,7 @@ impl ReplicaSet {
             max_txn_ops_per_entry: spec.max_txn_ops_per_entry,
             members: spec.members,
             commit_point_delay: spec.commit_point_delay,
+            users: spec.users,
             replica_set_name: spec.name,
             ..ClusterSpec::default()
         })

@@ -95,7 +95,9 @@ pub(crate) async fn run_in_process(
         connection_id: 0,
         peer: me,
         kill_after_reply: Default::default(),
+        auth: Default::default(),
     };
+    ctx.auth.lock().unwrap_or_else(|p| p.into_inner()).trusted = true;
     let reply = handle(shared, me, &ctx, cmd).await;
     let kill = ctx
         .kill_after_reply
@@ -127,6 +129,18 @@ async fn dispatch(
             "IllegalOperation",
             "Can't use 'local' database through mongos",
         ));
+    }
+    {
+        let mut conn = ctx.auth.lock().unwrap_or_else(|p| p.into_inner());
+        match name {
+            "saslStart" if shared.auth.enabled() => {
+                return shared.auth.sasl_start(&mut conn, db, cmd)
+            }
+            "saslContinue" if shared.auth.enabled() => {
+                return shared.auth.sasl_continue(&mut conn, cmd)
+            }
+            _ => shared.auth.authorize(&conn, name, db, cmd)?,
+        }
     }
     if let Proc::Node { set, node } = proc {
         let w = shared.world();
@@ -247,6 +261,12 @@ pub(crate) fn hello(
     if get_bool(cmd, "helloOk") {
         d.insert("helloOk", true);
     }
+    // saslSupportedMechs comes before the common fields in mongod's reply; clients read it
+    // by name. speculativeAuthenticate is not answered: drivers then run saslStart.
+    let mechs = cmd
+        .get_str("saslSupportedMechs")
+        .ok()
+        .and_then(|u| shared.auth.supported_mechs(u));
     match w.locate(me) {
         Some(Proc::Mongos) | None => {
             d.insert(primary_field, true);
@@ -279,6 +299,9 @@ pub(crate) fn hello(
     d.insert("minWireVersion", 0);
     d.insert("maxWireVersion", w.version.max_wire_version());
     d.insert("readOnly", false);
+    if let Some(m) = mechs {
+        d.insert("saslSupportedMechs", m);
+    }
     ok(d)
 }
 

@@ -209,7 +209,14 @@
 //! `source/server-discovery-and-monitoring/server-discovery-and-monitoring.md`,
 //! `source/find_getmore_killcursors_commands/find_getmore_killcursors_commands.md`;
 //! and the mlaunch sharded-cluster transcript behind `mlaunch-fixtures/sharded-migration`.
+//!
+//! Authentication ([`auth`]): SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677) as
+//! mongodb/mongo `src/mongo/db/auth/sasl_scram_server_conversation.cpp` and
+//! `src/mongo/db/auth/sasl_commands.cpp` run them, with the password digests of
+//! mongodb/specifications `source/auth/auth.md` (SCRAM-SHA-1: `hex(MD5(user:mongo:pwd))`;
+//! SCRAM-SHA-256: SASLprep). Users are optional per cluster; without them nothing changes.
 
+pub mod auth;
 pub mod cluster;
 pub mod codec;
 pub(crate) mod commands;
@@ -222,6 +229,7 @@ mod server;
 pub mod version;
 pub mod world;
 
+pub use auth::{SimRole, SimUser};
 pub use cluster::{
     Cluster, ClusterSpec, Layout, NodeStatus, ProcessInfo, ReplicaSet, ReplicaSetSpec, SetLayout,
     SimError,

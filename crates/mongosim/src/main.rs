@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mongosim::membership::{parse_member_list, MemberSpec};
-use mongosim::{Cluster, ClusterSpec, ServerVersion};
+use mongosim::{Cluster, ClusterSpec, ServerVersion, SimRole, SimUser};
 
 /// The value of `--members` (one argument holding the whole list).
 #[derive(Debug, Clone)]
@@ -79,9 +79,30 @@ struct Args {
     /// Cap each oplog at this many bytes (default 64 MiB, so long demos stay bounded).
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     oplog_max_bytes: usize,
+    /// A user on admin, NAME:PASSWORD:ROLE[,ROLE...] with roles root, clusterMonitor,
+    /// read@DB, readWrite@DB (repeat for more users). Any user turns authentication on
+    /// (SCRAM-SHA-1 and SCRAM-SHA-256). Example: --user tail:secret:read@local,clusterMonitor
+    #[arg(long = "user", value_parser = parse_user)]
+    users: Vec<SimUser>,
     /// Write the layout as JSON to this file once every process listens.
     #[arg(long)]
     layout_json: Option<PathBuf>,
+}
+
+fn parse_user(s: &str) -> Result<SimUser, String> {
+    // The password is everything between the first and the last colon.
+    let Some(((name, password), roles)) = s
+        .split_once(':')
+        .and_then(|(n, rest)| rest.rsplit_once(':').map(|(p, r)| ((n, p), r)))
+    else {
+        return Err(format!("'{s}': expected NAME:PASSWORD:ROLE[,ROLE...]"));
+    };
+    let roles = roles
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(SimRole::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SimUser::new(name, password, roles))
 }
 
 #[tokio::main]
@@ -107,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         replica_set_name: args.name.clone(),
         members: args.members.clone().map(|m| m.0),
         commit_point_delay: args.commit_point_delay,
+        users: args.users.clone(),
         ..ClusterSpec::default()
     };
     let cluster = match &args.fixture {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, ConnAuthCell};
 use crate::codec::{self, Request, HEADER_LEN};
 use crate::commands;
 use crate::world::World;
@@ -38,10 +39,12 @@ pub(crate) struct Shared {
     pub procs: Mutex<HashMap<SocketAddr, ProcHandle>>,
     pub shutdown: CancellationToken,
     pub next_request_id: AtomicI32,
+    /// Users and authentication counters.
+    pub auth: Auth,
 }
 
 impl Shared {
-    pub fn new(world: World) -> Arc<Shared> {
+    pub fn new(world: World, auth: Auth) -> Arc<Shared> {
         let (changes, _) = watch::channel(0);
         Arc::new(Shared {
             world: Mutex::new(world),
@@ -49,6 +52,7 @@ impl Shared {
             procs: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             next_request_id: AtomicI32::new(1),
+            auth,
         })
     }
 
@@ -128,6 +132,8 @@ pub(crate) struct ConnCtx {
     /// Set by `mongosimControl: "killNode"` aimed at this very process: the kill happens
     /// after the reply is written.
     pub kill_after_reply: Arc<Mutex<Option<SocketAddr>>>,
+    /// Who authenticated on this connection, and the SCRAM conversation in progress.
+    pub auth: ConnAuthCell,
 }
 
 async fn serve_connection(
@@ -146,6 +152,7 @@ async fn serve_connection(
         connection_id,
         peer,
         kill_after_reply: Arc::new(Mutex::new(None)),
+        auth: Default::default(),
     };
     loop {
         let mut head = [0u8; HEADER_LEN];

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use mongodb::error::ErrorKind;
 use mongodb::options::CursorType;
 use mongodb::Client;
-use mongosim::{Cluster, ClusterSpec, ReplicaSet, ReplicaSetSpec, ServerVersion};
+use mongosim::{Cluster, ClusterSpec, ReplicaSet, ReplicaSetSpec, ServerVersion, SimRole, SimUser};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -1725,5 +1725,150 @@ async fn chained_sync_and_lagging_commit_point() {
     );
     let on_secondary = majority_op_time(&admin(m[2], doc! {"hello": 1}).await).unwrap();
     assert!(on_secondary >= z);
+    rs.shutdown().await;
+}
+
+fn auth_rs() -> ReplicaSetSpec {
+    ReplicaSetSpec {
+        users: vec![
+            SimUser::new(
+                "tail",
+                "s3cret",
+                vec![SimRole::Read("local".into()), SimRole::ClusterMonitor],
+            ),
+            SimUser::new("writer", "w", vec![SimRole::ReadWrite("app".into())]),
+        ],
+        ..quiet_rs(1)
+    }
+}
+
+async fn as_user(addr: SocketAddr, user: &str, pwd: &str, mechanism: Option<&str>) -> Client {
+    let mech = mechanism
+        .map(|m| format!("&authMechanism={m}"))
+        .unwrap_or_default();
+    Client::with_uri_str(format!(
+        "mongodb://{user}:{pwd}@{addr}/?directConnection=true&serverSelectionTimeoutMS=5000&authSource=admin{mech}"
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn scram_sha256_and_sha1_authenticate_and_roles_apply() {
+    let rs = ReplicaSet::start(auth_rs()).await.unwrap();
+    let addr = rs.members()[0];
+    // None: the driver negotiates through hello's saslSupportedMechs (SCRAM-SHA-256).
+    for mech in [Some("SCRAM-SHA-256"), Some("SCRAM-SHA-1"), None] {
+        let c = as_user(addr, "tail", "s3cret", mech).await;
+        let first = c
+            .database("local")
+            .collection::<Document>("oplog.rs")
+            .find_one(doc! {})
+            .await
+            .unwrap_or_else(|e| panic!("{mech:?}: {e}"));
+        assert!(
+            first.is_some(),
+            "{mech:?}: the oplog has the initiating entry"
+        );
+        c.database("admin")
+            .run_command(doc! {"replSetGetStatus": 1})
+            .await
+            .unwrap();
+        let e = c
+            .database("app")
+            .collection::<Document>("x")
+            .insert_one(doc! {"_id": 1})
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(13), "{mech:?}: {e}");
+        assert!(
+            e.to_string()
+                .contains("not authorized on app to execute command { insert: "),
+            "{e}"
+        );
+    }
+    // readWrite on app, but no read on local and no clusterMonitor.
+    let w = as_user(addr, "writer", "w", Some("SCRAM-SHA-256")).await;
+    w.database("app")
+        .collection::<Document>("x")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let e = w
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(13), "{e}");
+    assert!(e.to_string().contains("not authorized on local"), "{e}");
+    let e = w
+        .database("admin")
+        .run_command(doc! {"replSetGetConfig": 1})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(13), "{e}");
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_password_and_no_credentials_are_refused() {
+    let rs = ReplicaSet::start(auth_rs()).await.unwrap();
+    let addr = rs.members()[0];
+    for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1"] {
+        let before = rs.auth_failures();
+        let c = as_user(addr, "tail", "wrong", Some(mech)).await;
+        let e = c
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .unwrap_err();
+        // The driver reports a failed handshake as an authentication error carrying the
+        // server's code 18 message.
+        assert!(
+            matches!(e.kind.as_ref(), ErrorKind::Authentication { .. }),
+            "{mech}: {e:?}"
+        );
+        assert!(e.to_string().contains("Authentication failed"), "{e}");
+        assert!(
+            rs.auth_failures() > before,
+            "{mech}: the server saw the failure"
+        );
+    }
+    // An unknown user fails the same way (mongod does not tell users and passwords apart).
+    let c = as_user(addr, "nobody", "x", Some("SCRAM-SHA-256")).await;
+    let e = c.list_database_names().await.unwrap_err();
+    assert!(
+        matches!(e.kind.as_ref(), ErrorKind::Authentication { .. }),
+        "{e:?}"
+    );
+    // Without credentials only the handshake commands run.
+    let anon = direct(addr).await;
+    anon.database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .unwrap();
+    let e = anon
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(13), "{e}");
+    assert!(
+        e.to_string()
+            .contains("command find requires authentication"),
+        "{e}"
+    );
+    // Without users nothing is asked: today's behaviour.
+    let open = ReplicaSet::start(quiet_rs(1)).await.unwrap();
+    let e = direct(open.members()[0])
+        .await
+        .database("admin")
+        .run_command(doc! {"saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": ""})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(59), "{e}");
+    open.shutdown().await;
     rs.shutdown().await;
 }

@@ -35,7 +35,10 @@
 //! then-current target. What is definite for the shard (too few members hold the resume
 //! point) is decided by the merge, which sees every member. A member that claims another
 //! replica set name, or is an arbiter, is refused ([`TailMsg::Refused`]): its oplog is not
-//! this shard's history.
+//! this shard's history. So is a member that rejects the credentials (AuthenticationFailed,
+//! 18) or the user's privileges on the oplog (Unauthorized, 13): the operator must fix the
+//! config or the roles, so the tailer says so once, naming the user and the member, and
+//! retries only at the longest backoff.
 
 pub mod membership;
 
@@ -356,6 +359,21 @@ async fn tail(
                 }),
                 cfg.backoff_min,
             ),
+            Err(Ended::Driver(e)) if auth_refusal(cfg, &e).is_some() => {
+                // Definite until an operator fixes credentials or roles: one message, and
+                // retries only at the longest backoff (each retry is one authentication,
+                // not a storm). A fresh client then, so new credentials are not needed
+                // but nothing of the refused handshake lingers either.
+                let reason = auth_refusal(cfg, &e).unwrap_or_default();
+                if let Some(c) = client.take() {
+                    close(c).await;
+                }
+                (
+                    reason.clone(),
+                    Some(TailMsg::Refused { reason }),
+                    cfg.backoff_max,
+                )
+            }
             Err(Ended::Driver(e)) => {
                 let reason = describe(&e);
                 if is_connection_error(&e) {
@@ -396,6 +414,36 @@ fn is_connection_error(e: &mongodb::error::Error) -> bool {
             | mongodb::error::ErrorKind::ServerSelection { .. }
             | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
     )
+}
+
+/// The refusal an authentication failure (AuthenticationFailed 18, which the driver
+/// reports as `ErrorKind::Authentication` when it happens in the connection handshake) or a
+/// missing privilege (Unauthorized 13) amounts to: it names the user, the member and the
+/// fix. `None` for every other error.
+fn auth_refusal(cfg: &TailerConfig, e: &mongodb::error::Error) -> Option<String> {
+    use mongodb::error::ErrorKind;
+    let who = match &cfg.username {
+        Some(u) => format!("user {u:?}"),
+        None => "no user ([mongo] username is not set)".to_owned(),
+    };
+    let node = &cfg.node;
+    let failed = |detail: &str| {
+        format!(
+            "authentication failed for {who} on {node} ({detail}); fix: check [mongo] username and password or password_file, and the authSource in [mongo] uri_options (default admin)"
+        )
+    };
+    match &*e.kind {
+        ErrorKind::Authentication { message, .. } => Some(failed(message)),
+        ErrorKind::Command(c) if c.code == 18 => Some(failed(&format!(
+            "{} ({}): {}",
+            c.code_name, c.code, c.message
+        ))),
+        ErrorKind::Command(c) if c.code == 13 => Some(format!(
+            "{who} may not read the oplog on {node}: {} ({}): {}; fix: grant the role read on the local database (the oplog), and clusterMonitor for replSetGetConfig",
+            c.code_name, c.code, c.message
+        )),
+        _ => None,
+    }
 }
 
 fn describe(e: &mongodb::error::Error) -> String {
@@ -817,5 +865,44 @@ mod tests {
             .starts_with("mongodb://h:27018/?directConnection=true"));
         c.uri_options = "tls=true".into();
         assert!(c.uri().ends_with("&tls=true"));
+    }
+
+    fn command_error(code: i32, name: &str, msg: &str) -> mongodb::error::Error {
+        let e: mongodb::error::CommandError =
+            bson::deserialize_from_document(doc! {"code": code, "codeName": name, "errmsg": msg})
+                .unwrap();
+        mongodb::error::ErrorKind::Command(e).into()
+    }
+
+    /// A failed authentication and a missing privilege are
+    /// refusals naming the user, the member and the fix; other errors are not.
+    #[test]
+    fn auth_errors_are_refusals_naming_user_member_and_fix() {
+        let mut c = TailerConfig::new("s".into(), "h:27018");
+        c.username = Some("tail".into());
+        // The handshake's ErrorKind::Authentication cannot be built outside the driver;
+        // tests/e2e/auth.rs meets it through a real handshake.
+        let e = command_error(18, "AuthenticationFailed", "Authentication failed.");
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(r.contains("user \"tail\"") && r.contains("h:27018"), "{r}");
+        assert!(r.contains("password_file"), "{r}");
+        let e = command_error(
+            13,
+            "Unauthorized",
+            "not authorized on local to execute command",
+        );
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(
+            r.contains("user \"tail\" may not read the oplog on h:27018"),
+            "{r}"
+        );
+        assert!(
+            r.contains("read on the local database") && r.contains("clusterMonitor"),
+            "{r}"
+        );
+        c.username = None;
+        let r = auth_refusal(&c, &e).expect("a refusal");
+        assert!(r.contains("[mongo] username is not set"), "{r}");
+        assert!(auth_refusal(&c, &command_error(136, "CappedPositionLost", "gone")).is_none());
     }
 }

@@ -311,3 +311,42 @@ def test_member_kinds_hello_config_and_status_shapes():
         assert "%s:%d" % tuple(client.address) == p
     finally:
         sim.close()
+
+
+def test_scram_authentication_and_roles():
+    """SCRAM-SHA-256, SCRAM-SHA-1 and the negotiated default with pymongo; a wrong password
+    fails with AuthenticationFailed (18); a command outside the user's roles, or before
+    authentication, with Unauthorized (13)."""
+    sim = Sim("--nodes", "1", "--noop-interval", "1h",
+              "--user", "tail:s3cret:read@local,clusterMonitor",
+              "--user", "writer:w:readWrite@app")
+    try:
+        addr = sim.members("replset")[0]
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1", None):
+            kw = {"authMechanism": mech} if mech else {}
+            c = sim.client(addr, username="tail", password="s3cret", authSource="admin", **kw)
+            assert c.local["oplog.rs"].find_one() is not None, mech
+            assert c.admin.command("replSetGetConfig")["config"]["_id"] == "replset"
+            with pytest.raises(OperationFailure) as e:
+                c.app.x.insert_one({"_id": 1})
+            assert e.value.code == 13, (mech, e.value.details)
+            assert "not authorized on app to execute command { insert: " in str(e.value)
+        w = sim.client(addr, username="writer", password="w", authSource="admin")
+        w.app.x.insert_one({"_id": 1})
+        with pytest.raises(OperationFailure) as e:
+            w.local["oplog.rs"].find_one()
+        assert e.value.code == 13 and "not authorized on local" in str(e.value)
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1"):
+            bad = sim.client(addr, username="tail", password="wrong", authSource="admin",
+                             authMechanism=mech)
+            with pytest.raises(OperationFailure) as e:
+                bad.admin.command("ping")
+            assert e.value.code == 18, (mech, e.value.details)
+            assert "Authentication failed." in str(e.value)
+        anon = sim.client(addr)
+        anon.admin.command("ping")
+        with pytest.raises(OperationFailure) as e:
+            anon.local["oplog.rs"].find_one()
+        assert e.value.code == 13 and "requires authentication" in str(e.value)
+    finally:
+        sim.close()

@@ -1041,9 +1041,13 @@ impl ShardTask {
                 member.state = format!("down: {reason}");
             }
             TailMsg::Refused { reason } => {
-                error!(%shard, node = %member.addr, %reason, "member refused");
+                let state = format!("refused: {reason}");
+                // Retries repeat the refusal: say it once, until something changes.
+                if member.state != state {
+                    error!(%shard, node = %member.addr, %reason, "member refused");
+                }
                 member.info.interruptions += 1;
-                member.state = format!("refused: {reason}");
+                member.state = state;
             }
             TailMsg::Lacks { target, first } => {
                 warn!(%shard, node = %member.addr, target = %target.id, first = ?first.map(|f| f.to_string()), "member no longer holds the resume point");
