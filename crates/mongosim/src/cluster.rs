@@ -17,6 +17,7 @@ use crate::auth::{Auth, SimUser};
 use crate::fixture;
 use crate::membership::{self, MemberSpec};
 use crate::server::Shared;
+use crate::tls::TlsSpec;
 use crate::version::ServerVersion;
 use crate::world::{
     CmdError, MemberState, Proc, SetRole, ShardEntry, ShardState, Sharding, SimConfig, World,
@@ -112,6 +113,8 @@ pub struct ClusterSpec {
     /// Users of every process (shards, config servers, mongos), stored on `admin`. Empty
     /// (the default): no authentication, every connection may run every command.
     pub users: Vec<SimUser>,
+    /// TLS on every process (`requireTLS`); `None` (the default): plain TCP.
+    pub tls: Option<TlsSpec>,
 }
 
 impl Default for ClusterSpec {
@@ -134,6 +137,7 @@ impl Default for ClusterSpec {
             members: None,
             commit_point_delay: Duration::from_millis(5),
             users: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -271,7 +275,8 @@ impl Cluster {
     /// Starts every process and returns once all listeners accept connections.
     ///
     /// # Errors
-    /// [`SimError::Bind`] when a port is taken, [`SimError::Spec`] for an empty topology.
+    /// [`SimError::Bind`] when a port is taken, [`SimError::Spec`] for an empty topology or
+    /// unusable TLS files.
     pub async fn start(mut spec: ClusterSpec) -> Result<Cluster, SimError> {
         if let Some(members) = &spec.members {
             membership::validate_set(members, spec.version, false)
@@ -281,6 +286,7 @@ impl Cluster {
         if spec.nodes_per_shard == 0 {
             return Err(SimError::Spec("nodes_per_shard must be at least 1".into()));
         }
+        let tls = spec.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let members = spec
             .members
             .clone()
@@ -363,7 +369,7 @@ impl Cluster {
             listeners.push((mongos_l, mongos));
         }
         world.tick(now);
-        let shared = Shared::new(world, Auth::new(&spec.users));
+        let shared = Shared::new(world, Auth::new(&spec.users), tls);
         for (l, a) in listeners {
             shared.spawn_listener(l, a);
         }
@@ -1220,6 +1226,8 @@ pub struct ReplicaSetSpec {
     pub commit_point_delay: Duration,
     /// See [`ClusterSpec::users`].
     pub users: Vec<SimUser>,
+    /// See [`ClusterSpec::tls`].
+    pub tls: Option<TlsSpec>,
 }
 
 impl Default for ReplicaSetSpec {
@@ -1238,6 +1246,7 @@ impl Default for ReplicaSetSpec {
             members: None,
             commit_point_delay: c.commit_point_delay,
             users: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -1261,6 +1270,7 @@ impl ReplicaSet {
             members: spec.members,
             commit_point_delay: spec.commit_point_delay,
             users: spec.users,
+            tls: spec.tls,
             replica_set_name: spec.name,
             ..ClusterSpec::default()
         })

@@ -163,7 +163,7 @@
 //!
 //! # What is not
 //!
-//! Authentication, TLS, compression, prepared / cross-shard (two-phase) transactions,
+//! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
 //! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats
@@ -215,6 +215,10 @@
 //! `src/mongo/db/auth/sasl_commands.cpp` run them, with the password digests of
 //! mongodb/specifications `source/auth/auth.md` (SCRAM-SHA-1: `hex(MD5(user:mongo:pwd))`;
 //! SCRAM-SHA-256: SASLprep). Users are optional per cluster; without them nothing changes.
+//!
+//! TLS ([`tls`]): `requireTLS` on every process with a server certificate, optionally a CA
+//! file that client certificates must chain to (as mongod's `--tlsCAFile`), checked with
+//! the Rust driver (rustls) and pymongo (OpenSSL).
 
 pub mod auth;
 pub mod cluster;
@@ -226,6 +230,7 @@ pub mod matcher;
 pub mod membership;
 pub mod oplog;
 mod server;
+pub mod tls;
 pub mod version;
 pub mod world;
 
@@ -234,4 +239,5 @@ pub use cluster::{
     Cluster, ClusterSpec, Layout, NodeStatus, ProcessInfo, ReplicaSet, ReplicaSetSpec, SetLayout,
     SimError,
 };
+pub use tls::TlsSpec;
 pub use version::ServerVersion;

@@ -5,6 +5,7 @@
 //! mongosim --replicaset --nodes 3 --version 4.4 --noop-interval 100ms
 //! mongosim --fixture mlaunch-fixtures/sharded-migration --layout-json /tmp/layout.json
 //! mongosim --replicaset --members voter,voter,voter,hidden,arbiter
+//! mongosim --replicaset --tls-certificate-key-file server.pem --tls-ca-file ca.pem
 //! ```
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mongosim::membership::{parse_member_list, MemberSpec};
-use mongosim::{Cluster, ClusterSpec, ServerVersion, SimRole, SimUser};
+use mongosim::{Cluster, ClusterSpec, ServerVersion, SimRole, SimUser, TlsSpec};
 
 /// The value of `--members` (one argument holding the whole list).
 #[derive(Debug, Clone)]
@@ -84,6 +85,22 @@ struct Args {
     /// (SCRAM-SHA-1 and SCRAM-SHA-256). Example: --user tail:secret:read@local,clusterMonitor
     #[arg(long = "user", value_parser = parse_user)]
     users: Vec<SimUser>,
+    /// Require TLS on every process (mongod's `--tlsMode requireTLS`) with the server
+    /// certificate and private key in this PEM file (mongod's `--tlsCertificateKeyFile`).
+    #[arg(long, alias = "tlsCertificateKeyFile")]
+    tls_certificate_key_file: Option<PathBuf>,
+    /// With --tls-certificate-key-file: clients must present a certificate signed by a CA
+    /// in this PEM file (mongod's `--tlsCAFile`).
+    #[arg(long, alias = "tlsCAFile", requires = "tls_certificate_key_file")]
+    tls_ca_file: Option<PathBuf>,
+    /// With --tls-ca-file: clients may connect without a certificate (mongod's
+    /// `--tlsAllowConnectionsWithoutCertificates`).
+    #[arg(
+        long,
+        alias = "tlsAllowConnectionsWithoutCertificates",
+        requires = "tls_ca_file"
+    )]
+    tls_allow_connections_without_certificates: bool,
     /// Write the layout as JSON to this file once every process listens.
     #[arg(long)]
     layout_json: Option<PathBuf>,
@@ -129,6 +146,15 @@ async fn main() -> anyhow::Result<()> {
         members: args.members.clone().map(|m| m.0),
         commit_point_delay: args.commit_point_delay,
         users: args.users.clone(),
+        tls: args
+            .tls_certificate_key_file
+            .clone()
+            .map(|certificate_key_file| TlsSpec {
+                certificate_key_file,
+                ca_file: args.tls_ca_file.clone(),
+                allow_connections_without_certificates: args
+                    .tls_allow_connections_without_certificates,
+            }),
         ..ClusterSpec::default()
     };
     let cluster = match &args.fixture {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -41,10 +41,12 @@ pub(crate) struct Shared {
     pub next_request_id: AtomicI32,
     /// Users and authentication counters.
     pub auth: Auth,
+    /// `requireTLS`: every connection starts with a TLS handshake.
+    pub tls: Option<crate::tls::Acceptor>,
 }
 
 impl Shared {
-    pub fn new(world: World, auth: Auth) -> Arc<Shared> {
+    pub fn new(world: World, auth: Auth, tls: Option<crate::tls::Acceptor>) -> Arc<Shared> {
         let (changes, _) = watch::channel(0);
         Arc::new(Shared {
             world: Mutex::new(world),
@@ -53,6 +55,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             next_request_id: AtomicI32::new(1),
             auth,
+            tls,
         })
     }
 
@@ -87,7 +90,7 @@ impl Shared {
                             tokio::spawn(async move {
                                 tokio::select! {
                                     _ = t.cancelled() => {}
-                                    _ = serve_connection(shared, addr, stream, peer) => {}
+                                    _ = accept_connection(shared, addr, stream, peer) => {}
                                 }
                             });
                         }
@@ -136,13 +139,31 @@ pub(crate) struct ConnCtx {
     pub auth: ConnAuthCell,
 }
 
-async fn serve_connection(
+/// Runs the TLS handshake when the simulation requires TLS, then serves the connection.
+async fn accept_connection(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    match shared.tls.clone() {
+        None => serve_connection(shared, addr, stream, peer).await,
+        Some(acceptor) => match acceptor.0.accept(stream).await {
+            Ok(tls) => serve_connection(shared, addr, tls, peer).await,
+            Err(e) => {
+                tracing::warn!(%addr, %peer, error = %e, "closing connection: TLS handshake failed");
+            }
+        },
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    mut stream: S,
+    peer: SocketAddr,
+) {
     let connection_id = {
         let mut w = shared.world();
         w.next_connection_id += 1;

@@ -34,12 +34,16 @@ fn pymongo_fidelity_suite() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pythonpath = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Certificates for the TLS test, from a throwaway CA.
+    let pki_dir = tempfile::tempdir().unwrap();
+    quorumtail_testkit::pki::TestPki::generate(pki_dir.path());
     run(
         Command::new("python3")
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
             .arg(repo().join("crates/mongosim/tests/python"))
             .env("PYTHONPATH", pythonpath)
-            .env("MONGOSIM_BIN", env!("CARGO_BIN_EXE_mongosim")),
+            .env("MONGOSIM_BIN", env!("CARGO_BIN_EXE_mongosim"))
+            .env("MONGOSIM_TLS_DIR", pki_dir.path()),
         "pytest crates/mongosim/tests/python",
     );
 }

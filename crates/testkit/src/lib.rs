@@ -1,5 +1,5 @@
-//! What the end-to-end and fault suites expect quorumtail to emit, written down here
-//! independently of quorumtail's own filter code, so that a bug in that code cannot also
+//! Test fixtures: a throwaway PKI for TLS tests ([`pki`]), and what the end-to-end and
+//! fault suites expect quorumtail to emit, written down here independently of quorumtail's own filter code, so that a bug in that code cannot also
 //! change what the tests expect.
 //!
 //! The rules come from the README's configuration section (`[filter]` defaults) and from
@@ -14,6 +14,8 @@
 //!
 //! Everything else (inserts, updates, deletes and commands on application databases) is
 //! emitted.
+
+pub mod pki;
 
 /// Whether an operation `op` (`"i"`, `"u"`, `"d"`, `"c"`, `"n"`) on `ns` is emitted with
 /// the default `[filter]` settings.

@@ -15,7 +15,8 @@ import time
 import pytest
 from pymongo import MongoClient
 from pymongo.cursor import CursorType
-from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
+from pymongo.errors import (AutoReconnect, ConnectionFailure, OperationFailure,
+                            ServerSelectionTimeoutError)
 
 DEADLINE = 20.0
 
@@ -50,7 +51,8 @@ class Sim:
         self.clients = []
 
     def client(self, addr, **kw):
-        c = MongoClient(f"mongodb://{addr}/?directConnection=true", serverSelectionTimeoutMS=5000, **kw)
+        kw.setdefault("serverSelectionTimeoutMS", 5000)
+        c = MongoClient(f"mongodb://{addr}/?directConnection=true", **kw)
         self.clients.append(c)
         return c
 
@@ -348,5 +350,40 @@ def test_scram_authentication_and_roles():
         with pytest.raises(OperationFailure) as e:
             anon.local["oplog.rs"].find_one()
         assert e.value.code == 13 and "requires authentication" in str(e.value)
+    finally:
+        sim.close()
+
+
+def test_tls_require_with_client_certificates():
+    """requireTLS with a CA file, checked with pymongo (Python's ssl module, OpenSSL): a
+    client that trusts the CA and presents a certificate it signed connects and reads the
+    oplog; one without a certificate, one speaking plain TCP, and one that finds another
+    name in the server's certificate do not."""
+    pki = os.environ.get("MONGOSIM_TLS_DIR")
+    if not pki:
+        pytest.skip("MONGOSIM_TLS_DIR not set (the cargo test that runs this suite sets it)")
+    ca = os.path.join(pki, "ca.pem")
+    client_pem = os.path.join(pki, "client.pem")
+    sim = Sim("--nodes", "1", "--noop-interval", "1h",
+              "--tls-certificate-key-file", os.path.join(pki, "server.pem"),
+              "--tls-ca-file", ca)
+    try:
+        addr = sim.members("replset")[0]
+        c = sim.client(addr, tls=True, tlsCAFile=ca, tlsCertificateKeyFile=client_pem)
+        c.app.x.insert_one({"_id": 1})
+        assert c.local["oplog.rs"].find_one({"op": "i", "ns": "app.x"})["o"] == {"_id": 1}
+        for kw in ({"tls": True, "tlsCAFile": ca}, {}):
+            with pytest.raises(ServerSelectionTimeoutError):
+                sim.client(addr, serverSelectionTimeoutMS=1000, **kw).admin.command("ping")
+    finally:
+        sim.close()
+    sim = Sim("--nodes", "1", "--noop-interval", "1h",
+              "--tls-certificate-key-file", os.path.join(pki, "server-wrong-name.pem"))
+    try:
+        addr = sim.members("replset")[0]
+        with pytest.raises(ServerSelectionTimeoutError) as e:
+            sim.client(addr, serverSelectionTimeoutMS=1000, tls=True,
+                       tlsCAFile=ca).admin.command("ping")
+        assert "mismatch" in str(e.value) or "match" in str(e.value), str(e.value)
     finally:
         sim.close()
