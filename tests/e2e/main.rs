@@ -13,6 +13,7 @@ mod membership;
 mod page;
 mod removed;
 mod support;
+mod tls;
 mod whole;
 
 /// Used by the shared broker harness.

@@ -99,6 +99,18 @@ pub struct MongoConfig {
     /// A file holding the password for `username` (a mounted secret): read once when the
     /// config is loaded, a trailing newline removed. Excludes `password`.
     pub password_file: Option<String>,
+    /// Connect to every MongoDB process (members, mongos, config servers) over TLS. The
+    /// members' certificates are always verified: against `tls_ca_file`, or the system's
+    /// CA store when it is not set, and for the host name quorumtail connects to.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificates (PEM) that signed the members' certificates (mongod's
+    /// `tlsCAFile` on the client side).
+    pub tls_ca_file: Option<String>,
+    /// quorumtail's client certificate followed by its private key (PEM), for members that
+    /// require client certificates (`net.tls.CAFile` without
+    /// `allowConnectionsWithoutCertificates`).
+    pub tls_certificate_key_file: Option<String>,
     /// Entries per getMore batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
@@ -116,6 +128,22 @@ fn default_max_await() -> String {
     "1s".into()
 }
 
+impl MongoConfig {
+    /// How every connection to MongoDB is made (after [`Config::validate`] read the
+    /// password file).
+    pub fn access(&self) -> quorumtail_tailer::MongoAccess {
+        quorumtail_tailer::MongoAccess {
+            uri_options: self.uri_options.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            tls: self.tls.then(|| quorumtail_tailer::TlsFiles {
+                ca_file: self.tls_ca_file.as_ref().map(Into::into),
+                certificate_key_file: self.tls_certificate_key_file.as_ref().map(Into::into),
+            }),
+        }
+    }
+}
+
 impl Default for MongoConfig {
     fn default() -> Self {
         MongoConfig {
@@ -123,6 +151,9 @@ impl Default for MongoConfig {
             username: None,
             password: None,
             password_file: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_certificate_key_file: None,
             batch_size: default_batch_size(),
             max_await: default_max_await(),
         }
@@ -262,6 +293,9 @@ impl std::fmt::Debug for MongoConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_certificate_key_file", &self.tls_certificate_key_file)
             .field("batch_size", &self.batch_size)
             .field("max_await", &self.max_await)
             .finish()
@@ -710,8 +744,9 @@ impl Config {
             problems.push("mongo.password: set mongo.username too".into());
         }
         if self.mongo.uri_options.starts_with('?') || self.mongo.uri_options.starts_with('&') {
-            problems.push("mongo.uri_options: write options without a leading '?' or '&', e.g. \"tls=true&authSource=admin\"".into());
+            problems.push("mongo.uri_options: write options without a leading '?' or '&', e.g. \"authSource=admin&maxPoolSize=4\"".into());
         }
+        check_mongo_tls(&self.mongo, &mut problems, &mut warnings);
 
         let start = match self.start.position.as_str() {
             "latest" => StartPosition::Latest,
@@ -886,6 +921,76 @@ impl Config {
 }
 
 /// A secret from a file: the whole file less one trailing newline.
+/// `[mongo] tls*`: the files are readable PEM of the right kind, TLS is set in one place,
+/// and options that turn verification off are called out.
+fn check_mongo_tls(m: &MongoConfig, problems: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let tls_options: Vec<&str> = m
+        .uri_options
+        .split('&')
+        .filter_map(|kv| kv.split('=').next())
+        .filter(|k| {
+            let k = k.to_ascii_lowercase();
+            k == "tls" || k == "ssl" || k.starts_with("tls")
+        })
+        .collect();
+    let tls_keys_set = m.tls || m.tls_ca_file.is_some() || m.tls_certificate_key_file.is_some();
+    if tls_keys_set && !tls_options.is_empty() {
+        problems.push(format!(
+            "mongo.uri_options: {} set TLS there while [mongo] tls keys set it too; set TLS in one place, with [mongo] tls, tls_ca_file and tls_certificate_key_file",
+            tls_options.join(", ")
+        ));
+    }
+    for insecure in [
+        "tlsInsecure",
+        "tlsAllowInvalidCertificates",
+        "tlsAllowInvalidHostnames",
+    ] {
+        if tls_options.iter().any(|k| k.eq_ignore_ascii_case(insecure)) {
+            warnings.push(format!(
+                "mongo.uri_options: {insecure} weakens certificate checks, so a machine in the middle can read every change; put the members' CA into [mongo] tls_ca_file instead"
+            ));
+        }
+    }
+    for (key, file, needs_key) in [
+        ("mongo.tls_ca_file", &m.tls_ca_file, false),
+        (
+            "mongo.tls_certificate_key_file",
+            &m.tls_certificate_key_file,
+            true,
+        ),
+    ] {
+        let Some(file) = file else { continue };
+        if !m.tls {
+            problems.push(format!(
+                "{key}: used only with TLS; set mongo.tls = true too"
+            ));
+        }
+        match std::fs::read_to_string(file) {
+            Err(e) => problems.push(format!(
+                "{key}: cannot read {file:?} ({e}); mount the file there or fix the path"
+            )),
+            Ok(pem) => {
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    problems.push(format!(
+                        "{key}: {file:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                    ));
+                }
+                let has_key = pem.contains("PRIVATE KEY-----");
+                if needs_key && !has_key {
+                    problems.push(format!(
+                        "{key}: {file:?} holds no private key; write the client certificate followed by its key (-----BEGIN PRIVATE KEY-----) into one file"
+                    ));
+                }
+                if !needs_key && has_key {
+                    warnings.push(format!(
+                        "{key}: {file:?} holds a private key; a CA file needs only certificates, keep keys out of it"
+                    ));
+                }
+            }
+        }
+    }
+}
+
 fn read_secret(key: &str, file: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         format!("{key}: cannot read {file:?} ({e}); mount the secret there or fix the path")
@@ -1480,6 +1585,80 @@ interval = "soon"
         assert!(
             all.contains("sink.sasl_password_file: only used by kind = \"kafka\""),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_tls_is_set_in_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let client = dir.path().join("client.pem");
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(&ca, cert).unwrap();
+        std::fs::write(
+            &client,
+            format!("{cert}-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let r = parse(&format!(
+            "{SHARD}[mongo]\ntls = true\ntls_ca_file = {}\ntls_certificate_key_file = {}\n",
+            q(&ca),
+            q(&client)
+        ))
+        .unwrap();
+        let access = r.config.mongo.access();
+        let tls = access.tls.expect("TLS on");
+        assert_eq!(tls.ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(tls.certificate_key_file.as_deref(), Some(client.as_path()));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+
+        // Every problem at once: files without tls = true, a missing file, a client file
+        // without its key, and TLS set in uri_options as well.
+        let missing = dir.path().join("nope.pem");
+        let p = problems(&format!(
+            "{SHARD}[mongo]\nuri_options = \"tls=true&tlsCAFile=/x\"\ntls_ca_file = {}\ntls_certificate_key_file = {}\n",
+            q(&missing),
+            q(&ca)
+        ));
+        let all = p.join("\n");
+        for want in [
+            "mongo.uri_options: tls, tlsCAFile set TLS there while [mongo] tls keys set it too",
+            "mongo.tls_ca_file: used only with TLS; set mongo.tls = true too",
+            "mongo.tls_ca_file: cannot read",
+            "mongo.tls_certificate_key_file: used only with TLS",
+            "holds no private key",
+        ] {
+            assert!(all.contains(want), "{want:?} missing from\n{all}");
+        }
+        let r = parse(&format!(
+            "{SHARD}[mongo]\ntls = true\ntls_ca_file = {}\n",
+            q(&client)
+        ))
+        .unwrap();
+        assert!(
+            r.warnings[0].contains("holds a private key; a CA file needs only certificates"),
+            "{:?}",
+            r.warnings
+        );
+        std::fs::write(&missing, "not pem").unwrap();
+        let p = problems(&format!(
+            "{SHARD}[mongo]\ntls = true\ntls_ca_file = {}\n",
+            q(&missing)
+        ));
+        assert!(p[0].contains("holds no PEM certificate"), "{p:?}");
+
+        // Weakened verification through uri_options is called out.
+        let r = parse(&format!(
+            "{SHARD}[mongo]\nuri_options = \"tls=true&tlsAllowInvalidCertificates=true\"\n"
+        ))
+        .unwrap();
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("tlsAllowInvalidCertificates weakens")),
+            "{:?}",
+            r.warnings
         );
     }
 

@@ -432,16 +432,9 @@ pub async fn run_controlled(
     let mut shards = static_topology.clone();
     let discovery = match &c.discovery {
         Some(d) => Some(
-            Discovery::connect(
-                &d.uri,
-                MemberAccess {
-                    uri_options: c.mongo.uri_options.clone(),
-                    username: c.mongo.username.clone(),
-                    password: c.mongo.password.clone(),
-                },
-            )
-            .await
-            .map_err(RunError::Discovery)?,
+            Discovery::connect(&d.uri, c.mongo.access())
+                .await
+                .map_err(RunError::Discovery)?,
         ),
         None => None,
     };
@@ -511,9 +504,7 @@ pub async fn run_controlled(
         .set(c.sink.kind == SinkKind::Kafka);
     let _ = status_for_sink.sink.set(sink.view());
     let mut tailer = TailerConfig::new("".into(), "");
-    tailer.uri_options = c.mongo.uri_options.clone();
-    tailer.username = c.mongo.username.clone();
-    tailer.password = c.mongo.password.clone();
+    tailer.access = c.mongo.access();
     tailer.batch_size = c.mongo.batch_size;
     tailer.max_await = cfg.max_await;
     let shared = Shared {
@@ -1147,16 +1138,9 @@ pub struct Discovery {
     sets: tokio::sync::Mutex<HashMap<String, mongodb::Client>>,
 }
 
-/// How discovery reaches shard members (the same options and credentials as the tailers).
-#[derive(Clone, Debug, Default)]
-pub struct MemberAccess {
-    /// `[mongo] uri_options`.
-    pub uri_options: String,
-    /// `[mongo] username`.
-    pub username: Option<String>,
-    /// `[mongo] password`.
-    pub password: Option<String>,
-}
+/// How discovery reaches shard members: the same options, credentials and TLS as the
+/// tailers.
+pub use quorumtail_tailer::MongoAccess as MemberAccess;
 
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1177,6 +1161,11 @@ impl Discovery {
             .map_err(|e| format!("{}: {e}", redact_uri(uri)))?;
         opts.app_name = Some("quorumtail-discovery".into());
         opts.server_selection_timeout = Some(Duration::from_secs(5));
+        if opts.tls.is_none() {
+            // `[mongo] tls` covers mongos and the config servers too, unless the discovery
+            // URI says otherwise itself.
+            opts.tls = member.tls_options();
+        }
         let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
         Ok(Discovery {
             client,
@@ -1259,25 +1248,15 @@ impl Discovery {
             match sets.get(&key) {
                 Some(c) => c.clone(),
                 None => {
-                    let mut uri = format!(
+                    let uri = format!(
                         "mongodb://{}/?replicaSet={set}&appName=quorumtail-discovery&serverSelectionTimeoutMS=3000",
                         seeds.join(",")
                     );
-                    if !self.member.uri_options.is_empty() {
-                        uri.push('&');
-                        uri.push_str(&self.member.uri_options);
-                    }
-                    let mut opts = mongodb::options::ClientOptions::parse(uri)
+                    let opts = self
+                        .member
+                        .client_options(&uri)
                         .await
                         .map_err(|e| e.to_string())?;
-                    if let Some(user) = &self.member.username {
-                        opts.credential = Some(
-                            mongodb::options::Credential::builder()
-                                .username(user.clone())
-                                .password(self.member.password.clone())
-                                .build(),
-                        );
-                    }
                     let c = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
                     sets.insert(key, c.clone());
                     c

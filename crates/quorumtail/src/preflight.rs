@@ -43,11 +43,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn connect(cfg: &Resolved) -> Report {
     let c = &cfg.config;
     let mut report = Report::default();
-    let access = MemberAccess {
-        uri_options: c.mongo.uri_options.clone(),
-        username: c.mongo.username.clone(),
-        password: c.mongo.password.clone(),
-    };
+    let access = c.mongo.access();
     // (shard, replica set name if known, member)
     let mut members: Vec<(String, Option<String>, String)> = cfg
         .shards
@@ -254,31 +250,17 @@ async fn check_member(
     access: &MemberAccess,
 ) -> Result<(String, Option<ReplicaSetConfig>, Option<String>), String> {
     let at = format!("shard {shard} member {member}");
-    let mut uri = format!(
+    let uri = format!(
         "mongodb://{member}/?directConnection=true&appName=quorumtail-check&serverSelectionTimeoutMS={}&connectTimeoutMS={}",
         TIMEOUT.as_millis(),
         TIMEOUT.as_millis()
     );
-    if !access.uri_options.is_empty() {
-        uri.push('&');
-        uri.push_str(&access.uri_options);
-    }
-    let mut opts = mongodb::options::ClientOptions::parse(&uri)
-        .await
-        .map_err(|e| {
-            format!("{at}: cannot build a connection string ({e}); check [mongo] uri_options")
-        })?;
-    if let Some(user) = &access.username {
-        opts.credential = Some(
-            mongodb::options::Credential::builder()
-                .username(user.clone())
-                .password(access.password.clone())
-                .build(),
-        );
-    }
+    let opts = access.client_options(&uri).await.map_err(|e| {
+        format!("{at}: cannot build a connection string ({e}); check [mongo] uri_options")
+    })?;
     let client = mongodb::Client::with_options(opts)
         .map_err(|e| format!("{at}: {e}; check [mongo] uri_options"))?;
-    let result = probe(&client, &at, set, access).await;
+    let result = probe(&client, &at, set, member, access).await;
     quorumtail_tailer::close(client).await;
     result
 }
@@ -287,13 +269,14 @@ async fn probe(
     client: &mongodb::Client,
     at: &str,
     set: Option<&str>,
+    member: &str,
     access: &MemberAccess,
 ) -> Result<(String, Option<ReplicaSetConfig>, Option<String>), String> {
     let hello = client
         .database("admin")
         .run_command(doc! { "hello": 1 })
         .await
-        .map_err(|e| format!("{at}: {}", why(&e, access)))?;
+        .map_err(|e| format!("{at}: {}", why(&e, access, member)))?;
     if hello.get_bool("arbiterOnly").unwrap_or(false) {
         return Err(format!("{at}: is an arbiter (no oplog); list it as an arbiter (`arbiters` count), not under `members`"));
     }
@@ -322,7 +305,7 @@ async fn probe(
     match oplog.find_one(doc! {}).await {
         Ok(Some(_)) => {}
         Ok(None) => return Err(format!("{at}: its oplog (local.oplog.rs) is empty or missing; is it a replica set member that was initiated?")),
-        Err(e) => return Err(format!("{at}: cannot read local.oplog.rs: {}", why(&e, access))),
+        Err(e) => return Err(format!("{at}: cannot read local.oplog.rs: {}", why(&e, access, member))),
     }
     let role = if hello
         .get_bool("isWritablePrimary")
@@ -365,22 +348,37 @@ async fn probe(
 }
 
 /// A driver error with the fix an operator needs.
-fn why(e: &mongodb::error::Error, access: &MemberAccess) -> String {
+fn why(e: &mongodb::error::Error, access: &MemberAccess, member: &str) -> String {
     use mongodb::error::ErrorKind;
+    let user = match &access.username {
+        Some(u) => format!("the user {u:?}"),
+        None => "no user ([mongo] username is not set)".to_owned(),
+    };
+    if let Some(tls) = quorumtail_tailer::tls_refusal(access, member, e) {
+        return tls;
+    }
     match &*e.kind {
         ErrorKind::Command(c) if c.code == 13 => format!(
-            "{} ({}): grant the user {:?} read on the local database (e.g. the role {{role: \"read\", db: \"local\"}})",
+            "{} ({}): {user} lacks a privilege; grant it read on the local database (the oplog, e.g. the role {{role: \"read\", db: \"local\"}}) and clusterMonitor (replSetGetConfig, replSetGetStatus)",
             c.code_name,
             c.message,
-            access.username.as_deref().unwrap_or("")
+        ),
+        ErrorKind::Command(c) if c.code == 18 => format!(
+            "authentication failed for {user} ({}: {}); check [mongo] username and password or password_file, and authSource in [mongo] uri_options (default admin)",
+            c.code_name, c.message
         ),
         ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
         ErrorKind::Authentication { message, .. } => format!(
-            "authentication failed ({message}); check [mongo] username and password (and authSource in uri_options)"
+            "authentication failed for {user} ({message}); check [mongo] username and password or password_file, and authSource in [mongo] uri_options (default admin)"
         ),
         ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) => format!(
-            "unreachable within {} s; check that it runs, that this host can reach it, and the TLS settings in [mongo] uri_options",
-            TIMEOUT.as_secs()
+            "unreachable within {} s; check that it runs and that this host can reach it{}",
+            TIMEOUT.as_secs(),
+            if access.tls.is_none() {
+                "; if the members require TLS, set [mongo] tls = true (and tls_ca_file)"
+            } else {
+                "; [mongo] tls is on: check that the members accept TLS"
+            }
         ),
         _ => e.to_string(),
     }

@@ -856,6 +856,98 @@ fn check_connect_reports_the_live_membership_and_quorum() {
     rt.block_on(rs.shutdown());
 }
 
+/// `check --connect` over TLS: with the CA it reaches the member; with a certificate for
+/// another name, or with credentials the member rejects, it exits non-zero with the member,
+/// the cause and the fix on one line.
+#[test]
+fn check_connect_names_tls_and_authentication_failures() {
+    use mongosim::{SimRole, SimUser, TlsSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = quorumtail_testkit::pki::TestPki::generate(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let start = |cert: &std::path::Path| {
+        rt.block_on(mongosim::ReplicaSet::start(mongosim::ReplicaSetSpec {
+            nodes: 1,
+            tls: Some(TlsSpec {
+                certificate_key_file: cert.to_path_buf(),
+                ..Default::default()
+            }),
+            users: vec![
+                SimUser::new(
+                    "tail",
+                    "s3cret",
+                    vec![SimRole::Read("local".into()), SimRole::ClusterMonitor],
+                ),
+                SimUser::new("monitor", "m", vec![SimRole::ClusterMonitor]),
+            ],
+            ..Default::default()
+        }))
+        .unwrap()
+    };
+    let check = |rs: &mongosim::ReplicaSet, user: &str, password: &str| {
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[shards]]\nname = \"{}\"\nmembers = [\"{}\"]\n[mongo]\nusername = {user:?}\npassword = {password:?}\ntls = true\ntls_ca_file = {:?}\n",
+                rs.name(),
+                rs.members()[0],
+                pki.ca.display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = bin()
+            .args(["check", "--connect", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap()
+        );
+        (out.status.code(), text)
+    };
+    let rs = start(&pki.server);
+    let member = rs.members()[0].to_string();
+    let (code, out) = check(&rs, "tail", "s3cret");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "connect: ok: shard replset member {member}: answers (primary of replset"
+        )),
+        "{out}"
+    );
+    let (code, out) = check(&rs, "tail", "wrong");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "member {member}: authentication failed for the user \"tail\""
+        )) && out.contains("password_file"),
+        "{out}"
+    );
+    let (code, out) = check(&rs, "monitor", "m");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("the user \"monitor\" lacks a privilege")
+            && out.contains("read on the local database"),
+        "{out}"
+    );
+    rt.block_on(rs.shutdown());
+
+    let rs = start(&pki.server_wrong_name);
+    let member = rs.members()[0].to_string();
+    let (code, out) = check(&rs, "tail", "s3cret");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("TLS to {member} failed"))
+            && out.contains("db.example.invalid")
+            && out.contains("by a name its certificate holds"),
+        "{out}"
+    );
+    rt.block_on(rs.shutdown());
+}
+
 /// A start without any stored checkpoint: loud by default, refused with
 /// `require_existing = true` (a container recreated without its state must not silently
 /// start from `latest`). The error names the store and the fix.

@@ -38,8 +38,11 @@
 //! this shard's history. So is a member that rejects the credentials (AuthenticationFailed,
 //! 18) or the user's privileges on the oplog (Unauthorized, 13): the operator must fix the
 //! config or the roles, so the tailer says so once, naming the user and the member, and
-//! retries only at the longest backoff.
+//! retries only at the longest backoff. A TLS handshake that fails on the member's
+//! certificate (unknown issuer, another host name) or that the member refuses (no client
+//! certificate) is refused the same way ([`access::tls_refusal`]).
 
+pub mod access;
 pub mod membership;
 
 use std::future::Future;
@@ -49,13 +52,14 @@ use std::time::Duration;
 
 use bson::{doc, RawBsonRef, RawDocument};
 use futures::StreamExt;
-use mongodb::options::{ClientOptions, CursorType};
+use mongodb::options::CursorType;
 use mongodb::raw_batch_cursor::RawBatch;
 use mongodb::Client;
 use quorumtail_oplog::{EntryId, OplogEntry, Timestamp};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+pub use access::{tls_refusal, MongoAccess, TlsFiles};
 pub use membership::{CommitReading, ConfigSource, MemberConfig, ReplicaSetConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -191,12 +195,8 @@ pub struct TailerConfig {
     pub replica_set: Option<String>,
     /// `host:port`.
     pub node: String,
-    /// Extra connection-string options.
-    pub uri_options: String,
-    /// Credentials.
-    pub username: Option<String>,
-    /// Credentials.
-    pub password: Option<String>,
+    /// Connection-string options, credentials and TLS.
+    pub access: MongoAccess,
     /// Entries per getMore.
     pub batch_size: u32,
     /// How long a getMore waits for new entries.
@@ -221,9 +221,7 @@ impl TailerConfig {
             shard,
             replica_set: None,
             node: node.into(),
-            uri_options: String::new(),
-            username: None,
-            password: None,
+            access: MongoAccess::default(),
             batch_size: 1000,
             max_await: Duration::from_secs(1),
             server_filter_from_migrate: false,
@@ -235,12 +233,7 @@ impl TailerConfig {
     }
 
     fn uri(&self) -> String {
-        let mut uri = format!("mongodb://{}/?directConnection=true&appName=quorumtail&serverSelectionTimeoutMS=5000&connectTimeoutMS=5000", self.node);
-        if !self.uri_options.is_empty() {
-            uri.push('&');
-            uri.push_str(&self.uri_options);
-        }
-        uri
+        format!("mongodb://{}/?directConnection=true&appName=quorumtail&serverSelectionTimeoutMS=5000&connectTimeoutMS=5000", self.node)
     }
 }
 
@@ -359,12 +352,12 @@ async fn tail(
                 }),
                 cfg.backoff_min,
             ),
-            Err(Ended::Driver(e)) if auth_refusal(cfg, &e).is_some() => {
-                // Definite until an operator fixes credentials or roles: one message, and
-                // retries only at the longest backoff (each retry is one authentication,
-                // not a storm). A fresh client then, so new credentials are not needed
-                // but nothing of the refused handshake lingers either.
-                let reason = auth_refusal(cfg, &e).unwrap_or_default();
+            Err(Ended::Driver(e)) if refusal(cfg, &e).is_some() => {
+                // Definite until an operator fixes credentials, roles or certificates: one
+                // message, and retries only at the longest backoff (each retry is one
+                // handshake, not a storm). A fresh client then, so nothing of the refused
+                // handshake lingers.
+                let reason = refusal(cfg, &e).unwrap_or_default();
                 if let Some(c) = client.take() {
                     close(c).await;
                 }
@@ -416,13 +409,19 @@ fn is_connection_error(e: &mongodb::error::Error) -> bool {
     )
 }
 
+/// A failure the operator must fix (credentials, privileges, TLS certificates), as the
+/// message that says how; `None` for failures that may pass by themselves.
+fn refusal(cfg: &TailerConfig, e: &mongodb::error::Error) -> Option<String> {
+    auth_refusal(cfg, e).or_else(|| tls_refusal(&cfg.access, &cfg.node, e))
+}
+
 /// The refusal an authentication failure (AuthenticationFailed 18, which the driver
 /// reports as `ErrorKind::Authentication` when it happens in the connection handshake) or a
 /// missing privilege (Unauthorized 13) amounts to: it names the user, the member and the
 /// fix. `None` for every other error.
 fn auth_refusal(cfg: &TailerConfig, e: &mongodb::error::Error) -> Option<String> {
     use mongodb::error::ErrorKind;
-    let who = match &cfg.username {
+    let who = match &cfg.access.username {
         Some(u) => format!("user {u:?}"),
         None => "no user ([mongo] username is not set)".to_owned(),
     };
@@ -541,15 +540,7 @@ async fn session(
     notes: &mut Notes,
 ) -> Result<(), Ended> {
     if client.is_none() {
-        let mut opts = ClientOptions::parse(cfg.uri()).await?;
-        if let Some(user) = &cfg.username {
-            opts.credential = Some(
-                mongodb::options::Credential::builder()
-                    .username(user.clone())
-                    .password(cfg.password.clone())
-                    .build(),
-            );
-        }
+        let opts = cfg.access.client_options(&cfg.uri()).await?;
         *client = Some(Client::with_options(opts)?);
     }
     let client = client.as_ref().ok_or(Ended::CursorClosed)?;
@@ -857,14 +848,16 @@ mod tests {
         assert!(pred(Timestamp::new(100, 0)) < Timestamp::new(100, 0));
     }
 
-    #[test]
-    fn connection_string_is_direct_and_carries_user_options() {
+    #[tokio::test]
+    async fn connection_is_direct_and_carries_user_options() {
         let mut c = TailerConfig::new("s".into(), "h:27018");
         assert!(c
             .uri()
             .starts_with("mongodb://h:27018/?directConnection=true"));
-        c.uri_options = "tls=true".into();
-        assert!(c.uri().ends_with("&tls=true"));
+        c.access.uri_options = "maxPoolSize=3".into();
+        let o = c.access.client_options(&c.uri()).await.unwrap();
+        assert_eq!(o.direct_connection, Some(true));
+        assert_eq!(o.max_pool_size, Some(3));
     }
 
     fn command_error(code: i32, name: &str, msg: &str) -> mongodb::error::Error {
@@ -879,7 +872,7 @@ mod tests {
     #[test]
     fn auth_errors_are_refusals_naming_user_member_and_fix() {
         let mut c = TailerConfig::new("s".into(), "h:27018");
-        c.username = Some("tail".into());
+        c.access.username = Some("tail".into());
         // The handshake's ErrorKind::Authentication cannot be built outside the driver;
         // tests/e2e/auth.rs meets it through a real handshake.
         let e = command_error(18, "AuthenticationFailed", "Authentication failed.");
@@ -900,7 +893,7 @@ mod tests {
             r.contains("read on the local database") && r.contains("clusterMonitor"),
             "{r}"
         );
-        c.username = None;
+        c.access.username = None;
         let r = auth_refusal(&c, &e).expect("a refusal");
         assert!(r.contains("[mongo] username is not set"), "{r}");
         assert!(auth_refusal(&c, &command_error(136, "CappedPositionLost", "gone")).is_none());
