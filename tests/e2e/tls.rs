@@ -219,3 +219,69 @@ async fn a_member_requiring_a_client_certificate_is_refused_with_the_key_to_set(
     q.stop().await;
     rs.shutdown().await;
 }
+
+/// A sharded cluster with TLS everywhere: discovery through mongos and the tailers of every
+/// shard use `[mongo] tls`, and each shard's committed history is emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_through_mongos_and_every_shard_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path());
+    let cluster = mongosim::Cluster::start(mongosim::ClusterSpec {
+        tls: Some(TlsSpec {
+            certificate_key_file: pki.server.clone(),
+            ..Default::default()
+        }),
+        noop_interval: Duration::from_secs(3600),
+        election_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cluster
+        .insert(
+            "shop.orders",
+            (0..3000).step_by(100).map(|i| doc! {"_id": i}).collect(),
+        )
+        .await
+        .unwrap();
+    let q = start_with_mongo(
+        dir.path(),
+        &format!(
+            "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"200ms\"\n",
+            cluster.mongos_addr()
+        ),
+        &mongo_tls(&pki.ca, None),
+        EARLIEST,
+    );
+    let shards = cluster.shard_names();
+    wait_until(30, "the 30 inserts committed", || {
+        shards
+            .iter()
+            .map(|s| committed_app_entries(&cluster, s).len())
+            .sum::<usize>()
+            >= 30
+    })
+    .await;
+    for shard in &shards {
+        let want = committed_app_entries(&cluster, shard);
+        wait_until(30, "every shard's committed history", || {
+            shard_ids(&records(&q.out), shard) == want
+        })
+        .await;
+    }
+    let emitted: usize = shards
+        .iter()
+        .map(|s| shard_ids(&records(&q.out), s).len())
+        .sum();
+    assert!(
+        emitted >= 30,
+        "the 30 inserts (and collection creations): {emitted}"
+    );
+    for shard in &shards {
+        for (addr, n) in q.status.nodes(shard) {
+            assert_eq!(n.state, "tailing", "{shard} {addr}");
+        }
+    }
+    q.stop().await;
+    cluster.shutdown().await;
+}
