@@ -1,0 +1,13 @@
+//! Change events from oplog entries, shaped as MongoDB's change streams shape them.
+//!
+//! * [`update`]: what an update changed (`updatedFields`, `removedFields`,
+//!   `truncatedArrays`, `disambiguatedPaths`), decoded from the update formats MongoDB logs:
+//!   the `$v: 2` delta (5.0+; MongoDB does not document it for clients) and the `$set` /
+//!   `$unset` modifiers of earlier versions; plus [`update::apply`], which applies such a
+//!   description to a pre-image (what a consumer does, and what the property tests check).
+//!
+//! Everything here is a pure function of the entry; no I/O.
+
+pub mod update;
+
+pub use update::{apply, decode, PathPart, UpdateDescription, UpdateError, UpdateKind};
