@@ -542,6 +542,7 @@ impl<P: Clone> ShardCore<P> {
     /// whole, the member's status, the commit-point wait.
     fn member(&mut self, now: Now, node: NodeId, msg: MemberMsg<P>) -> Step {
         let result = self.member_msg(now, node, msg);
+        self.backpressure();
         self.check_whole(now);
         if let Some(m) = self.members.get_mut(&node) {
             m.info.state = m.state.to_string();
@@ -725,7 +726,6 @@ impl<P: Clone> ShardCore<P> {
                     m.at_end = at_end;
                 }
                 self.release()?;
-                self.backpressure();
             }
         }
         Ok(())

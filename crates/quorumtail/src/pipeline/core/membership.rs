@@ -54,7 +54,9 @@ impl<P: Clone> ShardCore<P> {
             // changes the seeds and an explicit quorum.
             self.spec = new_spec;
             self.reconcile(now)?;
-            return self.release();
+            self.release()?;
+            self.backpressure();
+            return Ok(());
         }
         let new_q = resolve(&new_spec)?;
         let desired: Vec<Desired> = new_spec
@@ -68,7 +70,9 @@ impl<P: Clone> ShardCore<P> {
             .collect();
         self.spec = new_spec;
         self.apply_membership(now, desired, new_q)?;
-        self.release()
+        self.release()?;
+        self.backpressure();
+        Ok(())
     }
 
     /// A member reported the replica set's configuration: the newest one is adopted.

@@ -82,21 +82,54 @@ impl<P: Clone> ShardCore<P> {
         })
     }
 
-    /// Pauses members that are ahead while the merge backlog is over its bound; resumes
-    /// them all once it is down to half.
+    /// The backpressure rule, applied after every member message:
+    ///
+    /// * past `max_pending` unconfirmed entries, the members ahead of the quorum (that
+    ///   reported entries beyond the watermark) are set aside, so the others catch up; at
+    ///   half the bound all are read again;
+    /// * a member set aside that is no longer ahead (the others caught up past it) is read
+    ///   again at once: it adds nothing to the backlog, and its channel may hold what the
+    ///   next release needs;
+    /// * the member read whole is never set aside while the release waits for its content,
+    ///   and is read again if it was;
+    /// * members are set aside only while a voter that is tailing and not ahead is read:
+    ///   when every member being read is ahead, the release waits on what their channels
+    ///   carry (content, a commit point reading their stream must reach, the notice of a
+    ///   rollback), and setting them aside would stop it for good.
+    ///
+    /// So the backlog stays near the bound while others catch up or a quorum is stalled,
+    /// and the release is never left waiting on a channel that is not read.
     pub(super) fn backpressure(&mut self) {
         let Some(e) = self.engine.as_ref() else {
             return;
         };
         let pending = e.pending_len();
-        if pending > self.config.max_pending {
-            // The member read whole is never set aside while the release waits for its
-            // content: that would stall the release that frees the backlog.
-            let keep = self
-                .whole
-                .filter(|_| self.key_only && e.awaiting_payload().is_some());
-            let ahead = e.nodes_ahead();
-            for n in ahead.iter().filter(|n| Some(*n) != keep) {
+        let ahead = e.nodes_ahead();
+        let needed = self
+            .whole
+            .filter(|_| self.key_only && e.awaiting_payload().is_some());
+        let all = pending <= self.config.max_pending / 2;
+        let catching_up = |n: NodeId, m: &Member| {
+            m.voter && m.state == MemberState::Tailing && !ahead.contains(n)
+        };
+        let someone_catches_up = self.members.iter().any(|(n, m)| catching_up(*n, m));
+        let resume: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(n, m)| {
+                m.paused
+                    && (all || !someone_catches_up || !ahead.contains(**n) || needed == Some(**n))
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for n in resume {
+            if let Some(m) = self.members.get_mut(&n) {
+                m.paused = false;
+                self.out.push(Action::Resume(n));
+            }
+        }
+        if pending > self.config.max_pending && someone_catches_up {
+            for n in ahead.iter().filter(|n| Some(*n) != needed) {
                 let Some(m) = self.members.get_mut(&n).filter(|m| !m.paused) else {
                     continue;
                 };
@@ -104,11 +137,6 @@ impl<P: Clone> ShardCore<P> {
                 let addr = m.addr.clone();
                 self.out.push(Action::Pause(n));
                 self.note(Note::Paused { addr, pending });
-            }
-        } else if pending <= self.config.max_pending / 2 {
-            for (n, m) in self.members.iter_mut().filter(|(_, m)| m.paused) {
-                m.paused = false;
-                self.out.push(Action::Resume(*n));
             }
         }
     }

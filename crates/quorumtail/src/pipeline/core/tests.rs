@@ -764,3 +764,69 @@ fn a_removed_shard_is_drained_once_a_quorum_is_idle_and_nothing_is_pending() {
     h.send(A, MemberMsg::Idle);
     assert!(h.core.drained());
 }
+
+/// Regression: members set aside while ahead stayed set aside after the others passed
+/// them, until the backlog halved, which needed their channels: every member ended set
+/// aside and the shard stopped for good.
+#[test]
+fn a_member_set_aside_is_read_again_once_the_others_pass_it() {
+    let mut h = H::new(
+        spec(&["a:1", "b:1", "c:1"], None),
+        config(WholeEntries::All, Release::Quorum, 2),
+        Some(id(1)),
+    );
+    h.all_tailing();
+    let out = h.batch(A, &[2, 3, 4], false);
+    assert!(out.iter().any(|a| matches!(a, Action::Pause(A))));
+    // b confirms a's entries and runs ahead itself: a is behind it now and read again.
+    let out = h.batch(B, &[2, 3, 4, 5, 6, 7], false);
+    assert_eq!(committed(&out), vec![2, 3, 4]);
+    assert!(out.iter().any(|a| matches!(a, Action::Resume(A))));
+    assert!(out.iter().any(|a| matches!(a, Action::Pause(B))));
+}
+
+/// Regression: with the commit-point release, a backlog larger than `max_pending` (a
+/// restart far behind) had every member ahead of the watermark with its commit point
+/// reading queued until its stream reached the reading's newest entry; all were set
+/// aside, so no stream moved and nothing was ever released.
+#[test]
+fn catching_up_past_max_pending_with_the_commit_point_release_does_not_stall() {
+    let mut h = H::new(
+        spec(&["a:1", "b:1", "c:1"], None),
+        config(WholeEntries::All, Release::CommitPoint, 2),
+        Some(id(1)),
+    );
+    h.all_tailing();
+    for n in [A, B, C] {
+        h.commit_point(n, 9, 9); // queued: the streams have not reached entry 9
+    }
+    let out = h.batch(A, &[2, 3, 4], false);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Pause(A))),
+        "b and c catch up"
+    );
+    let out = h.batch(B, &[2, 3, 4], false);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Pause(B))),
+        "c catches up"
+    );
+    // Every member is ahead now, and the commit point waits on their streams.
+    let out = h.batch(C, &[2, 3, 4], false);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Resume(A))),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Resume(B))),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Pause(_))),
+        "{out:?}"
+    );
+    let mut released = Vec::new();
+    for n in [A, B, C] {
+        released.extend(committed(&h.batch(n, &[5, 6, 7, 8, 9], true)));
+    }
+    assert_eq!(released, vec![2, 3, 4, 5, 6, 7, 8, 9]);
+}
