@@ -2,40 +2,57 @@
 //! tasks, no channels, no clock reads.
 //!
 //! ```text
-//!   Input::Member(node, MemberMsg)  ─┐                 ┌─► Action::Start / Stop / SetMode  (tailers)
-//!   Input::Members(spec), Drain     ─┼─► ShardCore ────┼─► Action::Pause / Resume          (backpressure)
-//!   Input::Tick                     ─┘   │  owns Merge ├─► Action::Target                  (resume point)
-//!                 (each with a `Now`)    │             ├─► Action::Release(Event)          (to the emitter)
-//!                                        ▼             ├─► Action::Note                    (logs)
-//!                            ShardStats (counters)     └─► Action::Fail(ShardError)        (definite)
+//!   Input::Member(node, MemberMsg) ─┐                  ┌─► Action::Start / Stop / SetMode (tailers)
+//!   Input::Members(spec), Drain    ─┼─► ShardCore ─────┼─► Action::Pause / Resume         (backpressure)
+//!   Input::Tick                    ─┘   │  owns Merge  ├─► Action::Target                 (resume point)
+//!            (each with a `Now`)        │              ├─► Action::Release(Event)         (to the emitter)
+//!                                       ▼              ├─► Action::Note                   (logs)
+//!                           ShardStats (counters)      └─► Action::Fail(ShardError)       (definite)
 //! ```
 //!
 //! The async task in [`super`] owns the I/O: it spawns the member tailers, reads their
-//! channels, decodes the raw batches into merge [`Report`]s, turns released entries into
-//! sink inputs ([`super::emit`]) and sends them. Everything it must *decide* is decided
-//! here, so each rule is unit-tested on its own and the whole is property-tested against
-//! a model of MongoDB's replication (see `core/tests.rs` and `core/model_tests.rs`).
+//! channels, decodes raw batches into merge [`Report`]s, turns released entries into sink
+//! inputs ([`super::emit`]) and sends them. Everything it must *decide* is decided here,
+//! so each rule is unit-tested alone and the whole is property-tested against a model of a
+//! replica set. The caller carries out the actions of one step in order, before the next
+//! input; after [`Action::Fail`] it stops.
 //!
-//! The core owns:
+//! # What the core owns, and where
 //!
-//! * **the merge engine** ([`Merge`]): every member's reports go in, committed and
-//!   discarded entries come out as [`Action::Release`], in order, once each;
-//! * **the start position** for a shard without a checkpoint ([`decide_start`]);
-//! * **the resume-point-lost verdict**: when members lack the resume point, whether a
-//!   quorum of voters may still hold it; if not the shard fails
-//!   ([`ShardError::ResumePointLost`]);
-//! * **the member read whole** and when it changes (the rules in the [`super`] docs,
-//!   with [`SWITCH_AFTER`]);
-//! * **backpressure**: past `max_pending` unconfirmed entries the members ahead of the
-//!   quorum are paused until the backlog halves;
-//! * **quorum reachability**: whether enough voters are being read to confirm anything;
-//! * **membership**: the replica set's newest configuration decides who is read, who votes
-//!   and the quorum (`core/membership.rs`).
+//! * **The merge engine** ([`Merge`]): every member's reports go in; committed and
+//!   discarded entries come out as [`Action::Release`], in order, once each; after each
+//!   release the watermark becomes the resume target ([`Action::Target`]). A divergence
+//!   (two contents for one entry) fails the shard.
+//! * **The start position** of a shard without a checkpoint ([`decide_start`], in
+//!   `rules.rs`): once a quorum of members reported their oldest and newest entries,
+//!   `latest` starts after the quorum-th newest entry (one a quorum will hold),
+//!   `earliest` at the quorum-th oldest (the oldest a quorum still holds).
+//! * **The resume-point-lost verdict** (`rules.rs`): when members say they no longer hold
+//!   the resume target, the shard fails ([`ShardError::ResumePointLost`]) once fewer voters
+//!   than the quorum may still hold it: the changes after it cannot be read from a quorum
+//!   any more, and skipping them silently would lose data. A member that starts a stream
+//!   again holds it after all.
+//! * **The member read whole** (`whole.rs`): the rules of the pipeline's module docs,
+//!   with [`SWITCH_AFTER`] measured on the supplied clock.
+//! * **Backpressure** (`rules.rs`): past `max_pending` unconfirmed entries the members
+//!   ahead of the quorum are set aside while a voter that is not ahead catches up; a
+//!   member is read again once it is not ahead any more, all are at half the bound, and
+//!   the members the release waits on are always read.
+//! * **Quorum reachability** (`rules.rs`): said once when fewer voters than the quorum
+//!   are being tailed (nothing can be confirmed), and once when enough are back.
+//! * **Membership** (`membership.rs`): the replica set's newest configuration decides who
+//!   is read, who votes and the quorum; hidden members are read, addresses are matched to
+//!   configured members by hello `me`.
+//! * **Member state** ([`MemberState`]): what a member's tailer last said, shown on status
+//!   pages; the switch and reachability rules read it.
 //!
-//! Time is supplied with every input ([`Now`]): the switch rules wait for [`SWITCH_AFTER`]
-//! measured on the caller's clock, so tests drive time by hand. Counters and per-member
-//! status go to [`ShardStats`] (in-memory atomics, read by status pages and metrics);
-//! every log line is an [`Action::Note`], logged by the caller.
+//! Time comes with every input ([`Now`]), so tests drive it by hand. Counters and
+//! per-member status go to [`ShardStats`] (in-memory atomics read by status pages and
+//! metrics); every log line is an [`Action::Note`], logged by the caller, so warnings that
+//! would repeat on every retry are said once here.
+//!
+//! `tests.rs` holds one test per rule; `model_tests.rs` runs random schedules against a
+//! model of a replica set and its tailers.
 
 mod membership;
 #[cfg(test)]

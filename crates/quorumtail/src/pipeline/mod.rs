@@ -1,12 +1,46 @@
-//! One shard's pipeline: a tailer per member, the majority merge, and the emitter.
+//! One shard's pipeline: a tailer per member, the shard core that decides, and the
+//! emitter that turns committed entries into records for the sink.
 //!
 //! ```text
-//!  member a ─► tailer ─► [bounded] ─┐
-//!  member b ─► tailer ─► [bounded] ─┼─► merge task: Merge::push ─► Committed ─► Emitter ─► sink
-//!  member c ─► tailer ─► [bounded] ─┘        │         └──► Discarded: counted, logged, never sent
-//!                 ▲                          │
-//!                 └── resume target (watch) ◄┘  the watermark after each release
+//!  member a ─► tailer ─► [bounded] ─┐   shard task (this module: I/O only)
+//!  member b ─► tailer ─► [bounded] ─┼─► decode batch ─► core::ShardCore ──► actions
+//!  member c ─► tailer ─► [bounded] ─┘   (Report per entry)   │ owns Merge      │
+//!      ▲  ▲                                                  │                 ├─ Release(Committed) ─► emit::Emitter ─► sink
+//!      │  └── read mode (watch per member) ◄── SetMode ──────┤                 ├─ Release(Discarded): counted, logged
+//!      └───── resume target (watch) ◄──────── Target ────────┘                 ├─ Start / Stop / Pause / Resume
+//!                                                                              └─ Note (logs), Fail (definite error)
 //! ```
+//!
+//! # One entry, from the oplog to Kafka
+//!
+//! 1. A member's tailer (`quorumtail_tailer::run`) reads a raw batch from the member's
+//!    oplog, starting at the shard's resume target, and sends it on its bounded channel
+//!    as a `TailMsg::Batch`.
+//! 2. [`run_shard`]'s loop takes it from the channel; `ShardTask::decode` turns each
+//!    entry into a merge `Report`: its identity, and when the stream holds whole entries
+//!    its digest and the raw entry itself ([`EntryRef`], which keeps the batch alive
+//!    without copying).
+//! 3. [`core::ShardCore::step`] pushes the reports into the majority merge
+//!    (`quorumtail_merge::Merge`). Once a quorum of voters reported the entry, MongoDB's
+//!    commit point covers it (`[pipeline] release = "commit_point"`) and some member sent
+//!    its content, the merge releases it, in `ts` order, once; the core hands it back as
+//!    [`core::Action::Release`] and moves the resume target to it.
+//! 4. [`emit::Emitter`] unpacks transactions, applies the filter, encodes records and
+//!    attaches a checkpoint wherever resuming is safe (never inside a transaction).
+//! 5. `ShardTask::flush` sends the records to the sink (`quorumtail_sink`), which
+//!    delivers them and stores a shard's checkpoint only once everything up to it is
+//!    confirmed delivered.
+//!
+//! # Who decides what
+//!
+//! The shard's decisions live in [`core`], a synchronous state machine without tasks,
+//! channels or clock reads (time is passed in): where to start without a checkpoint,
+//! whether the resume point is lost, which member is read whole and when that changes,
+//! backpressure, quorum reachability and membership. Each rule is unit-tested there and
+//! the whole is property-tested against a model of a replica set. This module only moves
+//! messages: it spawns and stops tailers, reads their channels (except those the core set
+//! aside), feeds the core, carries out its actions in order, and logs its notes
+//! (`notes.rs`). A definite error stops the shard; the other shards keep running.
 //!
 //! # Whole entries from one member, identities from the others
 //!
@@ -15,13 +49,16 @@
 //! others stream the projection `{ts, t, h}`, so reading three members costs about one
 //! read of the oplog plus ~30 bytes per entry per extra member. The merge releases an
 //! entry once a quorum reported its identity AND a payload arrived
-//! ([`Merge::require_payload`]). The member read whole is chosen and changed here:
+//! (`Merge::require_payload`). The core chooses and changes the member read whole:
 //!
 //! * at start, the first member that answers, then the primary as soon as one says so;
 //! * at once when it goes down, is refused, lacks the resume point or is removed, or
 //!   has passed the entry the release waits for without holding it (another branch);
-//! * when the release has waited [`SWITCH_AFTER`] for a payload: the member furthest ahead
-//!   among those that reported the waiting entry.
+//! * when the release has waited [`SWITCH_AFTER`] for a payload while the member read
+//!   whole is at the end of its oplog (it is behind) or has delivered nothing for that
+//!   long (a hung connection): the member furthest ahead among those that reported the
+//!   waiting entry. One still working through a backlog is slower, not behind, and is
+//!   left alone.
 //!
 //! A change restarts both members' streams from the watermark (the last released entry):
 //! the new whole member re-sends the waiting entry first, nothing is skipped, and nothing
@@ -49,10 +86,14 @@
 //! released only once MongoDB's commit point covers it (`[pipeline] release`), so a wrong
 //! membership can delay output but not emit a rolled-back write.
 //!
-//! Backpressure: `sink.send` waits when the sink is full, which stops this task from
-//! reading the tailer channels, which stops the tailers. When the merge holds more than
-//! `max_pending` unconfirmed entries (a stalled quorum), the channels of the members that
-//! are ahead are set aside until the others catch up; memory stays bounded either way.
+//! # Backpressure
+//!
+//! `sink.send` waits when the sink is full, which stops this task from reading the tailer
+//! channels, which stops the tailers. When the merge holds more than `max_pending`
+//! unconfirmed entries, the channels of the members that are ahead are set aside while
+//! others catch up; a member is read again once it is no longer ahead, and the members
+//! the release waits on are always read (the rules are on `ShardCore`'s backpressure in
+//! `core/rules.rs`). Memory stays bounded while a quorum is stalled.
 
 pub mod core;
 pub mod emit;
