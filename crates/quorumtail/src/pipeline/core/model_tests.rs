@@ -59,6 +59,9 @@ enum Op {
     Restart(usize),
     /// The member becomes primary (it says so when it next connects).
     Elect(usize),
+    /// The member's capped oplog drops all but its newest entry of the history (only a
+    /// minority ever does, so a quorum still holds every resume point).
+    Truncate(usize),
     /// Time passes, in milliseconds.
     Tick(u16),
 }
@@ -74,6 +77,7 @@ fn arb_op(n: usize) -> impl Strategy<Value = Op> {
         1 => (0..n).prop_map(Op::Fail),
         2 => (0..n).prop_map(Op::Restart),
         1 => (0..n).prop_map(Op::Elect),
+        1 => (0..n).prop_map(Op::Truncate),
         2 => (0u16..1500).prop_map(Op::Tick),
     ]
 }
@@ -97,8 +101,10 @@ struct Model {
     n: usize,
     q: usize,
     history: Vec<EntryId>,
-    /// Entries of the history each member holds (a prefix).
+    /// Entries of the history each member holds (a prefix, from `oldest` on).
     held: Vec<usize>,
+    /// The first entry of the history each member still holds (its capped oplog).
+    oldest: Vec<usize>,
     /// A stale primary's entries after that prefix, rolled back later.
     stale: Vec<Vec<EntryId>>,
     /// Entries of the history majority-committed.
@@ -113,11 +119,25 @@ struct Model {
     /// The checkpoint's index in the history.
     start: usize,
     released: Vec<EntryId>,
+    seen: Coverage,
+}
+
+/// What a run went through, so the generator's reach can be checked.
+#[derive(Clone, Copy, Debug, Default)]
+struct Coverage {
+    /// Members set aside.
+    pauses: usize,
+    /// Changes of the member read whole.
+    switches: usize,
+    /// Entries discarded (rolled back or minority-only).
+    discards: usize,
+    /// Members that said they lack the resume point.
+    lacks: usize,
 }
 
 impl Model {
     fn log(&self, i: usize) -> Vec<EntryId> {
-        let mut l = self.history[..self.held[i]].to_vec();
+        let mut l = self.history[self.oldest[i]..self.held[i]].to_vec();
         l.extend(&self.stale[i]);
         l
     }
@@ -159,6 +179,7 @@ impl Model {
                 self.connect(node.0 as usize);
             }
             Action::SetMode(node, mode) => {
+                self.seen.switches += usize::from(mode == ReadMode::Whole);
                 let i = node.0 as usize;
                 self.tailers[i].mode = Some(mode);
                 // The tailer restarts its stream from the current target at once.
@@ -167,6 +188,7 @@ impl Model {
                 }
             }
             Action::Pause(node) => {
+                self.seen.pauses += 1;
                 let t = &mut self.tailers[node.0 as usize];
                 prop_assert!(!t.paused, "paused twice");
                 t.paused = true;
@@ -204,6 +226,7 @@ impl Model {
                 self.released.push(id);
             }
             Action::Release(Event::Discarded { id, .. }) => {
+                self.seen.discards += 1;
                 prop_assert!(!self.history.contains(&id), "discarded committed {}", id);
             }
             Action::Release(Event::Divergence { .. }) => prop_assert!(false, "divergence event"),
@@ -256,6 +279,7 @@ impl Model {
         if let Some(k) = log.iter().position(|e| *e == target) {
             t.cursor = Some(k);
         } else if let Some(first) = log.iter().find(|e| e.ts >= target.ts) {
+            self.seen.lacks += 1;
             t.inbox.push_back(MemberMsg::Lacks {
                 target: ResumeTarget {
                     id: target,
@@ -379,6 +403,16 @@ impl Model {
                     self.primary = i;
                 }
             }
+            Op::Truncate(i) => {
+                let others = (0..self.n)
+                    .filter(|&j| j != i && self.oldest[j] > 0)
+                    .count();
+                if others < self.n - self.q && self.oldest[i] + 1 < self.held[i] {
+                    self.oldest[i] = self.held[i] - 1;
+                    // The open cursor loses its position (CappedPositionLost).
+                    self.kill(i, "capped position lost");
+                }
+            }
             Op::Tick(ms) => {
                 self.now.at += Duration::from_millis(u64::from(ms));
                 self.input(Input::Tick)?;
@@ -431,7 +465,7 @@ fn run(
     commit_point: bool,
     max_pending: usize,
     ops: Vec<Op>,
-) -> Result<(), TestCaseError> {
+) -> Result<Coverage, TestCaseError> {
     let q = n / 2 + 1;
     let history: Vec<EntryId> = (1..=len as u32)
         .map(|i| EntryId::new(Timestamp::new(10 * i, 0), TERM))
@@ -470,6 +504,7 @@ fn run(
         n,
         q,
         held: vec![start + 1; n],
+        oldest: vec![0; n],
         stale: vec![Vec::new(); n],
         commit: start + 1,
         primary: 0,
@@ -484,6 +519,7 @@ fn run(
         key_only,
         start,
         released: Vec::new(),
+        seen: Coverage::default(),
         history,
     };
     for a in first {
@@ -495,7 +531,7 @@ fn run(
     m.converge()?;
     let expected = &m.history[start + 1..];
     prop_assert_eq!(&m.released[..], expected);
-    Ok(())
+    Ok(m.seen)
 }
 
 proptest! {
@@ -516,4 +552,26 @@ proptest! {
     ) {
         run(5, len, start, key_only, commit_point, max_pending, ops)?;
     }
+}
+
+/// The schedules must reach the cases the property is about, or it proves little.
+#[test]
+fn the_generator_reaches_pauses_switches_rollbacks_and_lost_resume_points() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let ops = proptest::collection::vec(arb_op(3), 100..300);
+    let mut total = Coverage::default();
+    for case in 0..200 {
+        let ops = ops.new_tree(&mut runner).unwrap().current();
+        let seen = run(3, 20, case % 3, case % 2 == 0, case % 4 < 2, 4, ops).unwrap();
+        total.pauses += seen.pauses;
+        total.switches += seen.switches;
+        total.discards += seen.discards;
+        total.lacks += seen.lacks;
+    }
+    assert!(total.pauses > 50, "{total:?}");
+    assert!(total.switches > 50, "{total:?}");
+    assert!(total.discards > 50, "{total:?}");
+    assert!(total.lacks > 0, "{total:?}");
+    println!("{total:?}");
 }
