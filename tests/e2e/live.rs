@@ -713,3 +713,57 @@ async fn members_sending_garbage_or_oversized_messages_are_treated_as_down() {
     assert!(q.stop().await.ok());
     cluster.shutdown().await;
 }
+
+/// A restart far behind, with a backlog much larger than `max_pending`: the backlog is
+/// released as the members' streams read it (each batch read after the member reported a
+/// commit point covering it), so the shard neither stalls nor holds the backlog in memory
+/// waiting for the streams to reach the members' newest entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_max_pending_is_released_as_it_is_read() {
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = shards_toml(&cluster);
+    let extra = "[start]\nposition = \"earliest\"\n[pipeline]\nmax_pending = 200\n";
+    let mongo = "batch_size = 50\n";
+    let q = crate::support::start_with_mongo(tmp.path(), &shards, mongo, extra);
+    let coll = mongos(&cluster).await;
+    coll.insert_one(doc! { "_id": 0 }).await.unwrap();
+    wait_caught_up(&cluster, &q.out).await;
+    assert!(q.stop().await.ok());
+    std::fs::rename(tmp.path().join("out.jsonl"), tmp.path().join("first.jsonl")).unwrap();
+
+    // 5,000 inserts on shard01's chunk (ids below the first split point) while stopped.
+    for chunk in (1..=5000).collect::<Vec<i32>>().chunks(500) {
+        cluster
+            .insert(
+                "shop.orders",
+                chunk
+                    .iter()
+                    .map(|i| doc! {"_id": f64::from(*i) / 10.0})
+                    .collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let want: usize = committed_app_entries(&cluster, "shard01").len();
+    assert!(want > 5000, "the backlog is on shard01: {want}");
+    let q = crate::support::start_with_mongo(tmp.path(), &shards, mongo, extra);
+    let mut most_pending = 0;
+    let first = records(&tmp.path().join("first.jsonl"));
+    wait_until(120, "the backlog emitted", || {
+        if let Some(s) = q.status.all().get("shard01") {
+            most_pending = most_pending.max(s.pending);
+        }
+        let mut all = first.clone();
+        all.extend(records(&q.out));
+        shard_ids(&all, "shard01") == committed_app_entries(&cluster, "shard01")
+    })
+    .await;
+    assert!(q.stop().await.ok());
+    // Sampled, so a lower bound of the true peak; the backlog is over 5,000 entries.
+    assert!(
+        most_pending <= 600,
+        "at most {most_pending} entries waited at once (max_pending 200, batches of 50)"
+    );
+    cluster.shutdown().await;
+}

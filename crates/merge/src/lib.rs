@@ -405,6 +405,9 @@ struct NodeState {
     commit: Option<EntryId>,
     /// Commit points whose `last_applied` the stream has not reported yet, oldest first.
     queued: VecDeque<CommitPoint>,
+    /// A commit point the member reported before its stream read the entries it reports
+    /// now ([`Merge::set_read_commit`]).
+    read_commit: Option<EntryId>,
 }
 
 /// Counters for metrics.
@@ -424,6 +427,9 @@ pub struct Stats {
     pub commit_points_not_on_stream: u64,
     /// Commit points beyond the member's own newest entry (capped to it).
     pub commit_points_beyond_last_applied: u64,
+    /// Reports of entries a member read after it had reported a commit point covering
+    /// them ([`Merge::set_read_commit`]).
+    pub read_after_commit_point: u64,
 }
 
 /// The merge state of one replica set. See the crate docs for the specification.
@@ -633,6 +639,7 @@ impl<P> Merge<P> {
             n.last = None;
             n.commit = None;
             n.queued.clear();
+            n.read_commit = None;
         }
     }
 
@@ -745,6 +752,23 @@ impl<P> Merge<P> {
         Ok(CommitOutcome::Applied)
     }
 
+    /// The member's stream reads the entries it reports from now on from its oplog after
+    /// the member reported `committed` as its commit point (hello's
+    /// `lastWrite.majorityOpTime`, capped at its `lastWrite.opTime`). Such an entry with
+    /// `ts <= committed.ts` is committed: MongoDB keeps a member's commit point on its own
+    /// history and never rolls back a committed entry, so the member's oplog up to
+    /// `committed` never changes afterwards, and whatever is read from it later at or
+    /// below that point is committed. This confirms entries as a lagging stream reads
+    /// them (a restart catching up on a long backlog), where [`Merge::commit_point`] has
+    /// to wait until the stream reaches the reading's `last_applied`. `None` stops it.
+    /// The pipeline sets it per batch, from a reading received before the batch's read
+    /// began; it is forgotten when the member's stream restarts.
+    pub fn set_read_commit(&mut self, node: NodeId, committed: Option<EntryId>) {
+        if let Some(n) = self.nodes.get_mut(node.0 as usize).filter(|n| n.member) {
+            n.read_commit = committed;
+        }
+    }
+
     fn apply_commit(&mut self, node: NodeId, committed: EntryId) {
         let n = &mut self.nodes[node.0 as usize];
         if n.commit.is_some_and(|c| committed.ts <= c.ts) {
@@ -795,11 +819,20 @@ impl<P> Merge<P> {
             }
         }
         state.last = Some(report.id);
+        // Read after a commit point that covers it: this entry, and everything this
+        // stream reported before it, is committed (see `set_read_commit`).
+        let read_committed = (self.require_commit_point
+            && state.read_commit.is_some_and(|c| report.id.ts <= c.ts))
+        .then_some(report.id);
         let queued_commit = if state.queued.is_empty() {
             None
         } else {
             self.take_queued_commit(node, report.id)
         };
+        if read_committed.is_some() {
+            self.stats.read_after_commit_point += 1;
+        }
+        let queued_commit = queued_commit.max(read_committed);
 
         if self.watermark.is_some_and(|w| report.id.ts <= w.ts)
             || (self.require_payload && self.decided.is_some_and(|d| report.id <= d))

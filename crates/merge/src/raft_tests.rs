@@ -100,6 +100,10 @@ struct Model {
     /// The member rolled back and its tailer has not noticed yet.
     dead: Vec<bool>,
     polls: Vec<VecDeque<CommitPoint>>,
+    /// The newest commit point each member's tailer has received (a reading evaluated on
+    /// the member earlier); the entries it reads afterwards are read after it. Kept across
+    /// stream restarts: a member's oplog up to its commit point never changes.
+    tailer_reading: Vec<Option<EntryId>>,
     engine: Merge<E>,
     observed_pending: HashSet<E>,
     released: Vec<Event<E>>,
@@ -142,6 +146,7 @@ impl Model {
             cursors: vec![0; shape.members],
             dead: vec![false; shape.members],
             polls: vec![VecDeque::new(); shape.members],
+            tailer_reading: vec![None; shape.members],
             engine,
             observed_pending: HashSet::new(),
             released: Vec::new(),
@@ -259,6 +264,12 @@ impl Model {
             }
             Step::DeliverPoll(node) => {
                 if let Some(p) = self.polls[node].pop_front() {
+                    let read = if p.committed.ts <= p.last_applied.ts {
+                        p.committed
+                    } else {
+                        p.last_applied
+                    };
+                    self.tailer_reading[node] = self.tailer_reading[node].max(Some(read));
                     self.engine.commit_point(NodeId(node as u8), p).unwrap();
                     self.released.extend(self.engine.drain_events());
                 }
@@ -406,6 +417,9 @@ impl Model {
             self.observed_pending.insert(e);
         }
         let whole = self.full.is_none_or(|f| f == node);
+        // The entry is read now, after every reading the tailer has received.
+        self.engine
+            .set_read_commit(NodeId(node as u8), self.tailer_reading[node]);
         self.engine
             .push(
                 NodeId(node as u8),
@@ -640,6 +654,7 @@ fn generator_rolls_back_majority_held_entries_that_the_old_rule_emits() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = proptest::collection::vec((arb_step(5), any::<u32>()), 250..400);
     let (mut majority_rolled_back, mut old_rule_emitted, mut waits) = (0, 0, 0u64);
+    let mut read_after = 0u64;
     for i in 0..400 {
         let shape = SHAPES[i % SHAPES.len()];
         let steps: Vec<(Step, u32)> = strategy
@@ -651,6 +666,7 @@ fn generator_rolls_back_majority_held_entries_that_the_old_rule_emits() {
             .collect();
         let m = check(shape, 1, &steps, i % 2 == 1).unwrap();
         waits += m.engine.stats().commit_points_applied;
+        read_after += m.engine.stats().read_after_commit_point;
         let lost = |m: &Model, e: &E| !m.logs.iter().all(|l| l.contains(e));
         if m.ever_voter_majority.iter().any(|e| lost(&m, e)) {
             majority_rolled_back += 1;
@@ -671,4 +687,8 @@ fn generator_rolls_back_majority_held_entries_that_the_old_rule_emits() {
         "the rule without the commit point emitted a rolled-back entry in only {old_rule_emitted} of 400 histories"
     );
     assert!(waits > 500, "commit points applied: {waits}");
+    assert!(
+        read_after > 500,
+        "entries read after a covering commit point: {read_after}"
+    );
 }

@@ -1063,3 +1063,54 @@ fn legacy_entries_without_terms_keep_the_quorum_rule() {
     m.push(B, rep(legacy)).unwrap();
     assert_eq!(committed(&mut m), vec![legacy]);
 }
+
+/// A restart far behind (the pipeline catching up on a backlog): every reading's newest
+/// entry is near the head, so readings tied to the stream confirm nothing until the
+/// stream gets there and the whole backlog would wait in memory. Entries a stream reads
+/// after the member reported a commit point covering them are committed as they arrive,
+/// and so is everything the stream reported before them.
+#[test]
+fn a_stream_catching_up_is_confirmed_as_it_reads_below_an_earlier_commit_point() {
+    let mut m: Merge<&str> = Merge::new(3, 2, None).unwrap().require_commit_point();
+    let backlog: Vec<EntryId> = (1..=100).map(|s| id(s, 1)).collect();
+    let head = backlog[99];
+    // Read before the streams started: each member's commit point is the head.
+    for n in [A, B, C] {
+        assert_eq!(
+            m.commit_point(n, point(head, head)).unwrap(),
+            CommitOutcome::Queued
+        );
+    }
+    // The first entries were read before the tailers knew the reading: held back.
+    for n in [A, B] {
+        for x in &backlog[..10] {
+            m.push(n, rep(*x)).unwrap();
+        }
+    }
+    assert!(committed(&mut m).is_empty());
+    // From now on the streams read below the reported commit point.
+    // A's next entry confirms what A's stream reported before it: the ten entries A and B
+    // both hold go; the eleventh waits for a second reporter.
+    m.set_read_commit(A, Some(head));
+    m.push(A, rep(backlog[10])).unwrap();
+    assert_eq!(committed(&mut m), backlog[..10].to_vec());
+    m.set_read_commit(B, Some(head));
+    assert_eq!(m.push(B, rep(backlog[10])).unwrap(), Pushed::Released);
+    assert_eq!(committed(&mut m), backlog[10..11].to_vec());
+    for x in &backlog[11..50] {
+        m.push(A, rep(*x)).unwrap();
+        m.push(B, rep(*x)).unwrap();
+    }
+    assert_eq!(committed(&mut m), backlog[11..50].to_vec());
+    assert_eq!(m.pending_len(), 0, "nothing of the backlog waits in memory");
+    // Beyond the reported commit point nothing is confirmed that way.
+    m.set_read_commit(A, Some(backlog[59]));
+    m.set_read_commit(B, Some(backlog[59]));
+    for x in &backlog[50..70] {
+        m.push(A, rep(*x)).unwrap();
+        m.push(B, rep(*x)).unwrap();
+    }
+    assert_eq!(committed(&mut m), backlog[50..60].to_vec());
+    // Counted per report: entries 11..=60 from A and from B.
+    assert_eq!(m.stats().read_after_commit_point, 2 * 50);
+}

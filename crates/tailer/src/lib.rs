@@ -107,9 +107,17 @@ static IDENTITY: std::sync::LazyLock<bson::Document> =
 #[derive(Clone, Debug)]
 pub struct Batch {
     reply: Arc<RawBatch>,
+    read_after: Option<EntryId>,
 }
 
 impl Batch {
+    /// A commit point the member reported before this batch was read from its oplog (the
+    /// reply to a hello that arrived before the find or getMore was sent): entries of the
+    /// batch at or below it are committed (see the merge's `set_read_commit`).
+    pub fn read_after_commit_point(&self) -> Option<EntryId> {
+        self.read_after
+    }
+
     /// The entries. Invalid BSON is reported per entry.
     ///
     /// # Errors
@@ -679,6 +687,10 @@ async fn session(
         last_sent.is_some_and(|s| reading.is_none_or(|r| r.committed.ts < s.ts))
     };
     let mut verified = !target.exact;
+    // The reading known when the next read was sent: the initial hello preceded the find;
+    // a getMore is sent only after the previous batch was handed over (the driver does not
+    // read ahead), so the reading known then preceded it.
+    let mut known_before_read = reading.map(read_bound);
     loop {
         if poll.is_none() && Instant::now() >= next_poll {
             let db = admin.clone();
@@ -724,8 +736,10 @@ async fn session(
             None => return Err(Ended::CursorClosed),
             Some(r) => Batch {
                 reply: Arc::new(r?),
+                read_after: known_before_read,
             },
         };
+        known_before_read = reading.map(read_bound);
         let first = {
             let mut entries = batch
                 .entries()
@@ -777,6 +791,16 @@ async fn session(
     }
 }
 
+/// What a reading proves committed on the member: its commit point, capped at its newest
+/// entry (a member reporting more than it holds is not believed beyond that).
+fn read_bound(r: CommitReading) -> EntryId {
+    if r.committed.ts <= r.last_applied.ts {
+        r.committed
+    } else {
+        r.last_applied
+    }
+}
+
 /// Whether `found` is the entry `target` names (same ts; same term and hash where the
 /// target has them).
 pub fn same_entry(found: EntryId, target: EntryId) -> bool {
@@ -791,6 +815,7 @@ async fn first_id(
     while let Some(batch) = c.next().await {
         let batch = Batch {
             reply: Arc::new(batch?),
+            read_after: None,
         };
         let mut entries = batch.entries().map_err(Ended::Refused)?;
         if let Some(first) = entries.next() {

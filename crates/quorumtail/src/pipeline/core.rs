@@ -149,6 +149,9 @@ pub enum MemberMsg<P> {
         bytes: u64,
         /// The batch was partial: the cursor reached the end of the member's oplog.
         at_end: bool,
+        /// A commit point the member reported before the batch was read (entries at or
+        /// below it are committed; see `Merge::set_read_commit`).
+        read_after: Option<EntryId>,
     },
     /// An empty getMore: alive, nothing new.
     Idle,
@@ -719,6 +722,7 @@ impl<P: Clone> ShardCore<P> {
                 reports,
                 bytes,
                 at_end,
+                read_after,
             } => {
                 member.state = MemberState::Tailing;
                 if let Some(idle) = self.draining.as_mut() {
@@ -730,6 +734,7 @@ impl<P: Clone> ShardCore<P> {
                 };
                 member.info.bytes_read += bytes;
                 member.moved_at = Some(now.at);
+                e.set_read_commit(node, read_after);
                 let mut pushed = Ok(());
                 for report in reports {
                     member.info.last_ts = member.info.last_ts.max(Some(report.id.ts));

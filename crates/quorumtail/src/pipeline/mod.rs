@@ -473,6 +473,7 @@ impl ShardTask {
         }
         let full_batch = self.shared.tailer.batch_size as usize;
         Ok(MemberMsg::Batch {
+            read_after: batch.read_after_commit_point(),
             // A partial batch: the cursor reached the end of the member's oplog.
             at_end: reports.len() < full_batch && bytes < 8 << 20,
             reports,

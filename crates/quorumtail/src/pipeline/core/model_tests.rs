@@ -95,6 +95,9 @@ struct Tailer {
     started_at: Option<EntryId>,
     inbox: VecDeque<MemberMsg<EntryId>>,
     paused: bool,
+    /// The newest commit point the member reported to this tailer; what it reads later is
+    /// read after it (kept across streams: the member's oplog up to it never changes).
+    known_reading: Option<EntryId>,
 }
 
 struct Model {
@@ -341,6 +344,7 @@ impl Model {
             reports,
             bytes: 1,
             at_end: end == log.len(),
+            read_after: t.known_reading,
         });
     }
 
@@ -359,6 +363,8 @@ impl Model {
         let known = self.commit.min(self.held[i]);
         let t = &mut self.tailers[i];
         if let (true, Some(last)) = (t.open && known > 0, log.last()) {
+            let bound = self.history[known - 1].min(*last);
+            t.known_reading = t.known_reading.max(Some(bound));
             t.inbox.push_back(MemberMsg::CommitPoint(CommitReading {
                 committed: self.history[known - 1],
                 last_applied: *last,

@@ -128,6 +128,7 @@ impl H {
                 reports,
                 bytes: 100,
                 at_end,
+                read_after: None,
             },
         )
     }
@@ -333,6 +334,7 @@ fn two_contents_for_one_entry_stop_the_shard() {
             }],
             bytes: 1,
             at_end: true,
+            read_after: None,
         },
     );
     assert!(matches!(failure(&out), Some(ShardError::Divergence { .. })));
