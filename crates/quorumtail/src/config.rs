@@ -4,6 +4,10 @@
 //! wrong types fail with the key's path, e.g. `shards[1].members`); then
 //! [`Config::validate`] checks what types cannot express (quorums, addresses, templates,
 //! patterns) and reports every problem at once, each with its key path and the fix.
+//!
+//! `[sink]` and `[checkpoint]` are defined, documented and validated once, in the sink
+//! crate ([`SinkConfig`], [`CheckpointConfig`]): the file is read straight into the structs
+//! the sink and the checkpoint stores run with, so every setting they have is a key here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,6 +17,13 @@ use serde::Deserialize;
 
 use quorumtail_merge::{resolve_quorum, QuorumInfo};
 use quorumtail_oplog::{filter::NsPattern, Filter, Timestamp};
+use quorumtail_sink::config::{check_host_port, read_secret};
+/// `[sink]` and `[checkpoint]` belong to the sink crate, which defines, documents and
+/// validates them once; they are read here as part of the file.
+pub use quorumtail_sink::config::{
+    is_secret_property, CheckpointConfig, CheckpointKind, KeyKind, SinkConfig, SinkKind,
+    DEFAULT_TOPIC,
+};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -32,10 +43,11 @@ pub struct Config {
     /// Which operations become records.
     #[serde(default)]
     pub filter: FilterConfig,
-    /// Where records go.
+    /// Where records go (defined by the sink crate: [`SinkConfig`]).
     #[serde(default)]
     pub sink: SinkConfig,
-    /// Where per-shard progress is stored.
+    /// Where per-shard progress is stored (defined by the sink crate:
+    /// [`CheckpointConfig`]).
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     /// Limits that bound memory.
@@ -200,61 +212,6 @@ impl Default for FilterConfig {
     }
 }
 
-/// Sink kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// JSON lines to a file or stdout.
-    #[default]
-    File,
-    /// Kafka through librdkafka.
-    Kafka,
-}
-
-/// Kafka message key choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyKind {
-    /// Namespace and `_id` (canonical Extended JSON): all changes of one document land in
-    /// one partition, in order.
-    #[default]
-    Document,
-    /// The shard name: a shard's whole sequence in one partition, in order.
-    Shard,
-    /// The namespace: one collection's changes in one partition.
-    Namespace,
-}
-
-/// `[sink]`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// `file` or `kafka`.
-    #[serde(default)]
-    pub kind: SinkKind,
-    /// File sink: the output file; `-` is stdout.
-    pub path: Option<String>,
-    /// Kafka sink: bootstrap servers, `host:port[,host:port...]`.
-    pub brokers: Option<String>,
-    /// Kafka sink: topic template with `{shard}`, `{db}`, `{coll}`.
-    pub topic: Option<String>,
-    /// Kafka sink: message key.
-    #[serde(default)]
-    pub key: KeyKind,
-    /// Kafka sink: librdkafka settings passed through (`compression.type`, TLS, SASL...).
-    #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
-    /// Kafka sink: a file holding the SASL password (a mounted secret), read once when the
-    /// config is loaded, a trailing newline removed; it becomes librdkafka's
-    /// `sasl.password`, which must then not be set in `[sink.librdkafka]`.
-    pub sasl_password_file: Option<String>,
-}
-
-/// Whether a librdkafka property holds a secret (never printed).
-pub fn is_secret_property(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
-}
-
 impl std::fmt::Debug for MongoConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MongoConfig")
@@ -264,32 +221,6 @@ impl std::fmt::Debug for MongoConfig {
             .field("password_file", &self.password_file)
             .field("batch_size", &self.batch_size)
             .field("max_await", &self.max_await)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for SinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let librdkafka: BTreeMap<&str, &str> = self
-            .librdkafka
-            .iter()
-            .map(|(k, v)| {
-                let v = if is_secret_property(k) {
-                    "***"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), v)
-            })
-            .collect();
-        f.debug_struct("SinkConfig")
-            .field("kind", &self.kind)
-            .field("path", &self.path)
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("key", &self.key)
-            .field("librdkafka", &librdkafka)
-            .field("sasl_password_file", &self.sasl_password_file)
             .finish()
     }
 }
@@ -304,93 +235,6 @@ fn redact_uri_options(options: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig {
-            kind: SinkKind::File,
-            path: None,
-            brokers: None,
-            topic: None,
-            key: KeyKind::Document,
-            librdkafka: BTreeMap::new(),
-            sasl_password_file: None,
-        }
-    }
-}
-
-impl KeyKind {
-    /// The value as written in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyKind::Document => "document",
-            KeyKind::Shard => "shard",
-            KeyKind::Namespace => "namespace",
-        }
-    }
-}
-
-/// Default Kafka topic template.
-pub const DEFAULT_TOPIC: &str = "quorumtail.{shard}";
-
-/// Checkpoint store kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckpointKind {
-    /// A JSON file replaced atomically.
-    #[default]
-    File,
-    /// A compacted Kafka topic keyed by shard (uses the sink's brokers and settings).
-    Kafka,
-}
-
-/// `[checkpoint]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckpointConfig {
-    /// `file` or `kafka`.
-    #[serde(default)]
-    pub kind: CheckpointKind,
-    /// File store: path of the JSON file.
-    #[serde(default = "default_checkpoint_path")]
-    pub path: String,
-    /// Kafka store: the compacted topic.
-    #[serde(default = "default_checkpoint_topic")]
-    pub topic: String,
-    /// How often confirmed progress is written (also on shutdown and on SIGUSR1).
-    #[serde(default = "default_checkpoint_interval")]
-    pub interval: String,
-    /// Refuse to start when the store holds no checkpoint. Without one every shard starts
-    /// from `[start] position`; when a previous run's state was lost (a container recreated
-    /// without its volume, a wrong path) that silently skips or repeats changes. Set it
-    /// once the first checkpoints are stored.
-    #[serde(default)]
-    pub require_existing: bool,
-}
-
-fn default_checkpoint_path() -> String {
-    "quorumtail.checkpoints.json".into()
-}
-
-fn default_checkpoint_topic() -> String {
-    "quorumtail.checkpoints".into()
-}
-
-fn default_checkpoint_interval() -> String {
-    "1s".into()
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        CheckpointConfig {
-            kind: CheckpointKind::File,
-            path: default_checkpoint_path(),
-            topic: default_checkpoint_topic(),
-            interval: default_checkpoint_interval(),
-            require_existing: false,
-        }
-    }
 }
 
 /// `[pipeline]`.
@@ -607,25 +451,12 @@ impl Config {
                     "mongo.password_file: set either password or password_file, not both".into(),
                 );
             }
-            match read_secret("mongo.password_file", &file) {
+            match read_secret("mongo.password_file", Path::new(&file)) {
                 Ok(p) => self.mongo.password = Some(p),
                 Err(e) => problems.push(e),
             }
         }
-        if let Some(file) = self.sink.sasl_password_file.clone() {
-            if self.sink.librdkafka.contains_key("sasl.password") {
-                problems.push("sink.sasl_password_file: set either sasl_password_file or sink.librdkafka.\"sasl.password\", not both".into());
-            }
-            if self.sink.kind != SinkKind::Kafka {
-                problems.push("sink.sasl_password_file: only used by kind = \"kafka\"".into());
-            }
-            match read_secret("sink.sasl_password_file", &file) {
-                Ok(p) => {
-                    self.sink.librdkafka.insert("sasl.password".into(), p);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
+        problems.extend(self.sink.load_secrets());
 
         if self.shards.is_empty() && self.discovery.is_none() {
             problems.push("no topology: add [[shards]] with name and members, or a [discovery] section with a mongos uri".to_owned());
@@ -749,102 +580,9 @@ impl Config {
             warnings.push("filter.drop_from_migrate = false: chunk migrations will appear as deletes on one shard and inserts on another".into());
         }
 
-        match self.sink.kind {
-            SinkKind::File => {
-                for (key, set) in [
-                    ("brokers", self.sink.brokers.is_some()),
-                    ("topic", self.sink.topic.is_some()),
-                    ("librdkafka", !self.sink.librdkafka.is_empty()),
-                ] {
-                    if set {
-                        problems.push(format!(
-                            "sink.{key}: only used by kind = \"kafka\" (kind is \"file\")"
-                        ));
-                    }
-                }
-                if self.sink.path.as_deref() == Some("") {
-                    problems.push("sink.path: must not be empty; use \"-\" for stdout".into());
-                }
-            }
-            SinkKind::Kafka => {
-                if self.sink.path.is_some() {
-                    problems
-                        .push("sink.path: only used by kind = \"file\" (kind is \"kafka\")".into());
-                }
-                match self.sink.brokers.as_deref() {
-                    None | Some("") => problems.push(
-                        "sink.brokers: required for kind = \"kafka\", e.g. \"127.0.0.1:9092\""
-                            .into(),
-                    ),
-                    Some(b) => {
-                        for (i, broker) in b.split(',').enumerate() {
-                            if let Err(why) = check_host_port(broker.trim()) {
-                                problems.push(format!("sink.brokers: entry {i} {broker:?} {why}"));
-                            }
-                        }
-                    }
-                }
-                // The sink's own parser: one definition of a valid template.
-                let topic = self.sink.topic.as_deref().unwrap_or(DEFAULT_TOPIC);
-                if let Err(e) = topic.parse::<quorumtail_sink::TopicTemplate>() {
-                    let problem = match e {
-                        quorumtail_sink::SinkError::Config { problem, .. } => problem,
-                        other => other.to_string(),
-                    };
-                    problems.push(format!("sink.topic: {problem}"));
-                }
-                for (k, v) in &self.sink.librdkafka {
-                    let v = v.trim().to_ascii_lowercase();
-                    match k.as_str() {
-                        "enable.idempotence" if v != "true" => problems.push(format!(
-                            "sink.librdkafka.\"{k}\": quorumtail requires the idempotent producer (ordered, no duplicates on retry); remove this key"
-                        )),
-                        "acks" | "request.required.acks" if v != "all" && v != "-1" => problems.push(format!(
-                            "sink.librdkafka.\"{k}\": quorumtail requires acks=all so a checkpoint never passes a record a broker failure could lose; remove this key"
-                        )),
-                        "bootstrap.servers" | "metadata.broker.list" => {
-                            problems.push(format!("sink.librdkafka.\"{k}\": set sink.brokers instead"))
-                        }
-                        _ => {}
-                    }
-                }
-                // librdkafka itself judges property names and values (no broker is asked).
-                if !self.sink.librdkafka.is_empty() {
-                    let brokers = self.sink.brokers.as_deref().unwrap_or("127.0.0.1:9092");
-                    for (k, why) in quorumtail_sink::preflight::librdkafka_properties(
-                        brokers,
-                        &self.sink.librdkafka,
-                    ) {
-                        problems.push(if k.is_empty() {
-                            format!("sink.librdkafka: {why}")
-                        } else {
-                            format!("sink.librdkafka.\"{k}\": {why}")
-                        });
-                    }
-                }
-            }
-        }
-
-        match self.checkpoint.kind {
-            CheckpointKind::File => {
-                if self.checkpoint.path.trim().is_empty() {
-                    problems.push("checkpoint.path: must not be empty".into());
-                }
-            }
-            CheckpointKind::Kafka => {
-                if self.sink.kind != SinkKind::Kafka {
-                    problems.push("checkpoint.kind = \"kafka\": needs sink.kind = \"kafka\" (it uses the sink's brokers)".into());
-                }
-                if self.checkpoint.topic.trim().is_empty() {
-                    problems.push("checkpoint.topic: must not be empty".into());
-                }
-            }
-        }
-        let checkpoint_interval = parse_duration("checkpoint.interval", &self.checkpoint.interval)
-            .unwrap_or_else(|e| {
-                problems.push(e);
-                Duration::from_secs(1)
-            });
+        problems.extend(self.sink.validate());
+        problems.extend(self.checkpoint.validate(&self.sink));
+        let checkpoint_interval = self.checkpoint.interval;
 
         if self.pipeline.max_pending == 0 {
             problems.push("pipeline.max_pending: must be at least 1".into());
@@ -885,38 +623,8 @@ impl Config {
     }
 }
 
-/// A secret from a file: the whole file less one trailing newline.
-fn read_secret(key: &str, file: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        format!("{key}: cannot read {file:?} ({e}); mount the secret there or fix the path")
-    })?;
-    let secret = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
-    if secret.is_empty() {
-        return Err(format!(
-            "{key}: {file:?} is empty; write the secret into it"
-        ));
-    }
-    Ok(secret.to_owned())
-}
-
 fn parse_duration(key: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{key}: {text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"2m\"")
-    })
-}
-
-fn check_host_port(s: &str) -> Result<(), &'static str> {
-    let (host, port) = s.rsplit_once(':').ok_or("is not \"host:port\"")?;
-    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-        return Err("has no valid host; write \"host:port\"");
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err("has no valid port (1-65535)"),
-    }
+    quorumtail_sink::config::parse_duration(text).map_err(|e| format!("{key}: {e}"))
 }
 
 /// Hides the password of a `mongodb://user:pass@host` URI for logs and messages.
@@ -1483,6 +1191,63 @@ interval = "soon"
         );
     }
 
+    /// Issue 16: every key of the sink and checkpoint sections is read from the file, with
+    /// its default when absent.
+    #[test]
+    fn sink_and_checkpoint_keys_are_reachable_from_the_file() {
+        let r = parse(&format!("{SHARD}[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 50\nrequire_topics = false\nstartup_timeout = \"3s\"\nchannel_capacity = 16\n[checkpoint]\nkind = \"kafka\"\nreplication_factor = 3\ntimeout = \"20s\"\ninterval = \"250ms\"\n")).unwrap();
+        let sink = &r.config.sink;
+        assert_eq!(sink.max_in_flight(), 50);
+        assert!(!sink.require_topics());
+        assert_eq!(sink.startup_timeout(), Duration::from_secs(3));
+        assert_eq!(sink.channel_capacity, 16);
+        let cp = &r.config.checkpoint;
+        assert_eq!(
+            (cp.replication_factor, cp.timeout),
+            (3, Duration::from_secs(20))
+        );
+        assert_eq!(r.checkpoint_interval, Duration::from_millis(250));
+        let r = parse(&format!("{SHARD}[sink]\nfsync_every = 10\n")).unwrap();
+        assert_eq!(r.config.sink.fsync_every(), 10);
+        let r = parse(SHARD).unwrap();
+        assert_eq!(r.config.sink.max_in_flight(), 10_000);
+        assert!(r.config.sink.require_topics());
+        assert_eq!(r.config.sink.startup_timeout(), Duration::from_secs(10));
+        assert_eq!(r.config.sink.fsync_every(), 1000);
+        assert_eq!(r.config.checkpoint.timeout, Duration::from_secs(30));
+    }
+
+    /// Issue 16: bad values of the newly reachable keys are reported with the others, each
+    /// with its key (and line, for what cannot be read) and the value as written.
+    #[test]
+    fn bad_sink_and_checkpoint_values_are_all_reported() {
+        let p = problems(&format!("{SHARD}[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 0\nrequire_topics = \"yes\"\nstartup_timeout = \"soon\"\nchannel_capacity = -1\nfsync_every = 5\n[checkpoint]\nreplication_factor = 0\ntimeout = \"0s\"\ninterval = \"0s\"\n"));
+        let expected = [
+            "sink.require_topics (line 8): invalid type: string \"yes\", expected a boolean",
+            "sink.startup_timeout (line 9): \"soon\" is not a duration",
+            "sink.channel_capacity (line 10): invalid value: integer `-1`",
+            "sink.fsync_every: only used by kind = \"file\" (kind is \"kafka\")",
+            "sink.max_in_flight: must be at least 1",
+            "checkpoint.interval: must be above zero",
+            "checkpoint.replication_factor: 0 is not a replication factor",
+            "checkpoint.timeout: must be above zero",
+        ];
+        assert_eq!(p.len(), expected.len(), "{p:#?}");
+        for (p, e) in p.iter().zip(expected) {
+            assert!(p.starts_with(e), "{p:?} does not start with {e:?}");
+        }
+        let p = problems(&format!(
+            "{SHARD}[sink]\nmax_in_flight = 5\nrequire_topics = true\n"
+        ));
+        assert_eq!(
+            p,
+            [
+                "sink.max_in_flight: only used by kind = \"kafka\" (kind is \"file\")",
+                "sink.require_topics: only used by kind = \"kafka\" (kind is \"file\")",
+            ]
+        );
+    }
+
     #[test]
     fn arbiters_raise_the_majority_and_low_quorum_warns() {
         let r = parse("[[shards]]\nname = \"a\"\nmembers = [\"h:1\", \"h:2\"]\narbiters = 1\n")
@@ -1526,7 +1291,8 @@ interval = "soon"
         assert!(parse(&kafka("cdc.{shard}.{db}.{coll}")).is_ok());
         let p = problems(&kafka("cdc {shard}"));
         assert!(
-            p[0].starts_with("sink.topic:") && p[0].contains("not allowed"),
+            p[0].starts_with("sink.topic (line 7): \"cdc {shard}\": ")
+                && p[0].contains("not allowed"),
             "{p:?}"
         );
         assert!(problems(&kafka("cdc.{shard"))[0].contains("unclosed"));

@@ -34,9 +34,7 @@ use std::time::Duration;
 use bson::doc;
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
-    CheckpointStore, FileCheckpointStore, FileSinkConfig, KafkaCheckpointConfig,
-    KafkaCheckpointStore, KafkaSinkConfig, ProgressView, ShardMembership, Sink, SinkError,
-    StoredShards,
+    CheckpointStore, ProgressView, ShardMembership, Sink, SinkError, StoredShards,
 };
 use quorumtail_tailer::TailerConfig;
 use tokio::sync::mpsc;
@@ -44,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{redact_uri, CheckpointKind, Resolved, SinkKind};
+use crate::config::{redact_uri, Resolved, SinkKind};
 use crate::pipeline::stats::{ShardStats, StatsSnapshot};
 use crate::pipeline::{run_shard, Control, ShardError, ShardSpec, Shared};
 
@@ -382,21 +380,10 @@ pub async fn run_controlled(
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<RunReport, RunError> {
     let c = &cfg.config;
-    let store: Arc<dyn CheckpointStore> = match c.checkpoint.kind {
-        CheckpointKind::File => Arc::new(FileCheckpointStore::new(&c.checkpoint.path)),
-        CheckpointKind::Kafka => {
-            let mut k = KafkaCheckpointConfig::new(c.sink.brokers.clone().unwrap_or_default());
-            k.topic = c.checkpoint.topic.clone();
-            k.librdkafka = c.sink.librdkafka.clone();
-            Arc::new(KafkaCheckpointStore::open(k).await?)
-        }
-    };
+    let store: Arc<dyn CheckpointStore> = c.checkpoint.open(&c.sink).await?;
     let remembered: StoredShards = store.load_shards().await?;
     if remembered.is_empty() {
-        let where_ = match c.checkpoint.kind {
-            CheckpointKind::File => format!("file {}", c.checkpoint.path),
-            CheckpointKind::Kafka => format!("topic {}", c.checkpoint.topic),
-        };
+        let where_ = c.checkpoint.location();
         if c.checkpoint.require_existing {
             return Err(RunError::MissingState { store: where_ });
         }
@@ -477,25 +464,7 @@ pub async fn run_controlled(
         }
     }
     let status_for_sink = status.clone();
-    let sink = match c.sink.kind {
-        SinkKind::File => Sink::file(&FileSinkConfig::new(
-            c.sink.path.clone().unwrap_or_else(|| "-".into()),
-        )),
-        SinkKind::Kafka => {
-            let mut k = KafkaSinkConfig::new(c.sink.brokers.clone().unwrap_or_default());
-            k.librdkafka = c.sink.librdkafka.clone();
-            match &c.sink.topic {
-                Some(t) => match t.parse() {
-                    Ok(t) => {
-                        k.topic = t;
-                        Sink::kafka(&k, &names).await
-                    }
-                    Err(e) => Err(e),
-                },
-                None => Sink::kafka(&k, &names).await,
-            }
-        }
-    };
+    let sink = Sink::start(&c.sink, &names).await;
     let sink = match sink {
         Ok(s) => s,
         Err(e) => {

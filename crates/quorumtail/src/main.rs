@@ -291,22 +291,24 @@ fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         list(&f.exclude)
     );
     match c.sink.kind {
-        SinkKind::File => println!("sink: file {}", c.sink.path.as_deref().unwrap_or("-")),
+        SinkKind::File => println!("sink: file {}", c.sink.path().display()),
         SinkKind::Kafka => println!(
             "sink: kafka brokers = {}, topic = {}, key = {}",
-            c.sink.brokers.as_deref().unwrap_or(""),
-            c.sink.topic.as_deref().unwrap_or(config::DEFAULT_TOPIC),
+            c.sink.brokers(),
+            c.sink.topic(),
             c.sink.key.as_str()
         ),
     }
     match c.checkpoint.kind {
         config::CheckpointKind::File => println!(
             "checkpoint: file {} every {}",
-            c.checkpoint.path, c.checkpoint.interval
+            c.checkpoint.path.display(),
+            humantime::format_duration(c.checkpoint.interval)
         ),
         config::CheckpointKind::Kafka => println!(
             "checkpoint: kafka topic {} every {}",
-            c.checkpoint.topic, c.checkpoint.interval
+            c.checkpoint.topic,
+            humantime::format_duration(c.checkpoint.interval)
         ),
     }
     for w in &resolved.warnings {

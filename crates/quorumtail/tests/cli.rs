@@ -315,10 +315,8 @@ fn example_kafka_settings_are_accepted_by_librdkafka() {
             if sink.kind != quorumtail::config::SinkKind::Kafka {
                 continue;
             }
-            let mut k = quorumtail_sink::KafkaSinkConfig::new(sink.brokers.clone().unwrap());
-            k.librdkafka = sink.librdkafka.clone();
             let mut cc = ClientConfig::new();
-            for (key, value) in k.producer_properties().unwrap() {
+            for (key, value) in sink.producer_properties().unwrap() {
                 cc.set(key, value);
             }
             if let Err(e) = cc.create::<BaseProducer>() {
@@ -723,6 +721,58 @@ fn check_reports_every_problem_at_once_and_values_as_written() {
         !stdout.contains("Shard") && !stdout.contains("60s"),
         "{stdout}"
     );
+}
+
+/// Issue 16: the sink's and the checkpoint store's own settings (`max_in_flight`,
+/// `require_topics`, `startup_timeout`, `channel_capacity`, `fsync_every`,
+/// `replication_factor`, `timeout`) are keys of the file: `check` accepts them, and reports
+/// each bad one with the others.
+#[test]
+fn check_reads_and_judges_every_sink_and_checkpoint_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 500\nrequire_topics = false\nstartup_timeout = \"30s\"\nchannel_capacity = 64\n[checkpoint]\nkind = \"kafka\"\nreplication_factor = 3\ntimeout = \"10s\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 0\nrequire_topics = \"no\"\nstartup_timeout = \"1 minute-ish\"\nfsync_every = 10\n[checkpoint]\nreplication_factor = -3\ntimeout = \"forever\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "6 problem(s)",
+        "sink.require_topics (line 8): invalid type: string \"no\", expected a boolean",
+        "sink.startup_timeout (line 9): \"1 minute-ish\" is not a duration",
+        "checkpoint.timeout (line 13): \"forever\" is not a duration",
+        "sink.fsync_every: only used by kind = \"file\" (kind is \"kafka\")",
+        "sink.max_in_flight: must be at least 1",
+        "checkpoint.replication_factor: -3 is not a replication factor",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in\n{stderr}");
+    }
 }
 
 /// `check --connect` reaches every member (found through discovery too), the discovery

@@ -61,7 +61,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::config::de_duration;
+use crate::config::{CheckpointConfig, CheckpointKind, SinkConfig};
 use crate::kafka::TracingContext;
 use crate::ProgressView;
 
@@ -598,87 +598,28 @@ impl CheckpointStore for FileCheckpointStore {
     }
 }
 
-fn default_checkpoint_topic() -> String {
-    "quorumtail.checkpoints".into()
-}
-fn default_replication_factor() -> i32 {
-    -1
-}
-fn default_checkpoint_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// The Kafka checkpoint store (`[checkpoint]` with `kind = "kafka"`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaCheckpointConfig {
-    /// Bootstrap brokers.
-    pub brokers: String,
-    /// The compacted topic holding one record per shard.
-    #[serde(default = "default_checkpoint_topic")]
-    pub topic: String,
-    /// Replication factor when the topic is created; -1 takes the broker's default.
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// Bound on each load, store and the startup check.
-    #[serde(
-        default = "default_checkpoint_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub timeout: Duration,
-    /// librdkafka properties for the store's producer and consumer (security settings).
-    /// `enable.idempotence` and `acks` cannot be weakened.
-    #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
-}
-
-impl KafkaCheckpointConfig {
-    /// A config with defaults for everything but the brokers.
-    pub fn new(brokers: impl Into<String>) -> Self {
-        KafkaCheckpointConfig {
-            brokers: brokers.into(),
-            topic: default_checkpoint_topic(),
-            replication_factor: default_replication_factor(),
-            timeout: default_checkpoint_timeout(),
-            librdkafka: BTreeMap::new(),
-        }
-    }
-}
-
-/// Which checkpoint store to use: `kind = "file"` (with `path`) or `kind = "kafka"`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum CheckpointConfig {
-    /// A JSON file, replaced atomically.
-    File(FileCheckpointConfig),
-    /// A compacted Kafka topic.
-    Kafka(KafkaCheckpointConfig),
-}
-
-/// The file checkpoint store.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCheckpointConfig {
-    /// The checkpoint file; its directory must exist.
-    pub path: PathBuf,
-}
-
 impl CheckpointConfig {
-    /// Opens the configured store (creating the Kafka topic if needed).
+    /// Opens the configured store (creating the Kafka topic if needed); `sink` is the
+    /// sink's config, whose brokers and librdkafka properties the Kafka store uses.
     ///
     /// # Errors
     /// As [`KafkaCheckpointStore::open`]; the file store opens lazily and cannot fail here.
-    pub async fn open(&self) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
-        Ok(match self {
-            CheckpointConfig::File(f) => Arc::new(FileCheckpointStore::new(&f.path)),
-            CheckpointConfig::Kafka(k) => Arc::new(KafkaCheckpointStore::open(k.clone()).await?),
+    pub async fn open(
+        &self,
+        sink: &SinkConfig,
+    ) -> Result<Arc<dyn CheckpointStore>, CheckpointError> {
+        Ok(match self.kind {
+            CheckpointKind::File => Arc::new(FileCheckpointStore::new(&self.path)),
+            CheckpointKind::Kafka => Arc::new(KafkaCheckpointStore::open(self, sink).await?),
         })
     }
 }
 
 /// Checkpoints in a compacted Kafka topic. See the [module docs](self).
 pub struct KafkaCheckpointStore {
-    config: KafkaCheckpointConfig,
+    config: CheckpointConfig,
+    brokers: String,
+    librdkafka: BTreeMap<String, String>,
     producer: FutureProducer<TracingContext>,
     /// What the topic holds, once read; writes merge into it. Held across a write, so
     /// writes are serialized.
@@ -728,7 +669,11 @@ impl KafkaCheckpointStore {
     /// # Errors
     /// [`CheckpointError::Kafka`] for a bad `librdkafka` entry, unreachable brokers or a
     /// failed topic creation.
-    pub async fn open(config: KafkaCheckpointConfig) -> Result<Self, CheckpointError> {
+    pub async fn open(
+        config: &CheckpointConfig,
+        sink: &SinkConfig,
+    ) -> Result<Self, CheckpointError> {
+        let config = config.clone();
         let topic = config.topic.clone();
         let kerr = |op: &'static str, fix: &'static str| {
             let topic = topic.clone();
@@ -739,19 +684,20 @@ impl KafkaCheckpointStore {
                 fix,
             }
         };
-        let props = crate::config::producer_properties(&config.brokers, &config.librdkafka)
-            .map_err(|e| kerr("configuration", "fix [checkpoint.librdkafka]")(e.to_string()))?;
+        let props = crate::config::producer_properties(sink.brokers(), &sink.librdkafka)
+            .map_err(|e| kerr("configuration", "fix [sink.librdkafka]")(e.to_string()))?;
         let mut pc = ClientConfig::new();
         for (k, v) in &props {
             pc.set(k, v);
         }
         pc.set("linger.ms", "0");
-        let producer: FutureProducer<TracingContext> =
-            pc.create_with_context(TracingContext).map_err(|e| {
-                kerr("creating the producer", "fix [checkpoint.librdkafka]")(e.to_string())
-            })?;
+        let producer: FutureProducer<TracingContext> = pc
+            .create_with_context(TracingContext)
+            .map_err(|e| kerr("creating the producer", "fix [sink.librdkafka]")(e.to_string()))?;
         let store = KafkaCheckpointStore {
             config,
+            brokers: sink.brokers().to_owned(),
+            librdkafka: sink.librdkafka.clone(),
             producer,
             held: Default::default(),
             ledger: Default::default(),
@@ -762,8 +708,8 @@ impl KafkaCheckpointStore {
 
     fn common_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.config.brokers);
-        for (k, v) in &self.config.librdkafka {
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.librdkafka {
             if !PRODUCER_ONLY.contains(&k.as_str()) {
                 c.set(k, v);
             }
@@ -792,7 +738,7 @@ impl KafkaCheckpointStore {
                 self.err(
                     "fetching metadata",
                     e,
-                    "check [checkpoint] brokers and that the brokers are reachable from here",
+                    "check sink.brokers and that the brokers are reachable from here",
                 )
             })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == self.config.topic) else {
@@ -823,13 +769,7 @@ impl KafkaCheckpointStore {
         let admin: AdminClient<TracingContext> = self
             .common_config()
             .create_with_context(TracingContext)
-            .map_err(|e| {
-                self.err(
-                    "creating the admin client",
-                    e,
-                    "fix [checkpoint.librdkafka]",
-                )
-            })?;
+            .map_err(|e| self.err("creating the admin client", e, "fix [sink.librdkafka]"))?;
         let new = NewTopic::new(
             &self.config.topic,
             1,
@@ -883,7 +823,7 @@ fn read_to_end(
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create_with_context(TracingContext)
-        .map_err(|e| err("creating the consumer", &e, "fix [checkpoint.librdkafka]"))?;
+        .map_err(|e| err("creating the consumer", &e, "fix [sink.librdkafka]"))?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)

@@ -35,7 +35,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{check_topic_name, ns_into, KafkaSinkConfig, TopicTemplate};
+use crate::config::{check_topic_name, ns_into, SinkConfig, TopicTemplate};
 use crate::error::{kafka_fix, DeliveryError, SinkError};
 use crate::progress::Progress;
 use crate::record::{OutRecord, SinkInput};
@@ -148,7 +148,7 @@ pub(crate) type SinkProducer = ThreadedProducer<SinkContext>;
 
 /// Creates the producer and runs the startup check.
 pub(crate) async fn start(
-    config: &KafkaSinkConfig,
+    config: &SinkConfig,
     shards: &[Arc<str>],
     progress: Arc<Progress>,
 ) -> Result<SinkProducer, SinkError> {
@@ -168,16 +168,17 @@ pub(crate) async fn start(
 /// up front.
 async fn check_topics(
     producer: &SinkProducer,
-    config: &KafkaSinkConfig,
+    config: &SinkConfig,
     shards: &[Arc<str>],
 ) -> Result<(), SinkError> {
     let p = producer.clone();
-    let timeout = config.startup_timeout;
+    let timeout = config.startup_timeout();
+    let template = config.topic();
     let md = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
         .await
         .expect("metadata fetch does not panic")
         .map_err(|e| SinkError::Unreachable {
-            brokers: config.brokers.clone(),
+            brokers: config.brokers().to_owned(),
             timeout_ms: timeout.as_millis(),
             cause: e.to_string(),
         })?;
@@ -187,11 +188,11 @@ async fn check_topics(
         "kafka sink: brokers reachable"
     );
     let mut wanted: Vec<(String, String)> = Vec::new();
-    if let Some(t) = config.topic.fixed() {
+    if let Some(t) = template.fixed() {
         wanted.push((t.to_owned(), "every shard".into()));
-    } else if !config.topic.uses_namespace() {
+    } else if !template.uses_namespace() {
         for s in shards {
-            wanted.push((config.topic.render(s, "", ""), format!("shard {s}")));
+            wanted.push((template.render(s, "", ""), format!("shard {s}")));
         }
     }
     for (topic, what) in wanted {
@@ -219,7 +220,7 @@ async fn check_topics(
                 cause,
                 fix: kafka_fix(code),
             };
-            if config.require_topics {
+            if config.require_topics() {
                 return Err(err);
             }
             tracing::warn!(error = %err, "kafka sink: topic missing, relying on auto-creation");
@@ -252,14 +253,14 @@ impl Worker {
         producer: SinkProducer,
         progress: Arc<Progress>,
         permits: Arc<Semaphore>,
-        config: &KafkaSinkConfig,
+        config: &SinkConfig,
     ) -> Self {
         Worker {
             producer,
             progress,
             permits,
-            max_in_flight: config.max_in_flight,
-            template: config.topic.clone(),
+            max_in_flight: config.max_in_flight(),
+            template: config.topic(),
             topic: String::new(),
             ns: String::new(),
             ts: String::new(),

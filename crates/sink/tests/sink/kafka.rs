@@ -4,17 +4,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorumtail_sink::{KafkaSinkConfig, Sink, SinkError, SinkInput};
+use quorumtail_sink::{Sink, SinkConfig, SinkError, SinkInput};
 use tokio::time::Instant;
 
 use crate::broker::{read_all, Broker};
 use crate::{confirmed_seq, cp, marker, record, ts, wait_progress};
 
-fn config(broker: &Broker, topic: &str) -> KafkaSinkConfig {
-    let mut c = KafkaSinkConfig::new(broker.bootstrap.clone());
-    c.topic = topic.parse().unwrap();
-    c.startup_timeout = Duration::from_secs(10);
-    c.max_in_flight = 256;
+fn config(broker: &Broker, topic: &str) -> SinkConfig {
+    let mut c = SinkConfig::kafka(broker.bootstrap.clone());
+    c.topic = Some(topic.parse().unwrap());
+    c.startup_timeout = Some(Duration::from_secs(10));
+    c.max_in_flight = Some(256);
     c.channel_capacity = 64;
     if let Ok(d) = std::env::var("RDKAFKA_DEBUG") {
         c.librdkafka.insert("debug".into(), d);
@@ -419,8 +419,8 @@ async fn startup_reports_missing_topics_and_unreachable_brokers() {
         .local_addr()
         .unwrap()
         .port();
-    let mut c = KafkaSinkConfig::new(format!("127.0.0.1:{port}"));
-    c.startup_timeout = Duration::from_secs(2);
+    let mut c = SinkConfig::kafka(format!("127.0.0.1:{port}"));
+    c.startup_timeout = Some(Duration::from_secs(2));
     let e = Sink::kafka(&c, &shards()).await.unwrap_err();
     assert!(matches!(e, SinkError::Unreachable { .. }), "{e:?}");
     let e = e.to_string();
@@ -433,7 +433,7 @@ async fn startup_reports_missing_topics_and_unreachable_brokers() {
     c.librdkafka
         .insert("enable.idempotence".into(), "false".into());
     let e = Sink::kafka(&c, &shards()).await.unwrap_err().to_string();
-    assert!(e.contains("librdkafka.enable.idempotence"), "{e}");
+    assert!(e.contains("librdkafka.\"enable.idempotence\""), "{e}");
 }
 
 /// A topic that does not exist fails definitely after librdkafka's bounded wait
@@ -489,7 +489,7 @@ async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
     }
     broker.create_topics(&[(&p, 2)]).await;
     let mut cfg = config(&broker, &p);
-    cfg.max_in_flight = 8;
+    cfg.max_in_flight = Some(8);
     cfg.channel_capacity = 4;
     let sink = Sink::kafka(&cfg, &shards()).await.unwrap();
     let tx = sink.sender();
@@ -528,7 +528,7 @@ async fn a_full_librdkafka_queue_makes_the_sink_wait() {
     }
     broker.create_topics(&[(&p, 2)]).await;
     let mut cfg = config(&broker, &p);
-    cfg.max_in_flight = 1000;
+    cfg.max_in_flight = Some(1000);
     cfg.channel_capacity = 4;
     cfg.librdkafka
         .insert("queue.buffering.max.messages".into(), "5".into());
