@@ -202,12 +202,13 @@ impl Status {
         Some(self.sink.get()?.unconfirmed())
     }
 
-    /// Delivery latency and errors (Kafka sink).
-    pub fn sink_delivery(&self) -> Option<quorumtail_sink::metrics::DeliveryStats> {
+    /// The Kafka sink's progress, whose delivery latency and errors `/metrics` shows
+    /// (none for the file sink).
+    pub fn sink_delivery(&self) -> Option<quorumtail_sink::ProgressView> {
         if !self.kafka_sink.get().copied().unwrap_or(false) {
             return None;
         }
-        Some(self.sink.get()?.delivery())
+        self.sink.get().cloned()
     }
 
     /// The sink's definite error, if it stopped.

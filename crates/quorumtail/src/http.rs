@@ -1,6 +1,11 @@
-//! Operator endpoints over plain HTTP/1.1: `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers), `/readyz` (every shard can confirm entries and the sink
-//! has not failed), `/status` (JSON), and `/`, a small status page that refreshes itself.
+//! Operator endpoints over plain HTTP/1.1: `/metrics` (Prometheus metrics in the
+//! OpenMetrics text format), `/healthz` (the process answers), `/readyz` (every shard can
+//! confirm entries and the sink has not failed), `/status` (JSON), and `/`, a small status
+//! page that refreshes itself.
+//!
+//! The metrics are read from the [`Status`] at each scrape by a prometheus-client
+//! [`Collector`] and encoded by that crate (names, types, units, help); label values are
+//! escaped on the way ([`LabelValue`]), which the crate itself does not do.
 //!
 //! Deliberately minimal: GET and HEAD only, one request per connection, bounded request
 //! size and time, at most [`MAX_CONNECTIONS`] connections served at once (more wait to be
@@ -12,6 +17,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use quorumtail_sink::metrics::LabelValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +102,7 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
             respond(
                 &mut stream,
                 200,
-                "text/plain; version=0.0.4",
+                METRICS_CONTENT_TYPE,
                 metrics(status).as_bytes(),
                 with_body,
             )
@@ -269,86 +280,553 @@ fn newest(nodes: &BTreeMap<String, NodeStats>) -> Option<quorumtail_oplog::Times
     nodes.values().filter_map(|n| n.last_ts).max()
 }
 
-fn family(m: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>) {
-    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(m, "{name} {v}");
-        } else {
-            let _ = writeln!(m, "{name}{{{labels}}} {v}");
+/// The Prometheus exposition of `status` at this scrape, encoded by prometheus-client in
+/// the OpenMetrics text format (which Prometheus reads; served as [`METRICS_CONTENT_TYPE`]).
+pub fn metrics(status: &Status) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape::take(status)));
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The content type of [`metrics`].
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a scrape reports, read from the [`Status`] once: the collector encodes it.
+#[derive(Debug)]
+struct Scrape {
+    shards: BTreeMap<String, StatsSnapshot>,
+    nodes: BTreeMap<String, BTreeMap<String, NodeStats>>,
+    /// `ts` seconds of each shard's confirmed checkpoint.
+    checkpoints: BTreeMap<String, u32>,
+    draining: BTreeMap<String, DrainState>,
+    in_flight: Option<usize>,
+    /// The Kafka sink's progress (its delivery metrics); none for the file sink.
+    delivery: Option<quorumtail_sink::ProgressView>,
+    sink_failed: bool,
+    process: Option<ProcessStats>,
+}
+
+impl Scrape {
+    fn take(status: &Status) -> Scrape {
+        let shards = status.all();
+        let nodes = shards
+            .keys()
+            .map(|k| (k.clone(), status.nodes(k)))
+            .collect();
+        let checkpoints = shards
+            .keys()
+            .filter_map(|k| status.confirmed(k).map(|c| (k.clone(), c.ts.time)))
+            .collect();
+        Scrape {
+            shards,
+            nodes,
+            checkpoints,
+            draining: status
+                .draining()
+                .into_iter()
+                .map(|(k, d)| (k, d.state))
+                .collect(),
+            in_flight: status.sink_in_flight(),
+            delivery: status.sink_delivery(),
+            sink_failed: status.sink_failure().is_some(),
+            process: ProcessStats::read(),
         }
     }
 }
 
-/// The Prometheus text exposition.
-pub fn metrics(status: &Status) -> String {
-    let mut m = String::with_capacity(4096);
-    family(
-        &mut m,
-        "quorumtail_build_info",
-        "gauge",
-        "Always 1; the labels say which build runs.",
-        vec![(
-            format!("version=\"{}\"", esc(env!("CARGO_PKG_VERSION"))),
-            1.0,
-        )],
-    );
-    process_metrics(&mut m);
-    m.push_str(&pipeline_metrics(status));
-    m
+/// The label values of one sample, each escaped.
+type Labels = Vec<(&'static str, LabelValue)>;
+
+fn shard_labels(shard: &str) -> Labels {
+    vec![("shard", LabelValue(shard.to_owned()))]
 }
 
-/// `process_*` metrics as Prometheus client libraries name them, from `/proc/self`
-/// (Linux; elsewhere none).
-fn process_metrics(m: &mut String) {
-    let Some(p) = ProcessStats::read() else {
-        return;
-    };
-    family(
-        m,
-        "process_cpu_seconds_total",
-        "counter",
-        "Total user and system CPU time spent in seconds.",
-        vec![(String::new(), p.cpu_seconds)],
-    );
-    family(
-        m,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        vec![(String::new(), p.resident_bytes)],
-    );
-    family(
-        m,
-        "process_virtual_memory_bytes",
-        "gauge",
-        "Virtual memory size in bytes.",
-        vec![(String::new(), p.virtual_bytes)],
-    );
-    family(
-        m,
-        "process_open_fds",
-        "gauge",
-        "Number of open file descriptors.",
-        vec![(String::new(), p.open_fds)],
-    );
-    if let Some(max) = p.max_fds {
-        family(
-            m,
-            "process_max_fds",
-            "gauge",
-            "Maximum number of open file descriptors.",
-            vec![(String::new(), max)],
-        );
+fn node_labels(shard: &str, node: &str) -> Labels {
+    vec![
+        ("shard", LabelValue(shard.to_owned())),
+        ("node", LabelValue(node.to_owned())),
+    ]
+}
+
+/// A sample's value: whole numbers are written as integers.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Int(i64),
+    Float(f64),
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Int(i64::from(b))
     }
-    if let Some(start) = p.start_time_seconds {
+}
+
+impl From<u32> for Value {
+    fn from(n: u32) -> Value {
+        Value::Int(i64::from(n))
+    }
+}
+
+impl From<u64> for Value {
+    fn from(n: u64) -> Value {
+        Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<usize> for Value {
+    fn from(n: usize) -> Value {
+        Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+
+/// Gauge or counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// Encodes one family. `name` is given without the unit and without `_total`: the
+/// encoder appends `_<unit>` and, for a counter's samples, `_total`.
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    kind: Kind,
+    samples: Vec<(Labels, Value)>,
+) -> std::fmt::Result {
+    let metric_type = match kind {
+        Kind::Gauge => MetricType::Gauge,
+        Kind::Counter => MetricType::Counter,
+    };
+    let mut m = encoder.encode_descriptor(name, help, unit.as_ref(), metric_type)?;
+    for (labels, v) in &samples {
+        if labels.is_empty() {
+            sample(&mut m, kind, *v)?;
+        } else {
+            sample(&mut m.encode_family(labels)?, kind, *v)?;
+        }
+    }
+    Ok(())
+}
+
+fn sample(m: &mut MetricEncoder, kind: Kind, v: Value) -> std::fmt::Result {
+    match (kind, v) {
+        (Kind::Gauge, Value::Int(n)) => m.encode_gauge(&n),
+        (Kind::Gauge, Value::Float(x)) => m.encode_gauge(&x),
+        (Kind::Counter, Value::Int(n)) => {
+            m.encode_counter::<NoLabelSet, u64, u64>(&u64::try_from(n).unwrap_or(0), None)
+        }
+        (Kind::Counter, Value::Float(x)) => m.encode_counter::<NoLabelSet, f64, f64>(&x, None),
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let version: Labels = vec![("version", LabelValue(env!("CARGO_PKG_VERSION").into()))];
+        Info::new(version).encode(e.encode_descriptor(
+            "quorumtail_build",
+            "Always 1; the labels say which build runs.",
+            None,
+            MetricType::Info,
+        )?)?;
+        self.process(&mut e)?;
+        self.nodes(&mut e)?;
+        self.shards(&mut e)?;
+        self.sink(&mut e)
+    }
+}
+
+impl Scrape {
+    /// `process_*` metrics as Prometheus client libraries name them, from `/proc/self`
+    /// (Linux; elsewhere none).
+    fn process(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(p) = self.process else {
+            return Ok(());
+        };
+        let one = |v: Value| vec![(Labels::new(), v)];
         family(
-            m,
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since unix epoch in seconds.",
-            vec![(String::new(), start)],
-        );
+            e,
+            "process_cpu",
+            "Total user and system CPU time spent in seconds.",
+            Some(Unit::Seconds),
+            Kind::Counter,
+            one(Value::Float(p.cpu_seconds)),
+        )?;
+        family(
+            e,
+            "process_resident_memory",
+            "Resident memory size in bytes.",
+            Some(Unit::Bytes),
+            Kind::Gauge,
+            one(Value::Int(p.resident_bytes as i64)),
+        )?;
+        family(
+            e,
+            "process_virtual_memory",
+            "Virtual memory size in bytes.",
+            Some(Unit::Bytes),
+            Kind::Gauge,
+            one(Value::Int(p.virtual_bytes as i64)),
+        )?;
+        family(
+            e,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            None,
+            Kind::Gauge,
+            one(Value::Int(p.open_fds as i64)),
+        )?;
+        if let Some(max) = p.max_fds {
+            family(
+                e,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                None,
+                Kind::Gauge,
+                one(Value::Int(max as i64)),
+            )?;
+        }
+        if let Some(start) = p.start_time_seconds {
+            family(
+                e,
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds.",
+                Some(Unit::Seconds),
+                Kind::Gauge,
+                one(Value::Float(start)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One sample per member for which `f` has a value.
+    fn per_node(
+        &self,
+        f: &dyn Fn(&NodeStats, Option<quorumtail_oplog::Timestamp>) -> Option<Value>,
+    ) -> Vec<(Labels, Value)> {
+        let mut v = Vec::new();
+        for (shard, ns) in &self.nodes {
+            let top = newest(ns);
+            for (addr, n) in ns {
+                if let Some(x) = f(n, top) {
+                    v.push((node_labels(shard, addr), x));
+                }
+            }
+        }
+        v
+    }
+
+    fn per_shard(&self, f: &dyn Fn(&StatsSnapshot) -> Value) -> Vec<(Labels, Value)> {
+        self.shards
+            .iter()
+            .map(|(k, s)| (shard_labels(k), f(s)))
+            .collect()
+    }
+
+    fn nodes(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use Kind::{Counter, Gauge};
+        let secs = || Some(Unit::Seconds);
+        family(
+            e,
+            "quorumtail_node_up",
+            "Whether the member's tailer is reading its oplog (1) or interrupted (0).",
+            None,
+            Gauge,
+            self.per_node(&|n, _| Some((n.state == "tailing").into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_last_entry_timestamp",
+            "ts (seconds) of the newest oplog entry the member reported.",
+            secs(),
+            Gauge,
+            self.per_node(&|n, _| n.last_ts.map(|t| t.time.into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_lag",
+            "How far the member's newest reported entry is behind the newest entry any member of its shard reported.",
+            secs(),
+            Gauge,
+            // A member that never reported has no lag to show (not "since 1970").
+            self.per_node(&|n, top| Some(top?.time.saturating_sub(n.last_ts?.time).into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_reconnects",
+            "Times the member's tailer was interrupted and reconnected.",
+            None,
+            Counter,
+            self.per_node(&|n, _| Some(n.interruptions.into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_read",
+            "Bytes of oplog replies received from the member (whole entries or identities).",
+            Some(Unit::Bytes),
+            Counter,
+            self.per_node(&|n, _| Some(n.bytes_read.into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_reading_whole_entries",
+            "Whether the member's stream holds whole entries (1) or identities only (0).",
+            None,
+            Gauge,
+            self.per_node(&|n, _| Some((n.reading == "whole entries").into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_voter",
+            "Whether the member's reports count towards the quorum (votes: 1 in the replica set configuration).",
+            None,
+            Gauge,
+            self.per_node(&|n, _| Some(n.voter.into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_hidden",
+            "Whether the member is hidden in the replica set configuration (read although hello and config.shards omit it).",
+            None,
+            Gauge,
+            self.per_node(&|n, _| Some(n.hidden.into())),
+        )?;
+        family(
+            e,
+            "quorumtail_node_commit_point_timestamp",
+            "ts (seconds) of the member's view of MongoDB's commit point, confirmed against its stream.",
+            secs(),
+            Gauge,
+            self.per_node(&|n, _| n.commit_point_ts.map(|t| t.time.into())),
+        )?;
+        let mut headroom = Vec::new();
+        for (shard, ns) in &self.nodes {
+            let Some(cp) = self.checkpoints.get(shard) else {
+                continue;
+            };
+            for (addr, n) in ns {
+                if let Some(o) = n.oldest_ts {
+                    headroom.push((
+                        node_labels(shard, addr),
+                        Value::Int(i64::from(*cp) - i64::from(o.time)),
+                    ));
+                }
+            }
+        }
+        family(
+            e,
+            "quorumtail_node_oplog_headroom",
+            "Checkpoint minus the member's oldest oplog entry: how long quorumtail may stay stopped before this member no longer holds the resume point.",
+            secs(),
+            Gauge,
+            headroom,
+        )
+    }
+
+    fn shards(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use Kind::{Counter, Gauge};
+        let secs = || Some(Unit::Seconds);
+        family(
+            e,
+            "quorumtail_shard_awaiting_commit_point",
+            "Whether the next entry a quorum of voters holds waits for MongoDB's commit point (1).",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.awaiting_commit_point.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_commit_point_waits",
+            "Times the release waited for MongoDB's commit point after a quorum of voters held the next entry.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.commit_waits.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_commit_point_wait",
+            "Total time the release waited for MongoDB's commit point.",
+            secs(),
+            Counter,
+            self.per_shard(&|s| Value::Float(s.commit_wait_micros as f64 / 1e6)),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_arbiters",
+            "Arbiters in the replica set configuration (they vote, hold no oplog).",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.arbiters.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_committed_timestamp",
+            "ts (seconds) of the last entry a quorum confirmed (the merge watermark).",
+            secs(),
+            Gauge,
+            self.per_shard(&|s| s.watermark_seconds.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_checkpoint_timestamp",
+            "ts (seconds) of the shard's checkpoint as confirmed by the sink.",
+            secs(),
+            Gauge,
+            self.checkpoints
+                .iter()
+                .map(|(k, v)| (shard_labels(k), (*v).into()))
+                .collect(),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_pending_entries",
+            "Entries reported by fewer members than the quorum so far.",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.pending.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_committed_entries",
+            "Entries a quorum of members confirmed.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.committed.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_whole_entry_member_changes",
+            "Times another member was chosen to send whole entries (the others send identities).",
+            None,
+            Counter,
+            self.per_shard(&|s| s.whole_switches.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_discarded_entries",
+            "Entries no quorum ever held (rolled back, or seen by a minority only); never emitted.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.discarded.into()),
+        )?;
+        let mut dropped = Vec::new();
+        for (k, s) in &self.shards {
+            for (reason, n) in [
+                ("from_migrate", s.dropped_from_migrate),
+                ("noop", s.dropped_noops),
+                ("internal_namespace", s.dropped_internal),
+                ("pattern", s.dropped_by_pattern),
+                ("aborted_transaction", s.aborted_ops),
+            ] {
+                let mut labels = shard_labels(k);
+                labels.push(("reason", LabelValue(reason.into())));
+                dropped.push((labels, n.into()));
+            }
+        }
+        family(
+            e,
+            "quorumtail_shard_dropped_operations",
+            "Committed operations not emitted, by reason.",
+            None,
+            Counter,
+            dropped,
+        )?;
+        family(
+            e,
+            "quorumtail_shard_records",
+            "Records handed to the sink.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.records.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_quorum_available",
+            "Whether enough members are being read to confirm entries.",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.quorum_reachable.into()),
+        )?;
+        let drain = |blocked: bool| -> Vec<(Labels, Value)> {
+            self.shards
+                .keys()
+                .map(|k| {
+                    let d = self.draining.get(k).is_some_and(|d| {
+                        if blocked {
+                            *d == DrainState::Unreachable
+                        } else {
+                            *d != DrainState::Drained
+                        }
+                    });
+                    (shard_labels(k), d.into())
+                })
+                .collect()
+        };
+        family(
+            e,
+            "quorumtail_shard_draining",
+            "Whether the shard was removed and is being drained (1: reading, unreachable or delivering; 0: not removed, or drained).",
+            None,
+            Gauge,
+            drain(false),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_drain_blocked",
+            "Whether a removed shard cannot be drained because fewer of its members than its quorum answer.",
+            None,
+            Gauge,
+            drain(true),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_failed",
+            "Whether the shard stopped with a definite error.",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.failed.into()),
+        )
+    }
+
+    fn sink(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        family(
+            e,
+            "quorumtail_sink_in_flight_records",
+            "Records handed to the sink and not yet confirmed (acknowledged by Kafka or fsynced).",
+            None,
+            Kind::Gauge,
+            self.in_flight
+                .map(|n| vec![(Labels::new(), n.into())])
+                .unwrap_or_default(),
+        )?;
+        if let Some(view) = &self.delivery {
+            let d = view.delivery();
+            d.latency.encode(e.encode_descriptor(
+                "quorumtail_sink_delivery",
+                "Time from handing a record to the Kafka producer to its acknowledgement (acks=all).",
+                Some(&Unit::Seconds),
+                d.latency.metric_type(),
+            )?)?;
+            d.errors.encode(e.encode_descriptor(
+                "quorumtail_sink_delivery_errors",
+                "Definite delivery errors, by librdkafka error code.",
+                None,
+                d.errors.metric_type(),
+            )?)?;
+        }
+        family(
+            e,
+            "quorumtail_sink_failed",
+            "Whether the sink stopped with a definite error.",
+            None,
+            Kind::Gauge,
+            vec![(Labels::new(), self.sink_failed.into())],
+        )
     }
 }
 
@@ -412,328 +890,6 @@ impl ProcessStats {
             start_time_seconds: btime.zip(tick(22)).map(|(b, t)| b + t / USER_HZ),
         })
     }
-}
-
-/// The pipeline's and the sink's metrics.
-fn pipeline_metrics(status: &Status) -> String {
-    let shards = status.all();
-    let nodes: BTreeMap<String, BTreeMap<String, NodeStats>> = shards
-        .keys()
-        .map(|k| (k.clone(), status.nodes(k)))
-        .collect();
-    let mut m = String::with_capacity(4096);
-    let per_shard = |f: &dyn Fn(&StatsSnapshot) -> f64| -> Vec<(String, f64)> {
-        shards
-            .iter()
-            .map(|(k, s)| (format!("shard=\"{}\"", esc(k)), f(s)))
-            .collect()
-    };
-    let per_node = |f: &dyn Fn(&NodeStats, Option<quorumtail_oplog::Timestamp>) -> Option<f64>| -> Vec<(String, f64)> {
-        let mut v = Vec::new();
-        for (shard, ns) in &nodes {
-            let top = newest(ns);
-            for (addr, n) in ns {
-                if let Some(x) = f(n, top) {
-                    v.push((format!("shard=\"{}\",node=\"{}\"", esc(shard), esc(addr)), x));
-                }
-            }
-        }
-        v
-    };
-    family(
-        &mut m,
-        "quorumtail_node_up",
-        "gauge",
-        "Whether the member's tailer is reading its oplog (1) or interrupted (0).",
-        per_node(&|n, _| Some(f64::from(u8::from(n.state == "tailing")))),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_last_entry_timestamp_seconds",
-        "gauge",
-        "ts (seconds) of the newest oplog entry the member reported.",
-        per_node(&|n, _| n.last_ts.map(|t| f64::from(t.time))),
-    );
-    family(&mut m,
-        "quorumtail_node_lag_seconds",
-        "gauge",
-        "How far the member's newest reported entry is behind the newest entry any member of its shard reported.",
-        // A member that never reported has no lag to show (not "since 1970").
-        per_node(&|n, top| Some(f64::from(top?.time.saturating_sub(n.last_ts?.time)))),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_reconnects_total",
-        "counter",
-        "Times the member's tailer was interrupted and reconnected.",
-        per_node(&|n, _| Some(n.interruptions as f64)),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_read_bytes_total",
-        "counter",
-        "Bytes of oplog replies received from the member (whole entries or identities).",
-        per_node(&|n, _| Some(n.bytes_read as f64)),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_reading_whole_entries",
-        "gauge",
-        "Whether the member's stream holds whole entries (1) or identities only (0).",
-        per_node(&|n, _| Some(f64::from(u8::from(n.reading == "whole entries")))),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_voter",
-        "gauge",
-        "Whether the member's reports count towards the quorum (votes: 1 in the replica set configuration).",
-        per_node(&|n, _| Some(f64::from(u8::from(n.voter)))),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_hidden",
-        "gauge",
-        "Whether the member is hidden in the replica set configuration (read although hello and config.shards omit it).",
-        per_node(&|n, _| Some(f64::from(u8::from(n.hidden)))),
-    );
-    family(
-        &mut m,
-        "quorumtail_node_commit_point_timestamp_seconds",
-        "gauge",
-        "ts (seconds) of the member's view of MongoDB's commit point, confirmed against its stream.",
-        per_node(&|n, _| n.commit_point_ts.map(|t| f64::from(t.time))),
-    );
-    let checkpoints: BTreeMap<String, u32> = shards
-        .keys()
-        .filter_map(|k| status.confirmed(k).map(|c| (k.clone(), c.ts.time)))
-        .collect();
-    {
-        let mut v = Vec::new();
-        for (shard, ns) in &nodes {
-            let Some(cp) = checkpoints.get(shard) else {
-                continue;
-            };
-            for (addr, n) in ns {
-                if let Some(o) = n.oldest_ts {
-                    v.push((
-                        format!("shard=\"{}\",node=\"{}\"", esc(shard), esc(addr)),
-                        f64::from(*cp) - f64::from(o.time),
-                    ));
-                }
-            }
-        }
-        family(&mut m,
-            "quorumtail_node_oplog_headroom_seconds",
-            "gauge",
-            "Checkpoint minus the member's oldest oplog entry: how long quorumtail may stay stopped before this member no longer holds the resume point.",
-            v,
-        );
-    }
-    family(
-        &mut m,
-        "quorumtail_shard_awaiting_commit_point",
-        "gauge",
-        "Whether the next entry a quorum of voters holds waits for MongoDB's commit point (1).",
-        per_shard(&|s| f64::from(u8::from(s.awaiting_commit_point))),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_commit_point_waits_total",
-        "counter",
-        "Times the release waited for MongoDB's commit point after a quorum of voters held the next entry.",
-        per_shard(&|s| s.commit_waits as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_commit_point_wait_seconds_total",
-        "counter",
-        "Total time the release waited for MongoDB's commit point.",
-        per_shard(&|s| s.commit_wait_micros as f64 / 1e6),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_arbiters",
-        "gauge",
-        "Arbiters in the replica set configuration (they vote, hold no oplog).",
-        per_shard(&|s| s.arbiters as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_committed_timestamp_seconds",
-        "gauge",
-        "ts (seconds) of the last entry a quorum confirmed (the merge watermark).",
-        per_shard(&|s| s.watermark_seconds as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_checkpoint_timestamp_seconds",
-        "gauge",
-        "ts (seconds) of the shard's checkpoint as confirmed by the sink.",
-        checkpoints
-            .iter()
-            .map(|(k, v)| (format!("shard=\"{}\"", esc(k)), f64::from(*v)))
-            .collect(),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_pending_entries",
-        "gauge",
-        "Entries reported by fewer members than the quorum so far.",
-        per_shard(&|s| s.pending as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_committed_entries_total",
-        "counter",
-        "Entries a quorum of members confirmed.",
-        per_shard(&|s| s.committed as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_whole_entry_member_changes_total",
-        "counter",
-        "Times another member was chosen to send whole entries (the others send identities).",
-        per_shard(&|s| s.whole_switches as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_discarded_entries_total",
-        "counter",
-        "Entries no quorum ever held (rolled back, or seen by a minority only); never emitted.",
-        per_shard(&|s| s.discarded as f64),
-    );
-    {
-        let mut v = Vec::new();
-        for (k, s) in &shards {
-            for (reason, n) in [
-                ("from_migrate", s.dropped_from_migrate),
-                ("noop", s.dropped_noops),
-                ("internal_namespace", s.dropped_internal),
-                ("pattern", s.dropped_by_pattern),
-                ("aborted_transaction", s.aborted_ops),
-            ] {
-                v.push((
-                    format!("shard=\"{}\",reason=\"{reason}\"", esc(k)),
-                    n as f64,
-                ));
-            }
-        }
-        family(
-            &mut m,
-            "quorumtail_shard_dropped_operations_total",
-            "counter",
-            "Committed operations not emitted, by reason.",
-            v,
-        );
-    }
-    family(
-        &mut m,
-        "quorumtail_shard_records_total",
-        "counter",
-        "Records handed to the sink.",
-        per_shard(&|s| s.records as f64),
-    );
-    family(
-        &mut m,
-        "quorumtail_shard_quorum_available",
-        "gauge",
-        "Whether enough members are being read to confirm entries.",
-        per_shard(&|s| f64::from(u8::from(s.quorum_reachable))),
-    );
-    {
-        let draining = status.draining();
-        family(
-            &mut m,
-            "quorumtail_shard_draining",
-            "gauge",
-            "Whether the shard was removed and is being drained (1: reading, unreachable or delivering; 0: not removed, or drained).",
-            shards
-                .keys()
-                .map(|k| {
-                    let d = draining
-                        .get(k)
-                        .is_some_and(|d| d.state != DrainState::Drained);
-                    (format!("shard=\"{}\"", esc(k)), f64::from(u8::from(d)))
-                })
-                .collect(),
-        );
-        family(
-            &mut m,
-            "quorumtail_shard_drain_blocked",
-            "gauge",
-            "Whether a removed shard cannot be drained because fewer of its members than its quorum answer.",
-            shards
-                .keys()
-                .map(|k| {
-                    let d = draining
-                        .get(k)
-                        .is_some_and(|d| d.state == DrainState::Unreachable);
-                    (format!("shard=\"{}\"", esc(k)), f64::from(u8::from(d)))
-                })
-                .collect(),
-        );
-    }
-    family(
-        &mut m,
-        "quorumtail_shard_failed",
-        "gauge",
-        "Whether the shard stopped with a definite error.",
-        per_shard(&|s| f64::from(u8::from(s.failed))),
-    );
-    family(
-        &mut m,
-        "quorumtail_sink_in_flight_records",
-        "gauge",
-        "Records handed to the sink and not yet confirmed (acknowledged by Kafka or fsynced).",
-        status
-            .sink_in_flight()
-            .map(|n| vec![(String::new(), n as f64)])
-            .unwrap_or_default(),
-    );
-    if let Some(d) = status.sink_delivery() {
-        let _ = writeln!(
-            m,
-            "# HELP quorumtail_sink_delivery_seconds Time from handing a record to the Kafka producer to its acknowledgement (acks=all).\n# TYPE quorumtail_sink_delivery_seconds histogram"
-        );
-        for (le, n) in &d.buckets {
-            let _ = writeln!(
-                m,
-                "quorumtail_sink_delivery_seconds_bucket{{le=\"{le}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            m,
-            "quorumtail_sink_delivery_seconds_bucket{{le=\"+Inf\"}} {}",
-            d.count
-        );
-        let _ = writeln!(m, "quorumtail_sink_delivery_seconds_sum {}", d.sum_seconds);
-        let _ = writeln!(m, "quorumtail_sink_delivery_seconds_count {}", d.count);
-        let _ = writeln!(m, "# HELP quorumtail_sink_delivery_errors_total Definite delivery errors, by librdkafka error code.\n# TYPE quorumtail_sink_delivery_errors_total counter");
-        for (kind, n) in &d.errors {
-            let _ = writeln!(
-                m,
-                "quorumtail_sink_delivery_errors_total{{kind=\"{}\"}} {n}",
-                esc(kind)
-            );
-        }
-    }
-    family(
-        &mut m,
-        "quorumtail_sink_failed",
-        "gauge",
-        "Whether the sink stopped with a definite error.",
-        vec![(
-            String::new(),
-            f64::from(u8::from(status.sink_failure().is_some())),
-        )],
-    );
-    m
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The `/status` document.
@@ -930,6 +1086,53 @@ mod tests {
             "process_start_time_seconds ",
         ] {
             assert_eq!(sample(&m, name).len(), 1, "{name} in\n{m}");
+        }
+    }
+
+    /// A label value holding quotes, backslashes or a line feed is escaped (the library
+    /// writes label values as they are); families carry their type, unit and help.
+    #[test]
+    fn label_values_are_escaped_and_families_typed() {
+        let status = Status::default();
+        let stats = status.register(&"sh\"ard\\01".into());
+        stats.set_node(
+            "a:1\nb",
+            NodeStats {
+                state: "tailing".into(),
+                bytes_read: 7,
+                ..Default::default()
+            },
+        );
+        let m = metrics(&status);
+        assert!(
+            m.lines().any(|l| {
+                l
+                == "quorumtail_node_read_bytes_total{shard=\"sh\\\"ard\\\\01\",node=\"a:1\\nb\"} 7"
+            }),
+            "{m}"
+        );
+        assert!(
+            m.contains("quorumtail_shard_records_total{shard=\"sh\\\"ard\\\\01\"} 0\n"),
+            "{m}"
+        );
+        for line in [
+            "# TYPE quorumtail_node_read_bytes counter",
+            "# UNIT quorumtail_node_read_bytes bytes",
+            "# TYPE quorumtail_node_lag_seconds gauge",
+            "# UNIT quorumtail_node_lag_seconds seconds",
+            "# HELP quorumtail_shard_records Records handed to the sink.",
+            "# TYPE quorumtail_build info",
+            "# EOF",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line:?} in\n{m}");
+        }
+        // Every sample line is `name[{labels}] value` with a name the README lists.
+        for l in m.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(
+                name.starts_with("quorumtail_") || name.starts_with("process_"),
+                "{l}"
+            );
         }
     }
 

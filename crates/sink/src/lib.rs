@@ -172,8 +172,8 @@ impl ProgressView {
     }
 
     /// Delivery latency and errors of the Kafka sink.
-    pub fn delivery(&self) -> metrics::DeliveryStats {
-        self.progress.metrics.snapshot()
+    pub fn delivery(&self) -> &metrics::DeliveryMetrics {
+        &self.progress.metrics
     }
 }
 
