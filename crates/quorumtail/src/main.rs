@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use quorumtail::{config, coordinator, demo};
+use quorumtail::{config, coordinator};
 
 use config::{Config, ConfigError, SinkKind, StartPosition};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,8 @@ enum Command {
     },
     /// Start a simulated sharded cluster (2 shards x 3 members) with a workload that
     /// includes a chunk migration and a failover whose rolled-back writes must never be
-    /// emitted; tail it and print the records and a summary.
+    /// emitted; tail it and print the records and a summary. Needs a build with the
+    /// `demo` feature (the default).
     Demo {
         /// Send records to this Kafka broker instead of stdout.
         #[arg(long)]
@@ -86,12 +87,29 @@ fn main() -> ExitCode {
             brokers,
             topic,
             writes,
-        } => runtime().block_on(demo::demo(demo::DemoOptions {
-            brokers,
-            topic,
-            writes,
-        })),
+        } => demo(brokers, topic, writes),
     }
+}
+
+#[cfg(feature = "demo")]
+fn demo(brokers: Option<String>, topic: String, writes: usize) -> ExitCode {
+    use quorumtail::demo;
+    runtime().block_on(demo::demo(demo::DemoOptions {
+        brokers,
+        topic,
+        writes,
+    }))
+}
+
+/// A production build has no simulator to run the demo on: say so, exit 2.
+#[cfg(not(feature = "demo"))]
+fn demo(_brokers: Option<String>, _topic: String, _writes: usize) -> ExitCode {
+    eprintln!(
+        "error: this build of quorumtail has no demo: it was built without the `demo` feature \
+         (the simulated cluster it runs on is left out of production builds); build with \
+         `cargo build -p quorumtail` (the feature is on by default) to run it"
+    );
+    ExitCode::from(2)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

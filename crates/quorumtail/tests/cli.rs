@@ -146,6 +146,7 @@ fn version_flag() {
 
 /// README's first command: the demo runs the whole pipeline on a simulated cluster and
 /// checks its output against the simulator's ground truth.
+#[cfg(feature = "demo")]
 #[test]
 fn demo_runs_and_verifies_itself() {
     let out = bin().arg("demo").output().unwrap();
@@ -168,6 +169,22 @@ fn demo_runs_and_verifies_itself() {
         records.iter().all(|r| r["entry"]["o"]["item"] != "phantom"),
         "a rolled-back write reached stdout"
     );
+}
+
+/// A build without the `demo` feature (no simulator linked) says so and exits 2
+/// (`cargo test -p quorumtail --no-default-features --test cli demo`).
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_in_a_build_without_the_feature_says_so() {
+    let out = bin().arg("demo").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("this build of quorumtail has no demo")
+            && stderr.contains("`demo` feature"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 /// `kill -9` in the middle of a run, then a restart: nothing is lost, and the only
