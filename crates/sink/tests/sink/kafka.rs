@@ -157,12 +157,8 @@ async fn delivers_two_shards_across_partitions_in_order_with_headers_and_keys() 
 /// in Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_checkpoint_waits_for_a_stopped_broker() {
-    let broker = Broker::start();
+    let broker = Broker::start_controllable();
     let p = crate::unique("it2");
-    if !broker.controllable() {
-        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
-        return;
-    }
     broker.create_topics(&[(&p, 3)]).await;
     let mut cfg = config(&broker, &p);
     cfg.librdkafka
@@ -246,12 +242,8 @@ async fn confirmed_checkpoint_waits_for_a_stopped_broker() {
 /// after it reach the new broker; otherwise the error is definite and names the shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_crash_and_restart_continues_or_fails_clearly() {
-    let mut broker = Broker::start();
+    let mut broker = Broker::start_controllable();
     let p = crate::unique("it3");
-    if !broker.controllable() {
-        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
-        return;
-    }
     broker.create_topics(&[(&p, 2)]).await;
     let mut cfg = config(&broker, &p);
     // tansu forgets producer ids when it restarts, and librdkafka's answer to
@@ -481,12 +473,8 @@ async fn unknown_topic_is_definite_after_a_bounded_wait() {
 /// of dropping, and everything arrives once the broker continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
-    let broker = Broker::start();
+    let broker = Broker::start_controllable();
     let p = crate::unique("it7");
-    if !broker.controllable() {
-        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
-        return;
-    }
     broker.create_topics(&[(&p, 2)]).await;
     let mut cfg = config(&broker, &p);
     cfg.max_in_flight = Some(8);
@@ -520,12 +508,8 @@ async fn in_flight_limit_makes_send_wait_and_drops_nothing() {
 /// A full librdkafka queue (QueueFull) makes the sink wait for deliveries, never drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_librdkafka_queue_makes_the_sink_wait() {
-    let broker = Broker::start();
+    let broker = Broker::start_controllable();
     let p = crate::unique("it8");
-    if !broker.controllable() {
-        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
-        return;
-    }
     broker.create_topics(&[(&p, 2)]).await;
     let mut cfg = config(&broker, &p);
     cfg.max_in_flight = Some(1000);
@@ -570,12 +554,8 @@ async fn a_full_librdkafka_queue_makes_the_sink_wait() {
 /// so far and says how many records were not confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_deadline_with_a_stopped_broker_reports_what_is_confirmed() {
-    let broker = Broker::start();
+    let broker = Broker::start_controllable();
     let p = crate::unique("it9");
-    if !broker.controllable() {
-        eprintln!("skipped: needs a tansu started by the test (KAFKA_BOOTSTRAP is set)");
-        return;
-    }
     broker.create_topics(&[(&p, 2)]).await;
     let sink = Sink::kafka(&config(&broker, &p), &shards()).await.unwrap();
     let tx = sink.sender();
