@@ -61,52 +61,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::client::{producer_properties, shared_properties, TracingContext};
 use crate::config::{CheckpointConfig, CheckpointKind, SinkConfig};
-use crate::kafka::TracingContext;
-use crate::ProgressView;
-
-/// Positions the sink confirmed, one per shard. Only the sink creates these (or a caller
-/// that vouches for them with [`ConfirmedCheckpoints::assume_confirmed`]), so a store can
-/// never be handed positions that are not delivered.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConfirmedCheckpoints(HashMap<Arc<str>, EntryId>);
-
-impl ConfirmedCheckpoints {
-    pub(crate) fn from_sink(m: HashMap<Arc<str>, EntryId>) -> Self {
-        ConfirmedCheckpoints(m)
-    }
-
-    /// Wraps positions the caller knows to be confirmed: ones just loaded from a store
-    /// (to copy them to another store), or test data.
-    pub fn assume_confirmed(m: HashMap<Arc<str>, EntryId>) -> Self {
-        ConfirmedCheckpoints(m)
-    }
-
-    /// The confirmed position of a shard.
-    pub fn get(&self, shard: &str) -> Option<EntryId> {
-        self.0.get(shard).copied()
-    }
-
-    /// Every shard with a confirmed position.
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &EntryId)> {
-        self.0.iter()
-    }
-
-    /// How many shards have a position.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether no shard has a position.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The positions as a map.
-    pub fn into_map(self) -> HashMap<Arc<str>, EntryId> {
-        self.0
-    }
-}
+use crate::progress::ProgressView;
+pub use crate::tracker::ConfirmedCheckpoints;
 
 /// Errors of the checkpoint stores.
 #[derive(Debug, thiserror::Error)]
@@ -647,21 +605,6 @@ impl std::fmt::Debug for KafkaCheckpointStore {
     }
 }
 
-/// Security and connection properties are shared by the admin client and the consumer;
-/// producer-only keys would make librdkafka warn there, so they are left out.
-const PRODUCER_ONLY: &[&str] = &[
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "linger.ms",
-    "queue.buffering.max.ms",
-    "message.timeout.ms",
-    "delivery.timeout.ms",
-    "compression.type",
-    "compression.codec",
-    "client.id",
-];
-
 impl KafkaCheckpointStore {
     /// Connects, and creates the topic (`cleanup.policy=compact`, one partition) if it does
     /// not exist.
@@ -684,7 +627,7 @@ impl KafkaCheckpointStore {
                 fix,
             }
         };
-        let props = crate::config::producer_properties(sink.brokers(), &sink.librdkafka)
+        let props = producer_properties(sink.brokers(), &sink.librdkafka)
             .map_err(|e| kerr("configuration", "fix [sink.librdkafka]")(e.to_string()))?;
         let mut pc = ClientConfig::new();
         for (k, v) in &props {
@@ -707,14 +650,7 @@ impl KafkaCheckpointStore {
     }
 
     fn common_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in &self.librdkafka {
-            if !PRODUCER_ONLY.contains(&k.as_str()) {
-                c.set(k, v);
-            }
-        }
-        c
+        shared_properties(&self.brokers, &self.librdkafka)
     }
 
     fn err(&self, op: &'static str, cause: impl ToString, fix: &'static str) -> CheckpointError {

@@ -17,187 +17,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::client::{producer_properties, refused_property};
 use crate::error::SinkError;
-use crate::record::write_ns;
-
-/// One piece of a [`TopicTemplate`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Shard,
-    Db,
-    Coll,
-}
-
-/// A topic name with placeholders `{shard}`, `{db}` and `{coll}`, validated when parsed:
-/// an unknown placeholder, an unbalanced brace or an illegal literal character is an
-/// error. Rendering writes into a reused buffer (no allocation per record).
-#[derive(Clone, PartialEq, Eq)]
-pub struct TopicTemplate {
-    source: String,
-    parts: Vec<Part>,
-}
-
-impl fmt::Debug for TopicTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TopicTemplate({:?})", self.source)
-    }
-}
-
-impl fmt::Display for TopicTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
-    }
-}
-
-/// Whether `c` may appear in a Kafka topic name.
-fn legal_topic_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-/// Checks a rendered topic name against Kafka's rules.
-///
-/// # Errors
-/// A description of the problem.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the topic name is empty".into());
-    }
-    if name.len() > 249 {
-        return Err(format!(
-            "the topic name is {} characters long (at most 249)",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a legal topic name"));
-    }
-    if let Some(c) = name.chars().find(|&c| !legal_topic_char(c)) {
-        return Err(format!(
-            "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' only)"
-        ));
-    }
-    Ok(())
-}
-
-impl FromStr for TopicTemplate {
-    type Err = SinkError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |problem: String| SinkError::Config {
-            key: "topic".into(),
-            problem: format!("{s:?}: {problem}"),
-        };
-        let mut parts = Vec::new();
-        let mut lit = String::new();
-        let mut rest = s;
-        while let Some(c) = rest.chars().next() {
-            match c {
-                '{' => {
-                    let end = rest.find('}').ok_or_else(|| err("unclosed '{'".into()))?;
-                    let name = &rest[1..end];
-                    let part = match name {
-                        "shard" => Part::Shard,
-                        "db" => Part::Db,
-                        "coll" => Part::Coll,
-                        other => {
-                            return Err(err(format!(
-                                "unknown placeholder {{{other}}}; the placeholders are {{shard}}, {{db}} and {{coll}}"
-                            )))
-                        }
-                    };
-                    if !lit.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut lit)));
-                    }
-                    parts.push(part);
-                    rest = &rest[end + 1..];
-                }
-                '}' => return Err(err("'}' without a matching '{'".into())),
-                c if legal_topic_char(c) => {
-                    lit.push(c);
-                    rest = &rest[c.len_utf8()..];
-                }
-                c => {
-                    return Err(err(format!(
-                    "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' only)"
-                )))
-                }
-            }
-        }
-        if !lit.is_empty() {
-            parts.push(Part::Literal(lit));
-        }
-        if parts.is_empty() {
-            return Err(err("the topic template is empty".into()));
-        }
-        let t = TopicTemplate {
-            source: s.to_owned(),
-            parts,
-        };
-        if let Some(fixed) = t.fixed() {
-            check_topic_name(fixed).map_err(err)?;
-        }
-        Ok(t)
-    }
-}
-
-impl<'de> Deserialize<'de> for TopicTemplate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(|e| match e {
-            SinkError::Config { problem, .. } => serde::de::Error::custom(problem),
-            other => serde::de::Error::custom(other),
-        })
-    }
-}
-
-impl TopicTemplate {
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
-    /// The topic, when the template has no placeholder.
-    pub fn fixed(&self) -> Option<&str> {
-        match self.parts.as_slice() {
-            [Part::Literal(l)] => Some(l),
-            _ => None,
-        }
-    }
-
-    /// Whether the topic depends on the namespace (`{db}` or `{coll}`), so that not every
-    /// topic can be known up front.
-    pub fn uses_namespace(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Db | Part::Coll))
-    }
-
-    /// Renders into `out` (cleared first).
-    pub fn render_into(&self, out: &mut String, shard: &str, db: &str, coll: &str) {
-        out.clear();
-        for p in &self.parts {
-            match p {
-                Part::Literal(l) => out.push_str(l),
-                Part::Shard => out.push_str(shard),
-                Part::Db => out.push_str(db),
-                Part::Coll => out.push_str(coll),
-            }
-        }
-    }
-
-    /// Renders to a new string.
-    pub fn render(&self, shard: &str, db: &str, coll: &str) -> String {
-        let mut s = String::new();
-        self.render_into(&mut s, shard, db, coll);
-        s
-    }
-}
+pub use crate::topic::{check_topic_name, TopicTemplate};
 
 /// Parses a human duration ("500ms", "10s", "2m"); the problem quotes the value as written.
 ///
@@ -566,7 +392,7 @@ impl SinkConfig {
                 "" => "127.0.0.1:9092",
                 b => b,
             };
-            for (k, why) in crate::preflight::librdkafka_properties(brokers, &self.librdkafka) {
+            for (k, why) in crate::client::librdkafka_properties(brokers, &self.librdkafka) {
                 problems.push(if k.is_empty() {
                     format!("sink.librdkafka: {why}")
                 } else {
@@ -634,53 +460,6 @@ impl SinkConfig {
         self.check_values(SinkKind::Kafka)?;
         producer_properties(self.brokers(), &self.librdkafka)
     }
-}
-
-/// Why the sink refuses a passthrough librdkafka property, if it does.
-fn refused_property(key: &str, value: &str) -> Option<&'static str> {
-    let v = value.trim().to_ascii_lowercase();
-    match key {
-        "enable.idempotence" if v != "true" => Some(
-            "the sink needs the idempotent producer (ordered, no duplicates on retry); remove this key",
-        ),
-        "acks" | "request.required.acks" if v != "all" && v != "-1" => Some(
-            "the sink requires acks=all so a checkpoint never passes a record a broker failure could lose; remove this key",
-        ),
-        "delivery.report.only.error" if v != "false" => Some(
-            "the sink needs a delivery report for every record to move checkpoints; remove this key",
-        ),
-        "transactional.id" => Some("the sink does not use transactions; remove this key"),
-        "bootstrap.servers" | "metadata.broker.list" => {
-            Some("set the brokers with sink.brokers instead")
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn producer_properties(
-    brokers: &str,
-    user: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, SinkError> {
-    let mut p: BTreeMap<String, String> = [
-        ("bootstrap.servers", brokers),
-        ("enable.idempotence", "true"),
-        ("acks", "all"),
-        ("linger.ms", "5"),
-        ("client.id", "quorumtail"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in user {
-        if let Some(problem) = refused_property(k, v) {
-            return Err(SinkError::Config {
-                key: format!("librdkafka.\"{k}\""),
-                problem: problem.to_owned(),
-            });
-        }
-        p.insert(k.clone(), v.clone());
-    }
-    Ok(p)
 }
 
 /// `[checkpoint] kind`.
@@ -830,43 +609,9 @@ impl CheckpointConfig {
     }
 }
 
-/// Renders the namespace header into `out`.
-pub(crate) fn ns_into(out: &mut String, db: &str, coll: &str) {
-    out.clear();
-    write_ns(out, db, coll);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_parse_and_render() {
-        let t: TopicTemplate = "cdc.{shard}.{db}.{coll}".parse().unwrap();
-        assert_eq!(t.render("rs0", "app", "users"), "cdc.rs0.app.users");
-        assert!(t.uses_namespace());
-        assert_eq!(t.fixed(), None);
-        let f: TopicTemplate = "all-changes".parse().unwrap();
-        assert_eq!(f.fixed(), Some("all-changes"));
-        let s: TopicTemplate = "{shard}".parse().unwrap();
-        assert!(!s.uses_namespace());
-    }
-
-    #[test]
-    fn templates_reject_with_the_reason() {
-        for (bad, why) in [
-            ("cdc.{collection}", "unknown placeholder {collection}"),
-            ("cdc.{shard", "unclosed"),
-            ("cdc}", "without a matching"),
-            ("cdc topic", "not allowed"),
-            ("", "empty"),
-            ("..", "not a legal topic name"),
-        ] {
-            let e = bad.parse::<TopicTemplate>().unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-            assert!(e.contains("topic"), "{e}");
-        }
-    }
 
     #[test]
     fn passthrough_overrides_defaults_but_not_delivery_guarantees() {

@@ -35,10 +35,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{check_topic_name, ns_into, SinkConfig, TopicTemplate};
+use crate::client::log_to_tracing;
+use crate::config::SinkConfig;
 use crate::error::{kafka_fix, DeliveryError, SinkError};
 use crate::progress::Progress;
 use crate::record::{OutRecord, SinkInput};
+use crate::topic::{check_topic_name, ns_into, TopicTemplate};
 use crate::Msg;
 
 /// Identifies a record in the delivery callback.
@@ -66,39 +68,6 @@ impl ClientContext for SinkContext {
         // Transient errors (a broker down, a connection refused) are retried by librdkafka;
         // they only become definite through a delivery report.
         tracing::warn!(error = %error, reason, "kafka client error");
-    }
-}
-
-/// The context of the checkpoint store's clients: librdkafka's logs and errors go to
-/// `tracing`; end-of-partition (expected when reading to the end) is not an error.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TracingContext;
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_to_tracing(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for TracingContext {}
-
-pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, msg: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(target: "librdkafka", fac, "{msg}")
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
     }
 }
 

@@ -67,6 +67,7 @@
 //! ```
 
 pub mod checkpoint;
+mod client;
 pub mod config;
 pub mod error;
 pub mod file;
@@ -75,6 +76,7 @@ pub mod metrics;
 pub mod preflight;
 mod progress;
 pub mod record;
+mod topic;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -89,7 +91,7 @@ pub use checkpoint::{
 };
 pub use config::{CheckpointConfig, CheckpointKind, KeyKind, SinkConfig, SinkKind, TopicTemplate};
 pub use error::{DeliveryError, SinkError};
-pub use progress::ShardProgress;
+pub use progress::{ProgressView, ShardProgress};
 pub use record::{Marker, OutRecord, SinkInput};
 pub use tracker::Confirmed;
 
@@ -141,40 +143,6 @@ pub struct Sink {
     worker: Worker,
     /// Stops the Kafka task when a flush reaches its deadline.
     cancel: CancellationToken,
-}
-
-/// A cloneable, read-only view of a sink's progress. It stays valid after the sink is
-/// flushed (it then shows the final state).
-#[derive(Clone, Debug)]
-pub struct ProgressView {
-    progress: Arc<Progress>,
-}
-
-impl ProgressView {
-    /// See [`Sink::checkpoints`].
-    pub fn checkpoints(&self) -> ConfirmedCheckpoints {
-        self.progress.checkpoints()
-    }
-
-    /// See [`Sink::progress`].
-    pub fn progress(&self, shard: &str) -> watch::Receiver<ShardProgress> {
-        self.progress.subscribe(shard)
-    }
-
-    /// See [`Sink::failure`].
-    pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
-        self.progress.subscribe_failure()
-    }
-
-    /// See [`Sink::unconfirmed`].
-    pub fn unconfirmed(&self) -> usize {
-        self.progress.unconfirmed()
-    }
-
-    /// Delivery latency and errors of the Kafka sink.
-    pub fn delivery(&self) -> &metrics::DeliveryMetrics {
-        &self.progress.metrics
-    }
 }
 
 /// What [`Sink::flush`] leaves behind.
