@@ -17,6 +17,8 @@ pub mod config;
 pub mod coordinator;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod discovery;
 pub mod http;
 pub mod pipeline;
 pub mod preflight;
+pub mod status;

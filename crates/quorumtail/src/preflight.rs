@@ -20,7 +20,7 @@ use bson::doc;
 use futures::future::join_all;
 
 use crate::config::{redact_uri, CheckpointKind, Resolved, SinkKind};
-use crate::coordinator::{Discovery, MemberAccess};
+use crate::discovery::{Discovery, MemberAccess};
 use quorumtail_tailer::{ConfigSource, ReplicaSetConfig};
 
 /// What `check --connect` found: lines that passed and problems.
