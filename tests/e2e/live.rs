@@ -535,14 +535,15 @@ async fn operator_endpoints_report_members_shards_and_readiness() {
         );
         assert!(metrics.contains(&line), "{line} missing in\n{metrics}");
     }
-    for family in [
-        "quorumtail_shard_records_total",
-        "quorumtail_shard_committed_timestamp_seconds",
-        "quorumtail_node_lag_seconds",
-        "quorumtail_shard_dropped_operations_total",
+    // OpenMetrics names a counter's family without `_total` (its samples have it).
+    for (family, kind) in [
+        ("quorumtail_shard_records", "counter"),
+        ("quorumtail_shard_committed_timestamp_seconds", "gauge"),
+        ("quorumtail_node_lag_seconds", "gauge"),
+        ("quorumtail_shard_dropped_operations", "counter"),
     ] {
         assert!(
-            metrics.contains(&format!("# TYPE {family} ")),
+            metrics.contains(&format!("# TYPE {family} {kind}\n")),
             "{family} missing"
         );
     }

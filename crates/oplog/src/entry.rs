@@ -548,21 +548,21 @@ mod tests {
         // Corrupt the length of the nested document.
         let n = bytes.len();
         bytes[n - 8] = 0x7f;
-        // The entry view reads only the fields it needs (no full decode), so the corrupt
-        // string inside `o` is found when the record is written, never emitted as valid:
-        // the document is refused up front, or parsing or writing the record fails.
-        let caught = match RawDocument::from_bytes(&bytes) {
-            Err(_) => true,
-            Ok(doc) => match OplogEntry::parse(doc) {
-                Err(_) => true,
-                Ok(_) => {
-                    let mut out = Vec::new();
-                    crate::extjson::write_document(doc, crate::extjson::Mode::Relaxed, &mut out)
-                        .is_err()
-                }
-            },
-        };
-        assert!(caught, "a corrupt string length inside `o` went unnoticed");
+        // Only `o`'s string length is corrupt: the outer document's length and terminator
+        // still hold, so the document is accepted as raw BSON.
+        let doc = RawDocument::from_bytes(&bytes)
+            .unwrap_or_else(|e| panic!("the outer document is intact, yet refused: {e}"));
+        // The entry view reads only the fields it needs (no full decode): parsing does not
+        // look inside `o`...
+        let entry = OplogEntry::parse(doc)
+            .unwrap_or_else(|e| panic!("parsing read inside `o` (no longer a view?): {e}"));
+        assert_eq!(entry.op, OpKind::Noop);
+        // ...so writing the record must find the corrupt string, never emit it as valid.
+        let mut out = Vec::new();
+        let err = crate::extjson::write_document(doc, crate::extjson::Mode::Relaxed, &mut out)
+            .expect_err("a corrupt string length inside `o` was written as a valid record");
+        let msg = err.to_string();
+        assert!(msg.contains("msg"), "the error names the field: {msg}");
     }
 
     #[test]

@@ -87,7 +87,7 @@ async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let token = CancellationToken::new();
     // Whatever happens below, the pipeline and the record copier stop with the demo.
     let _stop_on_exit = token.clone().drop_guard();
-    let status = std::sync::Arc::new(crate::coordinator::Status::default());
+    let status = std::sync::Arc::new(crate::status::Status::default());
     let runner = tokio::spawn(crate::coordinator::run_observed(
         resolved,
         token.clone(),

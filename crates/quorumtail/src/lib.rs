@@ -3,8 +3,10 @@
 //! The library behind the `quorumtail` binary: the configuration ([`config`]), one shard's
 //! pipeline of tailers, majority merge and emitter ([`pipeline`]), the coordinator that
 //! runs every shard with a sink, checkpoints and discovery ([`coordinator`]), the operator
-//! endpoints ([`http`]), the checks of `check --connect` ([`preflight`]), and the
-//! self-contained [`demo`].
+//! endpoints ([`http`]), the checks of `check --connect` ([`preflight`]), and, with the
+//! `demo` feature (on by default), the self-contained `demo` on a simulated cluster: the
+//! only part that links the simulator, so `--no-default-features` builds a production
+//! binary without it.
 //!
 //! The pure parts live in their own crates: `quorumtail-oplog` (entries, identities,
 //! filters, transactions, records) and `quorumtail-merge` (the majority-merge engine);
@@ -13,7 +15,10 @@
 
 pub mod config;
 pub mod coordinator;
+#[cfg(feature = "demo")]
 pub mod demo;
+pub mod discovery;
 pub mod http;
 pub mod pipeline;
 pub mod preflight;
+pub mod status;

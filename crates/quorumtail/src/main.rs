@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use quorumtail::{config, coordinator, demo};
+use quorumtail::{config, coordinator};
 
 use config::{Config, ConfigError, SinkKind, StartPosition};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,8 @@ enum Command {
     },
     /// Start a simulated sharded cluster (2 shards x 3 members) with a workload that
     /// includes a chunk migration and a failover whose rolled-back writes must never be
-    /// emitted; tail it and print the records and a summary.
+    /// emitted; tail it and print the records and a summary. Needs a build with the
+    /// `demo` feature (the default).
     Demo {
         /// Send records to this Kafka broker instead of stdout.
         #[arg(long)]
@@ -86,12 +87,29 @@ fn main() -> ExitCode {
             brokers,
             topic,
             writes,
-        } => runtime().block_on(demo::demo(demo::DemoOptions {
-            brokers,
-            topic,
-            writes,
-        })),
+        } => demo(brokers, topic, writes),
     }
+}
+
+#[cfg(feature = "demo")]
+fn demo(brokers: Option<String>, topic: String, writes: usize) -> ExitCode {
+    use quorumtail::demo;
+    runtime().block_on(demo::demo(demo::DemoOptions {
+        brokers,
+        topic,
+        writes,
+    }))
+}
+
+/// A production build has no simulator to run the demo on: say so, exit 2.
+#[cfg(not(feature = "demo"))]
+fn demo(_brokers: Option<String>, _topic: String, _writes: usize) -> ExitCode {
+    eprintln!(
+        "error: this build of quorumtail has no demo: it was built without the `demo` feature \
+         (the simulated cluster it runs on is left out of production builds); build with \
+         `cargo build -p quorumtail` (the feature is on by default) to run it"
+    );
+    ExitCode::from(2)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -291,22 +309,24 @@ fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         list(&f.exclude)
     );
     match c.sink.kind {
-        SinkKind::File => println!("sink: file {}", c.sink.path.as_deref().unwrap_or("-")),
+        SinkKind::File => println!("sink: file {}", c.sink.path().display()),
         SinkKind::Kafka => println!(
             "sink: kafka brokers = {}, topic = {}, key = {}",
-            c.sink.brokers.as_deref().unwrap_or(""),
-            c.sink.topic.as_deref().unwrap_or(config::DEFAULT_TOPIC),
+            c.sink.brokers(),
+            c.sink.topic(),
             c.sink.key.as_str()
         ),
     }
     match c.checkpoint.kind {
         config::CheckpointKind::File => println!(
             "checkpoint: file {} every {}",
-            c.checkpoint.path, c.checkpoint.interval
+            c.checkpoint.path.display(),
+            humantime::format_duration(c.checkpoint.interval)
         ),
         config::CheckpointKind::Kafka => println!(
             "checkpoint: kafka topic {} every {}",
-            c.checkpoint.topic, c.checkpoint.interval
+            c.checkpoint.topic,
+            humantime::format_duration(c.checkpoint.interval)
         ),
     }
     for w in &resolved.warnings {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use bson::doc;
 use futures::future::join_all;
 
-use crate::config::{redact_uri, CheckpointKind, Resolved, SinkKind, DEFAULT_TOPIC};
-use crate::coordinator::{Discovery, MemberAccess};
+use crate::config::{redact_uri, CheckpointKind, Resolved, SinkKind};
+use crate::discovery::{Discovery, MemberAccess};
 use quorumtail_tailer::{ConfigSource, ReplicaSetConfig};
 
 /// What `check --connect` found: lines that passed and problems.
@@ -130,12 +130,8 @@ pub async fn connect(cfg: &Resolved) -> Report {
     }
 
     if c.sink.kind == SinkKind::Kafka {
-        let brokers = c.sink.brokers.clone().unwrap_or_default();
-        let template = c.sink.topic.as_deref().unwrap_or(DEFAULT_TOPIC);
-        let mut topics = match template.parse::<quorumtail_sink::TopicTemplate>() {
-            Ok(t) => quorumtail_sink::preflight::known_topics(&t, &shard_names),
-            Err(_) => Vec::new(),
-        };
+        let brokers = c.sink.brokers().to_owned();
+        let mut topics = quorumtail_sink::preflight::known_topics(&c.sink.topic(), &shard_names);
         if c.checkpoint.kind == CheckpointKind::Kafka {
             topics.push((c.checkpoint.topic.clone(), "checkpoints".into()));
         }

@@ -146,6 +146,7 @@ fn version_flag() {
 
 /// README's first command: the demo runs the whole pipeline on a simulated cluster and
 /// checks its output against the simulator's ground truth.
+#[cfg(feature = "demo")]
 #[test]
 fn demo_runs_and_verifies_itself() {
     let out = bin().arg("demo").output().unwrap();
@@ -168,6 +169,22 @@ fn demo_runs_and_verifies_itself() {
         records.iter().all(|r| r["entry"]["o"]["item"] != "phantom"),
         "a rolled-back write reached stdout"
     );
+}
+
+/// A build without the `demo` feature (no simulator linked) says so and exits 2
+/// (`cargo test -p quorumtail --no-default-features --test cli demo`).
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_in_a_build_without_the_feature_says_so() {
+    let out = bin().arg("demo").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("this build of quorumtail has no demo")
+            && stderr.contains("`demo` feature"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 /// `kill -9` in the middle of a run, then a restart: nothing is lost, and the only
@@ -315,10 +332,8 @@ fn example_kafka_settings_are_accepted_by_librdkafka() {
             if sink.kind != quorumtail::config::SinkKind::Kafka {
                 continue;
             }
-            let mut k = quorumtail_sink::KafkaSinkConfig::new(sink.brokers.clone().unwrap());
-            k.librdkafka = sink.librdkafka.clone();
             let mut cc = ClientConfig::new();
-            for (key, value) in k.producer_properties().unwrap() {
+            for (key, value) in sink.producer_properties().unwrap() {
                 cc.set(key, value);
             }
             if let Err(e) = cc.create::<BaseProducer>() {
@@ -723,6 +738,58 @@ fn check_reports_every_problem_at_once_and_values_as_written() {
         !stdout.contains("Shard") && !stdout.contains("60s"),
         "{stdout}"
     );
+}
+
+/// Issue 16: the sink's and the checkpoint store's own settings (`max_in_flight`,
+/// `require_topics`, `startup_timeout`, `channel_capacity`, `fsync_every`,
+/// `replication_factor`, `timeout`) are keys of the file: `check` accepts them, and reports
+/// each bad one with the others.
+#[test]
+fn check_reads_and_judges_every_sink_and_checkpoint_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 500\nrequire_topics = false\nstartup_timeout = \"30s\"\nchannel_capacity = 64\n[checkpoint]\nkind = \"kafka\"\nreplication_factor = 3\ntimeout = \"10s\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\nmax_in_flight = 0\nrequire_topics = \"no\"\nstartup_timeout = \"1 minute-ish\"\nfsync_every = 10\n[checkpoint]\nreplication_factor = -3\ntimeout = \"forever\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "6 problem(s)",
+        "sink.require_topics (line 8): invalid type: string \"no\", expected a boolean",
+        "sink.startup_timeout (line 9): \"1 minute-ish\" is not a duration",
+        "checkpoint.timeout (line 13): \"forever\" is not a duration",
+        "sink.fsync_every: only used by kind = \"file\" (kind is \"kafka\")",
+        "sink.max_in_flight: must be at least 1",
+        "checkpoint.replication_factor: -3 is not a replication factor",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in\n{stderr}");
+    }
 }
 
 /// `check --connect` reaches every member (found through discovery too), the discovery

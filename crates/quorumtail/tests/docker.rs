@@ -183,7 +183,7 @@ fn mounted_config_matches_the_cluster() {
             init.contains(&format!("'{shard}'")),
             "add-shards.sh adds {shard}"
         );
-        let topic = template.replace("{shard}", shard);
+        let topic = template.render(shard, "", "");
         assert!(kafka_init.contains(&topic), "kafka-init creates {topic}");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quorumtail_oplog::{EntryId, Timestamp};
-use quorumtail_sink::{KafkaSinkConfig, OutRecord, Sink};
+use quorumtail_sink::{OutRecord, Sink, SinkConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,8 +20,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(100_000);
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let mut config = KafkaSinkConfig::new(bootstrap);
-    config.topic = "quorumtail.throughput".parse()?;
+    let mut config = SinkConfig::kafka(bootstrap);
+    config.topic = Some("quorumtail.throughput".parse()?);
     let shards: Vec<Arc<str>> = vec!["rs0".into(), "rs1".into()];
     let sink = Sink::kafka(&config, &shards).await?;
     let value = vec![b'x'; 300];

@@ -1,201 +1,98 @@
-//! Configuration of the sinks and checkpoint stores: serde structs that reject unknown
-//! keys, with named defaults and human durations ("10s").
+//! The `[sink]` and `[checkpoint]` sections of quorumtail's config file, defined here once:
+//! the serde structs the file is read into are the ones the sink and the stores run with.
+//!
+//! ```text
+//!  config.toml ─► serde (unknown keys, wrong types: rejected with the key's path)
+//!       [sink] ─► SinkConfig ──────┬─► SinkConfig::validate ─► every problem, "sink.<key>: ..."
+//! [checkpoint] ─► CheckpointConfig ┘   CheckpointConfig::validate ─► "checkpoint.<key>: ..."
+//!                       │
+//!                       └─► Sink::start / CheckpointConfig::open (the same structs)
+//! ```
+//!
+//! Each field's doc says why it exists; defaults are named functions; durations are human
+//! strings ("10s", "500ms"). A key that only one `kind` uses is an `Option`, so that setting
+//! it for the other kind is reported instead of silently ignored; its default is applied by
+//! the accessor of the same name.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::client::{producer_properties, refused_property};
 use crate::error::SinkError;
-use crate::record::write_ns;
+pub use crate::topic::{check_topic_name, TopicTemplate};
 
-/// One piece of a [`TopicTemplate`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Shard,
-    Db,
-    Coll,
-}
-
-/// A topic name with placeholders `{shard}`, `{db}` and `{coll}`, validated when parsed:
-/// an unknown placeholder, an unbalanced brace or an illegal literal character is an
-/// error. Rendering writes into a reused buffer (no allocation per record).
-#[derive(Clone, PartialEq, Eq)]
-pub struct TopicTemplate {
-    source: String,
-    parts: Vec<Part>,
-}
-
-impl fmt::Debug for TopicTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TopicTemplate({:?})", self.source)
-    }
-}
-
-impl fmt::Display for TopicTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
-    }
-}
-
-/// Whether `c` may appear in a Kafka topic name.
-fn legal_topic_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-/// Checks a rendered topic name against Kafka's rules.
+/// Parses a human duration ("500ms", "10s", "2m"); the problem quotes the value as written.
 ///
 /// # Errors
-/// A description of the problem.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the topic name is empty".into());
-    }
-    if name.len() > 249 {
-        return Err(format!(
-            "the topic name is {} characters long (at most 249)",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a legal topic name"));
-    }
-    if let Some(c) = name.chars().find(|&c| !legal_topic_char(c)) {
-        return Err(format!(
-            "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' only)"
-        ));
-    }
-    Ok(())
-}
-
-impl FromStr for TopicTemplate {
-    type Err = SinkError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |problem: String| SinkError::Config {
-            key: "topic".into(),
-            problem: format!("{s:?}: {problem}"),
-        };
-        let mut parts = Vec::new();
-        let mut lit = String::new();
-        let mut rest = s;
-        while let Some(c) = rest.chars().next() {
-            match c {
-                '{' => {
-                    let end = rest.find('}').ok_or_else(|| err("unclosed '{'".into()))?;
-                    let name = &rest[1..end];
-                    let part = match name {
-                        "shard" => Part::Shard,
-                        "db" => Part::Db,
-                        "coll" => Part::Coll,
-                        other => {
-                            return Err(err(format!(
-                                "unknown placeholder {{{other}}}; the placeholders are {{shard}}, {{db}} and {{coll}}"
-                            )))
-                        }
-                    };
-                    if !lit.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut lit)));
-                    }
-                    parts.push(part);
-                    rest = &rest[end + 1..];
-                }
-                '}' => return Err(err("'}' without a matching '{'".into())),
-                c if legal_topic_char(c) => {
-                    lit.push(c);
-                    rest = &rest[c.len_utf8()..];
-                }
-                c => {
-                    return Err(err(format!(
-                    "{c:?} is not allowed in a topic name (letters, digits, '.', '_' and '-' only)"
-                )))
-                }
-            }
-        }
-        if !lit.is_empty() {
-            parts.push(Part::Literal(lit));
-        }
-        if parts.is_empty() {
-            return Err(err("the topic template is empty".into()));
-        }
-        let t = TopicTemplate {
-            source: s.to_owned(),
-            parts,
-        };
-        if let Some(fixed) = t.fixed() {
-            check_topic_name(fixed).map_err(err)?;
-        }
-        Ok(t)
-    }
-}
-
-impl<'de> Deserialize<'de> for TopicTemplate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl TopicTemplate {
-    /// The template as written.
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
-    /// The topic, when the template has no placeholder.
-    pub fn fixed(&self) -> Option<&str> {
-        match self.parts.as_slice() {
-            [Part::Literal(l)] => Some(l),
-            _ => None,
-        }
-    }
-
-    /// Whether the topic depends on the namespace (`{db}` or `{coll}`), so that not every
-    /// topic can be known up front.
-    pub fn uses_namespace(&self) -> bool {
-        self.parts
-            .iter()
-            .any(|p| matches!(p, Part::Db | Part::Coll))
-    }
-
-    /// Renders into `out` (cleared first).
-    pub fn render_into(&self, out: &mut String, shard: &str, db: &str, coll: &str) {
-        out.clear();
-        for p in &self.parts {
-            match p {
-                Part::Literal(l) => out.push_str(l),
-                Part::Shard => out.push_str(shard),
-                Part::Db => out.push_str(db),
-                Part::Coll => out.push_str(coll),
-            }
-        }
-    }
-
-    /// Renders to a new string.
-    pub fn render(&self, shard: &str, db: &str, coll: &str) -> String {
-        let mut s = String::new();
-        self.render_into(&mut s, shard, db, coll);
-        s
-    }
+/// What is wrong with `text` and how to write a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"2m\"")
+    })
 }
 
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{s:?} is not a duration like \"10s\" or \"500ms\": {e}"
-        ))
-    })
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// Checks `host:port` (a broker, a member).
+///
+/// # Errors
+/// What is wrong, to follow the value in a message.
+pub fn check_host_port(s: &str) -> Result<(), &'static str> {
+    let (host, port) = s.rsplit_once(':').ok_or("is not \"host:port\"")?;
+    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err("has no valid host; write \"host:port\"");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("has no valid port (1-65535)"),
+    }
+}
+
+/// A secret from a file (a mounted secret): the whole file less one trailing newline.
+///
+/// # Errors
+/// A problem naming `key` and the file when it cannot be read or is empty.
+pub fn read_secret(key: &str, file: &Path) -> Result<String, String> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!("{key}: cannot read {name:?} ({e}); mount the secret there or fix the path")
+    })?;
+    let secret = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if secret.is_empty() {
+        return Err(format!(
+            "{key}: {name:?} is empty; write the secret into it"
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
+/// Whether a librdkafka property holds a secret (never printed).
+pub fn is_secret_property(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+/// Default `[sink] topic`.
+pub const DEFAULT_TOPIC: &str = "quorumtail.{shard}";
+
 fn default_topic() -> TopicTemplate {
-    "quorumtail.{shard}"
-        .parse()
-        .expect("valid default template")
+    DEFAULT_TOPIC.parse().expect("valid default template")
+}
+fn default_path() -> &'static Path {
+    Path::new("-")
 }
 fn default_channel_capacity() -> usize {
     1024
@@ -213,49 +110,335 @@ fn default_fsync_every() -> usize {
     1000
 }
 
-/// The Kafka sink (`[sink]` with `kind = "kafka"` in the coordinator's config).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    /// Bootstrap brokers, `host:port[,host:port...]`: librdkafka's `bootstrap.servers`.
-    pub brokers: String,
-    /// Topic per record, with `{shard}`, `{db}`, `{coll}`; validated at startup so a typo
-    /// fails before anything is read.
-    #[serde(default = "default_topic")]
-    pub topic: TopicTemplate,
-    /// Capacity of the input channel: how many records the pipeline may hand over before
-    /// `send` waits. Keeps memory flat when Kafka stalls.
-    #[serde(default = "default_channel_capacity")]
-    pub channel_capacity: usize,
-    /// Records handed to librdkafka and not yet confirmed (acknowledged and every earlier
-    /// record of the shard acknowledged). When reached, the sink waits: it never drops.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    /// How long the startup check waits for broker metadata before reporting the brokers
-    /// unreachable.
-    #[serde(default = "default_startup_timeout", deserialize_with = "de_duration")]
-    pub startup_timeout: Duration,
-    /// Whether a topic that can be known at startup (no `{db}`/`{coll}` in the template)
-    /// must already exist. Set to false for brokers that auto-create topics.
-    #[serde(default = "default_require_topics")]
-    pub require_topics: bool,
-    /// librdkafka producer properties, passed through; they override the sink's defaults,
-    /// except `enable.idempotence` and `acks`, which delivery-before-progress depends on.
-    #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
+/// `[sink] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// JSON lines to a file or stdout.
+    #[default]
+    File,
+    /// Kafka through librdkafka.
+    Kafka,
 }
 
-impl KafkaSinkConfig {
-    /// A config with defaults for everything but the brokers.
-    pub fn new(brokers: impl Into<String>) -> Self {
-        KafkaSinkConfig {
-            brokers: brokers.into(),
-            topic: default_topic(),
+impl SinkKind {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::File => "file",
+            SinkKind::Kafka => "kafka",
+        }
+    }
+}
+
+/// `[sink] key`: what a record's Kafka message key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Namespace and `_id` (canonical Extended JSON): all changes of one document land in
+    /// one partition, in order.
+    #[default]
+    Document,
+    /// The shard name: a shard's whole sequence in one partition, in order.
+    Shard,
+    /// The namespace: one collection's changes in one partition.
+    Namespace,
+}
+
+impl KeyKind {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Document => "document",
+            KeyKind::Shard => "shard",
+            KeyKind::Namespace => "namespace",
+        }
+    }
+}
+
+/// `[sink]`: where records go. The keys of one kind are `Option`s, read through the
+/// accessors of the same name, which apply the defaults.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `file` (JSON lines, the default) or `kafka`.
+    #[serde(default)]
+    pub kind: SinkKind,
+    /// Capacity of the sink's input channel: how many records the shard pipelines may hand
+    /// over before they wait. Keeps memory flat when the sink stalls.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+    /// File sink: the output file, appended to; `-` (the default) is stdout.
+    pub path: Option<PathBuf>,
+    /// File sink: fsync after at most this many records (default 1000). The sink also
+    /// fsyncs whenever its input is momentarily empty, so a slow trickle is confirmed
+    /// promptly; a record is confirmed (and may move a checkpoint) only once fsynced.
+    pub fsync_every: Option<usize>,
+    /// Kafka sink, required: bootstrap brokers, `host:port[,host:port...]` (librdkafka's
+    /// `bootstrap.servers`).
+    pub brokers: Option<String>,
+    /// Kafka sink: the topic of each record, a template with `{shard}`, `{db}`, `{coll}`
+    /// (default `quorumtail.{shard}`). Checked when the file is read, so a typo fails
+    /// before anything is read.
+    pub topic: Option<TopicTemplate>,
+    /// Kafka sink: the message key (`document`, the default; `shard`; `namespace`), which
+    /// decides what stays in order in one partition.
+    #[serde(default)]
+    pub key: KeyKind,
+    /// Kafka sink: records handed to librdkafka and not yet confirmed (acknowledged, and
+    /// every earlier record of the shard acknowledged), default 10000. When reached, the
+    /// sink waits: it never drops. Bounds memory while a partition stalls.
+    pub max_in_flight: Option<usize>,
+    /// Kafka sink: how long the startup check waits for broker metadata before reporting
+    /// the brokers unreachable (default "10s").
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub startup_timeout: Option<Duration>,
+    /// Kafka sink: whether the topics that can be known at startup (a template without
+    /// `{db}`/`{coll}`) must already exist (default true). Set to false for brokers that
+    /// create topics on first use; a missing topic is then only logged.
+    pub require_topics: Option<bool>,
+    /// Kafka sink: librdkafka producer properties passed through (compression, TLS,
+    /// SASL); they override the sink's defaults, except `enable.idempotence` and `acks`,
+    /// which delivery before progress depends on. The Kafka checkpoint store uses them too.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+    /// Kafka sink: a file holding the SASL password (a mounted secret), read once when the
+    /// config is loaded ([`SinkConfig::load_secrets`]), a trailing newline removed; it
+    /// becomes librdkafka's `sasl.password`, which must then not be set in `librdkafka`.
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
             channel_capacity: default_channel_capacity(),
-            max_in_flight: default_max_in_flight(),
-            startup_timeout: default_startup_timeout(),
-            require_topics: default_require_topics(),
+            path: None,
+            fsync_every: None,
+            brokers: None,
+            topic: None,
+            key: KeyKind::Document,
+            max_in_flight: None,
+            startup_timeout: None,
+            require_topics: None,
             librdkafka: BTreeMap::new(),
+            sasl_password_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let librdkafka: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("SinkConfig")
+            .field("kind", &self.kind)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("path", &self.path)
+            .field("fsync_every", &self.fsync_every)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("require_topics", &self.require_topics)
+            .field("librdkafka", &librdkafka)
+            .field("sasl_password_file", &self.sasl_password_file)
+            .finish()
+    }
+}
+
+impl SinkConfig {
+    /// A Kafka sink with defaults for everything but the brokers.
+    pub fn kafka(brokers: impl Into<String>) -> Self {
+        SinkConfig {
+            kind: SinkKind::Kafka,
+            brokers: Some(brokers.into()),
+            ..SinkConfig::default()
+        }
+    }
+
+    /// A file sink with defaults for everything but the path.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        SinkConfig {
+            kind: SinkKind::File,
+            path: Some(path.into()),
+            ..SinkConfig::default()
+        }
+    }
+
+    /// `path`, or its default `-` (stdout).
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(default_path())
+    }
+
+    /// `fsync_every`, or its default.
+    pub fn fsync_every(&self) -> usize {
+        self.fsync_every.unwrap_or_else(default_fsync_every)
+    }
+
+    /// `brokers` (empty when not set).
+    pub fn brokers(&self) -> &str {
+        self.brokers.as_deref().unwrap_or("")
+    }
+
+    /// `topic`, or its default `quorumtail.{shard}`.
+    pub fn topic(&self) -> TopicTemplate {
+        self.topic.clone().unwrap_or_else(default_topic)
+    }
+
+    /// `max_in_flight`, or its default.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.unwrap_or_else(default_max_in_flight)
+    }
+
+    /// `startup_timeout`, or its default.
+    pub fn startup_timeout(&self) -> Duration {
+        self.startup_timeout.unwrap_or_else(default_startup_timeout)
+    }
+
+    /// `require_topics`, or its default.
+    pub fn require_topics(&self) -> bool {
+        self.require_topics.unwrap_or_else(default_require_topics)
+    }
+
+    /// Reads `sasl_password_file` into librdkafka's `sasl.password` (Kafka sink only).
+    /// Returns every problem, each starting with its key (`sink.sasl_password_file: ...`);
+    /// the secret itself never appears in one.
+    pub fn load_secrets(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(file) = self.sasl_password_file.clone() else {
+            return problems;
+        };
+        if self.librdkafka.contains_key("sasl.password") {
+            problems.push("sink.sasl_password_file: set either sasl_password_file or sink.librdkafka.\"sasl.password\", not both".into());
+        }
+        match read_secret("sink.sasl_password_file", &file) {
+            Ok(p) if self.kind == SinkKind::Kafka => {
+                self.librdkafka.insert("sasl.password".into(), p);
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(e),
+        }
+        problems
+    }
+
+    /// Checks what types cannot express, without contacting anything: keys of the other
+    /// kind, brokers, numbers out of range, passthrough properties that would weaken
+    /// delivery, and (with librdkafka itself) property names and values.
+    ///
+    /// Returns every problem, one line each, starting with its key (`sink.brokers: ...`).
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let kafka_only = [
+            ("brokers", self.brokers.is_some()),
+            ("topic", self.topic.is_some()),
+            ("max_in_flight", self.max_in_flight.is_some()),
+            ("startup_timeout", self.startup_timeout.is_some()),
+            ("require_topics", self.require_topics.is_some()),
+            ("librdkafka", !self.librdkafka.is_empty()),
+            ("sasl_password_file", self.sasl_password_file.is_some()),
+        ];
+        let file_only = [
+            ("path", self.path.is_some()),
+            ("fsync_every", self.fsync_every.is_some()),
+        ];
+        let (other, keys) = match self.kind {
+            SinkKind::File => (SinkKind::Kafka, &kafka_only[..]),
+            SinkKind::Kafka => (SinkKind::File, &file_only[..]),
+        };
+        for (key, _) in keys.iter().filter(|(_, set)| *set) {
+            problems.push(format!(
+                "sink.{key}: only used by kind = \"{}\" (kind is \"{}\")",
+                other.as_str(),
+                self.kind.as_str()
+            ));
+        }
+        match self.kind {
+            SinkKind::File => {
+                if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    problems.push("sink.path: must not be empty; use \"-\" for stdout".into());
+                }
+            }
+            SinkKind::Kafka => match self.brokers.as_deref() {
+                None | Some("") => problems.push(
+                    "sink.brokers: required for kind = \"kafka\", e.g. \"127.0.0.1:9092\"".into(),
+                ),
+                Some(b) => {
+                    for (i, broker) in b.split(',').enumerate() {
+                        if let Err(why) = check_host_port(broker.trim()) {
+                            problems.push(format!("sink.brokers: entry {i} {broker:?} {why}"));
+                        }
+                    }
+                }
+            },
+        }
+        for (key, problem) in self.value_problems(self.kind) {
+            problems.push(format!("sink.{key}: {problem}"));
+        }
+        // librdkafka itself judges property names and values (no broker is asked).
+        if self.kind == SinkKind::Kafka && !self.librdkafka.is_empty() {
+            let brokers = match self.brokers() {
+                "" => "127.0.0.1:9092",
+                b => b,
+            };
+            for (k, why) in crate::client::librdkafka_properties(brokers, &self.librdkafka) {
+                problems.push(if k.is_empty() {
+                    format!("sink.librdkafka: {why}")
+                } else {
+                    format!("sink.librdkafka.\"{k}\": {why}")
+                });
+            }
+        }
+        problems
+    }
+
+    /// The problems of values a sink of `kind` uses, as (key, problem): the part of
+    /// [`SinkConfig::validate`] that starting a sink repeats.
+    fn value_problems(&self, kind: SinkKind) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let at_least_one = "must be at least 1".to_owned();
+        if self.channel_capacity == 0 {
+            problems.push(("channel_capacity".into(), at_least_one.clone()));
+        }
+        match kind {
+            SinkKind::File => {
+                if self.fsync_every == Some(0) {
+                    problems.push(("fsync_every".into(), at_least_one));
+                }
+            }
+            SinkKind::Kafka => {
+                if self.max_in_flight == Some(0) {
+                    problems.push(("max_in_flight".into(), at_least_one));
+                }
+                if self.startup_timeout.is_some_and(|d| d.is_zero()) {
+                    problems.push(("startup_timeout".into(), "must be above zero".into()));
+                }
+                for (k, v) in &self.librdkafka {
+                    if let Some(why) = refused_property(k, v) {
+                        problems.push((format!("librdkafka.\"{k}\""), why.into()));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// The first problem of the values a sink of `kind` uses, as a [`SinkError::Config`].
+    pub(crate) fn check_values(&self, kind: SinkKind) -> Result<(), SinkError> {
+        match self.value_problems(kind).into_iter().next() {
+            Some((key, problem)) => Err(SinkError::Config { key, problem }),
+            None => Ok(()),
         }
     }
 
@@ -263,125 +446,167 @@ impl KafkaSinkConfig {
     /// passthrough map.
     ///
     /// # Errors
-    /// [`SinkError::Config`] naming the key when a passthrough entry would weaken delivery
-    /// (`enable.idempotence`, `acks`, `delivery.report.only.error`), conflicts with a sink
-    /// setting (`bootstrap.servers`) or asks for transactions (`transactional.id`); or when
-    /// a numeric setting is zero.
+    /// [`SinkError::Config`] naming the key when the brokers are missing, a passthrough
+    /// entry would weaken delivery (`enable.idempotence`, `acks`,
+    /// `delivery.report.only.error`), conflicts with a sink setting (`bootstrap.servers`)
+    /// or asks for transactions (`transactional.id`); or when a number is zero.
     pub fn producer_properties(&self) -> Result<BTreeMap<String, String>, SinkError> {
-        if self.brokers.trim().is_empty() {
+        if self.brokers().trim().is_empty() {
             return Err(SinkError::Config {
                 key: "brokers".into(),
                 problem: "empty; give host:port[,host:port...]".into(),
             });
         }
-        for (key, v) in [
-            ("channel_capacity", self.channel_capacity),
-            ("max_in_flight", self.max_in_flight),
-        ] {
-            if v == 0 {
-                return Err(SinkError::Config {
-                    key: key.into(),
-                    problem: "must be at least 1".into(),
-                });
-            }
-        }
-        producer_properties(&self.brokers, &self.librdkafka)
+        self.check_values(SinkKind::Kafka)?;
+        producer_properties(self.brokers(), &self.librdkafka)
     }
 }
 
-pub(crate) fn producer_properties(
-    brokers: &str,
-    user: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, SinkError> {
-    let mut p: BTreeMap<String, String> = [
-        ("bootstrap.servers", brokers),
-        ("enable.idempotence", "true"),
-        ("acks", "all"),
-        ("linger.ms", "5"),
-        ("client.id", "quorumtail"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    for (k, v) in user {
-        let refuse = |problem: &str| {
-            Err(SinkError::Config {
-                key: format!("librdkafka.{k}"),
-                problem: problem.to_owned(),
-            })
-        };
-        let v_lc = v.trim().to_ascii_lowercase();
-        match k.as_str() {
-            "enable.idempotence" if v_lc != "true" => {
-                return refuse(
-                    "the sink needs the idempotent producer (no duplicates or reordering on \
-                     retries); remove this key",
-                )
-            }
-            "acks" | "request.required.acks" if v_lc != "all" && v_lc != "-1" => {
-                return refuse(
-                    "the sink confirms a checkpoint only after acks=all; remove this key",
-                )
-            }
-            "delivery.report.only.error" if v_lc != "false" => {
-                return refuse(
-                    "the sink needs a delivery report for every record to move checkpoints; \
-                     remove this key",
-                )
-            }
-            "transactional.id" => {
-                return refuse("the sink does not use transactions; remove this key")
-            }
-            "bootstrap.servers" | "metadata.broker.list" => {
-                return refuse("set the brokers with the sink's `brokers` key instead")
-            }
-            _ => {}
-        }
-        p.insert(k.clone(), v.clone());
-    }
-    Ok(p)
+/// `[checkpoint] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// A JSON file replaced atomically.
+    #[default]
+    File,
+    /// A compacted Kafka topic keyed by shard (uses the sink's brokers and librdkafka
+    /// properties).
+    Kafka,
 }
 
-/// The file sink: JSON lines, one record value per line.
-#[derive(Clone, Debug, Deserialize)]
+fn default_checkpoint_path() -> PathBuf {
+    "quorumtail.checkpoints.json".into()
+}
+fn default_checkpoint_topic() -> String {
+    "quorumtail.checkpoints".into()
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+fn default_checkpoint_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[checkpoint]`: where each shard's confirmed progress is stored.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// Output file (appended to), or `-` for stdout.
+pub struct CheckpointConfig {
+    /// `file` (the default) or `kafka`.
+    #[serde(default)]
+    pub kind: CheckpointKind,
+    /// File store: the JSON file, replaced atomically; its directory must exist.
+    #[serde(default = "default_checkpoint_path")]
     pub path: PathBuf,
-    /// fsync after this many records at most; the sink also fsyncs whenever its input is
-    /// momentarily empty, so a slow trickle is confirmed promptly.
-    #[serde(default = "default_fsync_every")]
-    pub fsync_every: usize,
-    /// Capacity of the input channel.
-    #[serde(default = "default_channel_capacity")]
-    pub channel_capacity: usize,
+    /// Kafka store: the compacted topic holding one record per shard (created when
+    /// missing).
+    #[serde(default = "default_checkpoint_topic")]
+    pub topic: String,
+    /// How often confirmed progress is written (also on shutdown and on SIGUSR1): the
+    /// records after the last stored checkpoint are produced again after a crash.
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub interval: Duration,
+    /// Refuse to start when the store holds no checkpoint. Without one every shard starts
+    /// from `[start] position`; when a previous run's state was lost (a container recreated
+    /// without its volume, a wrong path) that silently skips or repeats changes. Set it
+    /// once the first checkpoints are stored.
+    #[serde(default)]
+    pub require_existing: bool,
+    /// Kafka store: the replication factor of the topic when the store creates it; -1
+    /// (the default) takes the broker's default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Kafka store: bound on each load, each store and the startup check, so that an
+    /// unreachable broker is reported instead of waited for.
+    #[serde(
+        default = "default_checkpoint_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub timeout: Duration,
 }
 
-impl FileSinkConfig {
-    /// A config with defaults for everything but the path.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileSinkConfig {
-            path: path.into(),
-            fsync_every: default_fsync_every(),
-            channel_capacity: default_channel_capacity(),
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            kind: CheckpointKind::File,
+            path: default_checkpoint_path(),
+            topic: default_checkpoint_topic(),
+            interval: default_checkpoint_interval(),
+            require_existing: false,
+            replication_factor: default_replication_factor(),
+            timeout: default_checkpoint_timeout(),
         }
     }
 }
 
-/// Which sink to run: `kind = "kafka"` or `kind = "file"` plus that sink's keys.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// Deliver to Kafka.
-    Kafka(KafkaSinkConfig),
-    /// Write JSON lines to a file or stdout.
-    File(FileSinkConfig),
-}
+impl CheckpointConfig {
+    /// A file store at `path`, defaults for the rest.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        CheckpointConfig {
+            path: path.into(),
+            ..CheckpointConfig::default()
+        }
+    }
 
-/// Renders the namespace header into `out`.
-pub(crate) fn ns_into(out: &mut String, db: &str, coll: &str) {
-    out.clear();
-    write_ns(out, db, coll);
+    /// A Kafka store in `topic` (it takes its brokers from the sink's config), defaults
+    /// for the rest.
+    pub fn kafka(topic: impl Into<String>) -> Self {
+        CheckpointConfig {
+            kind: CheckpointKind::Kafka,
+            topic: topic.into(),
+            ..CheckpointConfig::default()
+        }
+    }
+
+    /// Checks what types cannot express; `sink` is the sink's config, whose brokers the
+    /// Kafka store uses. Returns every problem, one line each, starting with its key
+    /// (`checkpoint.topic: ...`).
+    pub fn validate(&self, sink: &SinkConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.kind {
+            CheckpointKind::File => {
+                if self.path.as_os_str().is_empty() {
+                    problems.push("checkpoint.path: must not be empty".into());
+                }
+            }
+            CheckpointKind::Kafka => {
+                if sink.kind != SinkKind::Kafka {
+                    problems.push("checkpoint.kind = \"kafka\": needs sink.kind = \"kafka\" (it uses the sink's brokers)".into());
+                }
+                if self.topic.trim().is_empty() {
+                    problems.push("checkpoint.topic: must not be empty".into());
+                } else if let Err(e) = check_topic_name(&self.topic) {
+                    problems.push(format!("checkpoint.topic: {:?}: {e}", self.topic));
+                }
+            }
+        }
+        if self.interval.is_zero() {
+            problems.push("checkpoint.interval: must be above zero".into());
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            problems.push(format!(
+                "checkpoint.replication_factor: {} is not a replication factor; use -1 (the broker's default) or 1 and above",
+                self.replication_factor
+            ));
+        }
+        if self.timeout.is_zero() {
+            problems.push("checkpoint.timeout: must be above zero".into());
+        }
+        problems
+    }
+
+    /// Where the store is, for messages: `file <path>` or `topic <topic>`.
+    pub fn location(&self) -> String {
+        match self.kind {
+            CheckpointKind::File => format!("file {}", self.path.display()),
+            CheckpointKind::Kafka => format!("topic {}", self.topic),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -389,36 +614,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates_parse_and_render() {
-        let t: TopicTemplate = "cdc.{shard}.{db}.{coll}".parse().unwrap();
-        assert_eq!(t.render("rs0", "app", "users"), "cdc.rs0.app.users");
-        assert!(t.uses_namespace());
-        assert_eq!(t.fixed(), None);
-        let f: TopicTemplate = "all-changes".parse().unwrap();
-        assert_eq!(f.fixed(), Some("all-changes"));
-        let s: TopicTemplate = "{shard}".parse().unwrap();
-        assert!(!s.uses_namespace());
-    }
-
-    #[test]
-    fn templates_reject_with_the_reason() {
-        for (bad, why) in [
-            ("cdc.{collection}", "unknown placeholder {collection}"),
-            ("cdc.{shard", "unclosed"),
-            ("cdc}", "without a matching"),
-            ("cdc topic", "not allowed"),
-            ("", "empty"),
-            ("..", "not a legal topic name"),
-        ] {
-            let e = bad.parse::<TopicTemplate>().unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-            assert!(e.contains("topic"), "{e}");
-        }
-    }
-
-    #[test]
     fn passthrough_overrides_defaults_but_not_delivery_guarantees() {
-        let mut c = KafkaSinkConfig::new("127.0.0.1:9092");
+        let mut c = SinkConfig::kafka("127.0.0.1:9092");
         c.librdkafka.insert("linger.ms".into(), "50".into());
         c.librdkafka.insert("acks".into(), "-1".into());
         let p = c.producer_properties().unwrap();
@@ -432,23 +629,32 @@ mod tests {
             ("transactional.id", "x", "transactions"),
             ("bootstrap.servers", "h:1", "brokers"),
         ] {
-            let mut c = KafkaSinkConfig::new("127.0.0.1:9092");
+            let mut c = SinkConfig::kafka("127.0.0.1:9092");
             c.librdkafka.insert(k.into(), v.into());
             let e = c.producer_properties().unwrap_err().to_string();
             assert!(
-                e.contains(&format!("librdkafka.{k}")) && e.contains(why),
+                e.contains(&format!("librdkafka.\"{k}\"")) && e.contains(why),
                 "{e}"
+            );
+            let all = c.validate().join("\n");
+            assert!(
+                all.contains(&format!("sink.librdkafka.\"{k}\": ")) && all.contains(why),
+                "{all}"
             );
         }
     }
 
     #[test]
-    fn sink_kind_selects_the_sink_and_keeps_rejecting_unknown_keys() {
+    fn one_struct_reads_both_kinds_and_rejects_unknown_keys() {
         let c: SinkConfig =
             serde_json::from_str(r#"{"kind":"file","path":"-","fsync_every":10}"#).unwrap();
-        assert!(matches!(c, SinkConfig::File(f) if f.fsync_every == 10));
+        assert_eq!((c.kind, c.fsync_every()), (SinkKind::File, 10));
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
         let c: SinkConfig = serde_json::from_str(r#"{"kind":"kafka","brokers":"b:1"}"#).unwrap();
-        assert!(matches!(c, SinkConfig::Kafka(k) if k.brokers == "b:1"));
+        assert_eq!((c.kind, c.brokers()), (SinkKind::Kafka, "b:1"));
+        assert_eq!(c.topic().as_str(), DEFAULT_TOPIC);
+        assert_eq!(c.max_in_flight(), 10_000);
+        assert!(c.require_topics());
         let e = serde_json::from_str::<SinkConfig>(r#"{"kind":"file","path":"-","fsync":1}"#)
             .unwrap_err()
             .to_string();
@@ -460,19 +666,93 @@ mod tests {
     }
 
     #[test]
-    fn config_rejects_unknown_keys_and_parses_durations() {
-        let c: KafkaSinkConfig = serde_json::from_str(
-            r#"{"brokers":"b:1","topic":"x.{db}","startup_timeout":"3s","librdkafka":{"linger.ms":"1"}}"#,
+    fn durations_and_templates_are_checked_when_read() {
+        let c: SinkConfig = serde_json::from_str(
+            r#"{"kind":"kafka","brokers":"b:1","topic":"x.{db}","startup_timeout":"3s","max_in_flight":5,"require_topics":false,"librdkafka":{"linger.ms":"1"}}"#,
         )
         .unwrap();
-        assert_eq!(c.startup_timeout, Duration::from_secs(3));
-        let e = serde_json::from_str::<KafkaSinkConfig>(r#"{"brokers":"b:1","topik":"x"}"#)
+        assert_eq!(c.startup_timeout(), Duration::from_secs(3));
+        assert_eq!(c.max_in_flight(), 5);
+        assert!(!c.require_topics());
+        let e = serde_json::from_str::<SinkConfig>(r#"{"brokers":"b:1","topik":"x"}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("topik"), "{e}");
-        let e = serde_json::from_str::<KafkaSinkConfig>(r#"{"brokers":"b:1","topic":"{x}"}"#)
+        let e = serde_json::from_str::<SinkConfig>(r#"{"brokers":"b:1","topic":"{x}"}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown placeholder {x}"), "{e}");
+        assert!(e.contains("\"{x}\": unknown placeholder {x}"), "{e}");
+        let e = serde_json::from_str::<SinkConfig>(r#"{"startup_timeout":"soon"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"soon\" is not a duration"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_the_other_kind_and_zeros_are_reported_each() {
+        let c: SinkConfig = serde_json::from_str(
+            r#"{"kind":"file","channel_capacity":0,"fsync_every":0,"max_in_flight":5,"require_topics":true}"#,
+        )
+        .unwrap();
+        let p = c.validate();
+        assert_eq!(
+            p,
+            [
+                "sink.max_in_flight: only used by kind = \"kafka\" (kind is \"file\")",
+                "sink.require_topics: only used by kind = \"kafka\" (kind is \"file\")",
+                "sink.channel_capacity: must be at least 1",
+                "sink.fsync_every: must be at least 1",
+            ]
+        );
+        let c: SinkConfig = serde_json::from_str(
+            r#"{"kind":"kafka","brokers":"b:1","fsync_every":3,"max_in_flight":0,"startup_timeout":"0s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate(),
+            [
+                "sink.fsync_every: only used by kind = \"file\" (kind is \"kafka\")",
+                "sink.max_in_flight: must be at least 1",
+                "sink.startup_timeout: must be above zero",
+            ]
+        );
+        let e = c.producer_properties().unwrap_err().to_string();
+        assert!(e.contains("max_in_flight"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_section() {
+        let c: CheckpointConfig = serde_json::from_str(
+            r#"{"kind":"kafka","topic":"cp","interval":"250ms","replication_factor":3,"timeout":"5s"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_millis(250));
+        assert_eq!(
+            (c.replication_factor, c.timeout),
+            (3, Duration::from_secs(5))
+        );
+        assert!(c.validate(&SinkConfig::kafka("b:1")).is_empty());
+        assert_eq!(
+            c.validate(&SinkConfig::default()),
+            ["checkpoint.kind = \"kafka\": needs sink.kind = \"kafka\" (it uses the sink's brokers)"]
+        );
+        let c: CheckpointConfig = serde_json::from_str(
+            r#"{"kind":"kafka","topic":"c p","interval":"0s","replication_factor":0,"timeout":"0s"}"#,
+        )
+        .unwrap();
+        let p = c.validate(&SinkConfig::kafka("b:1")).join("\n");
+        for needle in [
+            "checkpoint.topic: \"c p\": ' ' is not allowed",
+            "checkpoint.interval: must be above zero",
+            "checkpoint.replication_factor: 0 is not a replication factor",
+            "checkpoint.timeout: must be above zero",
+        ] {
+            assert!(p.contains(needle), "{needle:?} in {p}");
+        }
+        let e =
+            serde_json::from_str::<CheckpointConfig>(r#"{"kind":"file","path":"x","topik":"t"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("topik"), "{e}");
     }
 }

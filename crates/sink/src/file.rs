@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
-use crate::config::FileSinkConfig;
+use crate::config::{SinkConfig, SinkKind};
 use crate::error::{DeliveryError, SinkError};
 use crate::progress::Progress;
 use crate::record::SinkInput;
@@ -131,27 +131,15 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn open(
-        config: &FileSinkConfig,
-        progress: Arc<Progress>,
-    ) -> Result<Self, SinkError> {
-        for (key, v) in [
-            ("fsync_every", config.fsync_every),
-            ("channel_capacity", config.channel_capacity),
-        ] {
-            if v == 0 {
-                return Err(SinkError::Config {
-                    key: key.into(),
-                    problem: "must be at least 1".into(),
-                });
-            }
-        }
+    pub(crate) fn open(config: &SinkConfig, progress: Arc<Progress>) -> Result<Self, SinkError> {
+        config.check_values(SinkKind::File)?;
+        let fsync_every = config.fsync_every();
         Ok(Writer {
-            out: Out::open(&config.path)?,
-            path: config.path.clone(),
+            out: Out::open(config.path())?,
+            path: config.path().to_owned(),
             progress,
-            fsync_every: config.fsync_every,
-            unsynced: Vec::with_capacity(config.fsync_every),
+            fsync_every,
+            unsynced: Vec::with_capacity(fsync_every),
             broken: false,
         })
     }

@@ -35,10 +35,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{check_topic_name, ns_into, KafkaSinkConfig, TopicTemplate};
+use crate::client::log_to_tracing;
+use crate::config::SinkConfig;
 use crate::error::{kafka_fix, DeliveryError, SinkError};
 use crate::progress::Progress;
 use crate::record::{OutRecord, SinkInput};
+use crate::topic::{check_topic_name, ns_into, TopicTemplate};
 use crate::Msg;
 
 /// Identifies a record in the delivery callback.
@@ -66,39 +68,6 @@ impl ClientContext for SinkContext {
         // Transient errors (a broker down, a connection refused) are retried by librdkafka;
         // they only become definite through a delivery report.
         tracing::warn!(error = %error, reason, "kafka client error");
-    }
-}
-
-/// The context of the checkpoint store's clients: librdkafka's logs and errors go to
-/// `tracing`; end-of-partition (expected when reading to the end) is not an error.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TracingContext;
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_to_tracing(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::warn!(error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for TracingContext {}
-
-pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, fac: &str, msg: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            tracing::info!(target: "librdkafka", fac, "{msg}")
-        }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
     }
 }
 
@@ -148,7 +117,7 @@ pub(crate) type SinkProducer = ThreadedProducer<SinkContext>;
 
 /// Creates the producer and runs the startup check.
 pub(crate) async fn start(
-    config: &KafkaSinkConfig,
+    config: &SinkConfig,
     shards: &[Arc<str>],
     progress: Arc<Progress>,
 ) -> Result<SinkProducer, SinkError> {
@@ -168,16 +137,17 @@ pub(crate) async fn start(
 /// up front.
 async fn check_topics(
     producer: &SinkProducer,
-    config: &KafkaSinkConfig,
+    config: &SinkConfig,
     shards: &[Arc<str>],
 ) -> Result<(), SinkError> {
     let p = producer.clone();
-    let timeout = config.startup_timeout;
+    let timeout = config.startup_timeout();
+    let template = config.topic();
     let md = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout))
         .await
         .expect("metadata fetch does not panic")
         .map_err(|e| SinkError::Unreachable {
-            brokers: config.brokers.clone(),
+            brokers: config.brokers().to_owned(),
             timeout_ms: timeout.as_millis(),
             cause: e.to_string(),
         })?;
@@ -187,11 +157,11 @@ async fn check_topics(
         "kafka sink: brokers reachable"
     );
     let mut wanted: Vec<(String, String)> = Vec::new();
-    if let Some(t) = config.topic.fixed() {
+    if let Some(t) = template.fixed() {
         wanted.push((t.to_owned(), "every shard".into()));
-    } else if !config.topic.uses_namespace() {
+    } else if !template.uses_namespace() {
         for s in shards {
-            wanted.push((config.topic.render(s, "", ""), format!("shard {s}")));
+            wanted.push((template.render(s, "", ""), format!("shard {s}")));
         }
     }
     for (topic, what) in wanted {
@@ -219,7 +189,7 @@ async fn check_topics(
                 cause,
                 fix: kafka_fix(code),
             };
-            if config.require_topics {
+            if config.require_topics() {
                 return Err(err);
             }
             tracing::warn!(error = %err, "kafka sink: topic missing, relying on auto-creation");
@@ -252,14 +222,14 @@ impl Worker {
         producer: SinkProducer,
         progress: Arc<Progress>,
         permits: Arc<Semaphore>,
-        config: &KafkaSinkConfig,
+        config: &SinkConfig,
     ) -> Self {
         Worker {
             producer,
             progress,
             permits,
-            max_in_flight: config.max_in_flight,
-            template: config.topic.clone(),
+            max_in_flight: config.max_in_flight(),
+            template: config.topic(),
             topic: String::new(),
             ns: String::new(),
             ts: String::new(),

@@ -48,9 +48,9 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), quorumtail_sink::SinkError> {
-//! use quorumtail_sink::{KafkaSinkConfig, Sink};
+//! use quorumtail_sink::{Sink, SinkConfig};
 //! let shards: Vec<std::sync::Arc<str>> = vec!["rs0".into(), "rs1".into()];
-//! let sink = Sink::kafka(&KafkaSinkConfig::new("127.0.0.1:9092"), &shards).await?;
+//! let sink = Sink::kafka(&SinkConfig::kafka("127.0.0.1:9092"), &shards).await?;
 //! let tx = sink.sender(); // give clones to the merge tasks; tx.send(record).await
 //! let mut rs0 = sink.progress("rs0"); // rs0.changed().await; rs0.borrow().confirmed
 //! # drop((tx, rs0));
@@ -67,6 +67,7 @@
 //! ```
 
 pub mod checkpoint;
+mod client;
 pub mod config;
 pub mod error;
 pub mod file;
@@ -75,6 +76,7 @@ pub mod metrics;
 pub mod preflight;
 mod progress;
 pub mod record;
+mod topic;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -84,13 +86,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
-    run_checkpointer, CheckpointConfig, CheckpointError, CheckpointStore, ConfirmedCheckpoints,
-    FileCheckpointConfig, FileCheckpointStore, KafkaCheckpointConfig, KafkaCheckpointStore,
-    ShardMembership, StoredShard, StoredShards,
+    run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
+    KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
 };
-pub use config::{FileSinkConfig, KafkaSinkConfig, SinkConfig, TopicTemplate};
+pub use config::{CheckpointConfig, CheckpointKind, KeyKind, SinkConfig, SinkKind, TopicTemplate};
 pub use error::{DeliveryError, SinkError};
-pub use progress::ShardProgress;
+pub use progress::{ProgressView, ShardProgress};
 pub use record::{Marker, OutRecord, SinkInput};
 pub use tracker::Confirmed;
 
@@ -144,40 +145,6 @@ pub struct Sink {
     cancel: CancellationToken,
 }
 
-/// A cloneable, read-only view of a sink's progress. It stays valid after the sink is
-/// flushed (it then shows the final state).
-#[derive(Clone, Debug)]
-pub struct ProgressView {
-    progress: Arc<Progress>,
-}
-
-impl ProgressView {
-    /// See [`Sink::checkpoints`].
-    pub fn checkpoints(&self) -> ConfirmedCheckpoints {
-        self.progress.checkpoints()
-    }
-
-    /// See [`Sink::progress`].
-    pub fn progress(&self, shard: &str) -> watch::Receiver<ShardProgress> {
-        self.progress.subscribe(shard)
-    }
-
-    /// See [`Sink::failure`].
-    pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
-        self.progress.subscribe_failure()
-    }
-
-    /// See [`Sink::unconfirmed`].
-    pub fn unconfirmed(&self) -> usize {
-        self.progress.unconfirmed()
-    }
-
-    /// Delivery latency and errors of the Kafka sink.
-    pub fn delivery(&self) -> metrics::DeliveryStats {
-        self.progress.metrics.snapshot()
-    }
-}
-
 /// What [`Sink::flush`] leaves behind.
 #[derive(Debug, Default)]
 pub struct FlushReport {
@@ -206,9 +173,9 @@ impl Sink {
     /// # Errors
     /// [`SinkError::Config`], [`SinkError::Client`], [`SinkError::Unreachable`],
     /// [`SinkError::Topic`].
-    pub async fn kafka(config: &KafkaSinkConfig, shards: &[Arc<str>]) -> Result<Sink, SinkError> {
+    pub async fn kafka(config: &SinkConfig, shards: &[Arc<str>]) -> Result<Sink, SinkError> {
         config.producer_properties()?;
-        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let permits = Arc::new(Semaphore::new(config.max_in_flight()));
         let progress = Arc::new(Progress::new(Some(permits.clone())));
         for s in shards {
             progress.index(s);
@@ -230,7 +197,7 @@ impl Sink {
                 let _ = tokio::task::spawn_blocking(move || drop(keep)).await;
             }
         });
-        tracing::info!(topic = %config.topic, brokers = %config.brokers, "kafka sink started");
+        tracing::info!(topic = %config.topic(), brokers = %config.brokers(), "kafka sink started");
         Ok(Sink {
             tx,
             progress,
@@ -239,14 +206,14 @@ impl Sink {
         })
     }
 
-    /// Starts the configured sink.
+    /// Starts the sink `config.kind` names.
     ///
     /// # Errors
     /// As [`Sink::kafka`] and [`Sink::file`].
     pub async fn start(config: &SinkConfig, shards: &[Arc<str>]) -> Result<Sink, SinkError> {
-        match config {
-            SinkConfig::Kafka(k) => Sink::kafka(k, shards).await,
-            SinkConfig::File(f) => Sink::file(f),
+        match config.kind {
+            SinkKind::Kafka => Sink::kafka(config, shards).await,
+            SinkKind::File => Sink::file(config),
         }
     }
 
@@ -255,7 +222,7 @@ impl Sink {
     /// # Errors
     /// [`SinkError::Config`] for a zero setting, [`SinkError::Io`] when the file cannot be
     /// opened.
-    pub fn file(config: &FileSinkConfig) -> Result<Sink, SinkError> {
+    pub fn file(config: &SinkConfig) -> Result<Sink, SinkError> {
         let progress = Arc::new(Progress::new(None));
         let writer = file::Writer::open(config, progress.clone())?;
         let (tx, rx) = mpsc::channel(config.channel_capacity);
@@ -264,7 +231,7 @@ impl Sink {
             .spawn(move || writer.run(rx))
             .map_err(|source| SinkError::Io {
                 op: "start a thread for",
-                path: config.path.clone(),
+                path: config.path().to_owned(),
                 source,
             })?;
         Ok(Sink {

@@ -1,79 +1,88 @@
-//! Delivery metrics of the Kafka sink: a latency histogram (from handing a record to the
-//! producer to its acknowledgement) and definite errors by kind. Lock-free counters, read by
-//! the coordinator's `/metrics`.
+//! Delivery metrics of the Kafka sink, as prometheus-client metrics: a latency histogram
+//! (from handing a record to the producer to its acknowledgement) and definite errors by
+//! kind. The delivery callback updates them lock-free; the coordinator's `/metrics`
+//! encodes them under its own names.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::fmt::Write as _;
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus `le`).
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// The counters.
-#[derive(Debug, Default)]
-pub struct DeliveryMetrics {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
+/// A label value escaped as the Prometheus and OpenMetrics text formats require (`\` as
+/// `\\`, `"` as `\"`, a line feed as `\n`). prometheus-client writes label values as
+/// they are (prometheus/client_rust#151), so a value holding a quote would make the
+/// whole scrape unreadable; every label value goes through this.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelValue(pub String);
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
-/// A snapshot of [`DeliveryMetrics`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DeliveryStats {
-    /// Cumulative counts per bucket bound (`le`), as Prometheus expects.
-    pub buckets: Vec<(f64, u64)>,
-    /// Acknowledged records.
-    pub count: u64,
-    /// Sum of their latencies, seconds.
-    pub sum_seconds: f64,
+/// The label set of [`DeliveryMetrics::errors`]: `kind`, the librdkafka error code name.
+pub type ErrorKind = [(&'static str, LabelValue); 1];
+
+/// The Kafka sink's delivery metrics.
+#[derive(Debug)]
+pub struct DeliveryMetrics {
+    /// Seconds from handing a record to the producer to its acknowledgement (acks=all).
+    pub latency: Histogram,
     /// Definite delivery errors by librdkafka error code name.
-    pub errors: BTreeMap<String, u64>,
+    pub errors: Family<ErrorKind, Counter>,
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        DeliveryMetrics {
+            latency: Histogram::new(LATENCY_BUCKETS),
+            errors: Family::default(),
+        }
+    }
 }
 
 impl DeliveryMetrics {
     pub(crate) fn observe(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(latency.as_micros() as u64, Relaxed);
+        self.latency.observe(latency.as_secs_f64());
     }
 
     pub(crate) fn error(&self, kind: String) {
-        if let Ok(mut e) = self.errors.lock() {
-            *e.entry(kind).or_default() += 1;
-        }
-    }
-
-    /// A snapshot (buckets made cumulative).
-    pub fn snapshot(&self) -> DeliveryStats {
-        let mut acc = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(b, c)| {
-                acc += c.load(Relaxed);
-                (*b, acc)
-            })
-            .collect();
-        DeliveryStats {
-            buckets,
-            count: self.count.load(Relaxed),
-            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
-            errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
-        }
+        self.errors
+            .get_or_create(&[("kind", LabelValue(kind))])
+            .inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::{Registry, Unit};
+
+    fn exposition(m: DeliveryMetrics) -> String {
+        let mut r = Registry::default();
+        r.register_with_unit("delivery", "latency", Unit::Seconds, m.latency);
+        r.register("errors", "errors", m.errors);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
 
     #[test]
     fn buckets_are_cumulative() {
@@ -82,12 +91,35 @@ mod tests {
         m.observe(Duration::from_millis(20));
         m.observe(Duration::from_secs(60));
         m.error("MessageSizeTooLarge".into());
-        let s = m.snapshot();
-        assert_eq!(s.count, 3);
-        assert_eq!(s.buckets[0], (0.001, 1));
-        assert_eq!(s.buckets.iter().find(|b| b.0 == 0.025).unwrap().1, 2);
-        assert_eq!(s.buckets.last().unwrap().1, 2, "60 s lands only in +Inf");
-        assert!((s.sum_seconds - 60.0205).abs() < 1e-6);
-        assert_eq!(s.errors["MessageSizeTooLarge"], 1);
+        let text = exposition(m);
+        for line in [
+            "delivery_seconds_count 3",
+            "delivery_seconds_bucket{le=\"0.001\"} 1",
+            "delivery_seconds_bucket{le=\"0.025\"} 2",
+            // 60 s lands only in +Inf.
+            "delivery_seconds_bucket{le=\"10.0\"} 2",
+            "delivery_seconds_bucket{le=\"+Inf\"} 3",
+            "errors_total{kind=\"MessageSizeTooLarge\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("delivery_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 60.0205).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = DeliveryMetrics::default();
+        m.error("a\"b\\c\nd".into());
+        let text = exposition(m);
+        assert!(
+            text.contains("errors_total{kind=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -12,54 +12,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::config::{producer_properties, TopicTemplate};
+/// Whether librdkafka accepts the passthrough properties (the check `quorumtail check` runs).
+pub use crate::client::librdkafka_properties;
+use crate::client::producer_properties;
 use crate::error::kafka_fix;
-
-/// Whether librdkafka accepts each passthrough property (its name and its value), then the
-/// producer configuration as a whole. Nothing is contacted.
-///
-/// Each problem is `(key, problem)`, the key as written under `[sink.librdkafka]` (empty
-/// for a problem of the combination).
-pub fn librdkafka_properties(
-    brokers: &str,
-    user: &BTreeMap<String, String>,
-) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
-    for (k, v) in user {
-        let mut one = ClientConfig::new();
-        one.set(k, v);
-        if let Err(e) = one.create_native_config() {
-            let why = match e {
-                rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
-                other => other.to_string(),
-            };
-            problems.push((
-                k.clone(),
-                format!("librdkafka refuses it: {why}; see librdkafka's CONFIGURATION.md for the property names and values"),
-            ));
-        }
-    }
-    if !problems.is_empty() {
-        return problems;
-    }
-    // The enforced settings may refuse a user's entry: reported by the caller's own check.
-    let Ok(props) = producer_properties(brokers, user) else {
-        return problems;
-    };
-    let mut all = ClientConfig::new();
-    for (k, v) in &props {
-        all.set(k, v);
-    }
-    // Creating the producer checks what single properties cannot (combinations, features
-    // such as SASL mechanisms); it connects only in the background and is dropped at once.
-    if let Err(e) = all.create::<BaseProducer>() {
-        problems.push((
-            String::new(),
-            format!("librdkafka refuses the producer configuration: {e}"),
-        ));
-    }
-    problems
-}
+use crate::topic::TopicTemplate;
 
 /// What a topic is for, e.g. `shard shard01` or `checkpoints`.
 pub type TopicUse = (String, String);

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use quorumtail_oplog::EntryId;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::checkpoint::ConfirmedCheckpoints;
 use crate::error::SinkError;
+use crate::tracker::ConfirmedCheckpoints;
 use crate::tracker::{Confirmed, PushRefused, Released, ShardTracker};
 
 /// What the pipeline sees of one shard's delivery.
@@ -38,6 +38,40 @@ struct Slot {
 struct Inner {
     index: HashMap<Arc<str>, usize>,
     shards: Vec<Slot>,
+}
+
+/// A cloneable, read-only view of a sink's progress. It stays valid after the sink is
+/// flushed (it then shows the final state).
+#[derive(Clone, Debug)]
+pub struct ProgressView {
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl ProgressView {
+    /// See [`Sink::checkpoints`](crate::Sink::checkpoints).
+    pub fn checkpoints(&self) -> ConfirmedCheckpoints {
+        self.progress.checkpoints()
+    }
+
+    /// See [`Sink::progress`](crate::Sink::progress).
+    pub fn progress(&self, shard: &str) -> watch::Receiver<ShardProgress> {
+        self.progress.subscribe(shard)
+    }
+
+    /// See [`Sink::failure`](crate::Sink::failure).
+    pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
+        self.progress.subscribe_failure()
+    }
+
+    /// See [`Sink::unconfirmed`](crate::Sink::unconfirmed).
+    pub fn unconfirmed(&self) -> usize {
+        self.progress.unconfirmed()
+    }
+
+    /// Delivery latency and errors of the Kafka sink.
+    pub fn delivery(&self) -> &crate::metrics::DeliveryMetrics {
+        &self.progress.metrics
+    }
 }
 
 /// See the [module docs](self).

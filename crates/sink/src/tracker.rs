@@ -20,7 +20,8 @@
 //!
 //! This module is pure (no locks, no clocks) and property-tested.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use quorumtail_oplog::EntryId;
 
@@ -218,6 +219,49 @@ pub struct Released {
     pub records: usize,
     /// Whether the confirmed checkpoint moved.
     pub advanced: bool,
+}
+
+/// Positions the sink confirmed, one per shard. Only the sink creates these (or a caller
+/// that vouches for them with [`ConfirmedCheckpoints::assume_confirmed`]), so a store can
+/// never be handed positions that are not delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfirmedCheckpoints(HashMap<Arc<str>, EntryId>);
+
+impl ConfirmedCheckpoints {
+    pub(crate) fn from_sink(m: HashMap<Arc<str>, EntryId>) -> Self {
+        ConfirmedCheckpoints(m)
+    }
+
+    /// Wraps positions the caller knows to be confirmed: ones just loaded from a store
+    /// (to copy them to another store), or test data.
+    pub fn assume_confirmed(m: HashMap<Arc<str>, EntryId>) -> Self {
+        ConfirmedCheckpoints(m)
+    }
+
+    /// The confirmed position of a shard.
+    pub fn get(&self, shard: &str) -> Option<EntryId> {
+        self.0.get(shard).copied()
+    }
+
+    /// Every shard with a confirmed position.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &EntryId)> {
+        self.0.iter()
+    }
+
+    /// How many shards have a position.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no shard has a position.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The positions as a map.
+    pub fn into_map(self) -> HashMap<Arc<str>, EntryId> {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -163,6 +163,13 @@ impl Broker {
         Broker::start_with(BrokerOptions::default())
     }
 
+    /// Starts tansu on a free loopback port, also when `KAFKA_BOOTSTRAP` names an external
+    /// broker: for tests that pause, kill or restart the broker, which only a broker of
+    /// their own allows ([`Broker::controllable`] holds).
+    pub fn start_controllable() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
     /// Starts tansu on a free loopback port with these options (never an external broker).
     pub fn start_with(opts: BrokerOptions) -> Broker {
         crate::init_tracing();

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
-    CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointConfig, KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
+    CheckpointConfig, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
+    KafkaCheckpointStore, ShardMembership, SinkConfig, StoredShard, StoredShards,
 };
 
 use crate::broker::{partitions, Broker};
@@ -111,11 +111,11 @@ async fn file_store_in_a_missing_directory_names_the_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
     let broker = Broker::start();
-    let mut cfg = KafkaCheckpointConfig::new(broker.bootstrap.clone());
+    let sink = SinkConfig::kafka(broker.bootstrap.clone());
     let topic = crate::unique("it.checkpoints");
-    cfg.topic = topic.clone();
+    let mut cfg = CheckpointConfig::kafka(topic.clone());
     cfg.replication_factor = 1;
-    let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
+    let store = KafkaCheckpointStore::open(&cfg, &sink).await.unwrap();
     assert_eq!(partitions(&broker.bootstrap, &topic).len(), 1);
     assert_eq!(
         topic_config(&broker.bootstrap, &topic, "cleanup.policy").await,
@@ -130,7 +130,7 @@ async fn kafka_store_creates_a_compacted_topic_and_reads_to_the_end() {
     store.store(&confirmed(&[("rs0", cp(6))])).await.unwrap();
 
     // Opening again finds the topic; loading reads every record to the end.
-    let again = KafkaCheckpointStore::open(cfg).await.unwrap();
+    let again = KafkaCheckpointStore::open(&cfg, &sink).await.unwrap();
     assert_eq!(
         again.load().await.unwrap(),
         map(&[("rs0", cp(6)), ("rs1", cp(2))])
@@ -158,10 +158,10 @@ async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Option<String>
 /// complete it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpointer_stores_confirmed_positions_from_a_file_sink() {
-    use quorumtail_sink::{run_checkpointer, FileSinkConfig, Sink};
+    use quorumtail_sink::{run_checkpointer, Sink};
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::file(&FileSinkConfig::new(dir.path().join("out.jsonl"))).unwrap();
+    let sink = Sink::file(&SinkConfig::file(dir.path().join("out.jsonl"))).unwrap();
     let store: Arc<dyn CheckpointStore> =
         Arc::new(FileCheckpointStore::new(dir.path().join("cp.json")));
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -206,23 +206,21 @@ async fn checkpointer_stores_confirmed_positions_from_a_file_sink() {
 
 #[tokio::test]
 async fn checkpoint_config_selects_the_store() {
-    use quorumtail_sink::CheckpointConfig;
     let dir = tempfile::tempdir().unwrap();
     let json = serde_json::json!({"kind": "file", "path": dir.path().join("cp.json")});
     let c: CheckpointConfig = serde_json::from_value(json).unwrap();
-    let store = c.open().await.unwrap();
+    let store = c.open(&SinkConfig::default()).await.unwrap();
     store.store(&confirmed(&[("rs0", cp(4))])).await.unwrap();
     assert_eq!(store.load().await.unwrap(), map(&[("rs0", cp(4))]));
-    let e = serde_json::from_str::<CheckpointConfig>(r#"{"kind":"file","path":"x","topic":"t"}"#)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("topic"), "{e}");
-    let k: CheckpointConfig =
-        serde_json::from_str(r#"{"kind":"kafka","brokers":"b:1","timeout":"5s"}"#).unwrap();
-    assert!(
-        matches!(k, CheckpointConfig::Kafka(k) if k.topic == "quorumtail.checkpoints"
-            && k.timeout == std::time::Duration::from_secs(5))
-    );
+    let e =
+        serde_json::from_str::<CheckpointConfig>(r#"{"kind":"file","path":"x","brokers":"b:1"}"#)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("brokers"), "{e}");
+    let k: CheckpointConfig = serde_json::from_str(r#"{"kind":"kafka","timeout":"5s"}"#).unwrap();
+    assert_eq!(k.kind, quorumtail_sink::CheckpointKind::Kafka);
+    assert_eq!(k.topic, "quorumtail.checkpoints");
+    assert_eq!(k.timeout, std::time::Duration::from_secs(5));
 }
 
 fn membership(set: &str, n: u16) -> ShardMembership {
@@ -389,14 +387,14 @@ async fn file_store_reads_the_version_1_format() {
 async fn kafka_store_keeps_memberships_and_drained_flags_and_reads_old_records() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let broker = Broker::start();
-    let mut cfg = KafkaCheckpointConfig::new(broker.bootstrap.clone());
-    cfg.topic = crate::unique("it.checkpoints.members");
+    let sink = SinkConfig::kafka(broker.bootstrap.clone());
+    let mut cfg = CheckpointConfig::kafka(crate::unique("it.checkpoints.members"));
     cfg.replication_factor = 1;
-    let store = KafkaCheckpointStore::open(cfg.clone()).await.unwrap();
+    let store = KafkaCheckpointStore::open(&cfg, &sink).await.unwrap();
     assert!(store.load_shards().await.unwrap().is_empty());
-    let c = cfg.clone();
+    let (c, s) = (cfg.clone(), sink.clone());
     memberships_and_drained_flags_round_trip(&store, async || {
-        Box::new(KafkaCheckpointStore::open(c.clone()).await.unwrap()) as Box<dyn CheckpointStore>
+        Box::new(KafkaCheckpointStore::open(&c, &s).await.unwrap()) as Box<dyn CheckpointStore>
     })
     .await;
 
@@ -413,7 +411,7 @@ async fn kafka_store_keeps_memberships_and_drained_flags_and_reads_old_records()
         )
         .await
         .unwrap();
-    let loaded = KafkaCheckpointStore::open(cfg.clone())
+    let loaded = KafkaCheckpointStore::open(&cfg, &sink)
         .await
         .unwrap()
         .load_shards()

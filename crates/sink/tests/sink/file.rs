@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use quorumtail_sink::{FileSinkConfig, Sink, SinkError};
+use quorumtail_sink::{Sink, SinkConfig, SinkError};
 use tokio::time::Instant;
 
 use crate::{confirmed_seq, cp, marker, record};
@@ -19,8 +19,8 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 async fn writes_json_lines_and_confirms_only_what_is_fsynced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.jsonl");
-    let mut cfg = FileSinkConfig::new(&path);
-    cfg.fsync_every = 7;
+    let mut cfg = SinkConfig::file(&path);
+    cfg.fsync_every = Some(7);
     cfg.channel_capacity = 8;
     let sink = Sink::file(&cfg).unwrap();
 
@@ -96,7 +96,7 @@ async fn writes_json_lines_and_confirms_only_what_is_fsynced() {
 #[tokio::test]
 async fn a_seq_that_does_not_increase_stops_the_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::file(&FileSinkConfig::new(dir.path().join("o.jsonl"))).unwrap();
+    let sink = Sink::file(&SinkConfig::file(dir.path().join("o.jsonl"))).unwrap();
     let tx = sink.sender();
     tx.send(record("rs0", 5, true, None)).await.unwrap();
     tx.send(record("rs0", 5, true, None)).await.unwrap();
@@ -113,14 +113,14 @@ async fn a_seq_that_does_not_increase_stops_the_shard() {
 
 #[test]
 fn an_unwritable_path_is_a_clear_error() {
-    let e = Sink::file(&FileSinkConfig::new("/nonexistent-dir/x/out.jsonl")).unwrap_err();
+    let e = Sink::file(&SinkConfig::file("/nonexistent-dir/x/out.jsonl")).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("/nonexistent-dir/x/out.jsonl") && msg.contains("open"),
         "{msg}"
     );
-    let mut c = FileSinkConfig::new("/tmp/x");
-    c.fsync_every = 0;
+    let mut c = SinkConfig::file("/tmp/x");
+    c.fsync_every = Some(0);
     assert!(Sink::file(&c)
         .unwrap_err()
         .to_string()
@@ -138,7 +138,7 @@ async fn an_incomplete_last_line_from_a_crash_is_removed() {
         "{\"shard\":\"rs0\",\"seq\":1}\n{\"shard\":\"rs0\",\"se",
     )
     .unwrap();
-    let sink = Sink::file(&FileSinkConfig::new(&path)).unwrap();
+    let sink = Sink::file(&SinkConfig::file(&path)).unwrap();
     sink.sender()
         .send(record("rs0", 2, true, None))
         .await
@@ -163,7 +163,7 @@ async fn an_incomplete_last_line_from_a_crash_is_removed() {
 
     // A file that is one fragment becomes empty.
     std::fs::write(&path, "{\"sha").unwrap();
-    Sink::file(&FileSinkConfig::new(&path))
+    Sink::file(&SinkConfig::file(&path))
         .unwrap()
         .flush(Instant::now() + Duration::from_secs(10))
         .await;

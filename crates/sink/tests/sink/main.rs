@@ -1,6 +1,7 @@
 //! Integration tests of quorumtail-sink: the Kafka sink and the Kafka checkpoint store
 //! against a real Kafka-protocol broker (tansu on loopback, or `KAFKA_BOOTSTRAP`), the file
-//! sink and the file checkpoint store against a temp dir.
+//! sink and the file checkpoint store against a temp dir. Tests that pause, kill or restart
+//! the broker start a tansu of their own even when `KAFKA_BOOTSTRAP` is set.
 
 // The harness is shared with the end-to-end and fault suites, which use more of it.
 #[allow(dead_code)]
