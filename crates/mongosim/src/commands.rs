@@ -1487,44 +1487,78 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut n_ok = 0;
     let mut errors = Vec::new();
     let mut written: Vec<(usize, usize)> = Vec::new();
-    match proc {
-        Proc::Node { set, node } => {
-            w.check_writable(set, node)?;
-            for (i, d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, &txn, i);
-                match w.insert(set, node, &ns, vec![d], false, now) {
-                    Ok(c) => n_ok += c,
-                    Err((_, e)) => {
-                        errors.push(write_error(i, &e));
-                        if ordered {
-                            break;
+    // A time-series collection: measurements go to buckets on the set that holds it.
+    let ts_target = match proc {
+        Proc::Node { set, node } => w.timeseries_options(set, &ns).map(|_| (set, node)),
+        Proc::Mongos => match (0..w.sets.len()).find(|&s| w.timeseries_options(s, &ns).is_some()) {
+            Some(s) => Some((
+                s,
+                w.sets[s].sync_source().ok_or_else(CmdError::not_primary)?,
+            )),
+            None => None,
+        },
+    };
+    if let Some((s, p)) = ts_target {
+        enter_statement(&mut w, &session, &txn, 0);
+        if txn.is_some() {
+            w.capture = None;
+            w.session = None;
+            return Err(CmdError::new(
+                263,
+                "OperationNotSupportedInTransaction",
+                format!("Cannot insert into a time-series collection in a multi-document transaction: {ns}"),
+            ));
+        }
+        if proc == Proc::Mongos {
+            written.push((s, p));
+        }
+        match w.insert_timeseries(s, p, &ns, docs, now) {
+            Ok(c) => n_ok += c,
+            Err((c, e)) => {
+                n_ok += c;
+                errors.push(write_error(c, &e));
+            }
+        }
+    } else {
+        match proc {
+            Proc::Node { set, node } => {
+                w.check_writable(set, node)?;
+                for (i, d) in docs.into_iter().enumerate() {
+                    enter_statement(&mut w, &session, &txn, i);
+                    match w.insert(set, node, &ns, vec![d], false, now) {
+                        Ok(c) => n_ok += c,
+                        Err((_, e)) => {
+                            errors.push(write_error(i, &e));
+                            if ordered {
+                                break;
+                            }
                         }
                     }
                 }
             }
-        }
-        Proc::Mongos => {
-            for (i, mut d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, &txn, i);
-                if !d.contains_key("_id") {
-                    let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
-                    with_id.extend(d);
-                    d = with_id;
-                }
-                let id = d.get("_id").cloned();
-                let r = route(&mut w, &ns, id.as_ref()).and_then(|targets| {
-                    let (s, p) = targets.first().copied().ok_or_else(|| {
-                        CmdError::new(70, "ShardNotFound", "no shard owns the key")
-                    })?;
-                    written.push((s, p));
-                    w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
-                });
-                match r {
-                    Ok(c) => n_ok += c,
-                    Err(e) => {
-                        errors.push(write_error(i, &e));
-                        if ordered {
-                            break;
+            Proc::Mongos => {
+                for (i, mut d) in docs.into_iter().enumerate() {
+                    enter_statement(&mut w, &session, &txn, i);
+                    if !d.contains_key("_id") {
+                        let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
+                        with_id.extend(d);
+                        d = with_id;
+                    }
+                    let id = d.get("_id").cloned();
+                    let r = route(&mut w, &ns, id.as_ref()).and_then(|targets| {
+                        let (s, p) = targets.first().copied().ok_or_else(|| {
+                            CmdError::new(70, "ShardNotFound", "no shard owns the key")
+                        })?;
+                        written.push((s, p));
+                        w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
+                    });
+                    match r {
+                        Ok(c) => n_ok += c,
+                        Err(e) => {
+                            errors.push(write_error(i, &e));
+                            if ordered {
+                                break;
+                            }
                         }
                     }
                 }
@@ -1944,6 +1978,25 @@ fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let ns = format!("{db}.{}", cmd_str(cmd, "create")?);
     let now = Instant::now();
     let mut w = shared.world();
+    if let Some(ts) = cmd.get("timeseries") {
+        let Bson::Document(ts) = ts else {
+            return Err(type_error("timeseries", "object"));
+        };
+        let opts = crate::timeseries::TsOptions::parse(ts)?;
+        // An unsharded time-series collection lives on one shard: the first that owns
+        // chunks of the buckets namespace (mongosim's stand-in for the primary shard).
+        let (s, n) = match proc {
+            Proc::Node { set, node } => (set, node),
+            Proc::Mongos => route(&mut w, &crate::timeseries::buckets_ns(&ns), None)?
+                .first()
+                .copied()
+                .ok_or_else(|| CmdError::new(70, "ShardNotFound", "no shard to create on"))?,
+        };
+        w.create_timeseries(s, n, &ns, opts, now)?;
+        drop(w);
+        shared.notify();
+        return Ok(ok(Document::new()));
+    }
     match proc {
         Proc::Node { set, node } => {
             w.check_writable(set, node)?;

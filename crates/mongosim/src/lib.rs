@@ -230,6 +230,7 @@ pub mod matcher;
 pub mod membership;
 pub mod oplog;
 mod server;
+pub mod timeseries;
 pub mod tls;
 pub mod version;
 pub mod world;

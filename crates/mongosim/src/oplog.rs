@@ -121,6 +121,9 @@ pub struct SessionFields {
     pub txn_number: i64,
     /// Statement index within the command.
     pub stmt_id: i32,
+    /// Statement indexes of an entry that logs several statements (a time-series bucket
+    /// write): `stmtId` is then an array (`stdx::variant<StmtId, std::vector<StmtId>>`).
+    pub stmt_ids: Vec<i32>,
     /// OpTime of the previous entry of this write on this set, `(Timestamp(0,0), -1)` first.
     pub prev_op_time: (Timestamp, i64),
 }
@@ -160,7 +163,9 @@ pub fn build_entry_doc_with_session(
         if let Some(o2) = &spec.o2 {
             d.insert("o2", o2.clone());
         }
-        if let Some(sess) = session.filter(|s| s.stmt_id >= 0) {
+        if let Some(sess) = session.filter(|s| s.stmt_ids.len() > 1) {
+            d.insert("stmtId", sess.stmt_ids.clone());
+        } else if let Some(sess) = session.filter(|s| s.stmt_id >= 0) {
             d.insert("stmtId", sess.stmt_id);
         }
         if spec.from_migrate {

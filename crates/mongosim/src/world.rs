@@ -446,6 +446,11 @@ pub struct SetState {
     /// Retryable-write statements executed on this set: (lsid id, txnNumber, stmtId) to
     /// the entry that logged it (a retry is answered from here if the entry survives).
     pub session_history: HashMap<(Vec<u8>, i64, i32), EntryId>,
+    /// Time-series collections (view namespace to options), shared by all members.
+    pub timeseries: BTreeMap<String, crate::timeseries::TsOptions>,
+    /// The primary's bucket catalog: buckets still taking measurements. A new primary
+    /// starts with an empty one.
+    pub ts_buckets: Vec<crate::timeseries::OpenBucket>,
 }
 
 impl SetState {
@@ -641,6 +646,9 @@ pub struct SessionCtx {
     pub txn_number: i64,
     /// The statement being executed.
     pub stmt_id: i32,
+    /// Several statements logged by one entry (time-series bucket writes): logged as
+    /// `stmtId: [..]`; empty otherwise.
+    pub stmt_ids: Vec<i32>,
     /// Last optime written for this command, per set (for `prevOpTime`).
     pub prev: HashMap<usize, (Timestamp, i64)>,
 }
@@ -664,6 +672,7 @@ impl SessionCtx {
             lsid,
             txn_number,
             stmt_id: 0,
+            stmt_ids: Vec::new(),
             prev: HashMap::new(),
         })
     }
@@ -766,6 +775,8 @@ impl World {
             elect_now: false,
             removed: false,
             session_history: HashMap::new(),
+            timeseries: BTreeMap::new(),
+            ts_buckets: Vec::new(),
         });
         let s = self.sets.len() - 1;
         // "initiating set" is written before any term exists (t: -1, h: 0 in legacy).
@@ -898,6 +909,7 @@ impl World {
                     lsid: sess.lsid.clone(),
                     txn_number: sess.txn_number,
                     stmt_id: sess.stmt_id,
+                    stmt_ids: sess.stmt_ids.clone(),
                     prev_op_time: sess.prev.get(&s).copied().unwrap_or((
                         Timestamp {
                             time: 0,
@@ -933,12 +945,16 @@ impl World {
             written_at: now,
         });
         if let Some(sess) = &session {
-            let key = (
-                id_key(sess.lsid.get("id").unwrap_or(&Bson::Null)),
-                sess.txn_number,
-                sess.stmt_id,
-            );
-            self.sets[s].session_history.insert(key, entry.id);
+            let lsid = id_key(sess.lsid.get("id").unwrap_or(&Bson::Null));
+            let mut stmts = sess.stmt_ids.clone();
+            if stmts.is_empty() {
+                stmts.push(sess.stmt_id);
+            }
+            for stmt in stmts {
+                self.sets[s]
+                    .session_history
+                    .insert((lsid.clone(), sess.txn_number, stmt), entry.id);
+            }
         }
         self.push_entry(s, n, entry.clone());
         self.sets[s].nodes[n].last_write_at = now;
@@ -1018,6 +1034,7 @@ impl World {
                 lsid: lsid.clone(),
                 txn_number,
                 stmt_id: -1,
+                stmt_ids: Vec::new(),
                 prev_op_time: prev,
             };
             let doc = oplog::build_entry_doc_with_session(
@@ -1343,6 +1360,8 @@ impl World {
         }
         set.no_primary_since = None;
         set.elect_now = false;
+        // The bucket catalog is the primary's memory: a new primary opens new buckets.
+        set.ts_buckets.clear();
         tracing::info!(set = %self.sets[s].name, node = %self.sets[s].nodes[n].addr, term, "elected primary");
         if !self.sets[s].hold_step_up {
             self.complete_step_up(s, n, now);

@@ -1872,3 +1872,136 @@ async fn wrong_password_and_no_credentials_are_refused() {
     open.shutdown().await;
     rs.shutdown().await;
 }
+
+/// Equal field for field, in the same order (`Document`'s `==` ignores order).
+fn same(got: &Document, want: &Document) {
+    assert_eq!(got.to_string(), want.to_string());
+}
+
+/// A time-series collection created and written through mongos is logged as mongod logs
+/// it (shapes from the server source, cited in the crate docs): the view as an insert on
+/// `system.views`, the buckets collection's `create`, a new bucket as an insert holding
+/// every measurement of the command, a measurement added to an open bucket as a `$v: 2`
+/// diff of `control.min`/`control.max` and `data.<field>.<index>`.
+#[tokio::test]
+async fn timeseries_collection_writes_buckets() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 1,
+        nodes_per_shard: 1,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let db = client.database("farm");
+    db.run_command(
+        doc! {"create": "weather", "timeseries": {"timeField": "ts", "metaField": "sensor"}},
+    )
+    .await
+    .unwrap();
+    let t0 = 1_700_000_010_000i64; // 30 s past a minute: control.min.ts rounds down to it
+    let at = |s: i64| bson::DateTime::from_millis(t0 + s * 1000);
+    let weather = db.collection::<Document>("weather");
+    weather
+        .insert_many([
+            doc! {"_id": 1, "ts": at(0), "sensor": "a", "temp": 10},
+            doc! {"_id": 2, "ts": at(1), "sensor": "a", "temp": 12},
+            doc! {"_id": 3, "ts": at(2), "sensor": "a", "temp": 9},
+        ])
+        .await
+        .unwrap();
+    weather
+        .insert_one(doc! {"_id": 4, "ts": at(3), "sensor": "a", "temp": 15, "wind": 3})
+        .await
+        .unwrap();
+    weather
+        .insert_one(doc! {"_id": 5, "ts": at(4), "sensor": "b", "temp": 20})
+        .await
+        .unwrap();
+    // Missing time field: BadValue, nothing logged.
+    let e = weather
+        .insert_one(doc! {"_id": 6, "temp": 1})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("'ts' must be present"), "{e}");
+
+    let shard = cluster.shard_names()[0].clone();
+    let primary = cluster.primary_of(&shard).unwrap();
+    let entries: Vec<Document> = cluster
+        .oplog_snapshot(primary)
+        .iter()
+        .map(raw_to_doc)
+        .filter(|e| e.get_str("ns").is_ok_and(|ns| ns.starts_with("farm.")))
+        .collect();
+    let ops: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.get_str("op").unwrap(), e.get_str("ns").unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("c", "farm.$cmd"),
+            ("c", "farm.$cmd"),
+            ("i", "farm.system.views"),
+            ("i", "farm.system.buckets.weather"),
+            ("u", "farm.system.buckets.weather"),
+            ("i", "farm.system.buckets.weather"),
+        ],
+        "{entries:#?}"
+    );
+    assert_eq!(
+        entries[0].get_document("o").unwrap().get_str("create").ok(),
+        Some("system.views")
+    );
+    same(
+        entries[1].get_document("o").unwrap(),
+        &doc! {"create": "system.buckets.weather", "clusteredIndex": true,
+        "timeseries": {"timeField": "ts", "metaField": "sensor", "granularity": "seconds",
+        "bucketMaxSpanSeconds": 3600, "bucketRoundingSeconds": 60}},
+    );
+    same(
+        entries[2].get_document("o").unwrap(),
+        &doc! {"_id": "farm.weather", "viewOn": "system.buckets.weather",
+        "pipeline": [{"$_internalUnpackBucket": {"timeField": "ts", "metaField": "sensor",
+        "bucketMaxSpanSeconds": 3600}}]},
+    );
+    let bucket = entries[3].get_document("o").unwrap();
+    let id = bucket.get_object_id("_id").unwrap();
+    let minute = bson::DateTime::from_millis(t0 - 30_000);
+    assert_eq!(id.timestamp(), minute);
+    same(
+        bucket,
+        &doc! {"_id": id,
+        "control": {"version": 1,
+            "min": {"_id": 1, "ts": minute, "temp": 9},
+            "max": {"_id": 3, "ts": at(2), "temp": 12}},
+        "meta": "a",
+        "data": {"_id": {"0": 1, "1": 2, "2": 3},
+                 "ts": {"0": at(0), "1": at(1), "2": at(2)},
+                 "temp": {"0": 10, "1": 12, "2": 9}}},
+    );
+    assert_eq!(entries[3].get_document("o2").unwrap(), &doc! {"_id": id});
+    // A retryable write: the bucket insert logs the three statements it holds.
+    assert_eq!(
+        entries[3].get_array("stmtId").unwrap(),
+        &vec![Bson::Int32(0), Bson::Int32(1), Bson::Int32(2)]
+    );
+    same(
+        entries[4].get_document("o").unwrap(),
+        &doc! {"$v": 2, "diff": {
+        "scontrol": {"smin": {"u": {"wind": 3}},
+                     "smax": {"u": {"_id": 4, "ts": at(3), "temp": 15, "wind": 3}}},
+        "sdata": {"i": {"wind": {"3": 3}},
+                  "s_id": {"i": {"3": 4}}, "sts": {"i": {"3": at(3)}},
+                  "stemp": {"i": {"3": 15}}}}},
+    );
+    assert_eq!(entries[4].get_document("o2").unwrap(), &doc! {"_id": id});
+    assert_eq!(
+        entries[5].get_document("o").unwrap().get_str("meta").ok(),
+        Some("b")
+    );
+}
