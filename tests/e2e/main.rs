@@ -13,6 +13,7 @@ mod membership;
 mod page;
 mod removed;
 mod support;
+mod timeseries;
 mod tls;
 mod whole;
 

@@ -158,10 +158,41 @@
 //!   answer hello with `configsvr: 2` and find on config.shards / config.chunks. moveChunk
 //!   logs `fromMigrate: true` inserts on the recipient, then `fromMigrate: true` deletes on
 //!   the donor; removeShard drains (`draining: true`) then removes.
+//! - Time-series collections ([`timeseries`], 5.0+; 4.4 refuses the `timeseries` option as
+//!   an unknown field): `create` with `timeseries: {timeField, metaField?, granularity?}`,
+//!   on a member or through mongos (then on one shard), logs `{create: "system.views"}`
+//!   when the database has none, `{create: "system.buckets.<coll>", clusteredIndex: true,
+//!   timeseries: {timeField, metaField, granularity, bucketMaxSpanSeconds,
+//!   bucketRoundingSeconds (7.0+)}}` and the view as an insert on `<db>.system.views`
+//!   (`{_id, viewOn, pipeline: [{$_internalUnpackBucket: {timeField, metaField,
+//!   bucketMaxSpanSeconds}}]}`). Inserts into the collection are bucket writes on
+//!   `<db>.system.buckets.<coll>`: a new bucket is an `i` of `{_id, control: {version: 1,
+//!   min, max}, meta, data: {<field>: {"0": v, ...}}}` holding every measurement of the
+//!   command that lands in it; measurements added to an open bucket are one `u` with the
+//!   `$v: 2` diff `{scontrol: {smin: {u}, smax: {u}}, sdata: {i: {<new field>: {..}},
+//!   s<field>: {i: {"<n>": v}}}}`. Buckets are keyed by the (normalised) meta value and
+//!   close after `bucketMaxSpanSeconds` or 1000 measurements; `control.min.<time>` and the
+//!   bucket `_id`'s timestamp are the time rounded down to the granularity. Retryable
+//!   bucket writes carry the session fields with `stmtId` as an array when one entry logs
+//!   several statements (statement ids are `stdx::variant<StmtId, std::vector<StmtId>>`,
+//!   `transaction_operations_test.cpp`; a one-statement write logs a scalar, not verified).
+//!   Inserting in a transaction fails with OperationNotSupportedInTransaction (263).
 //! - Reads on a secondary need a non-primary `$readPreference` (else 13435
 //!   NotPrimaryNoSecondaryOk); writes on a secondary fail with NotWritablePrimary (10107).
 //!
 //! # What is not
+//!
+//! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
+//! columns, binary-diff updates), which 8.0 writes for every new bucket and 6.0/7.0 write
+//! when they close a bucket (a replacement update) — mongosim writes uncompressed
+//! version 1 buckets on every version and never compresses, so on 8.0 and at bucket close
+//! on 6.0/7.0 the shapes differ; the buckets collection's `validator` (a `$jsonSchema`
+//! mongod adds to the `create`; not looked up, left out); the order of the columns in
+//! `data` and in `sdata` (mongod iterates a hash map; mongosim uses first appearance);
+//! per-sub-field min/max of sub-document measurements (compared whole here); bucket size
+//! limits and reopening closed buckets; time-series collections sharded by meta/time
+//! (mongos sends everything to one shard), and reads of the view (`find` on the
+//! time-series collection returns nothing unpacked).
 //!
 //! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
@@ -202,7 +233,21 @@
 //! majorityOpTime), and replSetGetStatus field order (from mongosh output, not the source);
 //! `src/mongo/db/repl/oplog_entry.idl`,
 //! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`,
-//! `jstests/sharding/write_oplog_document_key.js`, `src/mongo/s/commands/strategy.cpp`
+//! `jstests/sharding/write_oplog_document_key.js`; time-series:
+//! `src/mongo/db/timeseries/README.md` (bucket schema, versions 1-3),
+//! `src/mongo/db/timeseries/timeseries_write_util.cpp` (`makeNewDocument`,
+//! `makeTimeseriesUpdateOpEntry`, `processTimeseriesMeasurements`: the 7.0-era uncompressed
+//! version; an older revision building the diff from `bucketMin`/`bucketMax` has the same
+//! shape, and mongosim uses it for 5.0 and 6.0 too),
+//! `src/mongo/db/timeseries/minmax.cpp` (`MinMax::_appendUpdates`),
+//! `src/mongo/db/timeseries/timeseries_options.cpp` (`generateViewPipeline`, granularity
+//! spans and rounding), `src/mongo/db/catalog/create_collection.cpp` (`_createTimeseries`:
+//! system.views, buckets collection, view, in that order; "Cannot insert into a time-series
+//! collection in a multi-document transaction"), `src/mongo/db/catalog/collection_options.cpp`
+//! (`appendBSON` option order), `src/mongo/db/op_observer/fallback_op_observer.cpp`
+//! (`onInserts` on `system.views`: views replicate as inserts; the `_id`, `viewOn`,
+//! `pipeline` field order of the view document is not verified);
+//! `src/mongo/s/commands/strategy.cpp`
 //! ("Can't use 'local' database through mongos"), `src/mongo/db/exec/collection_scan.cpp`
 //! (CappedPositionLost wording); not verified: `t: -1` on the "initiating set" entry;
 //! mongodb/specifications: `source/message/OP_MSG.md`,
