@@ -3,6 +3,7 @@
 
 // The Kafka test broker harness is shared with the sink's own tests.
 mod auth;
+mod batched;
 #[path = "../../crates/sink/tests/sink/broker.rs"]
 #[allow(dead_code)]
 mod broker;

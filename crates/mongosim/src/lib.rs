@@ -177,10 +177,35 @@
 //!   several statements (statement ids are `stdx::variant<StmtId, std::vector<StmtId>>`,
 //!   `transaction_operations_test.cpp`; a one-statement write logs a scalar, not verified).
 //!   Inserting in a transaction fails with OperationNotSupportedInTransaction (263).
+//! - Batched multi-deletes on 7.0 and 8.0 (`ServerVersion::batched_deletes`; the server
+//!   batches from 6.1, `requires_fcv_61` in its tests): a `delete` with `limit: 0` that is
+//!   neither retryable nor in a transaction nor a migration's logs its deletes as
+//!   `{op: "c", ns: "admin.$cmd", o: {applyOps: [{op: "d", ns, ui, o: {_id}}, ...]}}`
+//!   without `lsid`, `txnNumber`, `prevOpTime` or `stmtId`, one entry per 100 documents
+//!   (`batchedDeletesTargetBatchDocs`' default); a batch of one document is a plain `d`.
+//!   Looked up in `src/mongo/db/op_observer/op_observer_impl.cpp`
+//!   (`onBatchedWriteCommit`: `prevOpTime` removed when the batch is one entry, no `lsid`
+//!   without a txnNumber, `fromMigrate` of the batch), `jstests/noPassthrough/
+//!   batched_multi_deletes_oplog.js` (one applyOps per batch), `jstests/noPassthrough/
+//!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
+//!   resulting with single operations create regular delete oplog entries". Earlier
+//!   versions log one `d` per document.
 //! - Reads on a secondary need a non-primary `$readPreference` (else 13435
 //!   NotPrimaryNoSecondaryOk); writes on a secondary fail with NotWritablePrimary (10107).
 //!
 //! # What is not
+//!
+//! Batched deletes are cut by document count only: the server also cuts a batch after
+//! `batchedDeletesTargetBatchTimeMS` (5 ms) or `batchedDeletesTargetStagedDocBytes`, so
+//! real batches can be smaller. 8.0 vectored inserts (an `insert` of several documents
+//! logged as one `applyOps`, with `multiOpType: 1`, `lsid`, `txnNumber` and `stmtId`s
+//! when retryable; `write_ops_exec.cpp` groups a vectored insert when
+//! `featureFlagReplicateVectoredInsertsTransactionally` is enabled, and
+//! `op_observer_impl.cpp` `logApplyOps` sets `kApplyOpsAppliedSeparately`) are not
+//! produced: the server's own tests enable that flag explicitly (the jstest tag
+//! `featureFlagReplicateVectoredInsertsTransactionally`, `setParameter` in the
+//! multiversion test), and its default in 8.0 could not be confirmed in the server source,
+//! so every version here logs one `i` per document.
 //!
 //! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
 //! columns, binary-diff updates), which 8.0 writes for every new bucket and 6.0/7.0 write

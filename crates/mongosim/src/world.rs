@@ -1328,16 +1328,49 @@ impl World {
             .version
             .has_terms()
             .then(|| self.collection_uuid(s, ns));
-        for id in &ids {
-            let spec = OpSpec {
+        let specs: Vec<OpSpec> = ids
+            .iter()
+            .map(|id| OpSpec {
                 op: "d",
                 ns: ns.to_owned(),
                 ui,
                 o: doc! {"_id": id.clone()},
                 o2: None,
                 from_migrate,
-            };
-            self.write(s, n, &spec, now);
+            })
+            .collect();
+        // Batched multi-deletes (7.0+): a multi-delete that is neither retryable nor in a
+        // transaction nor a migration's is logged as one session-less applyOps per batch of
+        // `BATCHED_DELETE_DOCS`; a batch of one document stays a plain `d`.
+        let batched = self.version.batched_deletes()
+            && !limit_one
+            && !from_migrate
+            && self.session.is_none()
+            && self.capture.is_none();
+        if batched {
+            for batch in specs.chunks(BATCHED_DELETE_DOCS) {
+                if let [single] = batch {
+                    self.write(s, n, single, now);
+                    continue;
+                }
+                let inner: Vec<Bson> = batch
+                    .iter()
+                    .map(|op| Bson::Document(oplog::inner_op_doc(op)))
+                    .collect();
+                let spec = OpSpec {
+                    op: "c",
+                    ns: "admin.$cmd".to_owned(),
+                    ui: None,
+                    o: doc! {"applyOps": inner},
+                    o2: None,
+                    from_migrate: false,
+                };
+                self.write(s, n, &spec, now);
+            }
+        } else {
+            for spec in &specs {
+                self.write(s, n, spec, now);
+            }
         }
         Ok(ids.len())
     }
@@ -2186,6 +2219,12 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
         _ => {}
     }
 }
+
+/// Documents per batch of a batched multi-delete: the default of the server parameter
+/// `batchedDeletesTargetBatchDocs` (100; `jstests/noPassthrough/batched_multi_deletes.js`
+/// "docsPerBatchDefault"). The time (5 ms) and staged-bytes targets, which may cut a batch
+/// earlier on a real server, are not simulated.
+pub const BATCHED_DELETE_DOCS: usize = 100;
 
 /// Key of an open transaction: the session id and txnNumber.
 pub fn txn_key(lsid_id: &Bson, txn_number: i64) -> String {

@@ -2005,3 +2005,88 @@ async fn timeseries_collection_writes_buckets() {
         Some("b")
     );
 }
+
+/// deleteMany on 7.0 is a batched multi-delete: session-less applyOps entries on
+/// `admin.$cmd` of at most 100 deletes each (`batchedDeletesTargetBatchDocs`), a batch of
+/// one document a plain `d` (`jstests/noPassthrough/batched_multi_deletes_oplog.js`,
+/// "batch deletes resulting with single operations create regular delete oplog entries");
+/// on 6.0 one `d` per document.
+#[tokio::test]
+async fn delete_many_is_batched_from_7_0() {
+    for version in [
+        ServerVersion::V6_0,
+        ServerVersion::V7_0,
+        ServerVersion::V8_0,
+    ] {
+        let cluster = Cluster::start(ClusterSpec {
+            shards: 1,
+            nodes_per_shard: 1,
+            version,
+            noop_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+            .await
+            .unwrap();
+        let coll = client.database("shop").collection::<Document>("items");
+        coll.insert_many((0..301).map(|i| doc! {"_id": i, "even": i % 2 == 0}))
+            .await
+            .unwrap();
+        let shard = cluster.shard_names()[0].clone();
+        let primary = cluster.primary_of(&shard).unwrap();
+        let before = cluster.oplog_snapshot(primary).len();
+        // 201 deletes: 100 + 100 + 1.
+        let r = coll.delete_many(doc! {"_id": {"$lt": 201}}).await.unwrap();
+        assert_eq!(r.deleted_count, 201);
+        // One document matched: a plain delete whatever the version.
+        coll.delete_many(doc! {"_id": 250}).await.unwrap();
+        let entries: Vec<Document> = cluster.oplog_snapshot(primary)[before..]
+            .iter()
+            .map(raw_to_doc)
+            .collect();
+        let shape: Vec<(String, usize)> = entries
+            .iter()
+            .map(
+                |e| match e.get_document("o").unwrap().get_array("applyOps") {
+                    Ok(ops) => ("applyOps".to_owned(), ops.len()),
+                    Err(_) => (e.get_str("op").unwrap().to_owned(), 1),
+                },
+            )
+            .collect();
+        if version >= ServerVersion::V7_0 {
+            assert_eq!(
+                shape,
+                [
+                    ("applyOps".into(), 100),
+                    ("applyOps".into(), 100),
+                    ("d".into(), 1),
+                    ("d".into(), 1)
+                ],
+                "{version}"
+            );
+            let first = &entries[0];
+            assert_eq!(first.get_str("ns").unwrap(), "admin.$cmd");
+            for field in ["lsid", "txnNumber", "prevOpTime", "stmtId", "multiOpType"] {
+                assert!(!first.contains_key(field), "{version}: {field} in {first}");
+            }
+            let ops = first
+                .get_document("o")
+                .unwrap()
+                .get_array("applyOps")
+                .unwrap();
+            let op0 = ops[0].as_document().unwrap();
+            assert_eq!(op0.get_str("op").unwrap(), "d");
+            assert_eq!(op0.get_str("ns").unwrap(), "shop.items");
+            assert!(op0.contains_key("ui"));
+            assert_eq!(op0.get_document("o").unwrap(), &doc! {"_id": 0});
+        } else {
+            assert_eq!(shape.len(), 202, "{version}");
+            assert!(shape.iter().all(|(op, _)| op == "d"), "{version}");
+        }
+        // The data is gone either way.
+        let left: Vec<_> = coll.find(doc! {}).await.unwrap().collect().await;
+        assert_eq!(left.len(), 99, "{version}");
+    }
+}
