@@ -8,6 +8,7 @@ mod batched;
 #[allow(dead_code)]
 mod broker;
 mod fixtures;
+mod images;
 mod kafka;
 mod live;
 mod membership;

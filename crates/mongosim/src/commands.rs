@@ -184,6 +184,11 @@ async fn dispatch(
             let written = take_written(&mut reply);
             finish_write(shared, proc, cmd, reply, written.as_deref()).await
         }
+        "findAndModify" | "findandmodify" => {
+            let mut reply = find_and_modify(shared, proc, db, name, cmd)?;
+            let written = take_written(&mut reply);
+            finish_write(shared, proc, cmd, reply, written.as_deref()).await
+        }
         "create" => create(shared, proc, db, cmd),
         "commitTransaction" => {
             let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
@@ -1970,6 +1975,97 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     }
     let mut reply = ok(reply);
     note_written(&mut reply, &written);
+    Ok(reply)
+}
+
+/// findAndModify: `query`, `update` (a document) or `remove: true`, `new`, `upsert`.
+/// `sort`, `fields`, `arrayFilters` and pipeline updates are refused by name.
+fn find_and_modify(
+    shared: &Arc<Shared>,
+    proc: Proc,
+    db: &str,
+    name: &str,
+    cmd: &Document,
+) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, name)?);
+    for unsupported in ["sort", "fields", "arrayFilters"] {
+        if cmd.get_document(unsupported).is_ok_and(|d| !d.is_empty())
+            || cmd.get_array(unsupported).is_ok_and(|a| !a.is_empty())
+        {
+            return Err(CmdError::new(
+                9,
+                "FailedToParse",
+                format!("mongosim's findAndModify does not support '{unsupported}'"),
+            ));
+        }
+    }
+    let q = get_doc(cmd, "query");
+    let remove = get_bool(cmd, "remove");
+    let update = match cmd.get("update") {
+        Some(Bson::Document(u)) => Some(u.clone()),
+        Some(_) => {
+            return Err(CmdError::new(
+                9,
+                "FailedToParse",
+                "mongosim's findAndModify supports only document updates, not pipelines",
+            ))
+        }
+        None => None,
+    };
+    if remove == update.is_some() {
+        return Err(CmdError::new(
+            9,
+            "FailedToParse",
+            "Either an update or remove=true must be specified",
+        ));
+    }
+    let return_new = get_bool(cmd, "new");
+    let upsert = get_bool(cmd, "upsert");
+    let now = Instant::now();
+    let session = SessionCtx::from_command(cmd);
+    let txn = txn_key_of(cmd);
+    let mut w = shared.world();
+    enter_statement(&mut w, &session, &txn, 0);
+    let targets = match proc {
+        Proc::Node { set, node } => Ok(vec![(set, node)]),
+        Proc::Mongos => {
+            let id = id_of_filter(&q).cloned();
+            route(&mut w, &ns, id.as_ref())
+        }
+    };
+    let mut written = Vec::new();
+    let r = targets.and_then(|targets| {
+        let mut last = (None, 0, false, None);
+        for (s, p) in targets {
+            written.push((s, p));
+            last = w.find_and_modify(s, p, &ns, &q, update.as_ref(), return_new, upsert, now)?;
+            if last.1 > 0 {
+                break;
+            }
+        }
+        Ok(last)
+    });
+    flush_capture(&mut w);
+    w.session = None;
+    w.retry_image = crate::world::RetryImage::default();
+    drop(w);
+    shared.notify();
+    let (value, n, updated_existing, upserted) = r?;
+    let mut last_error = doc! {"n": n as i32};
+    if update.is_some() {
+        last_error.insert("updatedExisting", updated_existing);
+    }
+    if let Some(id) = upserted {
+        last_error.insert("upserted", id);
+    }
+    let mut reply = ok(doc! {
+        "lastErrorObject": last_error,
+        "value": value.map(Bson::Document).unwrap_or(Bson::Null),
+    });
+    if proc == Proc::Mongos {
+        note_written(&mut reply, &written);
+    }
     Ok(reply)
 }
 

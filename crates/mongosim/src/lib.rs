@@ -174,8 +174,8 @@
 //!   close after `bucketMaxSpanSeconds` or 1000 measurements; `control.min.<time>` and the
 //!   bucket `_id`'s timestamp are the time rounded down to the granularity. Retryable
 //!   bucket writes carry the session fields with `stmtId` as an array when one entry logs
-//!   several statements (statement ids are `stdx::variant<StmtId, std::vector<StmtId>>`,
-//!   `transaction_operations_test.cpp`; a one-statement write logs a scalar, not verified).
+//!   several statements and a scalar for one (`oplog_entry.idl` `zeroOneManyStmtId`:
+//!   "Serialized as appropriate depending on the array size").
 //!   Inserting in a transaction fails with OperationNotSupportedInTransaction (263).
 //! - Batched multi-deletes on 7.0 and 8.0 (`ServerVersion::batched_deletes`; the server
 //!   batches from 6.1, `requires_fcv_61` in its tests): a `delete` with `limit: 0` that is
@@ -190,6 +190,22 @@
 //!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
 //!   resulting with single operations create regular delete oplog entries". Earlier
 //!   versions log one `d` per document.
+//! - findAndModify (`query`, `update` document or `remove`, `new`, `upsert`; through
+//!   mongos by `_id` or on each shard until one matches). A retryable one logs its image
+//!   per version (`ServerVersion::retry_images_in_side_collection`; mongodb/mongo
+//!   `src/mongo/db/repl/README.md`: no-op images by default up to 5.0, the side
+//!   collection from 5.1; `src/mongo/db/op_observer/op_observer_impl.cpp` `replLogUpdate`
+//!   / `replLogDelete`): up to 5.0 an `{op: "n", ns, ui, o: <image>}` entry carrying the
+//!   write's session fields (`lsid`, `txnNumber`, `stmtId`, the same `prevOpTime`), then
+//!   the update/delete with `preImageOpTime` or `postImageOpTime` (the no-op's optime);
+//!   from 6.0 here the update/delete carries `needsRetryImage: "preImage" | "postImage"`
+//!   and the image is written to `config.image_collection` without an oplog entry
+//!   (`namespace_string.cpp` `isImplicitlyReplicated`: secondaries write it themselves).
+//!   Fields in `oplog_entry.idl` order (`o2`, `preImageOpTime`, `postImageOpTime`,
+//!   `needsRetryImage`, `stmtId`, ...). Not simulated: the extra oplog slot mongod
+//!   reserves for a forged no-op with side-collection images (a gap in `ts`), `sort`,
+//!   `fields`, `arrayFilters`, pipeline updates (refused by name), and answering a retry
+//!   with the stored image (a retry after failover returns a null `value`).
 //! - Reads on a secondary need a non-primary `$readPreference` (else 13435
 //!   NotPrimaryNoSecondaryOk); writes on a secondary fail with NotWritablePrimary (10107).
 //!

@@ -624,6 +624,8 @@ pub struct World {
     /// Set by a write command that carries `lsid` + `txnNumber` (a retryable write): its
     /// entries get the session fields.
     pub session: Option<SessionCtx>,
+    /// Retry-image fields of the findAndModify being logged (see [`RetryImage`]).
+    pub retry_image: RetryImage,
     /// Set while a write command runs inside a transaction: operations are captured as
     /// `(set, node, op)` instead of being logged, and logged at commit.
     pub capture: Option<Vec<(usize, usize, OpSpec)>>,
@@ -635,6 +637,19 @@ pub struct World {
     /// Operations per applyOps entry before a transaction is split into a `partialTxn`
     /// chain (mongod: maxNumberOfTransactionOperationsInSingleOplogEntry, and 16 MB).
     pub max_txn_ops_per_entry: usize,
+}
+
+/// How a retryable findAndModify's image is being logged: up to 5.0 as a no-op entry
+/// carrying the session (`noop`), whose optime the update/delete then links (`link`);
+/// from 5.1 by `needsRetryImage` on the update/delete (`needs`). Taken by the next write.
+#[derive(Debug, Clone, Default)]
+pub struct RetryImage {
+    /// The next `n` entry is an image and carries the session fields.
+    pub noop: bool,
+    /// `("preImageOpTime" | "postImageOpTime", ts, t)` for the next update/delete.
+    pub link: Option<(&'static str, Timestamp, i64)>,
+    /// `"preImage" | "postImage"` for the next update/delete.
+    pub needs: Option<&'static str>,
 }
 
 /// The retryable-write context of the command being executed.
@@ -718,6 +733,7 @@ impl World {
             next_cursor: 1 + i64::from(rand::random::<u32>()),
             next_connection_id: 1,
             session: None,
+            retry_image: RetryImage::default(),
             capture: None,
             txn_key: None,
             base_port: 0,
@@ -903,13 +919,18 @@ impl World {
     fn write_logged(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
         let ts = self.next_ts(s, n);
         let term = self.sets[s].nodes[n].term;
+        let image_noop = spec.op == "n" && self.retry_image.noop;
         let session = match &self.session {
-            Some(sess) if matches!(spec.op, "i" | "u" | "d") && !spec.from_migrate => {
+            Some(sess)
+                if (matches!(spec.op, "i" | "u" | "d") || image_noop) && !spec.from_migrate =>
+            {
                 Some(oplog::SessionFields {
                     lsid: sess.lsid.clone(),
                     txn_number: sess.txn_number,
                     stmt_id: sess.stmt_id,
                     stmt_ids: sess.stmt_ids.clone(),
+                    image_op_time: None,
+                    needs_retry_image: None,
                     prev_op_time: sess.prev.get(&s).copied().unwrap_or((
                         Timestamp {
                             time: 0,
@@ -921,7 +942,13 @@ impl World {
             }
             _ => None,
         };
-        if session.is_some() {
+        let mut session = session;
+        if let Some(sess) = session.as_mut().filter(|_| matches!(spec.op, "u" | "d")) {
+            sess.image_op_time = self.retry_image.link.take();
+            sess.needs_retry_image = self.retry_image.needs.take();
+        }
+        // An image no-op shares the write's prevOpTime: it is not a write of the session.
+        if session.is_some() && !image_noop {
             if let Some(sess) = self.session.as_mut() {
                 sess.prev.insert(s, (ts, term));
             }
@@ -1036,6 +1063,8 @@ impl World {
                 stmt_id: -1,
                 stmt_ids: Vec::new(),
                 prev_op_time: prev,
+                image_op_time: None,
+                needs_retry_image: None,
             };
             let doc = oplog::build_entry_doc_with_session(
                 self.version,
@@ -1373,6 +1402,145 @@ impl World {
             }
         }
         Ok(ids.len())
+    }
+
+    /// findAndModify on the primary: the first document matching `q` is removed
+    /// (`update: None`) or updated; returns `(value, n, updatedExisting, upserted id)`
+    /// where `value` is the document before, or after when `return_new`.
+    ///
+    /// A retryable one (a session with a txnNumber) logs the returned image as mongod
+    /// does: up to 5.0 as a no-op entry on the namespace (`o` = the image, with the
+    /// session fields) that the update/delete links by `preImageOpTime` /
+    /// `postImageOpTime`; from 5.1 by `needsRetryImage` on the update/delete alone (the
+    /// image goes to `config.image_collection`, which is not logged).
+    ///
+    /// # Errors
+    /// NotWritablePrimary or a bad filter / update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn find_and_modify(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        q: &Document,
+        update: Option<&Document>,
+        return_new: bool,
+        upsert: bool,
+        now: Instant,
+    ) -> Result<(Option<Document>, usize, bool, Option<Bson>), CmdError> {
+        self.check_writable(s, n)?;
+        if self.statement_executed(s, n) {
+            return Ok((None, 1, update.is_some(), None));
+        }
+        let found = match self.sets[s].nodes[n].data.get(ns) {
+            Some(c) => {
+                let mut hit = None;
+                for d in c.iter() {
+                    if matcher::matches(d, q).map_err(bad_value)? {
+                        hit = Some(d.clone());
+                        break;
+                    }
+                }
+                hit
+            }
+            None => None,
+        };
+        let ui = self
+            .version
+            .has_terms()
+            .then(|| self.collection_uuid(s, ns));
+        let Some(before) = found else {
+            let Some(u) = update.filter(|_| upsert) else {
+                return Ok((None, 0, false, None));
+            };
+            let (_, _, id) = self.update(s, n, ns, q, u, false, true, now)?;
+            let value = match (&id, return_new) {
+                (Some(id), true) => self.sets[s].nodes[n]
+                    .data
+                    .get(ns)
+                    .and_then(|c| c.iter().find(|d| d.get("_id") == Some(id)).cloned()),
+                _ => None,
+            };
+            return Ok((value, 1, false, id));
+        };
+        let id = before.get("_id").cloned().unwrap_or(Bson::Null);
+        let (spec, after) = match update {
+            None => (
+                OpSpec {
+                    op: "d",
+                    ns: ns.to_owned(),
+                    ui,
+                    o: doc! {"_id": id.clone()},
+                    o2: None,
+                    from_migrate: false,
+                },
+                None,
+            ),
+            Some(u) => {
+                let (after, o) = if u.keys().any(|k| k.starts_with('$')) {
+                    let after = apply_modifiers(&before, u)?;
+                    let o = oplog::update_entry_o(self.version, &before, &after);
+                    (after, o)
+                } else {
+                    let mut after = doc! {"_id": id.clone()};
+                    for (k, v) in u {
+                        if k != "_id" {
+                            after.insert(k.clone(), v.clone());
+                        }
+                    }
+                    (after.clone(), after)
+                };
+                (
+                    OpSpec {
+                        op: "u",
+                        ns: ns.to_owned(),
+                        ui,
+                        o,
+                        o2: Some(doc! {"_id": id.clone()}),
+                        from_migrate: false,
+                    },
+                    Some(after),
+                )
+            }
+        };
+        let value = match (&after, return_new) {
+            (Some(after), true) => after.clone(),
+            _ => before.clone(),
+        };
+        if after.as_ref() == Some(&before) {
+            return Ok((Some(value), 1, true, None));
+        }
+        let retryable =
+            self.session.is_some() && self.capture.is_none() && self.version.has_terms();
+        if retryable {
+            let post = return_new && after.is_some();
+            if self.version.retry_images_in_side_collection() {
+                self.retry_image.needs = Some(if post { "postImage" } else { "preImage" });
+            } else {
+                self.retry_image.noop = true;
+                let image = OpSpec {
+                    op: "n",
+                    ns: ns.to_owned(),
+                    ui,
+                    o: value.clone(),
+                    o2: None,
+                    from_migrate: false,
+                };
+                let entry = self.write(s, n, &image, now);
+                self.retry_image.noop = false;
+                if let Some(e) = entry {
+                    let field = if post {
+                        "postImageOpTime"
+                    } else {
+                        "preImageOpTime"
+                    };
+                    self.retry_image.link = Some((field, e.id.ts, e.id.t.unwrap_or(-1)));
+                }
+            }
+        }
+        self.write(s, n, &spec, now);
+        self.retry_image = RetryImage::default();
+        Ok((Some(value), 1, update.is_some(), None))
     }
 
     /// Makes node `n` primary with `term` and logs the "new primary" no-op.

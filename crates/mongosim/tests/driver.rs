@@ -2090,3 +2090,105 @@ async fn delete_many_is_batched_from_7_0() {
         assert_eq!(left.len(), 99, "{version}");
     }
 }
+
+/// A retryable findAndModify logs its image as the version does (mongodb/mongo
+/// `src/mongo/db/repl/README.md`; `op_observer_impl.cpp` `replLogUpdate`/`replLogDelete`):
+/// up to 5.0 a no-op entry on the namespace holding the image, with the session fields,
+/// linked from the update/delete by `preImageOpTime`/`postImageOpTime`; from 5.1
+/// `needsRetryImage` on the update/delete and nothing else in the oplog.
+#[tokio::test]
+async fn retryable_find_and_modify_logs_images_per_version() {
+    use mongodb::options::ReturnDocument;
+    for version in [
+        ServerVersion::V4_4,
+        ServerVersion::V5_0,
+        ServerVersion::V6_0,
+        ServerVersion::V8_0,
+    ] {
+        let cluster = Cluster::start(ClusterSpec {
+            shards: 1,
+            nodes_per_shard: 1,
+            version,
+            noop_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+            .await
+            .unwrap();
+        let coll = client.database("shop").collection::<Document>("stock");
+        coll.insert_many([doc! {"_id": 1, "x": 1}, doc! {"_id": 2, "x": 5}])
+            .await
+            .unwrap();
+        let shard = cluster.shard_names()[0].clone();
+        let primary = cluster.primary_of(&shard).unwrap();
+        let before = cluster.oplog_snapshot(primary).len();
+        let old = coll
+            .find_one_and_update(doc! {"_id": 1}, doc! {"$inc": {"x": 1}})
+            .await
+            .unwrap();
+        assert_eq!(old, Some(doc! {"_id": 1, "x": 1}));
+        let new = coll
+            .find_one_and_update(doc! {"_id": 2}, doc! {"$set": {"x": 7}})
+            .return_document(ReturnDocument::After)
+            .await
+            .unwrap();
+        assert_eq!(new, Some(doc! {"_id": 2, "x": 7}));
+        let gone = coll.find_one_and_delete(doc! {"_id": 1}).await.unwrap();
+        assert_eq!(gone, Some(doc! {"_id": 1, "x": 2}));
+        let entries: Vec<Document> = cluster.oplog_snapshot(primary)[before..]
+            .iter()
+            .map(raw_to_doc)
+            .collect();
+        let ops: Vec<&str> = entries.iter().map(|e| e.get_str("op").unwrap()).collect();
+        let optime = |e: &Document| doc! {"ts": e.get_timestamp("ts").unwrap(), "t": e.get_i64("t").unwrap()};
+        if version.retry_images_in_side_collection() {
+            assert_eq!(ops, ["u", "u", "d"], "{version}");
+            let kinds: Vec<&str> = entries
+                .iter()
+                .map(|e| e.get_str("needsRetryImage").unwrap())
+                .collect();
+            assert_eq!(kinds, ["preImage", "postImage", "preImage"], "{version}");
+            for e in &entries {
+                assert!(e.contains_key("lsid") && e.contains_key("txnNumber"), "{e}");
+                assert!(!e.contains_key("preImageOpTime") && !e.contains_key("postImageOpTime"));
+            }
+        } else {
+            assert_eq!(ops, ["n", "u", "n", "u", "n", "d"], "{version}");
+            let images: Vec<&Document> = entries
+                .iter()
+                .filter(|e| e.get_str("op").ok() == Some("n"))
+                .map(|e| e.get_document("o").unwrap())
+                .collect();
+            assert_eq!(
+                images,
+                [
+                    &doc! {"_id": 1, "x": 1},
+                    &doc! {"_id": 2, "x": 7},
+                    &doc! {"_id": 1, "x": 2}
+                ],
+                "{version}"
+            );
+            for pair in entries.chunks(2) {
+                let (image, write) = (&pair[0], &pair[1]);
+                assert_eq!(image.get_str("ns").unwrap(), "shop.stock");
+                for field in ["lsid", "txnNumber", "stmtId", "prevOpTime"] {
+                    assert_eq!(image.get(field), write.get(field), "{version}: {field}");
+                }
+                let link = if write.contains_key("postImageOpTime") {
+                    "postImageOpTime"
+                } else {
+                    "preImageOpTime"
+                };
+                assert_eq!(
+                    write.get_document(link).unwrap(),
+                    &optime(image),
+                    "{version}"
+                );
+                assert!(!write.contains_key("needsRetryImage"));
+            }
+            assert!(entries[3].contains_key("postImageOpTime"));
+        }
+    }
+}

@@ -329,6 +329,13 @@ mod tests {
                 "{ns} should be dropped: {why}"
             );
         }
+        // No-ops on a user namespace: the images of retryable findAndModify up to 5.0
+        // (op "n" linked by preImageOpTime/postImageOpTime); from 5.1 the image goes to
+        // config.image_collection (above). Dropped as no-ops.
+        assert_eq!(
+            f.check(OpKind::Noop, "shop.stock", false),
+            Err(DropReason::Noop)
+        );
         // Time-series buckets are the user's measurements: kept, under either name.
         assert_eq!(
             f.check(OpKind::Insert, "shop.system.buckets.weather", false),
