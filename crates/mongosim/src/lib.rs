@@ -224,10 +224,15 @@
 //! so every version here logs one `i` per document.
 //!
 //! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
-//! columns, binary-diff updates), which 8.0 writes for every new bucket and 6.0/7.0 write
-//! when they close a bucket (a replacement update) — mongosim writes uncompressed
-//! version 1 buckets on every version and never compresses, so on 8.0 and at bucket close
-//! on 6.0/7.0 the shapes differ; the buckets collection's `validator` (a `$jsonSchema`
+//! columns, binary-diff updates), which 8.0 writes for every new bucket
+//! (`timeseries/README.md`, "Starting in 8.0, newly created buckets will be V2") and
+//! earlier releases write when they close a bucket of more than one measurement, as a
+//! replacement update (`write_commands.cpp` `_performTimeseriesBucketCompression`,
+//! behind `featureFlagTimeseriesBucketCompression`, whose default per release was not
+//! looked up) — mongosim writes uncompressed version 1 buckets on every version and never
+//! compresses, so on 8.0, and when a bucket closes before 8.0, the shapes differ; the
+//! path of a time-series `create` through a 7.0+ mongos (the shard's DDL coordinator;
+//! mongosim logs on the shard what a replica set logs); the buckets collection's `validator` (a `$jsonSchema`
 //! mongod adds to the `create`; not looked up, left out); the order of the columns in
 //! `data` and in `sdata` (mongod iterates a hash map; mongosim uses first appearance);
 //! per-sub-field min/max of sub-document measurements (compared whole here); bucket size
