@@ -10,7 +10,8 @@ use bson::{doc, Bson, Document};
 use mongosim::{Cluster, ClusterSpec, ServerVersion};
 use serde_json::Value;
 
-use crate::support::{records, shards_toml, start, wait_until};
+use crate::broker::{read_all, Broker};
+use crate::support::{records, shards_toml, start, start_text, wait_until};
 
 /// Applies a `$v: 2` update diff (MongoDB's documented delta format: `i`/`u` set fields,
 /// `d` removes them, `s<field>` descends into a sub-document) to `doc`.
@@ -71,24 +72,9 @@ fn canonical(mut docs: Vec<Document>) -> Vec<BTreeMap<String, Bson>> {
     docs.into_iter().map(|d| d.into_iter().collect()).collect()
 }
 
-async fn run(version: ServerVersion) {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 1,
-        version,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let q = start(
-        tmp.path(),
-        &shards_toml(&cluster),
-        "[start]\nposition = \"earliest\"\n",
-    );
-    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+/// Creates `farm.weather` through mongos and writes measurements (three in one
+/// insertMany, one adding a field, one with another sensor); returns them.
+async fn write_measurements(client: &mongodb::Client) -> Vec<Document> {
     let db = client.database("farm");
     db.run_command(
         doc! {"create": "weather", "timeseries": {"timeField": "ts", "metaField": "sensor"}},
@@ -107,18 +93,12 @@ async fn run(version: ServerVersion) {
     weather.insert_many(written[..3].to_vec()).await.unwrap();
     weather.insert_one(written[3].clone()).await.unwrap();
     weather.insert_one(written[4].clone()).await.unwrap();
-    // A plain collection written last: once its record is out, so is everything before.
-    db.collection::<Document>("sheep")
-        .insert_one(doc! {"_id": "dolly"})
-        .await
-        .unwrap();
-    wait_until(30, "the last write in the output", || {
-        records(&q.out).iter().any(|r| r["ns"] == "farm.sheep")
-    })
-    .await;
-    q.stop().await;
+    written
+}
 
-    let recs = records(&tmp.path().join("out.jsonl"));
+/// The bucket writes among `recs` name `farm.weather`, the view definition stays out,
+/// and unpacking the buckets in record order gives back exactly `written`.
+fn check(recs: &[Value], written: Vec<Document>, version: ServerVersion) {
     let ts_recs: Vec<&Value> = recs
         .iter()
         .filter(|r| r.get("timeseries").is_some())
@@ -162,6 +142,94 @@ async fn run(version: ServerVersion) {
         .flat_map(|(_, b)| unpack(b, "ts", "sensor"))
         .collect();
     assert_eq!(canonical(measurements), canonical(written), "{version}");
+}
+
+fn spec(version: ServerVersion) -> ClusterSpec {
+    ClusterSpec {
+        shards: 1,
+        version,
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    }
+}
+
+async fn run(version: ServerVersion) {
+    let cluster = Cluster::start(spec(version)).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start(
+        tmp.path(),
+        &shards_toml(&cluster),
+        "[start]\nposition = \"earliest\"\n",
+    );
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let written = write_measurements(&client).await;
+    // A plain collection written last: once its record is out, so is everything before.
+    client
+        .database("farm")
+        .collection::<Document>("sheep")
+        .insert_one(doc! {"_id": "dolly"})
+        .await
+        .unwrap();
+    wait_until(30, "the last write in the output", || {
+        records(&q.out).iter().any(|r| r["ns"] == "farm.sheep")
+    })
+    .await;
+    q.stop().await;
+    check(&records(&tmp.path().join("out.jsonl")), written, version);
+}
+
+/// The same through a Kafka-protocol broker: the records (and their `timeseries` field)
+/// reach Kafka unchanged, keyed by the bucket document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeseries_measurements_reach_kafka_7_0() {
+    let version = ServerVersion::V7_0;
+    let broker = Broker::start();
+    let topic = format!("e2e{}.timeseries", std::process::id());
+    broker.create_topics(&[(topic.as_str(), 1)]).await;
+    let cluster = Cluster::start(spec(version)).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start_text(&format!(
+        "{}\n[sink]\nkind = \"kafka\"\nbrokers = {:?}\ntopic = {topic:?}\nkey = \"document\"\n\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n\n[mongo]\nmax_await = \"100ms\"\n\n[start]\nposition = \"earliest\"\n",
+        shards_toml(&cluster),
+        broker.bootstrap,
+        tmp.path().join("cp.json").display().to_string(),
+    ));
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let written = write_measurements(&client).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let consumed = loop {
+        let got = read_all(&broker.bootstrap, &[topic.as_str()]).await;
+        // Three bucket writes and the buckets collection's create.
+        if got
+            .iter()
+            .filter(|c| c.value.get("timeseries").is_some())
+            .count()
+            >= 4
+        {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bucket writes did not reach Kafka"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(q.stop().await.ok());
+    for c in consumed
+        .iter()
+        .filter(|c| c.value["op"] == "i" && c.value.get("timeseries").is_some())
+    {
+        let key: Value = serde_json::from_slice(c.key.as_deref().unwrap()).unwrap();
+        assert_eq!(key["ns"], "farm.system.buckets.weather");
+        assert_eq!(key["_id"], c.value["entry"]["o"]["_id"]);
+    }
+    let values: Vec<Value> = consumed.into_iter().map(|c| c.value).collect();
+    check(&values, written, version);
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
