@@ -238,7 +238,8 @@
 //! per-sub-field min/max of sub-document measurements (compared whole here); bucket size
 //! limits and reopening closed buckets; time-series collections sharded by meta/time
 //! (mongos sends everything to one shard), and reads of the view (`find` on the
-//! time-series collection returns nothing unpacked).
+//! time-series collection returns nothing unpacked); a measurement without a date in
+//! the time field ends the insert even when it is unordered.
 //!
 //! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
