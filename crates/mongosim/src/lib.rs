@@ -218,10 +218,15 @@
 //! when retryable; `write_ops_exec.cpp` groups a vectored insert when
 //! `featureFlagReplicateVectoredInsertsTransactionally` is enabled, and
 //! `op_observer_impl.cpp` `logApplyOps` sets `kApplyOpsAppliedSeparately`) are not
-//! produced: the server's own tests enable that flag explicitly (the jstest tag
-//! `featureFlagReplicateVectoredInsertsTransactionally`, `setParameter` in the
-//! multiversion test), and its default in 8.0 could not be confirmed in the server source,
-//! so every version here logs one `i` per document.
+//! produced. The flag is FCV-gated and `server_parameter_insert_max_batch_size.cpp`
+//! ("For v8.0, this should be 500 if the ... feature flag is enabled, but 64 otherwise";
+//! `kDefaultInternalInsertMaxBatchSizeFcv80`) points at 8.0, but its definition was not
+//! found in the stored server source, several of the server's tests still enable it
+//! explicitly, and the retryable shape has details not settled by what was read (whether
+//! the inner operations carry `stmtId`, and which `prevOpTime` a one-entry batch keeps
+//! once `logApplyOps` re-appends the chain information). Rather than guess, every version
+//! here logs one `i` per document; quorumtail's assembler handles the `multiOpType: 1`
+//! shape in its unit tests.
 //!
 //! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
 //! columns, binary-diff updates), which 8.0 writes for every new bucket
