@@ -3,16 +3,19 @@
 
 // The Kafka test broker harness is shared with the sink's own tests.
 mod auth;
+mod batched;
 #[path = "../../crates/sink/tests/sink/broker.rs"]
 #[allow(dead_code)]
 mod broker;
 mod fixtures;
+mod images;
 mod kafka;
 mod live;
 mod membership;
 mod page;
 mod removed;
 mod support;
+mod timeseries;
 mod tls;
 mod whole;
 

@@ -133,9 +133,31 @@ pub fn committed_app_entries(cluster: &mongosim::Cluster, shard: &str) -> Vec<En
         .committed_entries(shard)
         .iter()
         .filter_map(|raw| OplogEntry::parse(raw).ok())
-        .filter(|e| quorumtail_testkit::emitted_by_default(e.op.as_str(), e.ns, e.from_migrate))
+        .filter(|e| {
+            quorumtail_testkit::emitted_by_default(e.op.as_str(), &changed_ns(e), e.from_migrate)
+        })
         .map(|e| e.id())
         .collect()
+}
+
+/// The namespace an entry changes, as the testkit wants it: for a command on a collection
+/// (`{create: "orders"}` on `shop.$cmd`) the collection, else the entry's `ns`.
+pub fn changed_ns(e: &OplogEntry<'_>) -> String {
+    if e.op.as_str() != "c" {
+        return e.ns.to_owned();
+    }
+    let db = e.ns.split('.').next().unwrap_or("");
+    let first = e.o.and_then(|o| o.into_iter().next()).and_then(Result::ok);
+    match first {
+        Some((name, value)) => match (name.as_str(), value.as_str()) {
+            ("renameCollection", Some(from)) => from.to_owned(),
+            ("create" | "drop" | "collMod" | "createIndexes" | "dropIndexes", Some(coll)) => {
+                format!("{db}.{coll}")
+            }
+            _ => e.ns.to_owned(),
+        },
+        None => e.ns.to_owned(),
+    }
 }
 
 /// Identities of a shard's records in output order.

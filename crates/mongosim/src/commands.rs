@@ -184,6 +184,11 @@ async fn dispatch(
             let written = take_written(&mut reply);
             finish_write(shared, proc, cmd, reply, written.as_deref()).await
         }
+        "findAndModify" | "findandmodify" => {
+            let mut reply = find_and_modify(shared, proc, db, name, cmd)?;
+            let written = take_written(&mut reply);
+            finish_write(shared, proc, cmd, reply, written.as_deref()).await
+        }
         "create" => create(shared, proc, db, cmd),
         "commitTransaction" => {
             let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
@@ -1487,44 +1492,78 @@ fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     let mut n_ok = 0;
     let mut errors = Vec::new();
     let mut written: Vec<(usize, usize)> = Vec::new();
-    match proc {
-        Proc::Node { set, node } => {
-            w.check_writable(set, node)?;
-            for (i, d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, &txn, i);
-                match w.insert(set, node, &ns, vec![d], false, now) {
-                    Ok(c) => n_ok += c,
-                    Err((_, e)) => {
-                        errors.push(write_error(i, &e));
-                        if ordered {
-                            break;
+    // A time-series collection: measurements go to buckets on the set that holds it.
+    let ts_target = match proc {
+        Proc::Node { set, node } => w.timeseries_options(set, &ns).map(|_| (set, node)),
+        Proc::Mongos => match (0..w.sets.len()).find(|&s| w.timeseries_options(s, &ns).is_some()) {
+            Some(s) => Some((
+                s,
+                w.sets[s].sync_source().ok_or_else(CmdError::not_primary)?,
+            )),
+            None => None,
+        },
+    };
+    if let Some((s, p)) = ts_target {
+        enter_statement(&mut w, &session, &txn, 0);
+        if txn.is_some() {
+            w.capture = None;
+            w.session = None;
+            return Err(CmdError::new(
+                263,
+                "OperationNotSupportedInTransaction",
+                format!("Cannot insert into a time-series collection in a multi-document transaction: {ns}"),
+            ));
+        }
+        if proc == Proc::Mongos {
+            written.push((s, p));
+        }
+        match w.insert_timeseries(s, p, &ns, docs, now) {
+            Ok(c) => n_ok += c,
+            Err((c, e)) => {
+                n_ok += c;
+                errors.push(write_error(c, &e));
+            }
+        }
+    } else {
+        match proc {
+            Proc::Node { set, node } => {
+                w.check_writable(set, node)?;
+                for (i, d) in docs.into_iter().enumerate() {
+                    enter_statement(&mut w, &session, &txn, i);
+                    match w.insert(set, node, &ns, vec![d], false, now) {
+                        Ok(c) => n_ok += c,
+                        Err((_, e)) => {
+                            errors.push(write_error(i, &e));
+                            if ordered {
+                                break;
+                            }
                         }
                     }
                 }
             }
-        }
-        Proc::Mongos => {
-            for (i, mut d) in docs.into_iter().enumerate() {
-                enter_statement(&mut w, &session, &txn, i);
-                if !d.contains_key("_id") {
-                    let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
-                    with_id.extend(d);
-                    d = with_id;
-                }
-                let id = d.get("_id").cloned();
-                let r = route(&mut w, &ns, id.as_ref()).and_then(|targets| {
-                    let (s, p) = targets.first().copied().ok_or_else(|| {
-                        CmdError::new(70, "ShardNotFound", "no shard owns the key")
-                    })?;
-                    written.push((s, p));
-                    w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
-                });
-                match r {
-                    Ok(c) => n_ok += c,
-                    Err(e) => {
-                        errors.push(write_error(i, &e));
-                        if ordered {
-                            break;
+            Proc::Mongos => {
+                for (i, mut d) in docs.into_iter().enumerate() {
+                    enter_statement(&mut w, &session, &txn, i);
+                    if !d.contains_key("_id") {
+                        let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
+                        with_id.extend(d);
+                        d = with_id;
+                    }
+                    let id = d.get("_id").cloned();
+                    let r = route(&mut w, &ns, id.as_ref()).and_then(|targets| {
+                        let (s, p) = targets.first().copied().ok_or_else(|| {
+                            CmdError::new(70, "ShardNotFound", "no shard owns the key")
+                        })?;
+                        written.push((s, p));
+                        w.insert(s, p, &ns, vec![d], false, now).map_err(|(_, e)| e)
+                    });
+                    match r {
+                        Ok(c) => n_ok += c,
+                        Err(e) => {
+                            errors.push(write_error(i, &e));
+                            if ordered {
+                                break;
+                            }
                         }
                     }
                 }
@@ -1939,11 +1978,121 @@ fn delete(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResu
     Ok(reply)
 }
 
+/// findAndModify: `query`, `update` (a document) or `remove: true`, `new`, `upsert`.
+/// `sort`, `fields`, `arrayFilters` and pipeline updates are refused by name.
+fn find_and_modify(
+    shared: &Arc<Shared>,
+    proc: Proc,
+    db: &str,
+    name: &str,
+    cmd: &Document,
+) -> CmdResult {
+    check_user_ns(db, proc)?;
+    let ns = format!("{db}.{}", cmd_str(cmd, name)?);
+    for unsupported in ["sort", "fields", "arrayFilters"] {
+        if cmd.get_document(unsupported).is_ok_and(|d| !d.is_empty())
+            || cmd.get_array(unsupported).is_ok_and(|a| !a.is_empty())
+        {
+            return Err(CmdError::new(
+                9,
+                "FailedToParse",
+                format!("mongosim's findAndModify does not support '{unsupported}'"),
+            ));
+        }
+    }
+    let q = get_doc(cmd, "query");
+    let remove = get_bool(cmd, "remove");
+    let update = match cmd.get("update") {
+        Some(Bson::Document(u)) => Some(u.clone()),
+        Some(_) => {
+            return Err(CmdError::new(
+                9,
+                "FailedToParse",
+                "mongosim's findAndModify supports only document updates, not pipelines",
+            ))
+        }
+        None => None,
+    };
+    if remove == update.is_some() {
+        return Err(CmdError::new(
+            9,
+            "FailedToParse",
+            "Either an update or remove=true must be specified",
+        ));
+    }
+    let return_new = get_bool(cmd, "new");
+    let upsert = get_bool(cmd, "upsert");
+    let now = Instant::now();
+    let session = SessionCtx::from_command(cmd);
+    let txn = txn_key_of(cmd);
+    let mut w = shared.world();
+    enter_statement(&mut w, &session, &txn, 0);
+    let targets = match proc {
+        Proc::Node { set, node } => Ok(vec![(set, node)]),
+        Proc::Mongos => {
+            let id = id_of_filter(&q).cloned();
+            route(&mut w, &ns, id.as_ref())
+        }
+    };
+    let mut written = Vec::new();
+    let r = targets.and_then(|targets| {
+        let mut last = (None, 0, false, None);
+        for (s, p) in targets {
+            written.push((s, p));
+            last = w.find_and_modify(s, p, &ns, &q, update.as_ref(), return_new, upsert, now)?;
+            if last.1 > 0 {
+                break;
+            }
+        }
+        Ok(last)
+    });
+    flush_capture(&mut w);
+    w.session = None;
+    w.retry_image = crate::world::RetryImage::default();
+    drop(w);
+    shared.notify();
+    let (value, n, updated_existing, upserted) = r?;
+    let mut last_error = doc! {"n": n as i32};
+    if update.is_some() {
+        last_error.insert("updatedExisting", updated_existing);
+    }
+    if let Some(id) = upserted {
+        last_error.insert("upserted", id);
+    }
+    let mut reply = ok(doc! {
+        "lastErrorObject": last_error,
+        "value": value.map(Bson::Document).unwrap_or(Bson::Null),
+    });
+    if proc == Proc::Mongos {
+        note_written(&mut reply, &written);
+    }
+    Ok(reply)
+}
+
 fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
     check_user_ns(db, proc)?;
     let ns = format!("{db}.{}", cmd_str(cmd, "create")?);
     let now = Instant::now();
     let mut w = shared.world();
+    if let Some(ts) = cmd.get("timeseries") {
+        let Bson::Document(ts) = ts else {
+            return Err(type_error("timeseries", "object"));
+        };
+        let opts = crate::timeseries::TsOptions::parse(ts)?;
+        // An unsharded time-series collection lives on one shard: the first that owns
+        // chunks of the buckets namespace (mongosim's stand-in for the primary shard).
+        let (s, n) = match proc {
+            Proc::Node { set, node } => (set, node),
+            Proc::Mongos => route(&mut w, &crate::timeseries::buckets_ns(&ns), None)?
+                .first()
+                .copied()
+                .ok_or_else(|| CmdError::new(70, "ShardNotFound", "no shard to create on"))?,
+        };
+        w.create_timeseries(s, n, &ns, opts, now)?;
+        drop(w);
+        shared.notify();
+        return Ok(ok(Document::new()));
+    }
     match proc {
         Proc::Node { set, node } => {
             w.check_writable(set, node)?;

@@ -158,10 +158,93 @@
 //!   answer hello with `configsvr: 2` and find on config.shards / config.chunks. moveChunk
 //!   logs `fromMigrate: true` inserts on the recipient, then `fromMigrate: true` deletes on
 //!   the donor; removeShard drains (`draining: true`) then removes.
+//! - Time-series collections ([`timeseries`], 5.0+; 4.4 refuses the `timeseries` option as
+//!   an unknown field): `create` with `timeseries: {timeField, metaField?, granularity?}`,
+//!   on a member or through mongos (then on one shard), logs `{create: "system.views"}`
+//!   when the database has none, `{create: "system.buckets.<coll>", clusteredIndex: true,
+//!   timeseries: {timeField, metaField, granularity, bucketMaxSpanSeconds,
+//!   bucketRoundingSeconds (7.0+)}}` and the view as an insert on `<db>.system.views`
+//!   (`{_id, viewOn, pipeline: [{$_internalUnpackBucket: {timeField, metaField,
+//!   bucketMaxSpanSeconds}}]}`). Inserts into the collection are bucket writes on
+//!   `<db>.system.buckets.<coll>`: a new bucket is an `i` of `{_id, control: {version: 1,
+//!   min, max}, meta, data: {<field>: {"0": v, ...}}}` holding every measurement of the
+//!   command that lands in it; measurements added to an open bucket are one `u` with the
+//!   `$v: 2` diff `{scontrol: {smin: {u}, smax: {u}}, sdata: {i: {<new field>: {..}},
+//!   s<field>: {i: {"<n>": v}}}}`. Buckets are keyed by the (normalised) meta value and
+//!   close after `bucketMaxSpanSeconds` or 1000 measurements; `control.min.<time>` and the
+//!   bucket `_id`'s timestamp are the time rounded down to the granularity. Retryable
+//!   bucket writes carry the session fields with `stmtId` as an array when one entry logs
+//!   several statements and a scalar for one (`oplog_entry.idl` `zeroOneManyStmtId`:
+//!   "Serialized as appropriate depending on the array size").
+//!   Inserting in a transaction fails with OperationNotSupportedInTransaction (263).
+//! - Batched multi-deletes on 7.0 and 8.0 (`ServerVersion::batched_deletes`; the server
+//!   batches from 6.1, `requires_fcv_61` in its tests): a `delete` with `limit: 0` that is
+//!   neither retryable nor in a transaction nor a migration's logs its deletes as
+//!   `{op: "c", ns: "admin.$cmd", o: {applyOps: [{op: "d", ns, ui, o: {_id}}, ...]}}`
+//!   without `lsid`, `txnNumber`, `prevOpTime` or `stmtId`, one entry per 100 documents
+//!   (`batchedDeletesTargetBatchDocs`' default); a batch of one document is a plain `d`.
+//!   Looked up in `src/mongo/db/op_observer/op_observer_impl.cpp`
+//!   (`onBatchedWriteCommit`: `prevOpTime` removed when the batch is one entry, no `lsid`
+//!   without a txnNumber, `fromMigrate` of the batch), `jstests/noPassthrough/
+//!   batched_multi_deletes_oplog.js` (one applyOps per batch), `jstests/noPassthrough/
+//!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
+//!   resulting with single operations create regular delete oplog entries". Earlier
+//!   versions log one `d` per document.
+//! - findAndModify (`query`, `update` document or `remove`, `new`, `upsert`; through
+//!   mongos by `_id` or on each shard until one matches). A retryable one logs its image
+//!   per version (`ServerVersion::retry_images_in_side_collection`; mongodb/mongo
+//!   `src/mongo/db/repl/README.md`: no-op images by default up to 5.0, the side
+//!   collection from 5.1; `src/mongo/db/op_observer/op_observer_impl.cpp` `replLogUpdate`
+//!   / `replLogDelete`): up to 5.0 an `{op: "n", ns, ui, o: <image>}` entry carrying the
+//!   write's session fields (`lsid`, `txnNumber`, `stmtId`, the same `prevOpTime`), then
+//!   the update/delete with `preImageOpTime` or `postImageOpTime` (the no-op's optime);
+//!   from 6.0 here the update/delete carries `needsRetryImage: "preImage" | "postImage"`
+//!   and the image is written to `config.image_collection` without an oplog entry
+//!   (`namespace_string.cpp` `isImplicitlyReplicated`: secondaries write it themselves).
+//!   Fields in `oplog_entry.idl` order (`o2`, `preImageOpTime`, `postImageOpTime`,
+//!   `needsRetryImage`, `stmtId`, ...). Not simulated: the extra oplog slot mongod
+//!   reserves for a forged no-op with side-collection images (a gap in `ts`), `sort`,
+//!   `fields`, `arrayFilters`, pipeline updates (refused by name), and answering a retry
+//!   with the stored image (a retry after failover returns a null `value`).
 //! - Reads on a secondary need a non-primary `$readPreference` (else 13435
 //!   NotPrimaryNoSecondaryOk); writes on a secondary fail with NotWritablePrimary (10107).
 //!
 //! # What is not
+//!
+//! Batched deletes are cut by document count only: the server also cuts a batch after
+//! `batchedDeletesTargetBatchTimeMS` (5 ms) or `batchedDeletesTargetStagedDocBytes`, so
+//! real batches can be smaller. 8.0 vectored inserts (an `insert` of several documents
+//! logged as one `applyOps`, with `multiOpType: 1`, `lsid`, `txnNumber` and `stmtId`s
+//! when retryable; `write_ops_exec.cpp` groups a vectored insert when
+//! `featureFlagReplicateVectoredInsertsTransactionally` is enabled, and
+//! `op_observer_impl.cpp` `logApplyOps` sets `kApplyOpsAppliedSeparately`) are not
+//! produced. The flag is FCV-gated and `server_parameter_insert_max_batch_size.cpp`
+//! ("For v8.0, this should be 500 if the ... feature flag is enabled, but 64 otherwise";
+//! `kDefaultInternalInsertMaxBatchSizeFcv80`) points at 8.0, but its definition was not
+//! found in the stored server source, several of the server's tests still enable it
+//! explicitly, and the retryable shape has details not settled by what was read (whether
+//! the inner operations carry `stmtId`, and which `prevOpTime` a one-entry batch keeps
+//! once `logApplyOps` re-appends the chain information). Rather than guess, every version
+//! here logs one `i` per document; quorumtail's assembler handles the `multiOpType: 1`
+//! shape in its unit tests.
+//!
+//! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
+//! columns, binary-diff updates), which 8.0 writes for every new bucket
+//! (`timeseries/README.md`, "Starting in 8.0, newly created buckets will be V2") and
+//! earlier releases write when they close a bucket of more than one measurement, as a
+//! replacement update (`write_commands.cpp` `_performTimeseriesBucketCompression`,
+//! behind `featureFlagTimeseriesBucketCompression`, whose default per release was not
+//! looked up) — mongosim writes uncompressed version 1 buckets on every version and never
+//! compresses, so on 8.0, and when a bucket closes before 8.0, the shapes differ; the
+//! path of a time-series `create` through a 7.0+ mongos (the shard's DDL coordinator;
+//! mongosim logs on the shard what a replica set logs); the buckets collection's `validator` (a `$jsonSchema`
+//! mongod adds to the `create`; not looked up, left out); the order of the columns in
+//! `data` and in `sdata` (mongod iterates a hash map; mongosim uses first appearance);
+//! per-sub-field min/max of sub-document measurements (compared whole here); bucket size
+//! limits and reopening closed buckets; time-series collections sharded by meta/time
+//! (mongos sends everything to one shard), and reads of the view (`find` on the
+//! time-series collection returns nothing unpacked); a measurement without a date in
+//! the time field ends the insert even when it is unordered.
 //!
 //! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
@@ -202,7 +285,21 @@
 //! majorityOpTime), and replSetGetStatus field order (from mongosh output, not the source);
 //! `src/mongo/db/repl/oplog_entry.idl`,
 //! `jstests/replsets/read_operations_during_rollback.js`, `jstests/core/tailable_*`,
-//! `jstests/sharding/write_oplog_document_key.js`, `src/mongo/s/commands/strategy.cpp`
+//! `jstests/sharding/write_oplog_document_key.js`; time-series:
+//! `src/mongo/db/timeseries/README.md` (bucket schema, versions 1-3),
+//! `src/mongo/db/timeseries/timeseries_write_util.cpp` (`makeNewDocument`,
+//! `makeTimeseriesUpdateOpEntry`, `processTimeseriesMeasurements`: the 7.0-era uncompressed
+//! version; an older revision building the diff from `bucketMin`/`bucketMax` has the same
+//! shape, and mongosim uses it for 5.0 and 6.0 too),
+//! `src/mongo/db/timeseries/minmax.cpp` (`MinMax::_appendUpdates`),
+//! `src/mongo/db/timeseries/timeseries_options.cpp` (`generateViewPipeline`, granularity
+//! spans and rounding), `src/mongo/db/catalog/create_collection.cpp` (`_createTimeseries`:
+//! system.views, buckets collection, view, in that order; "Cannot insert into a time-series
+//! collection in a multi-document transaction"), `src/mongo/db/catalog/collection_options.cpp`
+//! (`appendBSON` option order), `src/mongo/db/op_observer/fallback_op_observer.cpp`
+//! (`onInserts` on `system.views`: views replicate as inserts; the `_id`, `viewOn`,
+//! `pipeline` field order of the view document is not verified);
+//! `src/mongo/s/commands/strategy.cpp`
 //! ("Can't use 'local' database through mongos"), `src/mongo/db/exec/collection_scan.cpp`
 //! (CappedPositionLost wording); not verified: `t: -1` on the "initiating set" entry;
 //! mongodb/specifications: `source/message/OP_MSG.md`,
@@ -230,6 +327,7 @@ pub mod matcher;
 pub mod membership;
 pub mod oplog;
 mod server;
+pub mod timeseries;
 pub mod tls;
 pub mod version;
 pub mod world;

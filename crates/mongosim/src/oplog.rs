@@ -121,8 +121,16 @@ pub struct SessionFields {
     pub txn_number: i64,
     /// Statement index within the command.
     pub stmt_id: i32,
+    /// Statement indexes of an entry that logs several statements (a time-series bucket
+    /// write): `stmtId` is then an array (`stdx::variant<StmtId, std::vector<StmtId>>`).
+    pub stmt_ids: Vec<i32>,
     /// OpTime of the previous entry of this write on this set, `(Timestamp(0,0), -1)` first.
     pub prev_op_time: (Timestamp, i64),
+    /// A retryable findAndModify up to 5.0: `preImageOpTime` or `postImageOpTime` and the
+    /// optime of the no-op entry holding the image.
+    pub image_op_time: Option<(&'static str, Timestamp, i64)>,
+    /// A retryable findAndModify from 5.1: `needsRetryImage: "preImage" | "postImage"`.
+    pub needs_retry_image: Option<&'static str>,
 }
 
 /// Builds the entry document for `version`.
@@ -160,7 +168,17 @@ pub fn build_entry_doc_with_session(
         if let Some(o2) = &spec.o2 {
             d.insert("o2", o2.clone());
         }
-        if let Some(sess) = session.filter(|s| s.stmt_id >= 0) {
+        // DurableReplOperation order (oplog_entry.idl): ..., o2, b, preImageOpTime,
+        // postImageOpTime, needsRetryImage, destinedRecipient, stmtId, fromMigrate.
+        if let Some((field, ts, t)) = session.and_then(|s| s.image_op_time) {
+            d.insert(field, doc! {"ts": ts, "t": t});
+        }
+        if let Some(kind) = session.and_then(|s| s.needs_retry_image) {
+            d.insert("needsRetryImage", kind);
+        }
+        if let Some(sess) = session.filter(|s| s.stmt_ids.len() > 1) {
+            d.insert("stmtId", sess.stmt_ids.clone());
+        } else if let Some(sess) = session.filter(|s| s.stmt_id >= 0) {
             d.insert("stmtId", sess.stmt_id);
         }
         if spec.from_migrate {

@@ -68,6 +68,21 @@ impl ServerVersion {
         self >= ServerVersion::V6_0
     }
 
+    /// Whether multi-deletes are batched into session-less `applyOps` entries: from 6.1
+    /// (`featureFlagBatchMultiDeletes`; the server's tests carry `requires_fcv_61`), so on
+    /// 7.0 and 8.0 here.
+    pub fn batched_deletes(self) -> bool {
+        self >= ServerVersion::V7_0
+    }
+
+    /// Whether a retryable findAndModify stores its image in `config.image_collection` and
+    /// marks the oplog entry `needsRetryImage` (the default from 5.1, so 6.0+ here) rather
+    /// than logging the image as a no-op entry (5.0 and earlier): mongodb/mongo
+    /// `src/mongo/db/repl/README.md`, retryable findAndModify.
+    pub fn retry_images_in_side_collection(self) -> bool {
+        self >= ServerVersion::V6_0
+    }
+
     /// Whether updates are logged as `$v: 2` diffs (5.0+) rather than `$v: 1` modifiers.
     pub fn diff_updates(self) -> bool {
         self >= ServerVersion::V5_0

@@ -446,6 +446,11 @@ pub struct SetState {
     /// Retryable-write statements executed on this set: (lsid id, txnNumber, stmtId) to
     /// the entry that logged it (a retry is answered from here if the entry survives).
     pub session_history: HashMap<(Vec<u8>, i64, i32), EntryId>,
+    /// Time-series collections (view namespace to options), shared by all members.
+    pub timeseries: BTreeMap<String, crate::timeseries::TsOptions>,
+    /// The primary's bucket catalog: buckets still taking measurements. A new primary
+    /// starts with an empty one.
+    pub ts_buckets: Vec<crate::timeseries::OpenBucket>,
 }
 
 impl SetState {
@@ -619,6 +624,8 @@ pub struct World {
     /// Set by a write command that carries `lsid` + `txnNumber` (a retryable write): its
     /// entries get the session fields.
     pub session: Option<SessionCtx>,
+    /// Retry-image fields of the findAndModify being logged (see [`RetryImage`]).
+    pub retry_image: RetryImage,
     /// Set while a write command runs inside a transaction: operations are captured as
     /// `(set, node, op)` instead of being logged, and logged at commit.
     pub capture: Option<Vec<(usize, usize, OpSpec)>>,
@@ -632,6 +639,19 @@ pub struct World {
     pub max_txn_ops_per_entry: usize,
 }
 
+/// How a retryable findAndModify's image is being logged: up to 5.0 as a no-op entry
+/// carrying the session (`noop`), whose optime the update/delete then links (`link`);
+/// from 5.1 by `needsRetryImage` on the update/delete (`needs`). Taken by the next write.
+#[derive(Debug, Clone, Default)]
+pub struct RetryImage {
+    /// The next `n` entry is an image and carries the session fields.
+    pub noop: bool,
+    /// `("preImageOpTime" | "postImageOpTime", ts, t)` for the next update/delete.
+    pub link: Option<(&'static str, Timestamp, i64)>,
+    /// `"preImage" | "postImage"` for the next update/delete.
+    pub needs: Option<&'static str>,
+}
+
 /// The retryable-write context of the command being executed.
 #[derive(Debug, Clone)]
 pub struct SessionCtx {
@@ -641,6 +661,9 @@ pub struct SessionCtx {
     pub txn_number: i64,
     /// The statement being executed.
     pub stmt_id: i32,
+    /// Several statements logged by one entry (time-series bucket writes): logged as
+    /// `stmtId: [..]`; empty otherwise.
+    pub stmt_ids: Vec<i32>,
     /// Last optime written for this command, per set (for `prevOpTime`).
     pub prev: HashMap<usize, (Timestamp, i64)>,
 }
@@ -664,6 +687,7 @@ impl SessionCtx {
             lsid,
             txn_number,
             stmt_id: 0,
+            stmt_ids: Vec::new(),
             prev: HashMap::new(),
         })
     }
@@ -709,6 +733,7 @@ impl World {
             next_cursor: 1 + i64::from(rand::random::<u32>()),
             next_connection_id: 1,
             session: None,
+            retry_image: RetryImage::default(),
             capture: None,
             txn_key: None,
             base_port: 0,
@@ -766,6 +791,8 @@ impl World {
             elect_now: false,
             removed: false,
             session_history: HashMap::new(),
+            timeseries: BTreeMap::new(),
+            ts_buckets: Vec::new(),
         });
         let s = self.sets.len() - 1;
         // "initiating set" is written before any term exists (t: -1, h: 0 in legacy).
@@ -892,12 +919,18 @@ impl World {
     fn write_logged(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
         let ts = self.next_ts(s, n);
         let term = self.sets[s].nodes[n].term;
+        let image_noop = spec.op == "n" && self.retry_image.noop;
         let session = match &self.session {
-            Some(sess) if matches!(spec.op, "i" | "u" | "d") && !spec.from_migrate => {
+            Some(sess)
+                if (matches!(spec.op, "i" | "u" | "d") || image_noop) && !spec.from_migrate =>
+            {
                 Some(oplog::SessionFields {
                     lsid: sess.lsid.clone(),
                     txn_number: sess.txn_number,
                     stmt_id: sess.stmt_id,
+                    stmt_ids: sess.stmt_ids.clone(),
+                    image_op_time: None,
+                    needs_retry_image: None,
                     prev_op_time: sess.prev.get(&s).copied().unwrap_or((
                         Timestamp {
                             time: 0,
@@ -909,7 +942,13 @@ impl World {
             }
             _ => None,
         };
-        if session.is_some() {
+        let mut session = session;
+        if let Some(sess) = session.as_mut().filter(|_| matches!(spec.op, "u" | "d")) {
+            sess.image_op_time = self.retry_image.link.take();
+            sess.needs_retry_image = self.retry_image.needs.take();
+        }
+        // An image no-op shares the write's prevOpTime: it is not a write of the session.
+        if session.is_some() && !image_noop {
             if let Some(sess) = self.session.as_mut() {
                 sess.prev.insert(s, (ts, term));
             }
@@ -933,12 +972,16 @@ impl World {
             written_at: now,
         });
         if let Some(sess) = &session {
-            let key = (
-                id_key(sess.lsid.get("id").unwrap_or(&Bson::Null)),
-                sess.txn_number,
-                sess.stmt_id,
-            );
-            self.sets[s].session_history.insert(key, entry.id);
+            let lsid = id_key(sess.lsid.get("id").unwrap_or(&Bson::Null));
+            let mut stmts = sess.stmt_ids.clone();
+            if stmts.is_empty() {
+                stmts.push(sess.stmt_id);
+            }
+            for stmt in stmts {
+                self.sets[s]
+                    .session_history
+                    .insert((lsid.clone(), sess.txn_number, stmt), entry.id);
+            }
         }
         self.push_entry(s, n, entry.clone());
         self.sets[s].nodes[n].last_write_at = now;
@@ -1018,7 +1061,10 @@ impl World {
                 lsid: lsid.clone(),
                 txn_number,
                 stmt_id: -1,
+                stmt_ids: Vec::new(),
                 prev_op_time: prev,
+                image_op_time: None,
+                needs_retry_image: None,
             };
             let doc = oplog::build_entry_doc_with_session(
                 self.version,
@@ -1311,18 +1357,190 @@ impl World {
             .version
             .has_terms()
             .then(|| self.collection_uuid(s, ns));
-        for id in &ids {
-            let spec = OpSpec {
+        let specs: Vec<OpSpec> = ids
+            .iter()
+            .map(|id| OpSpec {
                 op: "d",
                 ns: ns.to_owned(),
                 ui,
                 o: doc! {"_id": id.clone()},
                 o2: None,
                 from_migrate,
-            };
-            self.write(s, n, &spec, now);
+            })
+            .collect();
+        // Batched multi-deletes (7.0+): a multi-delete that is neither retryable nor in a
+        // transaction nor a migration's is logged as one session-less applyOps per batch of
+        // `BATCHED_DELETE_DOCS`; a batch of one document stays a plain `d`.
+        let batched = self.version.batched_deletes()
+            && !limit_one
+            && !from_migrate
+            && self.session.is_none()
+            && self.capture.is_none();
+        if batched {
+            for batch in specs.chunks(BATCHED_DELETE_DOCS) {
+                if let [single] = batch {
+                    self.write(s, n, single, now);
+                    continue;
+                }
+                let inner: Vec<Bson> = batch
+                    .iter()
+                    .map(|op| Bson::Document(oplog::inner_op_doc(op)))
+                    .collect();
+                let spec = OpSpec {
+                    op: "c",
+                    ns: "admin.$cmd".to_owned(),
+                    ui: None,
+                    o: doc! {"applyOps": inner},
+                    o2: None,
+                    from_migrate: false,
+                };
+                self.write(s, n, &spec, now);
+            }
+        } else {
+            for spec in &specs {
+                self.write(s, n, spec, now);
+            }
         }
         Ok(ids.len())
+    }
+
+    /// findAndModify on the primary: the first document matching `q` is removed
+    /// (`update: None`) or updated; returns `(value, n, updatedExisting, upserted id)`
+    /// where `value` is the document before, or after when `return_new`.
+    ///
+    /// A retryable one (a session with a txnNumber) logs the returned image as mongod
+    /// does: up to 5.0 as a no-op entry on the namespace (`o` = the image, with the
+    /// session fields) that the update/delete links by `preImageOpTime` /
+    /// `postImageOpTime`; from 5.1 by `needsRetryImage` on the update/delete alone (the
+    /// image goes to `config.image_collection`, which is not logged).
+    ///
+    /// # Errors
+    /// NotWritablePrimary or a bad filter / update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn find_and_modify(
+        &mut self,
+        s: usize,
+        n: usize,
+        ns: &str,
+        q: &Document,
+        update: Option<&Document>,
+        return_new: bool,
+        upsert: bool,
+        now: Instant,
+    ) -> Result<(Option<Document>, usize, bool, Option<Bson>), CmdError> {
+        self.check_writable(s, n)?;
+        if self.statement_executed(s, n) {
+            return Ok((None, 1, update.is_some(), None));
+        }
+        let found = match self.sets[s].nodes[n].data.get(ns) {
+            Some(c) => {
+                let mut hit = None;
+                for d in c.iter() {
+                    if matcher::matches(d, q).map_err(bad_value)? {
+                        hit = Some(d.clone());
+                        break;
+                    }
+                }
+                hit
+            }
+            None => None,
+        };
+        let ui = self
+            .version
+            .has_terms()
+            .then(|| self.collection_uuid(s, ns));
+        let Some(before) = found else {
+            let Some(u) = update.filter(|_| upsert) else {
+                return Ok((None, 0, false, None));
+            };
+            let (_, _, id) = self.update(s, n, ns, q, u, false, true, now)?;
+            let value = match (&id, return_new) {
+                (Some(id), true) => self.sets[s].nodes[n]
+                    .data
+                    .get(ns)
+                    .and_then(|c| c.iter().find(|d| d.get("_id") == Some(id)).cloned()),
+                _ => None,
+            };
+            return Ok((value, 1, false, id));
+        };
+        let id = before.get("_id").cloned().unwrap_or(Bson::Null);
+        let (spec, after) = match update {
+            None => (
+                OpSpec {
+                    op: "d",
+                    ns: ns.to_owned(),
+                    ui,
+                    o: doc! {"_id": id.clone()},
+                    o2: None,
+                    from_migrate: false,
+                },
+                None,
+            ),
+            Some(u) => {
+                let (after, o) = if u.keys().any(|k| k.starts_with('$')) {
+                    let after = apply_modifiers(&before, u)?;
+                    let o = oplog::update_entry_o(self.version, &before, &after);
+                    (after, o)
+                } else {
+                    let mut after = doc! {"_id": id.clone()};
+                    for (k, v) in u {
+                        if k != "_id" {
+                            after.insert(k.clone(), v.clone());
+                        }
+                    }
+                    (after.clone(), after)
+                };
+                (
+                    OpSpec {
+                        op: "u",
+                        ns: ns.to_owned(),
+                        ui,
+                        o,
+                        o2: Some(doc! {"_id": id.clone()}),
+                        from_migrate: false,
+                    },
+                    Some(after),
+                )
+            }
+        };
+        let value = match (&after, return_new) {
+            (Some(after), true) => after.clone(),
+            _ => before.clone(),
+        };
+        if after.as_ref() == Some(&before) {
+            return Ok((Some(value), 1, true, None));
+        }
+        let retryable =
+            self.session.is_some() && self.capture.is_none() && self.version.has_terms();
+        if retryable {
+            let post = return_new && after.is_some();
+            if self.version.retry_images_in_side_collection() {
+                self.retry_image.needs = Some(if post { "postImage" } else { "preImage" });
+            } else {
+                self.retry_image.noop = true;
+                let image = OpSpec {
+                    op: "n",
+                    ns: ns.to_owned(),
+                    ui,
+                    o: value.clone(),
+                    o2: None,
+                    from_migrate: false,
+                };
+                let entry = self.write(s, n, &image, now);
+                self.retry_image.noop = false;
+                if let Some(e) = entry {
+                    let field = if post {
+                        "postImageOpTime"
+                    } else {
+                        "preImageOpTime"
+                    };
+                    self.retry_image.link = Some((field, e.id.ts, e.id.t.unwrap_or(-1)));
+                }
+            }
+        }
+        self.write(s, n, &spec, now);
+        self.retry_image = RetryImage::default();
+        Ok((Some(value), 1, update.is_some(), None))
     }
 
     /// Makes node `n` primary with `term` and logs the "new primary" no-op.
@@ -1343,6 +1561,8 @@ impl World {
         }
         set.no_primary_since = None;
         set.elect_now = false;
+        // The bucket catalog is the primary's memory: a new primary opens new buckets.
+        set.ts_buckets.clear();
         tracing::info!(set = %self.sets[s].name, node = %self.sets[s].nodes[n].addr, term, "elected primary");
         if !self.sets[s].hold_step_up {
             self.complete_step_up(s, n, now);
@@ -2167,6 +2387,12 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
         _ => {}
     }
 }
+
+/// Documents per batch of a batched multi-delete: the default of the server parameter
+/// `batchedDeletesTargetBatchDocs` (100; `jstests/noPassthrough/batched_multi_deletes.js`
+/// "docsPerBatchDefault"). The time (5 ms) and staged-bytes targets, which may cut a batch
+/// earlier on a real server, are not simulated.
+pub const BATCHED_DELETE_DOCS: usize = 100;
 
 /// Key of an open transaction: the session id and txnNumber.
 pub fn txn_key(lsid_id: &Bson, txn_number: i64) -> String {

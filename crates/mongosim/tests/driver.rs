@@ -1872,3 +1872,323 @@ async fn wrong_password_and_no_credentials_are_refused() {
     open.shutdown().await;
     rs.shutdown().await;
 }
+
+/// Equal field for field, in the same order (`Document`'s `==` ignores order).
+fn same(got: &Document, want: &Document) {
+    assert_eq!(got.to_string(), want.to_string());
+}
+
+/// A time-series collection created and written through mongos is logged as mongod logs
+/// it (shapes from the server source, cited in the crate docs): the view as an insert on
+/// `system.views`, the buckets collection's `create`, a new bucket as an insert holding
+/// every measurement of the command, a measurement added to an open bucket as a `$v: 2`
+/// diff of `control.min`/`control.max` and `data.<field>.<index>`.
+#[tokio::test]
+async fn timeseries_collection_writes_buckets() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 1,
+        nodes_per_shard: 1,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let db = client.database("farm");
+    db.run_command(
+        doc! {"create": "weather", "timeseries": {"timeField": "ts", "metaField": "sensor"}},
+    )
+    .await
+    .unwrap();
+    let t0 = 1_700_000_010_000i64; // 30 s past a minute: control.min.ts rounds down to it
+    let at = |s: i64| bson::DateTime::from_millis(t0 + s * 1000);
+    let weather = db.collection::<Document>("weather");
+    weather
+        .insert_many([
+            doc! {"_id": 1, "ts": at(0), "sensor": "a", "temp": 10},
+            doc! {"_id": 2, "ts": at(1), "sensor": "a", "temp": 12},
+            doc! {"_id": 3, "ts": at(2), "sensor": "a", "temp": 9},
+        ])
+        .await
+        .unwrap();
+    weather
+        .insert_one(doc! {"_id": 4, "ts": at(3), "sensor": "a", "temp": 15, "wind": 3})
+        .await
+        .unwrap();
+    weather
+        .insert_one(doc! {"_id": 5, "ts": at(4), "sensor": "b", "temp": 20})
+        .await
+        .unwrap();
+    // Missing time field: BadValue, nothing logged.
+    let e = weather
+        .insert_one(doc! {"_id": 6, "temp": 1})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("'ts' must be present"), "{e}");
+
+    let shard = cluster.shard_names()[0].clone();
+    let primary = cluster.primary_of(&shard).unwrap();
+    let entries: Vec<Document> = cluster
+        .oplog_snapshot(primary)
+        .iter()
+        .map(raw_to_doc)
+        .filter(|e| e.get_str("ns").is_ok_and(|ns| ns.starts_with("farm.")))
+        .collect();
+    let ops: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.get_str("op").unwrap(), e.get_str("ns").unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("c", "farm.$cmd"),
+            ("c", "farm.$cmd"),
+            ("i", "farm.system.views"),
+            ("i", "farm.system.buckets.weather"),
+            ("u", "farm.system.buckets.weather"),
+            ("i", "farm.system.buckets.weather"),
+        ],
+        "{entries:#?}"
+    );
+    assert_eq!(
+        entries[0].get_document("o").unwrap().get_str("create").ok(),
+        Some("system.views")
+    );
+    same(
+        entries[1].get_document("o").unwrap(),
+        &doc! {"create": "system.buckets.weather", "clusteredIndex": true,
+        "timeseries": {"timeField": "ts", "metaField": "sensor", "granularity": "seconds",
+        "bucketMaxSpanSeconds": 3600, "bucketRoundingSeconds": 60}},
+    );
+    same(
+        entries[2].get_document("o").unwrap(),
+        &doc! {"_id": "farm.weather", "viewOn": "system.buckets.weather",
+        "pipeline": [{"$_internalUnpackBucket": {"timeField": "ts", "metaField": "sensor",
+        "bucketMaxSpanSeconds": 3600}}]},
+    );
+    let bucket = entries[3].get_document("o").unwrap();
+    let id = bucket.get_object_id("_id").unwrap();
+    let minute = bson::DateTime::from_millis(t0 - 30_000);
+    assert_eq!(id.timestamp(), minute);
+    same(
+        bucket,
+        &doc! {"_id": id,
+        "control": {"version": 1,
+            "min": {"_id": 1, "ts": minute, "temp": 9},
+            "max": {"_id": 3, "ts": at(2), "temp": 12}},
+        "meta": "a",
+        "data": {"_id": {"0": 1, "1": 2, "2": 3},
+                 "ts": {"0": at(0), "1": at(1), "2": at(2)},
+                 "temp": {"0": 10, "1": 12, "2": 9}}},
+    );
+    assert_eq!(entries[3].get_document("o2").unwrap(), &doc! {"_id": id});
+    // A retryable write: the bucket insert logs the three statements it holds.
+    assert_eq!(
+        entries[3].get_array("stmtId").unwrap(),
+        &vec![Bson::Int32(0), Bson::Int32(1), Bson::Int32(2)]
+    );
+    same(
+        entries[4].get_document("o").unwrap(),
+        &doc! {"$v": 2, "diff": {
+        "scontrol": {"smin": {"u": {"wind": 3}},
+                     "smax": {"u": {"_id": 4, "ts": at(3), "temp": 15, "wind": 3}}},
+        "sdata": {"i": {"wind": {"3": 3}},
+                  "s_id": {"i": {"3": 4}}, "sts": {"i": {"3": at(3)}},
+                  "stemp": {"i": {"3": 15}}}}},
+    );
+    assert_eq!(entries[4].get_document("o2").unwrap(), &doc! {"_id": id});
+    assert_eq!(
+        entries[5].get_document("o").unwrap().get_str("meta").ok(),
+        Some("b")
+    );
+}
+
+/// deleteMany on 7.0 is a batched multi-delete: session-less applyOps entries on
+/// `admin.$cmd` of at most 100 deletes each (`batchedDeletesTargetBatchDocs`), a batch of
+/// one document a plain `d` (`jstests/noPassthrough/batched_multi_deletes_oplog.js`,
+/// "batch deletes resulting with single operations create regular delete oplog entries");
+/// on 6.0 one `d` per document.
+#[tokio::test]
+async fn delete_many_is_batched_from_7_0() {
+    for version in [
+        ServerVersion::V6_0,
+        ServerVersion::V7_0,
+        ServerVersion::V8_0,
+    ] {
+        let cluster = Cluster::start(ClusterSpec {
+            shards: 1,
+            nodes_per_shard: 1,
+            version,
+            noop_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+            .await
+            .unwrap();
+        let coll = client.database("shop").collection::<Document>("items");
+        coll.insert_many((0..301).map(|i| doc! {"_id": i, "even": i % 2 == 0}))
+            .await
+            .unwrap();
+        let shard = cluster.shard_names()[0].clone();
+        let primary = cluster.primary_of(&shard).unwrap();
+        let before = cluster.oplog_snapshot(primary).len();
+        // 201 deletes: 100 + 100 + 1.
+        let r = coll.delete_many(doc! {"_id": {"$lt": 201}}).await.unwrap();
+        assert_eq!(r.deleted_count, 201);
+        // One document matched: a plain delete whatever the version.
+        coll.delete_many(doc! {"_id": 250}).await.unwrap();
+        let entries: Vec<Document> = cluster.oplog_snapshot(primary)[before..]
+            .iter()
+            .map(raw_to_doc)
+            .collect();
+        let shape: Vec<(String, usize)> = entries
+            .iter()
+            .map(
+                |e| match e.get_document("o").unwrap().get_array("applyOps") {
+                    Ok(ops) => ("applyOps".to_owned(), ops.len()),
+                    Err(_) => (e.get_str("op").unwrap().to_owned(), 1),
+                },
+            )
+            .collect();
+        if version >= ServerVersion::V7_0 {
+            assert_eq!(
+                shape,
+                [
+                    ("applyOps".into(), 100),
+                    ("applyOps".into(), 100),
+                    ("d".into(), 1),
+                    ("d".into(), 1)
+                ],
+                "{version}"
+            );
+            let first = &entries[0];
+            assert_eq!(first.get_str("ns").unwrap(), "admin.$cmd");
+            for field in ["lsid", "txnNumber", "prevOpTime", "stmtId", "multiOpType"] {
+                assert!(!first.contains_key(field), "{version}: {field} in {first}");
+            }
+            let ops = first
+                .get_document("o")
+                .unwrap()
+                .get_array("applyOps")
+                .unwrap();
+            let op0 = ops[0].as_document().unwrap();
+            assert_eq!(op0.get_str("op").unwrap(), "d");
+            assert_eq!(op0.get_str("ns").unwrap(), "shop.items");
+            assert!(op0.contains_key("ui"));
+            assert_eq!(op0.get_document("o").unwrap(), &doc! {"_id": 0});
+        } else {
+            assert_eq!(shape.len(), 202, "{version}");
+            assert!(shape.iter().all(|(op, _)| op == "d"), "{version}");
+        }
+        // The data is gone either way.
+        let left: Vec<_> = coll.find(doc! {}).await.unwrap().collect().await;
+        assert_eq!(left.len(), 99, "{version}");
+    }
+}
+
+/// A retryable findAndModify logs its image as the version does (mongodb/mongo
+/// `src/mongo/db/repl/README.md`; `op_observer_impl.cpp` `replLogUpdate`/`replLogDelete`):
+/// up to 5.0 a no-op entry on the namespace holding the image, with the session fields,
+/// linked from the update/delete by `preImageOpTime`/`postImageOpTime`; from 5.1
+/// `needsRetryImage` on the update/delete and nothing else in the oplog.
+#[tokio::test]
+async fn retryable_find_and_modify_logs_images_per_version() {
+    use mongodb::options::ReturnDocument;
+    for version in [
+        ServerVersion::V4_4,
+        ServerVersion::V5_0,
+        ServerVersion::V6_0,
+        ServerVersion::V8_0,
+    ] {
+        let cluster = Cluster::start(ClusterSpec {
+            shards: 1,
+            nodes_per_shard: 1,
+            version,
+            noop_interval: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+            .await
+            .unwrap();
+        let coll = client.database("shop").collection::<Document>("stock");
+        coll.insert_many([doc! {"_id": 1, "x": 1}, doc! {"_id": 2, "x": 5}])
+            .await
+            .unwrap();
+        let shard = cluster.shard_names()[0].clone();
+        let primary = cluster.primary_of(&shard).unwrap();
+        let before = cluster.oplog_snapshot(primary).len();
+        let old = coll
+            .find_one_and_update(doc! {"_id": 1}, doc! {"$inc": {"x": 1}})
+            .await
+            .unwrap();
+        assert_eq!(old, Some(doc! {"_id": 1, "x": 1}));
+        let new = coll
+            .find_one_and_update(doc! {"_id": 2}, doc! {"$set": {"x": 7}})
+            .return_document(ReturnDocument::After)
+            .await
+            .unwrap();
+        assert_eq!(new, Some(doc! {"_id": 2, "x": 7}));
+        let gone = coll.find_one_and_delete(doc! {"_id": 1}).await.unwrap();
+        assert_eq!(gone, Some(doc! {"_id": 1, "x": 2}));
+        let entries: Vec<Document> = cluster.oplog_snapshot(primary)[before..]
+            .iter()
+            .map(raw_to_doc)
+            .collect();
+        let ops: Vec<&str> = entries.iter().map(|e| e.get_str("op").unwrap()).collect();
+        let optime = |e: &Document| doc! {"ts": e.get_timestamp("ts").unwrap(), "t": e.get_i64("t").unwrap()};
+        if version.retry_images_in_side_collection() {
+            assert_eq!(ops, ["u", "u", "d"], "{version}");
+            let kinds: Vec<&str> = entries
+                .iter()
+                .map(|e| e.get_str("needsRetryImage").unwrap())
+                .collect();
+            assert_eq!(kinds, ["preImage", "postImage", "preImage"], "{version}");
+            for e in &entries {
+                assert!(e.contains_key("lsid") && e.contains_key("txnNumber"), "{e}");
+                assert!(!e.contains_key("preImageOpTime") && !e.contains_key("postImageOpTime"));
+            }
+        } else {
+            assert_eq!(ops, ["n", "u", "n", "u", "n", "d"], "{version}");
+            let images: Vec<&Document> = entries
+                .iter()
+                .filter(|e| e.get_str("op").ok() == Some("n"))
+                .map(|e| e.get_document("o").unwrap())
+                .collect();
+            assert_eq!(
+                images,
+                [
+                    &doc! {"_id": 1, "x": 1},
+                    &doc! {"_id": 2, "x": 7},
+                    &doc! {"_id": 1, "x": 2}
+                ],
+                "{version}"
+            );
+            for pair in entries.chunks(2) {
+                let (image, write) = (&pair[0], &pair[1]);
+                assert_eq!(image.get_str("ns").unwrap(), "shop.stock");
+                for field in ["lsid", "txnNumber", "stmtId", "prevOpTime"] {
+                    assert_eq!(image.get(field), write.get(field), "{version}: {field}");
+                }
+                let link = if write.contains_key("postImageOpTime") {
+                    "postImageOpTime"
+                } else {
+                    "preImageOpTime"
+                };
+                assert_eq!(
+                    write.get_document(link).unwrap(),
+                    &optime(image),
+                    "{version}"
+                );
+                assert!(!write.contains_key("needsRetryImage"));
+            }
+            assert!(entries[3].contains_key("postImageOpTime"));
+        }
+    }
+}

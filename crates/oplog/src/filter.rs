@@ -9,6 +9,13 @@
 //! between shards; the cluster as a whole did not change), no-ops, internal namespaces
 //! (`config.*`, `admin.*`, `local.*`, `*.system.*`), `exclude` patterns, then `include`
 //! patterns (when any are given, everything else is dropped).
+//!
+//! Time-series collections are the exception to `*.system.*`: mongod stores their
+//! measurements as bucket documents in `<db>.system.buckets.<coll>` (the collection the
+//! user named is a view on it), so writes there are user data and are kept. Patterns
+//! select them by either name: `include = ["farm.weather"]` and `include =
+//! ["farm.system.buckets.weather"]` both keep the buckets of `farm.weather`, and an
+//! `exclude` matching either drops them.
 
 use crate::entry::{split_ns, OpKind};
 
@@ -118,10 +125,24 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     pi == p.len()
 }
 
-/// Whether `ns` is one of MongoDB's own namespaces.
+/// Whether `ns` is one of MongoDB's own namespaces. The buckets of a time-series
+/// collection (`<db>.system.buckets.<coll>` outside `config`, `admin` and `local`) are not:
+/// they hold the collection's data.
 pub fn is_internal_ns(ns: &str) -> bool {
     let (db, coll) = split_ns(ns);
-    matches!(db, "config" | "admin" | "local") || coll.starts_with("system.")
+    matches!(db, "config" | "admin" | "local")
+        || (coll.starts_with("system.") && timeseries_view_ns(ns).is_none())
+}
+
+/// The time-series collection whose buckets `ns` holds: `farm.weather` for
+/// `farm.system.buckets.weather`; `None` for any other namespace.
+pub fn timeseries_view_ns(ns: &str) -> Option<String> {
+    let (db, coll) = split_ns(ns);
+    let view = coll.strip_prefix("system.buckets.")?;
+    if view.is_empty() || db.is_empty() || matches!(db, "config" | "admin" | "local") {
+        return None;
+    }
+    Some(format!("{db}.{view}"))
 }
 
 /// The filter settings (`[filter]` in the config file).
@@ -165,10 +186,13 @@ impl Filter {
         if self.drop_internal && is_internal_ns(ns) {
             return Err(DropReason::InternalNamespace);
         }
-        if self.exclude.iter().any(|p| p.matches(ns)) {
+        let view = timeseries_view_ns(ns);
+        let matches =
+            |p: &NsPattern| p.matches(ns) || view.as_deref().is_some_and(|v| p.matches(v));
+        if self.exclude.iter().any(matches) {
             return Err(DropReason::Excluded);
         }
-        if !self.include.is_empty() && !self.include.iter().any(|p| p.matches(ns)) {
+        if !self.include.is_empty() && !self.include.iter().any(matches) {
             return Err(DropReason::NotIncluded);
         }
         Ok(())
@@ -239,6 +263,136 @@ mod tests {
         for ns in ["test.mycollection", "configs.x", "shop.systems"] {
             assert!(!is_internal_ns(ns), "{ns}");
         }
+    }
+
+    /// Every namespace pattern the default filter drops, with the reason, judged on a
+    /// representative namespace of each; and the time-series exception. The reasons are
+    /// what MongoDB writes there for its own bookkeeping (server source:
+    /// `src/mongo/db/namespace_string.h` and the collections it names).
+    #[test]
+    fn default_filter_drops_only_mongodbs_own_namespaces() {
+        let dropped: &[(&str, &str)] = &[
+            (
+                "config.chunks",
+                "config.*: sharding metadata (chunks, collections, shards)",
+            ),
+            (
+                "config.image_collection",
+                "config.*: retryable findAndModify pre/post images",
+            ),
+            (
+                "config.transactions",
+                "config.*: session and transaction table",
+            ),
+            ("config.system.sessions", "config.*: logical sessions"),
+            ("admin.system.users", "admin.*: users and roles"),
+            (
+                "admin.system.version",
+                "admin.*: feature compatibility version",
+            ),
+            (
+                "admin.$cmd",
+                "admin.*: applyOps / transaction wrappers (unpacked first)",
+            ),
+            (
+                "local.oplog.rs",
+                "local.*: the oplog and replication state, never replicated",
+            ),
+            (
+                "local.system.replset",
+                "local.*: the replica set configuration",
+            ),
+            (
+                "shop.system.views",
+                "*.system.*: view definitions (incl. time-series views)",
+            ),
+            ("shop.system.js", "*.system.*: stored server-side functions"),
+            ("shop.system.profile", "*.system.*: the profiler's log"),
+            (
+                "shop.system.indexes",
+                "*.system.*: index catalog of servers before 3.0",
+            ),
+            (
+                "shop.system.resharding.0a1b",
+                "*.system.*: resharding's temporary collection",
+            ),
+            (
+                "config.system.buckets.x",
+                "config.*: no user time-series live there",
+            ),
+        ];
+        let f = Filter::default();
+        for (ns, why) in dropped {
+            assert_eq!(
+                f.check(OpKind::Insert, ns, false),
+                Err(DropReason::InternalNamespace),
+                "{ns} should be dropped: {why}"
+            );
+        }
+        // No-ops on a user namespace: the images of retryable findAndModify up to 5.0
+        // (op "n" linked by preImageOpTime/postImageOpTime); from 5.1 the image goes to
+        // config.image_collection (above). Dropped as no-ops.
+        assert_eq!(
+            f.check(OpKind::Noop, "shop.stock", false),
+            Err(DropReason::Noop)
+        );
+        // Time-series buckets are the user's measurements: kept, under either name.
+        assert_eq!(
+            f.check(OpKind::Insert, "shop.system.buckets.weather", false),
+            Ok(())
+        );
+        assert_eq!(
+            f.check(OpKind::Update, "shop.system.buckets.weather", false),
+            Ok(())
+        );
+        assert_eq!(
+            f.check(
+                OpKind::Command,
+                &command_target_ns("shop.$cmd", "create", Some("system.buckets.weather")),
+                false
+            ),
+            Ok(())
+        );
+        // Not internal merely by resembling one.
+        for ns in [
+            "shop.systems",
+            "shop.system",
+            "configs.x",
+            "local_shop.x",
+            "shop.orders",
+        ] {
+            assert_eq!(f.check(OpKind::Insert, ns, false), Ok(()), "{ns}");
+        }
+    }
+
+    #[test]
+    fn timeseries_buckets_match_patterns_by_either_name() {
+        assert_eq!(
+            timeseries_view_ns("farm.system.buckets.weather").as_deref(),
+            Some("farm.weather")
+        );
+        assert_eq!(timeseries_view_ns("farm.system.buckets."), None);
+        assert_eq!(timeseries_view_ns("admin.system.buckets.x"), None);
+        assert_eq!(timeseries_view_ns("farm.weather"), None);
+        let bucket = "farm.system.buckets.weather";
+        let keep = |include: &[&str], exclude: &[&str]| {
+            Filter {
+                include: pats(include),
+                exclude: pats(exclude),
+                ..Filter::default()
+            }
+            .check(OpKind::Insert, bucket, false)
+        };
+        assert_eq!(keep(&["farm.weather"], &[]), Ok(()));
+        assert_eq!(keep(&["farm.system.buckets.*"], &[]), Ok(()));
+        assert_eq!(keep(&["*.weather"], &[]), Ok(()));
+        assert_eq!(keep(&["farm.sheep"], &[]), Err(DropReason::NotIncluded));
+        assert_eq!(keep(&[], &["farm.weather"]), Err(DropReason::Excluded));
+        assert_eq!(
+            keep(&[], &["farm.system.buckets.weather"]),
+            Err(DropReason::Excluded)
+        );
+        assert_eq!(keep(&[], &["farm.sheep"]), Ok(()));
     }
 
     #[test]

@@ -11,14 +11,19 @@
 //! * `id` is the entry identity the merge used; consumers drop duplicates (which can only
 //!   follow a crash, see the checkpoint docs) by remembering the last `id` per shard.
 //! * `entry` is the oplog entry as the server wrote it, field order and all.
+//! * Writes to the buckets of a time-series collection (`ns` is
+//!   `<db>.system.buckets.<coll>`, or a command on such a namespace) also carry
+//!   `"timeseries":"<db>.<coll>"`, the collection the user named; `entry` is the bucket
+//!   write as logged.
 //! * Operations unpacked from a transaction also carry
 //!   `"txn":{"lsid":{...},"txnNumber":N,"index":I}` and `entry` is the inner operation;
 //!   `ts` and `id` are those of the entry that committed the transaction.
 
 use bson::{RawBsonRef, RawDocument};
 
-use crate::entry::OplogEntry;
+use crate::entry::{OpKind, OplogEntry};
 use crate::extjson::{write_document, write_str, write_value, Mode};
+use crate::filter::{command_target_ns, timeseries_view_ns};
 use crate::position::EntryId;
 
 /// Transaction details of an operation unpacked from an `applyOps` entry.
@@ -42,6 +47,7 @@ pub fn encode_entry(
     out: &mut Vec<u8>,
 ) -> Result<(), bson::error::Error> {
     write_header(shard, entry.id(), entry.op.as_str(), entry.ns, out);
+    write_timeseries(entry.op, entry.ns, entry.o, out);
     out.extend_from_slice(b",\"entry\":");
     write_document(entry.raw(), Mode::Relaxed, out)?;
     out.push(b'}');
@@ -63,6 +69,13 @@ pub fn encode_txn_op(
     out: &mut Vec<u8>,
 ) -> Result<(), bson::error::Error> {
     write_header(shard, commit, op, ns, out);
+    if let Some(kind) = OpKind::from_code(op) {
+        let o = match inner.get("o") {
+            Ok(Some(RawBsonRef::Document(o))) => Some(o),
+            _ => None,
+        };
+        write_timeseries(kind, ns, o, out);
+    }
     out.extend_from_slice(b",\"txn\":{");
     let mut sep = "";
     if let Some(lsid) = txn.lsid {
@@ -104,6 +117,25 @@ fn write_header(shard: &str, id: EntryId, op: &str, ns: &str, out: &mut Vec<u8>)
     write_str(op, out);
     out.extend_from_slice(b",\"ns\":");
     write_str(ns, out);
+}
+
+/// `,"timeseries":"db.coll"` when the operation writes a time-series collection's buckets
+/// (commands: when the namespace they change does).
+fn write_timeseries(op: OpKind, ns: &str, o: Option<&RawDocument>, out: &mut Vec<u8>) {
+    let view = if op == OpKind::Command {
+        let first = o.and_then(|o| o.into_iter().next()).and_then(Result::ok);
+        let target = match first {
+            Some((name, value)) => command_target_ns(ns, name.as_str(), value.as_str()),
+            None => return,
+        };
+        timeseries_view_ns(&target)
+    } else {
+        timeseries_view_ns(ns)
+    };
+    if let Some(view) = view {
+        out.extend_from_slice(b",\"timeseries\":");
+        write_str(&view, out);
+    }
 }
 
 fn write_ts(id: EntryId, out: &mut Vec<u8>) {
@@ -150,6 +182,55 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"shard":"shard01","ts":{"t":1422998574,"i":1},"id":{"ts":{"t":1422998574,"i":1},"h":-6781014703318499311},"op":"i","ns":"test.mycollection","entry":{"ts":{"$timestamp":{"t":1422998574,"i":1}},"h":-6781014703318499311,"v":2,"op":"i","ns":"test.mycollection","o":{"_id":1.0,"data":"hello"}}}"#
         );
+    }
+
+    /// A bucket write names its time-series collection; so does the buckets collection's
+    /// `create`; a plain collection's records do not carry the field.
+    #[test]
+    fn timeseries_records_name_the_collection() {
+        let encode = |raw: &RawDocument| {
+            let e = OplogEntry::parse(raw).unwrap();
+            let mut out = Vec::new();
+            encode_entry("s", &e, &mut out).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let ts = bson::Timestamp {
+            time: 5,
+            increment: 1,
+        };
+        let bucket = rawdoc! {"op": "i", "ns": "farm.system.buckets.weather",
+        "o": {"_id": 1, "control": {"version": 1}}, "ts": ts, "t": 1_i64};
+        let v = encode(&bucket);
+        assert_eq!(v["timeseries"], "farm.weather");
+        assert_eq!(v["ns"], "farm.system.buckets.weather");
+        assert_eq!(v["entry"]["ns"], "farm.system.buckets.weather");
+        let create = rawdoc! {"op": "c", "ns": "farm.$cmd",
+        "o": {"create": "system.buckets.weather", "clusteredIndex": true}, "ts": ts, "t": 1_i64};
+        assert_eq!(encode(&create)["timeseries"], "farm.weather");
+        let plain = rawdoc! {"op": "i", "ns": "farm.sheep", "o": {"_id": 1}, "ts": ts, "t": 1_i64};
+        assert!(encode(&plain).get("timeseries").is_none());
+        let views = rawdoc! {"op": "i", "ns": "farm.system.views", "o": {"_id": "farm.weather"}, "ts": ts, "t": 1_i64};
+        assert!(encode(&views).get("timeseries").is_none());
+
+        let inner = rawdoc! {"op": "d", "ns": "farm.system.buckets.weather", "o": {"_id": 1}};
+        let mut out = Vec::new();
+        let info = TxnInfo {
+            lsid: None,
+            txn_number: None,
+            index: 0,
+        };
+        encode_txn_op(
+            "s",
+            EntryId::new(crate::Timestamp::new(5, 1), 1),
+            "d",
+            "farm.system.buckets.weather",
+            info,
+            &inner,
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timeseries"], "farm.weather");
     }
 
     #[test]

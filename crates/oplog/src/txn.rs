@@ -1481,6 +1481,34 @@ mod tests {
         assert_eq!(a.safe_position(), Some(EntryId::new(at(77), 1)));
     }
 
+    /// A batched multi-delete (7.0+: `OpObserverImpl::onBatchedWriteCommit`, one
+    /// session-less `applyOps` per batch, no `prevOpTime`) is emitted whole at its own
+    /// position, its deletes in order; the safe position is the batch entry itself, never a
+    /// point inside it.
+    #[test]
+    fn batched_delete_is_emitted_whole_at_its_position() {
+        let mut a = TxnAssembler::default();
+        push(&mut a, &plain(1)).unwrap();
+        let del =
+            |id: i32| rawdoc! { "op": "d", "ns": "shop.items", "ui": uuid(9), "o": { "_id": id } };
+        let batch = txn_entry(
+            2,
+            None,
+            rawdoc! { "applyOps": ops((0..100).map(del).collect()) },
+            None,
+        );
+        let t = emitted(push(&mut a, &batch).unwrap());
+        assert_eq!(ids(&t), (0..100).collect::<Vec<_>>());
+        assert!(t
+            .ops
+            .iter()
+            .all(|op| op.op == OpKind::Delete && op.ns == "shop.items"));
+        assert_eq!(t.commit, EntryId::new(at(2), 1));
+        assert!(t.lsid.is_none());
+        assert!(!a.has_open());
+        assert_eq!(a.safe_position(), Some(EntryId::new(at(2), 1)));
+    }
+
     #[test]
     fn safe_position_never_cuts_a_transaction() {
         let mut a = TxnAssembler::default();

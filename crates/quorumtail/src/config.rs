@@ -216,7 +216,8 @@ pub struct FilterConfig {
     /// Drop no-op entries (`op: "n"`).
     #[serde(default = "yes")]
     pub drop_noops: bool,
-    /// Drop `config.*`, `admin.*`, `local.*` and `*.system.*`.
+    /// Drop `config.*`, `admin.*`, `local.*` and `*.system.*`, except the buckets of
+    /// time-series collections (`*.system.buckets.*`), which hold user data.
     #[serde(default = "yes")]
     pub drop_internal: bool,
     /// Only these namespaces (`db.coll`, `db.*`); empty = all.

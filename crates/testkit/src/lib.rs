@@ -10,10 +10,14 @@
 //! | `fromMigrate: true` | chunk-migration copies and range deletions: the data only moved between shards (`[filter] drop_from_migrate`) |
 //! | `op: "n"` | no-ops: periodic no-ops, "new primary", migration markers (`drop_noops`) |
 //! | `config.*`, `admin.*`, `local.*` | the cluster's own metadata, users and oplog (`drop_internal`) |
-//! | `<db>.system.*` | system collections (`drop_internal`) |
+//! | `<db>.system.*` except `<db>.system.buckets.*` | system collections: view definitions, profiler, stored functions (`drop_internal`) |
 //!
 //! Everything else (inserts, updates, deletes and commands on application databases) is
-//! emitted.
+//! emitted, including `<db>.system.buckets.<coll>`: mongod stores a time-series
+//! collection's measurements there as bucket documents, so those writes are user data.
+//!
+//! For a command, `ns` is the namespace it changes (`shop.orders` for `{create:
+//! "orders"}` on `shop.$cmd`), not `db.$cmd`.
 
 pub mod pki;
 
@@ -27,7 +31,10 @@ pub fn emitted_by_default(op: &str, ns: &str, from_migrate: bool) -> bool {
     if matches!(db, "config" | "admin" | "local") {
         return false;
     }
-    !coll.starts_with("system.")
+    let timeseries_buckets = coll
+        .strip_prefix("system.buckets.")
+        .is_some_and(|view| !view.is_empty());
+    timeseries_buckets || !coll.starts_with("system.")
 }
 
 #[cfg(test)]
@@ -51,5 +58,18 @@ mod tests {
         assert!(!emitted_by_default("c", "admin.$cmd", false));
         assert!(!emitted_by_default("i", "local.oplog.rs", false));
         assert!(!emitted_by_default("i", "shop.system.views", false));
+        assert!(!emitted_by_default("i", "admin.system.buckets.x", false));
+    }
+
+    #[test]
+    fn timeseries_buckets_are_user_data() {
+        for op in ["i", "u", "d"] {
+            assert!(emitted_by_default(op, "farm.system.buckets.weather", false));
+        }
+        assert!(!emitted_by_default(
+            "i",
+            "farm.system.buckets.weather",
+            true
+        ));
     }
 }
