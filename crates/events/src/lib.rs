@@ -5,9 +5,13 @@
 //!   the `$v: 2` delta (5.0+; MongoDB does not document it for clients) and the `$set` /
 //!   `$unset` modifiers of earlier versions; plus [`update::apply`], which applies such a
 //!   description to a pre-image (what a consumer does, and what the property tests check).
+//! * [`event`]: one operation as a change event (`operationType`, `ns`, `documentKey`,
+//!   `fullDocument`, `updateDescription`, DDL events), positioned by shard and entry.
 //!
 //! Everything here is a pure function of the entry; no I/O.
 
+pub mod event;
 pub mod update;
 
+pub use event::{change_event, EventError, Source, TxnSource};
 pub use update::{apply, decode, PathPart, UpdateDescription, UpdateError, UpdateKind};

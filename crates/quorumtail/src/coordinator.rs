@@ -305,6 +305,7 @@ pub async fn run_controlled(
         tailer,
         filter: cfg.filter.clone(),
         key: c.sink.key,
+        format: c.sink.format,
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,
         channel_batches: c.pipeline.channel_batches,

@@ -156,6 +156,29 @@ impl KeyKind {
     }
 }
 
+/// `[sink] format`: what a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// The oplog entry as the server wrote it, with quorumtail's envelope (`shard`, `ts`,
+    /// `id`, `op`, `ns`, `txn`).
+    #[default]
+    Oplog,
+    /// One MongoDB change event per operation (`operationType`, `ns`, `documentKey`,
+    /// `fullDocument`, `updateDescription`, ...), as change streams shape them.
+    ChangeEvent,
+}
+
+impl RecordFormat {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordFormat::Oplog => "oplog",
+            RecordFormat::ChangeEvent => "change-event",
+        }
+    }
+}
+
 /// `[sink]`: where records go. The keys of one kind are `Option`s, read through the
 /// accessors of the same name, which apply the defaults.
 #[derive(Clone, Deserialize)]
@@ -164,6 +187,9 @@ pub struct SinkConfig {
     /// `file` (JSON lines, the default) or `kafka`.
     #[serde(default)]
     pub kind: SinkKind,
+    /// What a record holds: `oplog` (the default) or `change-event`.
+    #[serde(default)]
+    pub format: RecordFormat,
     /// Capacity of the sink's input channel: how many records the shard pipelines may hand
     /// over before they wait. Keeps memory flat when the sink stalls.
     #[serde(default = "default_channel_capacity")]
@@ -212,6 +238,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
             kind: SinkKind::File,
+            format: RecordFormat::Oplog,
             channel_capacity: default_channel_capacity(),
             path: None,
             fsync_every: None,
@@ -243,6 +270,7 @@ impl fmt::Debug for SinkConfig {
             .collect();
         f.debug_struct("SinkConfig")
             .field("kind", &self.kind)
+            .field("format", &self.format)
             .field("channel_capacity", &self.channel_capacity)
             .field("path", &self.path)
             .field("fsync_every", &self.fsync_every)

@@ -89,7 +89,9 @@ pub use checkpoint::{
     run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
     KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
 };
-pub use config::{CheckpointConfig, CheckpointKind, KeyKind, SinkConfig, SinkKind, TopicTemplate};
+pub use config::{
+    CheckpointConfig, CheckpointKind, KeyKind, RecordFormat, SinkConfig, SinkKind, TopicTemplate,
+};
 pub use error::{DeliveryError, SinkError};
 pub use progress::{ProgressView, ShardProgress};
 pub use record::{Marker, OutRecord, SinkInput};

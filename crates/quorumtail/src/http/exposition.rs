@@ -463,6 +463,7 @@ impl Scrape {
                 ("noop", s.dropped_noops),
                 ("internal_namespace", s.dropped_internal),
                 ("pattern", s.dropped_by_pattern),
+                ("no_change_event", s.dropped_no_change_event),
                 ("aborted_transaction", s.aborted_ops),
             ] {
                 let mut labels = shard_labels(k);

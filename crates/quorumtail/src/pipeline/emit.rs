@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use quorumtail_oplog::entry::split_ns;
+use quorumtail_oplog::extjson::{write_document, Mode};
 use quorumtail_oplog::filter::command_target_ns;
 use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op};
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
-use quorumtail_sink::{Marker, OutRecord, SinkInput};
+use quorumtail_sink::{Marker, OutRecord, RecordFormat, SinkInput};
 
 use crate::config::KeyKind;
 use crate::pipeline::stats::ShardStats;
@@ -23,6 +24,7 @@ pub struct Emitter {
     shard: Arc<str>,
     filter: Filter,
     key: KeyKind,
+    format: RecordFormat,
     seq: u64,
     txn: TxnAssembler,
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
@@ -57,11 +59,18 @@ impl Emitter {
             shard,
             filter,
             key,
+            format: RecordFormat::Oplog,
             seq: 0,
             txn,
             last_checkpoint: None,
             stats,
         }
+    }
+
+    /// Records in `format` (`[sink] format`).
+    pub fn with_format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -119,8 +128,24 @@ impl Emitter {
                     }
                     Ok(()) => {
                         let mut value = Vec::with_capacity(entry.raw().as_bytes().len() * 2 + 128);
-                        encode_entry(&self.shard, entry, &mut value)
-                            .map_err(|e| err(e.to_string()))?;
+                        match self.format {
+                            RecordFormat::Oplog => encode_entry(&self.shard, entry, &mut value)
+                                .map_err(|e| err(e.to_string()))?,
+                            RecordFormat::ChangeEvent => {
+                                let src = quorumtail_events::Source {
+                                    shard: &self.shard,
+                                    ts: bson_ts(id.ts),
+                                    term: id.term,
+                                    hash: id.hash,
+                                    wall: entry.wall,
+                                    txn: None,
+                                };
+                                if !change_event_json(entry.raw(), &src, &mut value).map_err(err)? {
+                                    self.no_event(out);
+                                    return Ok(());
+                                }
+                            }
+                        }
                         let key = self
                             .key_for(entry.ns, &ns, entry.document_id())
                             .map_err(|e| err(e.to_string()))?;
@@ -137,16 +162,44 @@ impl Emitter {
                         continue;
                     }
                     let mut value = Vec::with_capacity(op.doc.as_bytes().len() * 2 + 160);
-                    encode_txn_op(
-                        &self.shard,
-                        txn.commit,
-                        op.op.as_str(),
-                        &op.ns,
-                        txn.info(op),
-                        &op.doc,
-                        &mut value,
-                    )
-                    .map_err(|e| err(e.to_string()))?;
+                    match self.format {
+                        RecordFormat::Oplog => encode_txn_op(
+                            &self.shard,
+                            txn.commit,
+                            op.op.as_str(),
+                            &op.ns,
+                            txn.info(op),
+                            &op.doc,
+                            &mut value,
+                        )
+                        .map_err(|e| err(e.to_string()))?,
+                        RecordFormat::ChangeEvent => {
+                            let lsid = txn
+                                .lsid
+                                .as_deref()
+                                .map(bson::Document::try_from)
+                                .transpose()
+                                .map_err(|e| err(format!("lsid: {e}")))?;
+                            let src = quorumtail_events::Source {
+                                shard: &self.shard,
+                                ts: bson_ts(txn.commit.ts),
+                                term: txn.commit.term,
+                                hash: txn.commit.hash,
+                                wall: entry.wall,
+                                txn: Some(quorumtail_events::TxnSource {
+                                    index: op.index,
+                                    lsid: lsid.as_ref(),
+                                    txn_number: txn.txn_number,
+                                }),
+                            };
+                            if !change_event_json(&op.doc, &src, &mut value).map_err(err)? {
+                                self.stats
+                                    .dropped_no_change_event
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                    }
                     let key = self
                         .key_for(&op.ns, &ns, op.document_id())
                         .map_err(|e| err(e.to_string()))?;
@@ -183,6 +236,14 @@ impl Emitter {
             Step::SkippedOrphan(_) => self.marker(out),
         }
         Ok(())
+    }
+
+    /// An operation change events do not show: counted, and the position moves on.
+    fn no_event(&mut self, out: &mut Vec<SinkInput>) {
+        self.stats
+            .dropped_no_change_event
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.marker(out);
     }
 
     fn record(
@@ -233,6 +294,28 @@ impl Emitter {
 }
 
 /// The namespace an operation changes, for filters and keys (commands: their target).
+fn bson_ts(ts: Timestamp) -> bson::Timestamp {
+    bson::Timestamp {
+        time: ts.time,
+        increment: ts.increment,
+    }
+}
+
+/// Writes the change event of `op` as relaxed Extended JSON; `false` when it has none.
+fn change_event_json(
+    op: &bson::RawDocument,
+    src: &quorumtail_events::Source<'_>,
+    out: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
+    let Some(event) = quorumtail_events::change_event(&doc, src).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| e.to_string())?;
+    write_document(&raw, Mode::Relaxed, out).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
 fn target_ns(op: OpKind, ns: &str, o: Option<&bson::RawDocument>, command: Option<&str>) -> String {
     if op == OpKind::Command {
         let name = command.unwrap_or("");

@@ -149,6 +149,8 @@ pub struct Shared {
     pub filter: Filter,
     /// Kafka key choice.
     pub key: KeyKind,
+    /// `[sink] format`.
+    pub format: quorumtail_sink::RecordFormat,
     /// The sink's input.
     pub sink: SinkSender,
     /// `[pipeline] max_pending`.
@@ -364,7 +366,8 @@ impl ShardTask {
             shared.key,
             stats.clone(),
             None,
-        );
+        )
+        .with_format(shared.format);
         let mut task = ShardTask {
             shard: shard.clone(),
             replica_set,
@@ -527,7 +530,8 @@ impl ShardTask {
                         self.shared.key,
                         self.stats.clone(),
                         skip_orphans_before,
-                    );
+                    )
+                    .with_format(self.shared.format);
                 }
                 Action::Release(ev) => {
                     if let Err(e) = self.released(ev, &mut discarded) {

@@ -53,6 +53,9 @@ pub struct ShardStats {
     pub dropped_internal: AtomicU64,
     /// Committed operations dropped by include/exclude patterns.
     pub dropped_by_pattern: AtomicU64,
+    /// Committed operations without a change event (`[sink] format = "change-event"`:
+    /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`).
+    pub dropped_no_change_event: AtomicU64,
     /// Tailer (re)starts.
     pub tailer_starts: AtomicU64,
     /// Transactions emitted.
@@ -166,6 +169,7 @@ impl ShardStats {
             dropped_noops: self.dropped_noops.load(Relaxed),
             dropped_internal: self.dropped_internal.load(Relaxed),
             dropped_by_pattern: self.dropped_by_pattern.load(Relaxed),
+            dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
             tailer_starts: self.tailer_starts.load(Relaxed),
             transactions: self.transactions.load(Relaxed),
             aborted_ops: self.aborted_ops.load(Relaxed),
@@ -195,6 +199,7 @@ pub struct StatsSnapshot {
     pub dropped_noops: u64,
     pub dropped_internal: u64,
     pub dropped_by_pattern: u64,
+    pub dropped_no_change_event: u64,
     pub tailer_starts: u64,
     pub transactions: u64,
     pub aborted_ops: u64,

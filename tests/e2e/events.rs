@@ -1,0 +1,188 @@
+//! `[sink] format = "change-event"` end to end: documents written and changed through
+//! mongos by the Rust driver with update operators ($set on nested paths, $unset, $inc;
+//! the simulator has no array operators), replacements and deletes. A consumer that replays the
+//! events (insert: the full document; update: the update description applied with
+//! `quorumtail_events::apply`; replace; delete) must end with exactly the documents the
+//! cluster holds, on a version that logs `$v: 2` deltas and on one that logs `$set`/`$unset`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use mongosim::{Cluster, ClusterSpec, ServerVersion};
+use serde_json::Value;
+
+use crate::support::{records, shards_toml, start_text};
+
+/// Replays change events into documents keyed by (namespace, `_id` as JSON).
+fn replay(events: &[Value]) -> Result<BTreeMap<(String, String), Document>, String> {
+    let mut docs = BTreeMap::new();
+    for ev in events {
+        let ns = format!(
+            "{}.{}",
+            ev["ns"]["db"].as_str().unwrap_or(""),
+            ev["ns"]["coll"].as_str().unwrap_or("")
+        );
+        let key = (ns, ev["documentKey"]["_id"].to_string());
+        let bson_of = |v: &Value| -> Result<Document, String> {
+            match Bson::try_from(v.clone()).map_err(|e| e.to_string())? {
+                Bson::Document(d) => Ok(d),
+                other => Err(format!("not a document: {other}")),
+            }
+        };
+        match ev["operationType"].as_str().unwrap_or("") {
+            "insert" | "replace" => {
+                docs.insert(key, bson_of(&ev["fullDocument"])?);
+            }
+            "update" => {
+                let pre = docs
+                    .get(&key)
+                    .ok_or_else(|| format!("update of an unknown document {key:?}"))?;
+                let d = bson_of(&ev["updateDescription"])?;
+                let desc = quorumtail_events::UpdateDescription {
+                    updated_fields: d
+                        .get_document("updatedFields")
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    removed_fields: d
+                        .get_array("removedFields")
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect(),
+                    truncated_arrays: d
+                        .get_array("truncatedArrays")
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .filter_map(|t| t.as_document())
+                        .map(|t| {
+                            (
+                                t.get_str("field").unwrap_or("").to_owned(),
+                                t.get_i32("newSize").unwrap_or(0) as u32,
+                            )
+                        })
+                        .collect(),
+                    disambiguated_paths: Vec::new(),
+                };
+                let post = quorumtail_events::apply(pre, &desc)?;
+                docs.insert(key, post);
+            }
+            "delete" => {
+                docs.remove(&key);
+            }
+            _ => {}
+        }
+    }
+    Ok(docs)
+}
+
+async fn run(version: ServerVersion) {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        version,
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("events.jsonl");
+    let q = start_text(&format!(
+        "{}\n[mongo]\nmax_await = \"100ms\"\n[sink]\nkind = \"file\"\nformat = \"change-event\"\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[start]\nposition = \"earliest\"\n",
+        shards_toml(&cluster),
+        out.display().to_string(),
+        tmp.path().join("cp.json").display().to_string()
+    ));
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let coll = client.database("shop").collection::<Document>("people");
+    // Ids on both shards (the simulator splits at 1000).
+    let ids: Vec<i32> = (0..8).chain(1000..1008).collect();
+    for &i in &ids {
+        coll.insert_one(doc! {"_id": i, "name": format!("p{i}"), "n": 1, "sub": {"x": 0, "tags": ["a", "b", "c"]}})
+            .await
+            .unwrap();
+    }
+    let updates = [
+        doc! {"$set": {"name": "renamed", "sub.x": 5}},
+        doc! {"$unset": {"n": ""}},
+        doc! {"$inc": {"n": 2}},
+        doc! {"$set": {"extra": {"deep": [1, 2]}, "sub.tags": ["z"]}},
+        doc! {"$set": {"sub": {"replaced": true}}},
+    ];
+    for (k, &i) in ids.iter().enumerate() {
+        for u in updates.iter().skip(k % 3).step_by(1 + k % 2) {
+            coll.update_one(doc! {"_id": i}, u.clone()).await.unwrap();
+        }
+        match k % 4 {
+            0 => {
+                coll.replace_one(doc! {"_id": i}, doc! {"_id": i, "whole": k as i32})
+                    .await
+                    .unwrap();
+            }
+            1 => {
+                coll.delete_one(doc! {"_id": i}).await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    let mut want = BTreeMap::new();
+    let mut cursor = coll.find(doc! {}).await.unwrap();
+    while cursor.advance().await.unwrap() {
+        let d: Document = cursor.deserialize_current().unwrap();
+        let id = Bson::Int32(d.get_i32("_id").unwrap()).into_relaxed_extjson();
+        want.insert(
+            ("shop.people".to_owned(), id.to_string()),
+            Bson::Document(d).into_relaxed_extjson(),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = records(&out);
+        let got = replay(&events).map(|docs| {
+            docs.into_iter()
+                .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        if got.as_ref().is_ok_and(|g| *g == want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replaying {} events gives {got:#?}\nthe collection holds {want:#?}",
+            events.len()
+        );
+        // The polling interval of a bounded wait, not a race cover.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = records(&out);
+    let kinds: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["operationType"].as_str())
+        .collect();
+    for k in ["insert", "update", "replace", "delete"] {
+        assert!(kinds.contains(k), "{k} among {kinds:?}");
+    }
+    for e in &events {
+        assert!(e["shard"].is_string() && e["_id"]["ts"].is_object(), "{e}");
+        assert!(
+            e["clusterTime"].is_object() && e["ns"]["db"] == "shop",
+            "{e}"
+        );
+    }
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_replay_to_the_collection_on_7_0_deltas() {
+    run(ServerVersion::V7_0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_replay_to_the_collection_on_4_4_modifiers() {
+    run(ServerVersion::V4_4).await;
+}
