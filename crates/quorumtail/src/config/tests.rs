@@ -398,3 +398,23 @@ fn tls_files_are_checked_and_tls_is_set_in_one_place() {
         r.warnings
     );
 }
+
+#[test]
+fn record_format_is_read_and_checked() {
+    let r = parse(&format!("{SHARD}[sink]\nformat = \"change-event\"\n")).unwrap();
+    assert_eq!(
+        r.config.sink.format,
+        quorumtail_sink::RecordFormat::ChangeEvent
+    );
+    assert_eq!(
+        parse(SHARD).unwrap().config.sink.format,
+        quorumtail_sink::RecordFormat::Oplog
+    );
+    let p = problems(&format!("{SHARD}[sink]\nformat = \"events\"\n"));
+    assert!(
+        p[0].starts_with(
+            "sink.format (line 5): unknown variant `events`, expected `oplog` or `change-event`"
+        ),
+        "{p:?}"
+    );
+}
