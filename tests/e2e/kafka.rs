@@ -207,3 +207,70 @@ async fn failover_safe_records_reach_kafka_in_order_and_resume_from_a_kafka_chec
     );
     cluster.shutdown().await;
 }
+
+/// `[sink] tombstones = true` with document keys: every delete reaches Kafka followed by a
+/// null value under the same key (what log compaction needs to forget the document), in
+/// the same partition, and nothing else gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_are_followed_by_tombstones_under_the_document_key() {
+    let broker = Broker::start();
+    let prefix = format!("tomb{}", std::process::id());
+    let cluster = Cluster::start(ClusterSpec {
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let names = cluster.shard_names();
+    let topics: Vec<String> = names.iter().map(|s| format!("{prefix}.{s}")).collect();
+    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 2)).collect();
+    broker.create_topics(&topic_refs).await;
+    let q = start_text(&format!(
+        "{}\n[sink]\nkind = \"kafka\"\nbrokers = {:?}\ntopic = \"{prefix}.{{shard}}\"\nkey = \"document\"\ntombstones = true\n\n[checkpoint]\nkind = \"kafka\"\ntopic = \"{prefix}.checkpoints\"\ninterval = \"100ms\"\n\n[mongo]\nmax_await = \"100ms\"\n\n[start]\nposition = \"earliest\"\n",
+        shards_toml(&cluster),
+        broker.bootstrap
+    ));
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let coll = client
+        .database("shop")
+        .collection::<bson::Document>("orders");
+    for i in [1, 2, 3, 1001, 1002] {
+        coll.insert_one(doc! { "_id": i }).await.unwrap();
+    }
+    for i in [2, 1001] {
+        coll.delete_one(doc! { "_id": i }).await.unwrap();
+    }
+    let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut got = Vec::new();
+    // Commands (the collection's creation on each shard) aside.
+    let data = |all: Vec<crate::broker::Consumed>| -> Vec<crate::broker::Consumed> {
+        all.into_iter()
+            .filter(|m| m.value.is_null() || m.value["op"] != "c")
+            .collect()
+    };
+    wait_until(60, "five inserts, two deletes and two tombstones", || {
+        got = data(futures::executor::block_on(read_all(
+            &broker.bootstrap,
+            &topic_names,
+        )));
+        got.len() >= 9
+    })
+    .await;
+    assert_eq!(got.len(), 9, "{got:#?}");
+    let tombstones: Vec<_> = got.iter().filter(|m| m.value.is_null()).collect();
+    assert_eq!(tombstones.len(), 2, "{got:#?}");
+    for t in tombstones {
+        assert_eq!(t.header("op"), Some("d"));
+        // The delete record with this key comes right before it in the same partition.
+        let delete = got
+            .iter()
+            .find(|m| m.partition == t.partition && m.topic == t.topic && m.offset == t.offset - 1)
+            .expect("a record before the tombstone");
+        assert_eq!(delete.key, t.key);
+        assert_eq!(delete.value["op"], "d", "{delete:?}");
+    }
+    assert!(q.stop().await.ok());
+    cluster.shutdown().await;
+}

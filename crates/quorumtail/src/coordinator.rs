@@ -306,6 +306,7 @@ pub async fn run_controlled(
         filter: cfg.filter.clone(),
         key: c.sink.key,
         format: c.sink.format,
+        tombstones: c.sink.tombstones(),
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,
         channel_batches: c.pipeline.channel_batches,

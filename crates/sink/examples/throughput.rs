@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     db: "bench".into(),
                     coll: "docs".into(),
                     key: Some(format!("doc-{}", seq % 10_000).into_bytes()),
-                    value: value.clone(),
+                    value: Some(value.clone()),
                 })
                 .await
                 .expect("sink open");

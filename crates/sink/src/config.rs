@@ -211,6 +211,10 @@ pub struct SinkConfig {
     /// decides what stays in order in one partition.
     #[serde(default)]
     pub key: KeyKind,
+    /// Kafka sink: after each delete, also produce a tombstone (the delete's key with a
+    /// null value) so that log compaction removes the document's records; needs
+    /// `key = "document"`. Default false.
+    pub tombstones: Option<bool>,
     /// Kafka sink: records handed to librdkafka and not yet confirmed (acknowledged, and
     /// every earlier record of the shard acknowledged), default 10000. When reached, the
     /// sink waits: it never drops. Bounds memory while a partition stalls.
@@ -245,6 +249,7 @@ impl Default for SinkConfig {
             brokers: None,
             topic: None,
             key: KeyKind::Document,
+            tombstones: None,
             max_in_flight: None,
             startup_timeout: None,
             require_topics: None,
@@ -287,6 +292,11 @@ impl fmt::Debug for SinkConfig {
 }
 
 impl SinkConfig {
+    /// Whether deletes are followed by tombstones (`tombstones`; Kafka only).
+    pub fn tombstones(&self) -> bool {
+        self.kind == SinkKind::Kafka && self.tombstones.unwrap_or(false)
+    }
+
     /// A Kafka sink with defaults for everything but the brokers.
     pub fn kafka(brokers: impl Into<String>) -> Self {
         SinkConfig {
@@ -374,6 +384,7 @@ impl SinkConfig {
             ("max_in_flight", self.max_in_flight.is_some()),
             ("startup_timeout", self.startup_timeout.is_some()),
             ("require_topics", self.require_topics.is_some()),
+            ("tombstones", self.tombstones.is_some()),
             ("librdkafka", !self.librdkafka.is_empty()),
             ("sasl_password_file", self.sasl_password_file.is_some()),
         ];
@@ -413,6 +424,12 @@ impl SinkConfig {
         }
         for (key, problem) in self.value_problems(self.kind) {
             problems.push(format!("sink.{key}: {problem}"));
+        }
+        if self.tombstones == Some(true) && self.key != KeyKind::Document {
+            problems.push(format!(
+                "sink.tombstones: needs key = \"document\" (key is \"{}\"): a tombstone removes one document's records from a compacted topic",
+                self.key.as_str()
+            ));
         }
         // librdkafka itself judges property names and values (no broker is asked).
         if self.kind == SinkKind::Kafka && !self.librdkafka.is_empty() {

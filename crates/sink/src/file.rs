@@ -191,7 +191,12 @@ impl Writer {
                     });
                     return;
                 }
-                match self.out.write_line(&r.value) {
+                let Some(value) = &r.value else {
+                    // A tombstone means nothing in a file: confirmed with the next sync.
+                    self.unsynced.push((i, r.seq));
+                    return;
+                };
+                match self.out.write_line(value) {
                     Ok(()) => {
                         self.unsynced.push((i, r.seq));
                         if self.unsynced.len() >= self.fsync_every {

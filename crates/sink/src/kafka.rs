@@ -329,8 +329,10 @@ impl Worker {
                 sent: std::time::Instant::now(),
             }),
         )
-        .payload(r.value.as_slice())
         .headers(headers);
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }

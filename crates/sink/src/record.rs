@@ -29,8 +29,10 @@ pub struct OutRecord {
     /// The Kafka key (document, shard or namespace key, chosen upstream); `None` lets the
     /// producer spread keyless records over partitions.
     pub key: Option<Vec<u8>>,
-    /// The record itself: one JSON object, without a trailing newline.
-    pub value: Vec<u8>,
+    /// The record itself: one JSON object, without a trailing newline. `None`: a
+    /// tombstone (a null Kafka value after a delete, `[sink] tombstones`); the file sink
+    /// writes nothing for it.
+    pub value: Option<Vec<u8>>,
 }
 
 impl OutRecord {

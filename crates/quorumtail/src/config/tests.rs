@@ -418,3 +418,29 @@ fn record_format_is_read_and_checked() {
         "{p:?}"
     );
 }
+
+#[test]
+fn tombstones_need_kafka_and_document_keys() {
+    let kafka = "[sink]\nkind = \"kafka\"\nbrokers = \"k:9092\"\n";
+    let r = parse(&format!("{SHARD}{kafka}tombstones = true\n")).unwrap();
+    assert!(r.config.sink.tombstones());
+    assert!(!parse(&format!("{SHARD}{kafka}"))
+        .unwrap()
+        .config
+        .sink
+        .tombstones());
+    let p = problems(&format!(
+        "{SHARD}{kafka}tombstones = true\nkey = \"shard\"\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("sink.tombstones: needs key = \"document\" (key is \"shard\")")),
+        "{p:?}"
+    );
+    let p = problems(&format!("{SHARD}[sink]\ntombstones = true\n"));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("sink.tombstones: only used by kind = \"kafka\"")),
+        "{p:?}"
+    );
+}

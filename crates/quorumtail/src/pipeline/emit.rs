@@ -25,6 +25,7 @@ pub struct Emitter {
     filter: Filter,
     key: KeyKind,
     format: RecordFormat,
+    tombstones: bool,
     seq: u64,
     txn: TxnAssembler,
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
@@ -60,6 +61,7 @@ impl Emitter {
             filter,
             key,
             format: RecordFormat::Oplog,
+            tombstones: false,
             seq: 0,
             txn,
             last_checkpoint: None,
@@ -70,6 +72,12 @@ impl Emitter {
     /// Records in `format` (`[sink] format`).
     pub fn with_format(mut self, format: RecordFormat) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Follows each delete with a tombstone (`[sink] tombstones`).
+    pub fn with_tombstones(mut self, tombstones: bool) -> Self {
+        self.tombstones = tombstones;
         self
     }
 
@@ -207,6 +215,9 @@ impl Emitter {
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);
                     self.stats.emitted();
+                    let tombstone = (self.tombstones && op.op == OpKind::Delete)
+                        .then(|| key.clone())
+                        .flatten();
                     out.push(SinkInput::Record(OutRecord {
                         shard: self.shard.clone(),
                         seq,
@@ -216,8 +227,22 @@ impl Emitter {
                         db: db.to_owned(),
                         coll: coll.to_owned(),
                         key,
-                        value,
+                        value: Some(value),
                     }));
+                    if let Some(key) = tombstone {
+                        let seq = self.next_seq();
+                        out.push(SinkInput::Record(OutRecord {
+                            shard: self.shard.clone(),
+                            seq,
+                            checkpoint: None,
+                            ts: txn.commit.ts,
+                            op: OpKind::Delete.as_str(),
+                            db: db.to_owned(),
+                            coll: coll.to_owned(),
+                            key: Some(key),
+                            value: None,
+                        }));
+                    }
                     any = true;
                 }
                 self.stats
@@ -259,17 +284,40 @@ impl Emitter {
         let seq = self.next_seq();
         let (db, coll) = split_ns(ns);
         self.stats.emitted();
+        // A tombstone follows the delete and carries the checkpoint: a resume never
+        // starts between the two.
+        let tombstone = (self.tombstones && op == OpKind::Delete)
+            .then(|| key.clone())
+            .flatten();
         out.push(SinkInput::Record(OutRecord {
             shard: self.shard.clone(),
             seq,
-            checkpoint,
+            checkpoint: if tombstone.is_some() {
+                None
+            } else {
+                checkpoint
+            },
             ts: id.ts,
             op: op.as_str(),
             db: db.to_owned(),
             coll: coll.to_owned(),
             key,
-            value,
+            value: Some(value),
         }));
+        if let Some(key) = tombstone {
+            let seq = self.next_seq();
+            out.push(SinkInput::Record(OutRecord {
+                shard: self.shard.clone(),
+                seq,
+                checkpoint,
+                ts: id.ts,
+                op: op.as_str(),
+                db: db.to_owned(),
+                coll: coll.to_owned(),
+                key: Some(key),
+                value: None,
+            }));
+        }
     }
 
     fn key_for(
@@ -396,7 +444,9 @@ mod tests {
         let records: Vec<serde_json::Value> = out
             .iter()
             .filter_map(|i| match i {
-                SinkInput::Record(r) => Some(serde_json::from_slice(&r.value).unwrap()),
+                SinkInput::Record(r) => {
+                    Some(serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+                }
                 _ => None,
             })
             .collect();
@@ -448,6 +498,46 @@ mod tests {
         assert_eq!(
             (r.db.as_str(), r.coll.as_str(), r.op),
             ("shop", "orders", "i")
+        );
+    }
+
+    /// `[sink] tombstones`: each delete is followed by a null value under the same key,
+    /// and the checkpoint rides on the tombstone, so a resume never falls between them.
+    #[test]
+    fn deletes_are_followed_by_tombstones_carrying_the_checkpoint() {
+        let mut e = emitter().with_tombstones(true);
+        let docs = [
+            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(1), "t": 1_i64 },
+            rawdoc! { "op": "d", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(2), "t": 1_i64 },
+        ];
+        let out = run(&mut e, &docs);
+        let records: Vec<&OutRecord> = out
+            .iter()
+            .filter_map(|i| match i {
+                SinkInput::Record(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(records.len(), 3, "{records:#?}");
+        let (delete, tombstone) = (records[1], records[2]);
+        assert_eq!(delete.op, "d");
+        assert!(delete.value.is_some());
+        assert_eq!(delete.checkpoint, None);
+        assert_eq!(tombstone.value, None);
+        assert_eq!(tombstone.key, delete.key);
+        assert_eq!(
+            tombstone.checkpoint.map(|c| c.ts),
+            Some(Timestamp::new(1_700_000_000, 2))
+        );
+        assert!(tombstone.seq > delete.seq);
+        // Without the setting, no tombstone.
+        let mut e = emitter();
+        assert_eq!(
+            run(&mut e, &docs)
+                .iter()
+                .filter(|i| matches!(i, SinkInput::Record(_)))
+                .count(),
+            2
         );
     }
 }

@@ -151,6 +151,8 @@ pub struct Shared {
     pub key: KeyKind,
     /// `[sink] format`.
     pub format: quorumtail_sink::RecordFormat,
+    /// `[sink] tombstones`.
+    pub tombstones: bool,
     /// The sink's input.
     pub sink: SinkSender,
     /// `[pipeline] max_pending`.
@@ -367,7 +369,8 @@ impl ShardTask {
             stats.clone(),
             None,
         )
-        .with_format(shared.format);
+        .with_format(shared.format)
+        .with_tombstones(shared.tombstones);
         let mut task = ShardTask {
             shard: shard.clone(),
             replica_set,
@@ -531,7 +534,8 @@ impl ShardTask {
                         self.stats.clone(),
                         skip_orphans_before,
                     )
-                    .with_format(self.shared.format);
+                    .with_format(self.shared.format)
+                    .with_tombstones(self.shared.tombstones);
                 }
                 Action::Release(ev) => {
                     if let Err(e) = self.released(ev, &mut discarded) {

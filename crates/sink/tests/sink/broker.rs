@@ -453,7 +453,11 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(|k| k.to_vec()),
-                    value: serde_json::from_slice(m.payload().unwrap()).unwrap(),
+                    // A tombstone (null value) reads as JSON null.
+                    value: m
+                        .payload()
+                        .map(|p| serde_json::from_slice(p).unwrap())
+                        .unwrap_or(serde_json::Value::Null),
                     headers,
                 });
             }

@@ -330,10 +330,12 @@ async fn a_definite_error_stops_only_its_shard_and_says_how_to_fix_it() {
     let tx = sink.sender();
     tx.send(record("rs0", 1, true, Some("a"))).await.unwrap();
     let mut big = record("rs0", 2, true, Some("b"));
-    big.value = serde_json::to_vec(&serde_json::json!({
-        "shard": "rs0", "seq": 2, "pad": "x".repeat(10_000)
-    }))
-    .unwrap();
+    big.value = Some(
+        serde_json::to_vec(&serde_json::json!({
+            "shard": "rs0", "seq": 2, "pad": "x".repeat(10_000)
+        }))
+        .unwrap(),
+    );
     tx.send(big).await.unwrap();
     tx.send(record("rs0", 3, true, Some("c"))).await.unwrap();
     tx.send(marker("rs0", 4)).await.unwrap();

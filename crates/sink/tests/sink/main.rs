@@ -45,7 +45,7 @@ pub fn record(shard: &str, seq: u64, checkpoint: bool, key: Option<&str>) -> Out
         db: "app".into(),
         coll: "users".into(),
         key: key.map(|k| k.as_bytes().to_vec()),
-        value: serde_json::to_vec(&serde_json::json!({"shard": shard, "seq": seq})).unwrap(),
+        value: Some(serde_json::to_vec(&serde_json::json!({"shard": shard, "seq": seq})).unwrap()),
     }
 }
 
