@@ -15,19 +15,14 @@ use crate::world::{
 };
 
 /// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
-pub(super) fn secondary_ok(cmd: &Document) -> bool {
+fn secondary_ok(cmd: &Document) -> bool {
     cmd.get_document("$readPreference")
         .ok()
         .and_then(|rp| rp.get_str("mode").ok())
         .is_some_and(|m| m != "primary")
 }
 
-pub(super) fn check_readable(
-    w: &World,
-    s: usize,
-    n: usize,
-    cmd: &Document,
-) -> Result<(), CmdError> {
+fn check_readable(w: &World, s: usize, n: usize, cmd: &Document) -> Result<(), CmdError> {
     if w.sets[s].nodes[n].state == MemberState::Primary || secondary_ok(cmd) {
         Ok(())
     } else {
@@ -54,7 +49,7 @@ pub(super) struct FindArgs {
 
 /// Arguments every command accepts (mongodb/mongo `src/mongo/idl/generic_argument.idl`);
 /// `$`-prefixed fields are accepted too.
-pub(super) const GENERIC_ARGS: &[&str] = &[
+const GENERIC_ARGS: &[&str] = &[
     "apiVersion",
     "apiStrict",
     "apiDeprecationErrors",
@@ -81,7 +76,7 @@ pub(super) const GENERIC_ARGS: &[&str] = &[
     "readOnly",
 ];
 
-pub(super) const FIND_ARGS: &[&str] = &[
+const FIND_ARGS: &[&str] = &[
     "find",
     "filter",
     "sort",
@@ -141,7 +136,7 @@ pub(super) fn check_fields(cmd: &Document, name: &str, allowed: &[&str]) -> Resu
     Ok(())
 }
 
-pub(super) fn parse_find(db: &str, cmd: &Document) -> Result<FindArgs, CmdError> {
+fn parse_find(db: &str, cmd: &Document) -> Result<FindArgs, CmdError> {
     check_fields(cmd, "FindCommandRequest", FIND_ARGS)?;
     let coll = cmd_str(cmd, "find")?;
     let mut limit = get_i64(cmd, "limit").filter(|l| *l != 0);
@@ -220,7 +215,7 @@ pub(super) fn take_batch(
     out
 }
 
-pub(super) fn config_docs(w: &World, coll: &str) -> Vec<Document> {
+fn config_docs(w: &World, coll: &str) -> Vec<Document> {
     let Some(sh) = &w.sharding else {
         return Vec::new();
     };

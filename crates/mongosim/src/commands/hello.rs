@@ -108,7 +108,7 @@ pub(crate) fn hello(
 }
 
 /// A `Date` from an OpTime's seconds, as `appendTimeT` writes lastWriteDate.
-pub(super) fn date_of_secs(ts: Timestamp) -> DateTime {
+fn date_of_secs(ts: Timestamp) -> DateTime {
     DateTime::from_millis(i64::from(ts.time) * 1000)
 }
 
@@ -116,7 +116,7 @@ pub(super) fn date_of_secs(ts: Timestamp) -> DateTime {
 /// `TopologyCoordinator::fillHelloForReplSet` does: hidden and delayed members are in no
 /// list; electable members (priority > 0) are `hosts`, arbiters `arbiters`, other
 /// data-bearing members `passives`; each list only when non-empty.
-pub(super) fn hello_for_member(d: &mut Document, s: &SetState, node: usize, primary_field: &str) {
+fn hello_for_member(d: &mut Document, s: &SetState, node: usize, primary_field: &str) {
     let n = &s.nodes[node];
     let (mut hosts, mut passives, mut arbiters) = (Vec::new(), Vec::new(), Vec::new());
     for (_, m) in s.config_members() {
@@ -202,7 +202,7 @@ pub(super) fn hello_for_member(d: &mut Document, s: &SetState, node: usize, prim
     d.insert("lastWrite", last_write);
 }
 
-pub(super) fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
+fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
     match proc {
         Proc::Node { set, node } => Ok((set, node)),
         Proc::Mongos => Err(CmdError::new(
@@ -213,7 +213,7 @@ pub(super) fn node_of(proc: Proc) -> Result<(usize, usize), CmdError> {
     }
 }
 
-pub(super) fn null_optime() -> Document {
+fn null_optime() -> Document {
     optime_doc(
         Timestamp {
             time: 0,

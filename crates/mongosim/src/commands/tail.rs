@@ -17,7 +17,7 @@ use crate::world::{bad_value, CmdError, Cursor, CursorKind, Proc, World};
 
 /// Lower bound for the scan from a `ts: {$gt|$gte: X}` filter (an optimization only: every
 /// entry is still checked against the full filter).
-pub(super) fn scan_start(w: &World, s: usize, n: usize, filter: &Document) -> usize {
+fn scan_start(w: &World, s: usize, n: usize, filter: &Document) -> usize {
     let log = &w.sets[s].nodes[n].oplog;
     match filter.get("ts") {
         Some(Bson::Document(ops)) => {
@@ -34,7 +34,7 @@ pub(super) fn scan_start(w: &World, s: usize, n: usize, filter: &Document) -> us
 }
 
 /// Scans the oplog from `start`; returns the batch and the ts of the last examined entry.
-pub(super) fn scan_oplog(
+fn scan_oplog(
     w: &World,
     s: usize,
     n: usize,
@@ -212,7 +212,7 @@ pub(super) fn find_oplog(
     Ok(cursor_reply(id, &a.ns, batch, true))
 }
 
-pub(super) enum Step {
+enum Step {
     Reply(Document),
     Wait {
         deadline: tokio::time::Instant,
@@ -278,7 +278,7 @@ pub(super) async fn get_more(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn get_more_step(
+fn get_more_step(
     w: &mut World,
     proc: Proc,
     id: i64,

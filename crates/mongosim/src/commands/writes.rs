@@ -22,7 +22,7 @@ pub(super) fn documents(cmd: &Document, key: &str) -> Result<Vec<Document>, CmdE
         .collect()
 }
 
-pub(super) fn write_error(index: usize, e: &CmdError) -> Bson {
+fn write_error(index: usize, e: &CmdError) -> Bson {
     Bson::Document(doc! {"index": index as i32, "code": e.code, "errmsg": e.errmsg.clone()})
 }
 
@@ -59,9 +59,9 @@ pub(super) fn route(
 
 /// Where a write through mongos was applied, carried from the write handlers to the write
 /// concern wait under a field no client sees.
-pub(super) const WRITTEN: &str = "$mongosimWritten";
+const WRITTEN: &str = "$mongosimWritten";
 
-pub(super) fn note_written(reply: &mut Document, written: &[(usize, usize)]) {
+fn note_written(reply: &mut Document, written: &[(usize, usize)]) {
     if !written.is_empty() {
         let list: Vec<Bson> = written
             .iter()
@@ -348,7 +348,7 @@ pub(super) async fn finish_write(
     }
 }
 
-pub(super) fn id_of_filter(q: &Document) -> Option<&Bson> {
+fn id_of_filter(q: &Document) -> Option<&Bson> {
     match q.get("_id") {
         Some(Bson::Document(d)) if d.keys().any(|k| k.starts_with('$')) => d.get("$eq"),
         other => other,

@@ -50,13 +50,7 @@ impl World {
         Some(self.write_logged(s, n, spec, now))
     }
 
-    pub(super) fn write_logged(
-        &mut self,
-        s: usize,
-        n: usize,
-        spec: &OpSpec,
-        now: Instant,
-    ) -> Arc<Entry> {
+    fn write_logged(&mut self, s: usize, n: usize, spec: &OpSpec, now: Instant) -> Arc<Entry> {
         let ts = self.next_ts(s, n);
         let term = self.sets[s].nodes[n].term;
         let image_noop = spec.op == "n" && self.retry_image.noop;

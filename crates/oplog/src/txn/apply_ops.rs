@@ -43,7 +43,7 @@ pub(super) fn name_of(
     }
 }
 
-pub(super) fn uuid_of(v: Option<RawBsonRef<'_>>) -> Option<String> {
+fn uuid_of(v: Option<RawBsonRef<'_>>) -> Option<String> {
     match v {
         Some(RawBsonRef::Binary(b)) if b.bytes.len() == 16 => {
             let h: String = b.bytes.iter().map(|x| format!("{x:02x}")).collect();
@@ -61,7 +61,7 @@ pub(super) fn uuid_of(v: Option<RawBsonRef<'_>>) -> Option<String> {
 }
 
 /// `lsid.id` as a UUID, with `txnUUID` for internal transactions.
-pub(super) fn describe_lsid(lsid: &RawDocument) -> String {
+fn describe_lsid(lsid: &RawDocument) -> String {
     let id = uuid_of(lsid.get("id").ok().flatten()).unwrap_or_else(|| "<no UUID id>".into());
     match uuid_of(lsid.get("txnUUID").ok().flatten()) {
         Some(t) => format!("{id} (txnUUID {t})"),
@@ -69,7 +69,7 @@ pub(super) fn describe_lsid(lsid: &RawDocument) -> String {
     }
 }
 
-pub(super) fn type_name(v: &RawBsonRef<'_>) -> String {
+fn type_name(v: &RawBsonRef<'_>) -> String {
     format!("{:?}", v.element_type())
 }
 
