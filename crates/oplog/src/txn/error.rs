@@ -40,9 +40,9 @@ impl fmt::Display for TxnName {
 /// Which bound a transaction went over.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Bound {
-    /// [`TxnConfig::max_txn_bytes`].
+    /// [`TxnConfig::max_txn_bytes`](super::TxnConfig::max_txn_bytes).
     PerTransaction,
-    /// [`TxnConfig::max_total_bytes`].
+    /// [`TxnConfig::max_total_bytes`](super::TxnConfig::max_total_bytes).
     Total,
 }
 
