@@ -50,6 +50,24 @@
 //! (`{mongosimControl: "killNode", node: "127.0.0.1:27019"}`, see [`control`]) and the
 //! `mongosim` binary starts a cluster from the command line (`mongosim --help`).
 //!
+//! # Modules
+//!
+//! - [`cluster`]: the in-process API ([`Cluster`], [`ReplicaSet`]), split into the spec and
+//!   layout types, [`SimError`], the fault operations shared with [`control`], and replica
+//!   set reconfiguration.
+//! - [`world`]: the simulated state under one lock, split into data (collections,
+//!   modifiers), writes (oplog logging, insert/update/delete/findAndModify), sessions and
+//!   transactions, replication (elections, rollback, the commit point) and sharding
+//!   (chunks, migrations).
+//! - `commands` (internal): the command dispatcher and its handlers (hello and replica-set
+//!   status, find, oplog tailing, writes, transactions, catalog/DDL).
+//! - `server` (internal): listeners, connections and the wire loop; [`codec`]: OP_MSG /
+//!   OP_QUERY framing.
+//! - [`control`]: the `mongosimControl` admin command; [`auth`]: SCRAM; [`tls`]: TLS.
+//! - [`oplog`]: oplog entries and the capped oplog; [`matcher`]: filters;
+//!   [`membership`]: member configurations; [`timeseries`]: time-series collections;
+//!   [`fixture`]: preloaded oplogs; [`version`]: per-version shapes.
+//!
 //! # What is simulated
 //!
 //! - Wire: OP_MSG (kind-0 body, kind-1 sequences merged, CRC-32C verified, moreToCome

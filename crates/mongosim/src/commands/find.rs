@@ -1,0 +1,396 @@
+//! Reads: argument checking, read preference on secondaries, and find on user
+//! collections, the config servers' catalog and (through mongos) the shards, with the
+//! buffered cursors it opens. Finds on `local.oplog.rs` continue in `tail.rs`.
+
+use std::sync::Arc;
+
+use bson::{doc, Bson, Document};
+
+use super::tail::find_oplog;
+use super::{cmd_str, get_bool, get_doc, get_i64, ok, CmdResult, BATCH_BYTES, DEFAULT_FIRST_BATCH};
+use crate::matcher;
+use crate::server::Shared;
+use crate::world::{
+    bad_value, CmdError, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World,
+};
+
+/// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
+fn secondary_ok(cmd: &Document) -> bool {
+    cmd.get_document("$readPreference")
+        .ok()
+        .and_then(|rp| rp.get_str("mode").ok())
+        .is_some_and(|m| m != "primary")
+}
+
+fn check_readable(w: &World, s: usize, n: usize, cmd: &Document) -> Result<(), CmdError> {
+    if w.sets[s].nodes[n].state == MemberState::Primary || secondary_ok(cmd) {
+        Ok(())
+    } else {
+        Err(CmdError::new(
+            13435,
+            "NotPrimaryNoSecondaryOk",
+            "not primary and secondaryOk=false",
+        ))
+    }
+}
+
+pub(super) struct FindArgs {
+    pub(super) ns: String,
+    pub(super) filter: Document,
+    pub(super) projection: Option<Document>,
+    pub(super) sort: Option<Document>,
+    pub(super) skip: usize,
+    pub(super) limit: Option<i64>,
+    pub(super) batch_size: Option<i64>,
+    pub(super) single_batch: bool,
+    pub(super) tailable: bool,
+    pub(super) await_data: bool,
+}
+
+/// Arguments every command accepts (mongodb/mongo `src/mongo/idl/generic_argument.idl`);
+/// `$`-prefixed fields are accepted too.
+const GENERIC_ARGS: &[&str] = &[
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "readConcern",
+    "writeConcern",
+    "lsid",
+    "clientOperationKey",
+    "txnNumber",
+    "txnRetryCounter",
+    "autocommit",
+    "startTransaction",
+    "stmtId",
+    "comment",
+    "allowImplicitCollectionCreation",
+    "databaseVersion",
+    "shardVersion",
+    "help",
+    "maxTimeMSOpOnly",
+    "mayBypassWriteBlocking",
+    "tracking_info",
+    "coordinator",
+    "usesDefaultMaxTimeMS",
+    "readOnly",
+];
+
+const FIND_ARGS: &[&str] = &[
+    "find",
+    "filter",
+    "sort",
+    "projection",
+    "hint",
+    "skip",
+    "limit",
+    "batchSize",
+    "singleBatch",
+    "max",
+    "min",
+    "returnKey",
+    "showRecordId",
+    "tailable",
+    "oplogReplay",
+    "noCursorTimeout",
+    "awaitData",
+    "allowPartialResults",
+    "collation",
+    "allowDiskUse",
+    "let",
+    "readOnce",
+    "allowSpeculativeMajorityRead",
+    "requestResumeToken",
+    "resumeAfter",
+    "startAt",
+    "term",
+    "includeQueryStatsMetrics",
+    "rawData",
+];
+
+pub(super) const GET_MORE_ARGS: &[&str] = &[
+    "getMore",
+    "collection",
+    "batchSize",
+    "term",
+    "lastKnownCommittedOpTime",
+    "includeQueryStatsMetrics",
+    "rawData",
+];
+
+/// Rejects fields a command's IDL does not declare, as mongod 4.4+ does (code 40415).
+pub(super) fn check_fields(cmd: &Document, name: &str, allowed: &[&str]) -> Result<(), CmdError> {
+    for key in cmd.keys() {
+        if key.starts_with('$')
+            || allowed.contains(&key.as_str())
+            || GENERIC_ARGS.contains(&key.as_str())
+        {
+            continue;
+        }
+        return Err(CmdError::new(
+            40415,
+            "Location40415",
+            format!("BSON field '{name}.{key}' is an unknown field."),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_find(db: &str, cmd: &Document) -> Result<FindArgs, CmdError> {
+    check_fields(cmd, "FindCommandRequest", FIND_ARGS)?;
+    let coll = cmd_str(cmd, "find")?;
+    let mut limit = get_i64(cmd, "limit").filter(|l| *l != 0);
+    let mut single_batch = get_bool(cmd, "singleBatch");
+    if let Some(l) = limit {
+        if l < 0 {
+            limit = Some(-l);
+            single_batch = true;
+        }
+    }
+    let batch_size = get_i64(cmd, "batchSize");
+    if batch_size.is_some_and(|b| b < 0) {
+        return Err(CmdError::new(
+            2,
+            "BadValue",
+            "BatchSize value must be non-negative",
+        ));
+    }
+    let tailable = get_bool(cmd, "tailable");
+    let await_data = get_bool(cmd, "awaitData");
+    if await_data && !tailable {
+        return Err(CmdError::new(
+            2,
+            "BadValue",
+            "Cannot set 'awaitData' without also setting 'tailable'",
+        ));
+    }
+    Ok(FindArgs {
+        ns: format!("{db}.{coll}"),
+        filter: get_doc(cmd, "filter"),
+        projection: cmd
+            .get_document("projection")
+            .ok()
+            .cloned()
+            .filter(|p| !p.is_empty()),
+        sort: cmd
+            .get_document("sort")
+            .ok()
+            .cloned()
+            .filter(|p| !p.is_empty()),
+        skip: get_i64(cmd, "skip").unwrap_or(0).max(0) as usize,
+        limit,
+        batch_size,
+        single_batch,
+        tailable,
+        await_data,
+    })
+}
+
+pub(super) fn cursor_reply(id: i64, ns: &str, batch: Vec<Document>, first: bool) -> Document {
+    let key = if first { "firstBatch" } else { "nextBatch" };
+    let batch: Vec<Bson> = batch.into_iter().map(Bson::Document).collect();
+    ok(doc! {"cursor": {key: batch, "id": id, "ns": ns}})
+}
+
+/// Takes up to `n` documents (and at most [`BATCH_BYTES`]) from a buffer.
+pub(super) fn take_batch(
+    buf: &mut std::collections::VecDeque<Document>,
+    n: Option<i64>,
+) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(d) = buf.front() {
+        if n.is_some_and(|n| out.len() as i64 >= n) {
+            break;
+        }
+        let size = d.to_vec().map(|v| v.len()).unwrap_or(0);
+        if !out.is_empty() && bytes + size > BATCH_BYTES {
+            break;
+        }
+        bytes += size;
+        if let Some(d) = buf.pop_front() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn config_docs(w: &World, coll: &str) -> Vec<Document> {
+    let Some(sh) = &w.sharding else {
+        return Vec::new();
+    };
+    match coll {
+        "shards" => shard_docs(w),
+        "chunks" => {
+            let mut out = Vec::new();
+            for (ns, chunks) in &sh.collections {
+                for c in chunks {
+                    let uuid = w
+                        .shard_set(&c.shard)
+                        .and_then(|s| w.sets[s].uuids.get(ns).copied());
+                    let mut d = doc! {
+                        "_id": format!("{ns}-_id_{}", c.min),
+                        "ns": ns.clone(),
+                    };
+                    if let Some(u) = uuid {
+                        d.insert("uuid", u);
+                    }
+                    d.insert("min", doc! {"_id": c.min.clone()});
+                    d.insert("max", doc! {"_id": c.max.clone()});
+                    d.insert("shard", c.shard.clone());
+                    out.push(d);
+                }
+            }
+            out
+        }
+        "collections" => sh
+            .collections
+            .keys()
+            .map(|ns| doc! {"_id": ns.clone(), "key": {"_id": 1}, "unique": false})
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// config.shards documents (also the listShards payload).
+pub(crate) fn shard_docs(w: &World) -> Vec<Document> {
+    let Some(sh) = &w.sharding else {
+        return Vec::new();
+    };
+    sh.shards
+        .iter()
+        .filter(|x| x.state != ShardState::Removed)
+        .map(|x| {
+            let mut d =
+                doc! {"_id": x.name.clone(), "host": w.sets[x.set].host_string(), "state": 1};
+            if x.state == ShardState::Draining {
+                d.insert("draining", true);
+            }
+            d
+        })
+        .collect()
+}
+
+pub(super) fn filter_sort_project(
+    mut docs: Vec<Document>,
+    a: &FindArgs,
+) -> Result<Vec<Document>, CmdError> {
+    let mut kept = Vec::new();
+    for d in docs.drain(..) {
+        if matcher::matches(&d, &a.filter).map_err(bad_value)? {
+            kept.push(d);
+        }
+    }
+    if let Some(s) = &a.sort {
+        matcher::sort(&mut kept, s);
+    }
+    let mut kept: Vec<Document> = kept.into_iter().skip(a.skip).collect();
+    if let Some(l) = a.limit {
+        kept.truncate(l as usize);
+    }
+    if let Some(p) = &a.projection {
+        kept = kept.iter().map(|d| matcher::project(d, p)).collect();
+    }
+    Ok(kept)
+}
+
+pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
+    let a = parse_find(db, cmd)?;
+    let mut w = shared.world();
+    let first_n = a.batch_size.or(Some(DEFAULT_FIRST_BATCH));
+    let docs = match proc {
+        Proc::Mongos => {
+            if a.tailable {
+                return Err(CmdError::new(
+                    2,
+                    "BadValue",
+                    "tailable cursors are not supported through mongos by mongosim",
+                ));
+            }
+            if db == "config" {
+                config_docs(&w, cmd_str(cmd, "find")?)
+            } else {
+                let sh = w.sharding()?;
+                let sets: Vec<usize> = sh
+                    .shards
+                    .iter()
+                    .filter(|x| x.state != ShardState::Removed)
+                    .map(|x| x.set)
+                    .collect();
+                let mut all = Vec::new();
+                for s in sets {
+                    let p = w.sets[s].sync_source().ok_or_else(|| {
+                        CmdError::new(133, "FailedToSatisfyReadPreference", format!("Could not find host matching read preference {{ mode: \"primary\" }} for set {}", w.sets[s].name))
+                    })?;
+                    if let Some(c) = w.sets[s].nodes[p].data.get(&a.ns) {
+                        // mongos filters orphans: only documents owned by this shard's chunks.
+                        let shard_name = w.sets[s].name.clone();
+                        let chunks = w
+                            .sharding
+                            .as_ref()
+                            .and_then(|sh| sh.collections.get(&a.ns))
+                            .cloned();
+                        all.extend(
+                            c.iter()
+                                .filter(|d| match &chunks {
+                                    Some(chunks) => d
+                                        .get("_id")
+                                        .and_then(|id| chunks.iter().find(|c| c.contains(id)))
+                                        .is_some_and(|c| c.shard == shard_name),
+                                    None => true,
+                                })
+                                .cloned(),
+                        );
+                    }
+                }
+                all
+            }
+        }
+        Proc::Node { set: s, node: n } => {
+            check_readable(&w, s, n, cmd)?;
+            if a.ns == "local.oplog.rs" {
+                return find_oplog(&mut w, s, n, &a, first_n);
+            }
+            if a.tailable {
+                return Err(CmdError::new(
+                    2,
+                    "BadValue",
+                    format!("error processing query: ns={} tailable cursor requested on non capped collection", a.ns),
+                ));
+            }
+            if db == "config" && w.sets[s].role == SetRole::ConfigServer {
+                config_docs(&w, cmd_str(cmd, "find")?)
+            } else {
+                w.sets[s].nodes[n]
+                    .data
+                    .get(&a.ns)
+                    .map(|c| c.iter().cloned().collect())
+                    .unwrap_or_default()
+            }
+        }
+    };
+    let mut buf: std::collections::VecDeque<Document> = filter_sort_project(docs, &a)?.into();
+    let batch = take_batch(&mut buf, first_n);
+    let id = if buf.is_empty() || a.single_batch {
+        0
+    } else {
+        let id = w.new_cursor_id();
+        let cursor = Cursor {
+            ns: a.ns.clone(),
+            kind: CursorKind::Buffered(buf),
+            limit_remaining: None,
+        };
+        match proc {
+            Proc::Mongos => {
+                if let Some(sh) = w.sharding.as_mut() {
+                    sh.cursors.insert(id, cursor);
+                }
+            }
+            Proc::Node { set, node } => {
+                w.sets[set].nodes[node].cursors.insert(id, cursor);
+            }
+        }
+        id
+    };
+    Ok(cursor_reply(id, &a.ns, batch, true))
+}

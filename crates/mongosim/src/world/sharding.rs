@@ -1,0 +1,201 @@
+//! The sharding catalog: shards, chunks of collections sharded on `_id`, and chunk
+//! migrations (`fromMigrate` inserts on the recipient, then deletes on the donor).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bson::{doc, Bson, Document};
+
+use super::{CmdError, Cursor, World};
+use crate::matcher;
+
+/// Lifecycle of a shard in config.shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Normal member.
+    Active,
+    /// removeShard started.
+    Draining,
+    /// removeShard completed.
+    Removed,
+}
+
+/// A shard registered in the config servers.
+#[derive(Debug, Clone)]
+pub struct ShardEntry {
+    /// `shard01`...
+    pub name: String,
+    /// Index of its replica set.
+    pub set: usize,
+    /// Draining or not.
+    pub state: ShardState,
+}
+
+/// A chunk `[min, max)` of a collection sharded on `_id`.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Inclusive lower bound (MinKey for the first chunk).
+    pub min: Bson,
+    /// Exclusive upper bound (MaxKey for the last chunk).
+    pub max: Bson,
+    /// Owning shard.
+    pub shard: String,
+}
+
+impl Chunk {
+    /// Whether `id` falls in this chunk.
+    pub fn contains(&self, id: &Bson) -> bool {
+        matcher::compare(&self.min, id).is_le() && matcher::compare(id, &self.max).is_lt()
+    }
+}
+
+/// The sharding catalog.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    /// Index of the config server set.
+    pub config_set: usize,
+    /// Registered shards.
+    pub shards: Vec<ShardEntry>,
+    /// Chunks by namespace, ordered by `min`.
+    pub collections: BTreeMap<String, Vec<Chunk>>,
+    /// Split points for newly sharded collections.
+    pub split_points: Vec<Bson>,
+    /// The mongos address.
+    pub mongos: SocketAddr,
+    /// Open mongos cursors.
+    pub cursors: HashMap<i64, Cursor>,
+    /// Whether the mongos process is up.
+    pub mongos_alive: bool,
+}
+
+impl World {
+    /// Sharding catalog, or an error for non-sharded worlds.
+    ///
+    /// # Errors
+    /// IllegalOperation when the world is not a sharded cluster.
+    pub fn sharding(&self) -> Result<&Sharding, CmdError> {
+        self.sharding
+            .as_ref()
+            .ok_or_else(|| CmdError::new(20, "IllegalOperation", "not a sharded cluster"))
+    }
+
+    /// Chunks of `ns`, sharding it on `_id` with the default split points on first use.
+    pub fn chunks_for(&mut self, ns: &str) -> Vec<Chunk> {
+        let Some(sh) = self.sharding.as_mut() else {
+            return Vec::new();
+        };
+        if let Some(c) = sh.collections.get(ns) {
+            return c.clone();
+        }
+        let active: Vec<String> = sh
+            .shards
+            .iter()
+            .filter(|x| x.state == ShardState::Active)
+            .map(|x| x.name.clone())
+            .collect();
+        let mut bounds = vec![Bson::MinKey];
+        bounds.extend(sh.split_points.iter().cloned());
+        bounds.push(Bson::MaxKey);
+        let chunks: Vec<Chunk> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Chunk {
+                min: w[0].clone(),
+                max: w[1].clone(),
+                shard: active
+                    .get(i % active.len().max(1))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        sh.collections.insert(ns.to_owned(), chunks.clone());
+        chunks
+    }
+
+    /// Set index of a shard by name.
+    pub fn shard_set(&self, shard: &str) -> Option<usize> {
+        self.sharding
+            .as_ref()?
+            .shards
+            .iter()
+            .find(|x| x.name == shard && x.state != ShardState::Removed)
+            .map(|x| x.set)
+    }
+
+    /// Moves the chunk of `ns` containing `key` to `to`: the recipient logs `fromMigrate`
+    /// inserts, then the donor logs `fromMigrate` deletes (as in the mlaunch transcript of `mlaunch-fixtures/sharded-migration`).
+    ///
+    /// # Errors
+    /// When the shard or a primary is missing.
+    pub fn move_chunk(
+        &mut self,
+        ns: &str,
+        key: &Bson,
+        to: &str,
+        now: Instant,
+    ) -> Result<(), CmdError> {
+        let chunks = self.chunks_for(ns);
+        let idx = chunks
+            .iter()
+            .position(|c| c.contains(key))
+            .ok_or_else(|| CmdError::new(2, "BadValue", "no chunk contains the key"))?;
+        let chunk = chunks[idx].clone();
+        if chunk.shard == to {
+            return Ok(());
+        }
+        let donor_set = self.shard_set(&chunk.shard).ok_or_else(|| {
+            CmdError::new(
+                70,
+                "ShardNotFound",
+                format!("shard {} not found", chunk.shard),
+            )
+        })?;
+        let recipient_set = self
+            .shard_set(to)
+            .ok_or_else(|| CmdError::new(70, "ShardNotFound", format!("Shard {to} not found")))?;
+        let dp = self.sets[donor_set]
+            .sync_source()
+            .ok_or_else(CmdError::not_primary)?;
+        let rp = self.sets[recipient_set]
+            .sync_source()
+            .ok_or_else(CmdError::not_primary)?;
+        let docs: Vec<Document> = self.sets[donor_set].nodes[dp]
+            .data
+            .get(ns)
+            .map(|c| {
+                c.iter()
+                    .filter(|d| d.get("_id").is_some_and(|id| chunk.contains(id)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        // Recipient clones the range (skipping ids it already holds as orphans).
+        let fresh: Vec<Document> = docs
+            .into_iter()
+            .filter(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                self.sets[recipient_set].nodes[rp]
+                    .data
+                    .get(ns)
+                    .is_none_or(|c| !c.contains(&id))
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.insert(recipient_set, rp, ns, fresh, true, now)
+                .map_err(|(_, e)| e)?;
+        } else {
+            self.ensure_collection(recipient_set, rp, ns, true, now);
+        }
+        if let Some(sh) = self.sharding.as_mut() {
+            if let Some(c) = sh.collections.get_mut(ns) {
+                c[idx].shard = to.to_owned();
+            }
+        }
+        for id in ids {
+            self.delete(donor_set, dp, ns, &doc! {"_id": id}, true, true, now)?;
+        }
+        Ok(())
+    }
+}
