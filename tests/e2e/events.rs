@@ -1,6 +1,7 @@
 //! `[sink] format = "change-event"` end to end: documents written and changed through
-//! mongos by the Rust driver with update operators ($set on nested paths, $unset, $inc;
-//! the simulator has no array operators), replacements and deletes. A consumer that replays the
+//! mongos by the Rust driver with update operators ($set, $unset, $inc on nested paths,
+//! creating sub-documents; the simulator has no array operators), replacements and
+//! deletes. From 5.0 these are logged as `$v: 2` deltas with nested sub-diffs. A consumer that replays the
 //! events (insert: the full document; update: the update description applied with
 //! `quorumtail_events::apply`; replace; delete) must end with exactly the documents the
 //! cluster holds, on a version that logs `$v: 2` deltas and on one that logs `$set`/`$unset`.
@@ -111,6 +112,8 @@ async fn run(version: ServerVersion) {
         doc! {"$unset": {"n": ""}},
         doc! {"$inc": {"n": 2}},
         doc! {"$set": {"extra": {"deep": [1, 2]}, "sub.tags": ["z"]}},
+        doc! {"$set": {"sub.deep.er": 1, "sub.x": 7}, "$inc": {"sub.y": 1}},
+        doc! {"$unset": {"sub.x": ""}, "$set": {"sub.deep.more": {"k": [1, 2]}}},
         doc! {"$set": {"sub": {"replaced": true}}},
     ];
     for (k, &i) in ids.iter().enumerate() {
@@ -166,6 +169,24 @@ async fn run(version: ServerVersion) {
     for k in ["insert", "update", "replace", "delete"] {
         assert!(kinds.contains(k), "{k} among {kinds:?}");
     }
+    // Nested paths are described as such, not as whole sub-documents.
+    let described = |field: &str, path: &str| {
+        events.iter().any(|e| match &e["updateDescription"][field] {
+            Value::Object(m) => m.contains_key(path),
+            Value::Array(a) => a.iter().any(|p| p == path),
+            _ => false,
+        })
+    };
+    assert!(described("updatedFields", "sub.x"), "sub.x updated");
+    // A created sub-document: 5.0+ logs it whole at its first new component, earlier
+    // versions log the full path that was set.
+    let created = if version >= ServerVersion::V5_0 {
+        "sub.deep"
+    } else {
+        "sub.deep.er"
+    };
+    assert!(described("updatedFields", created), "{created} created");
+    assert!(described("removedFields", "sub.x"), "sub.x removed");
     for e in &events {
         assert!(e["shard"].is_string() && e["_id"]["ts"].is_object(), "{e}");
         assert!(

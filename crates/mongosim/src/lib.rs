@@ -155,6 +155,10 @@
 //!   with InterruptedDueToReplStateChange (11602) and idle cursors with QueryPlanKilled (175)
 //!   — as `jstests/replsets/read_operations_during_rollback.js` shows mongod doing.
 //! - Periodic no-ops (`{msg: "periodic noop"}`) after `noop_interval` of idleness.
+//! - Operator updates are logged per modified path as mongod's log builders write them
+//!   ([`update_log`]): from 5.0 a `$v: 2` delta with `s<field>` sub-diffs down to each
+//!   updated field, created sub-documents inserted whole at their first new component; up
+//!   to 4.4 `$set`/`$unset` with dotted paths. Replacements log the whole document.
 //! - Retryable writes (a command with `lsid` + `txnNumber`, which drivers send by default)
 //!   log `lsid: {id, uid}`, `txnNumber`, `stmtId` and `prevOpTime` around the operation, in
 //!   `oplog_entry.idl` order; `uid` is SHA-256 of the empty user name (no authentication).
@@ -266,7 +270,8 @@
 //!
 //! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
 //! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
-//! updates, nested `s<field>` diffs (changed sub-documents are logged whole under `u`),
+//! updates and positional paths (update operators are `$set`, `$unset`, `$inc` on
+//! document paths), array diffs in `$v: 2` updates,
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats
 //! as messages (members see each other's state directly; the primary counts a voter's copy
 //! while that voter's oplog holds the entry, where mongod uses its last reported optime),
@@ -347,6 +352,7 @@ pub mod oplog;
 mod server;
 pub mod timeseries;
 pub mod tls;
+pub mod update_log;
 pub mod version;
 pub mod world;
 

@@ -228,66 +228,6 @@ pub fn inner_op_doc(spec: &OpSpec) -> Document {
     d
 }
 
-/// The `o` of an update entry that turns `before` into `after` (both top-level documents).
-///
-/// 5.0+: `{$v: 2, diff: {d: {...}, u: {...}, i: {...}}}`; 4.4: `{$v: 1, $set, $unset}`;
-/// legacy: `{$set, $unset}`. Changed sub-documents are logged whole under `u` (mongod
-/// would log a nested `s<field>` diff; readers must handle both).
-pub fn update_entry_o(version: ServerVersion, before: &Document, after: &Document) -> Document {
-    let mut deleted = Document::new();
-    let mut updated = Document::new();
-    let mut inserted = Document::new();
-    for (k, _) in before.iter() {
-        if !after.contains_key(k) {
-            deleted.insert(k.clone(), false);
-        }
-    }
-    for (k, v) in after.iter() {
-        match before.get(k) {
-            Some(old) if old == v => {}
-            Some(_) => {
-                updated.insert(k.clone(), v.clone());
-            }
-            None => {
-                inserted.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    if version.diff_updates() {
-        let mut diff = Document::new();
-        if !deleted.is_empty() {
-            diff.insert("d", deleted);
-        }
-        if !updated.is_empty() {
-            diff.insert("u", updated);
-        }
-        if !inserted.is_empty() {
-            diff.insert("i", inserted);
-        }
-        doc! {"$v": 2, "diff": diff}
-    } else {
-        let mut o = Document::new();
-        if version.has_terms() {
-            o.insert("$v", 1);
-        }
-        let mut set = updated;
-        for (k, v) in inserted {
-            set.insert(k, v);
-        }
-        if !set.is_empty() {
-            o.insert("$set", set);
-        }
-        if !deleted.is_empty() {
-            let unset: Document = deleted
-                .keys()
-                .map(|k| (k.clone(), Bson::Boolean(true)))
-                .collect();
-            o.insert("$unset", unset);
-        }
-        o
-    }
-}
-
 /// Applies an update entry's `o` (any of the three shapes, or a replacement) to `doc`.
 pub fn apply_update_o(doc: &mut Document, o: &Document) {
     let is_modifier = o.keys().any(|k| k.starts_with('$')) || o.contains_key("diff");
@@ -563,6 +503,10 @@ mod tests {
     fn diff_and_v1_updates_round_trip() {
         let before = doc! {"_id": 1, "a": 1, "b": 2};
         let after = doc! {"_id": 1, "a": 5, "c": 3};
+        let update = doc! {"$set": {"a": 5, "c": 3}, "$unset": {"b": ""}};
+        let update_entry_o = |v, before: &Document, after: &Document| {
+            crate::update_log::operator_update_o(v, before, after, &update)
+        };
         for v in [
             ServerVersion::Legacy,
             ServerVersion::V4_4,

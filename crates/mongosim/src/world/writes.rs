@@ -323,7 +323,7 @@ impl World {
             let id = before.get("_id").cloned().unwrap_or(Bson::Null);
             let (after, o) = if is_modifier {
                 let after = apply_modifiers(before, u)?;
-                let o = oplog::update_entry_o(self.version, before, &after);
+                let o = crate::update_log::operator_update_o(self.version, before, &after, u);
                 (after, o)
             } else {
                 let mut after = doc! {"_id": id.clone()};
@@ -510,7 +510,7 @@ impl World {
             Some(u) => {
                 let (after, o) = if u.keys().any(|k| k.starts_with('$')) {
                     let after = apply_modifiers(&before, u)?;
-                    let o = oplog::update_entry_o(self.version, &before, &after);
+                    let o = crate::update_log::operator_update_o(self.version, &before, &after, u);
                     (after, o)
                 } else {
                     let mut after = doc! {"_id": id.clone()};
