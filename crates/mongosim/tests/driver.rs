@@ -2199,3 +2199,46 @@ async fn retryable_find_and_modify_logs_images_per_version() {
         }
     }
 }
+
+/// Update paths through a value that is not a document are refused as mongod refuses them
+/// (PathNotViable 28), and `$inc` on a non-number (TypeMismatch 14); the document is left
+/// as it was and nothing is logged.
+#[tokio::test]
+async fn impossible_update_paths_are_refused() {
+    let rs = ReplicaSet::start(quiet_rs(1)).await.unwrap();
+    let c = direct(rs.members()[0]).await;
+    let coll = c.database("app").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1, "a": 5, "s": "x"})
+        .await
+        .unwrap();
+    let e = coll
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"a.b": 1}})
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("Cannot create field 'b' in element {a: 5}"),
+        "{msg}"
+    );
+    let e = coll
+        .update_one(doc! {"_id": 1}, doc! {"$inc": {"s": 1}})
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Cannot apply $inc to a value of non-numeric type"),
+        "{e}"
+    );
+    assert_eq!(
+        coll.find_one(doc! {"_id": 1}).await.unwrap().unwrap(),
+        doc! {"_id": 1, "a": 5, "s": "x"}
+    );
+    let updates = c
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {"op": "u"})
+        .await
+        .unwrap();
+    assert_eq!(updates, None);
+    rs.shutdown().await;
+}

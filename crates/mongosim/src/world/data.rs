@@ -114,6 +114,46 @@ pub fn bad_value(e: matcher::BadFilter) -> CmdError {
 /// FailedToParse (9) for unsupported modifiers.
 pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdError> {
     let mut out = doc.clone();
+    // mongod refuses a path that runs through a value that is not a document:
+    // PathNotViable (28) "Cannot create field 'b' in element {a: 5}". Paths into arrays
+    // (positional updates) are not simulated.
+    for (op, arg) in u {
+        if !matches!(op.as_str(), "$set" | "$inc") {
+            continue;
+        }
+        let Bson::Document(arg) = arg else { continue };
+        for path in arg.keys() {
+            let parts: Vec<&str> = path.split('.').collect();
+            let mut cur = doc;
+            for (i, p) in parts.iter().enumerate().take(parts.len() - 1) {
+                match cur.get(*p) {
+                    None => break,
+                    Some(Bson::Document(d)) => cur = d,
+                    Some(Bson::Array(_)) => {
+                        return Err(CmdError::new(
+                            2,
+                            "BadValue",
+                            format!(
+                                "the simulator does not support update paths into arrays ({path})"
+                            ),
+                        ))
+                    }
+                    Some(v) => {
+                        return Err(CmdError::new(
+                            28,
+                            "PathNotViable",
+                            format!(
+                                "Cannot create field '{}' in element {{{}: {}}}",
+                                parts[i + 1],
+                                p,
+                                v
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
     for (op, arg) in u {
         let Bson::Document(arg) = arg else {
             return Err(CmdError::new(
@@ -145,6 +185,23 @@ pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdErro
                         (Some(Bson::Int64(a)), Bson::Int32(b)) => Bson::Int64(a + i64::from(*b)),
                         (Some(Bson::Int32(a)), Bson::Int64(b)) => Bson::Int64(i64::from(a) + b),
                         (Some(Bson::Int64(a)), Bson::Int64(b)) => Bson::Int64(a + b),
+                        (Some(a), _)
+                            if !matches!(
+                                a,
+                                Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
+                            ) =>
+                        {
+                            return Err(CmdError::new(
+                                14,
+                                "TypeMismatch",
+                                format!(
+                                    "Cannot apply $inc to a value of non-numeric type. {{_id: {}}} has the field '{}' of non-numeric type {}",
+                                    doc.get("_id").cloned().unwrap_or(Bson::Null),
+                                    k.rsplit('.').next().unwrap_or(k),
+                                    type_name(&a)
+                                ),
+                            ))
+                        }
                         (Some(a), b) => {
                             let fa = a.as_f64().or_else(|| a.as_i64().map(|x| x as f64)).unwrap_or(0.0);
                             let fb = b.as_f64().or_else(|| b.as_i32().map(f64::from)).or_else(|| b.as_i64().map(|x| x as f64)).unwrap_or(0.0);
@@ -210,5 +267,22 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
             }
         }
         _ => {}
+    }
+}
+
+/// The server's name of a BSON type (`typeName` in mongod's messages).
+fn type_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Double(_) => "double",
+        Bson::String(_) => "string",
+        Bson::Document(_) => "object",
+        Bson::Array(_) => "array",
+        Bson::Boolean(_) => "bool",
+        Bson::Null => "null",
+        Bson::Int32(_) => "int",
+        Bson::Int64(_) => "long",
+        Bson::DateTime(_) => "date",
+        Bson::ObjectId(_) => "objectId",
+        _ => "other",
     }
 }
