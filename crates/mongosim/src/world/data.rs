@@ -115,8 +115,9 @@ pub fn bad_value(e: matcher::BadFilter) -> CmdError {
 pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdError> {
     let mut out = doc.clone();
     // mongod refuses a path that runs through a value that is not a document:
-    // PathNotViable (28) "Cannot create field 'b' in element {a: 5}". Paths into arrays
-    // (positional updates) are not simulated.
+    // PathNotViable (28) "Cannot create field 'b' in element {a: 5}"
+    // (`src/mongo/db/update/path_creating_node.cpp`, `path_support.cpp`). Paths into
+    // arrays (positional updates) are not simulated.
     for (op, arg) in u {
         if !matches!(op.as_str(), "$set" | "$inc") {
             continue;
@@ -191,6 +192,8 @@ pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdErro
                                 Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
                             ) =>
                         {
+                            // `src/mongo/db/update/arithmetic_node.cpp`
+                            // (`updateExistingElement`).
                             return Err(CmdError::new(
                                 14,
                                 "TypeMismatch",
