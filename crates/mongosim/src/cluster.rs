@@ -34,9 +34,9 @@ mod spec;
 
 pub use error::SimError;
 pub(crate) use faults::{
-    add_shard, begin_remove_shard, block_replication, finish_remove_shard, hold_step_up, kill_node,
-    locate_node, move_chunk, restart_node, set_lag, set_partition, set_sync_source, status,
-    step_down, truncate_oplog,
+    add_shard, begin_remove_shard, block_replication, fail_next_prepare, finish_remove_shard,
+    hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk, restart_node, set_lag,
+    set_partition, set_sync_source, status, step_down, truncate_oplog,
 };
 pub(crate) use reconfig::{reconfigure, repl_set_reconfig_cmd};
 pub use replica_set::{ReplicaSet, ReplicaSetSpec};
@@ -584,6 +584,19 @@ impl Cluster {
     /// [`SimError::UnknownShard`].
     pub fn hold_step_up(&self, set: &str, hold: bool) -> Result<(), SimError> {
         hold_step_up(&self.shared, set, hold)
+    }
+
+    /// Holds every distributed transaction's coordinator after all participants prepared,
+    /// before it decides (mongod's `hangBeforeWritingDecision` fail point), or releases
+    /// them: prepared transactions stay open meanwhile.
+    pub fn hold_txn_decisions(&self, hold: bool) {
+        hold_txn_decisions(&self.shared, hold)
+    }
+
+    /// Makes the next `prepareTransaction` on `set` (a shard or replica set name) vote to
+    /// abort, so the distributed transaction aborts after others prepared.
+    pub fn fail_next_prepare(&self, set: &str) -> Result<(), SimError> {
+        fail_next_prepare(&self.shared, set)
     }
 
     /// How long secondaries take to learn the commit point (see

@@ -34,6 +34,7 @@ mod catalog;
 mod find;
 mod hello;
 mod tail;
+mod two_phase;
 mod txn;
 mod writes;
 
@@ -217,10 +218,7 @@ async fn dispatch(
             finish_write(shared, proc, cmd, reply, written.as_deref()).await
         }
         "create" => create(shared, proc, db, cmd),
-        "commitTransaction" => {
-            let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
-            finish_write(shared, proc, cmd, reply, Some(&committed)).await
-        }
+        "commitTransaction" => txn::commit(shared, proc, cmd).await,
         "abortTransaction" => end_transaction(shared, proc, cmd, false).map(|(r, _)| r),
         "listDatabases" => list_databases(&shared.world(), proc),
         "listCollections" => list_collections(&shared.world(), proc, db),

@@ -22,6 +22,8 @@
 //! {mongosimControl: "setCommitPointDelay", ms: 200}
 //! {mongosimControl: "refuseCommands", node: "127.0.0.1:27019", commands: ["replSetGetConfig"]}
 //! {mongosimControl: "misreportCommitPoint", node: "127.0.0.1:27019", on: true}
+//! {mongosimControl: "holdTransactionDecisions", hold: true}   (coordinators wait after prepare)
+//! {mongosimControl: "failNextPrepare", shard: "shard02"}      (its next prepare votes abort)
 //! ```
 //!
 //! `reconfig` with a string of kinds applies them by position to the current members (extra
@@ -280,6 +282,14 @@ pub(crate) async fn handle(
             let mut w = shared.world();
             let (s, n) = cluster::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
             w.sets[s].nodes[n].misreport_commit_point = on;
+            Ok(ok(Document::new()))
+        }
+        "holdTransactionDecisions" => {
+            cluster::hold_txn_decisions(shared, cmd.get_bool("hold").unwrap_or(true));
+            Ok(ok(Document::new()))
+        }
+        "failNextPrepare" => {
+            cluster::fail_next_prepare(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "setCommitPointDelay" => {

@@ -34,6 +34,7 @@ use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
 use crate::version::ServerVersion;
 
 mod data;
+mod prepared;
 mod replication;
 mod sessions;
 mod sharding;
@@ -45,6 +46,7 @@ mod commit_rule_tests;
 mod tests;
 
 pub use data::{apply_entry, apply_modifiers, bad_value, Collection};
+pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_NS};
 pub use sessions::{txn_key, RetryImage, SessionCtx};
 pub use sharding::{Chunk, ShardEntry, ShardState, Sharding};
 pub use writes::BATCHED_DELETE_DOCS;
@@ -508,6 +510,16 @@ pub struct World {
     /// Operations per applyOps entry before a transaction is split into a `partialTxn`
     /// chain (mongod: maxNumberOfTransactionOperationsInSingleOplogEntry, and 16 MB).
     pub max_txn_ops_per_entry: usize,
+    /// Open transactions through mongos: the sets they wrote to, in the order of their
+    /// first write (the first is the two-phase commit's coordinator, as mongos makes the
+    /// first participant it contacted the coordinator).
+    pub txn_participants: HashMap<String, Vec<usize>>,
+    /// Fault lever: coordinators wait after every participant prepared, before deciding,
+    /// until it is cleared (mongod's `hangBeforeWritingDecision` fail point).
+    pub hold_txn_decisions: bool,
+    /// Fault lever: the next prepare on these sets votes to abort (as a participant does
+    /// that lost the transaction in a failover).
+    pub fail_next_prepare: std::collections::HashSet<usize>,
 }
 
 fn now_secs() -> u32 {
@@ -540,6 +552,9 @@ impl World {
             txn_key: None,
             base_port: 0,
             max_txn_ops_per_entry: usize::MAX,
+            txn_participants: HashMap::new(),
+            hold_txn_decisions: false,
+            fail_next_prepare: Default::default(),
         }
     }
 

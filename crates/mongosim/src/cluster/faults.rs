@@ -354,3 +354,20 @@ pub(crate) fn hold_step_up(shared: &Arc<Shared>, set: &str, hold: bool) -> Resul
     shared.notify();
     Ok(())
 }
+
+/// Holds (or releases) every transaction coordinator between prepare and decision.
+pub(crate) fn hold_txn_decisions(shared: &Arc<Shared>, hold: bool) {
+    shared.world().hold_txn_decisions = hold;
+    tracing::info!(hold, "transaction decisions hold");
+    shared.notify();
+}
+
+/// Makes the next `prepareTransaction` on `set` vote to abort.
+pub(crate) fn fail_next_prepare(shared: &Arc<Shared>, set: &str) -> Result<(), SimError> {
+    let mut w = shared.world();
+    let s = w
+        .set_index(set)
+        .ok_or_else(|| SimError::UnknownShard(set.into()))?;
+    w.fail_next_prepare.insert(s);
+    Ok(())
+}

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bson::{Bson, Document};
 
-use super::ok;
+use super::writes::finish_write;
+use super::{ok, CmdResult};
 use crate::server::Shared;
 use crate::world::{CmdError, MemberState, Proc, SessionCtx, World};
 
@@ -26,6 +27,10 @@ pub(super) fn flush_capture(w: &mut World) {
     let key = w.txn_key.take();
     if let (Some(ops), Some(key)) = (captured, key) {
         for (s, n, op) in ops {
+            let order = w.txn_participants.entry(key.clone()).or_default();
+            if !order.contains(&s) {
+                order.push(s);
+            }
             w.sets[s].nodes[n]
                 .txns
                 .entry(key.clone())
@@ -35,9 +40,35 @@ pub(super) fn flush_capture(w: &mut World) {
     }
 }
 
+/// commitTransaction: through mongos, a transaction that wrote on more than one shard
+/// commits with two-phase commit (`two_phase.rs`); any other commits on the member(s) that
+/// hold it.
+pub(super) async fn commit(shared: &Arc<Shared>, proc: Proc, cmd: &Document) -> CmdResult {
+    if proc == Proc::Mongos {
+        if let Some((lsid, txn)) = SessionCtx::lsid_and_txn(cmd) {
+            let key = crate::world::txn_key(lsid.get("id").unwrap_or(&Bson::Null), txn);
+            let participants: Vec<usize> = {
+                let w = shared.world();
+                w.txn_participants
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|s| w.sets[*s].nodes.iter().any(|n| n.txns.contains_key(&key)))
+                    .collect()
+            };
+            if participants.len() > 1 {
+                return super::two_phase::commit(shared, &key, &lsid, txn, participants).await;
+            }
+        }
+    }
+    let (reply, committed) = end_transaction(shared, proc, cmd, true)?;
+    finish_write(shared, proc, cmd, reply, Some(&committed)).await
+}
+
 /// commitTransaction / abortTransaction: log (or drop) the buffered operations on every
-/// node that holds some for this transaction (through mongos: every shard touched; a
-/// multi-shard commit is logged per shard without two-phase commit). Also returns the
+/// node that holds some for this transaction (through mongos: the one shard touched; more
+/// than one commit through [`commit`]'s two-phase commit). Also returns the
 /// nodes that logged a commit (their entries are what the write concern waits for).
 pub(super) fn end_transaction(
     shared: &Arc<Shared>,
@@ -57,6 +88,7 @@ pub(super) fn end_transaction(
     let mut committed = Vec::new();
     {
         let mut w = shared.world();
+        w.txn_participants.remove(&key);
         let nodes: Vec<(usize, usize)> = match proc {
             Proc::Node { set, node } => {
                 w.check_writable(set, node)?;

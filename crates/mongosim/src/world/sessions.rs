@@ -119,9 +119,38 @@ impl World {
         if ops.is_empty() {
             return 0;
         }
+        self.log_txn_chain(s, n, &ops, lsid, txn_number, false, now)
+            .1
+    }
+
+    /// Logs `ops` as a transaction's applyOps chain on node `n` (see
+    /// [`World::commit_transaction`]); with `prepare` the last entry carries
+    /// `prepare: true` instead of being the implicit commit (an empty prepared transaction
+    /// still logs `{applyOps: [], prepare: true}`). Returns the last entry's optime and the
+    /// number of entries.
+    ///
+    /// Field order as `TransactionOperations::logOplogEntries` builds it (mongod
+    /// `src/mongo/db/transaction/transaction_operations.cpp`): `applyOps`, then `prepare`
+    /// on the last entry of a prepared transaction or `partialTxn` on every other entry,
+    /// then `count` (Int64, the operations of the whole transaction) on a last entry that
+    /// is not also the first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_txn_chain(
+        &mut self,
+        s: usize,
+        n: usize,
+        ops: &[OpSpec],
+        lsid: &Document,
+        txn_number: i64,
+        prepare: bool,
+        now: Instant,
+    ) -> ((Timestamp, i64), usize) {
         let total = ops.len();
         let per = self.max_txn_ops_per_entry.max(1);
-        let chunks: Vec<Vec<OpSpec>> = ops.chunks(per).map(|c| c.to_vec()).collect();
+        let mut chunks: Vec<&[OpSpec]> = ops.chunks(per).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
         let last = chunks.len() - 1;
         let mut prev = (
             Timestamp {
@@ -136,6 +165,9 @@ impl World {
                 .map(|op| Bson::Document(oplog::inner_op_doc(op)))
                 .collect();
             let mut o = doc! {"applyOps": inner};
+            if i == last && prepare {
+                o.insert("prepare", true);
+            }
             if i < last {
                 o.insert("partialTxn", true);
             } else if last > 0 {
@@ -149,40 +181,56 @@ impl World {
                 o2: None,
                 from_migrate: false,
             };
-            let ts = self.next_ts(s, n);
-            let term = self.sets[s].nodes[n].term;
-            let session = oplog::SessionFields {
-                lsid: lsid.clone(),
-                txn_number,
-                stmt_id: -1,
-                stmt_ids: Vec::new(),
-                prev_op_time: prev,
-                image_op_time: None,
-                needs_retry_image: None,
-            };
-            let doc = oplog::build_entry_doc_with_session(
-                self.version,
-                &spec,
-                ts,
-                term,
-                DateTime::now(),
-                Some(&session),
-            );
-            let entry = Arc::new(Entry {
-                id: EntryId {
-                    ts,
-                    t: doc.get_i64("t").ok(),
-                    h: doc.get_i64("h").ok(),
-                },
-                size: doc.to_vec().map(|v| v.len()).unwrap_or(0),
-                doc,
-                written_at: now,
-            });
-            self.push_entry(s, n, entry);
-            self.sets[s].nodes[n].last_write_at = now;
-            prev = (ts, term);
+            prev = self.log_session_entry(s, n, &spec, lsid, txn_number, prev, now);
         }
-        last + 1
+        (prev, last + 1)
+    }
+
+    /// Logs one command entry of a transaction (`lsid`, `txnNumber`, `prevOpTime`) on node
+    /// `n`; returns its optime.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn log_session_entry(
+        &mut self,
+        s: usize,
+        n: usize,
+        spec: &OpSpec,
+        lsid: &Document,
+        txn_number: i64,
+        prev: (Timestamp, i64),
+        now: Instant,
+    ) -> (Timestamp, i64) {
+        let ts = self.next_ts(s, n);
+        let term = self.sets[s].nodes[n].term;
+        let session = oplog::SessionFields {
+            lsid: lsid.clone(),
+            txn_number,
+            stmt_id: -1,
+            stmt_ids: Vec::new(),
+            prev_op_time: prev,
+            image_op_time: None,
+            needs_retry_image: None,
+        };
+        let doc = oplog::build_entry_doc_with_session(
+            self.version,
+            spec,
+            ts,
+            term,
+            DateTime::now(),
+            Some(&session),
+        );
+        let entry = Arc::new(Entry {
+            id: EntryId {
+                ts,
+                t: doc.get_i64("t").ok(),
+                h: doc.get_i64("h").ok(),
+            },
+            size: doc.to_vec().map(|v| v.len()).unwrap_or(0),
+            doc,
+            written_at: now,
+        });
+        self.push_entry(s, n, entry);
+        self.sets[s].nodes[n].last_write_at = now;
+        (ts, term)
     }
 }
 

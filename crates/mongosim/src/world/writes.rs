@@ -30,12 +30,30 @@ impl World {
     }
 
     /// Appends an entry to a node's oplog and applies it to the node's data.
+    ///
+    /// A transaction's writes become visible when it commits, as on mongod: `partialTxn`
+    /// and `prepare` entries change nothing, and the entry that commits (the last entry of
+    /// a large transaction, or `commitTransaction` of a prepared one) applies the whole
+    /// chain, found through `prevOpTime`. An aborted transaction leaves no data behind.
     pub fn push_entry(&mut self, s: usize, n: usize, entry: Arc<Entry>) {
+        let deferred = txn_visibility(&entry.doc);
+        let chain = match deferred {
+            TxnVisibility::CommitsChain(prev) => self.chain_ops(s, n, prev),
+            _ => Vec::new(),
+        };
         let node = &mut self.sets[s].nodes[n];
         if ts_key(entry.id.ts) > ts_key(node.last_ts) {
             node.last_ts = entry.id.ts;
         }
-        apply_entry(&mut node.data, &entry.doc);
+        for op in &chain {
+            apply_entry(&mut node.data, op);
+        }
+        match deferred {
+            TxnVisibility::Now | TxnVisibility::CommitsChain(_) => {
+                apply_entry(&mut node.data, &entry.doc)
+            }
+            TxnVisibility::Later => {}
+        }
         node.oplog.push(entry);
     }
 
@@ -580,3 +598,46 @@ impl World {
 /// "docsPerBatchDefault"). The time (5 ms) and staged-bytes targets, which may cut a batch
 /// earlier on a real server, are not simulated.
 pub const BATCHED_DELETE_DOCS: usize = 100;
+
+/// When an entry's writes become visible on a node.
+enum TxnVisibility {
+    /// Now (every entry outside a multi-entry or prepared transaction).
+    Now,
+    /// When a later entry commits its transaction (`partialTxn`, `prepare`, or the
+    /// decision entries themselves).
+    Later,
+    /// Now, together with the chain ending at this `prevOpTime`.
+    CommitsChain(Timestamp),
+}
+
+fn txn_visibility(doc: &Document) -> TxnVisibility {
+    if doc.get_str("op").ok() != Some("c") {
+        return TxnVisibility::Now;
+    }
+    let Ok(o) = doc.get_document("o") else {
+        return TxnVisibility::Now;
+    };
+    let prev = match doc.get_document("prevOpTime").ok().map(|p| p.get("ts")) {
+        Some(Some(Bson::Timestamp(t))) if (t.time, t.increment) != (0, 0) => Some(*t),
+        _ => None,
+    };
+    if o.contains_key("applyOps") {
+        if o.get_bool("partialTxn").unwrap_or(false) || o.get_bool("prepare").unwrap_or(false) {
+            TxnVisibility::Later
+        } else if let Some(prev) = prev {
+            TxnVisibility::CommitsChain(prev)
+        } else {
+            TxnVisibility::Now
+        }
+    } else if o.contains_key("commitTransaction") {
+        match prev {
+            // The commit entry itself carries no operations: apply the chain only.
+            Some(prev) => TxnVisibility::CommitsChain(prev),
+            None => TxnVisibility::Later,
+        }
+    } else if o.contains_key("abortTransaction") {
+        TxnVisibility::Later
+    } else {
+        TxnVisibility::Now
+    }
+}
