@@ -24,7 +24,7 @@ use bson::{RawBsonRef, RawDocument};
 use crate::entry::{OpKind, OplogEntry};
 use crate::extjson::{write_document, write_str, write_value, Mode};
 use crate::filter::{command_target_ns, timeseries_view_ns};
-use crate::position::EntryId;
+use crate::position::{EntryId, Timestamp};
 
 /// Transaction details of an operation unpacked from an `applyOps` entry.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +35,11 @@ pub struct TxnInfo<'a> {
     pub txn_number: Option<i64>,
     /// Position of the operation within the whole transaction, from 0.
     pub index: u32,
+    /// How many records the transaction's part on this shard yields (its operations the
+    /// filter keeps): a consumer has the whole part once it holds this many.
+    pub count: u32,
+    /// `commitTimestamp` of a prepared (distributed) transaction: equal on every shard.
+    pub commit_timestamp: Option<Timestamp>,
 }
 
 /// Appends the record for a top-level entry to `out`.
@@ -92,6 +97,15 @@ pub fn encode_txn_op(
     out.extend_from_slice(sep.as_bytes());
     out.extend_from_slice(b"\"index\":");
     out.extend_from_slice(itoa::Buffer::new().format(txn.index).as_bytes());
+    out.extend_from_slice(b",\"count\":");
+    out.extend_from_slice(itoa::Buffer::new().format(txn.count).as_bytes());
+    if let Some(at) = txn.commit_timestamp {
+        out.extend_from_slice(b",\"commitTimestamp\":{\"t\":");
+        out.extend_from_slice(itoa::Buffer::new().format(at.time).as_bytes());
+        out.extend_from_slice(b",\"i\":");
+        out.extend_from_slice(itoa::Buffer::new().format(at.increment).as_bytes());
+        out.push(b'}');
+    }
     out.extend_from_slice(b"},\"entry\":");
     write_document(inner, Mode::Relaxed, out)?;
     out.push(b'}');
@@ -218,6 +232,8 @@ mod tests {
             lsid: None,
             txn_number: None,
             index: 0,
+            count: 1,
+            commit_timestamp: None,
         };
         encode_txn_op(
             "s",
@@ -248,6 +264,8 @@ mod tests {
                 lsid: Some(&lsid),
                 txn_number: Some(4),
                 index: 1,
+                count: 2,
+                commit_timestamp: Some(crate::Timestamp::new(9, 7)),
             },
             &inner,
             &mut out,
@@ -256,7 +274,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v["txn"],
-            serde_json::json!({"lsid": {"id": 1}, "txnNumber": 4, "index": 1})
+            serde_json::json!({"lsid": {"id": 1}, "txnNumber": 4, "index": 1, "count": 2,
+                "commitTimestamp": {"t": 9, "i": 7}})
         );
         assert_eq!(
             v["id"],

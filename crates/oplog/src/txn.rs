@@ -273,17 +273,24 @@ pub struct CommittedTxn {
     pub entries: u32,
     /// Whether the transaction was prepared.
     pub prepared: bool,
+    /// `commitTimestamp` of a prepared transaction's `commitTransaction` entry: the
+    /// transaction's commit time, the same on every shard of a distributed transaction
+    /// (the coordinator's decision), unlike the commit entries' own `ts`.
+    pub commit_timestamp: Option<Timestamp>,
     /// The operations, in order; `ops[i].index == i`.
     pub ops: Vec<TxnOp>,
 }
 
 impl CommittedTxn {
-    /// The transaction details [`crate::record::encode_txn_op`] writes for `op`.
+    /// The transaction details [`crate::record::encode_txn_op`] writes for `op` (`count`:
+    /// every operation; a caller that filters some out says how many it keeps).
     pub fn info(&self, op: &TxnOp) -> TxnInfo<'_> {
         TxnInfo {
             lsid: self.lsid.as_deref(),
             txn_number: self.txn_number,
             index: op.index,
+            count: self.ops.len() as u32,
+            commit_timestamp: self.commit_timestamp,
         }
     }
 }
@@ -613,7 +620,14 @@ impl TxnAssembler {
         self.total_bytes -= txn.bytes;
         if commit {
             txn.entries += 1;
-            Ok(Step::Emit(finish(txn, e.id())))
+            let commit_timestamp = e.o.and_then(|o| match o.get("commitTimestamp") {
+                Ok(Some(RawBsonRef::Timestamp(t))) => Some(t.into()),
+                _ => None,
+            });
+            Ok(Step::Emit(CommittedTxn {
+                commit_timestamp,
+                ..finish(txn, e.id())
+            }))
         } else {
             Ok(Step::Aborted(AbortedTxn {
                 txn: txn.name(),
@@ -741,6 +755,7 @@ fn finish(txn: OpenTxn, commit: EntryId) -> CommittedTxn {
         first: txn.first,
         entries: txn.entries,
         prepared: txn.prepared,
+        commit_timestamp: None,
         ops: txn.ops,
     }
 }

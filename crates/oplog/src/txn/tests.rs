@@ -250,6 +250,9 @@ fn prepared_small_transaction_commits() {
     assert!(t.prepared);
     assert_eq!(t.entries, 2);
     assert_eq!(t.commit, EntryId::new(at(22), 1));
+    // The commit time is the decision's commitTimestamp, not the commit entry's ts.
+    assert_eq!(t.commit_timestamp, Some(at(21)));
+    assert_eq!(t.info(&t.ops[0]).commit_timestamp, Some(at(21)));
     assert_eq!(ids(&t), [1]);
     assert!(!a.has_open());
 }

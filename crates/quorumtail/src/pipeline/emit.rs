@@ -10,7 +10,7 @@ use std::sync::Arc;
 use quorumtail_oplog::entry::split_ns;
 use quorumtail_oplog::extjson::{write_document, Mode};
 use quorumtail_oplog::filter::command_target_ns;
-use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op};
+use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op, TxnInfo};
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
 use quorumtail_sink::{Marker, OutRecord, RecordFormat, SinkInput};
@@ -163,6 +163,16 @@ impl Emitter {
             }
             Step::Emit(txn) => {
                 let mut any = false;
+                // The records this part of the transaction yields, so that a consumer can
+                // tell when it has all of them (`txn.count`).
+                let passing = txn
+                    .ops
+                    .iter()
+                    .filter(|op| {
+                        let ns = target_ns(op.op, &op.ns, op.o(), op.command_name());
+                        self.filter.check(op.op, &ns, op.from_migrate).is_ok()
+                    })
+                    .count();
                 for op in &txn.ops {
                     let ns = target_ns(op.op, &op.ns, op.o(), op.command_name());
                     if let Err(reason) = self.filter.check(op.op, &ns, op.from_migrate) {
@@ -176,7 +186,10 @@ impl Emitter {
                             txn.commit,
                             op.op.as_str(),
                             &op.ns,
-                            txn.info(op),
+                            TxnInfo {
+                                count: u32::try_from(passing).unwrap_or(u32::MAX),
+                                ..txn.info(op)
+                            },
                             &op.doc,
                             &mut value,
                         )
