@@ -167,7 +167,18 @@
 //!   abortTransaction): operations are buffered and logged at commit as one
 //!   `{op: "c", ns: "admin.$cmd", o: {applyOps: [...]}}` entry with the session fields, or
 //!   as a `partialTxn: true` chain linked by `prevOpTime` ending in `{applyOps, count}` when
-//!   longer than `max_txn_ops_per_entry`; an aborted transaction logs nothing.
+//!   longer than `max_txn_ops_per_entry`; an aborted transaction logs nothing. Its writes
+//!   become visible (on every member, when it applies the committing entry) at commit.
+//! - Distributed transactions: a commit through mongos of a transaction that wrote on more
+//!   than one shard runs MongoDB's two-phase commit (`commands/two_phase.rs`,
+//!   `world/prepared.rs`, with the server sources cited there): the first participant
+//!   coordinates, its `config.transaction_coordinators` document is inserted, each
+//!   participant logs its chain ending `prepare: true`, the decision (commit at the
+//!   largest prepare timestamp, or abort) is written, each prepared participant logs
+//!   `{commitTransaction: 1, commitTimestamp}` or `{abortTransaction: 1}` pointing at its
+//!   prepare entry (retried on whichever member is primary, so after a failover in a
+//!   later term), and the document is deleted; every step waits for a majority. Levers:
+//!   `holdTransactionDecisions` (between prepare and decision) and `failNextPrepare`.
 //! - Write concern: `w: "majority"` waits for the commit point (above), `w: N` until N
 //!   data-bearing members hold the write (honouring per-node lag); `wtimeout` expiry yields
 //!   a `writeConcernError` (64), a step-down while waiting yields one with 11602 (also
@@ -268,8 +279,11 @@
 //! time-series collection returns nothing unpacked); a measurement without a date in
 //! the time field ends the insert even when it is unordered.
 //!
-//! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, prepared / cross-shard (two-phase) transactions,
-//! transaction isolation (reads inside a transaction see committed data only), aggregation, indexes, `$regex` and most query operators, array
+//! x.509 authentication and `allowTLS`/`preferTLS` modes, compression, read-only
+//! transaction participants, coordinator failover (the step that was running is retried on
+//! the new primary rather than recovered from the coordinator document), transaction
+//! isolation (reads and writes inside a transaction see committed data only, not the
+//! transaction's own writes), prepare conflicts, aggregation, indexes, `$regex` and most query operators, array
 //! updates and positional paths (update operators are `$set`, `$unset`, `$inc` on
 //! document paths), array diffs in `$v: 2` updates,
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats

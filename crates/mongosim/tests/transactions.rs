@@ -206,7 +206,7 @@ async fn a_transaction_on_two_shards_commits_with_two_phase_commit() {
                 .unwrap()
         );
         // Order on the coordinator: list < prepare < decision < commit < delete.
-        let pos = |f: &dyn Fn(&Document) -> bool| e1.iter().position(|e| f(e)).unwrap();
+        let pos = |f: &dyn Fn(&Document) -> bool| e1.iter().position(f).unwrap();
         let (list_at, prep_at, commit_at) = (
             pos(&|e| on_coordinators(e)),
             pos(&is_prepare),
