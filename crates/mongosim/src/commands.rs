@@ -198,7 +198,10 @@ async fn dispatch(
             crate::cluster::repl_set_reconfig_cmd(shared, s, n, cmd).await
         }
         "replSetStepDown" => step_down_cmd(shared, proc),
-        "find" => find(shared, proc, db, cmd),
+        "find" => {
+            find::wait_for_read_concern(shared, proc, cmd).await?;
+            find(shared, proc, db, cmd)
+        }
         "getMore" => get_more(shared, proc, db, cmd).await,
         "killCursors" => kill_cursors(shared, proc, cmd),
         "insert" | "update" | "delete" => {
@@ -220,6 +223,7 @@ async fn dispatch(
         "create" => create(shared, proc, db, cmd),
         "commitTransaction" => txn::commit(shared, proc, cmd).await,
         "abortTransaction" => end_transaction(shared, proc, cmd, false).map(|(r, _)| r),
+        "setParameter" => set_parameter(shared, db, cmd),
         "listDatabases" => list_databases(&shared.world(), proc),
         "listCollections" => list_collections(&shared.world(), proc, db),
         "listShards" if proc == Proc::Mongos => list_shards(&shared.world()),
@@ -238,4 +242,58 @@ async fn dispatch(
 
 fn cmd_str<'a>(cmd: &'a Document, key: &str) -> Result<&'a str, CmdError> {
     cmd.get_str(key).map_err(|_| type_error(key, "string"))
+}
+
+/// `setParameter` (admin): only `minSnapshotHistoryWindowInSeconds` is simulated; the
+/// answers follow mongod's `src/mongo/db/commands/parameters.cpp` (`was` = the previous
+/// value; 72 InvalidOptions for a parameter it does not register or no parameter at all).
+fn set_parameter(shared: &Arc<Shared>, db: &str, cmd: &Document) -> CmdResult {
+    if db != "admin" {
+        return Err(CmdError::new(
+            13,
+            "Unauthorized",
+            "setParameter may only be run against the admin database.",
+        ));
+    }
+    let mut reply = Document::new();
+    let mut found = false;
+    for (name, value) in cmd {
+        if name == "setParameter"
+            || name.starts_with('$')
+            || find::GENERIC_ARGS.contains(&name.as_str())
+        {
+            continue;
+        }
+        found = true;
+        if name != "minSnapshotHistoryWindowInSeconds" {
+            return Err(CmdError::new(
+                72,
+                "InvalidOptions",
+                format!("attempted to set unrecognized parameter [{name}], use help:true to see options "),
+            ));
+        }
+        let secs = match value {
+            Bson::Int32(v) if *v >= 0 => *v as u32,
+            Bson::Int64(v) if *v >= 0 => u32::try_from(*v).unwrap_or(u32::MAX),
+            Bson::Double(v) if *v >= 0.0 => *v as u32,
+            _ => {
+                return Err(CmdError::new(
+                    2,
+                    "BadValue",
+                    format!("Invalid value for minSnapshotHistoryWindowInSeconds: {value}"),
+                ))
+            }
+        };
+        let mut w = shared.world();
+        reply.insert("was", w.snapshot_window_secs as i32);
+        w.snapshot_window_secs = secs;
+    }
+    if !found {
+        return Err(CmdError::new(
+            72,
+            "InvalidOptions",
+            "no option found to set, use help:true to see options ",
+        ));
+    }
+    Ok(ok(reply))
 }

@@ -340,6 +340,7 @@ pub fn apply(w: &mut World, fx: &Fixture, now: Instant) -> Result<(), SimError> 
                 let node = &mut w.sets[s].nodes[n];
                 node.oplog = Oplog::new(max_entries, max_bytes);
                 node.data.clear();
+                node.undo.clear();
                 node.cursors.clear();
                 node.dead_cursors.clear();
                 node.epoch += 1;

@@ -34,6 +34,7 @@ use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
 use crate::version::ServerVersion;
 
 mod data;
+pub mod history;
 mod prepared;
 mod replication;
 mod sessions;
@@ -185,6 +186,9 @@ pub struct NodeState {
     pub last_write_at: Instant,
     /// User data, by namespace.
     pub data: BTreeMap<String, Collection>,
+    /// Undo records of the changes applied to `data`, oldest first, for point-in-time
+    /// reads (`world/history.rs`).
+    pub undo: VecDeque<history::UndoRec>,
     /// Open cursors.
     pub cursors: HashMap<i64, Cursor>,
     /// Cursors invalidated by a rollback: getMore answers QueryPlanKilled.
@@ -275,6 +279,7 @@ impl NodeState {
             },
             last_write_at: now,
             data: BTreeMap::new(),
+            undo: VecDeque::new(),
             cursors: HashMap::new(),
             dead_cursors: HashMap::new(),
             epoch: 0,
@@ -520,6 +525,9 @@ pub struct World {
     /// Fault lever: the next prepare on these sets votes to abort (as a participant does
     /// that lost the transaction in a failover).
     pub fail_next_prepare: std::collections::HashSet<usize>,
+    /// `minSnapshotHistoryWindowInSeconds` (mongod default 300): how far behind the
+    /// majority commit point point-in-time reads may go.
+    pub snapshot_window_secs: u32,
 }
 
 fn now_secs() -> u32 {
@@ -555,6 +563,7 @@ impl World {
             txn_participants: HashMap::new(),
             hold_txn_decisions: false,
             fail_next_prepare: Default::default(),
+            snapshot_window_secs: 300,
         }
     }
 
@@ -657,14 +666,19 @@ impl World {
         let (entries, data, term, last_ts) = {
             let src = &self.sets[s].nodes[src];
             let entries: Vec<Arc<Entry>> = src.oplog.iter().cloned().collect();
-            (entries, src.data.clone(), src.term, src.last_ts)
+            (
+                entries,
+                (src.data.clone(), src.undo.clone()),
+                src.term,
+                src.last_ts,
+            )
         };
         let node = &mut self.sets[s].nodes[n];
         node.oplog = Oplog::new(self.cfg.oplog_max_entries, self.cfg.oplog_max_bytes);
         for e in entries {
             node.oplog.push(e);
         }
-        node.data = data;
+        (node.data, node.undo) = data;
         node.term = node.term.max(term);
         node.last_ts = last_ts;
         node.too_stale_logged = false;

@@ -3,13 +3,15 @@
 //! buffered cursors it opens. Finds on `local.oplog.rs` continue in `tail.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Bson, Document, Timestamp};
 
 use super::tail::find_oplog;
 use super::{cmd_str, get_bool, get_doc, get_i64, ok, CmdResult, BATCH_BYTES, DEFAULT_FIRST_BATCH};
 use crate::matcher;
 use crate::server::Shared;
+use crate::world::history::collection_at;
 use crate::world::{
     bad_value, CmdError, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World,
 };
@@ -49,7 +51,7 @@ pub(super) struct FindArgs {
 
 /// Arguments every command accepts (mongodb/mongo `src/mongo/idl/generic_argument.idl`);
 /// `$`-prefixed fields are accepted too.
-const GENERIC_ARGS: &[&str] = &[
+pub(super) const GENERIC_ARGS: &[&str] = &[
     "apiVersion",
     "apiStrict",
     "apiDeprecationErrors",
@@ -294,9 +296,128 @@ pub(super) fn filter_sort_project(
     Ok(kept)
 }
 
+/// The read concern of a command: `(level, atClusterTime, afterClusterTime)`.
+fn read_concern(cmd: &Document) -> (Option<String>, Option<Timestamp>, Option<Timestamp>) {
+    let rc = cmd.get_document("readConcern").ok();
+    (
+        rc.and_then(|r| r.get_str("level").ok()).map(str::to_owned),
+        rc.and_then(|r| r.get_timestamp("atClusterTime").ok()),
+        rc.and_then(|r| r.get_timestamp("afterClusterTime").ok()),
+    )
+}
+
+fn later(a: Timestamp, b: Timestamp) -> bool {
+    (a.time, a.increment) > (b.time, b.increment)
+}
+
+/// Waits, as mongod does before a read, until node's majority committed snapshot reaches
+/// the read concern's `atClusterTime` / `afterClusterTime` (level `snapshot` or
+/// `majority`), bounded by `maxTimeMS` (else 60 s): MaxTimeMSExpired (50) when it does not.
+/// Times beyond the node's cluster time are refused by [`find`], not waited for.
+pub(super) async fn wait_for_read_concern(
+    shared: &Arc<Shared>,
+    proc: Proc,
+    cmd: &Document,
+) -> Result<(), CmdError> {
+    let Proc::Node { set: s, node: n } = proc else {
+        return Ok(());
+    };
+    let (level, at, after) = read_concern(cmd);
+    if !matches!(level.as_deref(), Some("snapshot" | "majority")) {
+        return Ok(());
+    }
+    let Some(target) = at.or(after) else {
+        return Ok(());
+    };
+    let budget = get_i64(cmd, "maxTimeMS")
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(60), |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let mut rx = shared.changes.subscribe();
+        {
+            let w = shared.world();
+            let node = &w.sets[s].nodes[n];
+            let committed = node.commit_point.as_ref().map(|c| c.id.ts);
+            if later(target, node.last_ts) || committed.is_some_and(|c| !later(target, c)) {
+                return Ok(());
+            }
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return Err(CmdError::new(
+                50,
+                "MaxTimeMSExpired",
+                "operation exceeded time limit",
+            ));
+        }
+    }
+}
+
+/// The time a read on node (`s`, `n`) sees the data at, from its read concern: `None` for
+/// the current data (`local`, `available`, none); `Some((T, true))` for a snapshot read,
+/// whose cursor reply names `atClusterTime`. See `world/history.rs` for mongod's rules.
+fn read_time(
+    w: &World,
+    s: usize,
+    n: usize,
+    cmd: &Document,
+) -> Result<Option<(Timestamp, bool)>, CmdError> {
+    let (level, at, after) = read_concern(cmd);
+    let node = &w.sets[s].nodes[n];
+    let cluster_time = node.last_ts;
+    for (name, t) in [("atClusterTime", at), ("afterClusterTime", after)] {
+        if let Some(t) = t.filter(|t| later(*t, cluster_time)) {
+            return Err(CmdError::new(
+                72,
+                "InvalidOptions",
+                format!(
+                    "readConcern {name} value must not be greater than the current clusterTime. Requested clusterTime: {}; current clusterTime: {}",
+                    ts_string(t),
+                    ts_string(cluster_time)
+                ),
+            ));
+        }
+    }
+    let committed = node.commit_point.as_ref().map_or(
+        Timestamp {
+            time: 0,
+            increment: 0,
+        },
+        |c| c.id.ts,
+    );
+    match level.as_deref() {
+        Some("snapshot") => {
+            let t = at.unwrap_or(committed);
+            if later(w.oldest_readable(s, n), t) {
+                return Err(CmdError::new(
+                    239,
+                    "SnapshotTooOld",
+                    format!(
+                        "Read timestamp {} is older than the oldest available timestamp.",
+                        ts_string(t)
+                    ),
+                ));
+            }
+            Ok(Some((t, true)))
+        }
+        Some("majority") => Ok(Some((committed, false))),
+        _ => Ok(None),
+    }
+}
+
+fn ts_string(t: Timestamp) -> String {
+    format!("Timestamp({}, {})", t.time, t.increment)
+}
+
 pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
     let a = parse_find(db, cmd)?;
     let mut w = shared.world();
+    let mut at_cluster_time = None;
     let first_n = a.batch_size.or(Some(DEFAULT_FIRST_BATCH));
     let docs = match proc {
         Proc::Mongos => {
@@ -361,11 +482,22 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
             if db == "config" && w.sets[s].role == SetRole::ConfigServer {
                 config_docs(&w, cmd_str(cmd, "find")?)
             } else {
-                w.sets[s].nodes[n]
-                    .data
-                    .get(&a.ns)
-                    .map(|c| c.iter().cloned().collect())
-                    .unwrap_or_default()
+                let node = &w.sets[s].nodes[n];
+                match read_time(&w, s, n, cmd)? {
+                    None => node
+                        .data
+                        .get(&a.ns)
+                        .map(|c| c.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    Some((t, snapshot)) => {
+                        if snapshot {
+                            at_cluster_time = Some(t);
+                        }
+                        collection_at(&node.data, &node.undo, &a.ns, t)
+                            .map(|c| c.iter().cloned().collect())
+                            .unwrap_or_default()
+                    }
+                }
             }
         }
     };
@@ -392,5 +524,9 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
         }
         id
     };
-    Ok(cursor_reply(id, &a.ns, batch, true))
+    let mut reply = cursor_reply(id, &a.ns, batch, true);
+    if let (Some(t), Ok(c)) = (at_cluster_time, reply.get_document_mut("cursor")) {
+        c.insert("atClusterTime", t);
+    }
+    Ok(reply)
 }

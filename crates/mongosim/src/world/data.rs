@@ -59,6 +59,12 @@ impl Collection {
     }
 
     /// The document with this `_id`.
+    pub fn get(&self, id: &Bson) -> Option<&Document> {
+        let i = *self.index.get(&id_key(id))?;
+        self.slots.get(i)?.as_ref()
+    }
+
+    /// The document with this `_id`, to change in place.
     pub fn get_mut(&mut self, id: &Bson) -> Option<&mut Document> {
         let i = *self.index.get(&id_key(id))?;
         self.slots.get_mut(i)?.as_mut()

@@ -359,7 +359,10 @@ impl World {
                     .is_some_and(|e| source.oplog.contains(&e.id))
             })
         };
-        let source_data = self.sets[s].nodes[src].data.clone();
+        let source_data = (
+            self.sets[s].nodes[src].data.clone(),
+            self.sets[s].nodes[src].undo.clone(),
+        );
         let set = &mut self.sets[s];
         let removed = match common {
             Some(c) => set.nodes[n].oplog.truncate_after(c + 1),
@@ -374,7 +377,7 @@ impl World {
             }
         };
         let node = &mut set.nodes[n];
-        node.data = source_data;
+        (node.data, node.undo) = source_data;
         node.last_ts = node.oplog.last().map(|e| e.id.ts).unwrap_or(node.last_ts);
         node.epoch += 1;
         let killed: Vec<i64> = node.cursors.keys().copied().collect();

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 
-use super::data::{apply_entry, apply_modifiers, bad_value, id_key, Collection};
+use super::data::{apply_modifiers, bad_value, id_key, Collection};
+use super::history::{apply_recorded, prune};
 use super::{now_secs, CmdError, RetryImage, World};
 use crate::matcher;
 use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec};
@@ -41,20 +42,40 @@ impl World {
             TxnVisibility::CommitsChain(prev) => self.chain_ops(s, n, prev),
             _ => Vec::new(),
         };
+        // A prepared transaction's writes are visible from its commitTimestamp on.
+        let visible_at = entry
+            .doc
+            .get_document("o")
+            .ok()
+            .and_then(|o| o.get_timestamp("commitTimestamp").ok())
+            .unwrap_or(entry.id.ts);
+        let oldest = self.oldest_readable(s, n);
         let node = &mut self.sets[s].nodes[n];
         if ts_key(entry.id.ts) > ts_key(node.last_ts) {
             node.last_ts = entry.id.ts;
         }
         for op in &chain {
-            apply_entry(&mut node.data, op);
+            apply_recorded(&mut node.data, &mut node.undo, op, visible_at);
         }
         match deferred {
             TxnVisibility::Now | TxnVisibility::CommitsChain(_) => {
-                apply_entry(&mut node.data, &entry.doc)
+                apply_recorded(&mut node.data, &mut node.undo, &entry.doc, visible_at)
             }
             TxnVisibility::Later => {}
         }
+        prune(&mut node.undo, oldest);
         node.oplog.push(entry);
+    }
+
+    /// The oldest time node `n` can still read at: `minSnapshotHistoryWindowInSeconds`
+    /// behind its majority commit point (WiredTiger's oldest timestamp).
+    pub fn oldest_readable(&self, s: usize, n: usize) -> Timestamp {
+        let node = &self.sets[s].nodes[n];
+        let stable = node.commit_point.as_ref().map_or(0, |c| c.id.ts.time);
+        Timestamp {
+            time: stable.saturating_sub(self.snapshot_window_secs),
+            increment: 0,
+        }
     }
 
     /// Writes an entry on node `n` (which must be primary) and returns it.

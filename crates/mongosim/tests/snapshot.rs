@@ -1,0 +1,282 @@
+//! Point-in-time reads checked with the official Rust `mongodb` driver: `readConcern`
+//! `snapshot` with and without `atClusterTime`, `majority`, the driver's snapshot sessions
+//! (which reuse the `atClusterTime` the first reply names), `SnapshotTooOld` once the
+//! history window has passed, and `setParameter minSnapshotHistoryWindowInSeconds`.
+//! Expected answers are mongod's (see `world/history.rs` for the sources).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document, Timestamp};
+use futures::StreamExt;
+use mongodb::error::ErrorKind;
+use mongodb::options::WriteConcern;
+use mongodb::Client;
+use mongosim::{Cluster, ClusterSpec, ReplicaSet, ReplicaSetSpec, ServerVersion};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn direct(addr: SocketAddr) -> Client {
+    Client::with_uri_str(format!(
+        "mongodb://{addr}/?directConnection=true&serverSelectionTimeoutMS=5000"
+    ))
+    .await
+    .unwrap()
+}
+
+fn code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+fn newest_ts(rs: &ReplicaSet, addr: SocketAddr) -> Timestamp {
+    let log = rs.oplog_snapshot(addr);
+    Document::try_from(log.last().unwrap().as_ref())
+        .unwrap()
+        .get_timestamp("ts")
+        .unwrap()
+}
+
+/// `find` on `test.c` with a read concern, every batch drained: (`_id`, `v`) pairs sorted
+/// by `_id`, and the reply's `cursor.atClusterTime`.
+async fn read(
+    client: &Client,
+    read_concern: Document,
+    batch_size: i32,
+) -> mongodb::error::Result<(Vec<(i32, i32)>, Option<Timestamp>)> {
+    let db = client.database("test");
+    let reply = db
+        .run_command(doc! {
+            "find": "c", "batchSize": batch_size, "readConcern": read_concern,
+            "$readPreference": {"mode": "primaryPreferred"},
+        })
+        .await?;
+    let cursor = reply.get_document("cursor").unwrap();
+    let at = cursor.get_timestamp("atClusterTime").ok();
+    let mut docs: Vec<Document> = cursor
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| d.as_document().unwrap().clone())
+        .collect();
+    let mut id = cursor.get_i64("id").unwrap();
+    while id != 0 {
+        let more = db
+            .run_command(
+                doc! {"getMore": id, "collection": "c", "batchSize": batch_size,
+                "$readPreference": {"mode": "primaryPreferred"}},
+            )
+            .await?;
+        let c = more.get_document("cursor").unwrap();
+        docs.extend(
+            c.get_array("nextBatch")
+                .unwrap()
+                .iter()
+                .map(|d| d.as_document().unwrap().clone()),
+        );
+        id = c.get_i64("id").unwrap();
+    }
+    let mut out: Vec<(i32, i32)> = docs
+        .iter()
+        .map(|d| (d.get_i32("_id").unwrap(), d.get_i32("v").unwrap()))
+        .collect();
+    out.sort_unstable();
+    Ok((out, at))
+}
+
+#[tokio::test]
+async fn snapshot_and_majority_reads_see_the_data_as_of_their_time() {
+    let rs = ReplicaSet::start(ReplicaSetSpec {
+        nodes: 3,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=5000",
+        rs.replica_set_uri("replset")
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection_with_options::<Document>(
+        "c",
+        mongodb::options::CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build(),
+    );
+    coll.insert_many([doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 1}])
+        .await
+        .unwrap();
+    let primary = rs.primary().unwrap();
+    let t1 = newest_ts(&rs, primary);
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .await
+        .unwrap();
+    coll.delete_one(doc! {"_id": 2}).await.unwrap();
+    coll.insert_one(doc! {"_id": 3, "v": 1}).await.unwrap();
+
+    let at_t1 = doc! {"level": "snapshot", "atClusterTime": t1};
+    let before = vec![(1, 1), (2, 1)];
+    let now = vec![(1, 2), (3, 1)];
+    // On the primary and on a secondary, in batches of one: the cursor keeps its time.
+    let secondary = rs.members().into_iter().find(|a| *a != primary).unwrap();
+    for addr in [primary, secondary] {
+        let c = direct(addr).await;
+        let (docs, at) = read(&c, at_t1.clone(), 1).await.unwrap();
+        assert_eq!(docs, before, "{addr}");
+        assert_eq!(at, Some(t1), "{addr}: the reply names the read time");
+    }
+    let (docs, at) = read(&client, doc! {"level": "majority"}, 10).await.unwrap();
+    assert_eq!(docs, now);
+    assert_eq!(at, None, "only snapshot reads name atClusterTime");
+    let (docs, at) = read(&client, doc! {"level": "snapshot"}, 10).await.unwrap();
+    assert_eq!(docs, now);
+    assert!(at.is_some_and(|t| (t.time, t.increment) >= (t1.time, t1.increment)));
+
+    // A time the node has not reached: InvalidOptions.
+    let future = Timestamp {
+        time: t1.time + 3600,
+        increment: 1,
+    };
+    let err = read(
+        &client,
+        doc! {"level": "snapshot", "atClusterTime": future},
+        10,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), Some(72), "{err}");
+
+    // The driver's snapshot session: the first read picks the time, later reads reuse it.
+    let mut session = client.start_session().snapshot(true).await.unwrap();
+    let first: Vec<Document> = coll
+        .find(doc! {})
+        .session(&mut session)
+        .await
+        .unwrap()
+        .stream(&mut session)
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(first.len(), 2);
+    assert!(
+        session.snapshot_time().is_some(),
+        "the driver read atClusterTime"
+    );
+    coll.insert_one(doc! {"_id": 4, "v": 1}).await.unwrap();
+    let again: Vec<Document> = coll
+        .find(doc! {})
+        .session(&mut session)
+        .await
+        .unwrap()
+        .stream(&mut session)
+        .map(|d| d.unwrap())
+        .collect()
+        .await;
+    assert_eq!(again, first, "a snapshot session reads at one time");
+
+    // History older than the window is gone: SnapshotTooOld.
+    let was = client
+        .database("admin")
+        .run_command(doc! {"setParameter": 1, "minSnapshotHistoryWindowInSeconds": 0})
+        .await
+        .unwrap();
+    assert_eq!(was.get_i32("was").unwrap(), 300);
+    let start = Instant::now();
+    loop {
+        // Writes in a later second move the commit point, and the window with it, past t1.
+        coll.insert_one(doc! {"v": 0}).await.unwrap();
+        match read(&client, at_t1.clone(), 10).await {
+            Err(e) if code(&e) == Some(239) => break,
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => {
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "t1 never fell out of the window"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let err = client
+        .database("admin")
+        .run_command(doc! {"setParameter": 1, "noSuchParameter": 1})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(72));
+    rs.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_distributed_transaction_is_visible_from_its_commit_timestamp() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        nodes_per_shard: 3,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mongos = Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=5000", cluster.uri()))
+        .await
+        .unwrap();
+    let coll = mongos.database("test").collection::<Document>("c");
+    let mut session = mongos.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"_id": 7, "v": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 1007, "v": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    session.commit_transaction().await.unwrap();
+    let p1 = cluster.primary_of("shard01").unwrap();
+    let entries: Vec<Document> = cluster
+        .oplog_snapshot(p1)
+        .iter()
+        .map(|r| Document::try_from(r.as_ref()).unwrap())
+        .collect();
+    let commit_ts = entries
+        .iter()
+        .find_map(|e| {
+            e.get_document("o")
+                .ok()
+                .and_then(|o| o.get_timestamp("commitTimestamp").ok())
+        })
+        .unwrap();
+    let prepare_ts = entries
+        .iter()
+        .find(|e| {
+            e.get_document("o")
+                .is_ok_and(|o| o.get_bool("prepare").unwrap_or(false))
+        })
+        .unwrap()
+        .get_timestamp("ts")
+        .unwrap();
+    let shard = direct(p1).await;
+    let just_before = Timestamp {
+        time: prepare_ts.time,
+        increment: prepare_ts.increment - 1,
+    };
+    for (at, want) in [(just_before, vec![]), (commit_ts, vec![(7, 1)])] {
+        let (docs, _) = read(&shard, doc! {"level": "snapshot", "atClusterTime": at}, 10)
+            .await
+            .unwrap();
+        assert_eq!(docs, want, "at {at:?}");
+    }
+    assert!(matches!(
+        coll.find_one(doc! {"_id": 7})
+            .await
+            .unwrap()
+            .and_then(|d| d.get("v").cloned()),
+        Some(Bson::Int32(1))
+    ));
+    cluster.shutdown().await;
+}
