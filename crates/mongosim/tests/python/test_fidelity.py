@@ -387,3 +387,33 @@ def test_tls_require_with_client_certificates():
         assert "mismatch" in str(e.value) or "match" in str(e.value), str(e.value)
     finally:
         sim.close()
+
+
+def test_distributed_transaction_and_snapshot_session(sharded):
+    """pymongo commits a transaction on both shards through mongos (two-phase commit:
+    prepare, then commitTransaction with one commitTimestamp on each shard), and its
+    snapshot sessions read a shard at the atClusterTime the first reply names."""
+    mongos = sharded.mongos()
+    coll = mongos.test.c
+    with mongos.start_session() as s:
+        with s.start_transaction():
+            coll.insert_one({"_id": 1, "v": 1}, session=s)
+            coll.insert_one({"_id": 1001, "v": 1}, session=s)
+    assert sorted(d["_id"] for d in coll.find()) == [1, 1001]
+    stamps = []
+    for shard in ("shard01", "shard02"):
+        oplog = list(sharded.client(sharded.primary(shard)).local["oplog.rs"].find())
+        prepares = [e for e in oplog if e["o"].get("prepare") is True]
+        commits = [e for e in oplog if "commitTransaction" in e["o"]]
+        assert len(prepares) == 1 and len(commits) == 1, shard
+        assert commits[0]["prevOpTime"]["ts"] == prepares[0]["ts"]
+        stamps.append(commits[0]["o"]["commitTimestamp"])
+    assert stamps[0] == stamps[1]
+
+    shard = sharded.client(sharded.primary("shard01"))
+    with shard.start_session(snapshot=True) as s:
+        first = sorted(d["_id"] for d in shard.test.c.find(session=s))
+        shard.test.c.insert_one({"_id": 2, "v": 1})
+        again = sorted(d["_id"] for d in shard.test.c.find(session=s))
+    assert first == again == [1]
+    assert sorted(d["_id"] for d in shard.test.c.find()) == [1, 2]
