@@ -80,8 +80,10 @@ impl ShardTruth {
     ) -> ShardTruth {
         let emitted = quorumtail_testkit::emitted_by_default;
         let mut t = ShardTruth::default();
-        // Transactions whose chain is not complete yet: (lsid, txnNumber) -> operations.
-        let mut open: HashMap<String, Vec<Document>> = HashMap::new();
+        let mut committed_ops: HashMap<EntryId, Vec<Document>> = HashMap::new();
+        for (commit, ops) in committed_transactions(committed) {
+            committed_ops.insert(commit, ops);
+        }
         for raw in committed {
             let e = OplogEntry::parse(raw).expect("committed entry parses");
             t.committed_all.insert(e.id());
@@ -89,18 +91,7 @@ impl ShardTruth {
                 t.from_migrate.insert(e.id());
             }
             let doc = Document::try_from(raw.as_ref()).expect("committed entry is BSON");
-            if let Some((ops, partial)) = apply_ops(&doc) {
-                let key = format!(
-                    "{:?}/{:?}",
-                    doc.get_document("lsid").ok().and_then(|l| l.get("id")),
-                    doc.get("txnNumber")
-                );
-                let mut all = open.remove(&key).unwrap_or_default();
-                all.extend(ops);
-                if partial {
-                    open.insert(key, all);
-                    continue;
-                }
+            if let Some(all) = committed_ops.get(&e.id()) {
                 t.txns += 1;
                 for (i, op) in all.iter().enumerate() {
                     let kind = op.get_str("op").ok().and_then(OpKind::from_code);
@@ -110,6 +101,8 @@ impl ShardTruth {
                         t.committed_app.push((e.id(), i as i64));
                     }
                 }
+            } else if apply_ops(&doc).is_some() || is_txn_decision(&doc) {
+                // A link of a chain (partialTxn, prepare) or an abort: nothing of its own.
             } else if emitted(e.op.as_str(), e.ns, e.from_migrate) {
                 t.committed_app.push((e.id(), -1));
             }
@@ -123,6 +116,57 @@ impl ShardTruth {
         }
         t
     }
+}
+
+/// `commitTransaction` / `abortTransaction` of a prepared transaction.
+fn is_txn_decision(doc: &Document) -> bool {
+    doc.get_str("op").ok() == Some("c")
+        && doc.get_document("o").is_ok_and(|o| {
+            o.contains_key("commitTransaction") || o.contains_key("abortTransaction")
+        })
+}
+
+/// Every transaction a shard's committed history commits, as MongoDB's oplog says
+/// (`src/mongo/db/repl/oplog_entry.cpp` classifies the same way): the identity of the
+/// entry that commits it and its operations. A `partialTxn` or `prepare` entry waits for
+/// the rest of its chain (by `lsid` + `txnNumber`); the last `applyOps` of an unprepared
+/// chain commits it, `commitTransaction` commits a prepared one, `abortTransaction` drops
+/// it. A standalone `applyOps` (a batched write) commits its own operations.
+pub fn committed_transactions(committed: &[bson::RawDocumentBuf]) -> Vec<(EntryId, Vec<Document>)> {
+    let mut out = Vec::new();
+    let mut open: HashMap<String, Vec<Document>> = HashMap::new();
+    for raw in committed {
+        let Ok(doc) = Document::try_from(raw.as_ref()) else {
+            continue;
+        };
+        let key = format!(
+            "{:?}/{:?}",
+            doc.get_document("lsid").ok().and_then(|l| l.get("id")),
+            doc.get("txnNumber")
+        );
+        let id = || OplogEntry::parse(raw).expect("committed entry parses").id();
+        if let Some((ops, partial)) = apply_ops(&doc) {
+            let mut all = open.remove(&key).unwrap_or_default();
+            all.extend(ops);
+            let prepare = doc
+                .get_document("o")
+                .is_ok_and(|o| o.get_bool("prepare").unwrap_or(false));
+            if partial || prepare {
+                open.insert(key, all);
+            } else {
+                out.push((id(), all));
+            }
+        } else if is_txn_decision(&doc) {
+            let all = open.remove(&key).unwrap_or_default();
+            if doc
+                .get_document("o")
+                .is_ok_and(|o| o.contains_key("commitTransaction"))
+            {
+                out.push((id(), all));
+            }
+        }
+    }
+    out
 }
 
 /// The operations of an `applyOps` entry and whether it is a `partialTxn` one.

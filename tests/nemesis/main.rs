@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use mongosim::{Cluster, ClusterSpec};
 use quorumtail_oplog::OplogEntry;
 
-use checker::{apply_ops, check, txn_op_key, Segment, ShardTruth};
+use checker::{check, committed_transactions, txn_op_key, Segment, ShardTruth};
 use kafka::Kafka;
 use nemesis::{schedule, Fault, Nemesis};
 use qt::{Ended, Quorumtail, Stopped};
@@ -72,11 +72,9 @@ type OpKey = (String, String, Option<i64>);
 
 /// `(op, _id, tag)` of every operation of the transactions the ground truth committed.
 fn committed_txn_ops(entries: &[bson::RawDocumentBuf]) -> HashSet<OpKey> {
-    entries
-        .iter()
-        .filter_map(|raw| bson::Document::try_from(raw.as_ref()).ok())
-        .filter_map(|d| apply_ops(&d))
-        .flat_map(|(ops, _)| ops)
+    committed_transactions(entries)
+        .into_iter()
+        .flat_map(|(_, ops)| ops)
         .filter_map(|op| txn_op_key(&bson::Bson::Document(op).into_relaxed_extjson()))
         .collect()
 }
@@ -131,10 +129,10 @@ fn check_txns(txns: &[workload::Txn], truth: &HashSet<OpKey>, segments: &[Segmen
         match &t.outcome {
             TxnOutcome::Committed => {
                 v.committed += 1;
-                // (shard, commit identity): one per shard. A transaction can span two
-                // shards when a chunk moved while it was open; mongosim then commits each
-                // shard's part on its own (no two-phase commit), as MongoDB's shards each
-                // log their part of a cross-shard transaction.
+                // (shard, commit identity): one per shard. A transaction that wrote on two
+                // shards (the workload writes a second chunk in a third of them, and chunks
+                // move) commits with two-phase commit: each shard logs its part and emits it
+                // at its own commitTransaction entry.
                 let mut ids: HashSet<(String, String)> = HashSet::new();
                 for k in &keys {
                     v.ops_checked += 1;

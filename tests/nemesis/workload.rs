@@ -324,17 +324,25 @@ pub async fn txn_client(c: TxnClient) {
         n += 1;
         let tag = ((c.index as i64 + 1) << 32) | n;
         let chunk = rng.gen_range(0..c.chunks);
-        let mut ops = Vec::new();
-        for _ in 0..rng.gen_range(1..=3) {
-            ops.push((WriteKind::Insert, fresh_in(chunk), 0));
+        // A third of the transactions also write a second chunk, which usually lives on
+        // another shard: a distributed transaction (two-phase commit).
+        let mut chunks = vec![chunk];
+        if c.chunks > 1 && rng.gen_bool(0.33) {
+            chunks.push((chunk + rng.gen_range(1..c.chunks)) % c.chunks);
         }
-        let mine = live.entry(chunk).or_default();
-        if !mine.is_empty() {
-            let i = rng.gen_range(0..mine.len());
-            ops.push((WriteKind::Update, mine[i].0, mine[i].1 + 1));
-            if mine.len() > 1 && rng.gen_bool(0.3) {
-                let j = (i + 1) % mine.len();
-                ops.push((WriteKind::Delete, mine[j].0, mine[j].1 + 1));
+        let mut ops = Vec::new();
+        for &chunk in &chunks {
+            for _ in 0..rng.gen_range(1..=2) {
+                ops.push((WriteKind::Insert, fresh_in(chunk), 0));
+            }
+            let mine = live.entry(chunk).or_default();
+            if !mine.is_empty() {
+                let i = rng.gen_range(0..mine.len());
+                ops.push((WriteKind::Update, mine[i].0, mine[i].1 + 1));
+                if mine.len() > 1 && rng.gen_bool(0.3) {
+                    let j = (i + 1) % mine.len();
+                    ops.push((WriteKind::Delete, mine[j].0, mine[j].1 + 1));
+                }
             }
         }
         let commit = rng.gen_bool(0.75);
@@ -386,10 +394,11 @@ pub async fn txn_client(c: TxnClient) {
         })
         .await
         .unwrap_or_else(|_| TxnOutcome::Failed("client timeout".into()));
-        let mine = live.entry(chunk).or_default();
+        let chunk_of = |id: i32| (id / width).min(c.chunks - 1);
         match &outcome {
             TxnOutcome::Committed => {
                 for (kind, id, v) in &ops {
+                    let mine = live.entry(chunk_of(*id)).or_default();
                     match kind {
                         WriteKind::Insert => mine.push((*id, 0)),
                         WriteKind::Update => {
@@ -405,7 +414,11 @@ pub async fn txn_client(c: TxnClient) {
             TxnOutcome::Failed(_) => {
                 // Whether it committed is for the ground truth to say: never touch its
                 // documents again. A timed-out session may be unusable: start a new one.
-                mine.retain(|d| !ops.iter().any(|o| o.1 == d.0));
+                for &chunk in &chunks {
+                    live.entry(chunk)
+                        .or_default()
+                        .retain(|d| !ops.iter().any(|o| o.1 == d.0));
+                }
                 session = None;
             }
         }

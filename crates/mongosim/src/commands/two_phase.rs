@@ -57,7 +57,8 @@ pub(super) async fn commit(
     let base = doc! {"_id": id.clone(), "participants": names};
 
     // 1. The participant list.
-    on_primary(shared, coordinator, |w, s, n, now| {
+    let deadline = Some(tokio::time::Instant::now() + STEP_DEADLINE);
+    on_primary(shared, coordinator, deadline, |w, s, n, now| {
         w.write_coordinator_doc(s, n, &id, Some(base.clone()), now)
     })
     .await?;
@@ -106,37 +107,78 @@ pub(super) async fn commit(
     };
     let mut decided = base.clone();
     decided.insert("decision", decision_doc);
-    on_primary(shared, coordinator, |w, s, n, now| {
-        w.write_coordinator_doc(s, n, &id, Some(decided.clone()), now)
-    })
-    .await?;
+    // Once decided, the coordinator carries the decision through to the end whatever the
+    // client does (mongod's coordinator is durable and resumes after failovers): steps 3 to
+    // 5 run on their own and retry until done; the client waits a bounded time.
+    let delivery = Delivery {
+        key: key.to_owned(),
+        lsid: lsid.clone(),
+        txn,
+        id,
+        decided,
+        decision,
+        prepared,
+        participants,
+        coordinator,
+    };
+    let task = tokio::spawn(delivery.run(shared.clone()));
+    match tokio::time::timeout(STEP_DEADLINE, task).await {
+        Ok(Ok(Ok(()))) => match abort {
+            None => Ok(ok(Document::new())),
+            Some(_) => Err(no_such_transaction(txn)),
+        },
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) | Err(_) => Err(CmdError::new(
+            262,
+            "ExceededTimeLimit",
+            "transaction coordinator: the decision is not acknowledged yet",
+        )),
+    }
+}
 
-    // 4. Every prepared participant logs the decision; the others drop what they buffered.
-    for &s in &prepared {
-        on_primary(shared, s, |w, s, n, now| {
-            w.decide_prepared(s, n, lsid, txn, decision, now)
+/// Steps 3 to 5 of a decided transaction.
+struct Delivery {
+    key: String,
+    lsid: Document,
+    txn: i64,
+    id: Document,
+    decided: Document,
+    decision: Decision,
+    prepared: Vec<usize>,
+    participants: Vec<usize>,
+    coordinator: usize,
+}
+
+impl Delivery {
+    async fn run(self, shared: Arc<Shared>) -> Result<(), CmdError> {
+        let shared = &shared;
+        let (id, lsid, txn, decision) = (&self.id, &self.lsid, self.txn, self.decision);
+        // 3. The decision, durable on the coordinator.
+        on_primary(shared, self.coordinator, None, |w, s, n, now| {
+            w.write_coordinator_doc(s, n, id, Some(self.decided.clone()), now)
         })
         .await?;
-    }
-    {
-        let mut w = shared.world();
-        for &s in &participants {
-            for node in &mut w.sets[s].nodes {
-                node.txns.remove(key);
-            }
+        // 4. Every prepared participant logs it; the others drop what they buffered.
+        for &s in &self.prepared {
+            on_primary(shared, s, None, |w, s, n, now| {
+                w.decide_prepared(s, n, lsid, txn, decision, now)
+            })
+            .await?;
         }
-        w.txn_participants.remove(key);
-    }
-
-    // 5. Forget.
-    on_primary(shared, coordinator, |w, s, n, now| {
-        w.write_coordinator_doc(s, n, &id, None, now)
-    })
-    .await?;
-
-    match abort {
-        None => Ok(ok(Document::new())),
-        Some(_) => Err(no_such_transaction(txn)),
+        {
+            let mut w = shared.world();
+            for &s in &self.participants {
+                for node in &mut w.sets[s].nodes {
+                    node.txns.remove(&self.key);
+                }
+            }
+            w.txn_participants.remove(&self.key);
+        }
+        // 5. Forget.
+        on_primary(shared, self.coordinator, None, |w, s, n, now| {
+            w.write_coordinator_doc(s, n, id, None, now)
+        })
+        .await
     }
 }
 
@@ -208,12 +250,17 @@ async fn prepare_on(
 }
 
 /// Runs `f` on the current primary of set `s` and waits until its newest entry is majority
-/// committed, retrying (with `f` again: it must be idempotent) through elections.
-async fn on_primary<F>(shared: &Arc<Shared>, s: usize, mut f: F) -> Result<(), CmdError>
+/// committed, retrying (with `f` again: it must be idempotent) through elections, until
+/// `deadline` (`None`: until the simulation shuts down).
+async fn on_primary<F>(
+    shared: &Arc<Shared>,
+    s: usize,
+    deadline: Option<tokio::time::Instant>,
+    mut f: F,
+) -> Result<(), CmdError>
 where
     F: FnMut(&mut World, usize, usize, Instant) -> Result<(), CmdError>,
 {
-    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
     loop {
         let done = {
             let mut w = shared.world();
@@ -230,7 +277,9 @@ where
                 }
             }
             Some((_, Err(e))) if e.code != CmdError::not_primary().code => return Err(e),
-            _ if tokio::time::Instant::now() >= deadline => {
+            _ if deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+                || shared.shutdown.is_cancelled() =>
+            {
                 return Err(CmdError::new(
                     262,
                     "ExceededTimeLimit",
