@@ -49,7 +49,7 @@ use hmac::{KeyInit, Mac};
 use rand::RngCore;
 use sha2::Digest;
 
-use crate::world::CmdError;
+use crate::error::CmdError;
 
 /// A user of the simulated deployment, stored on `admin` (the authSource every test uses).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,12 +4,12 @@
 //!
 //! [`Cluster`] is the facade; the rest is split out:
 //!
-//! - `cluster/error.rs`: [`SimError`];
-//! - `cluster/spec.rs`: [`ClusterSpec`], [`Layout`], [`SetLayout`], [`ProcessInfo`],
-//!   [`NodeStatus`];
+//! - [`SimError`] is defined in [`crate::error`] and re-exported here;
+//! - `cluster/spec.rs`: [`ClusterSpec`], [`Layout`], [`SetLayout`], [`ProcessInfo`];
 //! - `cluster/replica_set.rs`: [`ReplicaSet`] and [`ReplicaSetSpec`];
-//! - `cluster/faults.rs`: the fault and status operations shared with `mongosimControl`;
-//! - `cluster/reconfig.rs`: replica set reconfiguration.
+//! - the fault, status and reconfiguration operations (and [`NodeStatus`]) live in the
+//!   internal `ops` module, shared with `mongosimControl` and the commands, which cannot
+//!   depend on this facade (it starts the wire loop that runs them).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,30 +17,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{Bson, RawDocumentBuf, Timestamp};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
+use crate::error::CmdError;
 use crate::fixture;
 use crate::membership::{self, MemberSpec};
-use crate::server::Shared;
-use crate::world::{CmdError, Proc, SetRole, ShardEntry, ShardState, Sharding, SimConfig, World};
+use crate::runtime::{bind_many, Shared};
+use crate::world::{Proc, SetRole, ShardEntry, ShardState, Sharding, SimConfig, World};
 
-mod error;
-mod faults;
-mod reconfig;
 mod replica_set;
 mod spec;
 
-pub use error::SimError;
-pub(crate) use faults::{
+pub use crate::error::SimError;
+pub use crate::ops::NodeStatus;
+use crate::ops::{
     add_shard, begin_remove_shard, block_replication, fail_next_prepare, finish_remove_shard,
-    hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk, restart_node, set_lag,
-    set_partition, set_sync_source, status, step_down, truncate_oplog,
+    hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk, reconfigure,
+    restart_node, set_lag, set_partition, set_sync_source, status, step_down, truncate_oplog,
 };
-pub(crate) use reconfig::{reconfigure, repl_set_reconfig_cmd};
 pub use replica_set::{ReplicaSet, ReplicaSetSpec};
-pub use spec::{ClusterSpec, Layout, NodeStatus, ProcessInfo, SetLayout};
+pub use spec::{ClusterSpec, Layout, ProcessInfo, SetLayout};
 
 /// A running simulation: a sharded cluster, or a single replica set (`shards == 0`).
 #[derive(Debug)]
@@ -48,51 +45,6 @@ pub struct Cluster {
     shared: Arc<Shared>,
     spec: ClusterSpec,
     ticker: JoinHandle<()>,
-}
-
-async fn bind(port: u16) -> Result<(TcpListener, SocketAddr), SimError> {
-    let sock = SocketAddr::from(([127, 0, 0, 1], port));
-    let addr = sock.to_string();
-    // A just-killed listener may take a moment to release the port: retry briefly.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match TcpListener::bind(sock).await {
-            Ok(l) => {
-                let a = l.local_addr().map_err(|source| SimError::Bind {
-                    addr: addr.clone(),
-                    source,
-                })?;
-                return Ok((l, a));
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && port != 0
-                    && Instant::now() < deadline =>
-            {
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(source) => return Err(SimError::Bind { addr, source }),
-        }
-    }
-}
-
-async fn bind_many(
-    base: u16,
-    offset: usize,
-    count: usize,
-) -> Result<Vec<(TcpListener, SocketAddr)>, SimError> {
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let port = if base == 0 {
-            0
-        } else {
-            u16::try_from(usize::from(base) + offset + i)
-                .map_err(|_| SimError::Spec(format!("port {base}+{} overflows", offset + i)))?
-        };
-        out.push(bind(port).await?);
-    }
-    Ok(out)
 }
 
 impl Cluster {
@@ -204,7 +156,7 @@ impl Cluster {
             listeners.push((mongos_l, mongos));
         }
         world.tick(now);
-        let shared = Shared::new(world, Auth::new(&spec.users), tls);
+        let shared = Shared::new(world, Auth::new(&spec.users), tls, crate::server::serve);
         for (l, a) in listeners {
             shared.spawn_listener(l, a);
         }

@@ -27,8 +27,9 @@ use bson::{doc, Bson, Document};
 
 use crate::codec::MAX_BSON_OBJECT_SIZE;
 use crate::control;
-use crate::server::{ConnCtx, Shared};
-use crate::world::{CmdError, Proc};
+use crate::error::CmdError;
+use crate::runtime::{ConnCtx, Shared};
+use crate::world::Proc;
 
 mod catalog;
 mod find;
@@ -133,7 +134,7 @@ pub(crate) async fn run_in_process(
         .unwrap_or_else(|p| p.into_inner())
         .take();
     if let Some(target) = kill {
-        let _ = crate::cluster::kill_node(shared, target).await;
+        let _ = crate::ops::kill_node(shared, target).await;
     }
     reply
 }
@@ -195,7 +196,7 @@ async fn dispatch(
         "replSetGetConfig" => repl_set_get_config(&shared.world(), proc),
         "replSetReconfig" => {
             let (s, n) = node_or_not_found(proc, "replSetReconfig")?;
-            crate::cluster::repl_set_reconfig_cmd(shared, s, n, cmd).await
+            crate::ops::repl_set_reconfig_cmd(shared, s, n, cmd).await
         }
         "replSetStepDown" => step_down_cmd(shared, proc),
         "find" => {

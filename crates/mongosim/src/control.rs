@@ -39,10 +39,12 @@ use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 
-use crate::cluster::{self, SimError};
+use crate::error::CmdError;
+use crate::error::SimError;
 use crate::membership::{parse_member_list, MemberSpec};
-use crate::server::{ConnCtx, Shared};
-use crate::world::{CmdError, ShardState};
+use crate::ops;
+use crate::runtime::{ConnCtx, Shared};
+use crate::world::ShardState;
 
 fn to_cmd_error(e: SimError) -> CmdError {
     match e {
@@ -101,41 +103,38 @@ pub(crate) async fn handle(
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(addr);
             } else {
-                cluster::kill_node(shared, addr)
-                    .await
-                    .map_err(to_cmd_error)?;
+                ops::kill_node(shared, addr).await.map_err(to_cmd_error)?;
             }
             Ok(ok(Document::new()))
         }
         "restartNode" => {
-            cluster::restart_node(shared, arg_addr(cmd)?)
+            ops::restart_node(shared, arg_addr(cmd)?)
                 .await
                 .map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "partition" | "heal" => {
-            cluster::set_partition(shared, arg_addr(cmd)?, op == "partition")
-                .map_err(to_cmd_error)?;
+            ops::set_partition(shared, arg_addr(cmd)?, op == "partition").map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "stepDown" => {
-            cluster::step_down(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
+            ops::step_down(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "setLag" => {
             let ms = arg_i64(cmd, "lagMS").unwrap_or(0).max(0) as u64;
-            cluster::set_lag(shared, arg_addr(cmd)?, Duration::from_millis(ms))
+            ops::set_lag(shared, arg_addr(cmd)?, Duration::from_millis(ms))
                 .map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "truncateOplog" => {
             let count = arg_i64(cmd, "count").unwrap_or(1).max(0) as usize;
-            cluster::truncate_oplog(shared, arg_addr(cmd)?, count).map_err(to_cmd_error)?;
+            ops::truncate_oplog(shared, arg_addr(cmd)?, count).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "moveChunk" => {
             let key = cmd.get("key").cloned().unwrap_or(Bson::MinKey);
-            cluster::move_chunk(shared, arg_str(cmd, "ns")?, key, arg_str(cmd, "to")?)
+            ops::move_chunk(shared, arg_str(cmd, "ns")?, key, arg_str(cmd, "to")?)
                 .map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
@@ -147,20 +146,20 @@ pub(crate) async fn handle(
                 w.sharding.as_ref().map(|s| s.mongos.port()).unwrap_or(0)
             };
             let ephemeral = base == 0 || cmd.get_bool("ephemeral").unwrap_or(false);
-            let name = cluster::add_shard(shared, nodes, if ephemeral { 0 } else { base })
+            let name = ops::add_shard(shared, nodes, if ephemeral { 0 } else { base })
                 .await
                 .map_err(to_cmd_error)?;
             Ok(ok(doc! {"shard": name}))
         }
         "removeShard" => {
             let shard = arg_str(cmd, "shard")?;
-            cluster::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
-            cluster::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
+            ops::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
+            ops::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "status" => {
             let w = shared.world();
-            let nodes = bson::serialize_to_bson(&cluster::status(&w)).unwrap_or(Bson::Null);
+            let nodes = bson::serialize_to_bson(&ops::status(&w)).unwrap_or(Bson::Null);
             Ok(ok(doc! {"nodes": nodes}))
         }
         "groundTruth" => {
@@ -236,7 +235,7 @@ pub(crate) async fn handle(
                     ))
                 }
             };
-            let addrs = cluster::reconfigure(shared, s, members, None, force, None)
+            let addrs = ops::reconfigure(shared, s, members, None, force, None)
                 .await
                 .map_err(to_cmd_error)?;
             let addrs: Vec<Bson> = addrs.iter().map(|a| Bson::String(a.to_string())).collect();
@@ -250,17 +249,17 @@ pub(crate) async fn handle(
                     CmdError::new(2, "BadValue", format!("source {s:?} is not host:port"))
                 })?),
             };
-            cluster::set_sync_source(shared, node, source).map_err(to_cmd_error)?;
+            ops::set_sync_source(shared, node, source).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "blockReplication" => {
             let blocked = cmd.get_bool("blocked").unwrap_or(true);
-            cluster::block_replication(shared, arg_addr(cmd)?, blocked).map_err(to_cmd_error)?;
+            ops::block_replication(shared, arg_addr(cmd)?, blocked).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "holdStepUp" => {
             let hold = cmd.get_bool("hold").unwrap_or(true);
-            cluster::hold_step_up(shared, arg_str(cmd, "shard")?, hold).map_err(to_cmd_error)?;
+            ops::hold_step_up(shared, arg_str(cmd, "shard")?, hold).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "refuseCommands" => {
@@ -273,23 +272,23 @@ pub(crate) async fn handle(
                 })
                 .unwrap_or_default();
             let mut w = shared.world();
-            let (s, n) = cluster::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
+            let (s, n) = ops::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
             w.sets[s].nodes[n].refused_commands = names.into_iter().collect();
             Ok(ok(Document::new()))
         }
         "misreportCommitPoint" => {
             let on = cmd.get_bool("on").unwrap_or(true);
             let mut w = shared.world();
-            let (s, n) = cluster::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
+            let (s, n) = ops::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
             w.sets[s].nodes[n].misreport_commit_point = on;
             Ok(ok(Document::new()))
         }
         "holdTransactionDecisions" => {
-            cluster::hold_txn_decisions(shared, cmd.get_bool("hold").unwrap_or(true));
+            ops::hold_txn_decisions(shared, cmd.get_bool("hold").unwrap_or(true));
             Ok(ok(Document::new()))
         }
         "failNextPrepare" => {
-            cluster::fail_next_prepare(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
+            ops::fail_next_prepare(shared, arg_str(cmd, "shard")?).map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "setCommitPointDelay" => {
@@ -327,7 +326,7 @@ pub(crate) async fn remove_shard_step(
             .ok_or_else(|| CmdError::new(70, "ShardNotFound", format!("Shard {shard} not found")))?
     };
     if state == ShardState::Active {
-        cluster::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
+        ops::begin_remove_shard(shared, shard).map_err(to_cmd_error)?;
         Ok(ok(doc! {
             "msg": "draining started successfully",
             "state": "started",
@@ -336,7 +335,7 @@ pub(crate) async fn remove_shard_step(
             "dbsToMove": [],
         }))
     } else {
-        cluster::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
+        ops::finish_remove_shard(shared, shard).map_err(to_cmd_error)?;
         Ok(ok(doc! {
             "msg": "removeshard completed successfully",
             "state": "completed",

@@ -30,7 +30,7 @@ use std::time::Instant;
 use bson::{Bson, Document};
 use serde::Deserialize;
 
-use crate::cluster::SimError;
+use crate::error::SimError;
 use crate::oplog::{Entry, Oplog};
 use crate::version::ServerVersion;
 use crate::world::{MemberState, World};

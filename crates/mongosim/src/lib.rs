@@ -53,20 +53,55 @@
 //! # Modules
 //!
 //! - [`cluster`]: the in-process API ([`Cluster`], [`ReplicaSet`]), split into the spec and
-//!   layout types, [`SimError`], the fault operations shared with [`control`], and replica
-//!   set reconfiguration.
+//!   layout types and the facade over the operations below.
+//! - [`error`]: [`SimError`] (the control API's errors) and [`world::CmdError`] (a
+//!   command's `{ok: 0, ...}` error), used by every layer.
 //! - [`world`]: the simulated state under one lock, split into data (collections,
 //!   modifiers), writes (oplog logging, insert/update/delete/findAndModify), sessions and
 //!   transactions, replication (elections, rollback, the commit point) and sharding
 //!   (chunks, migrations).
+//! - `runtime` (internal): the state every task shares (the world's lock, change
+//!   notifications) and the process table: binding ports, starting and stopping listeners.
+//! - `ops` (internal): process-level operations shared by the API, `mongosimControl` and
+//!   commands: faults, member status, shards, replica set reconfiguration.
 //! - `commands` (internal): the command dispatcher and its handlers (hello and replica-set
 //!   status, find, oplog tailing, writes, transactions, catalog/DDL).
-//! - `server` (internal): listeners, connections and the wire loop; [`codec`]: OP_MSG /
-//!   OP_QUERY framing.
+//! - `server` (internal): the wire loop of a connection; [`codec`]: OP_MSG / OP_QUERY
+//!   framing.
 //! - [`control`]: the `mongosimControl` admin command; [`auth`]: SCRAM; [`tls`]: TLS.
 //! - [`oplog`]: oplog entries and the capped oplog; [`matcher`]: filters;
 //!   [`membership`]: member configurations; [`timeseries`]: time-series collections;
 //!   [`fixture`]: preloaded oplogs; [`version`]: per-version shapes.
+//!
+//! ## Layering
+//!
+//! Each module imports only modules on a lower line (checked by listing the `crate::`
+//! paths of each module; no two modules import each other):
+//!
+//! ```text
+//!   cluster                        the API; builds a simulation, installs server::serve
+//!   server                         the wire loop of one connection
+//!   commands                       dispatcher and handlers
+//!   control                        mongosimControl
+//!   ops                            faults, member status, shards, reconfig
+//!   runtime                        shared state, process table (ports, listeners)
+//!   fixture, timeseries, auth, tls
+//!   world                          the simulated state
+//!   membership, oplog, matcher, update_log
+//!   codec, version, error          CmdError, SimError
+//! ```
+//!
+//! Two decisions keep it that way. Starting a process needs the wire loop, and the wire
+//! loop needs the commands, some of which start processes (`replSetReconfig` adding a
+//! member, `mongosimControl` `restartNode`/`addShard`): instead of `runtime` calling the
+//! wire loop, [`Cluster::start`] installs `server::serve` in the shared state as the
+//! handler every listener runs on an accepted connection (a function pointer), so `ops`
+//! and `runtime` start listeners knowing nothing of commands. A command that kills the
+//! very process answering it does not kill from inside the handler: it records the kill
+//! in the connection context and the wire loop (or `Cluster::command`) carries it out
+//! once the reply is written. And the error types sit in their own module at the bottom,
+//! so `membership` (which validates configs with command errors) does not import the
+//! `world` that stores those configs, and `tls`/`fixture` do not import `cluster`.
 //!
 //! # What is simulated
 //!
@@ -359,10 +394,13 @@ pub mod cluster;
 pub mod codec;
 pub(crate) mod commands;
 pub mod control;
+pub mod error;
 pub mod fixture;
 pub mod matcher;
 pub mod membership;
 pub mod oplog;
+mod ops;
+mod runtime;
 mod server;
 pub mod timeseries;
 pub mod tls;
@@ -373,7 +411,7 @@ pub mod world;
 pub use auth::{SimRole, SimUser};
 pub use cluster::{
     Cluster, ClusterSpec, Layout, NodeStatus, ProcessInfo, ReplicaSet, ReplicaSetSpec, SetLayout,
-    SimError,
 };
+pub use error::SimError;
 pub use tls::TlsSpec;
 pub use version::ServerVersion;

@@ -15,8 +15,8 @@ use std::str::FromStr;
 
 use bson::{doc, Bson, Document};
 
+use crate::error::CmdError;
 use crate::version::ServerVersion;
-use crate::world::CmdError;
 
 /// At most this many voting members (`ReplSetConfig::kMaxVotingMembers`).
 pub const MAX_VOTING_MEMBERS: usize = 7;

@@ -39,8 +39,9 @@ use std::cmp::Ordering;
 
 use bson::{doc, oid::ObjectId, Bson, Document};
 
+use crate::error::CmdError;
 use crate::oplog::OpSpec;
-use crate::world::{CmdError, World};
+use crate::world::World;
 use std::time::Instant;
 
 /// `timeseries` options of a collection.

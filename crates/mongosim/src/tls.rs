@@ -21,7 +21,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::cluster::SimError;
+use crate::error::SimError;
 
 /// TLS settings of every process of a simulation (`requireTLS`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, oid::ObjectId, DateTime, Document, Timestamp};
 
+pub use crate::error::CmdError;
 use crate::membership::{Majorities, MemberSpec};
 use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
 use crate::version::ServerVersion;
@@ -98,33 +99,6 @@ impl MemberState {
             MemberState::Secondary => "SECONDARY",
             MemberState::Arbiter => "ARBITER",
         }
-    }
-}
-
-/// An error a command returns: `{ok: 0, errmsg, code, codeName}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CmdError {
-    /// Numeric error code.
-    pub code: i32,
-    /// Symbolic name.
-    pub code_name: &'static str,
-    /// Human message.
-    pub errmsg: String,
-}
-
-impl CmdError {
-    /// Builds an error.
-    pub fn new(code: i32, code_name: &'static str, errmsg: impl Into<String>) -> CmdError {
-        CmdError {
-            code,
-            code_name,
-            errmsg: errmsg.into(),
-        }
-    }
-
-    /// NotWritablePrimary (10107).
-    pub fn not_primary() -> CmdError {
-        CmdError::new(10107, "NotWritablePrimary", "not primary")
     }
 }
 

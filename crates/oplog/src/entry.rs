@@ -6,6 +6,10 @@
 //! server adds fields over versions (`v`, `stmtId`, `destinedRecipient`, `needsRetryImage`,
 //! ...).
 //!
+//! An entry kept for later is parsed once: [`OplogEntry::layout`] records what the parse
+//! found as an owned [`EntryLayout`] (scalars and byte ranges), and [`EntryLayout::view`]
+//! rebuilds the same view from the same bytes without walking the document again.
+//!
 //! Field types follow `src/mongo/db/repl/oplog_entry.idl` in the server source: `ts` is a
 //! BSON Timestamp, `t` a 64-bit integer (older servers sometimes wrote 32-bit), `h` a
 //! 64-bit integer (random up to 4.0, 0 in 4.2, absent from 4.4), `op` a one-letter string,
@@ -14,6 +18,9 @@
 use bson::{RawBsonRef, RawDocument};
 
 use crate::position::{EntryId, Timestamp};
+
+mod layout;
+pub use layout::EntryLayout;
 
 /// The kind of operation an entry records (`op`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -29,7 +29,7 @@ pub mod position;
 pub mod record;
 pub mod txn;
 
-pub use entry::{EntryError, OpKind, OpTime, OplogEntry};
+pub use entry::{EntryError, EntryLayout, OpKind, OpTime, OplogEntry};
 pub use filter::{DropReason, Filter, NsPattern};
 pub use position::{EntryId, ShardPosition, Timestamp};
 pub use txn::{

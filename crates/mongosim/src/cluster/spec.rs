@@ -122,33 +122,3 @@ pub struct SetLayout {
     /// `mongodb://...?replicaSet=name`.
     pub uri: String,
 }
-
-/// A node's view, for status and tests.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeStatus {
-    /// Address.
-    pub addr: String,
-    /// Set name.
-    pub set: String,
-    /// Process is up.
-    pub alive: bool,
-    /// Cut from its set.
-    pub partitioned: bool,
-    /// "PRIMARY" or "SECONDARY".
-    pub state: String,
-    /// Term as the node sees it.
-    pub term: i64,
-    /// Entries held.
-    pub oplog_len: usize,
-    /// Newest entry's ts as (seconds, increment).
-    pub last_ts: (u32, u32),
-    /// Replication lag in milliseconds.
-    pub lag_ms: u64,
-    /// Member kind in the config: voter, passive, hidden, nonvoter, arbiter, delayed:SECS
-    /// ("removed" when a reconfig dropped it).
-    pub member: String,
-    /// The member's view of the commit point, as (seconds, increment).
-    pub commit_point: Option<(u32, u32)>,
-    /// The member it replicates from.
-    pub sync_source: Option<String>,
-}

@@ -9,8 +9,9 @@ use bson::{doc, Bson, Document};
 use super::find::shard_docs;
 use super::writes::{check_user_ns, route};
 use super::{cmd_str, ok, type_error, CmdResult};
-use crate::server::Shared;
-use crate::world::{CmdError, Proc, SetRole, World};
+use crate::error::CmdError;
+use crate::runtime::Shared;
+use crate::world::{Proc, SetRole, World};
 
 pub(super) fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -> CmdResult {
     check_user_ns(db, proc)?;

@@ -9,12 +9,11 @@ use bson::{doc, Bson, Document, Timestamp};
 
 use super::tail::find_oplog;
 use super::{cmd_str, get_bool, get_doc, get_i64, ok, CmdResult, BATCH_BYTES, DEFAULT_FIRST_BATCH};
+use crate::error::CmdError;
 use crate::matcher;
-use crate::server::Shared;
+use crate::runtime::Shared;
 use crate::world::history::collection_at;
-use crate::world::{
-    bad_value, CmdError, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World,
-};
+use crate::world::{bad_value, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World};
 
 /// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
 fn secondary_ok(cmd: &Document) -> bool {

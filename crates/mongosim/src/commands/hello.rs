@@ -9,8 +9,9 @@ use bson::{doc, Bson, DateTime, Document, Timestamp};
 
 use super::{get_bool, ok, CmdResult};
 use crate::codec::{MAX_BSON_OBJECT_SIZE, MAX_MESSAGE_SIZE};
-use crate::server::{ConnCtx, Shared};
-use crate::world::{optime_doc, CmdError, MemberState, Proc, SetRole, SetState, World};
+use crate::error::CmdError;
+use crate::runtime::{ConnCtx, Shared};
+use crate::world::{optime_doc, MemberState, Proc, SetRole, SetState, World};
 
 pub(super) fn build_info(w: &World) -> Document {
     let v = w.version;

@@ -10,10 +10,11 @@ use super::find::{
     check_fields, cursor_reply, filter_sort_project, take_batch, FindArgs, GET_MORE_ARGS,
 };
 use super::{cmd_str, get_i64, ok, type_error, CmdResult, BATCH_BYTES, DEFAULT_AWAIT};
+use crate::error::CmdError;
 use crate::matcher;
 use crate::oplog::ts_key;
-use crate::server::Shared;
-use crate::world::{bad_value, CmdError, Cursor, CursorKind, Proc, World};
+use crate::runtime::Shared;
+use crate::world::{bad_value, Cursor, CursorKind, Proc, World};
 
 /// Lower bound for the scan from a `ts: {$gt|$gte: X}` filter (an optimization only: every
 /// entry is still checked against the full filter).

@@ -30,8 +30,9 @@ use bson::{doc, Bson, Document, Timestamp};
 
 use super::writes::finish_write;
 use super::{ok, CmdResult};
-use crate::server::Shared;
-use crate::world::{coordinator_id, no_such_transaction, CmdError, Decision, Proc, World};
+use crate::error::CmdError;
+use crate::runtime::Shared;
+use crate::world::{coordinator_id, no_such_transaction, Decision, Proc, World};
 
 /// How long the coordinator retries one step (a set without a primary, a lost majority)
 /// before giving the client an error.

@@ -9,8 +9,9 @@ use bson::{Bson, Document};
 
 use super::writes::finish_write;
 use super::{ok, CmdResult};
-use crate::server::Shared;
-use crate::world::{CmdError, MemberState, Proc, SessionCtx, World};
+use crate::error::CmdError;
+use crate::runtime::Shared;
+use crate::world::{MemberState, Proc, SessionCtx, World};
 
 /// The transaction a write belongs to (`autocommit: false` with lsid and txnNumber).
 pub(super) fn txn_key_of(cmd: &Document) -> Option<String> {

@@ -8,8 +8,9 @@ use bson::{doc, Bson, Document};
 
 use super::txn::{enter_statement, flush_capture, txn_key_of};
 use super::{cmd_str, get_bool, get_doc, get_i64, ok, type_error, CmdResult};
-use crate::server::Shared;
-use crate::world::{op_key, CmdError, MemberState, Proc, SessionCtx, ShardState, World};
+use crate::error::CmdError;
+use crate::runtime::Shared;
+use crate::world::{op_key, MemberState, Proc, SessionCtx, ShardState, World};
 
 pub(super) fn documents(cmd: &Document, key: &str) -> Result<Vec<Document>, CmdError> {
     cmd.get_array(key)

@@ -19,7 +19,8 @@
 //! 2. [`run_shard`]'s loop takes it from the channel; `ShardTask::decode` turns each
 //!    entry into a merge `Report`: its identity, and when the stream holds whole entries
 //!    its digest and the raw entry itself ([`EntryRef`], which keeps the batch alive
-//!    without copying).
+//!    without copying, and the layout of this one parse so the release does not parse
+//!    the entry again).
 //! 3. [`core::ShardCore::step`] pushes the reports into the majority merge
 //!    (`quorumtail_merge::Merge`). Once a quorum of voters reported the entry, MongoDB's
 //!    commit point covers it (`[pipeline] release = "commit_point"`) and some member sent
@@ -106,7 +107,7 @@ use std::time::Duration;
 
 use mongodb::raw_batch_cursor::RawBatch;
 use quorumtail_merge::{Event, NodeId, NodeSet, PushError, Report};
-use quorumtail_oplog::{EntryId, Filter, OplogEntry};
+use quorumtail_oplog::{EntryId, EntryLayout, Filter, OplogEntry};
 use quorumtail_sink::{SinkInput, SinkSender};
 use quorumtail_tailer::{ReadMode, ResumeTarget, TailMsg, TailerConfig};
 use tokio::sync::{mpsc, watch};
@@ -232,12 +233,18 @@ pub enum ShardError {
     },
 }
 
-/// A raw entry kept alive by its batch, without copying.
+/// A raw entry kept alive by its batch, without copying, with what its one parse found.
+///
+/// The entry is parsed once, when its batch is decoded (for the identity and digest the
+/// merge needs); the parse's [`EntryLayout`] travels with it through the merge, and the
+/// release rebuilds the same [`OplogEntry`] view from it by slicing the batch instead of
+/// walking the entry's elements again.
 #[derive(Clone, Debug)]
 pub struct EntryRef {
     batch: Arc<RawBatch>,
     start: usize,
     len: usize,
+    layout: EntryLayout,
 }
 
 impl EntryRef {
@@ -249,6 +256,15 @@ impl EntryRef {
             .get(self.start..self.start + self.len)
             .ok_or("entry outside its batch")?;
         bson::RawDocument::from_bytes(bytes).map_err(|e| e.to_string())
+    }
+
+    /// The view the decode-time parse gave. The batch's bytes do not change, so the layout
+    /// always fits them; if it did not, that is reported as a bad entry rather than
+    /// reparsed silently.
+    fn entry(&self) -> Result<OplogEntry<'_>, String> {
+        self.layout
+            .view(self.doc()?)
+            .ok_or_else(|| "the entry's bytes do not match its parse".to_owned())
     }
 }
 
@@ -466,6 +482,7 @@ impl ShardTask {
                             batch: reply.clone(),
                             start,
                             len: doc.as_bytes().len(),
+                            layout: parsed.layout(),
                         }),
                     }
                 } else {
@@ -594,8 +611,7 @@ impl ShardTask {
                     detail: format!("committed entry {id}: {detail}"),
                 };
                 let p = payload.ok_or_else(|| bad("committed without content".into()))?;
-                let entry =
-                    OplogEntry::parse(p.doc().map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+                let entry = p.entry().map_err(bad)?;
                 self.emitter.committed(&entry, &mut self.out).map_err(|e| {
                     ShardError::BadEntry {
                         shard: shard.clone(),
@@ -612,9 +628,8 @@ impl ShardTask {
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let what = payload
                         .and_then(|p| {
-                            p.doc()
+                            p.entry()
                                 .ok()
-                                .and_then(|d| OplogEntry::parse(d).ok())
                                 .map(|e| format!("{} {}", e.op.as_str(), e.ns))
                         })
                         .unwrap_or_default();

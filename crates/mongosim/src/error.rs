@@ -1,8 +1,12 @@
-//! [`SimError`], the error type of the control API.
+//! The simulator's two error types, at the bottom of the module graph so that every layer
+//! can use them without depending on another: [`CmdError`], what a command answers
+//! (`{ok: 0, errmsg, code, codeName}`), and [`SimError`], what the in-process control API
+//! returns (a refused command is one of its cases).
+//!
+//! They used to live in `world` and `cluster`; both modules still re-export them, so
+//! `mongosim::world::CmdError` and `mongosim::cluster::SimError` keep working.
 
 use std::net::SocketAddr;
-
-use crate::world::CmdError;
 
 /// Errors of the control API.
 #[derive(Debug, thiserror::Error)]
@@ -43,5 +47,32 @@ pub enum SimError {
 impl From<CmdError> for SimError {
     fn from(e: CmdError) -> Self {
         SimError::Command(e)
+    }
+}
+
+/// An error a command returns: `{ok: 0, errmsg, code, codeName}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    /// Numeric error code.
+    pub code: i32,
+    /// Symbolic name.
+    pub code_name: &'static str,
+    /// Human message.
+    pub errmsg: String,
+}
+
+impl CmdError {
+    /// Builds an error.
+    pub fn new(code: i32, code_name: &'static str, errmsg: impl Into<String>) -> CmdError {
+        CmdError {
+            code,
+            code_name,
+            errmsg: errmsg.into(),
+        }
+    }
+
+    /// NotWritablePrimary (10107).
+    pub fn not_primary() -> CmdError {
+        CmdError::new(10107, "NotWritablePrimary", "not primary")
     }
 }

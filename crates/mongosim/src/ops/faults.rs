@@ -1,4 +1,4 @@
-//! The operations behind the fault API, shared by [`Cluster`]'s methods and the
+//! The operations behind the fault API, shared by [`Cluster`](crate::Cluster)'s methods and the
 //! `mongosimControl` command ([`crate::control`]): member status, killing and restarting
 //! processes, partitions, step-downs, lag, oplog truncation, chunk moves, adding and
 //! removing shards, sync sources, replication blocks and held step-ups.
@@ -9,10 +9,42 @@ use std::time::{Duration, Instant};
 
 use bson::Bson;
 
-use super::{bind, bind_many, NodeStatus, SimError};
-use crate::server::Shared;
-use crate::world::{CmdError, Proc, SetRole, ShardEntry, ShardState, World};
+use crate::error::CmdError;
+use crate::error::SimError;
+use crate::runtime::{bind, bind_many, Shared};
+use crate::world::{Proc, SetRole, ShardEntry, ShardState, World};
 
+/// A node's view, for status and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    /// Address.
+    pub addr: String,
+    /// Set name.
+    pub set: String,
+    /// Process is up.
+    pub alive: bool,
+    /// Cut from its set.
+    pub partitioned: bool,
+    /// "PRIMARY" or "SECONDARY".
+    pub state: String,
+    /// Term as the node sees it.
+    pub term: i64,
+    /// Entries held.
+    pub oplog_len: usize,
+    /// Newest entry's ts as (seconds, increment).
+    pub last_ts: (u32, u32),
+    /// Replication lag in milliseconds.
+    pub lag_ms: u64,
+    /// Member kind in the config: voter, passive, hidden, nonvoter, arbiter, delayed:SECS
+    /// ("removed" when a reconfig dropped it).
+    pub member: String,
+    /// The member's view of the commit point, as (seconds, increment).
+    pub commit_point: Option<(u32, u32)>,
+    /// The member it replicates from.
+    pub sync_source: Option<String>,
+}
+
+/// Every member's [`NodeStatus`].
 pub(crate) fn status(w: &World) -> Vec<NodeStatus> {
     let mut out = Vec::new();
     for set in &w.sets {

@@ -1,4 +1,4 @@
-//! Replica set reconfiguration (`replSetReconfig`, [`Cluster::reconfigure`],
+//! Replica set reconfiguration (`replSetReconfig`, [`Cluster::reconfigure`](crate::Cluster::reconfigure),
 //! `{mongosimControl: "reconfig"}`): validating a new config against the old one as
 //! `repl_set_config_checks.cpp` does, starting added members (initial sync) and applying
 //! the change.
@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use bson::Bson;
 
-use super::{bind, SimError};
+use crate::error::CmdError;
+use crate::error::SimError;
 use crate::membership::{self, MemberSpec};
-use crate::server::Shared;
-use crate::world::{CmdError, MemberState, Proc, SetRole, World};
+use crate::runtime::{bind, Shared};
+use crate::world::{MemberState, Proc, SetRole, World};
 
 fn reconfig_error(code: i32, name: &'static str, msg: impl Into<String>) -> SimError {
     SimError::Command(CmdError::new(code, name, msg))
