@@ -337,8 +337,11 @@ fn write_document(doc: &Document, style: Style, out: &mut String) {
     out.push('}');
 }
 
+/// Writes one value of a wrapper.
+type Field<'a> = (&'a str, &'a dyn Fn(&mut String));
+
 /// `{"name": value, ...}` for the wrappers of Extended JSON.
-fn wrapper(fields: &[(&str, &dyn Fn(&mut String))], style: Style, out: &mut String) {
+fn wrapper(fields: &[Field<'_>], style: Style, out: &mut String) {
     out.push('{');
     for (i, (k, f)) in fields.iter().enumerate() {
         if i > 0 {
