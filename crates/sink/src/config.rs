@@ -258,7 +258,8 @@ pub struct SinkConfig {
     /// before anything is read.
     pub topic: Option<TopicTemplate>,
     /// Kafka sink: the message key (`document`, the default; `shard`; `namespace`), which
-    /// decides what stays in order in one partition.
+    /// decides what stays in order in one partition. With `format = "debezium"`,
+    /// `document` is Debezium's key, `{"id": <_id>}`.
     #[serde(default)]
     pub key: KeyKind,
     /// Kafka sink: after each delete, also produce a tombstone (the delete's key with a
