@@ -7,11 +7,15 @@
 //!   description to a pre-image (what a consumer does, and what the property tests check).
 //! * [`event`]: one operation as a change event (`operationType`, `ns`, `documentKey`,
 //!   `fullDocument`, `updateDescription`, DDL events), positioned by shard and entry.
+//! * [`debezium`]: one operation as the key and value Debezium's MongoDB connector writes
+//!   (`before`/`after` as Extended JSON strings, `updateDescription`, `source`, `op`).
 //!
 //! Everything here is a pure function of the entry; no I/O.
 
+pub mod debezium;
 pub mod event;
 pub mod update;
 
+pub use debezium::{debezium_record, DebeziumRecord, DebeziumSource, DebeziumTxn};
 pub use event::{change_event, EventError, Source, TxnSource};
 pub use update::{apply, decode, PathPart, UpdateDescription, UpdateError, UpdateKind};

@@ -492,6 +492,7 @@ impl Config {
             }
         }
         problems.extend(self.sink.load_secrets());
+        problems.extend(self.sink.apply_format_options());
 
         if self.shards.is_empty() && self.discovery.is_none() {
             problems.push("no topology: add [[shards]] with name and members, or a [discovery] section with a mongos uri".to_owned());

@@ -157,8 +157,7 @@ impl KeyKind {
 }
 
 /// `[sink] format`: what a record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecordFormat {
     /// The oplog entry as the server wrote it, with quorumtail's envelope (`shard`, `ts`,
     /// `id`, `op`, `ns`, `txn`).
@@ -167,7 +166,20 @@ pub enum RecordFormat {
     /// One MongoDB change event per operation (`operationType`, `ns`, `documentKey`,
     /// `fullDocument`, `updateDescription`, ...), as change streams shape them.
     ChangeEvent,
+    /// One record per insert, update, replace and delete, shaped as Debezium's MongoDB
+    /// connector writes them (key `{"id": ...}`, value `{before, after, updateDescription,
+    /// source, op, ts_ms, transaction}`); see `quorumtail_events::debezium`.
+    Debezium {
+        /// `source.name`, from `debezium_server_name`.
+        server_name: &'static str,
+    },
 }
+
+/// Default `[sink] debezium_server_name`: Debezium's `source.name`, the logical name
+/// (`topic.prefix`) of the connector the records stand in for.
+pub const DEFAULT_DEBEZIUM_SERVER_NAME: &str = "quorumtail";
+
+const FORMATS: &[&str] = &["oplog", "change-event", "debezium"];
 
 impl RecordFormat {
     /// The value as written in the config file.
@@ -175,8 +187,41 @@ impl RecordFormat {
         match self {
             RecordFormat::Oplog => "oplog",
             RecordFormat::ChangeEvent => "change-event",
+            RecordFormat::Debezium { .. } => "debezium",
         }
     }
+
+    /// The format named `name` in the config file (Debezium with the default server name).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "oplog" => Some(RecordFormat::Oplog),
+            "change-event" => Some(RecordFormat::ChangeEvent),
+            "debezium" => Some(RecordFormat::Debezium {
+                server_name: DEFAULT_DEBEZIUM_SERVER_NAME,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RecordFormat::parse(&s).ok_or_else(|| serde::de::Error::unknown_variant(&s, FORMATS))
+    }
+}
+
+/// `name` for the life of the process, so that the format stays `Copy`: each distinct
+/// name is kept once (a reload with the same name reuses it).
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.push(kept);
+    kept
 }
 
 /// `[sink]`: where records go. The keys of one kind are `Option`s, read through the
@@ -187,9 +232,14 @@ pub struct SinkConfig {
     /// `file` (JSON lines, the default) or `kafka`.
     #[serde(default)]
     pub kind: SinkKind,
-    /// What a record holds: `oplog` (the default) or `change-event`.
+    /// What a record holds: `oplog` (the default), `change-event` or `debezium`.
     #[serde(default)]
     pub format: RecordFormat,
+    /// `format = "debezium"`: the logical server name written in each record's
+    /// `source.name` (Debezium's `topic.prefix`); default `quorumtail`. Set it to the
+    /// connector's name when quorumtail replaces one, so consumers that check it keep
+    /// working. [`SinkConfig::apply_format_options`] puts it into `format`.
+    pub debezium_server_name: Option<String>,
     /// Capacity of the sink's input channel: how many records the shard pipelines may hand
     /// over before they wait. Keeps memory flat when the sink stalls.
     #[serde(default = "default_channel_capacity")]
@@ -208,7 +258,8 @@ pub struct SinkConfig {
     /// before anything is read.
     pub topic: Option<TopicTemplate>,
     /// Kafka sink: the message key (`document`, the default; `shard`; `namespace`), which
-    /// decides what stays in order in one partition.
+    /// decides what stays in order in one partition. With `format = "debezium"`,
+    /// `document` is Debezium's key, `{"id": <_id>}`.
     #[serde(default)]
     pub key: KeyKind,
     /// Kafka sink: after each delete, also produce a tombstone (the delete's key with a
@@ -243,6 +294,7 @@ impl Default for SinkConfig {
         SinkConfig {
             kind: SinkKind::File,
             format: RecordFormat::Oplog,
+            debezium_server_name: None,
             channel_capacity: default_channel_capacity(),
             path: None,
             fsync_every: None,
@@ -276,6 +328,7 @@ impl fmt::Debug for SinkConfig {
         f.debug_struct("SinkConfig")
             .field("kind", &self.kind)
             .field("format", &self.format)
+            .field("debezium_server_name", &self.debezium_server_name)
             .field("channel_capacity", &self.channel_capacity)
             .field("path", &self.path)
             .field("fsync_every", &self.fsync_every)
@@ -348,6 +401,33 @@ impl SinkConfig {
     /// `require_topics`, or its default.
     pub fn require_topics(&self) -> bool {
         self.require_topics.unwrap_or_else(default_require_topics)
+    }
+
+    /// Puts the options of the chosen format into it (`debezium_server_name` into
+    /// [`RecordFormat::Debezium`]); call once the file is read. Returns the problems, each
+    /// starting with its key: an option of another format, an empty name.
+    pub fn apply_format_options(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(name) = &self.debezium_server_name {
+            match self.format {
+                RecordFormat::Debezium { .. } => {
+                    if name.trim().is_empty() || name.chars().any(char::is_control) {
+                        problems.push(format!(
+                            "sink.debezium_server_name: {name:?} is not a name; write the logical name consumers expect in source.name, e.g. \"{DEFAULT_DEBEZIUM_SERVER_NAME}\""
+                        ));
+                    } else {
+                        self.format = RecordFormat::Debezium {
+                            server_name: intern(name),
+                        };
+                    }
+                }
+                other => problems.push(format!(
+                    "sink.debezium_server_name: only used by format = \"debezium\" (format is \"{}\")",
+                    other.as_str()
+                )),
+            }
+        }
+        problems
     }
 
     /// Reads `sasl_password_file` into librdkafka's `sasl.password` (Kafka sink only).

@@ -10,6 +10,9 @@
 //!
 //! The fsync is batched, never per record. Order is the input order, so contiguity is
 //! trivial here; the same tracker still checks seqs and places markers.
+//!
+//! With `format = "debezium"` a line is `{"key":<key>,"value":<value>}`: a Debezium value
+//! alone does not name the document an update or a delete changed, its key does.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Stdout, Write};
@@ -18,7 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::{KeyKind, RecordFormat, SinkConfig, SinkKind};
 use crate::error::{DeliveryError, SinkError};
 use crate::progress::Progress;
 use crate::record::SinkInput;
@@ -70,13 +73,21 @@ impl Out {
         Ok(Out::File(BufWriter::with_capacity(1 << 16, f)))
     }
 
-    fn write_line(&mut self, value: &[u8]) -> io::Result<()> {
+    fn write_line(&mut self, key: Option<&[u8]>, value: &[u8]) -> io::Result<()> {
         let w: &mut dyn Write = match self {
             Out::Stdout(w) => w,
             Out::File(w) => w,
         };
-        w.write_all(value)?;
-        w.write_all(b"\n")
+        if let Some(key) = key {
+            w.write_all(b"{\"key\":")?;
+            w.write_all(key)?;
+            w.write_all(b",\"value\":")?;
+            w.write_all(value)?;
+            w.write_all(b"}\n")
+        } else {
+            w.write_all(value)?;
+            w.write_all(b"\n")
+        }
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -125,6 +136,10 @@ pub(crate) struct Writer {
     path: PathBuf,
     progress: Arc<Progress>,
     fsync_every: usize,
+    /// Lines carry the record's key with its value (`format = "debezium"`); the key is
+    /// JSON itself with `key = "document"`, else written as a JSON string.
+    with_keys: bool,
+    key_is_json: bool,
     /// Written, not yet fsynced: (shard index, seq).
     unsynced: Vec<(usize, u64)>,
     broken: bool,
@@ -139,6 +154,8 @@ impl Writer {
             path: config.path().to_owned(),
             progress,
             fsync_every,
+            with_keys: matches!(config.format, RecordFormat::Debezium { .. }),
+            key_is_json: config.key == KeyKind::Document,
             unsynced: Vec::with_capacity(fsync_every),
             broken: false,
         })
@@ -196,7 +213,13 @@ impl Writer {
                     self.unsynced.push((i, r.seq));
                     return;
                 };
-                match self.out.write_line(value) {
+                let key = match (self.with_keys, r.key.as_deref()) {
+                    (false, _) => None,
+                    (true, None) => Some(b"null".to_vec()),
+                    (true, Some(k)) if self.key_is_json => Some(k.to_vec()),
+                    (true, Some(k)) => serde_json::to_vec(&String::from_utf8_lossy(k)).ok(),
+                };
+                match self.out.write_line(key.as_deref(), value) {
                     Ok(()) => {
                         self.unsynced.push((i, r.seq));
                         if self.unsynced.len() >= self.fsync_every {

@@ -91,6 +91,7 @@ pub use checkpoint::{
 };
 pub use config::{
     CheckpointConfig, CheckpointKind, KeyKind, RecordFormat, SinkConfig, SinkKind, TopicTemplate,
+    DEFAULT_DEBEZIUM_SERVER_NAME,
 };
 pub use error::{DeliveryError, SinkError};
 pub use progress::{ProgressView, ShardProgress};

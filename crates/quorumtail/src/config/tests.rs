@@ -413,8 +413,48 @@ fn record_format_is_read_and_checked() {
     let p = problems(&format!("{SHARD}[sink]\nformat = \"events\"\n"));
     assert!(
         p[0].starts_with(
-            "sink.format (line 5): unknown variant `events`, expected `oplog` or `change-event`"
+            "sink.format (line 5): unknown variant `events`, expected one of `oplog`, `change-event`, `debezium`"
         ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn debezium_format_and_its_server_name() {
+    use quorumtail_sink::RecordFormat;
+    let r = parse(&format!("{SHARD}[sink]\nformat = \"debezium\"\n")).unwrap();
+    assert_eq!(
+        r.config.sink.format,
+        RecordFormat::Debezium {
+            server_name: quorumtail_sink::DEFAULT_DEBEZIUM_SERVER_NAME
+        }
+    );
+    let r = parse(&format!(
+        "{SHARD}[sink]\nformat = \"debezium\"\ndebezium_server_name = \"fulfillment\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        r.config.sink.format,
+        RecordFormat::Debezium {
+            server_name: "fulfillment"
+        }
+    );
+    // The name belongs to the Debezium format only, and must be a name.
+    let p = problems(&format!(
+        "{SHARD}[sink]\nformat = \"change-event\"\ndebezium_server_name = \"x\"\n"
+    ));
+    assert!(
+        p.iter().any(|p| p.contains(
+            "sink.debezium_server_name: only used by format = \"debezium\" (format is \"change-event\")"
+        )),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{SHARD}[sink]\nformat = \"debezium\"\ndebezium_server_name = \" \"\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("sink.debezium_server_name: \" \" is not a name")),
         "{p:?}"
     );
 }

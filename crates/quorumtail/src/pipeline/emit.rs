@@ -153,6 +153,30 @@ impl Emitter {
                                     return Ok(());
                                 }
                             }
+                            RecordFormat::Debezium { server_name } => {
+                                let src = quorumtail_events::DebeziumSource {
+                                    server_name,
+                                    version: DEBEZIUM_SOURCE_VERSION,
+                                    ts: bson_ts(id.ts),
+                                    wall: entry.wall,
+                                    txn: None,
+                                };
+                                let Some(rec) = debezium_json(entry.raw(), &src).map_err(err)?
+                                else {
+                                    self.no_event(out);
+                                    return Ok(());
+                                };
+                                let key = self.debezium_key(rec.key, &ns);
+                                self.record(
+                                    id,
+                                    entry.op,
+                                    entry.ns,
+                                    key,
+                                    rec.value.into_bytes(),
+                                    out,
+                                );
+                                return Ok(());
+                            }
                         }
                         let key = self
                             .key_for(entry.ns, &ns, entry.document_id())
@@ -173,6 +197,20 @@ impl Emitter {
                         self.filter.check(op.op, &ns, op.from_migrate).is_ok()
                     })
                     .count();
+                // Debezium's transaction orders: among the transaction's records, overall
+                // and per collection, from 1.
+                let mut total_order = 0_u64;
+                let mut per_collection: std::collections::HashMap<&str, u64> =
+                    std::collections::HashMap::new();
+                let lsid = match self.format {
+                    RecordFormat::Debezium { .. } => txn
+                        .lsid
+                        .as_deref()
+                        .map(bson::Document::try_from)
+                        .transpose()
+                        .map_err(|e| err(format!("lsid: {e}")))?,
+                    _ => None,
+                };
                 for op in &txn.ops {
                     let ns = target_ns(op.op, &op.ns, op.o(), op.command_name());
                     if let Err(reason) = self.filter.check(op.op, &ns, op.from_migrate) {
@@ -220,10 +258,38 @@ impl Emitter {
                                 continue;
                             }
                         }
+                        RecordFormat::Debezium { .. } => {}
                     }
-                    let key = self
-                        .key_for(&op.ns, &ns, op.document_id())
-                        .map_err(|e| err(e.to_string()))?;
+                    let key = match self.format {
+                        RecordFormat::Debezium { server_name } => {
+                            let order = per_collection.entry(op.ns.as_str()).or_insert(0);
+                            let src = quorumtail_events::DebeziumSource {
+                                server_name,
+                                version: DEBEZIUM_SOURCE_VERSION,
+                                ts: bson_ts(txn.commit.ts),
+                                wall: entry.wall,
+                                txn: Some(quorumtail_events::DebeziumTxn {
+                                    lsid: lsid.as_ref(),
+                                    txn_number: txn.txn_number,
+                                    total_order: total_order + 1,
+                                    data_collection_order: *order + 1,
+                                }),
+                            };
+                            let Some(rec) = debezium_json(&op.doc, &src).map_err(err)? else {
+                                self.stats
+                                    .dropped_no_change_event
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                continue;
+                            };
+                            total_order += 1;
+                            *order += 1;
+                            value = rec.value.into_bytes();
+                            self.debezium_key(rec.key, &ns)
+                        }
+                        _ => self
+                            .key_for(&op.ns, &ns, op.document_id())
+                            .map_err(|e| err(e.to_string()))?,
+                    };
                     // Checkpoints attach after the last operation only.
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);
@@ -333,6 +399,16 @@ impl Emitter {
         }
     }
 
+    /// A Debezium record's key: the record's own (`{"id": ...}`) for document keys, else
+    /// as `[sink] key` says.
+    fn debezium_key(&self, key: String, target: &str) -> Option<Vec<u8>> {
+        Some(match self.key {
+            KeyKind::Document => key.into_bytes(),
+            KeyKind::Shard => self.shard.as_bytes().to_vec(),
+            KeyKind::Namespace => target.as_bytes().to_vec(),
+        })
+    }
+
     fn key_for(
         &self,
         ns: &str,
@@ -360,6 +436,21 @@ fn bson_ts(ts: Timestamp) -> bson::Timestamp {
         time: ts.time,
         increment: ts.increment,
     }
+}
+
+/// `source.version` of Debezium records: quorumtail's own version, not a Debezium release.
+const DEBEZIUM_SOURCE_VERSION: &str = concat!("quorumtail-", env!("CARGO_PKG_VERSION"));
+
+/// The Debezium record of `op`, made now; `None` when the connector writes none for it.
+fn debezium_json(
+    op: &bson::RawDocument,
+    src: &quorumtail_events::DebeziumSource<'_>,
+) -> Result<Option<quorumtail_events::DebeziumRecord>, String> {
+    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    quorumtail_events::debezium_record(&doc, src, now_ns).map_err(|e| e.to_string())
 }
 
 /// Writes the change event of `op` as relaxed Extended JSON; `false` when it has none.
@@ -552,5 +643,70 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    fn record_values(out: &[SinkInput]) -> Vec<(&OutRecord, Option<serde_json::Value>)> {
+        out.iter()
+            .filter_map(|i| match i {
+                SinkInput::Record(r) => Some((
+                    r,
+                    r.value
+                        .as_deref()
+                        .map(|v| serde_json::from_slice(v).unwrap()),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `[sink] format = "debezium"`: the key is the record's `{"id": ...}` (tombstones
+    /// too), a transaction's operations carry their session and the transaction's orders
+    /// (overall and per collection), and commands give no record but move the position.
+    #[test]
+    fn debezium_records_keys_transactions_and_tombstones() {
+        let mut e = emitter()
+            .with_format(RecordFormat::Debezium {
+                server_name: "inventory",
+            })
+            .with_tombstones(true);
+        let txn = rawdoc! {
+            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+            "o": { "applyOps": [
+                { "op": "i", "ns": "shop.orders", "o": { "_id": 1, "x": 1 } },
+                { "op": "i", "ns": "shop.users", "o": { "_id": "u" } },
+                { "op": "d", "ns": "shop.orders", "o": { "_id": 1 } },
+            ] },
+            "ts": ts(2), "t": 1_i64, "wall": bson::DateTime::from_millis(5_000),
+        };
+        let drop = rawdoc! { "op": "c", "ns": "shop.$cmd", "o": { "drop": "users" }, "ts": ts(3), "t": 1_i64 };
+        let out = run(&mut e, &[txn, drop]);
+        let recs = record_values(&out);
+        assert_eq!(recs.len(), 4, "{recs:#?}");
+        let (ins, v) = &recs[0];
+        let v = v.as_ref().unwrap();
+        assert_eq!(ins.key.as_deref(), Some(&br#"{"id":"1"}"#[..]));
+        assert_eq!(v["op"], "c");
+        assert_eq!(v["after"], r#"{"_id": 1,"x": 1}"#);
+        assert_eq!(v["source"]["name"], "inventory");
+        assert_eq!(v["source"]["connector"], "mongodb");
+        assert_eq!(v["source"]["txnNumber"], 7);
+        assert_eq!(v["source"]["wallTime"], 5_000);
+        assert_eq!(v["transaction"]["total_order"], 1);
+        assert_eq!(v["transaction"]["data_collection_order"], 1);
+        let lsid = v["source"]["lsid"].as_str().unwrap();
+        assert_eq!(v["transaction"]["id"], format!("{lsid}:7"));
+        let v = recs[1].1.as_ref().unwrap();
+        assert_eq!(recs[1].0.key.as_deref(), Some(&br#"{"id":"\"u\""}"#[..]));
+        assert_eq!(v["transaction"]["total_order"], 2);
+        assert_eq!(v["transaction"]["data_collection_order"], 1);
+        let v = recs[2].1.as_ref().unwrap();
+        assert_eq!(v["op"], "d");
+        assert_eq!(v["transaction"]["total_order"], 3);
+        assert_eq!(v["transaction"]["data_collection_order"], 2);
+        let (tombstone, none) = &recs[3];
+        assert!(none.is_none());
+        assert_eq!(tombstone.key, recs[2].0.key);
+        // The drop: no record, the position moves (a marker with its ts).
+        assert!(matches!(out.last(), Some(SinkInput::Marker(m)) if m.checkpoint.ts.increment == 3));
     }
 }

@@ -54,7 +54,8 @@ pub struct ShardStats {
     /// Committed operations dropped by include/exclude patterns.
     pub dropped_by_pattern: AtomicU64,
     /// Committed operations without a change event (`[sink] format = "change-event"`:
-    /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`).
+    /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
+    /// every command, as Debezium writes data changes only).
     pub dropped_no_change_event: AtomicU64,
     /// Tailer (re)starts.
     pub tailer_starts: AtomicU64,
