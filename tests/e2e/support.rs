@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use quorumtail::config::Config;
 use quorumtail::coordinator::{run_observed, RunReport, Status};
-use quorumtail_oplog::{EntryId, OplogEntry};
+use quorumtail_oplog::EntryId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -126,39 +126,7 @@ pub fn record_id(r: &serde_json::Value) -> EntryId {
     serde_json::from_value(r["id"].clone()).expect("record id")
 }
 
-/// The application entries of a shard's majority-committed history (what the default
-/// filter keeps, as the testkit states it), in order.
-pub fn committed_app_entries(cluster: &mongosim::Cluster, shard: &str) -> Vec<EntryId> {
-    cluster
-        .committed_entries(shard)
-        .iter()
-        .filter_map(|raw| OplogEntry::parse(raw).ok())
-        .filter(|e| {
-            quorumtail_testkit::emitted_by_default(e.op.as_str(), &changed_ns(e), e.from_migrate)
-        })
-        .map(|e| e.id())
-        .collect()
-}
-
-/// The namespace an entry changes, as the testkit wants it: for a command on a collection
-/// (`{create: "orders"}` on `shop.$cmd`) the collection, else the entry's `ns`.
-pub fn changed_ns(e: &OplogEntry<'_>) -> String {
-    if e.op.as_str() != "c" {
-        return e.ns.to_owned();
-    }
-    let db = e.ns.split('.').next().unwrap_or("");
-    let first = e.o.and_then(|o| o.into_iter().next()).and_then(Result::ok);
-    match first {
-        Some((name, value)) => match (name.as_str(), value.as_str()) {
-            ("renameCollection", Some(from)) => from.to_owned(),
-            ("create" | "drop" | "collMod" | "createIndexes" | "dropIndexes", Some(coll)) => {
-                format!("{db}.{coll}")
-            }
-            _ => e.ns.to_owned(),
-        },
-        None => e.ns.to_owned(),
-    }
-}
+pub use quorumtail_testkit::truth::{committed_app_entries, init_logs};
 
 /// Identities of a shard's records in output order.
 pub fn shard_ids(recs: &[serde_json::Value], shard: &str) -> Vec<EntryId> {
@@ -166,16 +134,6 @@ pub fn shard_ids(recs: &[serde_json::Value], shard: &str) -> Vec<EntryId> {
         .filter(|r| r["shard"] == shard)
         .map(record_id)
         .collect()
-}
-
-/// Logs to the test output, filtered by RUST_LOG (default: warnings).
-pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
 }
 
 /// A plain HTTP GET: (status code, body).

@@ -105,7 +105,7 @@ async fn a_shard_removed_while_quorumtail_is_down_loses_nothing() {
         .unwrap();
     let tail = kafka.tail.clone();
     let all_out = || {
-        let want = crate::support::committed_app_entries(&cluster, &added);
+        let want = quorumtail_testkit::truth::committed_app_entries(&cluster, &added);
         !want.is_empty() && tail.missing(&added, &want) == 0
     };
     wait_for(60, "the added shard's writes in Kafka", all_out)
@@ -125,13 +125,13 @@ async fn a_shard_removed_while_quorumtail_is_down_loses_nothing() {
     .unwrap();
     qt.kill9().await.unwrap();
     // Written on the added shard while quorumtail is down, then the shard is removed.
-    let before = crate::support::committed_app_entries(&cluster, &added).len();
+    let before = quorumtail_testkit::truth::committed_app_entries(&cluster, &added).len();
     cluster
         .insert("shop.orders", vec![doc! {"_id": 3}])
         .await
         .unwrap();
     wait_for(10, "the insert to commit", || {
-        crate::support::committed_app_entries(&cluster, &added).len() > before
+        quorumtail_testkit::truth::committed_app_entries(&cluster, &added).len() > before
     })
     .await
     .unwrap();

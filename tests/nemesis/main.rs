@@ -27,14 +27,7 @@
 //! for as fast as possible), `NEMESIS_BROKER_STORAGE` (`s3` or `memory`),
 //! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run). See docs/nemesis.md.
 
-#[path = "../e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-// The Kafka test broker harness is shared with the sink's own tests.
-#[path = "../../crates/sink/tests/sink/broker.rs"]
-#[allow(dead_code)]
-mod broker;
+use quorumtail_testkit::broker;
 mod checker;
 mod findings;
 mod kafka;
@@ -43,11 +36,6 @@ mod proxy;
 mod qt;
 mod topology;
 mod workload;
-
-/// Used by the shared broker harness.
-pub fn init_tracing() {
-    support::init_logs();
-}
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -274,7 +262,7 @@ fn committed_writes(truth_entries: &[bson::RawDocumentBuf]) -> HashSet<(String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
-    support::init_logs();
+    quorumtail_testkit::truth::init_logs();
     let s = Settings::from_env();
     eprintln!(
         "nemesis seed {} ({s:?})\nshard layout: {}\nreproduce: {}",

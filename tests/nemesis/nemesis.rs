@@ -20,11 +20,11 @@ use quorumtail_oplog::EntryId;
 
 use crate::kafka::{Kafka, Tail};
 use crate::qt::{Quorumtail, Stopped};
-use crate::support::committed_app_entries;
 use crate::topology::{members, Member};
 use crate::workload::{
     doomed_writes, History, Outcome, Write, WriteKind, DIRECT_BASE, DOOMED_BASE,
 };
+use quorumtail_testkit::truth::committed_app_entries;
 
 // The replication and membership faults, in their own file.
 #[path = "replication.rs"]

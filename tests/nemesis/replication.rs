@@ -20,9 +20,9 @@ use mongosim::membership::MemberSpec;
 use quorumtail_oplog::{EntryId, OplogEntry};
 
 use super::{wait_for, Episode, Fault, Nemesis};
-use crate::support::committed_app_entries;
 use crate::topology::{members, Member, Quorum};
 use crate::workload::doomed_writes;
+use quorumtail_testkit::truth::committed_app_entries;
 
 /// How a double failover runs on one shard.
 #[derive(Debug, Clone)]

@@ -32,9 +32,10 @@ mod spec;
 pub use crate::error::SimError;
 pub use crate::ops::NodeStatus;
 use crate::ops::{
-    add_shard, begin_remove_shard, block_replication, fail_next_prepare, finish_remove_shard,
-    hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk, reconfigure,
-    restart_node, set_lag, set_partition, set_sync_source, status, step_down, truncate_oplog,
+    add_shard, begin_remove_shard, block_replication, defer_range_deletion, fail_next_prepare,
+    finish_remove_shard, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
+    reconfigure, restart_node, set_lag, set_partition, set_sync_source, status, step_down,
+    truncate_oplog,
 };
 pub use replica_set::{ReplicaSet, ReplicaSetSpec};
 pub use spec::{ClusterSpec, Layout, ProcessInfo, SetLayout};
@@ -543,6 +544,15 @@ impl Cluster {
     /// them: prepared transactions stay open meanwhile.
     pub fn hold_txn_decisions(&self, hold: bool) {
         hold_txn_decisions(&self.shared, hold)
+    }
+
+    /// Defers migrations' range deletions, leaving the donors' copies as orphans (`true`),
+    /// or runs the deferred deletions and stops deferring (`false`).
+    ///
+    /// # Errors
+    /// When a donor has no primary to run its deletions.
+    pub fn defer_range_deletion(&self, on: bool) -> Result<(), SimError> {
+        defer_range_deletion(&self.shared, on)
     }
 
     /// Makes the next `prepareTransaction` on `set` (a shard or replica set name) vote to

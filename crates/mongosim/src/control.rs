@@ -24,6 +24,7 @@
 //! {mongosimControl: "misreportCommitPoint", node: "127.0.0.1:27019", on: true}
 //! {mongosimControl: "holdTransactionDecisions", hold: true}   (coordinators wait after prepare)
 //! {mongosimControl: "failNextPrepare", shard: "shard02"}      (its next prepare votes abort)
+//! {mongosimControl: "deferRangeDeletion", on: true}           (migrations leave orphans; false runs them)
 //! ```
 //!
 //! `reconfig` with a string of kinds applies them by position to the current members (extra
@@ -285,6 +286,11 @@ pub(crate) async fn handle(
         }
         "holdTransactionDecisions" => {
             ops::hold_txn_decisions(shared, cmd.get_bool("hold").unwrap_or(true));
+            Ok(ok(Document::new()))
+        }
+        "deferRangeDeletion" => {
+            ops::defer_range_deletion(shared, cmd.get_bool("on").unwrap_or(true))
+                .map_err(to_cmd_error)?;
             Ok(ok(Document::new()))
         }
         "failNextPrepare" => {

@@ -279,6 +279,14 @@ pub fn read(dir: &Path) -> Result<Fixture, SimError> {
                 min: w[0].clone(),
                 max: w[1].clone(),
                 shard: shard.clone(),
+                // A fixture's chunks have always been where it says.
+                history: vec![(
+                    bson::Timestamp {
+                        time: 0,
+                        increment: 0,
+                    },
+                    shard.clone(),
+                )],
             })
             .collect();
         collections.push((c.ns.clone(), chunks));

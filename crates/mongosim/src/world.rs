@@ -502,6 +502,17 @@ pub struct World {
     /// `minSnapshotHistoryWindowInSeconds` (mongod default 300): how far behind the
     /// majority commit point point-in-time reads may go.
     pub snapshot_window_secs: u32,
+    /// The cluster's logical clock: the newest timestamp any process has used. Every new
+    /// entry is stamped after it, as mongod's hybrid logical clock does once cluster time
+    /// is gossiped (every message carries `$clusterTime`), so timestamps of different
+    /// shards are causally ordered (a migration's cloned writes come before its commit).
+    pub cluster_time: Timestamp,
+    /// Fault lever: migrations leave the donor's copies in place (orphans) until
+    /// [`World::run_range_deletions`], as mongod's range deleter runs after the commit
+    /// (`orphanCleanupDelaySecs`).
+    pub defer_range_deletion: bool,
+    /// Deletions deferred by `defer_range_deletion`: (donor set, namespace, `_id`s).
+    pub pending_range_deletions: Vec<(usize, String, Vec<bson::Bson>)>,
 }
 
 fn now_secs() -> u32 {
@@ -538,6 +549,12 @@ impl World {
             hold_txn_decisions: false,
             fail_next_prepare: Default::default(),
             snapshot_window_secs: 300,
+            cluster_time: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            defer_range_deletion: false,
+            pending_range_deletions: Vec::new(),
         }
     }
 

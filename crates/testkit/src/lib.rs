@@ -1,4 +1,6 @@
-//! Test fixtures: a throwaway PKI for TLS tests ([`pki`]), and what the end-to-end and
+//! Test fixtures: a Kafka-protocol broker for the suites ([`broker`]: tansu on loopback or
+//! `KAFKA_BOOTSTRAP`), a throwaway PKI for TLS tests ([`pki`]), the simulator's ground truth
+//! as the suites read it ([`truth`]), and what the end-to-end and
 //! fault suites expect quorumtail to emit, written down here independently of quorumtail's own filter code, so that a bug in that code cannot also
 //! change what the tests expect.
 //!
@@ -19,7 +21,9 @@
 //! For a command, `ns` is the namespace it changes (`shop.orders` for `{create:
 //! "orders"}` on `shop.$cmd`), not `db.$cmd`.
 
+pub mod broker;
 pub mod pki;
+pub mod truth;
 
 /// Whether an operation `op` (`"i"`, `"u"`, `"d"`, `"c"`, `"n"`) on `ns` is emitted with
 /// the default `[filter]` settings.

@@ -239,6 +239,17 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
                     d.insert("min", doc! {"_id": c.min.clone()});
                     d.insert("max", doc! {"_id": c.max.clone()});
                     d.insert("shard", c.shard.clone());
+                    if w.version >= crate::ServerVersion::V7_0 {
+                        if let Some((since, _)) = c.history.first() {
+                            d.insert("onCurrentShardSince", *since);
+                        }
+                    }
+                    let history: Vec<Bson> = c
+                        .history
+                        .iter()
+                        .map(|(t, s)| Bson::Document(doc! {"validAfter": *t, "shard": s.clone()}))
+                        .collect();
+                    d.insert("history", history);
                     out.push(d);
                 }
             }

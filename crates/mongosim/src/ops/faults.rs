@@ -403,3 +403,17 @@ pub(crate) fn fail_next_prepare(shared: &Arc<Shared>, set: &str) -> Result<(), S
     w.fail_next_prepare.insert(s);
     Ok(())
 }
+
+/// Defers migrations' range deletions (orphans stay on donors), or runs the deferred ones
+/// and stops deferring.
+pub(crate) fn defer_range_deletion(shared: &Arc<Shared>, on: bool) -> Result<(), SimError> {
+    {
+        let mut w = shared.world();
+        w.defer_range_deletion = on;
+        if !on {
+            w.run_range_deletions(std::time::Instant::now())?;
+        }
+    }
+    shared.notify();
+    Ok(())
+}

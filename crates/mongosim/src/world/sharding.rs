@@ -41,9 +41,24 @@ pub struct Chunk {
     pub max: Bson,
     /// Owning shard.
     pub shard: String,
+    /// Ownership history, newest first: `(validAfter, shard)`, as config.chunks keeps it
+    /// (`ChunkHistoryBase` in `src/mongo/s/catalog/type_chunk_base.idl`: "The time after
+    /// which this chunk is at this shard"); the first element's time is
+    /// `onCurrentShardSince`.
+    pub history: Vec<(bson::Timestamp, String)>,
 }
 
 impl Chunk {
+    /// The shard that owned the chunk at `at` (`None` before its first history element).
+    pub fn owner_at(&self, at: bson::Timestamp) -> Option<&str> {
+        self.history
+            .iter()
+            .find(|(valid_after, _)| {
+                (valid_after.time, valid_after.increment) <= (at.time, at.increment)
+            })
+            .map(|(_, s)| s.as_str())
+    }
+
     /// Whether `id` falls in this chunk.
     pub fn contains(&self, id: &Bson) -> bool {
         matcher::compare(&self.min, id).is_le() && matcher::compare(id, &self.max).is_lt()
@@ -82,6 +97,7 @@ impl World {
 
     /// Chunks of `ns`, sharding it on `_id` with the default split points on first use.
     pub fn chunks_for(&mut self, ns: &str) -> Vec<Chunk> {
+        let created = self.tick_cluster_time();
         let Some(sh) = self.sharding.as_mut() else {
             return Vec::new();
         };
@@ -100,13 +116,17 @@ impl World {
         let chunks: Vec<Chunk> = bounds
             .windows(2)
             .enumerate()
-            .map(|(i, w)| Chunk {
-                min: w[0].clone(),
-                max: w[1].clone(),
-                shard: active
+            .map(|(i, w)| {
+                let shard = active
                     .get(i % active.len().max(1))
                     .cloned()
-                    .unwrap_or_default(),
+                    .unwrap_or_default();
+                Chunk {
+                    min: w[0].clone(),
+                    max: w[1].clone(),
+                    history: vec![(created, shard.clone())],
+                    shard,
+                }
             })
             .collect();
         sh.collections.insert(ns.to_owned(), chunks.clone());
@@ -188,14 +208,61 @@ impl World {
         } else {
             self.ensure_collection(recipient_set, rp, ns, true, now);
         }
+        // The commit: ownership moves at a cluster time after every cloned write.
+        let valid_after = self.tick_cluster_time();
         if let Some(sh) = self.sharding.as_mut() {
             if let Some(c) = sh.collections.get_mut(ns) {
                 c[idx].shard = to.to_owned();
+                c[idx].history.insert(0, (valid_after, to.to_owned()));
             }
+        }
+        // The range deleter removes the donor's copies after the commit (at once here, or
+        // later while deferred: until then they are orphans).
+        if self.defer_range_deletion {
+            self.pending_range_deletions
+                .push((donor_set, ns.to_owned(), ids));
+            return Ok(());
         }
         for id in ids {
             self.delete(donor_set, dp, ns, &doc! {"_id": id}, true, true, now)?;
         }
         Ok(())
+    }
+
+    /// Runs the range deletions deferred by [`World::defer_range_deletion`] on each donor's
+    /// current primary (`fromMigrate` deletes, as mongod's range deleter logs them).
+    ///
+    /// # Errors
+    /// When a donor has no writable primary (the deletions stay pending).
+    pub fn run_range_deletions(&mut self, now: Instant) -> Result<(), CmdError> {
+        while let Some((set, ns, ids)) = self.pending_range_deletions.first().cloned() {
+            let p = self.sets[set]
+                .sync_source()
+                .ok_or_else(CmdError::not_primary)?;
+            for id in ids {
+                self.delete(set, p, &ns, &doc! {"_id": id}, true, true, now)?;
+            }
+            self.pending_range_deletions.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Advances the simulation's cluster time by one tick and returns it (the time of a
+    /// catalog change such as a migration's commit).
+    pub fn tick_cluster_time(&mut self) -> bson::Timestamp {
+        let now = super::now_secs();
+        let t = if now > self.cluster_time.time {
+            bson::Timestamp {
+                time: now,
+                increment: 1,
+            }
+        } else {
+            bson::Timestamp {
+                time: self.cluster_time.time,
+                increment: self.cluster_time.increment + 1,
+            }
+        };
+        self.cluster_time = t;
+        t
     }
 }

@@ -15,7 +15,12 @@ use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec};
 
 impl World {
     pub(super) fn next_ts(&self, s: usize, n: usize) -> Timestamp {
-        let last = self.sets[s].nodes[n].last_ts;
+        let own = self.sets[s].nodes[n].last_ts;
+        let last = if ts_key(self.cluster_time) > ts_key(own) {
+            self.cluster_time
+        } else {
+            own
+        };
         let now = now_secs();
         if now > last.time {
             Timestamp {
@@ -50,6 +55,9 @@ impl World {
             .and_then(|o| o.get_timestamp("commitTimestamp").ok())
             .unwrap_or(entry.id.ts);
         let oldest = self.oldest_readable(s, n);
+        if ts_key(entry.id.ts) > ts_key(self.cluster_time) {
+            self.cluster_time = entry.id.ts;
+        }
         let node = &mut self.sets[s].nodes[n];
         if ts_key(entry.id.ts) > ts_key(node.last_ts) {
             node.last_ts = entry.id.ts;

@@ -3,9 +3,6 @@
 //! sink and the file checkpoint store against a temp dir. Tests that pause, kill or restart
 //! the broker start a tansu of their own even when `KAFKA_BOOTSTRAP` is set.
 
-// The harness is shared with the end-to-end and fault suites, which use more of it.
-#[allow(dead_code)]
-mod broker;
 mod checkpoints;
 mod file;
 mod kafka;
@@ -15,6 +12,7 @@ use std::time::Duration;
 
 use quorumtail_oplog::{EntryId, Timestamp};
 use quorumtail_sink::{Marker, OutRecord, ShardProgress};
+use quorumtail_testkit::broker;
 use tokio::sync::watch;
 
 /// A topic name unique to this test run, so that the suite can run again against the same
@@ -79,14 +77,4 @@ pub async fn wait_progress(
 
 pub fn confirmed_seq(p: &ShardProgress) -> Option<u64> {
     p.confirmed.map(|c| c.seq)
-}
-
-/// Logs go to the test output; filter with `RUST_LOG` (e.g. `RUST_LOG=librdkafka=debug`).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }

@@ -153,7 +153,7 @@ impl Tansu {
 impl Broker {
     /// Starts tansu (or uses `KAFKA_BOOTSTRAP`).
     pub fn start() -> Broker {
-        crate::init_tracing();
+        crate::truth::init_logs();
         if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
             return Broker {
                 bootstrap: b,
@@ -172,7 +172,7 @@ impl Broker {
 
     /// Starts tansu on a free loopback port with these options (never an external broker).
     pub fn start_with(opts: BrokerOptions) -> Broker {
-        crate::init_tracing();
+        crate::truth::init_logs();
         let port = free_port();
         let bootstrap = opts
             .advertised
