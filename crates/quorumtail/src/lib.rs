@@ -12,6 +12,9 @@
 //! filters, transactions, records) and `quorumtail-merge` (the majority-merge engine);
 //! the I/O shells in `quorumtail-tailer` (one member) and `quorumtail-sink` (Kafka, files,
 //! checkpoint stores).
+//!
+//! To follow one entry from a member's oplog to a Kafka record, start with the
+//! walk-through in [`pipeline`] ("One entry, from the oplog to Kafka").
 
 pub mod config;
 pub mod coordinator;
