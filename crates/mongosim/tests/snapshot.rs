@@ -280,3 +280,113 @@ async fn a_distributed_transaction_is_visible_from_its_commit_timestamp() {
     ));
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn migrations_keep_chunk_history_and_deferred_range_deletion_leaves_orphans() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        nodes_per_shard: 3,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mongos = Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=5000", cluster.uri()))
+        .await
+        .unwrap();
+    let coll = mongos.database("test").collection::<Document>("c");
+    coll.insert_many((1..=5).map(|i| doc! {"_id": i, "v": 1}))
+        .await
+        .unwrap();
+    let chunk_of_1 = |chunks: &[Document]| -> Document {
+        chunks
+            .iter()
+            .find(|c| {
+                c.get_str("ns").ok() == Some("test.c")
+                    && c.get_document("min").unwrap().get("_id") == Some(&Bson::MinKey)
+            })
+            .unwrap()
+            .clone()
+    };
+    let read_chunks = || async {
+        mongos
+            .database("config")
+            .collection::<Document>("chunks")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .map(|d| d.unwrap())
+            .collect::<Vec<_>>()
+            .await
+    };
+    let before = chunk_of_1(&read_chunks().await);
+    let history = before.get_array("history").unwrap();
+    assert_eq!(history.len(), 1);
+    let first = history[0].as_document().unwrap();
+    assert_eq!(first.get_str("shard").unwrap(), "shard01");
+    assert_eq!(
+        before.get_timestamp("onCurrentShardSince").unwrap(),
+        first.get_timestamp("validAfter").unwrap()
+    );
+
+    cluster.defer_range_deletion(true).unwrap();
+    cluster.move_chunk("test.c", 1, "shard02").await.unwrap();
+    let after = chunk_of_1(&read_chunks().await);
+    let history = after.get_array("history").unwrap();
+    assert_eq!(history.len(), 2, "{after}");
+    let moved = history[0].as_document().unwrap();
+    assert_eq!(moved.get_str("shard").unwrap(), "shard02");
+    let valid_after = moved.get_timestamp("validAfter").unwrap();
+    // Causality: every cloned write on the recipient comes before the commit.
+    let p2 = cluster.primary_of("shard02").unwrap();
+    let clones: Vec<Timestamp> = cluster
+        .oplog_snapshot(p2)
+        .iter()
+        .map(|r| Document::try_from(r.as_ref()).unwrap())
+        .filter(|e| e.get_bool("fromMigrate").unwrap_or(false) && e.get_str("op").ok() == Some("i"))
+        .map(|e| e.get_timestamp("ts").unwrap())
+        .collect();
+    assert_eq!(clones.len(), 5);
+    assert!(clones
+        .iter()
+        .all(|t| (t.time, t.increment) < (valid_after.time, valid_after.increment)));
+
+    // The donor keeps its copies (orphans) until the range deleter runs; mongos filters them.
+    let p1 = cluster.primary_of("shard01").unwrap();
+    let donor = direct(p1).await;
+    let orphans = donor
+        .database("test")
+        .collection::<Document>("c")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .count()
+        .await;
+    assert_eq!(orphans, 5);
+    let routed = coll.find(doc! {}).await.unwrap().count().await;
+    assert_eq!(routed, 5, "each document once through mongos");
+
+    cluster.defer_range_deletion(false).unwrap();
+    let deletes: Vec<Timestamp> = cluster
+        .oplog_snapshot(p1)
+        .iter()
+        .map(|r| Document::try_from(r.as_ref()).unwrap())
+        .filter(|e| e.get_bool("fromMigrate").unwrap_or(false) && e.get_str("op").ok() == Some("d"))
+        .map(|e| e.get_timestamp("ts").unwrap())
+        .collect();
+    assert_eq!(deletes.len(), 5);
+    assert!(deletes
+        .iter()
+        .all(|t| (t.time, t.increment) > (valid_after.time, valid_after.increment)));
+    let left = donor
+        .database("test")
+        .collection::<Document>("c")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .count()
+        .await;
+    assert_eq!(left, 0);
+    cluster.shutdown().await;
+}
