@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::support::{records, shards_toml, start_text};
 
 /// Replays change events into documents keyed by (namespace, `_id` as JSON).
-fn replay(events: &[Value]) -> Result<BTreeMap<(String, String), Document>, String> {
+pub(crate) fn replay(events: &[Value]) -> Result<BTreeMap<(String, String), Document>, String> {
     let mut docs = BTreeMap::new();
     for ev in events {
         let ns = format!(

@@ -13,6 +13,7 @@ mod live;
 mod membership;
 mod page;
 mod removed;
+mod snapshot;
 mod support;
 mod timeseries;
 mod tls;

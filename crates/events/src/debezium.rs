@@ -102,7 +102,7 @@ pub struct DebeziumRecord {
     pub key: String,
     /// The envelope.
     pub value: String,
-    /// `c`, `u` or `d`.
+    /// `c`, `u`, `d`, or `r` (a snapshot read).
     pub op: &'static str,
 }
 
@@ -134,9 +134,11 @@ pub fn debezium_record(
     let mut after = None;
     let mut description = None;
     match kind {
-        "i" => {
+        // `r`: a document read by a snapshot (quorumtail's own op code for it), which the
+        // connector writes as a read event.
+        "i" | "r" => {
             let o = o()?;
-            code = "c";
+            code = if kind == "r" { "r" } else { "c" };
             id = id_of(o)?;
             after = Some(o.clone());
         }
@@ -228,7 +230,13 @@ pub fn debezium_record(
     v.push_str(",\"name\":");
     json_str(src.server_name, &mut v);
     let _ = write!(v, ",\"ts_ms\":{}", secs * 1_000);
-    v.push_str(",\"snapshot\":\"false\",\"db\":");
+    // `SnapshotRecord`: "true" for every snapshot read but the last ("last"); quorumtail
+    // writes "true" throughout (it does not know which document is last until it is read).
+    v.push_str(if code == "r" {
+        ",\"snapshot\":\"true\",\"db\":"
+    } else {
+        ",\"snapshot\":\"false\",\"db\":"
+    });
     json_str(db, &mut v);
     let _ = write!(
         v,

@@ -112,6 +112,33 @@ pub fn encode_txn_op(
     Ok(())
 }
 
+/// Appends the record of a document a snapshot read at `at` to `out`:
+/// `{"shard", "ts": at, "op": "r", "ns", "snapshot": true, "entry": {"op": "r", "ns", "o":
+/// <document>}}`. There is no oplog entry, so no `id`.
+///
+/// # Errors
+/// When the document's raw bytes are not valid BSON.
+pub fn encode_snapshot_document(
+    shard: &str,
+    at: crate::Timestamp,
+    ns: &str,
+    doc: &RawDocument,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    out.extend_from_slice(b"{\"shard\":");
+    write_str(shard, out);
+    out.extend_from_slice(b",\"ts\":");
+    write_ts(EntryId::at(at), out);
+    out.extend_from_slice(b",\"op\":\"r\",\"ns\":");
+    write_str(ns, out);
+    out.extend_from_slice(b",\"snapshot\":true,\"entry\":{\"op\":\"r\",\"ns\":");
+    write_str(ns, out);
+    out.extend_from_slice(b",\"o\":");
+    write_document(doc, Mode::Relaxed, out)?;
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
 fn write_header(shard: &str, id: EntryId, op: &str, ns: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"shard\":");
     write_str(shard, out);

@@ -55,6 +55,40 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Metrics, health and status over HTTP.
     pub http: Option<HttpConfig>,
+    /// The initial snapshot (`[start] position = "snapshot"`).
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+}
+
+/// `[snapshot]`: how the initial snapshot reads (see [`crate::snapshot`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Documents per `find`/`getMore` batch.
+    #[serde(default = "default_snapshot_batch")]
+    pub batch_size: u32,
+    /// How long before the snapshot's time the stream after it starts, so that a
+    /// transaction prepared before the snapshot and committed after it is read whole.
+    /// Longer than any transaction's prepare-to-commit time; the oplogs must hold it.
+    #[serde(default = "default_stream_margin")]
+    pub stream_margin: String,
+}
+
+fn default_snapshot_batch() -> u32 {
+    1000
+}
+
+fn default_stream_margin() -> String {
+    "60s".into()
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            batch_size: default_snapshot_batch(),
+            stream_margin: default_stream_margin(),
+        }
+    }
 }
 
 /// One shard replica set.
@@ -177,7 +211,8 @@ impl Default for MongoConfig {
 #[serde(deny_unknown_fields)]
 pub struct StartConfig {
     /// `latest` (from the newest entry at startup), `earliest` (from the oldest entry still
-    /// in the oplogs), or `"<seconds>:<increment>"`. Used only for shards without a
+    /// in the oplogs), `snapshot` (the existing documents first, then the changes from the
+    /// snapshot's time on), or `"<seconds>:<increment>"`. Used only for shards without a
     /// checkpoint.
     #[serde(default = "default_position")]
     pub position: String,
@@ -204,6 +239,9 @@ pub enum StartPosition {
     Earliest,
     /// Everything after this timestamp.
     After(Timestamp),
+    /// A snapshot of the existing documents, then the stream from the snapshot's time
+    /// (shards that appear later start from their oplog's beginning).
+    Snapshot,
 }
 
 /// `[filter]`.
@@ -416,6 +454,8 @@ pub struct Resolved {
     pub checkpoint_interval: Duration,
     /// `[pipeline] shutdown_timeout`.
     pub shutdown_timeout: Duration,
+    /// `[snapshot] stream_margin`.
+    pub stream_margin: Duration,
     /// Things that work but deserve a second look.
     pub warnings: Vec<String>,
 }
@@ -584,11 +624,12 @@ impl Config {
         let start = match self.start.position.as_str() {
             "latest" => StartPosition::Latest,
             "earliest" => StartPosition::Earliest,
+            "snapshot" => StartPosition::Snapshot,
             other => match other.parse::<Timestamp>() {
                 Ok(ts) => StartPosition::After(ts),
                 Err(e) => {
                     problems.push(format!(
-                        "start.position: {e}; or use \"latest\" or \"earliest\""
+                        "start.position: {e}; or use \"latest\", \"earliest\" or \"snapshot\""
                     ));
                     StartPosition::Latest
                 }
@@ -633,6 +674,17 @@ impl Config {
                     problems.push(e);
                     Duration::from_secs(30)
                 });
+        let stream_margin = parse_duration("snapshot.stream_margin", &self.snapshot.stream_margin)
+            .unwrap_or_else(|e| {
+                problems.push(e);
+                Duration::from_secs(60)
+            });
+        if self.snapshot.batch_size == 0 {
+            problems.push("snapshot.batch_size: must be at least 1".into());
+        }
+        if start == StartPosition::Snapshot && self.discovery.is_none() && self.shards.len() > 1 {
+            problems.push("start.position: a snapshot of several shards needs [discovery] uri (mongos or a config server), where it reads which shard owns each document (config.chunks); without it, migrations' leftovers would be copied twice".into());
+        }
         if let Some(h) = &self.http {
             if h.listen.parse::<std::net::SocketAddr>().is_err() {
                 problems.push(format!(
@@ -652,6 +704,7 @@ impl Config {
                 filter,
                 checkpoint_interval,
                 shutdown_timeout,
+                stream_margin,
                 warnings,
             })
         } else {

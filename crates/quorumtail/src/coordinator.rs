@@ -89,6 +89,9 @@ pub enum RunError {
         /// The file or topic.
         store: String,
     },
+    /// The initial snapshot could not be planned.
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::PlanError),
     /// The HTTP endpoints could not listen.
     #[error("http.listen {addr}: {source}; choose a free address or remove [http]")]
     Http {
@@ -301,7 +304,7 @@ pub async fn run_controlled(
     tailer.access = c.mongo.access();
     tailer.batch_size = c.mongo.batch_size;
     tailer.max_await = cfg.max_await;
-    let shared = Shared {
+    let mut shared = Shared {
         tailer,
         filter: cfg.filter.clone(),
         key: c.sink.key,
@@ -313,6 +316,7 @@ pub async fn run_controlled(
         start: cfg.start,
         whole_entries: c.pipeline.whole_entries,
         release: c.pipeline.release,
+        snapshot: None,
     };
 
     let pipelines_stop = CancellationToken::new();
@@ -323,15 +327,43 @@ pub async fn run_controlled(
         remembered,
         cfg.checkpoint_interval,
     );
+    // `[start] position = "snapshot"`: one snapshot time and ownership for every shard that
+    // has no checkpoint yet (shards that appear later start from their oplog's beginning).
+    if cfg.start == crate::config::StartPosition::Snapshot
+        && shards
+            .iter()
+            .any(|s| running.resume_point(s, &stored).is_none() && !stored.contains_key(&s.name))
+    {
+        let planned = crate::snapshot::plan(
+            &shards,
+            discovery.as_ref(),
+            c.mongo.access(),
+            c.snapshot.batch_size,
+            cfg.stream_margin,
+        )
+        .await;
+        match planned {
+            Ok(p) => shared.snapshot = Some(Arc::new(p)),
+            Err(e) => {
+                if let Some(d) = &discovery {
+                    d.close().await;
+                }
+                let _ = sink.flush(tokio::time::Instant::now()).await;
+                return Err(e.into());
+            }
+        }
+    }
     for s in shards {
         let mut shared = shared.clone();
         let cp = running.resume_point(&s, &stored);
         if cp.is_none() && stored.contains_key(&s.name) {
             // It came back as another replica set: a new shard.
             shared.start = crate::config::StartPosition::Earliest;
+            shared.snapshot = None;
         }
         running.start(s, cp, &shared, &pipelines_stop);
     }
+    shared.snapshot = None;
     // Shards with a checkpoint that are not in the topology: removed while quorumtail was
     // stopped. What they committed after their checkpoint is read before they stop.
     running.adopt_removed(authoritative, &shared, &pipelines_stop);

@@ -69,6 +69,16 @@ impl Discovery {
         .await;
     }
 
+    /// The config database, read with `readConcern: majority`.
+    pub(crate) fn config_db(&self) -> mongodb::Database {
+        self.client.database_with_options(
+            "config",
+            mongodb::options::DatabaseOptions::builder()
+                .read_concern(mongodb::options::ReadConcern::majority())
+                .build(),
+        )
+    }
+
     /// The current shards.
     ///
     /// # Errors

@@ -24,4 +24,5 @@ pub mod discovery;
 pub mod http;
 pub mod pipeline;
 pub mod preflight;
+pub mod snapshot;
 pub mod status;

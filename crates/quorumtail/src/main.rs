@@ -293,6 +293,9 @@ fn check(path: &std::path::Path, connect: bool) -> ExitCode {
         StartPosition::Latest => "latest".to_owned(),
         StartPosition::Earliest => "earliest".to_owned(),
         StartPosition::After(ts) => format!("after {ts}"),
+        StartPosition::Snapshot => {
+            "snapshot of the existing documents, then their changes".to_owned()
+        }
     };
     println!("start: {start} (for shards without a checkpoint)");
     let f = &resolved.filter;

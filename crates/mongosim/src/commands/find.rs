@@ -255,6 +255,35 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
             }
             out
         }
+        // Every database with data on a shard; its primary shard is the first shard (the
+        // simulation shards every collection it routes, so the primary holds only what was
+        // written on a member directly).
+        "databases" => {
+            let mut names: Vec<String> = sh
+                .shards
+                .iter()
+                .filter(|x| x.state != ShardState::Removed)
+                .filter_map(|x| w.sets[x.set].sync_source().map(|p| &w.sets[x.set].nodes[p]))
+                .flat_map(|n| {
+                    n.data
+                        .keys()
+                        .filter_map(|ns| ns.split('.').next().map(str::to_owned))
+                })
+                .filter(|d| !matches!(d.as_str(), "admin" | "config" | "local"))
+                .collect();
+            names.sort();
+            names.dedup();
+            let primary = sh
+                .shards
+                .iter()
+                .find(|x| x.state == ShardState::Active)
+                .map(|x| x.name.clone())
+                .unwrap_or_default();
+            names
+                .into_iter()
+                .map(|d| doc! {"_id": d, "primary": primary.clone(), "partitioned": true})
+                .collect()
+        }
         "collections" => sh
             .collections
             .keys()

@@ -5,12 +5,15 @@
 //! open (its earlier entries would not be re-read), so entries released meanwhile carry
 //! no checkpoint, and the first entry after the transaction closes carries one again.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use quorumtail_oplog::entry::split_ns;
 use quorumtail_oplog::extjson::{write_document, Mode};
 use quorumtail_oplog::filter::command_target_ns;
-use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op, TxnInfo};
+use quorumtail_oplog::record::{
+    document_key, encode_entry, encode_snapshot_document, encode_txn_op, TxnInfo,
+};
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
 use quorumtail_sink::{Marker, OutRecord, RecordFormat, SinkInput};
@@ -31,6 +34,9 @@ pub struct Emitter {
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
     last_checkpoint: Option<EntryId>,
     stats: Arc<ShardStats>,
+    /// After a snapshot at this time: what committed at or before it is in the snapshot,
+    /// so it is not emitted again, and no checkpoint is attached at or before it.
+    floor: Option<Timestamp>,
 }
 
 /// A committed entry that cannot be turned into records: the shard must stop.
@@ -66,7 +72,28 @@ impl Emitter {
             txn,
             last_checkpoint: None,
             stats,
+            floor: None,
         }
+    }
+
+    /// Continues after a snapshot taken at `floor` whose records took the sequence numbers
+    /// up to `seq` (see [`crate::snapshot`]): what committed at or before `floor` is not
+    /// emitted again, and a transaction that began before the stream's start and commits
+    /// after `floor` is an error rather than half emitted.
+    pub fn after_snapshot(mut self, floor: Option<Timestamp>, seq: u64) -> Self {
+        self.floor = floor;
+        self.seq = seq;
+        self
+    }
+
+    /// The last sequence number handed out.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Whether something committed at `at` is already in the snapshot.
+    fn in_snapshot(&self, at: Timestamp) -> bool {
+        self.floor.is_some_and(|f| at <= f)
     }
 
     /// Records in `format` (`[sink] format`).
@@ -86,9 +113,13 @@ impl Emitter {
         self.seq
     }
 
-    /// The checkpoint to attach to the next input, if it moved.
+    /// The checkpoint to attach to the next input, if it moved. Never at or before a
+    /// snapshot's time: a resume from there would emit what the snapshot holds again.
     fn checkpoint(&mut self) -> Option<EntryId> {
-        let safe = self.txn.safe_position();
+        let safe = self
+            .txn
+            .safe_position()
+            .filter(|id| !self.in_snapshot(id.ts));
         if let Some(id) = safe.filter(|_| safe != self.last_checkpoint) {
             self.last_checkpoint = safe;
             self.stats.set_handed(id);
@@ -126,7 +157,40 @@ impl Emitter {
             id,
             detail,
         };
-        match self.txn.push(entry).map_err(|e| err(e.to_string()))? {
+        let step = self.txn.push(entry).map_err(|e| err(e.to_string()))?;
+        if self.floor.is_some() {
+            match &step {
+                Step::Entry if self.in_snapshot(id.ts) => {
+                    self.stats.in_snapshot.fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                Step::Emit(txn)
+                    if self.in_snapshot(txn.commit_timestamp.unwrap_or(txn.commit.ts)) =>
+                {
+                    self.stats
+                        .in_snapshot
+                        .fetch_add(txn.ops.len() as u64, Relaxed);
+                    return Ok(());
+                }
+                Step::SkippedOrphan(name) => {
+                    // The commit of a transaction prepared before the stream's start.
+                    let commit_timestamp = entry
+                        .o
+                        .filter(|o| matches!(o.get("commitTransaction"), Ok(Some(_))))
+                        .map(|o| match o.get("commitTimestamp") {
+                            Ok(Some(bson::RawBsonRef::Timestamp(t))) => Timestamp::from(t),
+                            _ => id.ts,
+                        });
+                    if let Some(at) = commit_timestamp.filter(|at| !self.in_snapshot(*at)) {
+                        return Err(err(format!(
+                            "transaction {name} was prepared before the stream after the snapshot starts and committed at {at}, after the snapshot's time: its operations cannot be emitted whole. Fix: raise [snapshot] stream_margin and take the snapshot again"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        match step {
             Step::Entry => {
                 let ns = target_ns(entry.op, entry.ns, entry.o, entry.command_name());
                 match self.filter.check(entry.op, &ns, entry.from_migrate) {
@@ -399,6 +463,94 @@ impl Emitter {
         }
     }
 
+    /// Appends the record of one document a snapshot read at `at` (see
+    /// [`crate::snapshot`]): op `r`, no checkpoint (the stream after the snapshot brings
+    /// the first), the document key as for an insert. Per format: `oplog` writes
+    /// `{"shard", "ts": at, "op": "r", "ns", "snapshot": true, "entry": {"op": "r", "ns",
+    /// "o": <document>}}` (no `id`: there is no oplog entry); `change-event` an insert
+    /// event with `"snapshot": true`; `debezium` a read event (`op: "r"`,
+    /// `source.snapshot: "true"`).
+    ///
+    /// # Errors
+    /// A document that cannot be encoded.
+    pub fn snapshot_document(
+        &mut self,
+        ns: &str,
+        doc: &bson::RawDocument,
+        at: Timestamp,
+        out: &mut Vec<SinkInput>,
+    ) -> Result<(), EmitError> {
+        let shard = self.shard.clone();
+        let err = |detail: String| EmitError {
+            shard: shard.clone(),
+            id: EntryId::at(at),
+            detail: format!("snapshot of {ns}: {detail}"),
+        };
+        let doc_id = doc.get("_id").ok().flatten();
+        let mut value = Vec::with_capacity(doc.as_bytes().len() * 2 + 128);
+        let key = match self.format {
+            RecordFormat::Oplog => {
+                encode_snapshot_document(&self.shard, at, ns, doc, &mut value)
+                    .map_err(|e| err(e.to_string()))?;
+                self.key_for(ns, ns, doc_id)
+                    .map_err(|e| err(e.to_string()))?
+            }
+            RecordFormat::ChangeEvent => {
+                let insert = snapshot_insert(ns, doc, at).map_err(err)?;
+                let src = quorumtail_events::Source {
+                    shard: &self.shard,
+                    ts: bson_ts(at),
+                    term: None,
+                    hash: None,
+                    wall: None,
+                    txn: None,
+                };
+                let mut event = quorumtail_events::change_event(&insert, &src)
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err("no change event for an insert".into()))?;
+                event.insert("snapshot", true);
+                let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| err(e.to_string()))?;
+                write_document(&raw, Mode::Relaxed, &mut value).map_err(|e| err(e.to_string()))?;
+                self.key_for(ns, ns, doc_id)
+                    .map_err(|e| err(e.to_string()))?
+            }
+            RecordFormat::Debezium { server_name } => {
+                let mut read = snapshot_insert(ns, doc, at).map_err(err)?;
+                read.insert("op", "r");
+                let src = quorumtail_events::DebeziumSource {
+                    server_name,
+                    version: DEBEZIUM_SOURCE_VERSION,
+                    ts: bson_ts(at),
+                    wall: None,
+                    txn: None,
+                };
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                let rec = quorumtail_events::debezium_record(&read, &src, now_ns)
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err("no Debezium record for a read".into()))?;
+                value = rec.value.into_bytes();
+                self.debezium_key(rec.key, ns)
+            }
+        };
+        let seq = self.next_seq();
+        let (db, coll) = split_ns(ns);
+        self.stats.snapshot_documents.fetch_add(1, Relaxed);
+        out.push(SinkInput::Record(OutRecord {
+            shard: self.shard.clone(),
+            seq,
+            checkpoint: None,
+            ts: at,
+            op: "r",
+            db: db.to_owned(),
+            coll: coll.to_owned(),
+            key,
+            value: Some(value),
+        }));
+        Ok(())
+    }
+
     /// A Debezium record's key: the record's own (`{"id": ...}`) for document keys, else
     /// as `[sink] key` says.
     fn debezium_key(&self, key: String, target: &str) -> Option<Vec<u8>> {
@@ -480,233 +632,20 @@ fn target_ns(op: OpKind, ns: &str, o: Option<&bson::RawDocument>, command: Optio
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bson::{rawdoc, spec::BinarySubtype, Binary, RawDocumentBuf};
-
-    fn ts(i: u32) -> bson::Timestamp {
-        bson::Timestamp {
-            time: 1_700_000_000,
-            increment: i,
-        }
+/// A snapshot's document as the insert entry that would have created it.
+fn snapshot_insert(
+    ns: &str,
+    doc: &bson::RawDocument,
+    at: Timestamp,
+) -> Result<bson::Document, String> {
+    let o = bson::Document::try_from(doc).map_err(|e| format!("unreadable document: {e}"))?;
+    let mut entry = bson::doc! {"op": "i", "ns": ns, "ts": bson_ts(at)};
+    if let Some(id) = o.get("_id") {
+        entry.insert("o2", bson::doc! {"_id": id.clone()});
     }
-
-    fn lsid() -> RawDocumentBuf {
-        rawdoc! { "id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] }, "uid": Binary { subtype: BinarySubtype::Generic, bytes: vec![2; 32] } }
-    }
-
-    fn emitter() -> Emitter {
-        Emitter::new(
-            "s".into(),
-            Filter::default(),
-            KeyKind::Document,
-            Arc::default(),
-            None,
-        )
-    }
-
-    fn run(e: &mut Emitter, docs: &[RawDocumentBuf]) -> Vec<SinkInput> {
-        let mut out = Vec::new();
-        for d in docs {
-            e.committed(&OplogEntry::parse(d).unwrap(), &mut out)
-                .unwrap();
-        }
-        out
-    }
-
-    fn checkpoints(out: &[SinkInput]) -> Vec<Option<u32>> {
-        out.iter()
-            .map(|i| match i {
-                SinkInput::Record(r) => r.checkpoint.map(|c| c.ts.increment),
-                SinkInput::Marker(m) => Some(m.checkpoint.ts.increment),
-            })
-            .collect()
-    }
-
-    /// A large transaction (two entries) with a plain insert released in between: the
-    /// operations come out together at the commit, with their transaction details, and
-    /// no checkpoint lands between the transaction's first entry and its commit.
-    #[test]
-    fn transactions_are_emitted_whole_and_checkpoints_skip_them() {
-        let mut e = emitter();
-        let first = rawdoc! {
-            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
-            "o": { "applyOps": [ { "op": "i", "ns": "shop.orders", "o": { "_id": 1 } } ], "partialTxn": true },
-            "ts": ts(2), "t": 1_i64, "prevOpTime": { "ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1_i64 },
-        };
-        let plain =
-            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "u" }, "ts": ts(3), "t": 1_i64 };
-        let last = rawdoc! {
-            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
-            "o": { "applyOps": [ { "op": "u", "ns": "shop.orders", "o": { "$set": { "x": 1 } }, "o2": { "_id": 1 } }, { "op": "i", "ns": "config.x", "o": { "_id": 9 } } ], "count": 3_i64 },
-            "ts": ts(4), "t": 1_i64, "prevOpTime": { "ts": ts(2), "t": 1_i64 },
-        };
-        let before =
-            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "a" }, "ts": ts(1), "t": 1_i64 };
-        let out = run(&mut e, &[before, first, plain, last]);
-        let records: Vec<serde_json::Value> = out
-            .iter()
-            .filter_map(|i| match i {
-                SinkInput::Record(r) => {
-                    Some(serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
-                }
-                _ => None,
-            })
-            .collect();
-        // before, plain, then the transaction's two shop.orders operations (config.x is internal).
-        assert_eq!(records.len(), 4, "{records:#?}");
-        assert_eq!(records[1]["entry"]["o"]["_id"], "u");
-        assert_eq!(records[2]["txn"]["txnNumber"], 7);
-        assert_eq!(records[2]["txn"]["index"], 0);
-        assert_eq!(records[3]["txn"]["index"], 1);
-        assert_eq!(records[3]["op"], "u");
-        assert_eq!(
-            records[2]["ts"]["i"], 4,
-            "transaction records carry the commit's ts"
-        );
-        // Checkpoint after `before` (1); none while the transaction is open (the plain
-        // insert at 3 carries none); after the commit, 4.
-        assert_eq!(checkpoints(&out), vec![Some(1), None, None, None, Some(4)]);
-    }
-
-    /// Filtered entries still move the checkpoint, through markers.
-    #[test]
-    fn dropped_entries_advance_through_markers() {
-        let mut e = emitter();
-        let noop = rawdoc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" }, "ts": ts(1), "t": 1_i64 };
-        let migrated = rawdoc! { "op": "d", "ns": "shop.orders", "o": { "_id": 1 }, "fromMigrate": true, "ts": ts(2), "t": 1_i64 };
-        let out = run(&mut e, &[noop, migrated]);
-        assert!(out.iter().all(|i| matches!(i, SinkInput::Marker(_))));
-        assert_eq!(checkpoints(&out), vec![Some(1), Some(2)]);
-        assert_eq!(
-            e.stats
-                .dropped_from_migrate
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-    }
-
-    #[test]
-    fn document_keys_are_canonical() {
-        let mut e = emitter();
-        let ins = rawdoc! { "op": "i", "ns": "shop.orders", "o": { "_id": 1.0 }, "ts": ts(1), "t": 1_i64 };
-        let out = run(&mut e, &[ins]);
-        let SinkInput::Record(r) = &out[0] else {
-            panic!("{out:?}")
-        };
-        assert_eq!(
-            r.key.as_deref(),
-            Some(&br#"{"ns":"shop.orders","_id":{"$numberDouble":"1.0"}}"#[..])
-        );
-        assert_eq!(
-            (r.db.as_str(), r.coll.as_str(), r.op),
-            ("shop", "orders", "i")
-        );
-    }
-
-    /// `[sink] tombstones`: each delete is followed by a null value under the same key,
-    /// and the checkpoint rides on the tombstone, so a resume never falls between them.
-    #[test]
-    fn deletes_are_followed_by_tombstones_carrying_the_checkpoint() {
-        let mut e = emitter().with_tombstones(true);
-        let docs = [
-            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(1), "t": 1_i64 },
-            rawdoc! { "op": "d", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(2), "t": 1_i64 },
-        ];
-        let out = run(&mut e, &docs);
-        let records: Vec<&OutRecord> = out
-            .iter()
-            .filter_map(|i| match i {
-                SinkInput::Record(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(records.len(), 3, "{records:#?}");
-        let (delete, tombstone) = (records[1], records[2]);
-        assert_eq!(delete.op, "d");
-        assert!(delete.value.is_some());
-        assert_eq!(delete.checkpoint, None);
-        assert_eq!(tombstone.value, None);
-        assert_eq!(tombstone.key, delete.key);
-        assert_eq!(
-            tombstone.checkpoint.map(|c| c.ts),
-            Some(Timestamp::new(1_700_000_000, 2))
-        );
-        assert!(tombstone.seq > delete.seq);
-        // Without the setting, no tombstone.
-        let mut e = emitter();
-        assert_eq!(
-            run(&mut e, &docs)
-                .iter()
-                .filter(|i| matches!(i, SinkInput::Record(_)))
-                .count(),
-            2
-        );
-    }
-
-    fn record_values(out: &[SinkInput]) -> Vec<(&OutRecord, Option<serde_json::Value>)> {
-        out.iter()
-            .filter_map(|i| match i {
-                SinkInput::Record(r) => Some((
-                    r,
-                    r.value
-                        .as_deref()
-                        .map(|v| serde_json::from_slice(v).unwrap()),
-                )),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// `[sink] format = "debezium"`: the key is the record's `{"id": ...}` (tombstones
-    /// too), a transaction's operations carry their session and the transaction's orders
-    /// (overall and per collection), and commands give no record but move the position.
-    #[test]
-    fn debezium_records_keys_transactions_and_tombstones() {
-        let mut e = emitter()
-            .with_format(RecordFormat::Debezium {
-                server_name: "inventory",
-            })
-            .with_tombstones(true);
-        let txn = rawdoc! {
-            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
-            "o": { "applyOps": [
-                { "op": "i", "ns": "shop.orders", "o": { "_id": 1, "x": 1 } },
-                { "op": "i", "ns": "shop.users", "o": { "_id": "u" } },
-                { "op": "d", "ns": "shop.orders", "o": { "_id": 1 } },
-            ] },
-            "ts": ts(2), "t": 1_i64, "wall": bson::DateTime::from_millis(5_000),
-        };
-        let drop = rawdoc! { "op": "c", "ns": "shop.$cmd", "o": { "drop": "users" }, "ts": ts(3), "t": 1_i64 };
-        let out = run(&mut e, &[txn, drop]);
-        let recs = record_values(&out);
-        assert_eq!(recs.len(), 4, "{recs:#?}");
-        let (ins, v) = &recs[0];
-        let v = v.as_ref().unwrap();
-        assert_eq!(ins.key.as_deref(), Some(&br#"{"id":"1"}"#[..]));
-        assert_eq!(v["op"], "c");
-        assert_eq!(v["after"], r#"{"_id": 1,"x": 1}"#);
-        assert_eq!(v["source"]["name"], "inventory");
-        assert_eq!(v["source"]["connector"], "mongodb");
-        assert_eq!(v["source"]["txnNumber"], 7);
-        assert_eq!(v["source"]["wallTime"], 5_000);
-        assert_eq!(v["transaction"]["total_order"], 1);
-        assert_eq!(v["transaction"]["data_collection_order"], 1);
-        let lsid = v["source"]["lsid"].as_str().unwrap();
-        assert_eq!(v["transaction"]["id"], format!("{lsid}:7"));
-        let v = recs[1].1.as_ref().unwrap();
-        assert_eq!(recs[1].0.key.as_deref(), Some(&br#"{"id":"\"u\""}"#[..]));
-        assert_eq!(v["transaction"]["total_order"], 2);
-        assert_eq!(v["transaction"]["data_collection_order"], 1);
-        let v = recs[2].1.as_ref().unwrap();
-        assert_eq!(v["op"], "d");
-        assert_eq!(v["transaction"]["total_order"], 3);
-        assert_eq!(v["transaction"]["data_collection_order"], 2);
-        let (tombstone, none) = &recs[3];
-        assert!(none.is_none());
-        assert_eq!(tombstone.key, recs[2].0.key);
-        // The drop: no record, the position moves (a marker with its ts).
-        assert!(matches!(out.last(), Some(SinkInput::Marker(m)) if m.checkpoint.ts.increment == 3));
-    }
+    entry.insert("o", o);
+    Ok(entry)
 }
+
+#[cfg(test)]
+mod tests;

@@ -107,7 +107,7 @@ use std::time::Duration;
 
 use mongodb::raw_batch_cursor::RawBatch;
 use quorumtail_merge::{Event, NodeId, NodeSet, PushError, Report};
-use quorumtail_oplog::{EntryId, EntryLayout, Filter, OplogEntry};
+use quorumtail_oplog::{EntryId, EntryLayout, Filter, OplogEntry, Timestamp};
 use quorumtail_sink::{SinkInput, SinkSender};
 use quorumtail_tailer::{ReadMode, ResumeTarget, TailMsg, TailerConfig};
 use tokio::sync::{mpsc, watch};
@@ -166,6 +166,9 @@ pub struct Shared {
     pub whole_entries: WholeEntries,
     /// `[pipeline] release`.
     pub release: Release,
+    /// The initial snapshot, for shards without a checkpoint (`[start] position =
+    /// "snapshot"`); `None` otherwise, and for shards that appear later.
+    pub snapshot: Option<Arc<crate::snapshot::SnapshotPlan>>,
 }
 
 /// Why a shard stopped for good. These are definite: the operator must act.
@@ -221,6 +224,14 @@ pub enum ShardError {
         /// Shard.
         shard: Arc<str>,
         /// What.
+        detail: String,
+    },
+    /// The initial snapshot could not be taken.
+    #[error("shard {shard}: snapshot: {detail}")]
+    Snapshot {
+        /// Shard.
+        shard: Arc<str>,
+        /// What failed, and the fix.
         detail: String,
     },
     /// The sink refused input (it stopped).
@@ -289,7 +300,47 @@ pub async fn run_shard(
     mut control: mpsc::Receiver<Control>,
     shutdown: CancellationToken,
 ) -> Result<(), ShardError> {
-    let mut task = ShardTask::new(spec, shared, checkpoint, stats, &shutdown)?;
+    // No checkpoint and a snapshot planned: the existing documents first, then the stream
+    // from shortly before the snapshot's time, emitting only what committed after it.
+    let mut shared = shared;
+    let mut after = AfterSnapshot::default();
+    if let (None, Some(plan)) = (checkpoint, shared.snapshot.clone()) {
+        let mut emitter = Emitter::new(
+            spec.name.clone(),
+            shared.filter.clone(),
+            shared.key,
+            stats.clone(),
+            None,
+        )
+        .with_format(shared.format)
+        .with_tombstones(shared.tombstones);
+        let copied = crate::snapshot::copy_shard(
+            &spec,
+            &plan,
+            &shared.filter,
+            &mut emitter,
+            &shared.sink,
+            &stats,
+            &shutdown,
+        )
+        .await;
+        match copied {
+            Ok(Some(start)) => {
+                shared.start = StartPosition::After(start.into());
+                after = AfterSnapshot {
+                    floor: Some(plan.at.into()),
+                    seq: emitter.seq(),
+                };
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                stats.failed.store(1, std::sync::atomic::Ordering::Relaxed);
+                error!(shard = %spec.name, error = %e, "shard stopped");
+                return Err(e);
+            }
+        }
+    }
+    let mut task = ShardTask::new(spec, shared, checkpoint, stats, &shutdown, after)?;
     let result: Result<(), ShardError> = async {
         loop {
             tokio::select! {
@@ -335,6 +386,14 @@ pub async fn run_shard(
     result
 }
 
+/// What the stream after a snapshot continues from: the snapshot's time and the last
+/// sequence number its records took.
+#[derive(Debug, Clone, Copy, Default)]
+struct AfterSnapshot {
+    floor: Option<Timestamp>,
+    seq: u64,
+}
+
 /// The I/O around one [`ShardCore`]: the member tailers and their channels, the emitter
 /// and the sink. It decides nothing: it feeds the core and carries out its actions.
 struct ShardTask {
@@ -355,6 +414,7 @@ struct ShardTask {
     /// Channels set aside by backpressure.
     paused: HashMap<NodeId, ReceiverStream<TailMsg>>,
     emitter: Emitter,
+    after: AfterSnapshot,
     out: Vec<SinkInput>,
     actions: Vec<Action<EntryRef>>,
 }
@@ -366,6 +426,7 @@ impl ShardTask {
         checkpoint: Option<EntryId>,
         stats: Arc<ShardStats>,
         shutdown: &CancellationToken,
+        after: AfterSnapshot,
     ) -> Result<Self, ShardError> {
         let shard = spec.name.clone();
         let config = CoreConfig {
@@ -386,7 +447,8 @@ impl ShardTask {
             None,
         )
         .with_format(shared.format)
-        .with_tombstones(shared.tombstones);
+        .with_tombstones(shared.tombstones)
+        .after_snapshot(after.floor, after.seq);
         let mut task = ShardTask {
             shard: shard.clone(),
             replica_set,
@@ -400,6 +462,7 @@ impl ShardTask {
             streams: StreamMap::new(),
             paused: HashMap::new(),
             emitter,
+            after,
             out: Vec::with_capacity(1024),
             actions,
         };
@@ -552,7 +615,8 @@ impl ShardTask {
                         skip_orphans_before,
                     )
                     .with_format(self.shared.format)
-                    .with_tombstones(self.shared.tombstones);
+                    .with_tombstones(self.shared.tombstones)
+                    .after_snapshot(self.after.floor, self.emitter.seq());
                 }
                 Action::Release(ev) => {
                     if let Err(e) = self.released(ev, &mut discarded) {

@@ -93,6 +93,19 @@ pub struct ShardStats {
     /// The last checkpoint handed to the sink with a record or marker: once the sink
     /// confirms it, everything the pipeline emitted is delivered.
     pub handed_checkpoint: Mutex<Option<EntryId>>,
+    /// Whether the shard is taking its initial snapshot (0 or 1).
+    pub snapshotting: AtomicU64,
+    /// Documents the snapshot emitted.
+    pub snapshot_documents: AtomicU64,
+    /// Bytes (BSON) of those documents.
+    pub snapshot_bytes: AtomicU64,
+    /// Documents the snapshot read but another shard owns (orphans), not emitted.
+    pub snapshot_orphans: AtomicU64,
+    /// Collections the snapshot finished.
+    pub snapshot_collections: AtomicU64,
+    /// Operations the stream after the snapshot did not emit because the snapshot holds
+    /// them (committed at or before its time).
+    pub in_snapshot: AtomicU64,
 }
 
 impl ShardStats {
@@ -185,6 +198,12 @@ impl ShardStats {
             commit_wait_micros: self.commit_wait_micros.load(Relaxed),
             awaiting_commit_point: self.awaiting_commit_point.load(Relaxed) != 0,
             arbiters: self.arbiters.load(Relaxed),
+            snapshotting: self.snapshotting.load(Relaxed) != 0,
+            snapshot_documents: self.snapshot_documents.load(Relaxed),
+            snapshot_bytes: self.snapshot_bytes.load(Relaxed),
+            snapshot_orphans: self.snapshot_orphans.load(Relaxed),
+            snapshot_collections: self.snapshot_collections.load(Relaxed),
+            in_snapshot: self.in_snapshot.load(Relaxed),
         }
     }
 }
@@ -215,4 +234,10 @@ pub struct StatsSnapshot {
     pub commit_wait_micros: u64,
     pub awaiting_commit_point: bool,
     pub arbiters: u64,
+    pub snapshotting: bool,
+    pub snapshot_documents: u64,
+    pub snapshot_bytes: u64,
+    pub snapshot_orphans: u64,
+    pub snapshot_collections: u64,
+    pub in_snapshot: u64,
 }

@@ -40,7 +40,7 @@ impl<P: Clone> ShardCore<P> {
         // A transaction may straddle the chosen start: its beginning is not ours to emit,
         // so its end is skipped rather than an error.
         let skip_before = match self.config.start {
-            StartPosition::Earliest => target.id.ts,
+            StartPosition::Earliest | StartPosition::Snapshot => target.id.ts,
             _ => Timestamp::new(target.id.ts.time, target.id.ts.increment.saturating_add(1)),
         };
         self.out.push(Action::ResetEmitter {
@@ -203,7 +203,10 @@ pub fn decide_start(
             let t = qth_largest(probes.iter().filter_map(|p| p.1).collect())?;
             Some((ResumeTarget { id: t, exact: true }, Some(t)))
         }
-        StartPosition::Earliest => {
+        // A shard that reaches the core with `snapshot` has no snapshot of its own (it
+        // appeared after the snapshot was planned): like a new shard, it is read from the
+        // beginning of its oplog.
+        StartPosition::Earliest | StartPosition::Snapshot => {
             let t = qth_largest(probes.iter().filter_map(|p| p.0).collect())?;
             Some((
                 ResumeTarget { id: t, exact: true },

@@ -1,0 +1,232 @@
+//! Unit tests of the emitter.
+
+use super::*;
+use bson::{rawdoc, spec::BinarySubtype, Binary, RawDocumentBuf};
+
+fn ts(i: u32) -> bson::Timestamp {
+    bson::Timestamp {
+        time: 1_700_000_000,
+        increment: i,
+    }
+}
+
+fn lsid() -> RawDocumentBuf {
+    rawdoc! { "id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] }, "uid": Binary { subtype: BinarySubtype::Generic, bytes: vec![2; 32] } }
+}
+
+fn emitter() -> Emitter {
+    Emitter::new(
+        "s".into(),
+        Filter::default(),
+        KeyKind::Document,
+        Arc::default(),
+        None,
+    )
+}
+
+fn run(e: &mut Emitter, docs: &[RawDocumentBuf]) -> Vec<SinkInput> {
+    let mut out = Vec::new();
+    for d in docs {
+        e.committed(&OplogEntry::parse(d).unwrap(), &mut out)
+            .unwrap();
+    }
+    out
+}
+
+fn checkpoints(out: &[SinkInput]) -> Vec<Option<u32>> {
+    out.iter()
+        .map(|i| match i {
+            SinkInput::Record(r) => r.checkpoint.map(|c| c.ts.increment),
+            SinkInput::Marker(m) => Some(m.checkpoint.ts.increment),
+        })
+        .collect()
+}
+
+/// A large transaction (two entries) with a plain insert released in between: the
+/// operations come out together at the commit, with their transaction details, and
+/// no checkpoint lands between the transaction's first entry and its commit.
+#[test]
+fn transactions_are_emitted_whole_and_checkpoints_skip_them() {
+    let mut e = emitter();
+    let first = rawdoc! {
+        "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+        "o": { "applyOps": [ { "op": "i", "ns": "shop.orders", "o": { "_id": 1 } } ], "partialTxn": true },
+        "ts": ts(2), "t": 1_i64, "prevOpTime": { "ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1_i64 },
+    };
+    let plain =
+        rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "u" }, "ts": ts(3), "t": 1_i64 };
+    let last = rawdoc! {
+        "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+        "o": { "applyOps": [ { "op": "u", "ns": "shop.orders", "o": { "$set": { "x": 1 } }, "o2": { "_id": 1 } }, { "op": "i", "ns": "config.x", "o": { "_id": 9 } } ], "count": 3_i64 },
+        "ts": ts(4), "t": 1_i64, "prevOpTime": { "ts": ts(2), "t": 1_i64 },
+    };
+    let before =
+        rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": "a" }, "ts": ts(1), "t": 1_i64 };
+    let out = run(&mut e, &[before, first, plain, last]);
+    let records: Vec<serde_json::Value> = out
+        .iter()
+        .filter_map(|i| match i {
+            SinkInput::Record(r) => {
+                Some(serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    // before, plain, then the transaction's two shop.orders operations (config.x is internal).
+    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(records[1]["entry"]["o"]["_id"], "u");
+    assert_eq!(records[2]["txn"]["txnNumber"], 7);
+    assert_eq!(records[2]["txn"]["index"], 0);
+    assert_eq!(records[3]["txn"]["index"], 1);
+    assert_eq!(records[3]["op"], "u");
+    assert_eq!(
+        records[2]["ts"]["i"], 4,
+        "transaction records carry the commit's ts"
+    );
+    // Checkpoint after `before` (1); none while the transaction is open (the plain
+    // insert at 3 carries none); after the commit, 4.
+    assert_eq!(checkpoints(&out), vec![Some(1), None, None, None, Some(4)]);
+}
+
+/// Filtered entries still move the checkpoint, through markers.
+#[test]
+fn dropped_entries_advance_through_markers() {
+    let mut e = emitter();
+    let noop =
+        rawdoc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" }, "ts": ts(1), "t": 1_i64 };
+    let migrated = rawdoc! { "op": "d", "ns": "shop.orders", "o": { "_id": 1 }, "fromMigrate": true, "ts": ts(2), "t": 1_i64 };
+    let out = run(&mut e, &[noop, migrated]);
+    assert!(out.iter().all(|i| matches!(i, SinkInput::Marker(_))));
+    assert_eq!(checkpoints(&out), vec![Some(1), Some(2)]);
+    assert_eq!(
+        e.stats
+            .dropped_from_migrate
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn document_keys_are_canonical() {
+    let mut e = emitter();
+    let ins =
+        rawdoc! { "op": "i", "ns": "shop.orders", "o": { "_id": 1.0 }, "ts": ts(1), "t": 1_i64 };
+    let out = run(&mut e, &[ins]);
+    let SinkInput::Record(r) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        r.key.as_deref(),
+        Some(&br#"{"ns":"shop.orders","_id":{"$numberDouble":"1.0"}}"#[..])
+    );
+    assert_eq!(
+        (r.db.as_str(), r.coll.as_str(), r.op),
+        ("shop", "orders", "i")
+    );
+}
+
+/// `[sink] tombstones`: each delete is followed by a null value under the same key,
+/// and the checkpoint rides on the tombstone, so a resume never falls between them.
+#[test]
+fn deletes_are_followed_by_tombstones_carrying_the_checkpoint() {
+    let mut e = emitter().with_tombstones(true);
+    let docs = [
+        rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(1), "t": 1_i64 },
+        rawdoc! { "op": "d", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(2), "t": 1_i64 },
+    ];
+    let out = run(&mut e, &docs);
+    let records: Vec<&OutRecord> = out
+        .iter()
+        .filter_map(|i| match i {
+            SinkInput::Record(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let (delete, tombstone) = (records[1], records[2]);
+    assert_eq!(delete.op, "d");
+    assert!(delete.value.is_some());
+    assert_eq!(delete.checkpoint, None);
+    assert_eq!(tombstone.value, None);
+    assert_eq!(tombstone.key, delete.key);
+    assert_eq!(
+        tombstone.checkpoint.map(|c| c.ts),
+        Some(Timestamp::new(1_700_000_000, 2))
+    );
+    assert!(tombstone.seq > delete.seq);
+    // Without the setting, no tombstone.
+    let mut e = emitter();
+    assert_eq!(
+        run(&mut e, &docs)
+            .iter()
+            .filter(|i| matches!(i, SinkInput::Record(_)))
+            .count(),
+        2
+    );
+}
+
+fn record_values(out: &[SinkInput]) -> Vec<(&OutRecord, Option<serde_json::Value>)> {
+    out.iter()
+        .filter_map(|i| match i {
+            SinkInput::Record(r) => Some((
+                r,
+                r.value
+                    .as_deref()
+                    .map(|v| serde_json::from_slice(v).unwrap()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `[sink] format = "debezium"`: the key is the record's `{"id": ...}` (tombstones
+/// too), a transaction's operations carry their session and the transaction's orders
+/// (overall and per collection), and commands give no record but move the position.
+#[test]
+fn debezium_records_keys_transactions_and_tombstones() {
+    let mut e = emitter()
+        .with_format(RecordFormat::Debezium {
+            server_name: "inventory",
+        })
+        .with_tombstones(true);
+    let txn = rawdoc! {
+        "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+        "o": { "applyOps": [
+            { "op": "i", "ns": "shop.orders", "o": { "_id": 1, "x": 1 } },
+            { "op": "i", "ns": "shop.users", "o": { "_id": "u" } },
+            { "op": "d", "ns": "shop.orders", "o": { "_id": 1 } },
+        ] },
+        "ts": ts(2), "t": 1_i64, "wall": bson::DateTime::from_millis(5_000),
+    };
+    let drop =
+        rawdoc! { "op": "c", "ns": "shop.$cmd", "o": { "drop": "users" }, "ts": ts(3), "t": 1_i64 };
+    let out = run(&mut e, &[txn, drop]);
+    let recs = record_values(&out);
+    assert_eq!(recs.len(), 4, "{recs:#?}");
+    let (ins, v) = &recs[0];
+    let v = v.as_ref().unwrap();
+    assert_eq!(ins.key.as_deref(), Some(&br#"{"id":"1"}"#[..]));
+    assert_eq!(v["op"], "c");
+    assert_eq!(v["after"], r#"{"_id": 1,"x": 1}"#);
+    assert_eq!(v["source"]["name"], "inventory");
+    assert_eq!(v["source"]["connector"], "mongodb");
+    assert_eq!(v["source"]["txnNumber"], 7);
+    assert_eq!(v["source"]["wallTime"], 5_000);
+    assert_eq!(v["transaction"]["total_order"], 1);
+    assert_eq!(v["transaction"]["data_collection_order"], 1);
+    let lsid = v["source"]["lsid"].as_str().unwrap();
+    assert_eq!(v["transaction"]["id"], format!("{lsid}:7"));
+    let v = recs[1].1.as_ref().unwrap();
+    assert_eq!(recs[1].0.key.as_deref(), Some(&br#"{"id":"\"u\""}"#[..]));
+    assert_eq!(v["transaction"]["total_order"], 2);
+    assert_eq!(v["transaction"]["data_collection_order"], 1);
+    let v = recs[2].1.as_ref().unwrap();
+    assert_eq!(v["op"], "d");
+    assert_eq!(v["transaction"]["total_order"], 3);
+    assert_eq!(v["transaction"]["data_collection_order"], 2);
+    let (tombstone, none) = &recs[3];
+    assert!(none.is_none());
+    assert_eq!(tombstone.key, recs[2].0.key);
+    // The drop: no record, the position moves (a marker with its ts).
+    assert!(matches!(out.last(), Some(SinkInput::Marker(m)) if m.checkpoint.ts.increment == 3));
+}

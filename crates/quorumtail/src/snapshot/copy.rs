@@ -1,0 +1,295 @@
+//! One shard's copy: list its collections, read each at the snapshot's time in `_id`
+//! order, emit what the shard owns (see the module docs of [`crate::snapshot`]).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use futures::TryStreamExt;
+use quorumtail_oplog::{Filter, OpKind};
+use quorumtail_sink::{SinkInput, SinkSender};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::ownership::{compare, Owner};
+use super::{shard_uri, SnapshotPlan};
+use crate::pipeline::emit::Emitter;
+use crate::pipeline::stats::ShardStats;
+use crate::pipeline::{ShardError, ShardSpec};
+
+/// How many times a collection's read is retried after transient failures.
+const RETRIES: u32 = 10;
+
+/// Copies shard `spec` at the plan's time through `emitter` into `sink`, and returns where
+/// its stream starts: `P - stream_margin`, or the member's oldest oplog entry if later.
+///
+/// # Errors
+/// [`ShardError::Snapshot`] when the snapshot cannot be taken (the cause and the fix in
+/// its text), [`ShardError::Sink`] when the sink stops.
+pub async fn copy_shard(
+    spec: &ShardSpec,
+    plan: &SnapshotPlan,
+    filter: &Filter,
+    emitter: &mut Emitter,
+    sink: &SinkSender,
+    stats: &Arc<ShardStats>,
+    shutdown: &CancellationToken,
+) -> Result<Option<Timestamp>, ShardError> {
+    let shard = spec.name.clone();
+    let fail = |detail: String| ShardError::Snapshot {
+        shard: shard.clone(),
+        detail,
+    };
+    let opts = plan
+        .access
+        .client_options(&shard_uri(
+            spec,
+            "&readPreference=primaryPreferred&appName=quorumtail-snapshot",
+        ))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let client = mongodb::Client::with_options(opts).map_err(|e| fail(e.to_string()))?;
+    stats.snapshotting.store(1, Relaxed);
+    let result = async {
+        let start = stream_start(&client, plan).await.map_err(&fail)?;
+        let namespaces = namespaces(&client, filter).await.map_err(&fail)?;
+        info!(shard = %shard, at = %ts_text(plan.at), collections = namespaces.len(), "snapshot: copying");
+        for ns in namespaces {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            copy_collection(&client, spec, plan, &ns, emitter, sink, stats, shutdown).await?;
+            stats.snapshot_collections.fetch_add(1, Relaxed);
+        }
+        Ok(Some(start))
+    }
+    .await;
+    stats.snapshotting.store(0, Relaxed);
+    quorumtail_tailer::close(client).await;
+    if let Ok(Some(_)) = &result {
+        info!(
+            shard = %shard,
+            documents = stats.snapshot_documents.load(Relaxed),
+            bytes = stats.snapshot_bytes.load(Relaxed),
+            orphans_skipped = stats.snapshot_orphans.load(Relaxed),
+            "snapshot: done; streaming from its time on"
+        );
+    }
+    result
+}
+
+fn ts_text(t: Timestamp) -> String {
+    format!("{}:{}", t.time, t.increment)
+}
+
+/// `P - margin`, or the member's oldest entry if later (nothing older can be read).
+async fn stream_start(client: &mongodb::Client, plan: &SnapshotPlan) -> Result<Timestamp, String> {
+    let oldest = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find_one(doc! {})
+        .sort(doc! {"$natural": 1})
+        .await
+        .map_err(|e| format!("reading the oldest oplog entry: {e}"))?
+        .and_then(|d| d.get_timestamp("ts").ok());
+    let margin = u32::try_from(plan.stream_margin.as_secs()).unwrap_or(u32::MAX);
+    let back = Timestamp {
+        time: plan.at.time.saturating_sub(margin),
+        increment: 0,
+    };
+    Ok(match oldest {
+        Some(o) if (o.time, o.increment) > (back.time, back.increment) => o,
+        _ => back,
+    })
+}
+
+/// Every collection the filter keeps, as `db.coll`, in name order.
+async fn namespaces(client: &mongodb::Client, filter: &Filter) -> Result<Vec<String>, String> {
+    let dbs = client
+        .list_database_names()
+        .await
+        .map_err(|e| format!("listDatabases: {e}"))?;
+    let mut out = Vec::new();
+    for db in dbs {
+        if matches!(db.as_str(), "admin" | "config" | "local") {
+            continue;
+        }
+        let specs: Vec<mongodb::results::CollectionSpecification> = client
+            .database(&db)
+            .list_collections()
+            .await
+            .map_err(|e| format!("listCollections on {db}: {e}"))?
+            .try_collect()
+            .await
+            .map_err(|e| format!("listCollections on {db}: {e}"))?;
+        for s in specs {
+            if s.collection_type != mongodb::results::CollectionType::Collection {
+                continue;
+            }
+            let ns = format!("{db}.{}", s.name);
+            if filter.check(OpKind::Insert, &ns, false).is_ok() {
+                out.push(ns);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether a driver error is worth retrying (the connection, an election), as opposed to
+/// the server refusing the read.
+fn transient(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => matches!(
+            c.code,
+            // NotWritablePrimary and friends, InterruptedDueToReplStateChange, shutdown,
+            // host unreachable / network timeouts reported by the server.
+            6 | 7 | 89 | 91 | 189 | 10107 | 11600 | 11602 | 13435 | 13436
+        ),
+        _ => true,
+    }
+}
+
+/// Reads `ns` at the plan's time and emits what this shard owns.
+#[allow(clippy::too_many_arguments)]
+async fn copy_collection(
+    client: &mongodb::Client,
+    spec: &ShardSpec,
+    plan: &SnapshotPlan,
+    ns: &str,
+    emitter: &mut Emitter,
+    sink: &SinkSender,
+    stats: &Arc<ShardStats>,
+    shutdown: &CancellationToken,
+) -> Result<(), ShardError> {
+    let shard = spec.name.clone();
+    let fail = |detail: String| ShardError::Snapshot {
+        shard: shard.clone(),
+        detail: format!("{ns}: {detail}"),
+    };
+    let (db_name, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let db = client.database(db_name);
+    // The last `_id` emitted: after a transient failure the read starts again and skips
+    // up to it (the snapshot's order is fixed; `$gt` would miss `_id`s of other types).
+    let mut last: Option<Bson> = None;
+    let mut attempts = 0;
+    let (mut emitted, mut orphans) = (0u64, 0u64);
+    'read: loop {
+        let mut out: Vec<SinkInput> = Vec::new();
+        let first = db
+            .run_command(doc! {
+                "find": coll, "filter": {}, "sort": {"_id": 1},
+                "batchSize": i64::from(plan.batch_size),
+                "readConcern": {"level": "snapshot", "atClusterTime": plan.at},
+            })
+            .await;
+        let mut reply = match first {
+            Ok(r) => r,
+            Err(e) => {
+                retry(&e, &mut attempts, &fail, shutdown).await?;
+                continue 'read;
+            }
+        };
+        loop {
+            let cursor = reply
+                .get_document("cursor")
+                .map_err(|_| fail(format!("a find reply without cursor: {reply}")))?;
+            let batch = cursor
+                .get_array("firstBatch")
+                .or_else(|_| cursor.get_array("nextBatch"))
+                .map_err(|_| fail("a cursor without a batch".into()))?;
+            for d in batch {
+                let Bson::Document(d) = d else {
+                    return Err(fail("a batch element that is not a document".into()));
+                };
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                if last
+                    .as_ref()
+                    .is_some_and(|l| compare(&id, l) != std::cmp::Ordering::Greater)
+                {
+                    continue;
+                }
+                let mine = match &plan.ownership {
+                    None => true,
+                    Some(own) => match own.owner(ns, d).map_err(|e| fail(e.to_string()))? {
+                        Owner::Shard(owner) => owner == &*spec.name,
+                        Owner::Unknown => {
+                            return Err(fail(format!(
+                                "the database has no primary shard in config.databases, so the owner of its unsharded collection is unknown (document {id})"
+                            )))
+                        }
+                    },
+                };
+                if mine {
+                    let raw = RawDocumentBuf::try_from(d).map_err(|e| fail(e.to_string()))?;
+                    stats
+                        .snapshot_bytes
+                        .fetch_add(raw.as_bytes().len() as u64, Relaxed);
+                    emitter
+                        .snapshot_document(ns, &raw, plan.at.into(), &mut out)
+                        .map_err(|e| fail(e.to_string()))?;
+                    emitted += 1;
+                } else {
+                    orphans += 1;
+                    stats.snapshot_orphans.fetch_add(1, Relaxed);
+                }
+                last = Some(id);
+            }
+            for input in out.drain(..) {
+                sink.send(input).await.map_err(|e| ShardError::Sink {
+                    shard: shard.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let id = cursor.get_i64("id").unwrap_or(0);
+            if id == 0 {
+                break 'read;
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match db
+                .run_command(doc! {"getMore": id, "collection": coll, "batchSize": i64::from(plan.batch_size)})
+                .await
+            {
+                Ok(r) => reply = r,
+                Err(e) => {
+                    retry(&e, &mut attempts, &fail, shutdown).await?;
+                    continue 'read;
+                }
+            }
+        }
+    }
+    info!(shard = %spec.name, ns, documents = emitted, orphans_skipped = orphans, "snapshot: collection copied");
+    Ok(())
+}
+
+/// Waits before another attempt, or fails: `SnapshotTooOld` and other refusals are
+/// definite, and so are transient failures past [`RETRIES`].
+async fn retry(
+    e: &mongodb::error::Error,
+    attempts: &mut u32,
+    fail: &impl Fn(String) -> ShardError,
+    shutdown: &CancellationToken,
+) -> Result<(), ShardError> {
+    if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
+        if c.code == 239 {
+            return Err(fail(format!(
+                "the snapshot's time is older than the member's history ({}: {}). Fix: raise the server parameter minSnapshotHistoryWindowInSeconds above the snapshot's duration, or restart quorumtail to take the snapshot again at a new time",
+                c.code_name, c.message
+            )));
+        }
+    }
+    if !transient(e) || *attempts >= RETRIES {
+        return Err(fail(format!("reading failed: {e}")));
+    }
+    *attempts += 1;
+    let wait = Duration::from_millis(200 * u64::from(*attempts));
+    warn!(error = %e, attempt = *attempts, "snapshot: read failed; retrying");
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(wait) => {}
+    }
+    Ok(())
+}

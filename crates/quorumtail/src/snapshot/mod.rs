@@ -1,0 +1,198 @@
+//! The initial snapshot: the documents that exist, then the changes, with no gap and no
+//! duplicate (`[start] position = "snapshot"`, for shards without a checkpoint).
+//!
+//! # How
+//!
+//! 1. **One time `P` for the whole cluster** ([`plan`]): the oldest of the shards' majority
+//!    commit points (each shard's primary `hello` `lastWrite.majorityOpTime`). Every shard
+//!    has committed up to `P`, so a read at `P` sees nothing that can be rolled back.
+//!    Cluster timestamps are causally ordered across shards (gossiped cluster time), so
+//!    one `P` is one consistent cut: a document a migration moved is on its new owner at
+//!    `P` exactly when the chunk's history says so.
+//! 2. **Ownership at `P`** ([`ownership`]): `config.collections`, `config.chunks` (with
+//!    their history) and `config.databases`, read through the discovery URI. A shard
+//!    emits a document only if it owned the document's shard-key range at `P` (unsharded
+//!    collections: only the database's primary shard), so migration leftovers (orphans)
+//!    are never copied twice.
+//! 3. **Copy per shard**, before its stream starts (the other shards' snapshots and
+//!    streams run meanwhile): every collection the filter keeps is read from a member
+//!    with `readConcern: {level: "snapshot", atClusterTime: P}`, in `_id` order, in
+//!    batches; each document becomes a record with op `r` (see
+//!    [`crate::pipeline::emit::Emitter::snapshot_document`]). A transient failure
+//!    continues after the last `_id` read.
+//! 4. **Then the stream**, from `P - [snapshot] stream_margin` (or the member's oldest
+//!    entry, if later): what committed at or before `P` is in the snapshot and is not
+//!    emitted again; what committed after it is. Starting before `P` lets a distributed
+//!    transaction prepared before `P` and committed after it be read whole; one prepared
+//!    even earlier stops the shard with an error naming the margin (never half emitted).
+//!    The first checkpoint is after `P`.
+//!
+//! # Limits
+//!
+//! The snapshot is not resumable across a restart: a shard without a checkpoint (one
+//! that had not finished its snapshot and streamed past `P`) takes it again, and the
+//! documents emitted before the restart are emitted again (consumers apply `r` records
+//! as upserts). A read older than the server's history window
+//! (`minSnapshotHistoryWindowInSeconds`, 300 s by default) fails with `SnapshotTooOld`:
+//! the shard stops with that error and the fix (a larger window, or a restart for a new
+//! `P`). Hashed shard keys are refused (see [`ownership`]). Collections are listed on
+//! the member read; time-series collections are copied as their buckets (the filter's
+//! rule for `*.system.buckets.*`).
+
+mod copy;
+pub mod ownership;
+
+use std::time::Duration;
+
+use bson::{doc, Document, Timestamp};
+use futures::TryStreamExt;
+
+use crate::discovery::MemberAccess;
+use crate::pipeline::ShardSpec;
+pub use copy::copy_shard;
+pub use ownership::{Ownership, OwnershipError};
+
+/// What every shard's snapshot shares.
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    /// `P`, the time every shard is read at.
+    pub at: Timestamp,
+    /// Who owns what at `P`; `None` for a single replica set (it owns everything).
+    pub ownership: Option<Ownership>,
+    /// `[snapshot] batch_size`.
+    pub batch_size: u32,
+    /// `[snapshot] stream_margin`.
+    pub stream_margin: Duration,
+    /// How members are reached.
+    pub access: MemberAccess,
+}
+
+/// Why the snapshot could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A shard's commit point could not be read.
+    #[error("snapshot: shard {shard}: cannot read its majority commit point ({detail}); every shard must answer to choose the snapshot's time")]
+    CommitPoint {
+        /// Shard.
+        shard: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The sharding catalog could not be read.
+    #[error("snapshot: cannot read the sharding catalog through [discovery] uri ({0}); it says which shard owns each document")]
+    Catalog(String),
+    /// The catalog is unusable.
+    #[error("snapshot: {0}")]
+    Ownership(#[from] OwnershipError),
+}
+
+/// Plans the snapshot of `shards`: `P` and the ownership at `P` (from `catalog`, the
+/// discovery client's view of the config database; `None` for a replica set).
+///
+/// # Errors
+/// [`PlanError`] when a shard or the catalog cannot be read.
+pub async fn plan(
+    shards: &[ShardSpec],
+    catalog: Option<&crate::discovery::Discovery>,
+    access: MemberAccess,
+    batch_size: u32,
+    stream_margin: Duration,
+) -> Result<SnapshotPlan, PlanError> {
+    let mut at: Option<Timestamp> = None;
+    for s in shards {
+        let t = majority_point(s, &access)
+            .await
+            .map_err(|detail| PlanError::CommitPoint {
+                shard: s.name.to_string(),
+                detail,
+            })?;
+        at = Some(match at {
+            Some(a) if (a.time, a.increment) <= (t.time, t.increment) => a,
+            _ => t,
+        });
+    }
+    let at = at.unwrap_or(Timestamp {
+        time: 0,
+        increment: 0,
+    });
+    let ownership = match catalog {
+        Some(d) => {
+            let (collections, chunks, databases) = d.catalog().await.map_err(PlanError::Catalog)?;
+            Some(Ownership::from_catalog(
+                &collections,
+                &chunks,
+                &databases,
+                at,
+            )?)
+        }
+        None => None,
+    };
+    tracing::info!(at = %format!("{}:{}", at.time, at.increment), shards = shards.len(), "snapshot planned: every shard is read as of this time");
+    Ok(SnapshotPlan {
+        at,
+        ownership,
+        batch_size,
+        stream_margin,
+        access,
+    })
+}
+
+/// The replica set URI of a shard, for the snapshot's reads.
+pub(crate) fn shard_uri(spec: &ShardSpec, extra: &str) -> String {
+    match &spec.replica_set {
+        Some(set) => format!(
+            "mongodb://{}/?replicaSet={set}&serverSelectionTimeoutMS=10000{extra}",
+            spec.members.join(",")
+        ),
+        None => format!(
+            "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=10000{extra}",
+            spec.members.first().map_or("", String::as_str)
+        ),
+    }
+}
+
+/// A shard's majority commit point, from its primary's `hello`.
+async fn majority_point(spec: &ShardSpec, access: &MemberAccess) -> Result<Timestamp, String> {
+    let opts = access
+        .client_options(&shard_uri(spec, "&appName=quorumtail-snapshot"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
+    let hello = client
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await;
+    quorumtail_tailer::close(client).await;
+    let hello = hello.map_err(|e| e.to_string())?;
+    hello
+        .get_document("lastWrite")
+        .and_then(|w| w.get_document("majorityOpTime"))
+        .and_then(|o| o.get_timestamp("ts"))
+        .map_err(|_| format!("hello has no lastWrite.majorityOpTime: {hello}"))
+}
+
+impl crate::discovery::Discovery {
+    /// The sharding catalog: `config.collections`, `config.chunks` and `config.databases`
+    /// (majority reads through mongos or a config server).
+    ///
+    /// # Errors
+    /// When one of them cannot be read.
+    pub async fn catalog(&self) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), String> {
+        let read = |coll: &'static str| async move {
+            let c = self
+                .config_db()
+                .collection::<Document>(coll)
+                .find(doc! {})
+                .await
+                .map_err(|e| format!("config.{coll}: {e}"))?;
+            c.try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| format!("config.{coll}: {e}"))
+        };
+        Ok((
+            read("collections").await?,
+            read("chunks").await?,
+            read("databases").await?,
+        ))
+    }
+}
