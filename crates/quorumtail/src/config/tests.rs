@@ -484,3 +484,43 @@ fn tombstones_need_kafka_and_document_keys() {
         "{p:?}"
     );
 }
+
+#[test]
+fn snapshot_start_and_its_settings() {
+    let one = "[[shards]]\nname = \"a\"\nmembers = [\"h:1\"]\n";
+    let r = parse(&format!("{one}[start]\nposition = \"snapshot\"\n")).unwrap();
+    assert_eq!(r.start, StartPosition::Snapshot);
+    assert_eq!(r.config.snapshot.batch_size, 1000);
+    assert_eq!(r.stream_margin, Duration::from_secs(60));
+    let r = parse(&format!(
+        "{one}[start]\nposition = \"snapshot\"\n[snapshot]\nbatch_size = 10\nstream_margin = \"5m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(r.config.snapshot.batch_size, 10);
+    assert_eq!(r.stream_margin, Duration::from_secs(300));
+
+    // Several shards need the catalog to know who owns what.
+    let two = format!(
+        "{one}[[shards]]\nname = \"b\"\nmembers = [\"h:2\"]\n[start]\nposition = \"snapshot\"\n"
+    );
+    let p = problems(&two);
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("start.position") && l.contains("[discovery] uri")),
+        "{p:?}"
+    );
+    assert!(parse(&format!("{two}[discovery]\nuri = \"mongodb://m:27017/\"\n")).is_ok());
+    let p = problems(&format!(
+        "{one}[snapshot]\nbatch_size = 0\nstream_margin = \"soon\"\n"
+    ));
+    assert!(
+        p.iter().any(|l| l.starts_with("snapshot.batch_size")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|l| l.starts_with("snapshot.stream_margin")),
+        "{p:?}"
+    );
+    let p = problems(&format!("{one}[start]\nposition = \"snapshots\"\n"));
+    assert!(p.iter().any(|l| l.contains("\"snapshot\"")), "{p:?}");
+}

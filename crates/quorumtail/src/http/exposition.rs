@@ -465,6 +465,7 @@ impl Scrape {
                 ("pattern", s.dropped_by_pattern),
                 ("no_change_event", s.dropped_no_change_event),
                 ("aborted_transaction", s.aborted_ops),
+                ("in_snapshot", s.in_snapshot),
             ] {
                 let mut labels = shard_labels(k);
                 labels.push(("reason", LabelValue(reason.into())));
@@ -486,6 +487,46 @@ impl Scrape {
             None,
             Counter,
             self.per_shard(&|s| s.records.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_snapshot_active",
+            "Whether the shard is copying its initial snapshot.",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.snapshotting.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_snapshot_documents",
+            "Documents the initial snapshot emitted.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_documents.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_snapshot_bytes",
+            "BSON bytes of the documents the initial snapshot emitted.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_bytes.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_snapshot_orphans",
+            "Documents the snapshot read on a shard that did not own them (migration leftovers), not emitted.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_orphans.into()),
+        )?;
+        family(
+            e,
+            "quorumtail_shard_snapshot_collections",
+            "Collections the initial snapshot finished copying.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_collections.into()),
         )?;
         family(
             e,
