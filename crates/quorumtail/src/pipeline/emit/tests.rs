@@ -230,3 +230,109 @@ fn debezium_records_keys_transactions_and_tombstones() {
     // The drop: no record, the position moves (a marker with its ts).
     assert!(matches!(out.last(), Some(SinkInput::Marker(m)) if m.checkpoint.ts.increment == 3));
 }
+
+fn record_ids(out: &[SinkInput]) -> Vec<serde_json::Value> {
+    out.iter()
+        .filter_map(|i| match i {
+            SinkInput::Record(r) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                Some(v["entry"]["o"]["_id"].clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a snapshot at `ts(10)`: what committed at or before it is the snapshot's, not
+/// emitted again and never a checkpoint; a prepared transaction counts by its
+/// commitTimestamp (the time its writes became visible), not by its commit entry's `ts`;
+/// the snapshot's records and the stream's take one sequence.
+#[test]
+fn after_a_snapshot_only_what_committed_later_is_emitted() {
+    let floor = Timestamp::from(ts(10));
+    let mut e = Emitter::new(
+        "s".into(),
+        Filter::default(),
+        KeyKind::Document,
+        Arc::default(),
+        Some(Timestamp::from(ts(5))),
+    )
+    .after_snapshot(Some(floor), 41);
+    let ins = |id: i32, i: u32| rawdoc! { "op": "i", "ns": "shop.a", "o": { "_id": id }, "ts": ts(i), "t": 1_i64 };
+    let prepare = |n: i64, id: i32, i: u32| {
+        rawdoc! {
+            "lsid": lsid(), "txnNumber": n, "op": "c", "ns": "admin.$cmd",
+            "o": { "applyOps": [ { "op": "i", "ns": "shop.a", "o": { "_id": id } } ], "prepare": true },
+            "ts": ts(i), "t": 1_i64, "prevOpTime": { "ts": bson::Timestamp { time: 0, increment: 0 }, "t": -1_i64 },
+        }
+    };
+    let commit = |n: i64, at: u32, i: u32, prev: u32| {
+        rawdoc! {
+            "lsid": lsid(), "txnNumber": n, "op": "c", "ns": "admin.$cmd",
+            "o": { "commitTransaction": 1, "commitTimestamp": ts(at) },
+            "ts": ts(i), "t": 1_i64, "prevOpTime": { "ts": ts(prev), "t": 1_i64 },
+        }
+    };
+    let out = run(
+        &mut e,
+        &[
+            ins(1, 6),
+            prepare(1, 2, 7),
+            prepare(2, 3, 8),
+            ins(4, 9),
+            // Visible at 9 (before the snapshot), its commit entry logged after it.
+            commit(1, 9, 11, 7),
+            // Visible at 12: after the snapshot.
+            commit(2, 12, 13, 8),
+            ins(5, 14),
+        ],
+    );
+    assert_eq!(
+        record_ids(&out),
+        [serde_json::json!(3), serde_json::json!(5)]
+    );
+    let seqs: Vec<u64> = out
+        .iter()
+        .map(|i| match i {
+            SinkInput::Record(r) => r.seq,
+            SinkInput::Marker(m) => m.seq,
+        })
+        .collect();
+    assert_eq!(seqs.first(), Some(&42), "continues the snapshot's sequence");
+    assert!(
+        checkpoints(&out).into_iter().flatten().all(|i| i > 10),
+        "no checkpoint at or before the snapshot: {out:?}"
+    );
+}
+
+/// A transaction prepared before the stream's start and committed after the snapshot
+/// cannot be emitted whole: a definite error naming the margin, never half emitted. One
+/// that committed before the snapshot is the snapshot's and is skipped.
+#[test]
+fn a_transaction_prepared_before_the_stream_and_committed_after_the_snapshot_is_an_error() {
+    let mut e = Emitter::new(
+        "s".into(),
+        Filter::default(),
+        KeyKind::Document,
+        Arc::default(),
+        Some(Timestamp::from(ts(5))),
+    )
+    .after_snapshot(Some(Timestamp::from(ts(10))), 0);
+    let commit = |at: u32, i: u32| {
+        rawdoc! {
+            "lsid": lsid(), "txnNumber": 1_i64, "op": "c", "ns": "admin.$cmd",
+            "o": { "commitTransaction": 1, "commitTimestamp": ts(at) },
+            "ts": ts(i), "t": 1_i64, "prevOpTime": { "ts": ts(2), "t": 1_i64 },
+        }
+    };
+    let mut out = Vec::new();
+    e.committed(&OplogEntry::parse(&commit(8, 11)).unwrap(), &mut out)
+        .unwrap();
+    assert!(out.iter().all(|i| matches!(i, SinkInput::Marker(_))));
+    let err = e
+        .committed(&OplogEntry::parse(&commit(12, 13)).unwrap(), &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stream_margin"), "{err}");
+}
