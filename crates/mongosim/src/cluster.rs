@@ -145,6 +145,7 @@ impl Cluster {
                     .collect()
             });
             world.sharding = Some(Sharding {
+                databases: Default::default(),
                 config_set,
                 shards,
                 collections: Default::default(),

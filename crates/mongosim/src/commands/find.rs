@@ -244,6 +244,31 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
             }
             out
         }
+        // `{_id, primary, partitioned (up to 5.0), version: {uuid, timestamp (5.0+),
+        // lastMod}}`, as `database_type.idl` describes a `config.databases` document.
+        "databases" => sh
+            .databases
+            .iter()
+            .map(|(name, d)| {
+                let mut out = doc! {"_id": name.clone(), "primary": d.primary.clone()};
+                if w.version <= crate::ServerVersion::V5_0 {
+                    out.insert("partitioned", true);
+                }
+                let mut version = doc! {"uuid": d.uuid};
+                if w.version >= crate::ServerVersion::V5_0 {
+                    version.insert(
+                        "timestamp",
+                        bson::Timestamp {
+                            time: 1,
+                            increment: 1,
+                        },
+                    );
+                }
+                version.insert("lastMod", 1);
+                out.insert("version", version);
+                out
+            })
+            .collect(),
         "collections" => sh
             .collections
             .keys()
