@@ -7,6 +7,7 @@ mod batched;
 #[path = "../../crates/sink/tests/sink/broker.rs"]
 #[allow(dead_code)]
 mod broker;
+mod ddl;
 mod debezium;
 mod distributed;
 mod events;

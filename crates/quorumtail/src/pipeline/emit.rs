@@ -129,7 +129,7 @@ impl Emitter {
         match self.txn.push(entry).map_err(|e| err(e.to_string()))? {
             Step::Entry => {
                 let ns = target_ns(entry.op, entry.ns, entry.o, entry.command_name());
-                match self.filter.check(entry.op, &ns, entry.from_migrate) {
+                match self.filter.check_entry(entry, &ns, &self.shard).map(|_| ()) {
                     Err(reason) => {
                         self.stats.dropped(reason);
                         self.marker(out);
