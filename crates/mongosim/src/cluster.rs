@@ -246,6 +246,21 @@ impl Cluster {
         }
     }
 
+    /// Each database's primary shard (`config.databases`), by database name.
+    pub fn database_primaries(&self) -> std::collections::BTreeMap<String, String> {
+        self.shared
+            .world()
+            .sharding
+            .as_ref()
+            .map(|sh| {
+                sh.databases
+                    .iter()
+                    .map(|(db, d)| (db.clone(), d.primary.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Names of the shards (not removed), or the single replica set's name.
     pub fn shard_names(&self) -> Vec<String> {
         let w = self.world();

@@ -37,7 +37,7 @@
 //! API names: [`Cluster::start`], [`Cluster::start_with_fixture`], [`Cluster::load_fixture`],
 //! [`ReplicaSet::start`] (derefs to `Cluster`); topology: `mongos_addr`, `uri`,
 //! `shard_names`, `shard_members`, `config_members`, `replica_set_uri`, `primary_of`,
-//! `layout`, `status`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
+//! `layout`, `status`, `database_primaries`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
 //! `step_down`, `set_lag`, `truncate_oplog`, `move_chunk`, `add_shard`,
 //! `begin_remove_shard`, `remove_shard`; membership: `ClusterSpec::members` /
 //! `ReplicaSetSpec::members` ([`membership::MemberSpec`]: voter, passive, hidden,

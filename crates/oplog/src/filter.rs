@@ -224,13 +224,16 @@ pub fn ddl_of<'a>(entry: &OplogEntry<'a>) -> Option<Ddl<'a>> {
     }
 }
 
+/// Asks the catalog for one database's primary shard (`None`: unknown).
+pub type PrimaryLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Which shard is each database's primary (`config.databases`), shared by every shard's
 /// filter and kept current by whoever reads the catalog. An optional lookup is asked
 /// about a database the map does not hold (a database created since the last read).
 #[derive(Clone, Default)]
 pub struct PrimaryShards {
     map: Arc<RwLock<HashMap<String, String>>>,
-    lookup: Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>,
+    lookup: Option<PrimaryLookup>,
 }
 
 impl std::fmt::Debug for PrimaryShards {
@@ -245,7 +248,7 @@ impl std::fmt::Debug for PrimaryShards {
 
 impl PrimaryShards {
     /// An empty map that asks `lookup` about databases it does not hold.
-    pub fn with_lookup(lookup: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>) -> Self {
+    pub fn with_lookup(lookup: PrimaryLookup) -> Self {
         PrimaryShards {
             map: Arc::default(),
             lookup: Some(lookup),
@@ -624,5 +627,147 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(f.check(OpKind::Command, "shop.$cmd", false), Ok(()));
+    }
+
+    fn raw(d: bson::Document) -> bson::RawDocumentBuf {
+        bson::RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    fn cmd(o: bson::Document, from_migrate: bool) -> bson::RawDocumentBuf {
+        let mut d = bson::doc! {
+            "op": "c", "ns": "shop.$cmd", "o": o,
+            "ts": bson::Timestamp { time: 5, increment: 1 }, "t": 1i64, "v": 2i64,
+        };
+        if from_migrate {
+            d.insert("fromMigrate", true);
+        }
+        raw(d)
+    }
+
+    fn primaries(known: &[(&str, &str)]) -> PrimaryShards {
+        let p = PrimaryShards::default();
+        p.update(
+            known
+                .iter()
+                .map(|(d, s)| ((*d).to_owned(), (*s).to_owned()))
+                .collect(),
+        );
+        p
+    }
+
+    fn judge(
+        f: &Filter,
+        doc: &bson::RawDocumentBuf,
+        shard: &str,
+    ) -> Result<Option<String>, DropReason> {
+        let e = OplogEntry::parse(doc).unwrap();
+        let ns = command_target_ns(e.ns, e.command_name().unwrap_or(""), None);
+        f.check_entry(&e, &ns, shard).map(|o| o.map(str::to_owned))
+    }
+
+    #[test]
+    fn ddl_is_emitted_by_the_primary_shard_only() {
+        let f = Filter {
+            ddl_primaries: Some(primaries(&[("shop", "shard01")])),
+            ..Filter::default()
+        };
+        let drop = cmd(bson::doc! {"drop": "items"}, false);
+        assert_eq!(judge(&f, &drop, "shard01"), Ok(None));
+        assert_eq!(
+            judge(&f, &drop, "shard02"),
+            Err(DropReason::DdlOnOtherShard)
+        );
+        // 6.0+: the non-primary shard's copy is a migration's.
+        let marked = cmd(bson::doc! {"drop": "items"}, true);
+        assert_eq!(judge(&f, &marked, "shard02"), Err(DropReason::FromMigrate));
+        // A database the map does not know: emitted, and said so.
+        let other = raw(bson::doc! {
+            "op": "c", "ns": "crm.$cmd", "o": {"collMod": "people"},
+            "ts": bson::Timestamp { time: 5, increment: 2 }, "t": 1i64,
+        });
+        assert_eq!(judge(&f, &other, "shard02"), Ok(Some("crm".to_owned())));
+        // Without the catalog the rule is off: every shard's copy is emitted.
+        let off = Filter::default();
+        assert_eq!(judge(&off, &drop, "shard02"), Ok(None));
+    }
+
+    #[test]
+    fn index_build_start_is_left_to_its_commit() {
+        let f = Filter::default();
+        let start = cmd(
+            bson::doc! {"startIndexBuild": "items", "indexes": []},
+            false,
+        );
+        assert_eq!(judge(&f, &start, "s"), Err(DropReason::IndexBuildStart));
+        let commit = cmd(
+            bson::doc! {"commitIndexBuild": "items", "indexes": []},
+            false,
+        );
+        assert_eq!(judge(&f, &commit, "s"), Ok(None));
+    }
+
+    #[test]
+    fn shard_collection_notification_is_a_record_other_noops_are_not() {
+        let f = Filter {
+            ddl_primaries: Some(primaries(&[("shop", "shard01")])),
+            ..Filter::default()
+        };
+        let noop = |o2: bson::Document| {
+            raw(bson::doc! {
+                "op": "n", "ns": "shop.orders", "o": {"msg": "x"}, "o2": o2,
+                "ts": bson::Timestamp { time: 6, increment: 1 }, "t": 1i64,
+            })
+        };
+        let sharded = noop(bson::doc! {"shardCollection": "shop.orders", "shardKey": {"_id": 1}});
+        let e = OplogEntry::parse(&sharded).unwrap();
+        assert_eq!(f.check_entry(&e, "shop.orders", "shard01"), Ok(None));
+        assert_eq!(
+            f.check_entry(&e, "shop.orders", "shard02"),
+            Err(DropReason::DdlOnOtherShard)
+        );
+        let other = noop(bson::doc! {"migrateChunkToNewShard": "shop.orders"});
+        let e = OplogEntry::parse(&other).unwrap();
+        assert_eq!(
+            f.check_entry(&e, "shop.orders", "shard01"),
+            Err(DropReason::Noop)
+        );
+    }
+
+    #[test]
+    fn a_miss_asks_the_lookup_once_and_remembers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let p = PrimaryShards::with_lookup(Arc::new(move |db: &str| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (db == "shop").then(|| "shard02".to_owned())
+        }));
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+        assert_eq!(p.primary_of("gone"), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A later catalog read without the database keeps what was learnt.
+        p.update(HashMap::new());
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+    }
+
+    #[test]
+    fn transactions_and_internal_commands_are_not_ddl() {
+        let txn = raw(bson::doc! {
+            "op": "c", "ns": "admin.$cmd", "o": {"applyOps": []},
+            "ts": bson::Timestamp { time: 7, increment: 1 }, "t": 1i64,
+        });
+        assert!(ddl_of(&OplogEntry::parse(&txn).unwrap()).is_none());
+        let commit = cmd(bson::doc! {"commitTransaction": 1}, false);
+        assert!(ddl_of(&OplogEntry::parse(&commit).unwrap()).is_none());
+        let create = cmd(bson::doc! {"create": "items"}, false);
+        assert_eq!(
+            ddl_of(&OplogEntry::parse(&create).unwrap()),
+            Some(Ddl {
+                db: "shop",
+                name: "create",
+                notification: false
+            })
+        );
     }
 }

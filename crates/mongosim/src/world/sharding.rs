@@ -95,10 +95,29 @@ impl World {
     /// The primary shard of database `db`, registering the database with the first active
     /// shard as its primary on first use (as mongos creates a database implicitly on its
     /// first write); `None` outside a sharded cluster or without an active shard.
+    ///
+    /// A database whose primary shard was removed moves to the first active shard (the
+    /// server makes removeShard wait for a `movePrimary`; mongosim does it implicitly).
     pub fn db_primary(&mut self, db: &str) -> Option<String> {
         let sh = self.sharding.as_mut()?;
         if let Some(d) = sh.databases.get(db) {
-            return Some(d.primary.clone());
+            let gone = sh
+                .shards
+                .iter()
+                .any(|x| x.name == d.primary && x.state == ShardState::Removed);
+            if !gone {
+                return Some(d.primary.clone());
+            }
+            let next = sh
+                .shards
+                .iter()
+                .find(|x| x.state == ShardState::Active)?
+                .name
+                .clone();
+            if let Some(d) = sh.databases.get_mut(db) {
+                d.primary = next.clone();
+            }
+            return Some(next);
         }
         let first = sh
             .shards
