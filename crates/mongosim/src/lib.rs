@@ -318,7 +318,11 @@
 //!     `enableSharding` named one (`primaryShard`); `config.databases` answers
 //!     `{_id, primary, partitioned (up to 5.0), version: {uuid, timestamp (5.0+),
 //!     lastMod}}`. Chunks of a new collection go round-robin from the primary shard, so
-//!     it owns the first one.
+//!     it owns the first one, and an insert through mongos into a new collection creates
+//!     it on the primary shard first (outside transactions): the primary shard holds
+//!     every collection of its database, as an unsharded collection lives there and
+//!     shardCollection creates a sharded one there. A removed shard's databases move to
+//!     the first active shard (the server waits for a `movePrimary` instead).
 //! - findAndModify (`query`, `update` document or `remove`, `new`, `upsert`; through
 //!   mongos by `_id` or on each shard until one matches). A retryable one logs its image
 //!   per version (`ServerVersion::retry_images_in_side_collection`; mongodb/mongo

@@ -385,3 +385,13 @@ async fn a_replica_set_member_logs_each_ddl_once_and_answers_errors() {
         &doc! {"createIndexes": "a", "v": 2, "key": {"k": 1}, "name": "k_1"}
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_collection_is_created_on_the_primary_shard_first() {
+    let (cluster, client) = cluster(ServerVersion::V7_0).await;
+    // _id 1500 lands on shard02 only; the database's primary shard holds the collection.
+    insert(&client, "shop", "solo", &[1500]).await;
+    assert_eq!(summary(&ddl(&cluster, "shard01")), vec!["create solo"]);
+    assert_eq!(summary(&ddl(&cluster, "shard02")), vec!["create solo"]);
+    cluster.shutdown().await;
+}
