@@ -20,7 +20,7 @@ use quorumtail_oplog::EntryId;
 
 use crate::kafka::{Kafka, Tail};
 use crate::qt::{Quorumtail, Stopped};
-use crate::support::committed_app_entries;
+use crate::support::committed_app_entries_discovered as committed_app_entries;
 use crate::topology::{members, Member};
 use crate::workload::{
     doomed_writes, History, Outcome, Write, WriteKind, DIRECT_BASE, DOOMED_BASE,

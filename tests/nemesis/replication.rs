@@ -20,7 +20,7 @@ use mongosim::membership::MemberSpec;
 use quorumtail_oplog::{EntryId, OplogEntry};
 
 use super::{wait_for, Episode, Fault, Nemesis};
-use crate::support::committed_app_entries;
+use crate::support::committed_app_entries_discovered as committed_app_entries;
 use crate::topology::{members, Member, Quorum};
 use crate::workload::doomed_writes;
 
