@@ -9,7 +9,8 @@ use mongosim::{Cluster, ClusterSpec};
 use quorumtail_oplog::{EntryId, OplogEntry};
 
 use crate::support::{
-    committed_app_entries, http_get, records, shard_ids, shards_toml, start, wait_until,
+    committed_app_entries, committed_app_entries_discovered, http_get, records, shard_ids,
+    shards_toml, start, wait_until,
 };
 
 fn spec() -> ClusterSpec {
@@ -30,6 +31,15 @@ async fn mongos(cluster: &Cluster) -> mongodb::Collection<bson::Document> {
 /// Waits until every write made so far is majority-committed (per the simulator) and
 /// every shard's committed application history is in the output.
 async fn wait_caught_up(cluster: &Cluster, out: &std::path::Path) {
+    wait_caught_up_as(cluster, out, committed_app_entries).await
+}
+
+/// As [`wait_caught_up`], with the expected records of a shard from `expected`.
+async fn wait_caught_up_as(
+    cluster: &Cluster,
+    out: &std::path::Path,
+    expected: fn(&Cluster, &str) -> Vec<quorumtail_oplog::EntryId>,
+) {
     for s in cluster.shard_names() {
         let members = cluster.shard_members(&s);
         wait_until(60, "the writes to commit", || {
@@ -58,7 +68,7 @@ async fn wait_caught_up(cluster: &Cluster, out: &std::path::Path) {
             cluster
                 .shard_names()
                 .iter()
-                .all(|s| shard_ids(&recs, s) == committed_app_entries(cluster, s))
+                .all(|s| shard_ids(&recs, s) == expected(cluster, s))
         },
     )
     .await;
@@ -359,7 +369,7 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
     let coll = mongos(&cluster).await;
     coll.insert_one(doc! { "_id": 1 }).await.unwrap();
     coll.insert_one(doc! { "_id": 1001 }).await.unwrap();
-    wait_caught_up(&cluster, &q.out).await;
+    wait_caught_up_as(&cluster, &q.out, committed_app_entries_discovered).await;
 
     let added = cluster.add_shard(3).await.unwrap();
     cluster
@@ -376,7 +386,7 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
         status.shard(&added).is_some()
     })
     .await;
-    wait_caught_up(&cluster, &q.out).await;
+    wait_caught_up_as(&cluster, &q.out, committed_app_entries_discovered).await;
     let recs = records(&q.out);
     assert!(
         shard_ids(&recs, &added).len() >= 9,
@@ -393,7 +403,7 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
         status.shard(&added).is_some_and(|s| s.stopped)
     })
     .await;
-    wait_caught_up(&cluster, &q.out).await;
+    wait_caught_up_as(&cluster, &q.out, committed_app_entries_discovered).await;
     let report = q.stop().await;
     assert!(report.ok(), "{report:?}");
     // Marked drained in the checkpoint store: a later start leaves it alone.
@@ -402,7 +412,7 @@ async fn shards_added_and_removed_at_runtime_are_followed() {
     for s in cluster.shard_names().iter().chain([&added]) {
         assert_eq!(
             shard_ids(&recs, s),
-            committed_app_entries(&cluster, s),
+            committed_app_entries_discovered(&cluster, s),
             "{s}"
         );
     }

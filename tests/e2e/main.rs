@@ -3,6 +3,7 @@
 
 mod auth;
 mod batched;
+mod ddl;
 mod debezium;
 mod distributed;
 mod events;

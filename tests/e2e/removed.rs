@@ -8,7 +8,10 @@ use mongosim::{Cluster, ClusterSpec};
 use quorumtail::coordinator::DrainState;
 use quorumtail_sink::{CheckpointStore, FileCheckpointStore, StoredShard};
 
-use crate::support::{committed_app_entries, http_get, records, shard_ids, start, wait_until};
+use crate::support::{
+    committed_app_entries_discovered as committed_app_entries, http_get, records, shard_ids, start,
+    wait_until,
+};
 
 fn spec() -> ClusterSpec {
     ClusterSpec {

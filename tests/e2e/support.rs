@@ -126,7 +126,9 @@ pub fn record_id(r: &serde_json::Value) -> EntryId {
     serde_json::from_value(r["id"].clone()).expect("record id")
 }
 
-pub use quorumtail_testkit::truth::{committed_app_entries, init_logs};
+pub use quorumtail_testkit::truth::{
+    committed_app_entries, committed_app_entries_discovered, init_logs,
+};
 
 /// Identities of a shard's records in output order.
 pub fn shard_ids(recs: &[serde_json::Value], shard: &str) -> Vec<EntryId> {

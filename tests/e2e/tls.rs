@@ -13,7 +13,8 @@ use mongosim::{ReplicaSet, ReplicaSetSpec, TlsSpec};
 use quorumtail_testkit::pki::TestPki;
 
 use crate::support::{
-    committed_app_entries, records, shard_ids, start_with_mongo, wait_until, Running,
+    committed_app_entries, committed_app_entries_discovered, records, shard_ids, start_with_mongo,
+    wait_until, Running,
 };
 
 async fn tls_set(tls: TlsSpec) -> ReplicaSet {
@@ -257,13 +258,13 @@ async fn discovery_through_mongos_and_every_shard_over_tls() {
     wait_until(30, "the 30 inserts committed", || {
         shards
             .iter()
-            .map(|s| committed_app_entries(&cluster, s).len())
+            .map(|s| committed_app_entries_discovered(&cluster, s).len())
             .sum::<usize>()
             >= 30
     })
     .await;
     for shard in &shards {
-        let want = committed_app_entries(&cluster, shard);
+        let want = committed_app_entries_discovered(&cluster, shard);
         wait_until(30, "every shard's committed history", || {
             shard_ids(&records(&q.out), shard) == want
         })

@@ -70,13 +70,22 @@ impl ShardTruth {
     /// Reads a shard's ground truth from the simulator.
     pub fn read(cluster: &mongosim::Cluster, shard: &str) -> ShardTruth {
         let rolled_back = cluster.rolled_back_entries(shard);
-        ShardTruth::from_entries(&cluster.committed_entries(shard), &rolled_back)
+        let primaries = cluster.database_primaries();
+        ShardTruth::from_entries(
+            &cluster.committed_entries(shard),
+            &rolled_back,
+            Some((shard, &primaries)),
+        )
     }
 
     /// The ground truth from the committed and the rolled-back entries.
+    /// `ddl`: the shard and the databases' primary shards, when quorumtail knows them
+    /// (`[discovery]`): a DDL entry is then expected from its database's primary shard
+    /// only.
     pub fn from_entries(
         committed: &[bson::RawDocumentBuf],
         rolled_back: &[bson::RawDocumentBuf],
+        ddl: Option<(&str, &BTreeMap<String, String>)>,
     ) -> ShardTruth {
         let emitted = quorumtail_testkit::emitted_by_default;
         let mut t = ShardTruth::default();
@@ -103,7 +112,7 @@ impl ShardTruth {
                 }
             } else if apply_ops(&doc).is_some() || is_txn_decision(&doc) {
                 // A link of a chain (partialTxn, prepare) or an abort: nothing of its own.
-            } else if emitted(e.op.as_str(), e.ns, e.from_migrate) {
+            } else if expected_entry(&e, &doc, ddl) {
                 t.committed_app.push((e.id(), -1));
             }
         }
@@ -115,6 +124,32 @@ impl ShardTruth {
             t.rolled_back.insert(e.id());
         }
         t
+    }
+}
+
+/// Whether a committed top-level entry (not a transaction's) is expected as a record, as
+/// the testkit states the rules (DDL once, from its database's primary shard).
+fn expected_entry(
+    e: &OplogEntry<'_>,
+    doc: &Document,
+    ddl: Option<(&str, &BTreeMap<String, String>)>,
+) -> bool {
+    use quorumtail_testkit::{command_emitted, ddl_database, ddl_emitted_from, emitted_by_default};
+    let op = e.op.as_str();
+    let notification = doc
+        .get_document("o2")
+        .ok()
+        .and_then(|o2| o2.keys().next().map(String::as_str));
+    match ddl_database(op, e.ns, e.command_name(), notification) {
+        None => emitted_by_default(op, e.ns, e.from_migrate),
+        Some(db) => {
+            !e.from_migrate
+                && (op == "n" || emitted_by_default(op, e.ns, false))
+                && e.command_name().is_none_or(command_emitted)
+                && ddl.is_none_or(|(shard, primaries)| {
+                    ddl_emitted_from(shard, primaries.get(db).map(String::as_str))
+                })
+        }
     }
 }
 
@@ -661,7 +696,7 @@ mod tests {
                 bson::doc! {"applyOps": [{"op": "i", "ns": "config.x", "o": {"_id": 1}}], "count": 3_i64},
             ),
         ];
-        let t = ShardTruth::from_entries(&committed, &[]);
+        let t = ShardTruth::from_entries(&committed, &[], None);
         assert_eq!(t.txns, 1);
         assert_eq!(
             t.committed_app,

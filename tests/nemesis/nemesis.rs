@@ -24,7 +24,7 @@ use crate::topology::{members, Member};
 use crate::workload::{
     doomed_writes, History, Outcome, Write, WriteKind, DIRECT_BASE, DOOMED_BASE,
 };
-use quorumtail_testkit::truth::committed_app_entries;
+use quorumtail_testkit::truth::committed_app_entries_discovered as committed_app_entries;
 
 // The replication and membership faults, in their own file.
 #[path = "replication.rs"]

@@ -22,7 +22,7 @@ use quorumtail_oplog::{EntryId, OplogEntry};
 use super::{wait_for, Episode, Fault, Nemesis};
 use crate::topology::{members, Member, Quorum};
 use crate::workload::doomed_writes;
-use quorumtail_testkit::truth::committed_app_entries;
+use quorumtail_testkit::truth::committed_app_entries_discovered as committed_app_entries;
 
 /// How a double failover runs on one shard.
 #[derive(Debug, Clone)]

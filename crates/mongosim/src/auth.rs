@@ -112,7 +112,15 @@ impl SimRole {
             "getParameter",
         ];
         const READ: &[&str] = &["find", "getMore", "killCursors", "listCollections"];
-        const WRITE: &[&str] = &["insert", "update", "delete", "create"];
+        const WRITE: &[&str] = &[
+            "insert",
+            "update",
+            "delete",
+            "create",
+            "drop",
+            "createIndexes",
+            "dropIndexes",
+        ];
         match self {
             SimRole::Root => true,
             SimRole::ClusterMonitor => MONITOR.contains(&name),

@@ -146,6 +146,7 @@ impl Cluster {
                     .collect()
             });
             world.sharding = Some(Sharding {
+                databases: Default::default(),
                 config_set,
                 shards,
                 collections: Default::default(),
@@ -244,6 +245,21 @@ impl Cluster {
                 .map(|n| self.replica_set_uri(n))
                 .unwrap_or_default(),
         }
+    }
+
+    /// Each database's primary shard (`config.databases`), by database name.
+    pub fn database_primaries(&self) -> std::collections::BTreeMap<String, String> {
+        self.shared
+            .world()
+            .sharding
+            .as_ref()
+            .map(|sh| {
+                sh.databases
+                    .iter()
+                    .map(|(db, d)| (db.clone(), d.primary.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Names of the shards (not removed), or the single replica set's name.

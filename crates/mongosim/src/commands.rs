@@ -15,7 +15,9 @@
 //! - `commands/tail.rs`: finds on the oplog, getMore (awaitData), killCursors;
 //! - `commands/writes.rs`: insert, update, delete, findAndModify and the write concern wait;
 //! - `commands/txn.rs`: transactions and retryable-write statements;
-//! - `commands/catalog.rs`: create, listDatabases, listCollections, listShards, moveChunk.
+//! - `commands/catalog.rs`: create, listDatabases, listCollections, listShards, moveChunk;
+//! - `commands/ddl.rs`: drop, dropDatabase, renameCollection, createIndexes, dropIndexes,
+//!   collMod, shardCollection, enableSharding.
 //!
 //! `mongosimControl` is handled by [`crate::control`], SASL by [`crate::auth`].
 
@@ -32,6 +34,7 @@ use crate::runtime::{ConnCtx, Shared};
 use crate::world::Proc;
 
 mod catalog;
+mod ddl;
 mod find;
 mod hello;
 mod tail;
@@ -222,6 +225,18 @@ async fn dispatch(
             finish_write(shared, proc, cmd, reply, written.as_deref()).await
         }
         "create" => create(shared, proc, db, cmd),
+        "drop" => ddl::drop(shared, proc, db, cmd),
+        "dropDatabase" => ddl::drop_database(shared, proc, db, cmd),
+        "renameCollection" => ddl::rename_collection(shared, proc, db, cmd),
+        "createIndexes" => ddl::create_indexes(shared, proc, db, cmd),
+        "dropIndexes" | "deleteIndexes" => ddl::drop_indexes(shared, proc, db, name, cmd),
+        "collMod" => ddl::coll_mod(shared, proc, db, cmd),
+        "shardCollection" | "shardcollection" if proc == Proc::Mongos => {
+            ddl::shard_collection(shared, db, cmd)
+        }
+        "enableSharding" | "enablesharding" if proc == Proc::Mongos => {
+            ddl::enable_sharding(shared, db, cmd)
+        }
         "commitTransaction" => txn::commit(shared, proc, cmd).await,
         "abortTransaction" => end_transaction(shared, proc, cmd, false).map(|(r, _)| r),
         "setParameter" => set_parameter(shared, db, cmd),

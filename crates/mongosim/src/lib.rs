@@ -37,7 +37,7 @@
 //! API names: [`Cluster::start`], [`Cluster::start_with_fixture`], [`Cluster::load_fixture`],
 //! [`ReplicaSet::start`] (derefs to `Cluster`); topology: `mongos_addr`, `uri`,
 //! `shard_names`, `shard_members`, `config_members`, `replica_set_uri`, `primary_of`,
-//! `layout`, `status`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
+//! `layout`, `status`, `database_primaries`; faults: `kill_node`, `restart_node`, `partition_node`, `heal_node`,
 //! `step_down`, `set_lag`, `truncate_oplog`, `move_chunk`, `add_shard`,
 //! `begin_remove_shard`, `remove_shard`; membership: `ClusterSpec::members` /
 //! `ReplicaSetSpec::members` ([`membership::MemberSpec`]: voter, passive, hidden,
@@ -258,6 +258,71 @@
 //!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
 //!   resulting with single operations create regular delete oplog entries". Earlier
 //!   versions log one `d` per document.
+//! - DDL (`world/ddl.rs`, `commands/ddl.rs`), on a member or through mongos. Each entry
+//!   has the `o` / `o2` of mongod's `src/mongo/db/op_observer/op_observer_impl.cpp`:
+//!   create `{create: coll, <options as given>, idIndex: {v: 2, key: {_id: 1}, name:
+//!   "_id_"}}` (`makeCreateCollCmdObj`; the server orders the options as
+//!   `CollectionOptions::toBSON` does, mongosim as the command gave them); drop `{drop:
+//!   coll}` with `o2: {numRecords}` (`onDropCollection`, `makeObject2ForDropOrRename`);
+//!   renameCollection `{renameCollection: from, to, stayTemp: false, dropTarget: <UUID of
+//!   the dropped target>}` with `o2: {numRecords}` only when a target was dropped
+//!   (`preRenameCollection`); dropDatabase: a drop per remaining collection, then
+//!   `{dropDatabase: 1}` (`onDropDatabase`); createIndexes on an empty collection: one
+//!   `{createIndexes: coll, v: 2, key, name, ...}` per index (`onCreateIndex`), on a
+//!   non-empty one a two-phase build `{startIndexBuild: coll, indexBuildUUID, indexes:
+//!   [...]}` then `{commitIndexBuild: ...}` (`onStartIndexBuild`; 4.4's two-phase builds;
+//!   the `o2: {indexes: [{indexIdent}]}` of the newest server revisions is not written);
+//!   dropIndexes `{dropIndexes: coll, index: name}` with the index spec as `o2`
+//!   (`onDropIndex`); collMod: the command's own fields as `o` and `o2:
+//!   {collectionOptions_old: {uuid, <options before>}}` (`onCollMod`; that `uuid` leads
+//!   the old options is from `CollectionOptions::toBSON` as remembered, not re-read).
+//!   Through mongos, per version:
+//!   - drop: every shard holding the collection logs it, the primary shard last ("The
+//!     sharded collection must be dropped on the primary shard after it has been dropped
+//!     on all of the other shards", `src/mongo/db/s/drop_collection_coordinator.cpp`,
+//!     5.0+). From 6.0 the non-primary shards log it with `fromMigrate: true`
+//!     (`sharding_ddl_util.cpp` `sendDropCollectionParticipantCommandToShards(...,
+//!     fromMigrate)`; the `fromMigrate` field of `_shardsvrDropCollectionParticipant`
+//!     appears in the server's IDL diff from 5.0 to 6.0); 4.4 and 5.0 log a plain drop on
+//!     every shard (the 5.0-era coordinator sends the participant command without it).
+//!     That 4.4 drops on every shard (its config server's drop of a sharded collection)
+//!     was not re-read in the 4.4 source.
+//!   - renameCollection: 4.4 refuses a sharded collection (every collection mongos
+//!     routes is sharded here; the message is mongosim's). From 5.0 every shard is a
+//!     participant (`rename_collection_participant_service.cpp`): it renames when it
+//!     holds the source, else drops the target; the revision that marks non-primary
+//!     shards `fromMigrate` ("so that change streams ... won't receive duplicate drop
+//!     notifications", next to a TODO for SERVER-74719) is taken as 7.0, the 5.0-era
+//!     revision has no such flag, and 6.0 is assumed to be like 5.0 — the release of that
+//!     change was not pinned.
+//!   - dropDatabase: each collection is dropped as above, then the primary shard drops
+//!     the database, then (5.0+, `_shardsvrDropDatabaseParticipant`) every other shard
+//!     that held it logs `{dropDatabase: 1}`; 4.4: the primary shard only. Newer server
+//!     revisions pass `fromMigrate` to the database participant; the release that began
+//!     doing so was not found, so no version marks it. Which shards receive the
+//!     participant command was not read in the coordinator itself.
+//!   - createIndexes, dropIndexes, collMod: the shards owning chunks, none marked
+//!     (`src/mongo/s/commands/cluster_create_indexes_cmd.cpp`:
+//!     `scatterGatherVersionedTargetByRoutingTable` with an empty query; dropIndexes and
+//!     collMod are taken to target the same shards, through their 6.0+ coordinators too).
+//!   - create (with options, or a time-series collection): the database's primary shard.
+//!   - shardCollection (`{_id: 1}` only; again on a sharded collection: a no-op): the
+//!     primary shard creates the collection if needed; from 6.0 it also logs `{op: "n",
+//!     ns, ui, o: {msg: {shardCollection: ns}}, o2: {shardCollection: ns, shardKey,
+//!     unique, numInitialChunks, presplitHashedZones}}`
+//!     (`src/mongo/db/repl/change_stream_oplog_notification.cpp`
+//!     `notifyChangeStreamsOnShardCollection`: the request is appended to `o2`; its
+//!     fields are the change stream's `shardCollection` event description). No 4.4 or
+//!     5.0 source writing that no-op was found, so those versions log none.
+//!   - Databases: a database's primary shard is the first active shard unless
+//!     `enableSharding` named one (`primaryShard`); `config.databases` answers
+//!     `{_id, primary, partitioned (up to 5.0), version: {uuid, timestamp (5.0+),
+//!     lastMod}}`. Chunks of a new collection go round-robin from the primary shard, so
+//!     it owns the first one, and an insert through mongos into a new collection creates
+//!     it on the primary shard first (outside transactions): the primary shard holds
+//!     every collection of its database, as an unsharded collection lives there and
+//!     shardCollection creates a sharded one there. A removed shard's databases move to
+//!     the first active shard (the server waits for a `movePrimary` instead).
 //! - findAndModify (`query`, `update` document or `remove`, `new`, `upsert`; through
 //!   mongos by `_id` or on each shard until one matches). A retryable one logs its image
 //!   per version (`ServerVersion::retry_images_in_side_collection`; mongodb/mongo
@@ -318,7 +383,11 @@
 //! transaction participants, coordinator failover (the step that was running is retried on
 //! the new primary rather than recovered from the coordinator document), transaction
 //! isolation (reads and writes inside a transaction see committed data only, not the
-//! transaction's own writes), prepare conflicts, aggregation, indexes, `$regex` and most query operators, array
+//! transaction's own writes), prepare conflicts, aggregation, index use by queries and index
+//! builds that fail (`abortIndexBuild`), DDL coordinators' own bookkeeping writes
+//! (`config.system.sharding_ddl_coordinators`, critical sections) and the 6.0+
+//! `createDatabase`/`enableSharding` notification no-ops, cross-database renames,
+//! `movePrimary`, `$regex` and most query operators, array
 //! updates and positional paths (update operators are `$set`, `$unset`, `$inc` on
 //! document paths), array diffs in `$v: 2` updates,
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats

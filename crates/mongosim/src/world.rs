@@ -20,7 +20,10 @@
 //!   findAndModify operations;
 //! - `world/sessions.rs`: retryable-write sessions, retry images and transactions;
 //! - `world/replication.rs`: replication, elections, rollback and the commit point ([`World::tick`]);
-//! - `world/sharding.rs`: the sharding catalog, chunks and migrations.
+//! - `world/sharding.rs`: the sharding catalog, databases' primary shards, chunks and
+//!   migrations;
+//! - `world/ddl.rs`: DDL on one set (create with options, drop, rename, dropDatabase,
+//!   indexes, collMod).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,6 +38,7 @@ use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec, Oplog};
 use crate::version::ServerVersion;
 
 mod data;
+mod ddl;
 pub mod history;
 mod prepared;
 mod replication;
@@ -48,9 +52,10 @@ mod commit_rule_tests;
 mod tests;
 
 pub use data::{apply_entry, apply_modifiers, bad_value, Collection};
+pub use ddl::CollMeta;
 pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_NS};
 pub use sessions::{txn_key, RetryImage, SessionCtx};
-pub use sharding::{Chunk, ShardEntry, ShardState, Sharding};
+pub use sharding::{Chunk, DatabaseEntry, ShardEntry, ShardState, Sharding};
 pub use writes::BATCHED_DELETE_DOCS;
 
 /// Tunables shared by every set of a simulation.
@@ -362,6 +367,8 @@ pub struct SetState {
     /// The primary's bucket catalog: buckets still taking measurements. A new primary
     /// starts with an empty one.
     pub ts_buckets: Vec<crate::timeseries::OpenBucket>,
+    /// Collection options and secondary indexes (DDL), shared by all members.
+    pub catalog: BTreeMap<String, CollMeta>,
 }
 
 impl SetState {
@@ -610,6 +617,7 @@ impl World {
             session_history: HashMap::new(),
             timeseries: BTreeMap::new(),
             ts_buckets: Vec::new(),
+            catalog: BTreeMap::new(),
         });
         let s = self.sets.len() - 1;
         // "initiating set" is written before any term exists (t: -1, h: 0 in legacy).

@@ -6,9 +6,24 @@
 //! inside an `applyOps`.
 //!
 //! Order of the checks, first match wins: `fromMigrate` (chunk migrations copy documents
-//! between shards; the cluster as a whole did not change), no-ops, internal namespaces
-//! (`config.*`, `admin.*`, `local.*`, `*.system.*`), `exclude` patterns, then `include`
-//! patterns (when any are given, everything else is dropped).
+//! between shards; the cluster as a whole did not change), the DDL rule (below), no-ops,
+//! internal namespaces (`config.*`, `admin.*`, `local.*`, `*.system.*`), `exclude`
+//! patterns, then `include` patterns (when any are given, everything else is dropped).
+//!
+//! # One record per DDL operation
+//!
+//! On a sharded cluster one DDL operation is logged by several shards: a drop by every
+//! shard (from 6.0 the non-primary shards mark theirs `fromMigrate`), a rename by every
+//! shard (marked from 7.0), an index build or collMod by every shard owning chunks (never
+//! marked), a `dropDatabase` by the primary shard and (5.0+) the others. Each logs it
+//! with the same `o`. The rule: a DDL entry — a command on an application database other
+//! than a transaction's (`applyOps`, `commitTransaction`, `abortTransaction`), or a
+//! no-op whose `o2` is a DDL notification (`shardCollection`, written by the primary
+//! shard from 6.0) — is emitted only by its database's primary shard (`config.databases`,
+//! [`PrimaryShards`]). When the primary shard is unknown the entry is emitted (the caller
+//! says why). A no-op DDL notification is a record despite `drop_noops`. And
+//! `startIndexBuild` is never a record: it opens a two-phase index build whose
+//! `commitIndexBuild` (or `abortIndexBuild`) on the same shard is the operation's record.
 //!
 //! Time-series collections are the exception to `*.system.*`: mongod stores their
 //! measurements as bucket documents in `<db>.system.buckets.<coll>` (the collection the
@@ -17,7 +32,10 @@
 //! ["farm.system.buckets.weather"]` both keep the buckets of `farm.weather`, and an
 //! `exclude` matching either drops them.
 
-use crate::entry::{split_ns, OpKind};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::entry::{split_ns, OpKind, OplogEntry};
 
 /// Why an operation was not turned into a record.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -32,6 +50,11 @@ pub enum DropReason {
     Excluded,
     /// `include` patterns are set and none matched.
     NotIncluded,
+    /// A DDL entry logged by a shard other than its database's primary shard, which logs
+    /// the same operation.
+    DdlOnOtherShard,
+    /// `startIndexBuild`: the build's `commitIndexBuild` / `abortIndexBuild` is the record.
+    IndexBuildStart,
 }
 
 impl DropReason {
@@ -43,6 +66,8 @@ impl DropReason {
             DropReason::InternalNamespace => "internal_namespace",
             DropReason::Excluded => "excluded",
             DropReason::NotIncluded => "not_included",
+            DropReason::DdlOnOtherShard => "ddl_other_shard",
+            DropReason::IndexBuildStart => "index_build_start",
         }
     }
 }
@@ -145,6 +170,113 @@ pub fn timeseries_view_ns(ns: &str) -> Option<String> {
     Some(format!("{db}.{view}"))
 }
 
+/// Commands on an application database's `$cmd` that are not DDL of that database.
+const NOT_DDL: &[&str] = &[
+    "applyOps",
+    "commitTransaction",
+    "abortTransaction",
+    "prepareTransaction",
+];
+
+/// No-ops whose `o2` records a DDL operation a user ran, written by the database's primary
+/// shard for change streams (6.0+ `notifyChangeStreamsOnShardCollection`).
+pub const DDL_NOTIFICATIONS: &[&str] = &["shardCollection"];
+
+/// A DDL entry: what the one-record-per-operation rule judges.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Ddl<'a> {
+    /// The database the operation belongs to.
+    pub db: &'a str,
+    /// The command name (`drop`, `createIndexes`, ...) or the notification's
+    /// (`shardCollection`).
+    pub name: &'a str,
+    /// A no-op notification rather than a command.
+    pub notification: bool,
+}
+
+/// The DDL an entry records, if any: a command on an application database (not a
+/// transaction's), or a no-op whose `o2` begins with a [`DDL_NOTIFICATIONS`] name.
+pub fn ddl_of<'a>(entry: &OplogEntry<'a>) -> Option<Ddl<'a>> {
+    let db = split_ns(entry.ns).0;
+    if db.is_empty() || matches!(db, "config" | "admin" | "local") {
+        return None;
+    }
+    match entry.op {
+        OpKind::Command => {
+            let name = entry.command_name()?;
+            (!NOT_DDL.contains(&name)).then_some(Ddl {
+                db,
+                name,
+                notification: false,
+            })
+        }
+        OpKind::Noop => {
+            let o2 = entry.raw().get_document("o2").ok()?;
+            let (name, _) = o2.iter().next()?.ok()?;
+            let name: &str = name.as_str();
+            DDL_NOTIFICATIONS.contains(&name).then_some(Ddl {
+                db,
+                name,
+                notification: true,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Asks the catalog for one database's primary shard (`None`: unknown).
+pub type PrimaryLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Which shard is each database's primary (`config.databases`), shared by every shard's
+/// filter and kept current by whoever reads the catalog. An optional lookup is asked
+/// about a database the map does not hold (a database created since the last read).
+#[derive(Clone, Default)]
+pub struct PrimaryShards {
+    map: Arc<RwLock<HashMap<String, String>>>,
+    lookup: Option<PrimaryLookup>,
+}
+
+impl std::fmt::Debug for PrimaryShards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.map.read().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("PrimaryShards")
+            .field("databases", &n)
+            .field("lookup", &self.lookup.is_some())
+            .finish()
+    }
+}
+
+impl PrimaryShards {
+    /// An empty map that asks `lookup` about databases it does not hold.
+    pub fn with_lookup(lookup: PrimaryLookup) -> Self {
+        PrimaryShards {
+            map: Arc::default(),
+            lookup: Some(lookup),
+        }
+    }
+
+    /// Records the primary shard of each database read from the catalog. Databases
+    /// missing from `read` are kept: a dropped database's entries may still be on their
+    /// way, and their primary shard did not change.
+    pub fn update(&self, read: HashMap<String, String>) {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        m.extend(read);
+    }
+
+    /// The primary shard of `db`: from the map, else from the lookup (remembered).
+    pub fn primary_of(&self, db: &str) -> Option<String> {
+        if let Some(p) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(db) {
+            return Some(p.clone());
+        }
+        let found = self.lookup.as_ref().and_then(|l| l(db))?;
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.to_owned(), found.clone());
+        Some(found)
+    }
+}
+
 /// The filter settings (`[filter]` in the config file).
 #[derive(Clone, Debug)]
 pub struct Filter {
@@ -158,6 +290,10 @@ pub struct Filter {
     pub include: Vec<NsPattern>,
     /// Namespaces matching one of these are dropped.
     pub exclude: Vec<NsPattern>,
+    /// The databases' primary shards: when set, DDL entries are emitted by the primary
+    /// shard only (see the module documentation). `None` on a replica set, or when the
+    /// catalog cannot be read.
+    pub ddl_primaries: Option<PrimaryShards>,
 }
 
 impl Default for Filter {
@@ -168,6 +304,7 @@ impl Default for Filter {
             drop_internal: true,
             include: Vec::new(),
             exclude: Vec::new(),
+            ddl_primaries: None,
         }
     }
 }
@@ -183,6 +320,43 @@ impl Filter {
         if matches!(op, OpKind::Noop | OpKind::LegacyDbDeclaration) && self.drop_noops {
             return Err(DropReason::Noop);
         }
+        self.check_ns(ns)
+    }
+
+    /// Judges a top-level entry logged by `shard`, with the DDL rule (module
+    /// documentation); `ns` as for [`Filter::check`]. Returns whether a DDL entry was
+    /// emitted without knowing its database's primary shard (`Ok(Some(db))`), so that the
+    /// caller can say so.
+    ///
+    /// # Errors
+    /// The reason the entry is not a record.
+    pub fn check_entry<'a>(
+        &self,
+        entry: &OplogEntry<'a>,
+        ns: &str,
+        shard: &str,
+    ) -> Result<Option<&'a str>, DropReason> {
+        let Some(ddl) = ddl_of(entry) else {
+            return self.check(entry.op, ns, entry.from_migrate).map(|()| None);
+        };
+        if entry.from_migrate && self.drop_from_migrate {
+            return Err(DropReason::FromMigrate);
+        }
+        if ddl.name == "startIndexBuild" {
+            return Err(DropReason::IndexBuildStart);
+        }
+        let mut unknown = None;
+        if let Some(primaries) = &self.ddl_primaries {
+            match primaries.primary_of(ddl.db) {
+                Some(p) if p != shard => return Err(DropReason::DdlOnOtherShard),
+                Some(_) => {}
+                None => unknown = Some(ddl.db),
+            }
+        }
+        self.check_ns(ns).map(|()| unknown)
+    }
+
+    fn check_ns(&self, ns: &str) -> Result<(), DropReason> {
         if self.drop_internal && is_internal_ns(ns) {
             return Err(DropReason::InternalNamespace);
         }
@@ -453,5 +627,147 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(f.check(OpKind::Command, "shop.$cmd", false), Ok(()));
+    }
+
+    fn raw(d: bson::Document) -> bson::RawDocumentBuf {
+        bson::RawDocumentBuf::try_from(&d).unwrap()
+    }
+
+    fn cmd(o: bson::Document, from_migrate: bool) -> bson::RawDocumentBuf {
+        let mut d = bson::doc! {
+            "op": "c", "ns": "shop.$cmd", "o": o,
+            "ts": bson::Timestamp { time: 5, increment: 1 }, "t": 1i64, "v": 2i64,
+        };
+        if from_migrate {
+            d.insert("fromMigrate", true);
+        }
+        raw(d)
+    }
+
+    fn primaries(known: &[(&str, &str)]) -> PrimaryShards {
+        let p = PrimaryShards::default();
+        p.update(
+            known
+                .iter()
+                .map(|(d, s)| ((*d).to_owned(), (*s).to_owned()))
+                .collect(),
+        );
+        p
+    }
+
+    fn judge(
+        f: &Filter,
+        doc: &bson::RawDocumentBuf,
+        shard: &str,
+    ) -> Result<Option<String>, DropReason> {
+        let e = OplogEntry::parse(doc).unwrap();
+        let ns = command_target_ns(e.ns, e.command_name().unwrap_or(""), None);
+        f.check_entry(&e, &ns, shard).map(|o| o.map(str::to_owned))
+    }
+
+    #[test]
+    fn ddl_is_emitted_by_the_primary_shard_only() {
+        let f = Filter {
+            ddl_primaries: Some(primaries(&[("shop", "shard01")])),
+            ..Filter::default()
+        };
+        let drop = cmd(bson::doc! {"drop": "items"}, false);
+        assert_eq!(judge(&f, &drop, "shard01"), Ok(None));
+        assert_eq!(
+            judge(&f, &drop, "shard02"),
+            Err(DropReason::DdlOnOtherShard)
+        );
+        // 6.0+: the non-primary shard's copy is a migration's.
+        let marked = cmd(bson::doc! {"drop": "items"}, true);
+        assert_eq!(judge(&f, &marked, "shard02"), Err(DropReason::FromMigrate));
+        // A database the map does not know: emitted, and said so.
+        let other = raw(bson::doc! {
+            "op": "c", "ns": "crm.$cmd", "o": {"collMod": "people"},
+            "ts": bson::Timestamp { time: 5, increment: 2 }, "t": 1i64,
+        });
+        assert_eq!(judge(&f, &other, "shard02"), Ok(Some("crm".to_owned())));
+        // Without the catalog the rule is off: every shard's copy is emitted.
+        let off = Filter::default();
+        assert_eq!(judge(&off, &drop, "shard02"), Ok(None));
+    }
+
+    #[test]
+    fn index_build_start_is_left_to_its_commit() {
+        let f = Filter::default();
+        let start = cmd(
+            bson::doc! {"startIndexBuild": "items", "indexes": []},
+            false,
+        );
+        assert_eq!(judge(&f, &start, "s"), Err(DropReason::IndexBuildStart));
+        let commit = cmd(
+            bson::doc! {"commitIndexBuild": "items", "indexes": []},
+            false,
+        );
+        assert_eq!(judge(&f, &commit, "s"), Ok(None));
+    }
+
+    #[test]
+    fn shard_collection_notification_is_a_record_other_noops_are_not() {
+        let f = Filter {
+            ddl_primaries: Some(primaries(&[("shop", "shard01")])),
+            ..Filter::default()
+        };
+        let noop = |o2: bson::Document| {
+            raw(bson::doc! {
+                "op": "n", "ns": "shop.orders", "o": {"msg": "x"}, "o2": o2,
+                "ts": bson::Timestamp { time: 6, increment: 1 }, "t": 1i64,
+            })
+        };
+        let sharded = noop(bson::doc! {"shardCollection": "shop.orders", "shardKey": {"_id": 1}});
+        let e = OplogEntry::parse(&sharded).unwrap();
+        assert_eq!(f.check_entry(&e, "shop.orders", "shard01"), Ok(None));
+        assert_eq!(
+            f.check_entry(&e, "shop.orders", "shard02"),
+            Err(DropReason::DdlOnOtherShard)
+        );
+        let other = noop(bson::doc! {"migrateChunkToNewShard": "shop.orders"});
+        let e = OplogEntry::parse(&other).unwrap();
+        assert_eq!(
+            f.check_entry(&e, "shop.orders", "shard01"),
+            Err(DropReason::Noop)
+        );
+    }
+
+    #[test]
+    fn a_miss_asks_the_lookup_once_and_remembers() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let p = PrimaryShards::with_lookup(Arc::new(move |db: &str| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (db == "shop").then(|| "shard02".to_owned())
+        }));
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+        assert_eq!(p.primary_of("gone"), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A later catalog read without the database keeps what was learnt.
+        p.update(HashMap::new());
+        assert_eq!(p.primary_of("shop").as_deref(), Some("shard02"));
+    }
+
+    #[test]
+    fn transactions_and_internal_commands_are_not_ddl() {
+        let txn = raw(bson::doc! {
+            "op": "c", "ns": "admin.$cmd", "o": {"applyOps": []},
+            "ts": bson::Timestamp { time: 7, increment: 1 }, "t": 1i64,
+        });
+        assert!(ddl_of(&OplogEntry::parse(&txn).unwrap()).is_none());
+        let commit = cmd(bson::doc! {"commitTransaction": 1}, false);
+        assert!(ddl_of(&OplogEntry::parse(&commit).unwrap()).is_none());
+        let create = cmd(bson::doc! {"create": "items"}, false);
+        assert_eq!(
+            ddl_of(&OplogEntry::parse(&create).unwrap()),
+            Some(Ddl {
+                db: "shop",
+                name: "create",
+                notification: false
+            })
+        );
     }
 }

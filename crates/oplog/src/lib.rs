@@ -10,7 +10,8 @@
 //! * [`position`]: [`Timestamp`], the entry identity [`EntryId`] and the shard-qualified
 //!   [`ShardPosition`], with the ordering guarantees they carry.
 //! * [`entry`]: a zero-copy view of a raw entry (bson's `RawDocument`), read in one pass.
-//! * [`filter`]: `fromMigrate`, no-ops, internal namespaces, include/exclude patterns.
+//! * [`filter`]: `fromMigrate`, one record per DDL operation, no-ops, internal
+//!   namespaces, include/exclude patterns.
 //! * [`txn`]: transaction assembly: `applyOps` unpacked, large and prepared transactions
 //!   buffered until they commit, with the checkpoint contract that goes with it.
 //! * [`extjson`] and [`record`]: the output record, Extended JSON written straight from the
@@ -30,7 +31,7 @@ pub mod record;
 pub mod txn;
 
 pub use entry::{EntryError, EntryLayout, OpKind, OpTime, OplogEntry};
-pub use filter::{DropReason, Filter, NsPattern};
+pub use filter::{ddl_of, Ddl, DropReason, Filter, NsPattern, PrimaryShards};
 pub use position::{EntryId, ShardPosition, Timestamp};
 pub use txn::{
     AbortedTxn, Bound, CommittedTxn, OpenTxnInfo, Step, TxnAssembler, TxnConfig, TxnError, TxnName,

@@ -642,6 +642,8 @@ impl Config {
             drop_internal: self.filter.drop_internal,
             include: vec![],
             exclude: vec![],
+            // Set by the coordinator once discovery can read config.databases.
+            ddl_primaries: None,
         };
         for (key, list, out) in [
             ("include", &self.filter.include, &mut filter.include),

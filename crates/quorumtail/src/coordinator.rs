@@ -36,7 +36,7 @@ use quorumtail_sink::{CheckpointStore, ShardMembership, Sink, SinkError, StoredS
 use quorumtail_tailer::TailerConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Resolved, SinkKind};
 pub use crate::discovery::{Discovery, MemberAccess};
@@ -304,9 +304,24 @@ pub async fn run_controlled(
     tailer.access = c.mongo.access();
     tailer.batch_size = c.mongo.batch_size;
     tailer.max_await = cfg.max_await;
+    // One record per DDL operation: each database's DDL is emitted by its primary shard,
+    // known from config.databases through the discovery URI.
+    let mut filter = cfg.filter.clone();
+    let primaries = discovery.as_ref().map(|d| d.primary_shards());
+    if let (Some(d), Some(p)) = (&discovery, &primaries) {
+        match d.database_primaries().await {
+            Ok(found) => p.update(found),
+            Err(e) => {
+                warn!(error = %e, "the databases' primary shards cannot be read yet: each database is looked up when its first DDL entry is emitted")
+            }
+        }
+    } else if names.len() > 1 {
+        warn!("no [discovery] uri: the databases' primary shards (config.databases) are unknown, so a DDL operation that MongoDB logs on several shards (a drop or rename up to 6.0, index builds and collMod on every version, dropDatabase) is emitted once per shard that logs it");
+    }
+    filter.ddl_primaries = primaries.clone();
     let mut shared = Shared {
         tailer,
-        filter: cfg.filter.clone(),
+        filter,
         key: c.sink.key,
         format: c.sink.format,
         tombstones: c.sink.tombstones(),
@@ -439,6 +454,12 @@ pub async fn run_controlled(
             },
             _ = discovery_tick.tick(), if discovery.is_some() => {
                 if let Some(d) = &discovery {
+                    if let Some(p) = &primaries {
+                        match d.database_primaries().await {
+                            Ok(found) => p.update(found),
+                            Err(e) => debug!(error = %e, "config.databases not read this time; keeping the known primary shards"),
+                        }
+                    }
                     match d.shards().await {
                         // A shard that appears in the cluster is new: its oplog is short, read it all.
                         Ok(found) => {

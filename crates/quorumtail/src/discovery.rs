@@ -129,6 +129,44 @@ impl Discovery {
         Ok(out)
     }
 
+    /// Each database's primary shard (`config.databases`: `{_id, primary}`), read through
+    /// mongos or on a config server.
+    ///
+    /// # Errors
+    /// When `config.databases` cannot be read, or a document has no `_id` or `primary`.
+    pub async fn database_primaries(&self) -> Result<HashMap<String, String>, String> {
+        read_primaries(&self.client, None).await
+    }
+
+    /// The databases' primary shards, kept by the coordinator from
+    /// [`Discovery::database_primaries`] and asked of the catalog on a miss (a database
+    /// created since the last read). A miss that the catalog does not answer either is
+    /// logged once a minute per database: that database's DDL entries are then emitted
+    /// by every shard that logs them.
+    pub fn primary_shards(&self) -> quorumtail_oplog::PrimaryShards {
+        let client = self.client.clone();
+        let misses: std::sync::Mutex<HashMap<String, std::time::Instant>> = Default::default();
+        quorumtail_oplog::PrimaryShards::with_lookup(std::sync::Arc::new(move |db: &str| {
+            let recent = misses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(db)
+                .is_some_and(|t| t.elapsed() < MISS_MEMORY);
+            if recent {
+                return None;
+            }
+            let found = lookup_blocking(&client, db);
+            if let Err(why) = &found {
+                tracing::warn!(database = %db, reason = %why, "the primary shard of this database is unknown: its DDL entries are emitted by every shard that logs them (a DDL operation may appear once per shard)");
+                misses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(db.to_owned(), std::time::Instant::now());
+            }
+            found.ok()
+        }))
+    }
+
     async fn membership(
         &self,
         set: &str,
@@ -161,6 +199,65 @@ impl Discovery {
             .await
             .map_err(|e| e.to_string())?;
         Ok(members_from_hello(&hello))
+    }
+}
+
+/// How long a database the catalog did not know stays unknown before it is asked again.
+const MISS_MEMORY: Duration = Duration::from_secs(60);
+
+/// Reads `config.databases` (all of it, or the one database `only`).
+async fn read_primaries(
+    client: &mongodb::Client,
+    only: Option<&str>,
+) -> Result<HashMap<String, String>, String> {
+    use futures::TryStreamExt;
+    let filter = match only {
+        Some(db) => doc! {"_id": db},
+        None => doc! {},
+    };
+    let docs: Vec<bson::Document> = client
+        .database("config")
+        .collection::<bson::Document>("databases")
+        .find(filter)
+        .await
+        .map_err(|e| format!("config.databases cannot be read: {e}"))?
+        .try_collect()
+        .await
+        .map_err(|e| format!("config.databases cannot be read: {e}"))?;
+    let mut out = HashMap::new();
+    for d in docs {
+        let (Ok(name), Ok(primary)) = (d.get_str("_id"), d.get_str("primary")) else {
+            return Err(format!(
+                "a config.databases document without a string _id and primary: {d}"
+            ));
+        };
+        out.insert(name.to_owned(), primary.to_owned());
+    }
+    Ok(out)
+}
+
+/// Asks the catalog for one database's primary shard from synchronous code (the filter),
+/// blocking this worker thread for at most five seconds. Only on a multi-threaded runtime
+/// (quorumtail's own): elsewhere the database stays unknown.
+fn lookup_blocking(client: &mongodb::Client, db: &str) -> Result<String, String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let handle =
+        Handle::try_current().map_err(|_| "no runtime to ask the catalog on".to_owned())?;
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        return Err("the catalog cannot be asked from a single-threaded runtime".to_owned());
+    }
+    let read = tokio::task::block_in_place(|| {
+        handle.block_on(tokio::time::timeout(
+            Duration::from_secs(5),
+            read_primaries(client, Some(db)),
+        ))
+    });
+    match read {
+        Err(_) => Err("config.databases did not answer within 5 s".to_owned()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(mut m)) => m.remove(db).ok_or_else(|| {
+            "config.databases has no such database (dropped, or never registered)".to_owned()
+        }),
     }
 }
 

@@ -20,6 +20,13 @@
 //!
 //! For a command, `ns` is the namespace it changes (`shop.orders` for `{create:
 //! "orders"}` on `shop.$cmd`), not `db.$cmd`.
+//!
+//! DDL (README, "Records"): a user's DDL operation is one record although a sharded
+//! cluster logs it on several shards. With `[discovery]` (the databases' primary shards
+//! known from `config.databases`) a DDL entry — a command on an application database
+//! other than a transaction's, or a `shardCollection` notification no-op — is emitted by
+//! its database's primary shard only ([`ddl_emitted_from`]); `startIndexBuild` is never
+//! emitted, the build's `commitIndexBuild` is the record ([`command_emitted`]).
 
 pub mod broker;
 pub mod pki;
@@ -41,9 +48,73 @@ pub fn emitted_by_default(op: &str, ns: &str, from_migrate: bool) -> bool {
     timeseries_buckets || !coll.starts_with("system.")
 }
 
+/// The database of a DDL entry: a command `c` named `command` on `<db>.$cmd` of an
+/// application database, other than a transaction's (`applyOps`, `commitTransaction`,
+/// `abortTransaction`); or a no-op `n` whose `o2` begins with `shardCollection`
+/// (`notification`, the first key of `o2`). `None` for anything else.
+pub fn ddl_database<'a>(
+    op: &str,
+    ns: &'a str,
+    command: Option<&str>,
+    notification: Option<&str>,
+) -> Option<&'a str> {
+    let db = ns.split('.').next().unwrap_or("");
+    if db.is_empty() || matches!(db, "config" | "admin" | "local") {
+        return None;
+    }
+    let ddl = match op {
+        "c" => command.is_some_and(|c| {
+            !matches!(
+                c,
+                "applyOps" | "commitTransaction" | "abortTransaction" | "prepareTransaction"
+            )
+        }),
+        "n" => notification == Some("shardCollection"),
+        _ => false,
+    };
+    ddl.then_some(db)
+}
+
+/// Whether a DDL entry logged by `shard` is emitted, `primary` being its database's
+/// primary shard when known: only the primary shard's copy is; every copy is when the
+/// primary shard is not known (no `[discovery]`).
+pub fn ddl_emitted_from(shard: &str, primary: Option<&str>) -> bool {
+    primary.is_none_or(|p| p == shard)
+}
+
+/// Whether a command named `command` that passes [`emitted_by_default`] is emitted:
+/// every one but `startIndexBuild` (its `commitIndexBuild` is the operation's record).
+pub fn command_emitted(command: &str) -> bool {
+    command != "startIndexBuild"
+}
+
 #[cfg(test)]
 mod tests {
-    use super::emitted_by_default;
+    use super::{command_emitted, ddl_database, ddl_emitted_from, emitted_by_default};
+
+    #[test]
+    fn ddl_is_recognised_and_emitted_once() {
+        assert_eq!(
+            ddl_database("c", "shop.$cmd", Some("drop"), None),
+            Some("shop")
+        );
+        assert_eq!(
+            ddl_database("c", "admin.$cmd", Some("applyOps"), None),
+            None
+        );
+        assert_eq!(ddl_database("c", "shop.$cmd", Some("applyOps"), None), None);
+        assert_eq!(
+            ddl_database("n", "shop.orders", None, Some("shardCollection")),
+            Some("shop")
+        );
+        assert_eq!(ddl_database("n", "", None, None), None);
+        assert_eq!(ddl_database("i", "shop.orders", None, None), None);
+        assert!(ddl_emitted_from("shard01", Some("shard01")));
+        assert!(!ddl_emitted_from("shard02", Some("shard01")));
+        assert!(ddl_emitted_from("shard02", None));
+        assert!(!command_emitted("startIndexBuild"));
+        assert!(command_emitted("commitIndexBuild"));
+    }
 
     #[test]
     fn application_operations_are_emitted() {

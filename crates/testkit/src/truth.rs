@@ -45,3 +45,36 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// As [`committed_app_entries`] when quorumtail knows the databases' primary shards
+/// (`[discovery]`): a DDL entry is expected from its database's primary shard only (this
+/// crate's rule; the primary shards as the simulator's catalog has them).
+pub fn committed_app_entries_discovered(cluster: &Cluster, shard: &str) -> Vec<EntryId> {
+    use crate::{command_emitted, ddl_database, ddl_emitted_from, emitted_by_default};
+    let primaries = cluster.database_primaries();
+    cluster
+        .committed_entries(shard)
+        .iter()
+        .filter_map(|raw| OplogEntry::parse(raw).ok())
+        .filter(|e| {
+            let notification = e
+                .raw()
+                .get_document("o2")
+                .ok()
+                .and_then(|o2| o2.into_iter().next())
+                .and_then(Result::ok)
+                .map(|(k, _)| k.as_str().to_owned());
+            let op = e.op.as_str();
+            match ddl_database(op, e.ns, e.command_name(), notification.as_deref()) {
+                None => emitted_by_default(op, &changed_ns(e), e.from_migrate),
+                Some(db) => {
+                    !e.from_migrate
+                        && (op == "n" || emitted_by_default(op, &changed_ns(e), false))
+                        && e.command_name().is_none_or(command_emitted)
+                        && ddl_emitted_from(shard, primaries.get(db).map(String::as_str))
+                }
+            }
+        })
+        .map(|e| e.id())
+        .collect()
+}

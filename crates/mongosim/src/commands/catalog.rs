@@ -1,4 +1,5 @@
-//! Catalog and DDL commands: create (including time-series collections),
+//! Catalog commands: create (including time-series collections; other DDL is in
+//! `commands/ddl.rs`),
 //! listDatabases, listCollections, and mongos' listShards and moveChunk.
 
 use std::sync::Arc;
@@ -23,8 +24,8 @@ pub(super) fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
             return Err(type_error("timeseries", "object"));
         };
         let opts = crate::timeseries::TsOptions::parse(ts)?;
-        // An unsharded time-series collection lives on one shard: the first that owns
-        // chunks of the buckets namespace (mongosim's stand-in for the primary shard).
+        // An unsharded time-series collection lives on the database's primary shard,
+        // which owns the first chunk of the buckets namespace.
         let (s, n) = match proc {
             Proc::Node { set, node } => (set, node),
             Proc::Mongos => route(&mut w, &crate::timeseries::buckets_ns(&ns), None)?
@@ -37,20 +38,8 @@ pub(super) fn create(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
         shared.notify();
         return Ok(ok(Document::new()));
     }
-    match proc {
-        Proc::Node { set, node } => {
-            w.check_writable(set, node)?;
-            w.ensure_collection(set, node, &ns, false, now);
-        }
-        Proc::Mongos => {
-            for (s, p) in route(&mut w, &ns, None)? {
-                w.ensure_collection(s, p, &ns, false, now);
-            }
-        }
-    }
     drop(w);
-    shared.notify();
-    Ok(ok(Document::new()))
+    super::ddl::create_plain(shared, proc, &ns, cmd)
 }
 
 pub(super) fn list_databases(w: &World, proc: Proc) -> CmdResult {

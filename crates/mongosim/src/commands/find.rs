@@ -255,35 +255,31 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
             }
             out
         }
-        // Every database with data on a shard; its primary shard is the first shard (the
-        // simulation shards every collection it routes, so the primary holds only what was
-        // written on a member directly).
-        "databases" => {
-            let mut names: Vec<String> = sh
-                .shards
-                .iter()
-                .filter(|x| x.state != ShardState::Removed)
-                .filter_map(|x| w.sets[x.set].sync_source().map(|p| &w.sets[x.set].nodes[p]))
-                .flat_map(|n| {
-                    n.data
-                        .keys()
-                        .filter_map(|ns| ns.split('.').next().map(str::to_owned))
-                })
-                .filter(|d| !matches!(d.as_str(), "admin" | "config" | "local"))
-                .collect();
-            names.sort();
-            names.dedup();
-            let primary = sh
-                .shards
-                .iter()
-                .find(|x| x.state == ShardState::Active)
-                .map(|x| x.name.clone())
-                .unwrap_or_default();
-            names
-                .into_iter()
-                .map(|d| doc! {"_id": d, "primary": primary.clone(), "partitioned": true})
-                .collect()
-        }
+        // `{_id, primary, partitioned (up to 5.0), version: {uuid, timestamp (5.0+),
+        // lastMod}}`, as `database_type.idl` describes a `config.databases` document.
+        "databases" => sh
+            .databases
+            .iter()
+            .map(|(name, d)| {
+                let mut out = doc! {"_id": name.clone(), "primary": d.primary.clone()};
+                if w.version <= crate::ServerVersion::V5_0 {
+                    out.insert("partitioned", true);
+                }
+                let mut version = doc! {"uuid": d.uuid};
+                if w.version >= crate::ServerVersion::V5_0 {
+                    version.insert(
+                        "timestamp",
+                        bson::Timestamp {
+                            time: 1,
+                            increment: 1,
+                        },
+                    );
+                }
+                version.insert("lastMod", 1);
+                out.insert("version", version);
+                out
+            })
+            .collect(),
         "collections" => sh
             .collections
             .keys()

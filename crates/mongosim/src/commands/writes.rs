@@ -164,6 +164,19 @@ pub(super) fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
                 }
             }
             Proc::Mongos => {
+                // The database's primary shard holds every collection of the database (an
+                // unsharded one lives there, shardCollection creates a sharded one there
+                // first): a new collection is created there before documents land on
+                // other shards. Not inside a transaction, whose participants are the
+                // shards it writes.
+                if txn.is_none() {
+                    let db = ns.split('.').next().unwrap_or("").to_owned();
+                    if let Some(s) = w.db_primary(&db).and_then(|p| w.shard_set(&p)) {
+                        if let Some(p) = w.sets[s].sync_source() {
+                            w.ensure_collection(s, p, &ns, false, now);
+                        }
+                    }
+                }
                 for (i, mut d) in docs.into_iter().enumerate() {
                     enter_statement(&mut w, &session, &txn, i);
                     if !d.contains_key("_id") {

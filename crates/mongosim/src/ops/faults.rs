@@ -322,6 +322,16 @@ pub(crate) fn finish_remove_shard(shared: &Arc<Shared>, shard: &str) -> Result<(
             .find(|s| s.name == shard && s.state != ShardState::Removed)
             .ok_or_else(|| SimError::UnknownShard(shard.into()))?;
         entry.state = ShardState::Removed;
+        // Its databases move to another shard (an implicit movePrimary).
+        let dbs: Vec<String> = sh
+            .databases
+            .iter()
+            .filter(|(_, d)| d.primary == shard)
+            .map(|(db, _)| db.clone())
+            .collect();
+        for db in dbs {
+            w.db_primary(&db);
+        }
     }
     shared.notify();
     Ok(())

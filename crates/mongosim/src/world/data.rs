@@ -273,6 +273,18 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
                 data.entry(format!("{db}.{name}")).or_default();
             } else if let Ok(name) = o.get_str("drop") {
                 data.remove(&format!("{db}.{name}"));
+            } else if let (Ok(from), Ok(to)) = (o.get_str("renameCollection"), o.get_str("to")) {
+                match data.remove(from) {
+                    Some(c) => {
+                        data.insert(to.to_owned(), c);
+                    }
+                    None => {
+                        data.remove(to);
+                    }
+                }
+            } else if o.contains_key("dropDatabase") {
+                let prefix = format!("{db}.");
+                data.retain(|ns, _| !ns.starts_with(&prefix));
             }
         }
         _ => {}

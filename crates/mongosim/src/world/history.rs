@@ -85,6 +85,18 @@ pub fn apply_recorded(
                 return;
             }
             let db = ns.split('.').next().unwrap_or("");
+            // A rename changes two collections: both are restored by undo.
+            if let (Ok(from), Ok(to)) = (o.get_str("renameCollection"), o.get_str("to")) {
+                for target in [from, to] {
+                    undo.push_back(UndoRec {
+                        at,
+                        prev: Prev::Coll(data.get(target).cloned()),
+                        ns: target.to_owned(),
+                    });
+                }
+                apply_entry(data, entry);
+                return;
+            }
             match o.get_str("create").or_else(|_| o.get_str("drop")) {
                 Ok(coll) => {
                     let target = format!("{db}.{coll}");

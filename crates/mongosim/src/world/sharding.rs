@@ -65,9 +65,21 @@ impl Chunk {
     }
 }
 
+/// A database in the sharding catalog (`config.databases`).
+#[derive(Debug, Clone)]
+pub struct DatabaseEntry {
+    /// The primary shard: it holds the database's unsharded collections and coordinates
+    /// its DDL.
+    pub primary: String,
+    /// `version.uuid`.
+    pub uuid: bson::Uuid,
+}
+
 /// The sharding catalog.
 #[derive(Debug, Clone)]
 pub struct Sharding {
+    /// Databases and their primary shards, by name.
+    pub databases: BTreeMap<String, DatabaseEntry>,
     /// Index of the config server set.
     pub config_set: usize,
     /// Registered shards.
@@ -95,21 +107,134 @@ impl World {
             .ok_or_else(|| CmdError::new(20, "IllegalOperation", "not a sharded cluster"))
     }
 
+    /// The primary shard of database `db`, registering the database with the first active
+    /// shard as its primary on first use (as mongos creates a database implicitly on its
+    /// first write); `None` outside a sharded cluster or without an active shard.
+    ///
+    /// A database whose primary shard was removed moves to the first active shard (the
+    /// server makes removeShard wait for a `movePrimary`; mongosim does it implicitly).
+    pub fn db_primary(&mut self, db: &str) -> Option<String> {
+        let sh = self.sharding.as_mut()?;
+        if let Some(d) = sh.databases.get(db) {
+            let gone = sh
+                .shards
+                .iter()
+                .any(|x| x.name == d.primary && x.state == ShardState::Removed);
+            if !gone {
+                return Some(d.primary.clone());
+            }
+            let next = sh
+                .shards
+                .iter()
+                .find(|x| x.state == ShardState::Active)?
+                .name
+                .clone();
+            if let Some(d) = sh.databases.get_mut(db) {
+                d.primary = next.clone();
+            }
+            return Some(next);
+        }
+        let first = sh
+            .shards
+            .iter()
+            .find(|x| x.state == ShardState::Active)?
+            .name
+            .clone();
+        sh.databases.insert(
+            db.to_owned(),
+            DatabaseEntry {
+                primary: first.clone(),
+                uuid: bson::Uuid::new(),
+            },
+        );
+        Some(first)
+    }
+
+    /// Registers database `db` with primary shard `primary` (`enableSharding` with
+    /// `primaryShard`).
+    ///
+    /// # Errors
+    /// ShardNotFound (70) for an unknown or draining shard; NamespaceExists (48) when the
+    /// database exists with another primary.
+    pub fn register_database(
+        &mut self,
+        db: &str,
+        primary: Option<&str>,
+    ) -> Result<String, CmdError> {
+        let Some(primary) = primary else {
+            return self
+                .db_primary(db)
+                .ok_or_else(|| CmdError::new(70, "ShardNotFound", "no active shard"));
+        };
+        let sh = self
+            .sharding
+            .as_mut()
+            .ok_or_else(|| CmdError::new(20, "IllegalOperation", "not a sharded cluster"))?;
+        if !sh
+            .shards
+            .iter()
+            .any(|x| x.name == primary && x.state == ShardState::Active)
+        {
+            return Err(CmdError::new(
+                70,
+                "ShardNotFound",
+                format!("Shard {primary} not found"),
+            ));
+        }
+        match sh.databases.get(db) {
+            Some(d) if d.primary != primary => Err(CmdError::new(
+                48,
+                "NamespaceExists",
+                format!(
+                    "database {db} already exists with primary shard {}",
+                    d.primary
+                ),
+            )),
+            Some(_) => Ok(primary.to_owned()),
+            None => {
+                sh.databases.insert(
+                    db.to_owned(),
+                    DatabaseEntry {
+                        primary: primary.to_owned(),
+                        uuid: bson::Uuid::new(),
+                    },
+                );
+                Ok(primary.to_owned())
+            }
+        }
+    }
+
     /// Chunks of `ns`, sharding it on `_id` with the default split points on first use.
+    /// The chunks go round-robin over the active shards starting at the database's primary
+    /// shard, which so owns the first chunk (as the first chunk of a newly sharded
+    /// collection is on the primary shard).
     pub fn chunks_for(&mut self, ns: &str) -> Vec<Chunk> {
+        if self
+            .sharding
+            .as_ref()
+            .is_none_or(|sh| sh.collections.contains_key(ns))
+        {
+            return self
+                .sharding
+                .as_ref()
+                .and_then(|sh| sh.collections.get(ns).cloned())
+                .unwrap_or_default();
+        }
+        let db = ns.split('.').next().unwrap_or(ns).to_owned();
+        let primary = self.db_primary(&db);
         let created = self.tick_cluster_time();
         let Some(sh) = self.sharding.as_mut() else {
             return Vec::new();
         };
-        if let Some(c) = sh.collections.get(ns) {
-            return c.clone();
-        }
-        let active: Vec<String> = sh
+        let mut active: Vec<String> = sh
             .shards
             .iter()
             .filter(|x| x.state == ShardState::Active)
             .map(|x| x.name.clone())
             .collect();
+        if let Some(p) = primary.and_then(|p| active.iter().position(|a| *a == p)) {
+            active.rotate_left(p);
+        }
         let mut bounds = vec![Bson::MinKey];
         bounds.extend(sh.split_points.iter().cloned());
         bounds.push(Bson::MaxKey);

@@ -417,3 +417,53 @@ def test_distributed_transaction_and_snapshot_session(sharded):
         again = sorted(d["_id"] for d in shard.test.c.find(session=s))
     assert first == again == [1]
     assert sorted(d["_id"] for d in shard.test.c.find()) == [1, 2]
+
+
+def ddl_entries(sim, shard):
+    """A shard's DDL entries: commands on application databases, and no-ops whose o2
+    names a DDL operation."""
+    oplog = sim.client(sim.primary(shard)).local["oplog.rs"].find()
+    out = []
+    for e in oplog:
+        db = e.get("ns", "").split(".")[0]
+        if e["op"] == "c" and db not in ("admin", "config", "local", ""):
+            out.append(e)
+        elif e["op"] == "n" and "shardCollection" in e.get("o2", {}):
+            out.append(e)
+    return out
+
+
+@pytest.mark.parametrize("version", ["5.0", "7.0"])
+def test_ddl_through_mongos_per_version(version):
+    """pymongo runs DDL through mongos: on 5.0 every shard logs the drop and the rename
+    alike, on 7.0 the non-primary shard marks both fromMigrate; index builds on a
+    non-empty collection are two-phase; shardCollection's no-op is 6.0+."""
+    sim = Sim("--sharded", "2", "--replicaset", "--nodes", "1", "--noop-interval", "1h",
+              "--version", version)
+    try:
+        mongos = sim.mongos()
+        mongos.shop.items.insert_many([{"_id": 1}, {"_id": 1500}])
+        mongos.shop.items.create_index("v", name="v_1")
+        mongos.shop.command("collMod", "items", validationLevel="moderate")
+        mongos.admin.command("renameCollection", "shop.items", to="shop.goods")
+        mongos.shop.drop_collection("goods")
+        mongos.admin.command("shardCollection", "shop.orders", key={"_id": 1})
+        assert mongos.config.databases.find_one({"_id": "shop"})["primary"] == "shard01"
+        marked = version == "7.0"
+        for shard, primary in (("shard01", True), ("shard02", False)):
+            entries = ddl_entries(sim, shard)
+            kinds = [next(iter(e["o"])) if e["op"] == "c" else "shardCollection"
+                     for e in entries]
+            expected = ["create", "startIndexBuild", "commitIndexBuild", "collMod",
+                        "renameCollection", "drop"]
+            if primary:
+                expected += ["create"] + (["shardCollection"] if marked else [])
+            assert kinds == expected, (shard, kinds)
+            by_kind = {k: e for k, e in zip(kinds, entries)}
+            for kind in ("renameCollection", "drop"):
+                fm = by_kind[kind].get("fromMigrate", False)
+                assert fm == (marked and not primary), (shard, kind)
+            assert by_kind["drop"]["o2"] == {"numRecords": 1}
+            assert by_kind["collMod"]["o2"]["collectionOptions_old"]["uuid"] is not None
+    finally:
+        sim.close()

@@ -193,7 +193,7 @@ impl Emitter {
         match step {
             Step::Entry => {
                 let ns = target_ns(entry.op, entry.ns, entry.o, entry.command_name());
-                match self.filter.check(entry.op, &ns, entry.from_migrate) {
+                match self.filter.check_entry(entry, &ns, &self.shard).map(|_| ()) {
                     Err(reason) => {
                         self.stats.dropped(reason);
                         self.marker(out);

@@ -53,6 +53,11 @@ pub struct ShardStats {
     pub dropped_internal: AtomicU64,
     /// Committed operations dropped by include/exclude patterns.
     pub dropped_by_pattern: AtomicU64,
+    /// DDL entries dropped because another shard (the database's primary) logs the same
+    /// operation.
+    pub dropped_ddl_other_shard: AtomicU64,
+    /// `startIndexBuild` entries dropped (the build's commit or abort is the record).
+    pub dropped_index_build_start: AtomicU64,
     /// Committed operations without a change event (`[sink] format = "change-event"`:
     /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
     /// every command, as Debezium writes data changes only).
@@ -115,6 +120,8 @@ impl ShardStats {
             DropReason::Noop => &self.dropped_noops,
             DropReason::InternalNamespace => &self.dropped_internal,
             DropReason::Excluded | DropReason::NotIncluded => &self.dropped_by_pattern,
+            DropReason::DdlOnOtherShard => &self.dropped_ddl_other_shard,
+            DropReason::IndexBuildStart => &self.dropped_index_build_start,
         }
         .fetch_add(1, Relaxed);
     }
@@ -183,6 +190,8 @@ impl ShardStats {
             dropped_noops: self.dropped_noops.load(Relaxed),
             dropped_internal: self.dropped_internal.load(Relaxed),
             dropped_by_pattern: self.dropped_by_pattern.load(Relaxed),
+            dropped_ddl_other_shard: self.dropped_ddl_other_shard.load(Relaxed),
+            dropped_index_build_start: self.dropped_index_build_start.load(Relaxed),
             dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
             tailer_starts: self.tailer_starts.load(Relaxed),
             transactions: self.transactions.load(Relaxed),
@@ -219,6 +228,8 @@ pub struct StatsSnapshot {
     pub dropped_noops: u64,
     pub dropped_internal: u64,
     pub dropped_by_pattern: u64,
+    pub dropped_ddl_other_shard: u64,
+    pub dropped_index_build_start: u64,
     pub dropped_no_change_event: u64,
     pub tailer_starts: u64,
     pub transactions: u64,
