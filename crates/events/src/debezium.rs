@@ -170,7 +170,7 @@ pub fn debezium_record(
     key.push('}');
 
     let mut v = String::with_capacity(256);
-    v.push_str("{\"before\":null,\"after\":");
+    v.push_str(VALUE_PREFIX);
     match &after {
         Some(d) => json_str(&to_strict_json(d), &mut v),
         None => v.push_str("null"),
@@ -292,6 +292,19 @@ pub fn debezium_record(
         value: v,
         op: code,
     }))
+}
+
+/// How every value starts: `before` is always `null`, `after` follows.
+const VALUE_PREFIX: &str = "{\"before\":null,\"after\":";
+
+/// Where `after` starts in a record's value. An update's `after` is `null` there (4 bytes),
+/// which a looked-up document replaces (`[sink] full_document`, see [`write_after`]).
+pub const AFTER_AT: usize = VALUE_PREFIX.len();
+
+/// Appends `doc` as the connector writes `after`: a JSON string holding the document as
+/// compact strict Extended JSON.
+pub fn write_after(doc: &Document, out: &mut String) {
+    json_str(&to_strict_json(doc), out);
 }
 
 /// A document as the connector writes `before`/`after` and `lsid`: strict mode, compact.

@@ -301,12 +301,26 @@ pub async fn run_controlled(
     tailer.access = c.mongo.access();
     tailer.batch_size = c.mongo.batch_size;
     tailer.max_await = cfg.max_await;
+    // Full document lookups go through the discovery URI when it is a mongos (routed, no
+    // orphans), else to each shard's members.
+    let mut lookup_router = None;
+    if c.sink.full_document.enabled() {
+        if let Some(d) = &discovery {
+            match d.router().await {
+                Ok(Some(client)) => lookup_router = Some(client),
+                Ok(None) => warn!("[sink] full_document: the discovery URI is not a mongos; updated documents are read from each shard's members, where a document moved to another shard since is not found"),
+                Err(e) => warn!(error = %e, "[sink] full_document: cannot tell whether the discovery URI is a mongos; updated documents are read from each shard's members"),
+            }
+        }
+    }
     let shared = Shared {
         tailer,
         filter: cfg.filter.clone(),
         key: c.sink.key,
         format: c.sink.format,
         tombstones: c.sink.tombstones(),
+        full_document: c.sink.full_document,
+        lookup_router,
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,
         channel_batches: c.pipeline.channel_batches,

@@ -13,9 +13,10 @@ use quorumtail_oplog::filter::command_target_ns;
 use quorumtail_oplog::record::{document_key, encode_entry, encode_txn_op, TxnInfo};
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
-use quorumtail_sink::{Marker, OutRecord, RecordFormat, SinkInput};
+use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput};
 
 use crate::config::KeyKind;
+use crate::pipeline::lookup::{is_field_update, Lookup, Splice};
 use crate::pipeline::stats::ShardStats;
 
 /// Turns one shard's committed entries into sink inputs.
@@ -26,6 +27,10 @@ pub struct Emitter {
     key: KeyKind,
     format: RecordFormat,
     tombstones: bool,
+    full_document: FullDocument,
+    /// Update records of the output that wait for their full document, by index into
+    /// the output (see [`Emitter::take_lookups`]).
+    lookups: Vec<Lookup>,
     seq: u64,
     txn: TxnAssembler,
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
@@ -62,6 +67,8 @@ impl Emitter {
             key,
             format: RecordFormat::Oplog,
             tombstones: false,
+            full_document: FullDocument::Off,
+            lookups: Vec::new(),
             seq: 0,
             txn,
             last_checkpoint: None,
@@ -79,6 +86,56 @@ impl Emitter {
     pub fn with_tombstones(mut self, tombstones: bool) -> Self {
         self.tombstones = tombstones;
         self
+    }
+
+    /// Marks update records for a full document lookup (`[sink] full_document`).
+    pub fn with_full_document(mut self, mode: FullDocument) -> Self {
+        self.full_document = mode;
+        self
+    }
+
+    /// The records waiting for their full document among those appended to the output
+    /// since the last call, each by its index in that output: take them whenever the
+    /// output is taken (the lookup stage fills them in before they reach the sink).
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// Carries over the lookups of an emitter this one replaces (their records are in the
+    /// same output).
+    pub fn adopt_lookups(&mut self, lookups: Vec<Lookup>) {
+        self.lookups.extend(lookups);
+    }
+
+    /// Registers the record about to be appended at `index` for a lookup, when it is an
+    /// update of fields (not a replacement) and lookups are on.
+    fn want_lookup(
+        &mut self,
+        index: usize,
+        op: OpKind,
+        ns: &str,
+        o: Option<&bson::RawDocument>,
+        o2: Option<&bson::RawDocument>,
+        entry: EntryId,
+    ) -> Result<(), String> {
+        if !self.full_document.enabled() || op != OpKind::Update || !o.is_some_and(is_field_update)
+        {
+            return Ok(());
+        }
+        let key = o2.ok_or("an update without o2 (the document key) cannot be looked up")?;
+        let key = bson::Document::try_from(key).map_err(|e| format!("o2: {e}"))?;
+        let splice = match self.format {
+            RecordFormat::Debezium { .. } => Splice::DebeziumAfter,
+            _ => Splice::Append,
+        };
+        self.lookups.push(Lookup {
+            index,
+            ns: ns.to_owned(),
+            key,
+            entry,
+            splice,
+        });
+        Ok(())
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -167,6 +224,15 @@ impl Emitter {
                                     return Ok(());
                                 };
                                 let key = self.debezium_key(rec.key, &ns);
+                                self.want_lookup(
+                                    out.len(),
+                                    entry.op,
+                                    entry.ns,
+                                    entry.o,
+                                    entry.o2,
+                                    id,
+                                )
+                                .map_err(err)?;
                                 self.record(
                                     id,
                                     entry.op,
@@ -181,6 +247,8 @@ impl Emitter {
                         let key = self
                             .key_for(entry.ns, &ns, entry.document_id())
                             .map_err(|e| err(e.to_string()))?;
+                        self.want_lookup(out.len(), entry.op, entry.ns, entry.o, entry.o2, id)
+                            .map_err(err)?;
                         self.record(id, entry.op, entry.ns, key, value, out);
                     }
                 }
@@ -290,6 +358,8 @@ impl Emitter {
                             .key_for(&op.ns, &ns, op.document_id())
                             .map_err(|e| err(e.to_string()))?,
                     };
+                    self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
+                        .map_err(err)?;
                     // Checkpoints attach after the last operation only.
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);
@@ -708,5 +778,64 @@ mod tests {
         assert_eq!(tombstone.key, recs[2].0.key);
         // The drop: no record, the position moves (a marker with its ts).
         assert!(matches!(out.last(), Some(SinkInput::Marker(m)) if m.checkpoint.ts.increment == 3));
+    }
+
+    /// `[sink] full_document`: updates of fields (top-level and in a transaction) are
+    /// listed for a lookup by their index in the output, with the document key and the
+    /// entry (the commit's in a transaction); replacements, inserts and deletes are not, nor
+    /// anything when lookups are off.
+    #[test]
+    fn field_updates_are_marked_for_a_lookup() {
+        let docs = [
+            rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(1), "t": 1_i64 },
+            rawdoc! { "op": "u", "ns": "shop.users", "o": { "$v": 2, "diff": { "u": { "x": 1 } } }, "o2": { "_id": 5 }, "ts": ts(2), "t": 1_i64 },
+            rawdoc! { "op": "u", "ns": "shop.users", "o": { "_id": 5, "y": 1 }, "o2": { "_id": 5 }, "ts": ts(3), "t": 1_i64 },
+            rawdoc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" }, "ts": ts(4), "t": 1_i64 },
+            rawdoc! {
+                "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+                "o": { "applyOps": [
+                    { "op": "i", "ns": "shop.orders", "o": { "_id": 1 } },
+                    { "op": "u", "ns": "shop.orders", "o": { "$set": { "x": 1 } }, "o2": { "sk": 3, "_id": 1 } },
+                ] },
+                "ts": ts(5), "t": 1_i64,
+            },
+        ];
+        for format in [
+            RecordFormat::Oplog,
+            RecordFormat::ChangeEvent,
+            RecordFormat::Debezium { server_name: "x" },
+        ] {
+            let mut e = emitter()
+                .with_format(format)
+                .with_full_document(FullDocument::Lookup);
+            let out = run(&mut e, &docs);
+            let lookups = e.take_lookups();
+            assert_eq!(lookups.len(), 2, "{format:?}: {lookups:#?}");
+            for l in &lookups {
+                let SinkInput::Record(r) = &out[l.index] else {
+                    panic!("{format:?}: not a record at {}", l.index)
+                };
+                assert_eq!(r.op, "u");
+                assert_eq!(r.checkpoint.is_some(), l.entry.ts.increment == 2);
+                let filled = crate::pipeline::lookup::fill(
+                    r.value.as_deref().unwrap(),
+                    l.splice,
+                    Some(&rawdoc! { "_id": 1 }),
+                )
+                .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&filled).unwrap();
+                assert_eq!(v["fullDocumentLookup"], "found", "{format:?}");
+            }
+            assert_eq!(lookups[0].ns, "shop.users");
+            assert_eq!(lookups[0].key, bson::doc! { "_id": 5 });
+            assert_eq!(lookups[0].entry.ts.increment, 2);
+            assert_eq!(lookups[1].ns, "shop.orders");
+            assert_eq!(lookups[1].key, bson::doc! { "sk": 3, "_id": 1 });
+            assert_eq!(lookups[1].entry.ts.increment, 5, "the commit's entry");
+            assert!(e.take_lookups().is_empty(), "taken once");
+            let mut off = emitter().with_format(format);
+            run(&mut off, &docs);
+            assert!(off.take_lookups().is_empty());
+        }
     }
 }

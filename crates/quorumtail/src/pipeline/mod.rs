@@ -98,6 +98,7 @@
 
 pub mod core;
 pub mod emit;
+pub mod lookup;
 mod notes;
 pub mod stats;
 
@@ -154,6 +155,11 @@ pub struct Shared {
     pub format: quorumtail_sink::RecordFormat,
     /// `[sink] tombstones`.
     pub tombstones: bool,
+    /// `[sink] full_document`.
+    pub full_document: quorumtail_sink::FullDocument,
+    /// With full documents: the mongos client lookups go through (the discovery URI's,
+    /// when it is a mongos); `None`: each shard's members are read directly.
+    pub lookup_router: Option<mongodb::Client>,
     /// The sink's input.
     pub sink: SinkSender,
     /// `[pipeline] max_pending`.
@@ -223,6 +229,32 @@ pub enum ShardError {
         /// What.
         detail: String,
     },
+    /// `[sink] full_document = "required"`: an updated document is gone.
+    #[error("shard {shard}: [sink] full_document = \"required\": the document {key} of {ns}, updated by the entry at {entry}, no longer exists (deleted since the update, or owned by another shard and read without a mongos). Stopped rather than emit the update without its document; set full_document = \"lookup\" to emit it with fullDocument null and fullDocumentLookup \"notFound\"")]
+    FullDocumentMissing {
+        /// Shard.
+        shard: Arc<str>,
+        /// Namespace.
+        ns: String,
+        /// The update's document key, as relaxed Extended JSON.
+        key: String,
+        /// The update's entry (the commit's, in a transaction).
+        entry: EntryId,
+    },
+    /// Full documents could not be read (a definite error, or a malformed record).
+    #[error("shard {shard}: full document lookup: {detail}")]
+    Lookup {
+        /// Shard.
+        shard: Arc<str>,
+        /// What.
+        detail: String,
+    },
+    /// The lookup stage stopped taking records (its own error follows).
+    #[error("shard {shard}: the full document lookup stage stopped")]
+    LookupStopped {
+        /// Shard.
+        shard: Arc<str>,
+    },
     /// The sink refused input (it stopped).
     #[error("shard {shard}: the sink stopped accepting records: {detail}")]
     Sink {
@@ -290,24 +322,50 @@ pub async fn run_shard(
     shutdown: CancellationToken,
 ) -> Result<(), ShardError> {
     let mut task = ShardTask::new(spec, shared, checkpoint, stats, &shutdown)?;
+    // The full document lookup stage, when on: its end (a definite error) ends the shard.
+    let mut stage = task.stage_handle.take();
     let result: Result<(), ShardError> = async {
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                r = async {
+                    match stage.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    stage = None;
+                    return Err(stage_end(&task.shard, r));
+                }
                 Some(c) = control.recv() => task.control(c)?,
                 Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => {
                     task.handle(node, msg)?;
                 }
             }
-            task.flush().await?;
+            if let Err(e) = task.flush().await {
+                // The stage stopped: its own error says why.
+                return Err(match (stage.take(), &e) {
+                    (Some(h), ShardError::LookupStopped { .. }) => stage_end(&task.shard, h.await),
+                    _ => e,
+                });
+            }
             if task.core.drained() {
+                // What the lookup stage holds is delivered before the shard counts as done.
+                task.lookup_tx = None;
+                if let Some(h) = stage.take() {
+                    match h.await {
+                        Ok(r) => r?,
+                        Err(e) => return Err(stage_end(&task.shard, Err(e))),
+                    }
+                }
                 info!(shard = %task.shard, "removed shard drained: every member caught up and everything committed was emitted");
                 return Ok(());
             }
         }
     }
     .await;
+    task.lookup_stop.cancel();
     task.tailers_stop.cancel();
     // The tailers shut their driver clients down before the runtime may go away; with
     // their receivers dropped, none waits on a full channel.
@@ -335,6 +393,24 @@ pub async fn run_shard(
     result
 }
 
+/// Why the lookup stage ended while the shard runs.
+fn stage_end(
+    shard: &Arc<str>,
+    r: Result<Result<(), ShardError>, tokio::task::JoinError>,
+) -> ShardError {
+    match r {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ShardError::Lookup {
+            shard: shard.clone(),
+            detail: "the lookup stage stopped".into(),
+        },
+        Err(e) => ShardError::Lookup {
+            shard: shard.clone(),
+            detail: format!("the lookup stage failed: {e}"),
+        },
+    }
+}
+
 /// The I/O around one [`ShardCore`]: the member tailers and their channels, the emitter
 /// and the sink. It decides nothing: it feeds the core and carries out its actions.
 struct ShardTask {
@@ -356,6 +432,12 @@ struct ShardTask {
     paused: HashMap<NodeId, ReceiverStream<TailMsg>>,
     emitter: Emitter,
     out: Vec<SinkInput>,
+    /// With full documents: the lookup stage's input (each step's output goes there, in
+    /// order, instead of straight to the sink).
+    lookup_tx: Option<mpsc::Sender<lookup::Chunk>>,
+    /// The lookup stage's task, taken by [`run_shard`].
+    stage_handle: Option<tokio::task::JoinHandle<Result<(), ShardError>>>,
+    lookup_stop: CancellationToken,
     actions: Vec<Action<EntryRef>>,
 }
 
@@ -386,7 +468,32 @@ impl ShardTask {
             None,
         )
         .with_format(shared.format)
-        .with_tombstones(shared.tombstones);
+        .with_tombstones(shared.tombstones)
+        .with_full_document(shared.full_document);
+        let lookup_stop = shutdown.child_token();
+        let (lookup_tx, stage_handle) = if shared.full_document.enabled() {
+            let route = match &shared.lookup_router {
+                Some(c) => lookup::Route::Router(c.clone()),
+                None => lookup::Route::Members {
+                    members: members.clone(),
+                    replica_set: replica_set.clone(),
+                    access: shared.tailer.access.clone(),
+                },
+            };
+            let stage = lookup::Stage::start(
+                lookup::StageConfig {
+                    shard: shard.clone(),
+                    mode: shared.full_document,
+                    route,
+                    sink: shared.sink.clone(),
+                    stats: stats.clone(),
+                },
+                lookup_stop.clone(),
+            );
+            (Some(stage.tx), Some(stage.handle))
+        } else {
+            (None, None)
+        };
         let mut task = ShardTask {
             shard: shard.clone(),
             replica_set,
@@ -401,6 +508,9 @@ impl ShardTask {
             paused: HashMap::new(),
             emitter,
             out: Vec::with_capacity(1024),
+            lookup_tx,
+            stage_handle,
+            lookup_stop,
             actions,
         };
         task.execute()?;
@@ -544,6 +654,7 @@ impl ShardTask {
                 Action::ResetEmitter {
                     skip_orphans_before,
                 } => {
+                    let pending = self.emitter.take_lookups();
                     self.emitter = Emitter::new(
                         self.shard.clone(),
                         self.shared.filter.clone(),
@@ -552,7 +663,9 @@ impl ShardTask {
                         skip_orphans_before,
                     )
                     .with_format(self.shared.format)
-                    .with_tombstones(self.shared.tombstones);
+                    .with_tombstones(self.shared.tombstones)
+                    .with_full_document(self.shared.full_document);
+                    self.emitter.adopt_lookups(pending);
                 }
                 Action::Release(ev) => {
                     if let Err(e) = self.released(ev, &mut discarded) {
@@ -647,6 +760,18 @@ impl ShardTask {
     }
 
     async fn flush(&mut self) -> Result<(), ShardError> {
+        if let Some(tx) = &self.lookup_tx {
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            let chunk = lookup::Chunk {
+                inputs: std::mem::replace(&mut self.out, Vec::with_capacity(1024)),
+                lookups: self.emitter.take_lookups(),
+            };
+            return tx.send(chunk).await.map_err(|_| ShardError::LookupStopped {
+                shard: self.shard.clone(),
+            });
+        }
         for input in self.out.drain(..) {
             self.shared
                 .sink

@@ -57,6 +57,10 @@ pub struct ShardStats {
     /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
     /// every command, as Debezium writes data changes only).
     pub dropped_no_change_event: AtomicU64,
+    /// Updates whose full document was looked up (`[sink] full_document`).
+    pub lookups: AtomicU64,
+    /// Lookups that found no document (deleted since the update).
+    pub lookups_not_found: AtomicU64,
     /// Tailer (re)starts.
     pub tailer_starts: AtomicU64,
     /// Transactions emitted.
