@@ -313,14 +313,46 @@ fn later(a: Timestamp, b: Timestamp) -> bool {
 /// the read concern's `atClusterTime` / `afterClusterTime` (level `snapshot` or
 /// `majority`), bounded by `maxTimeMS` (else 60 s): MaxTimeMSExpired (50) when it does not.
 /// Times beyond the node's cluster time are refused by [`find`], not waited for.
+///
+/// Through mongos (majority only), each shard's primary waits the same way: mongos passes
+/// the read concern on to the shards it targets (`src/mongo/s/query/cluster_find.cpp`), and
+/// each waits for its majority snapshot (`src/mongo/db/read_concern_mongod.cpp`; a shard
+/// whose oplog has not reached the time writes a no-op to get there, which the simulator
+/// stands in for by not waiting, as it does for a member's own time).
 pub(super) async fn wait_for_read_concern(
     shared: &Arc<Shared>,
     proc: Proc,
     cmd: &Document,
 ) -> Result<(), CmdError> {
-    let Proc::Node { set: s, node: n } = proc else {
-        return Ok(());
+    let targets: Vec<(usize, usize)> = match proc {
+        Proc::Node { set, node } => vec![(set, node)],
+        Proc::Mongos => {
+            if read_concern(cmd).0.as_deref() != Some("majority") {
+                return Ok(());
+            }
+            let w = shared.world();
+            let Some(sh) = w.sharding.as_ref() else {
+                return Ok(());
+            };
+            sh.shards
+                .iter()
+                .filter(|x| x.state != ShardState::Removed)
+                .filter_map(|x| w.sets[x.set].sync_source().map(|p| (x.set, p)))
+                .collect()
+        }
     };
+    for (s, n) in targets {
+        wait_on_node(shared, s, n, cmd).await?;
+    }
+    Ok(())
+}
+
+async fn wait_on_node(
+    shared: &Arc<Shared>,
+    s: usize,
+    n: usize,
+    cmd: &Document,
+) -> Result<(), CmdError> {
     let (level, at, after) = read_concern(cmd);
     if !matches!(level.as_deref(), Some("snapshot" | "majority")) {
         return Ok(());
@@ -438,11 +470,29 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
                     .map(|x| x.set)
                     .collect();
                 let mut all = Vec::new();
+                // readConcern majority: each shard answers from its majority committed
+                // snapshot, as a member does (see `wait_for_read_concern`).
+                let majority = read_concern(cmd).0.as_deref() == Some("majority");
                 for s in sets {
                     let p = w.sets[s].sync_source().ok_or_else(|| {
                         CmdError::new(133, "FailedToSatisfyReadPreference", format!("Could not find host matching read preference {{ mode: \"primary\" }} for set {}", w.sets[s].name))
                     })?;
-                    if let Some(c) = w.sets[s].nodes[p].data.get(&a.ns) {
+                    let node = &w.sets[s].nodes[p];
+                    let snapshot = majority.then(|| {
+                        let committed = node.commit_point.as_ref().map_or(
+                            Timestamp {
+                                time: 0,
+                                increment: 0,
+                            },
+                            |c| c.id.ts,
+                        );
+                        collection_at(&node.data, &node.undo, &a.ns, committed)
+                    });
+                    let coll = match &snapshot {
+                        Some(snap) => snap.as_ref(),
+                        None => node.data.get(&a.ns),
+                    };
+                    if let Some(c) = coll {
                         // mongos filters orphans: only documents owned by this shard's chunks.
                         let shard_name = w.sets[s].name.clone();
                         let chunks = w
