@@ -281,6 +281,7 @@ async fn run(
     let mut reader: Option<(mongodb::Client, bool)> = None;
     let result = async {
         while let Some(mut chunk) = rx.recv().await {
+            let mut missing = None;
             if !chunk.lookups.is_empty() {
                 if reader.is_none() {
                     reader = Some(connect(&cfg).await?);
@@ -303,14 +304,18 @@ async fn run(
                     if doc.is_none() {
                         cfg.stats.lookups_not_found.fetch_add(1, Relaxed);
                         if cfg.mode == FullDocument::Required {
-                            return Err(ShardError::FullDocumentMissing {
-                                shard: cfg.shard.clone(),
-                                ns: l.ns.clone(),
-                                key: Bson::Document(l.key.clone())
-                                    .into_relaxed_extjson()
-                                    .to_string(),
-                                entry: l.entry,
-                            });
+                            missing = Some((
+                                l.index,
+                                ShardError::FullDocumentMissing {
+                                    shard: cfg.shard.clone(),
+                                    ns: l.ns.clone(),
+                                    key: Bson::Document(l.key.clone())
+                                        .into_relaxed_extjson()
+                                        .to_string(),
+                                    entry: l.entry,
+                                },
+                            ));
+                            break;
                         }
                     }
                     let bad = |detail: String| ShardError::Lookup {
@@ -324,7 +329,10 @@ async fn run(
                     r.value = Some(fill(value, l.splice, doc.as_deref()).map_err(bad)?);
                 }
             }
-            for input in chunk.inputs {
+            // With `required` and a document gone: what precedes its update is delivered,
+            // then the shard stops.
+            let limit = missing.as_ref().map_or(chunk.inputs.len(), |(i, _)| *i);
+            for input in chunk.inputs.into_iter().take(limit) {
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return Ok(()),
@@ -333,6 +341,9 @@ async fn run(
                         detail: e.to_string(),
                     })?,
                 }
+            }
+            if let Some((_, e)) = missing {
+                return Err(e);
             }
         }
         Ok(())

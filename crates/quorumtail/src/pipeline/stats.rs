@@ -175,6 +175,8 @@ impl ShardStats {
             dropped_internal: self.dropped_internal.load(Relaxed),
             dropped_by_pattern: self.dropped_by_pattern.load(Relaxed),
             dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
+            lookups: self.lookups.load(Relaxed),
+            lookups_not_found: self.lookups_not_found.load(Relaxed),
             tailer_starts: self.tailer_starts.load(Relaxed),
             transactions: self.transactions.load(Relaxed),
             aborted_ops: self.aborted_ops.load(Relaxed),
@@ -205,6 +207,10 @@ pub struct StatsSnapshot {
     pub dropped_internal: u64,
     pub dropped_by_pattern: u64,
     pub dropped_no_change_event: u64,
+    /// Updates whose full document was looked up (`[sink] full_document`).
+    pub lookups: u64,
+    /// Lookups that found no document (deleted since the update).
+    pub lookups_not_found: u64,
     pub tailer_starts: u64,
     pub transactions: u64,
     pub aborted_ops: u64,
