@@ -21,8 +21,9 @@
 //!   - `after`: the whole document as a JSON **string**, Extended JSON in the legacy
 //!     *strict* mode (`JsonSerialization.COMPACT_JSON_SETTINGS`: `JsonMode.STRICT`, no
 //!     line breaks: `{"_id": {"$numberLong": "1004"},"name": "Anne"}`). Set for inserts
-//!     and replacements; for updates only when a post-image is available, which
-//!     quorumtail does not look up, so it is `null` for them.
+//!     and replacements; for updates only when a post-image is available: here `null`,
+//!     which quorumtail's full document lookup replaces at [`AFTER_AT`] when enabled
+//!     (`[sink] full_document`, [`write_after`]).
 //!   - `before`: the pre-image, the same way; quorumtail has none, so always `null`.
 //!   - `updateDescription` (updates only): `updatedFields` a JSON string (the changed paths
 //!     and values, the driver's default `toJson()`, relaxed mode), `removedFields` a list

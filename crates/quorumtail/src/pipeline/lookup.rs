@@ -384,6 +384,14 @@ async fn connect(cfg: &StageConfig) -> Result<(mongodb::Client, bool), ShardErro
     }
 }
 
+/// The distinct `_id`s one namespace looks up, and the newest update among them.
+#[derive(Default)]
+struct Ids {
+    ids: Vec<Bson>,
+    seen: std::collections::HashSet<String>,
+    at: Timestamp,
+}
+
 /// The document of each lookup (`None`: not found), in the lookups' order.
 async fn look_up(
     cfg: &StageConfig,
@@ -392,7 +400,7 @@ async fn look_up(
     stop: &CancellationToken,
 ) -> Result<Vec<Option<RawDocumentBuf>>, ShardError> {
     // Distinct ids per namespace, in batches, each read after the newest of its updates.
-    let mut by_ns: HashMap<&str, (Vec<Bson>, HashMap<String, ()>, Timestamp)> = HashMap::new();
+    let mut by_ns: HashMap<&str, Ids> = HashMap::new();
     for l in lookups {
         let Some(id) = l.key.get("_id") else {
             return Err(ShardError::Lookup {
@@ -403,16 +411,14 @@ async fn look_up(
                 ),
             });
         };
-        let e = by_ns
-            .entry(&l.ns)
-            .or_insert_with(|| (Vec::new(), HashMap::new(), Timestamp::new(0, 0)));
-        if e.1.insert(id_key(id), ()).is_none() {
-            e.0.push(id.clone());
+        let e = by_ns.entry(&l.ns).or_default();
+        if e.seen.insert(id_key(id)) {
+            e.ids.push(id.clone());
         }
-        e.2 = e.2.max(l.entry.ts);
+        e.at = e.at.max(l.entry.ts);
     }
     let mut batches = Vec::new();
-    for (ns, (ids, _, at)) in by_ns {
+    for (ns, Ids { ids, at, .. }) in by_ns {
         for part in ids.chunks(BATCH) {
             batches.push(find_with_retries(
                 cfg.shard.clone(),
