@@ -281,6 +281,17 @@ async fn run(
     let mut reader: Option<(mongodb::Client, bool)> = None;
     let result = async {
         while let Some(mut chunk) = rx.recv().await {
+            // Chunks that queued up while the previous ones were looked up go together:
+            // fewer, fuller round trips when updates come faster than single reads.
+            while chunk.lookups.len() < BATCH * PARALLEL {
+                let Ok(next) = rx.try_recv() else { break };
+                let offset = chunk.inputs.len();
+                chunk.inputs.extend(next.inputs);
+                chunk.lookups.extend(next.lookups.into_iter().map(|mut l| {
+                    l.index += offset;
+                    l
+                }));
+            }
             let mut missing = None;
             if !chunk.lookups.is_empty() {
                 if reader.is_none() {
