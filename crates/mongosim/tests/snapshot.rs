@@ -364,3 +364,71 @@ async fn majority_reads_through_mongos_see_and_wait_for_the_shards_snapshot() {
     assert_eq!(v(d), Some(2));
     cluster.shutdown().await;
 }
+
+/// A point-in-time read by `_id` (`{_id: {$in: [...]}}`, or one value) sees exactly what a
+/// read of the whole collection at that time sees for those documents, each once.
+#[tokio::test]
+async fn reads_by_id_see_the_same_history() {
+    let rs = ReplicaSet::start(ReplicaSetSpec {
+        nodes: 3,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=5000",
+        rs.replica_set_uri("replset")
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_many([doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 1}])
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    let t1 = newest_ts(&rs, rs.primary().unwrap());
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    coll.delete_one(doc! {"_id": 2})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 3, "v": 1})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    let read = |filter: Document, rc: Document| {
+        let db = client.database("test");
+        async move {
+            let reply = db
+                .run_command(doc! {"find": "c", "filter": filter, "readConcern": rc})
+                .await
+                .unwrap();
+            let mut got: Vec<(i32, i32)> = reply
+                .get_document("cursor")
+                .unwrap()
+                .get_array("firstBatch")
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let d = d.as_document().unwrap();
+                    (d.get_i32("_id").unwrap(), d.get_i32("v").unwrap())
+                })
+                .collect();
+            got.sort_unstable();
+            got
+        }
+    };
+    let ids = doc! {"_id": {"$in": [1, 2, 3, 1.0]}};
+    let at_t1 = doc! {"level": "snapshot", "atClusterTime": t1};
+    assert_eq!(read(ids.clone(), at_t1.clone()).await, vec![(1, 1), (2, 1)]);
+    assert_eq!(read(doc! {"_id": 2}, at_t1).await, vec![(2, 1)]);
+    assert_eq!(
+        read(ids.clone(), doc! {"level": "majority"}).await,
+        vec![(1, 2), (3, 1)]
+    );
+    assert_eq!(read(ids, doc! {"level": "local"}).await, vec![(1, 2), (3, 1)]);
+}

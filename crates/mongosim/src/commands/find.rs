@@ -12,7 +12,7 @@ use super::{cmd_str, get_bool, get_doc, get_i64, ok, CmdResult, BATCH_BYTES, DEF
 use crate::error::CmdError;
 use crate::matcher;
 use crate::runtime::Shared;
-use crate::world::history::collection_at;
+use crate::world::history::{collection_at, docs_at};
 use crate::world::{bad_value, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World};
 
 /// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
@@ -295,6 +295,23 @@ pub(super) fn filter_sort_project(
     Ok(kept)
 }
 
+/// The `_id`s a filter reads by, when it is `{_id: <value>}` or `{_id: {$in: [...]}}`
+/// alone: such reads touch only those documents (mongod answers them from the `_id` index).
+fn id_filter(filter: &Document) -> Option<Vec<Bson>> {
+    if filter.len() != 1 {
+        return None;
+    }
+    match filter.get("_id")? {
+        Bson::Document(d) => match (d.len(), d.get("$in")) {
+            (1, Some(Bson::Array(ids))) => Some(ids.clone()),
+            _ if d.keys().any(|k| k.starts_with('$')) => None,
+            _ => Some(vec![Bson::Document(d.clone())]),
+        },
+        Bson::RegularExpression(_) | Bson::Array(_) => None,
+        v => Some(vec![v.clone()]),
+    }
+}
+
 /// The read concern of a command: `(level, atClusterTime, afterClusterTime)`.
 fn read_concern(cmd: &Document) -> (Option<String>, Option<Timestamp>, Option<Timestamp>) {
     let rc = cmd.get_document("readConcern").ok();
@@ -478,40 +495,43 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
                         CmdError::new(133, "FailedToSatisfyReadPreference", format!("Could not find host matching read preference {{ mode: \"primary\" }} for set {}", w.sets[s].name))
                     })?;
                     let node = &w.sets[s].nodes[p];
-                    let snapshot = majority.then(|| {
-                        let committed = node.commit_point.as_ref().map_or(
-                            Timestamp {
-                                time: 0,
-                                increment: 0,
-                            },
-                            |c| c.id.ts,
-                        );
-                        collection_at(&node.data, &node.undo, &a.ns, committed)
-                    });
-                    let coll = match &snapshot {
-                        Some(snap) => snap.as_ref(),
-                        None => node.data.get(&a.ns),
+                    let committed = node.commit_point.as_ref().map_or(
+                        Timestamp {
+                            time: 0,
+                            increment: 0,
+                        },
+                        |c| c.id.ts,
+                    );
+                    // The shard's documents this read sees: by `_id` (only those), or
+                    // the whole collection, at the majority snapshot or current.
+                    let docs: Vec<Document> = match id_filter(&a.filter) {
+                        Some(ids) if majority => {
+                            docs_at(&node.data, &node.undo, &a.ns, committed, &ids)
+                        }
+                        Some(ids) => {
+                            docs_at(&node.data, &Default::default(), &a.ns, committed, &ids)
+                        }
+                        None if majority => collection_at(&node.data, &node.undo, &a.ns, committed)
+                            .map(|c| c.iter().cloned().collect())
+                            .unwrap_or_default(),
+                        None => node
+                            .data
+                            .get(&a.ns)
+                            .map(|c| c.iter().cloned().collect())
+                            .unwrap_or_default(),
                     };
-                    if let Some(c) = coll {
-                        // mongos filters orphans: only documents owned by this shard's chunks.
-                        let shard_name = w.sets[s].name.clone();
-                        let chunks = w
-                            .sharding
-                            .as_ref()
-                            .and_then(|sh| sh.collections.get(&a.ns))
-                            .cloned();
-                        all.extend(
-                            c.iter()
-                                .filter(|d| match &chunks {
-                                    Some(chunks) => d
-                                        .get("_id")
-                                        .and_then(|id| chunks.iter().find(|c| c.contains(id)))
-                                        .is_some_and(|c| c.shard == shard_name),
-                                    None => true,
-                                })
-                                .cloned(),
-                        );
-                    }
+                    // mongos filters orphans: only documents owned by this shard's chunks.
+                    let shard_name = w.sets[s].name.clone();
+                    let chunks = w.sharding.as_ref().and_then(|sh| sh.collections.get(&a.ns));
+                    all.extend(docs.into_iter().filter(|d| {
+                        match chunks {
+                            Some(chunks) => d
+                                .get("_id")
+                                .and_then(|id| chunks.iter().find(|c| c.contains(id)))
+                                .is_some_and(|c| c.shard == shard_name),
+                            None => true,
+                        }
+                    }));
                 }
                 all
             }
@@ -542,9 +562,12 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
                         if snapshot {
                             at_cluster_time = Some(t);
                         }
-                        collection_at(&node.data, &node.undo, &a.ns, t)
-                            .map(|c| c.iter().cloned().collect())
-                            .unwrap_or_default()
+                        match id_filter(&a.filter) {
+                            Some(ids) => docs_at(&node.data, &node.undo, &a.ns, t, &ids),
+                            None => collection_at(&node.data, &node.undo, &a.ns, t)
+                                .map(|c| c.iter().cloned().collect())
+                                .unwrap_or_default(),
+                        }
                     }
                 }
             }
