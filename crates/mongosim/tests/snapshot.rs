@@ -430,5 +430,8 @@ async fn reads_by_id_see_the_same_history() {
         read(ids.clone(), doc! {"level": "majority"}).await,
         vec![(1, 2), (3, 1)]
     );
-    assert_eq!(read(ids, doc! {"level": "local"}).await, vec![(1, 2), (3, 1)]);
+    assert_eq!(
+        read(ids, doc! {"level": "local"}).await,
+        vec![(1, 2), (3, 1)]
+    );
 }
