@@ -11,6 +11,7 @@ mod fixtures;
 mod images;
 mod kafka;
 mod live;
+mod lookup;
 mod membership;
 mod page;
 mod removed;

@@ -21,8 +21,9 @@
 //!   - `after`: the whole document as a JSON **string**, Extended JSON in the legacy
 //!     *strict* mode (`JsonSerialization.COMPACT_JSON_SETTINGS`: `JsonMode.STRICT`, no
 //!     line breaks: `{"_id": {"$numberLong": "1004"},"name": "Anne"}`). Set for inserts
-//!     and replacements; for updates only when a post-image is available, which
-//!     quorumtail does not look up, so it is `null` for them.
+//!     and replacements; for updates only when a post-image is available: here `null`,
+//!     which quorumtail's full document lookup replaces at [`AFTER_AT`] when enabled
+//!     (`[sink] full_document`, [`write_after`]).
 //!   - `before`: the pre-image, the same way; quorumtail has none, so always `null`.
 //!   - `updateDescription` (updates only): `updatedFields` a JSON string (the changed paths
 //!     and values, the driver's default `toJson()`, relaxed mode), `removedFields` a list
@@ -172,7 +173,7 @@ pub fn debezium_record(
     key.push('}');
 
     let mut v = String::with_capacity(256);
-    v.push_str("{\"before\":null,\"after\":");
+    v.push_str(VALUE_PREFIX);
     match &after {
         Some(d) => json_str(&to_strict_json(d), &mut v),
         None => v.push_str("null"),
@@ -300,6 +301,19 @@ pub fn debezium_record(
         value: v,
         op: code,
     }))
+}
+
+/// How every value starts: `before` is always `null`, `after` follows.
+const VALUE_PREFIX: &str = "{\"before\":null,\"after\":";
+
+/// Where `after` starts in a record's value. An update's `after` is `null` there (4 bytes),
+/// which a looked-up document replaces (`[sink] full_document`, see [`write_after`]).
+pub const AFTER_AT: usize = VALUE_PREFIX.len();
+
+/// Appends `doc` as the connector writes `after`: a JSON string holding the document as
+/// compact strict Extended JSON.
+pub fn write_after(doc: &Document, out: &mut String) {
+    json_str(&to_strict_json(doc), out);
 }
 
 /// A document as the connector writes `before`/`after` and `lsid`: strict mode, compact.

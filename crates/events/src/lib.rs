@@ -16,6 +16,8 @@ pub mod debezium;
 pub mod event;
 pub mod update;
 
-pub use debezium::{debezium_record, DebeziumRecord, DebeziumSource, DebeziumTxn};
+pub use debezium::{
+    debezium_record, write_after, DebeziumRecord, DebeziumSource, DebeziumTxn, AFTER_AT,
+};
 pub use event::{change_event, EventError, Source, TxnSource};
 pub use update::{apply, decode, PathPart, UpdateDescription, UpdateError, UpdateKind};

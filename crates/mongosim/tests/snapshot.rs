@@ -390,3 +390,158 @@ async fn migrations_keep_chunk_history_and_deferred_range_deletion_leaves_orphan
     assert_eq!(left, 0);
     cluster.shutdown().await;
 }
+
+/// Through mongos, `readConcern majority` reads each shard's majority committed snapshot,
+/// and `afterClusterTime` (a causally consistent session's read, as a change stream's
+/// update lookup makes it) waits until the shard's snapshot reaches that time: mongos
+/// passes the read concern to the shards it targets, which wait as a member does.
+#[tokio::test]
+async fn majority_reads_through_mongos_see_and_wait_for_the_shards_snapshot() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!(
+        "mongodb://{}/?serverSelectionTimeoutMS=5000",
+        cluster.mongos_addr()
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 1, "v": 1})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    // The shard holding _id 1 (the simulator splits at 1000) stops replicating.
+    let shard = cluster.shard_names()[0].clone();
+    let primary = cluster.primary_of(&shard).unwrap();
+    let secondaries: Vec<SocketAddr> = cluster
+        .shard_members(&shard)
+        .into_iter()
+        .filter(|a| *a != primary)
+        .collect();
+    for s in &secondaries {
+        cluster.block_replication(*s, true).unwrap();
+    }
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .write_concern(WriteConcern::nodes(1))
+        .await
+        .unwrap();
+    let log = cluster.oplog_snapshot(primary);
+    let update_ts = Document::try_from(log.last().unwrap().as_ref())
+        .unwrap()
+        .get_timestamp("ts")
+        .unwrap();
+    let v = |d: Option<Document>| d.and_then(|d| d.get_i32("v").ok());
+    let majority = mongodb::options::ReadConcern::majority();
+    assert_eq!(
+        v(coll
+            .find_one(doc! {"_id": 1})
+            .read_concern(majority.clone())
+            .await
+            .unwrap()),
+        Some(1),
+        "the update is not majority committed"
+    );
+    assert_eq!(
+        v(coll.find_one(doc! {"_id": 1}).await.unwrap()),
+        Some(2),
+        "a local read sees it"
+    );
+    let after = |client: Client, coll: mongodb::Collection<Document>, ms: u64| async move {
+        let mut session = client.start_session().causal_consistency(true).await?;
+        session.advance_operation_time(update_ts);
+        coll.find_one(doc! {"_id": 1})
+            .read_concern(mongodb::options::ReadConcern::majority())
+            .max_time(Duration::from_millis(ms))
+            .session(&mut session)
+            .await
+    };
+    let e = after(client.clone(), coll.clone(), 300).await.unwrap_err();
+    assert_eq!(code(&e), Some(50), "waits for the snapshot: {e}");
+    let waiting = tokio::spawn(after(client.clone(), coll.clone(), 20_000));
+    for s in &secondaries {
+        cluster.block_replication(*s, false).unwrap();
+    }
+    let d = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(v(d), Some(2));
+    cluster.shutdown().await;
+}
+
+/// A point-in-time read by `_id` (`{_id: {$in: [...]}}`, or one value) sees exactly what a
+/// read of the whole collection at that time sees for those documents, each once.
+#[tokio::test]
+async fn reads_by_id_see_the_same_history() {
+    let rs = ReplicaSet::start(ReplicaSetSpec {
+        nodes: 3,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!(
+        "{}&serverSelectionTimeoutMS=5000",
+        rs.replica_set_uri("replset")
+    ))
+    .await
+    .unwrap();
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_many([doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 1}])
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    let t1 = newest_ts(&rs, rs.primary().unwrap());
+    coll.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    coll.delete_one(doc! {"_id": 2})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 3, "v": 1})
+        .write_concern(WriteConcern::majority())
+        .await
+        .unwrap();
+    let read = |filter: Document, rc: Document| {
+        let db = client.database("test");
+        async move {
+            let reply = db
+                .run_command(doc! {"find": "c", "filter": filter, "readConcern": rc})
+                .await
+                .unwrap();
+            let mut got: Vec<(i32, i32)> = reply
+                .get_document("cursor")
+                .unwrap()
+                .get_array("firstBatch")
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let d = d.as_document().unwrap();
+                    (d.get_i32("_id").unwrap(), d.get_i32("v").unwrap())
+                })
+                .collect();
+            got.sort_unstable();
+            got
+        }
+    };
+    let ids = doc! {"_id": {"$in": [1, 2, 3, 1.0]}};
+    let at_t1 = doc! {"level": "snapshot", "atClusterTime": t1};
+    assert_eq!(read(ids.clone(), at_t1.clone()).await, vec![(1, 1), (2, 1)]);
+    assert_eq!(read(doc! {"_id": 2}, at_t1).await, vec![(2, 1)]);
+    assert_eq!(
+        read(ids.clone(), doc! {"level": "majority"}).await,
+        vec![(1, 2), (3, 1)]
+    );
+    assert_eq!(
+        read(ids, doc! {"level": "local"}).await,
+        vec![(1, 2), (3, 1)]
+    );
+}

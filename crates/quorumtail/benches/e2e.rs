@@ -8,7 +8,8 @@
 //!
 //! `cargo bench -p quorumtail --bench e2e` (E2E_ENTRIES=n to change the size, E2E_LIVE and
 //! E2E_LIVE_RATE for the live part, E2E_LIVE_ONLY=1 for the live latency runs alone (with
-//! and without the commit point as a condition of release), E2E_QUICK=1 for the first run only, E2E_PERF=<dir> to
+//! and without the commit point as a condition of release), E2E_QUICK=1 for the first run only, E2E_LOOKUP=1 for
+//! `[sink] full_document` runs alone (every document also updated once), E2E_PERF=<dir> to
 //! record `perf` profiles of quorumtail and of the simulator during the first run). Needs
 //! tansu (.ci/install-tansu.sh) and pymongo (.ci/install-python-deps.sh); both are found or
 //! installed the same way the tests do. Figures go to docs/benchmarks.md.
@@ -160,6 +161,25 @@ fn main() {
             .collect();
         rt.block_on(cluster.insert("shop.orders", docs)).unwrap();
     }
+    let lookup_mode = std::env::var("E2E_LOOKUP").is_ok();
+    if lookup_mode {
+        // Full documents: every document is also updated once (one $inc each, through
+        // mongos), so half of the entries are updates to look up.
+        eprintln!("updating the {n} documents once each through mongos");
+        rt.block_on(async {
+            let client =
+                mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+                    .await
+                    .unwrap();
+            client
+                .database("shop")
+                .collection::<bson::Document>("orders")
+                .update_many(bson::doc! {}, bson::doc! {"$inc": {"amount": 1.0}})
+                .await
+                .unwrap();
+            quorumtail_tailer::close(client).await;
+        });
+    }
     let names = cluster.shard_names();
     let last: Vec<(String, EntryId)> = names
         .iter()
@@ -224,7 +244,11 @@ fn main() {
 
     // Starts the release binary on a config: every member (or the primary alone with
     // quorum 1), `extra` appended. Returns the child, its HTTP port and checkpoint file.
-    let spawn = |prefix: &str, one_member: bool, extra: &str| -> (Child, u16, PathBuf) {
+    let spawn = |prefix: &str,
+                 one_member: bool,
+                 extra: &str,
+                 sink: &str|
+     -> (Child, u16, PathBuf) {
         create_topics(prefix);
         let cp = dir.path().join(format!("{prefix}.json"));
         let http = free_port();
@@ -245,7 +269,7 @@ fn main() {
             }
         }
         cfg.push_str(&format!(
-            "[sink]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{shard}}\"\n[sink.librdkafka]\n\"linger.ms\" = \"5\"\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{extra}",
+            "[sink]\n{sink}kind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{{shard}}\"\n[sink.librdkafka]\n\"linger.ms\" = \"5\"\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{extra}",
             cp.display().to_string()
         ));
         let path = dir.path().join(format!("{prefix}.toml"));
@@ -276,59 +300,63 @@ fn main() {
         })
     };
 
-    let catch_up = |name: &'static str, prefix: &str, one_member: bool, whole: &str| -> Run {
-        let start = Instant::now();
-        let (mut child, http, cp) = spawn(
-            prefix,
-            one_member,
-            &format!("[start]\nposition = \"earliest\"\n[pipeline]\nwhole_entries = \"{whole}\"\n"),
-        );
-        // E2E_PERF=<dir>: profile the first run, quorumtail and the simulator (this
-        // process) separately, with `perf record -g`.
-        let perf: Vec<Child> = match std::env::var("E2E_PERF") {
-            Ok(out) if prefix == "bench0" => {
-                [("quorumtail", child.id()), ("mongosim", std::process::id())]
-                    .iter()
-                    .map(|(what, pid)| {
-                        Command::new("perf")
-                            .args(["record", "-F", "499", "--call-graph", "dwarf,8192", "-o"])
-                            .arg(PathBuf::from(&out).join(format!("{what}.perf")))
-                            .args(["-p", &pid.to_string()])
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .spawn()
-                            .expect("perf")
-                    })
-                    .collect()
+    let catch_up =
+        |name: &'static str, prefix: &str, one_member: bool, whole: &str, sink: &str| -> Run {
+            let start = Instant::now();
+            let (mut child, http, cp) = spawn(
+                prefix,
+                one_member,
+                &format!(
+                    "[start]\nposition = \"earliest\"\n[pipeline]\nwhole_entries = \"{whole}\"\n"
+                ),
+                sink,
+            );
+            // E2E_PERF=<dir>: profile the first run, quorumtail and the simulator (this
+            // process) separately, with `perf record -g`.
+            let perf: Vec<Child> = match std::env::var("E2E_PERF") {
+                Ok(out) if prefix == "bench0" => {
+                    [("quorumtail", child.id()), ("mongosim", std::process::id())]
+                        .iter()
+                        .map(|(what, pid)| {
+                            Command::new("perf")
+                                .args(["record", "-F", "499", "--call-graph", "dwarf,8192", "-o"])
+                                .arg(PathBuf::from(&out).join(format!("{what}.perf")))
+                                .args(["-p", &pid.to_string()])
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::null())
+                                .spawn()
+                                .expect("perf")
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(900);
+            while !reached(&cp, &last) {
+                exited(&mut child, prefix);
+                assert!(Instant::now() < deadline, "{name} did not finish");
+                std::thread::sleep(Duration::from_millis(20));
             }
-            _ => Vec::new(),
+            let seconds = start.elapsed().as_secs_f64();
+            for mut p in perf {
+                let _ = Command::new("kill")
+                    .arg("-INT")
+                    .arg(p.id().to_string())
+                    .status();
+                let _ = p.wait();
+            }
+            let (cpu, rss) = usage(child.id());
+            let bytes_read = metric_sum(http, "quorumtail_node_read_bytes_total");
+            stop(child);
+            Run {
+                name,
+                seconds,
+                cpu,
+                rss_kib: rss,
+                entries: total_entries,
+                bytes_read,
+            }
         };
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while !reached(&cp, &last) {
-            exited(&mut child, prefix);
-            assert!(Instant::now() < deadline, "{name} did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        for mut p in perf {
-            let _ = Command::new("kill")
-                .arg("-INT")
-                .arg(p.id().to_string())
-                .status();
-            let _ = p.wait();
-        }
-        let (cpu, rss) = usage(child.id());
-        let bytes_read = metric_sum(http, "quorumtail_node_read_bytes_total");
-        stop(child);
-        Run {
-            name,
-            seconds,
-            cpu,
-            rss_kib: rss,
-            entries: total_entries,
-            bytes_read,
-        }
-    };
 
     // Live writes: quorumtail follows a steady write rate; latency from the insert on the
     // primary (a timestamp in the document) to the record read back by a Kafka consumer
@@ -346,6 +374,7 @@ fn main() {
             prefix,
             one_member,
             &format!("[start]\nposition = \"latest\"\n[pipeline]\nrelease = \"{release}\"\n"),
+            "",
         );
         // Writes count once every member is being tailed (the start position is chosen).
         let members = if one_member {
@@ -410,6 +439,56 @@ fn main() {
             );
         }
     };
+    if lookup_mode {
+        // `[sink] full_document`: the same records with and without the lookup of each
+        // update's document (static shards: reads go to each shard's members).
+        let runs: Vec<Run> = [
+            ("oplog, full_document off", "look0", ""),
+            (
+                "oplog, full_document lookup",
+                "look1",
+                "full_document = \"lookup\"\n",
+            ),
+            (
+                "change-event, full_document off",
+                "look2",
+                "format = \"change-event\"\n",
+            ),
+            (
+                "change-event, full_document lookup",
+                "look3",
+                "format = \"change-event\"\nfull_document = \"lookup\"\n",
+            ),
+            (
+                "debezium, full_document lookup",
+                "look4",
+                "format = \"debezium\"\nfull_document = \"lookup\"\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, prefix, sink)| catch_up(name, prefix, false, "one", sink))
+        .collect();
+        let mb = bytes as f64 / 1e6;
+        println!("\n{n} inserts then {n} updates ({total_entries} oplog entries, {mb:.1} MB of BSON) on 2 shards x 3 members, read from the beginning");
+        println!(
+            "{:<36} {:>9} {:>12} {:>10} {:>11}",
+            "run", "seconds", "entries/s", "CPU s", "peak RSS MB"
+        );
+        for r in &runs {
+            println!(
+                "{:<36} {:>9.2} {:>12.0} {:>10.2} {:>11.1}",
+                r.name,
+                r.seconds,
+                r.entries as f64 / r.seconds,
+                r.cpu,
+                r.rss_kib as f64 / 1024.0
+            );
+        }
+        let _ = broker.kill();
+        let _ = broker.wait();
+        rt.block_on(cluster.shutdown());
+        return;
+    }
     if std::env::var("E2E_LIVE_ONLY").is_ok() {
         // Only the live latency runs: the commit point as a condition of release, and the
         // quorum of voters alone.
@@ -429,7 +508,13 @@ fn main() {
         return;
     }
 
-    let majority = catch_up("quorumtail, 3 members, majority", "bench0", false, "one");
+    let majority = catch_up(
+        "quorumtail, 3 members, majority",
+        "bench0",
+        false,
+        "one",
+        "",
+    );
     if std::env::var("E2E_QUICK").is_ok() {
         // Only the first run (with E2E_PERF: to profile it).
         println!(
@@ -444,8 +529,8 @@ fn main() {
         let _ = broker.wait();
         return;
     }
-    let all_whole = catch_up("  the same, every member whole", "bench1", false, "all");
-    let single = catch_up("quorumtail, 1 member, quorum 1", "bench2", true, "one");
+    let all_whole = catch_up("  the same, every member whole", "bench1", false, "all", "");
+    let single = catch_up("quorumtail, 1 member, quorum 1", "bench2", true, "one", "");
 
     let primaries: Vec<String> = names
         .iter()
@@ -541,7 +626,7 @@ fn main() {
     }
     let lagging_run = {
         let start = Instant::now();
-        let (mut child, _http, cp) = spawn("lag0", false, "[start]\nposition = \"earliest\"\n");
+        let (mut child, _http, cp) = spawn("lag0", false, "[start]\nposition = \"earliest\"\n", "");
         while !reached(&cp, &newest_on_two) {
             exited(&mut child, "lag0");
             std::thread::sleep(Duration::from_millis(20));
@@ -576,6 +661,7 @@ fn main() {
             &format!(
                 "[start]\nposition = \"earliest\"\n[pipeline]\nmax_pending = {stall_pending}\n"
             ),
+            "",
         );
         let deadline = Instant::now() + Duration::from_secs(300);
         // Until the unconfirmed backlog stops growing (each shard at its bound, or holding

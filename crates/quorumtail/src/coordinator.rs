@@ -319,12 +319,26 @@ pub async fn run_controlled(
         warn!("no [discovery] uri: the databases' primary shards (config.databases) are unknown, so a DDL operation that MongoDB logs on several shards (a drop or rename up to 6.0, index builds and collMod on every version, dropDatabase) is emitted once per shard that logs it");
     }
     filter.ddl_primaries = primaries.clone();
+    // Full document lookups go through the discovery URI when it is a mongos (routed, no
+    // orphans), else to each shard's members.
+    let mut lookup_router = None;
+    if c.sink.full_document.enabled() {
+        if let Some(d) = &discovery {
+            match d.router().await {
+                Ok(Some(client)) => lookup_router = Some(client),
+                Ok(None) => warn!("[sink] full_document: the discovery URI is not a mongos; updated documents are read from each shard's members, where a document moved to another shard since is not found"),
+                Err(e) => warn!(error = %e, "[sink] full_document: cannot tell whether the discovery URI is a mongos; updated documents are read from each shard's members"),
+            }
+        }
+    }
     let mut shared = Shared {
         tailer,
         filter,
         key: c.sink.key,
         format: c.sink.format,
         tombstones: c.sink.tombstones(),
+        full_document: c.sink.full_document,
+        lookup_router,
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,
         channel_batches: c.pipeline.channel_batches,

@@ -79,6 +79,21 @@ impl Discovery {
         )
     }
 
+    /// The client of the discovery URI, when it is a mongos (its hello says
+    /// `msg: "isdbgrid"`, as mongos answers): full document lookups go through it.
+    ///
+    /// # Errors
+    /// When hello cannot be run.
+    pub async fn router(&self) -> Result<Option<mongodb::Client>, String> {
+        let hello = self
+            .client
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(|e| format!("hello on {}: {e}", redact_uri(&self.uri)))?;
+        Ok((hello.get_str("msg").ok() == Some("isdbgrid")).then(|| self.client.clone()))
+    }
+
     /// The current shards.
     ///
     /// # Errors

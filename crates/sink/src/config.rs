@@ -175,6 +175,37 @@ pub enum RecordFormat {
     },
 }
 
+/// `[sink] full_document`: whether update records carry the whole document, read after
+/// the update the way MongoDB's change streams read it for `fullDocument: "updateLookup"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FullDocument {
+    /// No lookup: updates carry what the oplog holds (the change only).
+    #[default]
+    Off,
+    /// Each update is completed with the document as it is now (majority-committed, no
+    /// older than the update); `null` with a `notFound` marker when it was deleted since.
+    Lookup,
+    /// As `lookup`, but a document that is gone stops the shard with an error naming it.
+    Required,
+}
+
+impl FullDocument {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullDocument::Off => "off",
+            FullDocument::Lookup => "lookup",
+            FullDocument::Required => "required",
+        }
+    }
+
+    /// Whether updates are looked up.
+    pub fn enabled(self) -> bool {
+        self != FullDocument::Off
+    }
+}
+
 /// Default `[sink] debezium_server_name`: Debezium's `source.name`, the logical name
 /// (`topic.prefix`) of the connector the records stand in for.
 pub const DEFAULT_DEBEZIUM_SERVER_NAME: &str = "quorumtail";
@@ -240,6 +271,11 @@ pub struct SinkConfig {
     /// connector's name when quorumtail replaces one, so consumers that check it keep
     /// working. [`SinkConfig::apply_format_options`] puts it into `format`.
     pub debezium_server_name: Option<String>,
+    /// Whether update records carry the whole document as it is after the update:
+    /// `off` (the default), `lookup` (`null` and a `notFound` marker when the document was
+    /// deleted since) or `required` (a document that is gone stops the shard).
+    #[serde(default)]
+    pub full_document: FullDocument,
     /// Capacity of the sink's input channel: how many records the shard pipelines may hand
     /// over before they wait. Keeps memory flat when the sink stalls.
     #[serde(default = "default_channel_capacity")]
@@ -295,6 +331,7 @@ impl Default for SinkConfig {
             kind: SinkKind::File,
             format: RecordFormat::Oplog,
             debezium_server_name: None,
+            full_document: FullDocument::Off,
             channel_capacity: default_channel_capacity(),
             path: None,
             fsync_every: None,
@@ -329,6 +366,7 @@ impl fmt::Debug for SinkConfig {
             .field("kind", &self.kind)
             .field("format", &self.format)
             .field("debezium_server_name", &self.debezium_server_name)
+            .field("full_document", &self.full_document)
             .field("channel_capacity", &self.channel_capacity)
             .field("path", &self.path)
             .field("fsync_every", &self.fsync_every)

@@ -90,8 +90,8 @@ pub use checkpoint::{
     KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
 };
 pub use config::{
-    CheckpointConfig, CheckpointKind, KeyKind, RecordFormat, SinkConfig, SinkKind, TopicTemplate,
-    DEFAULT_DEBEZIUM_SERVER_NAME,
+    CheckpointConfig, CheckpointKind, FullDocument, KeyKind, RecordFormat, SinkConfig, SinkKind,
+    TopicTemplate, DEFAULT_DEBEZIUM_SERVER_NAME,
 };
 pub use error::{DeliveryError, SinkError};
 pub use progress::{ProgressView, ShardProgress};

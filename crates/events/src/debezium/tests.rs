@@ -340,3 +340,27 @@ fn strict_values() {
         r#"{"l": {"$numberLong": "5"},"d": 1.0,"big": 1.0E10,"small": 1.0E-4,"date": {"$date": 1000},"ts": {"$timestamp": {"t": 1,"i": 2}},"re": {"$regex": "a","$options": "i"},"s": "q\"\n\ud83d\ude00","n": null,"arr": [1,"x"],"e": {}}"#
     );
 }
+
+/// An update's `after` is the `null` at [`AFTER_AT`], which a looked-up document replaces
+/// with the string [`write_after`] writes: the result is the record an insert would carry.
+#[test]
+fn a_looked_up_document_replaces_the_updates_null_after() {
+    let r = debezium_record(
+        &doc! {"op": "u", "ns": "a.b", "o": {"$v": 2, "diff": {"u": {"x": 2}}}, "o2": {"_id": 1_i64}},
+        &src(),
+        0,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(&r.value[AFTER_AT..AFTER_AT + 4], "null");
+    let mut after = String::new();
+    write_after(&doc! {"_id": 1_i64, "x": 2}, &mut after);
+    let filled = format!(
+        "{}{after}{}",
+        &r.value[..AFTER_AT],
+        &r.value[AFTER_AT + 4..]
+    );
+    let v: Value = serde_json::from_str(&filled).unwrap();
+    assert_eq!(v["after"], r#"{"_id": {"$numberLong": "1"},"x": 2}"#);
+    assert_eq!(v["op"], "u");
+}

@@ -12,7 +12,7 @@ use super::{cmd_str, get_bool, get_doc, get_i64, ok, CmdResult, BATCH_BYTES, DEF
 use crate::error::CmdError;
 use crate::matcher;
 use crate::runtime::Shared;
-use crate::world::history::collection_at;
+use crate::world::history::{collection_at, docs_at};
 use crate::world::{bad_value, Cursor, CursorKind, MemberState, Proc, SetRole, ShardState, World};
 
 /// `$readPreference` other than primary lets a secondary serve reads (OP_MSG secondaryOk).
@@ -331,6 +331,23 @@ pub(super) fn filter_sort_project(
     Ok(kept)
 }
 
+/// The `_id`s a filter reads by, when it is `{_id: <value>}` or `{_id: {$in: [...]}}`
+/// alone: such reads touch only those documents (mongod answers them from the `_id` index).
+fn id_filter(filter: &Document) -> Option<Vec<Bson>> {
+    if filter.len() != 1 {
+        return None;
+    }
+    match filter.get("_id")? {
+        Bson::Document(d) => match (d.len(), d.get("$in")) {
+            (1, Some(Bson::Array(ids))) => Some(ids.clone()),
+            _ if d.keys().any(|k| k.starts_with('$')) => None,
+            _ => Some(vec![Bson::Document(d.clone())]),
+        },
+        Bson::RegularExpression(_) | Bson::Array(_) => None,
+        v => Some(vec![v.clone()]),
+    }
+}
+
 /// The read concern of a command: `(level, atClusterTime, afterClusterTime)`.
 fn read_concern(cmd: &Document) -> (Option<String>, Option<Timestamp>, Option<Timestamp>) {
     let rc = cmd.get_document("readConcern").ok();
@@ -349,14 +366,46 @@ fn later(a: Timestamp, b: Timestamp) -> bool {
 /// the read concern's `atClusterTime` / `afterClusterTime` (level `snapshot` or
 /// `majority`), bounded by `maxTimeMS` (else 60 s): MaxTimeMSExpired (50) when it does not.
 /// Times beyond the node's cluster time are refused by [`find`], not waited for.
+///
+/// Through mongos (majority only), each shard's primary waits the same way: mongos passes
+/// the read concern on to the shards it targets (`src/mongo/s/query/cluster_find.cpp`), and
+/// each waits for its majority snapshot (`src/mongo/db/read_concern_mongod.cpp`; a shard
+/// whose oplog has not reached the time writes a no-op to get there, which the simulator
+/// stands in for by not waiting, as it does for a member's own time).
 pub(super) async fn wait_for_read_concern(
     shared: &Arc<Shared>,
     proc: Proc,
     cmd: &Document,
 ) -> Result<(), CmdError> {
-    let Proc::Node { set: s, node: n } = proc else {
-        return Ok(());
+    let targets: Vec<(usize, usize)> = match proc {
+        Proc::Node { set, node } => vec![(set, node)],
+        Proc::Mongos => {
+            if read_concern(cmd).0.as_deref() != Some("majority") {
+                return Ok(());
+            }
+            let w = shared.world();
+            let Some(sh) = w.sharding.as_ref() else {
+                return Ok(());
+            };
+            sh.shards
+                .iter()
+                .filter(|x| x.state != ShardState::Removed)
+                .filter_map(|x| w.sets[x.set].sync_source().map(|p| (x.set, p)))
+                .collect()
+        }
     };
+    for (s, n) in targets {
+        wait_on_node(shared, s, n, cmd).await?;
+    }
+    Ok(())
+}
+
+async fn wait_on_node(
+    shared: &Arc<Shared>,
+    s: usize,
+    n: usize,
+    cmd: &Document,
+) -> Result<(), CmdError> {
     let (level, at, after) = read_concern(cmd);
     if !matches!(level.as_deref(), Some("snapshot" | "majority")) {
         return Ok(());
@@ -474,30 +523,51 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
                     .map(|x| x.set)
                     .collect();
                 let mut all = Vec::new();
+                // readConcern majority: each shard answers from its majority committed
+                // snapshot, as a member does (see `wait_for_read_concern`).
+                let majority = read_concern(cmd).0.as_deref() == Some("majority");
                 for s in sets {
                     let p = w.sets[s].sync_source().ok_or_else(|| {
                         CmdError::new(133, "FailedToSatisfyReadPreference", format!("Could not find host matching read preference {{ mode: \"primary\" }} for set {}", w.sets[s].name))
                     })?;
-                    if let Some(c) = w.sets[s].nodes[p].data.get(&a.ns) {
-                        // mongos filters orphans: only documents owned by this shard's chunks.
-                        let shard_name = w.sets[s].name.clone();
-                        let chunks = w
-                            .sharding
-                            .as_ref()
-                            .and_then(|sh| sh.collections.get(&a.ns))
-                            .cloned();
-                        all.extend(
-                            c.iter()
-                                .filter(|d| match &chunks {
-                                    Some(chunks) => d
-                                        .get("_id")
-                                        .and_then(|id| chunks.iter().find(|c| c.contains(id)))
-                                        .is_some_and(|c| c.shard == shard_name),
-                                    None => true,
-                                })
-                                .cloned(),
-                        );
-                    }
+                    let node = &w.sets[s].nodes[p];
+                    let committed = node.commit_point.as_ref().map_or(
+                        Timestamp {
+                            time: 0,
+                            increment: 0,
+                        },
+                        |c| c.id.ts,
+                    );
+                    // The shard's documents this read sees: by `_id` (only those), or
+                    // the whole collection, at the majority snapshot or current.
+                    let docs: Vec<Document> = match id_filter(&a.filter) {
+                        Some(ids) if majority => {
+                            docs_at(&node.data, &node.undo, &a.ns, committed, &ids)
+                        }
+                        Some(ids) => {
+                            docs_at(&node.data, &Default::default(), &a.ns, committed, &ids)
+                        }
+                        None if majority => collection_at(&node.data, &node.undo, &a.ns, committed)
+                            .map(|c| c.iter().cloned().collect())
+                            .unwrap_or_default(),
+                        None => node
+                            .data
+                            .get(&a.ns)
+                            .map(|c| c.iter().cloned().collect())
+                            .unwrap_or_default(),
+                    };
+                    // mongos filters orphans: only documents owned by this shard's chunks.
+                    let shard_name = w.sets[s].name.clone();
+                    let chunks = w.sharding.as_ref().and_then(|sh| sh.collections.get(&a.ns));
+                    all.extend(docs.into_iter().filter(|d| {
+                        match chunks {
+                            Some(chunks) => d
+                                .get("_id")
+                                .and_then(|id| chunks.iter().find(|c| c.contains(id)))
+                                .is_some_and(|c| c.shard == shard_name),
+                            None => true,
+                        }
+                    }));
                 }
                 all
             }
@@ -528,9 +598,12 @@ pub(super) fn find(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document) -
                         if snapshot {
                             at_cluster_time = Some(t);
                         }
-                        collection_at(&node.data, &node.undo, &a.ns, t)
-                            .map(|c| c.iter().cloned().collect())
-                            .unwrap_or_default()
+                        match id_filter(&a.filter) {
+                            Some(ids) => docs_at(&node.data, &node.undo, &a.ns, t, &ids),
+                            None => collection_at(&node.data, &node.undo, &a.ns, t)
+                                .map(|c| c.iter().cloned().collect())
+                                .unwrap_or_default(),
+                        }
                     }
                 }
             }

@@ -524,3 +524,33 @@ fn snapshot_start_and_its_settings() {
     let p = problems(&format!("{one}[start]\nposition = \"snapshots\"\n"));
     assert!(p.iter().any(|l| l.contains("\"snapshot\"")), "{p:?}");
 }
+
+#[test]
+fn full_document_modes() {
+    use quorumtail_sink::FullDocument;
+    assert_eq!(
+        parse(SHARD).unwrap().config.sink.full_document,
+        FullDocument::Off
+    );
+    for (text, want) in [
+        ("off", FullDocument::Off),
+        ("lookup", FullDocument::Lookup),
+        ("required", FullDocument::Required),
+    ] {
+        let r = parse(&format!(
+            "{SHARD}[sink]\nformat = \"debezium\"\nfull_document = \"{text}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(r.config.sink.full_document, want);
+        assert_eq!(want.as_str(), text);
+    }
+    let p = problems(&format!(
+        "{SHARD}[sink]\nfull_document = \"updateLookup\"\n"
+    ));
+    assert!(
+        p[0].starts_with(
+            "sink.full_document (line 5): unknown variant `updateLookup`, expected one of `off`, `lookup`, `required`"
+        ),
+        "{p:?}"
+    );
+}

@@ -490,6 +490,25 @@ impl Scrape {
             Counter,
             self.per_shard(&|s| s.records.into()),
         )?;
+        let mut lookups = Vec::new();
+        for (k, s) in &self.shards {
+            for (result, n) in [
+                ("found", s.lookups.saturating_sub(s.lookups_not_found)),
+                ("not_found", s.lookups_not_found),
+            ] {
+                let mut labels = shard_labels(k);
+                labels.push(("result", LabelValue(result.into())));
+                lookups.push((labels, n.into()));
+            }
+        }
+        family(
+            e,
+            "quorumtail_shard_full_document_lookups",
+            "Updates whose full document was read ([sink] full_document), by result (not_found: deleted since).",
+            None,
+            Counter,
+            lookups,
+        )?;
         family(
             e,
             "quorumtail_shard_snapshot_active",

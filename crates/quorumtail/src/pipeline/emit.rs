@@ -16,9 +16,10 @@ use quorumtail_oplog::record::{
 };
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
-use quorumtail_sink::{Marker, OutRecord, RecordFormat, SinkInput};
+use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput};
 
 use crate::config::KeyKind;
+use crate::pipeline::lookup::{is_field_update, Lookup, Splice};
 use crate::pipeline::stats::ShardStats;
 
 /// Turns one shard's committed entries into sink inputs.
@@ -29,6 +30,10 @@ pub struct Emitter {
     key: KeyKind,
     format: RecordFormat,
     tombstones: bool,
+    full_document: FullDocument,
+    /// Update records of the output that wait for their full document, by index into
+    /// the output (see [`Emitter::take_lookups`]).
+    lookups: Vec<Lookup>,
     seq: u64,
     txn: TxnAssembler,
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
@@ -68,6 +73,8 @@ impl Emitter {
             key,
             format: RecordFormat::Oplog,
             tombstones: false,
+            full_document: FullDocument::Off,
+            lookups: Vec::new(),
             seq: 0,
             txn,
             last_checkpoint: None,
@@ -106,6 +113,56 @@ impl Emitter {
     pub fn with_tombstones(mut self, tombstones: bool) -> Self {
         self.tombstones = tombstones;
         self
+    }
+
+    /// Marks update records for a full document lookup (`[sink] full_document`).
+    pub fn with_full_document(mut self, mode: FullDocument) -> Self {
+        self.full_document = mode;
+        self
+    }
+
+    /// The records waiting for their full document among those appended to the output
+    /// since the last call, each by its index in that output: take them whenever the
+    /// output is taken (the lookup stage fills them in before they reach the sink).
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// Carries over the lookups of an emitter this one replaces (their records are in the
+    /// same output).
+    pub fn adopt_lookups(&mut self, lookups: Vec<Lookup>) {
+        self.lookups.extend(lookups);
+    }
+
+    /// Registers the record about to be appended at `index` for a lookup, when it is an
+    /// update of fields (not a replacement) and lookups are on.
+    fn want_lookup(
+        &mut self,
+        index: usize,
+        op: OpKind,
+        ns: &str,
+        o: Option<&bson::RawDocument>,
+        o2: Option<&bson::RawDocument>,
+        entry: EntryId,
+    ) -> Result<(), String> {
+        if !self.full_document.enabled() || op != OpKind::Update || !o.is_some_and(is_field_update)
+        {
+            return Ok(());
+        }
+        let key = o2.ok_or("an update without o2 (the document key) cannot be looked up")?;
+        let key = bson::Document::try_from(key).map_err(|e| format!("o2: {e}"))?;
+        let splice = match self.format {
+            RecordFormat::Debezium { .. } => Splice::DebeziumAfter,
+            _ => Splice::Append,
+        };
+        self.lookups.push(Lookup {
+            index,
+            ns: ns.to_owned(),
+            key,
+            entry,
+            splice,
+        });
+        Ok(())
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -231,6 +288,15 @@ impl Emitter {
                                     return Ok(());
                                 };
                                 let key = self.debezium_key(rec.key, &ns);
+                                self.want_lookup(
+                                    out.len(),
+                                    entry.op,
+                                    entry.ns,
+                                    entry.o,
+                                    entry.o2,
+                                    id,
+                                )
+                                .map_err(err)?;
                                 self.record(
                                     id,
                                     entry.op,
@@ -245,6 +311,8 @@ impl Emitter {
                         let key = self
                             .key_for(entry.ns, &ns, entry.document_id())
                             .map_err(|e| err(e.to_string()))?;
+                        self.want_lookup(out.len(), entry.op, entry.ns, entry.o, entry.o2, id)
+                            .map_err(err)?;
                         self.record(id, entry.op, entry.ns, key, value, out);
                     }
                 }
@@ -354,6 +422,8 @@ impl Emitter {
                             .key_for(&op.ns, &ns, op.document_id())
                             .map_err(|e| err(e.to_string()))?,
                     };
+                    self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
+                        .map_err(err)?;
                     // Checkpoints attach after the last operation only.
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);

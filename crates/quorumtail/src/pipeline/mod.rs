@@ -98,6 +98,8 @@
 
 pub mod core;
 pub mod emit;
+mod error;
+pub mod lookup;
 mod notes;
 pub mod stats;
 
@@ -106,7 +108,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::raw_batch_cursor::RawBatch;
-use quorumtail_merge::{Event, NodeId, NodeSet, PushError, Report};
+use quorumtail_merge::{Event, NodeId, NodeSet, Report};
 use quorumtail_oplog::{EntryId, EntryLayout, Filter, OplogEntry, Timestamp};
 use quorumtail_sink::{SinkInput, SinkSender};
 use quorumtail_tailer::{ReadMode, ResumeTarget, TailMsg, TailerConfig};
@@ -122,6 +124,7 @@ use emit::Emitter;
 use stats::ShardStats;
 
 pub use self::core::SWITCH_AFTER;
+pub use error::ShardError;
 
 /// A shard as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +157,11 @@ pub struct Shared {
     pub format: quorumtail_sink::RecordFormat,
     /// `[sink] tombstones`.
     pub tombstones: bool,
+    /// `[sink] full_document`.
+    pub full_document: quorumtail_sink::FullDocument,
+    /// With full documents: the mongos client lookups go through (the discovery URI's,
+    /// when it is a mongos); `None`: each shard's members are read directly.
+    pub lookup_router: Option<mongodb::Client>,
     /// The sink's input.
     pub sink: SinkSender,
     /// `[pipeline] max_pending`.
@@ -169,79 +177,6 @@ pub struct Shared {
     /// The initial snapshot, for shards without a checkpoint (`[start] position =
     /// "snapshot"`); `None` otherwise, and for shards that appear later.
     pub snapshot: Option<Arc<crate::snapshot::SnapshotPlan>>,
-}
-
-/// Why a shard stopped for good. These are definite: the operator must act.
-#[derive(Debug, thiserror::Error)]
-pub enum ShardError {
-    /// Too few members still hold the resume point: changes in between are gone.
-    #[error(
-        "shard {shard}: the resume point {target} is no longer in the oplog of {lacking}; only {holders} of {members} member(s) may still hold it and the quorum is {quorum}, so the changes after it cannot be read any more. Never skipping them, quorumtail stops this shard. Fix: re-snapshot the shard's collections, then reset its checkpoint (remove the \"{shard}\" entry from the checkpoint store) and set [start] position"
-    )]
-    ResumePointLost {
-        /// Shard.
-        shard: Arc<str>,
-        /// The target.
-        target: EntryId,
-        /// Members lacking it, with their first entry.
-        lacking: String,
-        /// Members that may hold it.
-        holders: usize,
-        /// Members.
-        members: usize,
-        /// Quorum.
-        quorum: usize,
-    },
-    /// Two members reported the same entry identity with different content.
-    #[error("shard {shard}: members disagree on the content of entry {id} ({detail}); MongoDB never does this, so the data or a reader is corrupt. Stopped to avoid emitting either version")]
-    Divergence {
-        /// Shard.
-        shard: Arc<str>,
-        /// Entry.
-        id: EntryId,
-        /// Which members.
-        detail: String,
-    },
-    /// An entry could not be read or encoded.
-    #[error("shard {shard}: {detail}")]
-    BadEntry {
-        /// Shard.
-        shard: Arc<str>,
-        /// What.
-        detail: String,
-    },
-    /// A member's stream went backwards.
-    #[error("shard {shard}: {source}")]
-    Stream {
-        /// Shard.
-        shard: Arc<str>,
-        /// The merge's error.
-        source: PushError,
-    },
-    /// The membership or quorum cannot work.
-    #[error("shard {shard}: {detail}")]
-    Quorum {
-        /// Shard.
-        shard: Arc<str>,
-        /// What.
-        detail: String,
-    },
-    /// The initial snapshot could not be taken.
-    #[error("shard {shard}: snapshot: {detail}")]
-    Snapshot {
-        /// Shard.
-        shard: Arc<str>,
-        /// What failed, and the fix.
-        detail: String,
-    },
-    /// The sink refused input (it stopped).
-    #[error("shard {shard}: the sink stopped accepting records: {detail}")]
-    Sink {
-        /// Shard.
-        shard: Arc<str>,
-        /// What.
-        detail: String,
-    },
 }
 
 /// A raw entry kept alive by its batch, without copying, with what its one parse found.
@@ -341,24 +276,50 @@ pub async fn run_shard(
         }
     }
     let mut task = ShardTask::new(spec, shared, checkpoint, stats, &shutdown, after)?;
+    // The full document lookup stage, when on: its end (a definite error) ends the shard.
+    let mut stage = task.stage_handle.take();
     let result: Result<(), ShardError> = async {
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                r = async {
+                    match stage.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    stage = None;
+                    return Err(stage_end(&task.shard, r));
+                }
                 Some(c) = control.recv() => task.control(c)?,
                 Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => {
                     task.handle(node, msg)?;
                 }
             }
-            task.flush().await?;
+            if let Err(e) = task.flush().await {
+                // The stage stopped: its own error says why.
+                return Err(match (stage.take(), &e) {
+                    (Some(h), ShardError::LookupStopped { .. }) => stage_end(&task.shard, h.await),
+                    _ => e,
+                });
+            }
             if task.core.drained() {
+                // What the lookup stage holds is delivered before the shard counts as done.
+                task.lookup_tx = None;
+                if let Some(h) = stage.take() {
+                    match h.await {
+                        Ok(r) => r?,
+                        Err(e) => return Err(stage_end(&task.shard, Err(e))),
+                    }
+                }
                 info!(shard = %task.shard, "removed shard drained: every member caught up and everything committed was emitted");
                 return Ok(());
             }
         }
     }
     .await;
+    task.lookup_stop.cancel();
     task.tailers_stop.cancel();
     // The tailers shut their driver clients down before the runtime may go away; with
     // their receivers dropped, none waits on a full channel.
@@ -394,6 +355,24 @@ struct AfterSnapshot {
     seq: u64,
 }
 
+/// Why the lookup stage ended while the shard runs.
+fn stage_end(
+    shard: &Arc<str>,
+    r: Result<Result<(), ShardError>, tokio::task::JoinError>,
+) -> ShardError {
+    match r {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ShardError::Lookup {
+            shard: shard.clone(),
+            detail: "the lookup stage stopped".into(),
+        },
+        Err(e) => ShardError::Lookup {
+            shard: shard.clone(),
+            detail: format!("the lookup stage failed: {e}"),
+        },
+    }
+}
+
 /// The I/O around one [`ShardCore`]: the member tailers and their channels, the emitter
 /// and the sink. It decides nothing: it feeds the core and carries out its actions.
 struct ShardTask {
@@ -416,6 +395,12 @@ struct ShardTask {
     emitter: Emitter,
     after: AfterSnapshot,
     out: Vec<SinkInput>,
+    /// With full documents: the lookup stage's input (each step's output goes there, in
+    /// order, instead of straight to the sink).
+    lookup_tx: Option<mpsc::Sender<lookup::Chunk>>,
+    /// The lookup stage's task, taken by [`run_shard`].
+    stage_handle: Option<tokio::task::JoinHandle<Result<(), ShardError>>>,
+    lookup_stop: CancellationToken,
     actions: Vec<Action<EntryRef>>,
 }
 
@@ -448,7 +433,32 @@ impl ShardTask {
         )
         .with_format(shared.format)
         .with_tombstones(shared.tombstones)
+        .with_full_document(shared.full_document)
         .after_snapshot(after.floor, after.seq);
+        let lookup_stop = shutdown.child_token();
+        let (lookup_tx, stage_handle) = if shared.full_document.enabled() {
+            let route = match &shared.lookup_router {
+                Some(c) => lookup::Route::Router(c.clone()),
+                None => lookup::Route::Members {
+                    members: members.clone(),
+                    replica_set: replica_set.clone(),
+                    access: shared.tailer.access.clone(),
+                },
+            };
+            let stage = lookup::Stage::start(
+                lookup::StageConfig {
+                    shard: shard.clone(),
+                    mode: shared.full_document,
+                    route,
+                    sink: shared.sink.clone(),
+                    stats: stats.clone(),
+                },
+                lookup_stop.clone(),
+            );
+            (Some(stage.tx), Some(stage.handle))
+        } else {
+            (None, None)
+        };
         let mut task = ShardTask {
             shard: shard.clone(),
             replica_set,
@@ -464,6 +474,9 @@ impl ShardTask {
             emitter,
             after,
             out: Vec::with_capacity(1024),
+            lookup_tx,
+            stage_handle,
+            lookup_stop,
             actions,
         };
         task.execute()?;
@@ -607,6 +620,7 @@ impl ShardTask {
                 Action::ResetEmitter {
                     skip_orphans_before,
                 } => {
+                    let pending = self.emitter.take_lookups();
                     self.emitter = Emitter::new(
                         self.shard.clone(),
                         self.shared.filter.clone(),
@@ -616,7 +630,9 @@ impl ShardTask {
                     )
                     .with_format(self.shared.format)
                     .with_tombstones(self.shared.tombstones)
+                    .with_full_document(self.shared.full_document)
                     .after_snapshot(self.after.floor, self.emitter.seq());
+                    self.emitter.adopt_lookups(pending);
                 }
                 Action::Release(ev) => {
                     if let Err(e) = self.released(ev, &mut discarded) {
@@ -711,6 +727,18 @@ impl ShardTask {
     }
 
     async fn flush(&mut self) -> Result<(), ShardError> {
+        if let Some(tx) = &self.lookup_tx {
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            let chunk = lookup::Chunk {
+                inputs: std::mem::replace(&mut self.out, Vec::with_capacity(1024)),
+                lookups: self.emitter.take_lookups(),
+            };
+            return tx.send(chunk).await.map_err(|_| ShardError::LookupStopped {
+                shard: self.shard.clone(),
+            });
+        }
         for input in self.out.drain(..) {
             self.shared
                 .sink

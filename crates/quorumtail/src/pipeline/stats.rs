@@ -62,6 +62,10 @@ pub struct ShardStats {
     /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
     /// every command, as Debezium writes data changes only).
     pub dropped_no_change_event: AtomicU64,
+    /// Updates whose full document was looked up (`[sink] full_document`).
+    pub lookups: AtomicU64,
+    /// Lookups that found no document (deleted since the update).
+    pub lookups_not_found: AtomicU64,
     /// Tailer (re)starts.
     pub tailer_starts: AtomicU64,
     /// Transactions emitted.
@@ -193,6 +197,8 @@ impl ShardStats {
             dropped_ddl_other_shard: self.dropped_ddl_other_shard.load(Relaxed),
             dropped_index_build_start: self.dropped_index_build_start.load(Relaxed),
             dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
+            lookups: self.lookups.load(Relaxed),
+            lookups_not_found: self.lookups_not_found.load(Relaxed),
             tailer_starts: self.tailer_starts.load(Relaxed),
             transactions: self.transactions.load(Relaxed),
             aborted_ops: self.aborted_ops.load(Relaxed),
@@ -231,6 +237,10 @@ pub struct StatsSnapshot {
     pub dropped_ddl_other_shard: u64,
     pub dropped_index_build_start: u64,
     pub dropped_no_change_event: u64,
+    /// Updates whose full document was looked up (`[sink] full_document`).
+    pub lookups: u64,
+    /// Lookups that found no document (deleted since the update).
+    pub lookups_not_found: u64,
     pub tailer_starts: u64,
     pub transactions: u64,
     pub aborted_ops: u64,

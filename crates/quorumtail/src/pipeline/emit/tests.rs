@@ -336,3 +336,62 @@ fn a_transaction_prepared_before_the_stream_and_committed_after_the_snapshot_is_
         .to_string();
     assert!(err.contains("stream_margin"), "{err}");
 }
+
+/// `[sink] full_document`: updates of fields (top-level and in a transaction) are
+/// listed for a lookup by their index in the output, with the document key and the
+/// entry (the commit's in a transaction); replacements, inserts and deletes are not, nor
+/// anything when lookups are off.
+#[test]
+fn field_updates_are_marked_for_a_lookup() {
+    let docs = [
+        rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 5 }, "ts": ts(1), "t": 1_i64 },
+        rawdoc! { "op": "u", "ns": "shop.users", "o": { "$v": 2, "diff": { "u": { "x": 1 } } }, "o2": { "_id": 5 }, "ts": ts(2), "t": 1_i64 },
+        rawdoc! { "op": "u", "ns": "shop.users", "o": { "_id": 5, "y": 1 }, "o2": { "_id": 5 }, "ts": ts(3), "t": 1_i64 },
+        rawdoc! { "op": "n", "ns": "", "o": { "msg": "periodic noop" }, "ts": ts(4), "t": 1_i64 },
+        rawdoc! {
+            "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+            "o": { "applyOps": [
+                { "op": "i", "ns": "shop.orders", "o": { "_id": 1 } },
+                { "op": "u", "ns": "shop.orders", "o": { "$set": { "x": 1 } }, "o2": { "sk": 3, "_id": 1 } },
+            ] },
+            "ts": ts(5), "t": 1_i64,
+        },
+    ];
+    for format in [
+        RecordFormat::Oplog,
+        RecordFormat::ChangeEvent,
+        RecordFormat::Debezium { server_name: "x" },
+    ] {
+        let mut e = emitter()
+            .with_format(format)
+            .with_full_document(FullDocument::Lookup);
+        let out = run(&mut e, &docs);
+        let lookups = e.take_lookups();
+        assert_eq!(lookups.len(), 2, "{format:?}: {lookups:#?}");
+        for l in &lookups {
+            let SinkInput::Record(r) = &out[l.index] else {
+                panic!("{format:?}: not a record at {}", l.index)
+            };
+            assert_eq!(r.op, "u");
+            assert_eq!(r.checkpoint.is_some(), l.entry.ts.increment == 2);
+            let filled = crate::pipeline::lookup::fill(
+                r.value.as_deref().unwrap(),
+                l.splice,
+                Some(&rawdoc! { "_id": 1 }),
+            )
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&filled).unwrap();
+            assert_eq!(v["fullDocumentLookup"], "found", "{format:?}");
+        }
+        assert_eq!(lookups[0].ns, "shop.users");
+        assert_eq!(lookups[0].key, bson::doc! { "_id": 5 });
+        assert_eq!(lookups[0].entry.ts.increment, 2);
+        assert_eq!(lookups[1].ns, "shop.orders");
+        assert_eq!(lookups[1].key, bson::doc! { "sk": 3, "_id": 1 });
+        assert_eq!(lookups[1].entry.ts.increment, 5, "the commit's entry");
+        assert!(e.take_lookups().is_empty(), "taken once");
+        let mut off = emitter().with_format(format);
+        run(&mut off, &docs);
+        assert!(off.take_lookups().is_empty());
+    }
+}
