@@ -562,6 +562,25 @@ impl Cluster {
         hold_txn_decisions(&self.shared, hold)
     }
 
+    /// Holds (`Some(ns)`) or releases (`None`) every `find` and `getMore` of namespace `ns`
+    /// on the shards' members: they wait before answering until released (mongod's
+    /// `waitInFindBeforeMakingBatch` fail point with `nss`). Reads through mongos wait on
+    /// the member they reach.
+    pub fn hold_reads(&self, ns: Option<&str>) {
+        self.shared
+            .read_hold
+            .send_replace(ns.map(|n| (n.to_owned(), false)));
+    }
+
+    /// As [`Cluster::hold_reads`] for `getMore`s only: a `find` answers its first batch,
+    /// the cursor's next batches wait (mongod's
+    /// `waitAfterPinningCursorBeforeGetMoreBatch` fail point).
+    pub fn hold_get_mores(&self, ns: Option<&str>) {
+        self.shared
+            .read_hold
+            .send_replace(ns.map(|n| (n.to_owned(), true)));
+    }
+
     /// Defers migrations' range deletions, leaving the donors' copies as orphans (`true`),
     /// or runs the deferred deletions and stops deferring (`false`).
     ///

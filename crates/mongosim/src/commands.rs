@@ -142,6 +142,25 @@ pub(crate) async fn run_in_process(
     reply
 }
 
+/// Waits while reads of the command's namespace are held (`Cluster::hold_reads`, like
+/// mongod's `waitInFindBeforeMakingBatch` fail point with an `nss`), or until shutdown.
+async fn wait_while_held(shared: &Arc<Shared>, name: &str, db: &str, cmd: &Document) {
+    let coll = match name {
+        "find" => cmd.get_str("find").ok(),
+        _ => cmd.get_str("collection").ok(),
+    };
+    let Some(coll) = coll else { return };
+    let ns = format!("{db}.{coll}");
+    let mut rx = shared.read_hold.subscribe();
+    tokio::select! {
+        _ = rx.wait_for(|h| {
+            !h.as_ref()
+                .is_some_and(|(held, get_more_only)| *held == ns && (name == "getMore" || !get_more_only))
+        }) => {}
+        _ = shared.shutdown.cancelled() => {}
+    }
+}
+
 async fn dispatch(
     shared: &Arc<Shared>,
     me: SocketAddr,
@@ -173,6 +192,9 @@ async fn dispatch(
             }
             _ => shared.auth.authorize(&conn, name, db, cmd)?,
         }
+    }
+    if matches!(proc, Proc::Node { .. }) && matches!(name, "find" | "getMore") {
+        wait_while_held(shared, name, db, cmd).await;
     }
     if let Proc::Node { set, node } = proc {
         let w = shared.world();

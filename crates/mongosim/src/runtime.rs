@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     pub tls: Option<crate::tls::Acceptor>,
     /// What each listener runs on an accepted connection.
     connection_handler: ConnectionHandler,
+    /// A namespace whose reads on members wait while it is set, and whether only its
+    /// `getMore`s wait (see `Cluster::hold_reads`).
+    pub read_hold: watch::Sender<Option<(String, bool)>>,
 }
 
 impl Shared {
@@ -65,7 +68,9 @@ impl Shared {
         connection_handler: ConnectionHandler,
     ) -> Arc<Shared> {
         let (changes, _) = watch::channel(0);
+        let (read_hold, _) = watch::channel(None);
         Arc::new(Shared {
+            read_hold,
             world: Mutex::new(world),
             changes,
             procs: Mutex::new(HashMap::new()),

@@ -217,9 +217,15 @@ pub async fn run_controlled(
         }
         warn!(store = %where_, start = %c.start.position, "no checkpoint stored: every shard starts from [start] position. If a previous run stored checkpoints, its state is missing: stop now and restore it (set [checkpoint] require_existing = true to refuse such a start)");
     }
+    // Shards whose snapshot is under way have no position to resume after: their snapshot
+    // continues (below).
     let stored: HashMap<Arc<str>, EntryId> = remembered
         .iter()
-        .map(|(k, v)| (k.clone(), v.checkpoint))
+        .filter_map(|(k, v)| Some((k.clone(), v.resume_after()?)))
+        .collect();
+    let snapshots_under_way: HashMap<Arc<str>, quorumtail_sink::SnapshotProgress> = remembered
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.snapshot.clone()?)))
         .collect();
     let http_stop = CancellationToken::new();
     let _http_stop_guard = http_stop.clone().drop_guard();
@@ -358,17 +364,31 @@ pub async fn run_controlled(
     );
     // `[start] position = "snapshot"`: one snapshot time and ownership for every shard that
     // has no checkpoint yet (shards that appear later start from their oplog's beginning).
-    if cfg.start == crate::config::StartPosition::Snapshot
-        && shards
-            .iter()
-            .any(|s| running.resume_point(s, &stored).is_none() && !stored.contains_key(&s.name))
+    // A snapshot an earlier run started continues at its time, whatever the setting now.
+    let resume: HashMap<Arc<str>, quorumtail_sink::SnapshotProgress> = snapshots_under_way
+        .into_iter()
+        .filter(|(k, _)| shards.iter().any(|s| s.name == *k))
+        .collect();
+    if !resume.is_empty()
+        || (cfg.start == crate::config::StartPosition::Snapshot
+            && shards.iter().any(|s| {
+                running.resume_point(s, &stored).is_none() && !stored.contains_key(&s.name)
+            }))
     {
         let planned = crate::snapshot::plan(
             &shards,
             discovery.as_ref(),
-            c.mongo.access(),
-            c.snapshot.batch_size,
-            cfg.stream_margin,
+            crate::snapshot::PlanInput {
+                access: c.mongo.access(),
+                batch_size: c.snapshot.batch_size,
+                stream_margin: cfg.stream_margin,
+                progress: Some(crate::snapshot::ProgressStore {
+                    store: store.clone(),
+                    view: sink.view(),
+                    interval: cfg.checkpoint_interval,
+                }),
+                resume,
+            },
         )
         .await;
         match planned {

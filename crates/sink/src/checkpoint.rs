@@ -155,6 +155,12 @@ pub struct StoredShard {
     /// `checkpoint` is delivered and nothing follows it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// The shard's initial snapshot is under way: how far its delivered records go. While
+    /// this is set, `checkpoint` is where the stream after the snapshot starts (no entry
+    /// has been delivered yet), not a position to resume after. The shard's first
+    /// confirmed checkpoint clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 impl StoredShard {
@@ -164,8 +170,51 @@ impl StoredShard {
             checkpoint,
             membership: None,
             drained: false,
+            snapshot: None,
         }
     }
+
+    /// The position to resume after, if the shard has streamed (not while its snapshot
+    /// is under way).
+    pub fn resume_after(&self) -> Option<EntryId> {
+        self.snapshot.is_none().then_some(self.checkpoint)
+    }
+}
+
+/// How far a shard's initial snapshot got, as far as the sink confirmed its records: a
+/// restart continues from here with the same snapshot time. Namespaces are copied in
+/// name order, each in `_id` order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotProgress {
+    /// The snapshot's time `P` (every shard's snapshot of one run shares it).
+    pub at: quorumtail_oplog::Timestamp,
+    /// Where the stream after the snapshot starts (`P - [snapshot] stream_margin`, or the
+    /// oldest entry a member held).
+    pub stream_from: quorumtail_oplog::Timestamp,
+    /// Namespaces copied and delivered completely.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+    /// The namespace being copied, and the last `_id` of it delivered (canonical Extended
+    /// JSON); the copy continues after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<SnapshotCursor>,
+    /// Every namespace is copied and delivered: only the stream remains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub complete: bool,
+    /// Documents delivered so far (all namespaces).
+    #[serde(default)]
+    pub documents: u64,
+}
+
+/// Where a namespace's copy stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCursor {
+    /// `db.coll`.
+    pub ns: String,
+    /// The last `_id` delivered, as canonical Extended JSON.
+    pub after_id: serde_json::Value,
 }
 
 /// What a store holds, by shard.
@@ -185,7 +234,8 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// valid checkpoint.
     fn load_shards(&self) -> BoxFuture<'_, Result<StoredShards, CheckpointError>>;
 
-    /// The stored position of every shard, drained or not (empty on a first run).
+    /// The stored position of every shard, drained or not, except shards whose snapshot is
+    /// under way (empty on a first run).
     ///
     /// # Errors
     /// As [`load_shards`](Self::load_shards).
@@ -195,7 +245,7 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
                 .load_shards()
                 .await?
                 .into_iter()
-                .map(|(k, v)| (k, v.checkpoint))
+                .filter_map(|(k, v)| Some((k, v.resume_after()?)))
                 .collect())
         })
     }
@@ -215,6 +265,18 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// The shard runs with this membership: it is written with the shard's next store, and
     /// the shard is no longer drained (it came back). Nothing is written by this call.
     fn remember(&self, shard: &Arc<str>, membership: ShardMembership);
+
+    /// Stores how far shard `shard`'s snapshot got (its records up to there are delivered).
+    /// Ignored for a shard that has streamed (it has a checkpoint of its own). Durable
+    /// when the future completes.
+    ///
+    /// # Errors
+    /// As [`store`](Self::store).
+    fn store_snapshot<'a>(
+        &'a self,
+        shard: &'a Arc<str>,
+        progress: SnapshotProgress,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
 
     /// The removed shard was read to its end: stores the given positions as
     /// [`store`](Self::store) does, with `shard` marked drained at its confirmed position
@@ -238,6 +300,8 @@ struct Ledger {
     members: HashMap<Arc<str>, ShardMembership>,
     /// Shards remembered since the last write: their `drained` flag is cleared once.
     revived: std::collections::HashSet<Arc<str>>,
+    /// Snapshot progress given since the last write.
+    snapshots: HashMap<Arc<str>, SnapshotProgress>,
 }
 
 /// The shards as they should be stored after merging `checkpoints` and the ledger into
@@ -249,9 +313,37 @@ fn merged(
     drained: Option<&str>,
 ) -> StoredShards {
     let mut next = held.clone();
+    // Snapshot progress, for shards that have not streamed yet (a shard with a checkpoint
+    // of its own is past its snapshot: late progress must not send it back).
+    for (shard, p) in &ledger.snapshots {
+        let placeholder = EntryId {
+            ts: p.stream_from,
+            term: None,
+            hash: None,
+        };
+        match next.get_mut(shard) {
+            Some(s) if s.snapshot.is_none() => {}
+            Some(s) => {
+                s.checkpoint = placeholder;
+                s.snapshot = Some(p.clone());
+            }
+            None => {
+                next.insert(
+                    shard.clone(),
+                    StoredShard {
+                        snapshot: Some(p.clone()),
+                        ..StoredShard::at(placeholder)
+                    },
+                );
+            }
+        }
+    }
     for (shard, id) in checkpoints.iter() {
         next.entry(shard.clone())
-            .and_modify(|s| s.checkpoint = *id)
+            .and_modify(|s| {
+                s.checkpoint = *id;
+                s.snapshot = None;
+            })
             .or_insert_with(|| StoredShard::at(*id));
     }
     for (shard, m) in &ledger.members {
@@ -286,10 +378,20 @@ impl Ledger {
         self.revived.insert(shard.clone());
     }
 
-    /// After a successful write that applied `revived`: those are done.
-    fn written(&mut self, revived: &std::collections::HashSet<Arc<str>>) {
+    /// After a successful write that applied `revived` and `snapshots`: those are done
+    /// (progress given meanwhile stays for the next write).
+    fn written(
+        &mut self,
+        revived: &std::collections::HashSet<Arc<str>>,
+        snapshots: &HashMap<Arc<str>, SnapshotProgress>,
+    ) {
         for r in revived {
             self.revived.remove(r);
+        }
+        for (shard, p) in snapshots {
+            if self.snapshots.get(shard) == Some(p) {
+                self.snapshots.remove(shard);
+            }
         }
     }
 }
@@ -485,15 +587,17 @@ impl FileCheckpointStore {
             Some(h) => h,
             None => self.read_blocking().await?,
         };
-        let (next, revived) = {
+        let (next, revived, snapshots) = {
             let ledger = self.ledger();
             (
                 merged(&held, &ledger, checkpoints, drained),
                 ledger.revived.clone(),
+                ledger.snapshots.clone(),
             )
         };
         if next == held {
             state.held = Some(held);
+            self.ledger().written(&revived, &snapshots);
             return Ok(());
         }
         let file = CheckpointFile {
@@ -509,7 +613,7 @@ impl FileCheckpointStore {
         match written {
             Ok(()) => {
                 state.held = Some(next);
-                self.ledger().written(&revived);
+                self.ledger().written(&revived, &snapshots);
                 Ok(())
             }
             Err(e) => {
@@ -539,6 +643,15 @@ impl CheckpointStore for FileCheckpointStore {
 
     fn remember(&self, shard: &Arc<str>, membership: ShardMembership) {
         self.ledger().remember(shard, membership);
+    }
+
+    fn store_snapshot<'a>(
+        &'a self,
+        shard: &'a Arc<str>,
+        progress: SnapshotProgress,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        self.ledger().snapshots.insert(shard.clone(), progress);
+        Box::pin(async move { self.write(&ConfirmedCheckpoints::default(), None).await })
     }
 
     fn mark_drained<'a>(
@@ -606,11 +719,12 @@ mod tests {
             StoredShard {
                 checkpoint: id(1),
                 membership: Some(members(3)),
-                drained: false
+                drained: false,
+                snapshot: None,
             }
         );
         let revived = ledger.revived.clone();
-        ledger.written(&revived);
+        ledger.written(&revived, &HashMap::new());
         // Drained at the confirmed position; the same position later keeps the flag.
         let held = merged(&held, &ledger, &confirmed(&[("rs", 2)]), Some("rs"));
         assert!(held[&rs].drained && held[&rs].checkpoint == id(2));

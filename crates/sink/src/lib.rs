@@ -87,7 +87,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
     run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointStore, ShardMembership, StoredShard, StoredShards,
+    KafkaCheckpointStore, ShardMembership, SnapshotCursor, SnapshotProgress, StoredShard,
+    StoredShards,
 };
 pub use config::{
     CheckpointConfig, CheckpointKind, FullDocument, KeyKind, RecordFormat, SinkConfig, SinkKind,

@@ -58,6 +58,12 @@ impl ProgressView {
         self.progress.subscribe(shard)
     }
 
+    /// The highest seq of shard `shard` whose whole prefix is delivered (records with or
+    /// without a checkpoint), and whether the shard failed.
+    pub fn delivered_seq(&self, shard: &str) -> (Option<u64>, bool) {
+        self.progress.delivered_seq(shard)
+    }
+
     /// See [`Sink::failure`](crate::Sink::failure).
     pub fn failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {
         self.progress.subscribe_failure()
@@ -129,6 +135,17 @@ impl Progress {
         let name: Arc<str> = name.into();
         let i = self.index(&name);
         self.lock().shards[i].tx.subscribe()
+    }
+
+    pub(crate) fn delivered_seq(&self, name: &str) -> (Option<u64>, bool) {
+        let inner = self.lock();
+        match inner.index.get(name) {
+            Some(&i) => {
+                let slot = &inner.shards[i];
+                (slot.tracker.confirmed_seq(), slot.failure.is_some())
+            }
+            None => (None, false),
+        }
     }
 
     pub(crate) fn subscribe_failure(&self) -> watch::Receiver<Option<Arc<SinkError>>> {

@@ -256,6 +256,17 @@ impl Running {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, s) in candidates {
+            if s.snapshot.is_some() {
+                if self.orphans_reported.insert(name.clone()) {
+                    error!(shard = %name, "the shard left the topology before its initial snapshot finished: its documents are only partly emitted and its changes are not read. If it is still in the cluster, add it under [[shards]] (or fix [discovery]) and its snapshot continues; if it is gone for good, remove its entry from the checkpoint store");
+                    self.status
+                        .orphans
+                        .lock()
+                        .map(|mut o| o.push(name.to_string()))
+                        .ok();
+                }
+                continue;
+            }
             let Some(m) = &s.membership else {
                 if self.orphans_reported.insert(name.clone()) {
                     error!(

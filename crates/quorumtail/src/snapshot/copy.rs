@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::ownership::{compare, Owner};
+use super::progress::{Stop, Tracker};
 use super::{shard_uri, SnapshotPlan};
 use crate::pipeline::emit::Emitter;
 use crate::pipeline::stats::ShardStats;
@@ -50,17 +51,63 @@ pub async fn copy_shard(
         .await
         .map_err(|e| fail(e.to_string()))?;
     let client = mongodb::Client::with_options(opts).map_err(|e| fail(e.to_string()))?;
+    let earlier = plan.resume.get(&shard).cloned();
+    if let Some(p) = earlier.as_ref().filter(|p| p.complete) {
+        // Copied and delivered by an earlier run: only the stream remains.
+        quorumtail_tailer::close(client).await;
+        info!(shard = %shard, at = %ts_text(plan.at), documents = p.documents, "snapshot: copied by an earlier run; streaming from its time on");
+        return Ok(Some(p.stream_from.into()));
+    }
     stats.snapshotting.store(1, Relaxed);
     let result = async {
-        let start = stream_start(&client, plan).await.map_err(&fail)?;
+        let (start, mut tracker) = match earlier {
+            Some(p) => {
+                info!(shard = %shard, at = %ts_text(plan.at), done = p.done.len(), current = ?p.current.as_ref().map(|c| (&c.ns, &c.after_id)), documents = p.documents, "snapshot: continuing where an earlier run's delivered records end (documents emitted after that point are emitted again)");
+                stats.snapshot_documents.fetch_add(p.documents, Relaxed);
+                stats.snapshot_collections.fetch_add(p.done.len() as u64, Relaxed);
+                (p.stream_from.into(), Tracker::new(shard.clone(), plan.progress.clone(), p))
+            }
+            None => {
+                let start = stream_start(&client, plan).await.map_err(&fail)?;
+                let fresh = quorumtail_sink::SnapshotProgress {
+                    at: plan.at.into(),
+                    stream_from: start.into(),
+                    done: Vec::new(),
+                    current: None,
+                    complete: false,
+                    documents: 0,
+                };
+                (start, Tracker::new(shard.clone(), plan.progress.clone(), fresh))
+            }
+        };
         let namespaces = namespaces(&client, filter).await.map_err(&fail)?;
         info!(shard = %shard, at = %ts_text(plan.at), collections = namespaces.len(), "snapshot: copying");
+        let stopped = |s: Stop| match s {
+            Stop::SinkFailed => Some(ShardError::Sink {
+                shard: shard.clone(),
+                detail: "the sink failed this shard during its snapshot".into(),
+            }),
+            Stop::Shutdown => None,
+        };
         for ns in namespaces {
             if shutdown.is_cancelled() {
                 return Ok(None);
             }
-            copy_collection(&client, spec, plan, &ns, emitter, sink, stats, shutdown).await?;
+            if tracker.done(&ns) {
+                continue;
+            }
+            copy_collection(&client, spec, plan, &ns, emitter, sink, stats, &mut tracker, shutdown).await?;
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            tracker.finished(emitter.seq(), &ns);
+            if let Err(s) = tracker.maybe_store().await {
+                return stopped(s).map_or(Ok(None), Err);
+            }
             stats.snapshot_collections.fetch_add(1, Relaxed);
+        }
+        if let Err(s) = tracker.complete(emitter.seq(), shutdown).await {
+            return stopped(s).map_or(Ok(None), Err);
         }
         Ok(Some(start))
     }
@@ -161,6 +208,7 @@ async fn copy_collection(
     emitter: &mut Emitter,
     sink: &SinkSender,
     stats: &Arc<ShardStats>,
+    tracker: &mut Tracker,
     shutdown: &CancellationToken,
 ) -> Result<(), ShardError> {
     let shard = spec.name.clone();
@@ -170,19 +218,20 @@ async fn copy_collection(
     };
     let (db_name, coll) = ns.split_once('.').unwrap_or((ns, ""));
     let db = client.database(db_name);
-    // The last `_id` emitted: after a transient failure the read starts again and skips
-    // up to it (the snapshot's order is fixed; `$gt` would miss `_id`s of other types).
-    let mut last: Option<Bson> = None;
+    // The last `_id` emitted: after a transient failure (or a restart, from the stored
+    // progress) the read starts again and skips up to it (the snapshot's order is fixed;
+    // `$gt` would miss `_id`s of other types).
+    let mut last: Option<Bson> = tracker.after_id(ns).map_err(&fail)?;
     let mut attempts = 0;
     let (mut emitted, mut orphans) = (0u64, 0u64);
     'read: loop {
         let mut out: Vec<SinkInput> = Vec::new();
-        let first = db
-            .run_command(doc! {
+        let first = tracker
+            .meanwhile(db.run_command(doc! {
                 "find": coll, "filter": {}, "sort": {"_id": 1},
                 "batchSize": i64::from(plan.batch_size),
                 "readConcern": {"level": "snapshot", "atClusterTime": plan.at},
-            })
+            }))
             .await;
         let mut reply = match first {
             Ok(r) => r,
@@ -236,11 +285,21 @@ async fn copy_collection(
                 }
                 last = Some(id);
             }
+            let in_batch = out.len() as u64;
             for input in out.drain(..) {
                 sink.send(input).await.map_err(|e| ShardError::Sink {
                     shard: shard.clone(),
                     detail: e.to_string(),
                 })?;
+            }
+            if let Some(l) = &last {
+                tracker.emitted(emitter.seq(), ns, l, in_batch);
+            }
+            if let Err(Stop::SinkFailed) = tracker.maybe_store().await {
+                return Err(ShardError::Sink {
+                    shard: shard.clone(),
+                    detail: "the sink failed this shard during its snapshot".into(),
+                });
             }
             let id = cursor.get_i64("id").unwrap_or(0);
             if id == 0 {
@@ -249,8 +308,10 @@ async fn copy_collection(
             if shutdown.is_cancelled() {
                 return Ok(());
             }
-            match db
-                .run_command(doc! {"getMore": id, "collection": coll, "batchSize": i64::from(plan.batch_size)})
+            match tracker
+                .meanwhile(db.run_command(
+                    doc! {"getMore": id, "collection": coll, "batchSize": i64::from(plan.batch_size)},
+                ))
                 .await
             {
                 Ok(r) => reply = r,
@@ -276,7 +337,7 @@ async fn retry(
     if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
         if c.code == 239 {
             return Err(fail(format!(
-                "the snapshot's time is older than the member's history ({}: {}). Fix: raise the server parameter minSnapshotHistoryWindowInSeconds above the snapshot's duration, or restart quorumtail to take the snapshot again at a new time",
+                "the snapshot's time is older than the member's history ({}: {}). Fix: raise the server parameter minSnapshotHistoryWindowInSeconds above the snapshot's duration (a restart continues at the same time); or, to take the snapshot again at a new time, stop quorumtail, remove the entries of every shard still under snapshot from the checkpoint store, and start it",
                 c.code_name, c.message
             )));
         }

@@ -29,23 +29,27 @@
 //!
 //! # Limits
 //!
-//! The snapshot is not resumable across a restart: a shard without a checkpoint (one
-//! that had not finished its snapshot and streamed past `P`) takes it again, and the
-//! documents emitted before the restart are emitted again (consumers apply `r` records
-//! as upserts). A read older than the server's history window
-//! (`minSnapshotHistoryWindowInSeconds`, 300 s by default) fails with `SnapshotTooOld`:
-//! the shard stops with that error and the fix (a larger window, or a restart for a new
-//! `P`). Hashed shard keys are refused (see [`ownership`]). Collections are listed on
-//! the member read; time-series collections are copied as their buckets (the filter's
-//! rule for `*.system.buckets.*`).
+//! Progress survives a restart (module `progress`): once the sink confirmed a shard's records
+//! up to a point, that point (collections done, the collection being copied and its last
+//! `_id`, `P`, the stream's start) is stored in the checkpoint store, and the next start
+//! continues there at the same `P`; the shard's first checkpoint replaces it. A read older
+//! than the server's history window (`minSnapshotHistoryWindowInSeconds`, 300 s by default)
+//! fails with `SnapshotTooOld`: the shard stops with that error and the fix (a larger
+//! window, or a new snapshot). Hashed shard keys are refused (see [`ownership`]).
+//! Collections are listed on the member read; time-series collections are copied as their
+//! buckets (the filter's rule for `*.system.buckets.*`).
 
 mod copy;
 pub mod ownership;
+mod progress;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Document, Timestamp};
 use futures::TryStreamExt;
+use quorumtail_sink::{CheckpointStore, ProgressView, SnapshotProgress};
 
 use crate::discovery::MemberAccess;
 use crate::pipeline::ShardSpec;
@@ -65,6 +69,23 @@ pub struct SnapshotPlan {
     pub stream_margin: Duration,
     /// How members are reached.
     pub access: MemberAccess,
+    /// Where each shard's progress is kept, so a restart continues the snapshot instead of
+    /// taking it again; `None` keeps no progress (tests of the copy alone).
+    pub progress: Option<ProgressStore>,
+    /// Shards continuing a snapshot an earlier run started, with how far it got.
+    pub resume: HashMap<Arc<str>, SnapshotProgress>,
+}
+
+/// The checkpoint store and the sink's delivery view: progress is stored once the sink
+/// confirmed the records up to it (delivery before progress, as for checkpoints).
+#[derive(Debug, Clone)]
+pub struct ProgressStore {
+    /// The checkpoint store.
+    pub store: Arc<dyn CheckpointStore>,
+    /// The sink's delivery.
+    pub view: ProgressView,
+    /// How often progress is stored at most (`[checkpoint] interval`).
+    pub interval: Duration,
 }
 
 /// Why the snapshot could not be planned.
@@ -86,20 +107,47 @@ pub enum PlanError {
     Ownership(#[from] OwnershipError),
 }
 
+/// What [`plan`] needs besides the shards and the catalog.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// How members are reached.
+    pub access: MemberAccess,
+    /// `[snapshot] batch_size`.
+    pub batch_size: u32,
+    /// `[snapshot] stream_margin`.
+    pub stream_margin: Duration,
+    /// Where progress is kept.
+    pub progress: Option<ProgressStore>,
+    /// Shards continuing an earlier run's snapshot: its time is kept (one time for the
+    /// whole cluster, so the shards' copies stay one consistent cut).
+    pub resume: HashMap<Arc<str>, SnapshotProgress>,
+}
+
 /// Plans the snapshot of `shards`: `P` and the ownership at `P` (from `catalog`, the
-/// discovery client's view of the config database; `None` for a replica set).
+/// discovery client's view of the config database; `None` for a replica set). A snapshot
+/// an earlier run started keeps its `P`.
 ///
 /// # Errors
 /// [`PlanError`] when a shard or the catalog cannot be read.
 pub async fn plan(
     shards: &[ShardSpec],
     catalog: Option<&crate::discovery::Discovery>,
-    access: MemberAccess,
-    batch_size: u32,
-    stream_margin: Duration,
+    input: PlanInput,
 ) -> Result<SnapshotPlan, PlanError> {
-    let mut at: Option<Timestamp> = None;
-    for s in shards {
+    let PlanInput {
+        access,
+        batch_size,
+        stream_margin,
+        progress,
+        resume,
+    } = input;
+    let resumed: Option<Timestamp> = resume
+        .values()
+        .map(|p| Timestamp::from(p.at))
+        .min_by_key(|t| (t.time, t.increment));
+    let mut at = resumed;
+    let fresh: &[ShardSpec] = if resumed.is_some() { &[] } else { shards };
+    for s in fresh {
         let t = majority_point(s, &access)
             .await
             .map_err(|detail| PlanError::CommitPoint {
@@ -127,13 +175,19 @@ pub async fn plan(
         }
         None => None,
     };
-    tracing::info!(at = %format!("{}:{}", at.time, at.increment), shards = shards.len(), "snapshot planned: every shard is read as of this time");
+    if resume.is_empty() {
+        tracing::info!(at = %format!("{}:{}", at.time, at.increment), shards = shards.len(), "snapshot planned: every shard is read as of this time");
+    } else {
+        tracing::info!(at = %format!("{}:{}", at.time, at.increment), continuing = ?resume.keys().collect::<Vec<_>>(), "continuing the snapshot an earlier run started, at its time");
+    }
     Ok(SnapshotPlan {
         at,
         ownership,
         batch_size,
         stream_margin,
         access,
+        progress,
+        resume,
     })
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     changed, merged, CheckpointError, CheckpointStore, ConfirmedCheckpoints, Ledger,
-    ShardMembership, StoredShard, StoredShards,
+    ShardMembership, SnapshotProgress, StoredShard, StoredShards,
 };
 use crate::client::{producer_properties, shared_properties, TracingContext};
 use crate::config::{CheckpointConfig, SinkConfig};
@@ -46,6 +46,8 @@ struct TopicRecord {
     membership: Option<ShardMembership>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     drained: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotProgress>,
 }
 
 impl std::fmt::Debug for KafkaCheckpointStore {
@@ -275,6 +277,7 @@ fn read_to_end(
                                 checkpoint: r.id,
                                 membership: r.membership,
                                 drained: r.drained,
+                                snapshot: r.snapshot,
                             },
                         );
                     }
@@ -320,11 +323,12 @@ impl KafkaCheckpointStore {
             Some(h) => h,
             None => self.read().await?,
         };
-        let (next, revived) = {
+        let (next, revived, snapshots) = {
             let ledger = self.ledger();
             (
                 merged(&current, &ledger, checkpoints, drained),
                 ledger.revived.clone(),
+                ledger.snapshots.clone(),
             )
         };
         let values: Vec<(&Arc<str>, Vec<u8>)> = changed(&current, &next)
@@ -335,6 +339,7 @@ impl KafkaCheckpointStore {
                     id: s.checkpoint,
                     membership: s.membership.clone(),
                     drained: s.drained,
+                    snapshot: s.snapshot.clone(),
                 };
                 (shard, serde_json::to_vec(&r).expect("positions serialize"))
             })
@@ -362,7 +367,7 @@ impl KafkaCheckpointStore {
             ));
         }
         *held = Some(next);
-        self.ledger().written(&revived);
+        self.ledger().written(&revived, &snapshots);
         Ok(())
     }
 }
@@ -386,6 +391,15 @@ impl CheckpointStore for KafkaCheckpointStore {
 
     fn remember(&self, shard: &Arc<str>, membership: ShardMembership) {
         self.ledger().remember(shard, membership);
+    }
+
+    fn store_snapshot<'a>(
+        &'a self,
+        shard: &'a Arc<str>,
+        progress: SnapshotProgress,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        self.ledger().snapshots.insert(shard.clone(), progress);
+        Box::pin(async move { self.write(&ConfirmedCheckpoints::default(), None).await })
     }
 
     fn mark_drained<'a>(

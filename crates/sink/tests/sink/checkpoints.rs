@@ -6,7 +6,8 @@ use std::sync::Arc;
 use quorumtail_oplog::EntryId;
 use quorumtail_sink::{
     CheckpointConfig, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointStore, ShardMembership, SinkConfig, StoredShard, StoredShards,
+    KafkaCheckpointStore, ShardMembership, SinkConfig, SnapshotCursor, SnapshotProgress,
+    StoredShard, StoredShards,
 };
 
 use crate::broker::{partitions, Broker};
@@ -237,7 +238,88 @@ fn stored(checkpoint: EntryId, m: Option<ShardMembership>, drained: bool) -> Sto
         checkpoint,
         membership: m,
         drained,
+        snapshot: None,
     }
+}
+
+fn progress(ns: &str, after: i64, documents: u64) -> SnapshotProgress {
+    SnapshotProgress {
+        at: cp(20).ts,
+        stream_from: cp(10).ts,
+        done: vec!["a.first".into()],
+        current: Some(SnapshotCursor {
+            ns: ns.into(),
+            after_id: serde_json::json!({"$numberLong": after.to_string()}),
+        }),
+        complete: false,
+        documents,
+    }
+}
+
+/// A shard's snapshot progress: kept across processes while the snapshot is under way
+/// (the shard then has no position to resume after), replaced by the shard's first
+/// confirmed checkpoint, and never brought back by progress that arrives late.
+async fn snapshot_progress_round_trips(
+    store: &dyn CheckpointStore,
+    reopen: impl AsyncFn() -> Box<dyn CheckpointStore>,
+) {
+    let rs2: Arc<str> = "rs2".into();
+    store
+        .store_snapshot(&rs2, progress("a.second", 7, 100))
+        .await
+        .unwrap();
+    store
+        .store_snapshot(&rs2, progress("a.second", 9, 150))
+        .await
+        .unwrap();
+    let loaded = reopen().await.load_shards().await.unwrap();
+    assert_eq!(loaded[&rs2].snapshot, Some(progress("a.second", 9, 150)));
+    assert_eq!(loaded[&rs2].resume_after(), None);
+    assert!(
+        !reopen().await.load().await.unwrap().contains_key(&rs2),
+        "a shard under snapshot has no position to resume after"
+    );
+    // A later process continues it, then streams: its first checkpoint ends the snapshot.
+    let again = reopen().await;
+    again.load_shards().await.unwrap();
+    again
+        .store_snapshot(&rs2, progress("a.third", 1, 200))
+        .await
+        .unwrap();
+    again.store(&confirmed(&[("rs2", cp(30))])).await.unwrap();
+    again
+        .store_snapshot(&rs2, progress("a.third", 2, 201))
+        .await
+        .unwrap();
+    let loaded = reopen().await.load_shards().await.unwrap();
+    assert_eq!(loaded[&rs2], StoredShard::at(cp(30)));
+    assert_eq!(reopen().await.load().await.unwrap()[&rs2], cp(30));
+}
+
+#[tokio::test]
+async fn file_store_keeps_snapshot_progress_until_the_first_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cp.json");
+    let store = FileCheckpointStore::new(&path);
+    let p = path.clone();
+    snapshot_progress_round_trips(&store, async || {
+        Box::new(FileCheckpointStore::new(&p)) as Box<dyn CheckpointStore>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_store_keeps_snapshot_progress_until_the_first_checkpoint() {
+    let broker = Broker::start();
+    let sink = SinkConfig::kafka(broker.bootstrap.clone());
+    let mut cfg = CheckpointConfig::kafka(crate::unique("it.checkpoints.snapshot"));
+    cfg.replication_factor = 1;
+    let store = KafkaCheckpointStore::open(&cfg, &sink).await.unwrap();
+    let (c, s) = (cfg.clone(), sink.clone());
+    snapshot_progress_round_trips(&store, async || {
+        Box::new(KafkaCheckpointStore::open(&c, &s).await.unwrap()) as Box<dyn CheckpointStore>
+    })
+    .await;
 }
 
 /// The lifecycle every store goes through: memberships written with positions, a removed

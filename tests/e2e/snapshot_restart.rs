@@ -1,0 +1,289 @@
+//! An initial snapshot survives `kill -9`: the restarted process continues after the
+//! last progress the checkpoint store holds (records the sink confirmed), at the same
+//! snapshot time, instead of copying everything again; what it repeats is what the first
+//! run emitted after that point, and the consumer still ends with exactly the cluster's
+//! documents, including the writes made while quorumtail was down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use mongodb::Client;
+use mongosim::{Cluster, ClusterSpec, ServerVersion};
+use serde_json::Value;
+
+use crate::events::replay;
+use crate::support::{records, wait_until};
+
+fn spawn(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_quorumtail"))
+        .args(["--log-format", "compact", "run", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start quorumtail")
+}
+
+/// The stored snapshot progress of each shard (empty once every shard streams).
+fn stored_progress(cp: &Path) -> BTreeMap<String, Value> {
+    let Ok(text) = std::fs::read_to_string(cp) else {
+        return BTreeMap::new();
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["shards"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| !s["snapshot"].is_null())
+                .map(|(k, s)| (k.clone(), s["snapshot"].clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn key(e: &Value) -> String {
+    format!("{}/{}", e["ns"]["coll"], e["documentKey"]["_id"])
+}
+
+async fn source(client: &Client) -> BTreeMap<(String, String), Value> {
+    let mut want = BTreeMap::new();
+    for c in ["items", "marks", "orders"] {
+        let coll = client.database("shop").collection::<Document>(c);
+        let mut cursor = coll.find(doc! {}).await.unwrap();
+        while cursor.advance().await.unwrap() {
+            let d: Document = cursor.deserialize_current().unwrap();
+            let id = d.get("_id").cloned().unwrap().into_relaxed_extjson();
+            want.insert(
+                (format!("shop.{c}"), id.to_string()),
+                Bson::Document(d).into_relaxed_extjson(),
+            );
+        }
+    }
+    want
+}
+
+/// Killed between collections: the second run starts with the next collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_between_collections_continues_with_the_next() {
+    killed_midway(false).await;
+}
+
+/// Killed inside a collection: the second run continues after the last `_id` delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_inside_a_collection_continues_after_its_last_delivered_id() {
+    killed_midway(true).await;
+}
+
+async fn killed_midway(inside: bool) {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let db = client.database("shop");
+    // The simulator splits at 1000: both collections on both shards.
+    db.collection::<Document>("items")
+        .insert_many((0..300).chain(1000..1300).map(|i| doc! {"_id": i, "n": 0}))
+        .await
+        .unwrap();
+    db.collection::<Document>("orders")
+        .insert_many(
+            (0..40)
+                .chain(1000..1040)
+                .map(|i| doc! {"_id": i, "total": i}),
+        )
+        .await
+        .unwrap();
+    // A majority write on each shard after the others: both commit points pass every
+    // write above, so the snapshot's time (the older commit point) holds them all (the
+    // marks themselves may fall on either side of it).
+    db.collection_with_options::<Document>(
+        "marks",
+        mongodb::options::CollectionOptions::builder()
+            .write_concern(mongodb::options::WriteConcern::majority())
+            .build(),
+    )
+    .insert_many([doc! {"_id": 1}, doc! {"_id": 1001}])
+    .await
+    .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cp, log) = (
+        tmp.path().join("events.jsonl"),
+        tmp.path().join("cp.json"),
+        tmp.path().join("qt.log"),
+    );
+    let cfg = tmp.path().join("quorumtail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"1s\"\n[mongo]\nmax_await = \"100ms\"\n[sink]\nkind = \"file\"\nformat = \"change-event\"\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[start]\nposition = \"snapshot\"\n[snapshot]\nbatch_size = 20\n",
+            cluster.mongos_addr(),
+            out.display().to_string(),
+            cp.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    // The copy of shop.orders (after shop.items and shop.marks, in name order) waits on
+    // both shards, as if the read were slow: the first run cannot finish its snapshot.
+    // Inside: the first batch of shop.orders is read, the cursor's next ones wait.
+    if inside {
+        cluster.hold_get_mores(Some("shop.orders"));
+    } else {
+        cluster.hold_reads(Some("shop.orders"));
+    }
+    let mut first = spawn(&cfg, &log);
+    wait_until(
+        60,
+        "both shards' delivered reads stored as progress",
+        || {
+            let p = stored_progress(&cp);
+            ["shard01", "shard02"].iter().all(|s| {
+                p.get(*s).is_some_and(|p| {
+                    if inside {
+                        p["current"]["ns"] == "shop.orders"
+                    } else {
+                        p["done"]
+                            .as_array()
+                            .is_some_and(|d| d.iter().any(|n| n == "shop.marks"))
+                    }
+                })
+            })
+        },
+    )
+    .await;
+    first.kill().unwrap(); // SIGKILL: no flush, no final store
+    first.wait().unwrap();
+    let stored = stored_progress(&cp);
+    let first_run = records(&out);
+    let delivered: u64 = stored
+        .values()
+        .map(|p| p["documents"].as_u64().unwrap())
+        .sum();
+    // The first run emitted reads only (its stream never started), each delivered and
+    // recorded as progress before the kill: every item, and what of the marks is in the
+    // snapshot.
+    assert!(first_run.iter().all(|e| e["snapshot"] == true));
+    let first_orders = first_run
+        .iter()
+        .filter(|e| e["ns"]["coll"] == "orders")
+        .count();
+    // A batch is 20 documents: the first of each shard's cursor, or none.
+    assert_eq!(first_orders, if inside { 40 } else { 0 });
+    if inside {
+        assert_eq!(
+            stored["shard01"]["current"]["after_id"],
+            serde_json::json!({"$numberInt": "19"})
+        );
+        assert_eq!(
+            stored["shard02"]["current"]["after_id"],
+            serde_json::json!({"$numberInt": "1019"})
+        );
+    }
+    assert_eq!(
+        delivered,
+        first_run.len() as u64,
+        "every read delivered is recorded: {stored:?}"
+    );
+    assert!(delivered >= 600 + first_orders as u64, "{stored:?}");
+    let at = stored["shard01"]["at"].clone();
+    assert_eq!(
+        stored["shard02"]["at"], at,
+        "one snapshot time for the cluster"
+    );
+
+    // Writes while quorumtail is down (after the snapshot's time: they come from the stream).
+    cluster.hold_reads(None);
+    let orders = db.collection::<Document>("orders");
+    orders
+        .insert_many([
+            doc! {"_id": 500, "total": 1},
+            doc! {"_id": 1500, "total": 2},
+        ])
+        .await
+        .unwrap();
+    orders
+        .update_one(doc! {"_id": 3}, doc! {"$set": {"total": -3}})
+        .await
+        .unwrap();
+    db.collection::<Document>("items")
+        .delete_one(doc! {"_id": 1001})
+        .await
+        .unwrap();
+
+    let mut second = spawn(&cfg, &log);
+    let want = source(&client).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = records(&out);
+        let got = replay(&events).map(|docs| {
+            docs.into_iter()
+                .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        if got.as_ref().is_ok_and(|g| *g == want) && stored_progress(&cp).is_empty() {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replaying {} events gives {:?} documents, the cluster holds {}; progress {:?}; log:\n{}",
+            events.len(),
+            got.map(|g| g.len()),
+            want.len(),
+            stored_progress(&cp),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        // The polling interval of a bounded wait, not a race cover.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let second_run = &events[first_run.len()..];
+    let reads2: Vec<&Value> = second_run
+        .iter()
+        .filter(|e| e["snapshot"] == true)
+        .collect();
+    // The second run read only what the stored progress did not cover: the orders, all
+    // written before the snapshot's time.
+    assert!(
+        reads2.iter().all(|e| e["ns"]["coll"] == "orders"),
+        "documents read again: {:?}",
+        reads2.iter().map(|e| key(e)).collect::<Vec<_>>()
+    );
+    assert_eq!(reads2.len(), 80 - first_orders);
+    // Every document of the snapshot read exactly once over both runs.
+    let reads: Vec<String> = first_run
+        .iter()
+        .chain(second_run)
+        .filter(|e| e["snapshot"] == true)
+        .map(key)
+        .collect();
+    let distinct: BTreeSet<&String> = reads.iter().collect();
+    assert_eq!(distinct.len(), reads.len(), "a document read twice");
+    // Both runs read at the same snapshot time.
+    let times: BTreeSet<String> = first_run
+        .iter()
+        .chain(second_run)
+        .filter(|e| e["snapshot"] == true)
+        .map(|e| e["clusterTime"].to_string())
+        .collect();
+    assert_eq!(times.len(), 1, "{times:?}");
+    cluster.shutdown().await;
+}
