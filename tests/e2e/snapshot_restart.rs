@@ -57,6 +57,16 @@ fn key(e: &Value) -> String {
 async fn source(client: &Client) -> BTreeMap<(String, String), Value> {
     let mut want = BTreeMap::new();
     for c in ["items", "marks", "orders"] {
+        if client
+            .database("shop")
+            .list_collection_names()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n != c)
+        {
+            continue;
+        }
         let coll = client.database("shop").collection::<Document>(c);
         let mut cursor = coll.find(doc! {}).await.unwrap();
         while cursor.advance().await.unwrap() {
@@ -285,5 +295,114 @@ async fn killed_midway(inside: bool) {
         .map(|e| e["clusterTime"].to_string())
         .collect();
     assert_eq!(times.len(), 1, "{times:?}");
+    cluster.shutdown().await;
+}
+
+/// Re-snapshotting one shard (the fix a lost resume point names): with its entry removed
+/// from the checkpoint store and `[start] position = "snapshot"`, the next start reads that
+/// shard's documents again and streams after; the other shard resumes from its checkpoint
+/// without reading anything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shard_is_snapshotted_again_when_its_checkpoint_is_removed() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let db = client.database("shop");
+    let items = db.collection::<Document>("items");
+    items
+        .insert_many((0..50).chain(1000..1050).map(|i| doc! {"_id": i, "n": 0}))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, cp) = (tmp.path().join("events.jsonl"), tmp.path().join("cp.json"));
+    let text = format!(
+        "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"1s\"\n[mongo]\nmax_await = \"100ms\"\n[sink]\nkind = \"file\"\nformat = \"change-event\"\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[start]\nposition = \"snapshot\"\n",
+        cluster.mongos_addr(),
+        out.display().to_string(),
+        cp.display().to_string()
+    );
+    let streaming = |cp: &Path| {
+        let Ok(t) = std::fs::read_to_string(cp) else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        ["shard01", "shard02"].iter().all(|s| {
+            let e = &v["shards"][*s];
+            !e.is_null() && e["snapshot"].is_null()
+        })
+    };
+    let q = crate::support::start_text(&text);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !streaming(&cp) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint after the snapshot"
+        );
+        // The polling interval of a bounded wait, not a race cover.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    q.stop().await;
+    let first_run = records(&out).len();
+
+    // shard01's entry is removed (as after a lost resume point); writes meanwhile.
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    v["shards"].as_object_mut().unwrap().remove("shard01");
+    std::fs::write(&cp, serde_json::to_vec(&v).unwrap()).unwrap();
+    items
+        .insert_many([doc! {"_id": 60, "n": 1}, doc! {"_id": 1060, "n": 1}])
+        .await
+        .unwrap();
+    items
+        .update_one(doc! {"_id": 1001}, doc! {"$set": {"n": 5}})
+        .await
+        .unwrap();
+
+    let q = crate::support::start_text(&text);
+    let want = source(&client).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = records(&out);
+        let got = replay(&events).map(|docs| {
+            docs.into_iter()
+                .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        if got.as_ref().is_ok_and(|g| *g == want) && streaming(&cp) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replaying {} events gives {:?} documents, the cluster holds {}",
+            events.len(),
+            got.map(|g| g.len()),
+            want.len()
+        );
+        // The polling interval of a bounded wait, not a race cover.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    q.stop().await;
+    let events = records(&out);
+    let second: Vec<&Value> = events[first_run..].iter().collect();
+    let reads: Vec<&&Value> = second.iter().filter(|e| e["snapshot"] == true).collect();
+    // shard01's documents (ids below 1000), each once, and nothing of shard02.
+    assert!(reads.iter().all(|e| e["shard"] == "shard01"), "{reads:#?}");
+    let ids: BTreeSet<i64> = reads
+        .iter()
+        .map(|e| e["documentKey"]["_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), reads.len(), "a document read twice");
+    assert!((0..50).all(|i| ids.contains(&i)), "{ids:?}");
+    // shard02 resumed: its writes after the first run come from its stream.
+    assert!(second
+        .iter()
+        .any(|e| e["shard"] == "shard02" && e["documentKey"]["_id"] == 1060));
     cluster.shutdown().await;
 }

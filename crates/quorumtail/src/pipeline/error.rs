@@ -10,7 +10,7 @@ use quorumtail_oplog::EntryId;
 pub enum ShardError {
     /// Too few members still hold the resume point: changes in between are gone.
     #[error(
-        "shard {shard}: the resume point {target} is no longer in the oplog of {lacking}; only {holders} of {members} member(s) may still hold it and the quorum is {quorum}, so the changes after it cannot be read any more. Never skipping them, quorumtail stops this shard. Fix: re-snapshot the shard's collections, then reset its checkpoint (remove the \"{shard}\" entry from the checkpoint store) and set [start] position"
+        "shard {shard}: the resume point {target} is no longer in the oplog of {lacking}; only {holders} of {members} member(s) may still hold it and the quorum is {quorum}, so the changes after it cannot be read any more. Never skipping them, quorumtail stops this shard. Fix: take a new snapshot of this shard: stop quorumtail, remove the \"{shard}\" entry from the checkpoint store, set [start] position = \"snapshot\" (with [discovery] uri on a sharded cluster) and start it; the shard's documents are read again as op r records, then its changes follow, while the other shards resume from their checkpoints"
     )]
     ResumePointLost {
         /// Shard.
