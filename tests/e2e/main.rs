@@ -16,6 +16,7 @@ mod membership;
 mod page;
 mod removed;
 mod snapshot;
+mod snapshot_request;
 mod snapshot_restart;
 mod support;
 mod timeseries;

@@ -27,7 +27,7 @@ fn config(cluster: &Cluster, dir: &std::path::Path, extra: &str) -> String {
 }
 
 /// The cluster's documents, keyed as [`replay`] keys them.
-async fn source(client: &Client, colls: &[&str]) -> BTreeMap<(String, String), Value> {
+pub(crate) async fn source(client: &Client, colls: &[&str]) -> BTreeMap<(String, String), Value> {
     let mut want = BTreeMap::new();
     for c in colls {
         let coll = client.database("shop").collection::<Document>(c);

@@ -54,33 +54,6 @@ fn key(e: &Value) -> String {
     format!("{}/{}", e["ns"]["coll"], e["documentKey"]["_id"])
 }
 
-async fn source(client: &Client) -> BTreeMap<(String, String), Value> {
-    let mut want = BTreeMap::new();
-    for c in ["items", "marks", "orders"] {
-        if client
-            .database("shop")
-            .list_collection_names()
-            .await
-            .unwrap()
-            .iter()
-            .all(|n| n != c)
-        {
-            continue;
-        }
-        let coll = client.database("shop").collection::<Document>(c);
-        let mut cursor = coll.find(doc! {}).await.unwrap();
-        while cursor.advance().await.unwrap() {
-            let d: Document = cursor.deserialize_current().unwrap();
-            let id = d.get("_id").cloned().unwrap().into_relaxed_extjson();
-            want.insert(
-                (format!("shop.{c}"), id.to_string()),
-                Bson::Document(d).into_relaxed_extjson(),
-            );
-        }
-    }
-    want
-}
-
 /// Killed between collections: the second run starts with the next collection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_killed_between_collections_continues_with_the_next() {
@@ -238,7 +211,7 @@ async fn killed_midway(inside: bool) {
         .unwrap();
 
     let mut second = spawn(&cfg, &log);
-    let want = source(&client).await;
+    let want = crate::snapshot::source(&client, &["items", "marks", "orders"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let events = loop {
         let events = records(&out);
@@ -366,7 +339,7 @@ async fn one_shard_is_snapshotted_again_when_its_checkpoint_is_removed() {
         .unwrap();
 
     let q = crate::support::start_text(&text);
-    let want = source(&client).await;
+    let want = crate::snapshot::source(&client, &["items", "marks", "orders"]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let events = records(&out);

@@ -391,6 +391,11 @@ pub struct HttpConfig {
     /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/status`. Required.
     #[serde(default)]
     pub listen: String,
+    /// Also accept `POST /snapshot` (`quorumtail snapshot`), which makes shards copy
+    /// collections again. Off by default: the listener has no authentication, so turn it
+    /// on only where the address is reachable by operators alone.
+    #[serde(default)]
+    pub control: bool,
 }
 
 /// A configuration that could not be loaded: every problem, each with its key path.

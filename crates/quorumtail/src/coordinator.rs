@@ -131,6 +131,21 @@ pub enum Command {
     /// Apply the topology of a re-read, already validated configuration (SIGHUP). Other
     /// settings take effect at the next start.
     Reload(Box<Resolved>),
+    /// Copy collections again on running shards (`quorumtail snapshot`, `POST /snapshot`).
+    Snapshot(SnapshotCommand),
+}
+
+/// A snapshot on request: which shards (empty: every running one) and which collections
+/// (`db.coll`; empty: every one the filter keeps). The reply names the shards that took
+/// the request, or says why none did.
+#[derive(Debug)]
+pub struct SnapshotCommand {
+    /// Shard names; empty: every running shard.
+    pub shards: Vec<String>,
+    /// Namespaces; empty: every collection the filter keeps.
+    pub namespaces: Vec<String>,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<String>, String>>,
 }
 
 /// Where a shard (re)started now resumes: its latest confirmed checkpoint, else the one
@@ -227,6 +242,8 @@ pub async fn run_controlled(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.snapshot.clone()?)))
         .collect();
+    // Commands from the HTTP listener (`[http] control`), beside the caller's.
+    let (http_commands_tx, mut http_commands) = mpsc::channel::<Command>(8);
     let http_stop = CancellationToken::new();
     let _http_stop_guard = http_stop.clone().drop_guard();
     if let Some(h) = &c.http {
@@ -242,6 +259,7 @@ pub async fn run_controlled(
         tokio::spawn(crate::http::serve(
             listener,
             status.clone(),
+            h.control.then(|| http_commands_tx.clone()),
             http_stop.clone(),
         ));
     }
@@ -461,7 +479,32 @@ pub async fn run_controlled(
                 }
             }
             _ = drain_watch.tick() => running.watch_drains(),
-            Some(cmd) = commands.recv() => match cmd {
+            Some(cmd) = async {
+                tokio::select! {
+                    Some(c) = commands.recv() => Some(c),
+                    Some(c) = http_commands.recv() => Some(c),
+                    else => None,
+                }
+            } => match cmd {
+                Command::Snapshot(req) => {
+                    let catalog = match &discovery {
+                        Some(d) => match d.catalog().await {
+                            Ok(c) => Some(Arc::new(c)),
+                            Err(e) => {
+                                let _ = req.reply.send(Err(format!("cannot read the sharding catalog through [discovery] uri ({e}); it says which shard owns each document")));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let request = crate::snapshot::Request {
+                        namespaces: req.namespaces,
+                        catalog,
+                        batch_size: c.snapshot.batch_size,
+                        access: c.mongo.access(),
+                    };
+                    let _ = req.reply.send(running.request_snapshot(&req.shards, request));
+                }
                 Command::ForceCheckpoint => {
                     let now = sink.checkpoints();
                     match store.store(&now).await {

@@ -6,8 +6,13 @@
 //! The metrics are read from the [`Status`] at each scrape and encoded by prometheus-client
 //! (names, types, units, help), with label values escaped on the way (`exposition`).
 //!
-//! Deliberately minimal: GET and HEAD only, one request per connection, bounded request
-//! size and time, at most [`MAX_CONNECTIONS`] connections served at once (more wait to be
+//! With `[http] control = true`, `POST /snapshot?shard=<name>&collection=<db.coll>` (each
+//! repeatable, both optional) asks the named running shards (all when none is named) to
+//! copy the named collections (all the filter keeps when none is named) again; the answer
+//! (202) names the shards that took the request. `quorumtail snapshot` sends it.
+//!
+//! Deliberately minimal: GET and HEAD (and that one POST) only, one request per
+//! connection, bounded request size and time, at most [`MAX_CONNECTIONS`] connections served at once (more wait to be
 //! accepted); scrapers and browsers need nothing more, and it keeps a web framework out of
 //! the dependency tree.
 
@@ -33,7 +38,12 @@ pub use exposition::{metrics, METRICS_CONTENT_TYPE};
 pub const MAX_CONNECTIONS: usize = 32;
 
 /// Serves the endpoints until `shutdown`.
-pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<Status>,
+    control: Option<tokio::sync::mpsc::Sender<crate::coordinator::Command>>,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "HTTP endpoints: /metrics /healthz /readyz /status /");
     }
@@ -53,8 +63,9 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let status = status.clone();
+                    let control = control.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &status)).await {
+                        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), handle(stream, &status, control.as_ref())).await {
                             debug!(error = %e, "HTTP request timed out");
                         }
                         drop(slot);
@@ -65,7 +76,11 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, shutdown: Cancell
     }
 }
 
-async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    status: &Status,
+    control: Option<&tokio::sync::mpsc::Sender<crate::coordinator::Command>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -88,6 +103,10 @@ async fn handle(mut stream: TcpStream, status: &Status) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method == "POST" && target.split('?').next() == Some("/snapshot") {
+        let (code, body) = snapshot_request(target, control).await;
+        return respond(&mut stream, code, "application/json", body.as_bytes(), true).await;
+    }
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", b"only GET and HEAD\n", true).await;
     }
@@ -157,7 +176,11 @@ async fn respond(
 ) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
+        409 => "Conflict",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -186,6 +209,10 @@ async fn respond(
 /// A URL that is not `http://host:port/...`, or no answer within `timeout` (named with
 /// the URL and the fix).
 pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request("GET", url, timeout)
+}
+
+fn request(method: &str, url: &str, timeout: Duration) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let rest = url.strip_prefix("http://").ok_or_else(|| {
@@ -206,7 +233,7 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
     s.set_read_timeout(Some(timeout)).map_err(fail)?;
     s.set_write_timeout(Some(timeout)).map_err(fail)?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).map_err(fail)?;
     let mut text = Vec::new();
     s.read_to_end(&mut text).map_err(fail)?;
@@ -221,6 +248,96 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// `POST /snapshot?shard=..&collection=..`: the answer's status and JSON body.
+async fn snapshot_request(
+    target: &str,
+    control: Option<&tokio::sync::mpsc::Sender<crate::coordinator::Command>>,
+) -> (u16, String) {
+    let err = |code: u16, e: &str| (code, serde_json::json!({ "error": e }).to_string() + "\n");
+    let Some(control) = control else {
+        return err(
+            403,
+            "snapshot requests are off: set [http] control = true to accept them",
+        );
+    };
+    let (mut shards, mut namespaces) = (Vec::new(), Vec::new());
+    for pair in target.split_once('?').map_or("", |(_, q)| q).split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(v) = percent_decode(v) else {
+            return err(400, &format!("{k}: not valid percent-encoding: {v:?}"));
+        };
+        match k {
+            "shard" => shards.push(v),
+            "collection" => {
+                if !v.contains('.') {
+                    return err(400, &format!("collection {v:?}: expected db.coll"));
+                }
+                namespaces.push(v)
+            }
+            other => {
+                return err(
+                    400,
+                    &format!("unknown parameter {other:?}: expected shard and collection"),
+                )
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let cmd = crate::coordinator::Command::Snapshot(crate::coordinator::SnapshotCommand {
+        shards,
+        namespaces,
+        reply: tx,
+    });
+    if control.send(cmd).await.is_err() {
+        return err(503, "quorumtail is stopping");
+    }
+    match tokio::time::timeout(Duration::from_secs(8), rx).await {
+        Ok(Ok(Ok(took))) => (
+            202,
+            serde_json::json!({ "accepted": took }).to_string() + "\n",
+        ),
+        Ok(Ok(Err(e))) => err(409, &e),
+        _ => err(503, "no answer from the coordinator; look at the log"),
+    }
+}
+
+/// `%XX` and `+` decoding of a query value; `None` when malformed.
+fn percent_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Sends `POST path` to a running quorumtail (`quorumtail snapshot`): the answer's status
+/// and body.
+///
+/// # Errors
+/// When the URL is not `http://host:port...` or nothing answers.
+pub fn post(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request("POST", url, timeout)
 }
 
 /// Why the process is not ready, one line each; empty when ready.
@@ -481,6 +598,16 @@ mod tests {
         out
     }
 
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("shop.items").as_deref(), Some("shop.items"));
+        assert_eq!(percent_decode("a%2Eb+c").as_deref(), Some("a.b c"));
+        assert_eq!(percent_decode("%E2%9C%93").as_deref(), Some("\u{2713}"));
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+    }
+
     /// HEAD answers the headers without a body; other methods get 405 with `Allow`; at
     /// most MAX_CONNECTIONS connections are served at once.
     #[tokio::test]
@@ -488,7 +615,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::new(Status::default()), stop.clone()));
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Status::default()),
+            None,
+            stop.clone(),
+        ));
 
         let head = request(addr, "HEAD /healthz HTTP/1.1\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -504,6 +636,10 @@ mod tests {
             "{post}"
         );
         assert!(post.contains("Allow: GET, HEAD\r\n"), "{post}");
+        // Snapshot requests are refused unless [http] control is on.
+        let snap = request(addr, "POST /snapshot HTTP/1.1\r\n\r\n").await;
+        assert!(snap.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{snap}");
+        assert!(snap.contains("[http] control = true"), "{snap}");
 
         // Every slot held by a connection that sends nothing.
         let mut idle = Vec::new();

@@ -64,6 +64,25 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Ask a running quorumtail (with `[http] control = true`) to copy collections again:
+    /// each named shard (all when none is named) reads the named collections (all the
+    /// filter keeps when none is named) as of the last entry it released, emits them as
+    /// `r` records, and streams on. Prints the shards that took the request.
+    Snapshot {
+        /// The running quorumtail's `[http] listen` address: `http://host:port`.
+        #[arg(long)]
+        url: String,
+        /// A shard to copy (repeatable); all running shards when none is given.
+        #[arg(long = "shard")]
+        shards: Vec<String>,
+        /// A collection, `db.coll` (repeatable); every collection the filter keeps when
+        /// none is given.
+        #[arg(long = "collection")]
+        collections: Vec<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "10s")]
+        timeout: humantime::Duration,
+    },
     /// GET an endpoint of a running quorumtail (for container health checks, where no
     /// HTTP client may be installed): exit 0 on a 2xx answer, 1 otherwise.
     Healthcheck {
@@ -82,6 +101,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config, connect } => check(&config, connect),
         Command::Healthcheck { url, timeout } => healthcheck(&url, timeout.into()),
+        Command::Snapshot {
+            url,
+            shards,
+            collections,
+            timeout,
+        } => snapshot(&url, &shards, &collections, timeout.into()),
         Command::Run { config } => run(&config),
         Command::Demo {
             brokers,
@@ -229,6 +254,61 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
     })
+}
+
+fn snapshot(
+    url: &str,
+    shards: &[String],
+    collections: &[String],
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let enc = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let query: Vec<String> = shards
+        .iter()
+        .map(|s| format!("shard={}", enc(s)))
+        .chain(collections.iter().map(|c| format!("collection={}", enc(c))))
+        .collect();
+    let target = format!(
+        "{}/snapshot{}{}",
+        url.trim_end_matches('/'),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    match quorumtail::http::post(&target, timeout) {
+        Ok((202, body)) => {
+            let took = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["accepted"].as_array().cloned())
+                .unwrap_or_default();
+            let names: Vec<&str> = took.iter().filter_map(|v| v.as_str()).collect();
+            println!(
+                "snapshot requested on {}; progress on /status (snapshotting, snapshot_documents) and in the log",
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            eprintln!("error: {code}: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {

@@ -292,6 +292,55 @@ impl Running {
         }
     }
 
+    /// Hands a snapshot request to the named running shards (every running, not draining
+    /// shard when `names` is empty). Returns the shards that took it, or why none did.
+    pub(super) fn request_snapshot(
+        &self,
+        names: &[String],
+        request: crate::snapshot::Request,
+    ) -> Result<Vec<String>, String> {
+        let targets: Vec<(&Arc<str>, &ShardRun)> = if names.is_empty() {
+            self.shards.iter().filter(|(_, r)| !r.draining).collect()
+        } else {
+            let mut out = Vec::new();
+            for n in names {
+                match self.shards.get_key_value(n.as_str()) {
+                    Some((k, r)) if !r.draining => out.push((k, r)),
+                    Some(_) => {
+                        return Err(format!(
+                        "shard {n} is being drained (removed from the cluster); nothing to copy"
+                    ))
+                    }
+                    None => {
+                        let known: Vec<&str> = self.shards.keys().map(|k| &**k).collect();
+                        return Err(format!("no running shard {n}; running: {known:?}"));
+                    }
+                }
+            }
+            out
+        };
+        if targets.is_empty() {
+            return Err("no shard is running".into());
+        }
+        let mut took = Vec::new();
+        for (name, run) in targets {
+            match run
+                .control
+                .try_send(Control::Snapshot(Box::new(request.clone())))
+            {
+                Ok(()) => took.push(name.to_string()),
+                Err(e) => {
+                    warn!(shard = %name, error = %e, "snapshot request not taken (the shard is busy or stopping); request it again")
+                }
+            }
+        }
+        if took.is_empty() {
+            return Err("no shard took the request (busy or stopping); request it again".into());
+        }
+        info!(shards = ?took, namespaces = ?request.namespaces, "snapshot requested");
+        Ok(took)
+    }
+
     /// Says, loudly and again every minute, which draining shards cannot be read.
     pub(super) fn watch_drains(&mut self) {
         let now = std::time::Instant::now();

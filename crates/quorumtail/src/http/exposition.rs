@@ -543,6 +543,14 @@ impl Scrape {
         )?;
         family(
             e,
+            "quorumtail_shard_snapshot_requests_failed",
+            "Snapshots on request (quorumtail snapshot) whose reads failed; the log says why.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_requests_failed.into()),
+        )?;
+        family(
+            e,
             "quorumtail_shard_snapshot_collections",
             "Collections the initial snapshot finished copying.",
             None,

@@ -96,6 +96,7 @@
 //! the release waits on are always read (the rules are on `ShardCore`'s backpressure in
 //! `core/rules.rs`). Memory stays bounded while a quorum is stalled.
 
+mod again;
 pub mod core;
 pub mod emit;
 mod error;
@@ -221,6 +222,8 @@ pub enum Control {
     Members(ShardSpec),
     /// The shard was removed from the cluster: finish what its members hold, then stop.
     Drain,
+    /// Copy collections again, as of the last entry released (`quorumtail snapshot`).
+    Snapshot(Box<crate::snapshot::Request>),
 }
 
 /// Runs one shard until `shutdown` or a definite error.
@@ -292,7 +295,10 @@ pub async fn run_shard(
                     stage = None;
                     return Err(stage_end(&task.shard, r));
                 }
-                Some(c) = control.recv() => task.control(c)?,
+                Some(c) = control.recv() => match c {
+                    Control::Snapshot(req) => task.snapshot_again(&req, &shutdown).await?,
+                    c => task.control(c)?,
+                },
                 Some((node, msg)) = task.streams.next(), if !task.streams.is_empty() => {
                     task.handle(node, msg)?;
                 }
@@ -402,6 +408,9 @@ struct ShardTask {
     stage_handle: Option<tokio::task::JoinHandle<Result<(), ShardError>>>,
     lookup_stop: CancellationToken,
     actions: Vec<Action<EntryRef>>,
+    /// The `ts` of the last committed entry handed to the emitter: a snapshot on request
+    /// reads as of it.
+    last_released: Option<Timestamp>,
 }
 
 impl ShardTask {
@@ -478,6 +487,7 @@ impl ShardTask {
             stage_handle,
             lookup_stop,
             actions,
+            last_released: None,
         };
         task.execute()?;
         info!(%shard, members = ?members, quorum = task.core.quorum(), "shard pipeline started");
@@ -491,6 +501,8 @@ impl ShardTask {
                 Input::Members(spec)
             }
             Control::Drain => Input::Drain,
+            // Handled by `run_shard`, which awaits the copy.
+            Control::Snapshot(_) => return Ok(()),
         };
         self.core.step(Now::read(), input, &mut self.actions);
         self.execute()
@@ -692,6 +704,7 @@ impl ShardTask {
                 };
                 let p = payload.ok_or_else(|| bad("committed without content".into()))?;
                 let entry = p.entry().map_err(bad)?;
+                self.last_released = Some(id.ts);
                 self.emitter.committed(&entry, &mut self.out).map_err(|e| {
                     ShardError::BadEntry {
                         shard: shard.clone(),

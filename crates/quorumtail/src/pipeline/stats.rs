@@ -112,6 +112,8 @@ pub struct ShardStats {
     pub snapshot_orphans: AtomicU64,
     /// Collections the snapshot finished.
     pub snapshot_collections: AtomicU64,
+    /// Snapshots on request that failed (see the log; request them again).
+    pub snapshot_requests_failed: AtomicU64,
     /// Operations the stream after the snapshot did not emit because the snapshot holds
     /// them (committed at or before its time).
     pub in_snapshot: AtomicU64,
@@ -218,6 +220,7 @@ impl ShardStats {
             snapshot_bytes: self.snapshot_bytes.load(Relaxed),
             snapshot_orphans: self.snapshot_orphans.load(Relaxed),
             snapshot_collections: self.snapshot_collections.load(Relaxed),
+            snapshot_requests_failed: self.snapshot_requests_failed.load(Relaxed),
             in_snapshot: self.in_snapshot.load(Relaxed),
         }
     }
@@ -260,5 +263,6 @@ pub struct StatsSnapshot {
     pub snapshot_bytes: u64,
     pub snapshot_orphans: u64,
     pub snapshot_collections: u64,
+    pub snapshot_requests_failed: u64,
     pub in_snapshot: u64,
 }

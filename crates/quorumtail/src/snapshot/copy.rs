@@ -14,10 +14,47 @@ use tracing::{info, warn};
 
 use super::ownership::{compare, Owner};
 use super::progress::{Stop, Tracker};
-use super::{shard_uri, SnapshotPlan};
+use super::{read_client, SnapshotPlan};
 use crate::pipeline::emit::Emitter;
 use crate::pipeline::stats::ShardStats;
 use crate::pipeline::{ShardError, ShardSpec};
+
+/// Where a copy's records go: the sink, or, on a running shard with full documents on, the
+/// lookup stage in front of it, so that they keep their place among the stream's records.
+pub(crate) enum Output<'a> {
+    /// Straight to the sink.
+    Sink(&'a SinkSender),
+    /// Through the shard's lookup stage.
+    Stage(&'a tokio::sync::mpsc::Sender<crate::pipeline::lookup::Chunk>),
+}
+
+impl Output<'_> {
+    async fn send(&self, shard: &Arc<str>, inputs: &mut Vec<SinkInput>) -> Result<(), ShardError> {
+        match self {
+            Output::Sink(sink) => {
+                for input in inputs.drain(..) {
+                    sink.send(input).await.map_err(|e| ShardError::Sink {
+                        shard: shard.clone(),
+                        detail: e.to_string(),
+                    })?;
+                }
+                Ok(())
+            }
+            Output::Stage(tx) => {
+                if inputs.is_empty() {
+                    return Ok(());
+                }
+                let chunk = crate::pipeline::lookup::Chunk {
+                    inputs: std::mem::take(inputs),
+                    lookups: Vec::new(),
+                };
+                tx.send(chunk).await.map_err(|_| ShardError::LookupStopped {
+                    shard: shard.clone(),
+                })
+            }
+        }
+    }
+}
 
 /// How many times a collection's read is retried after transient failures.
 const RETRIES: u32 = 10;
@@ -42,15 +79,7 @@ pub async fn copy_shard(
         shard: shard.clone(),
         detail,
     };
-    let opts = plan
-        .access
-        .client_options(&shard_uri(
-            spec,
-            "&readPreference=primaryPreferred&appName=quorumtail-snapshot",
-        ))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let client = mongodb::Client::with_options(opts).map_err(|e| fail(e.to_string()))?;
+    let client = read_client(spec, &plan.access).await.map_err(fail)?;
     let earlier = plan.resume.get(&shard).cloned();
     if let Some(p) = earlier.as_ref().filter(|p| p.complete) {
         // Copied and delivered by an earlier run: only the stream remains.
@@ -96,7 +125,18 @@ pub async fn copy_shard(
             if tracker.done(&ns) {
                 continue;
             }
-            copy_collection(&client, spec, plan, &ns, emitter, sink, stats, &mut tracker, shutdown).await?;
+            copy_collection(
+                &client,
+                spec,
+                plan,
+                &ns,
+                emitter,
+                &Output::Sink(sink),
+                stats,
+                &mut tracker,
+                shutdown,
+            )
+            .await?;
             if shutdown.is_cancelled() {
                 return Ok(None);
             }
@@ -152,7 +192,10 @@ async fn stream_start(client: &mongodb::Client, plan: &SnapshotPlan) -> Result<T
 }
 
 /// Every collection the filter keeps, as `db.coll`, in name order.
-async fn namespaces(client: &mongodb::Client, filter: &Filter) -> Result<Vec<String>, String> {
+pub(crate) async fn namespaces(
+    client: &mongodb::Client,
+    filter: &Filter,
+) -> Result<Vec<String>, String> {
     let dbs = client
         .list_database_names()
         .await
@@ -200,13 +243,13 @@ fn transient(e: &mongodb::error::Error) -> bool {
 
 /// Reads `ns` at the plan's time and emits what this shard owns.
 #[allow(clippy::too_many_arguments)]
-async fn copy_collection(
+pub(crate) async fn copy_collection(
     client: &mongodb::Client,
     spec: &ShardSpec,
     plan: &SnapshotPlan,
     ns: &str,
     emitter: &mut Emitter,
-    sink: &SinkSender,
+    sink: &Output<'_>,
     stats: &Arc<ShardStats>,
     tracker: &mut Tracker,
     shutdown: &CancellationToken,
@@ -286,12 +329,7 @@ async fn copy_collection(
                 last = Some(id);
             }
             let in_batch = out.len() as u64;
-            for input in out.drain(..) {
-                sink.send(input).await.map_err(|e| ShardError::Sink {
-                    shard: shard.clone(),
-                    detail: e.to_string(),
-                })?;
-            }
+            sink.send(&spec.name, &mut out).await?;
             if let Some(l) = &last {
                 tracker.emitted(emitter.seq(), ns, l, in_batch);
             }

@@ -39,6 +39,7 @@
 //! Collections are listed on the member read; time-series collections are copied as their
 //! buckets (the filter's rule for `*.system.buckets.*`).
 
+mod again;
 mod copy;
 pub mod ownership;
 mod progress;
@@ -53,7 +54,10 @@ use quorumtail_sink::{CheckpointStore, ProgressView, SnapshotProgress};
 
 use crate::discovery::MemberAccess;
 use crate::pipeline::ShardSpec;
+pub(crate) use again::copy_again;
+pub use again::{Catalog, Request};
 pub use copy::copy_shard;
+pub(crate) use copy::Output;
 pub use ownership::{Ownership, OwnershipError};
 
 /// What every shard's snapshot shares.
@@ -203,6 +207,21 @@ pub(crate) fn shard_uri(spec: &ShardSpec, extra: &str) -> String {
             spec.members.first().map_or("", String::as_str)
         ),
     }
+}
+
+/// A client for a shard's snapshot reads (the primary when it answers, else a secondary).
+pub(crate) async fn read_client(
+    spec: &ShardSpec,
+    access: &MemberAccess,
+) -> Result<mongodb::Client, String> {
+    let opts = access
+        .client_options(&shard_uri(
+            spec,
+            "&readPreference=primaryPreferred&appName=quorumtail-snapshot",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    mongodb::Client::with_options(opts).map_err(|e| e.to_string())
 }
 
 /// A shard's majority commit point, from its primary's `hello`.
