@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bson::{Bson, RawDocumentBuf, Timestamp};
+use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
@@ -33,7 +33,7 @@ pub use crate::error::SimError;
 pub use crate::ops::NodeStatus;
 use crate::ops::{
     add_shard, begin_remove_shard, block_replication, defer_range_deletion, fail_next_prepare,
-    finish_remove_shard, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
+    finish_remove_shard, hold_resharding, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
     reconfigure, restart_node, set_lag, set_partition, set_sync_source, status, step_down,
     truncate_oplog,
 };
@@ -154,6 +154,8 @@ impl Cluster {
                 mongos,
                 cursors: Default::default(),
                 mongos_alive: true,
+                keys: Default::default(),
+                unsplittable: Default::default(),
             });
             listeners.push((mongos_l, mongos));
         }
@@ -560,6 +562,29 @@ impl Cluster {
     /// them: prepared transactions stay open meanwhile.
     pub fn hold_txn_decisions(&self, hold: bool) {
         hold_txn_decisions(&self.shared, hold)
+    }
+
+    /// Holds every resharding operation (reshardCollection, moveCollection,
+    /// unshardCollection) after its clone, before its cut-over, or releases them: writes
+    /// meanwhile go to the donors and reach the new placement through oplog application.
+    pub fn hold_resharding(&self, hold: bool) {
+        hold_resharding(&self.shared, hold)
+    }
+
+    /// The namespaces being resharded (between clone and cut-over).
+    pub fn resharding_in_progress(&self) -> Vec<String> {
+        self.shared.world().resharding.keys().cloned().collect()
+    }
+
+    /// The shard key of each sharded collection that is not `{_id: 1}` (after
+    /// reshardCollection), by namespace.
+    pub fn shard_keys(&self) -> std::collections::BTreeMap<String, Document> {
+        self.shared
+            .world()
+            .sharding
+            .as_ref()
+            .map(|sh| sh.keys.clone())
+            .unwrap_or_default()
     }
 
     /// Defers migrations' range deletions, leaving the donors' copies as orphans (`true`),
