@@ -33,9 +33,9 @@ pub use crate::error::SimError;
 pub use crate::ops::NodeStatus;
 use crate::ops::{
     add_shard, begin_remove_shard, block_replication, defer_range_deletion, fail_next_prepare,
-    finish_remove_shard, hold_resharding, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
-    reconfigure, restart_node, set_lag, set_partition, set_sync_source, status, step_down,
-    truncate_oplog,
+    finish_remove_shard, hold_resharding, hold_step_up, hold_txn_decisions, kill_node, locate_node,
+    move_chunk, reconfigure, restart_node, set_lag, set_partition, set_sync_source, status,
+    step_down, truncate_oplog,
 };
 pub use replica_set::{ReplicaSet, ReplicaSetSpec};
 pub use spec::{ClusterSpec, Layout, ProcessInfo, SetLayout};

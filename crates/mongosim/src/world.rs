@@ -54,8 +54,8 @@ mod tests;
 
 pub use data::{apply_entry, apply_modifiers, bad_value, Collection};
 pub use ddl::CollMeta;
-pub use resharding::{Resharding, ReshardProvenance};
 pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_NS};
+pub use resharding::{ReshardProvenance, Resharding};
 pub use sessions::{txn_key, RetryImage, SessionCtx};
 pub use sharding::{Chunk, DatabaseEntry, ShardEntry, ShardState, Sharding};
 pub use writes::BATCHED_DELETE_DOCS;

@@ -41,7 +41,10 @@ fn summary(entries: &[Document], db: &str) -> Vec<String> {
     let prefix = format!("{db}.");
     entries
         .iter()
-        .filter(|e| e.get_str("ns").is_ok_and(|ns| ns.starts_with(&prefix) || ns == db))
+        .filter(|e| {
+            e.get_str("ns")
+                .is_ok_and(|ns| ns.starts_with(&prefix) || ns == db)
+        })
         .map(|e| {
             let op = e.get_str("op").unwrap();
             let ns = e.get_str("ns").unwrap();

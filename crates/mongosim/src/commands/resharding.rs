@@ -224,7 +224,10 @@ pub(super) fn move_primary(shared: &Arc<Shared>, db: &str, cmd: &Document) -> Cm
         .or_else(|_| cmd.get_str("moveprimary"))
         .map_err(|_| type_error("movePrimary", "string"))?
         .to_owned();
-    if target.is_empty() || target.contains('.') || matches!(target.as_str(), "admin" | "config" | "local") {
+    if target.is_empty()
+        || target.contains('.')
+        || matches!(target.as_str(), "admin" | "config" | "local")
+    {
         return Err(CmdError::new(
             73,
             "InvalidNamespace",
