@@ -14,6 +14,7 @@ mod live;
 mod membership;
 mod page;
 mod removed;
+mod resharding;
 mod snapshot;
 mod support;
 mod timeseries;
