@@ -371,13 +371,20 @@ impl Placement {
     }
 }
 
+/// A begun resharding on one shard: the collection's UUID there and the resharding UUID.
+#[derive(Clone, Debug)]
+struct Begun {
+    ui: Option<Vec<u8>>,
+    resharding_uuid: Option<[u8; 16]>,
+}
+
 /// Resharding operations each donor shard has begun (its `reshardBegin` no-op), so that
 /// the same shard's drop of the same collection incarnation is read as the operation's
 /// cut-over. Shared by every shard's filter, keyed by shard.
 #[derive(Clone, Default, Debug)]
 pub struct ReshardTracker {
-    /// `(shard, ns)` -> (the collection's UUID on that shard, the resharding UUID).
-    begun: Arc<RwLock<HashMap<(String, String), (Option<Vec<u8>>, Option<[u8; 16]>)>>>,
+    /// By `(shard, ns)`.
+    begun: Arc<RwLock<HashMap<(String, String), Begun>>>,
 }
 
 /// Whether `ns` is a resharding operation's temporary collection
@@ -522,7 +529,10 @@ impl Filter {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(
                             (shard.to_owned(), entry.ns.to_owned()),
-                            (entry.ui.map(<[u8]>::to_vec), uuid),
+                            Begun {
+                                ui: entry.ui.map(<[u8]>::to_vec),
+                                resharding_uuid: uuid,
+                            },
                         );
                     return None;
                 }
@@ -565,17 +575,15 @@ impl Filter {
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
                 let key = (shard.to_owned(), ns);
-                let same = begun
-                    .get(&key)
-                    .is_some_and(|(ui, _)| ui.as_deref() == entry.ui);
+                let same = begun.get(&key).is_some_and(|b| b.ui.as_deref() == entry.ui);
                 if !same {
                     return None;
                 }
-                let (_, uuid) = begun.remove(&key)?;
+                let b = begun.remove(&key)?;
                 Some(Placement::Reshard {
                     ns: key.1,
                     role: ReshardRole::Donor,
-                    uuid,
+                    uuid: b.resharding_uuid,
                 })
             }
             _ => None,
