@@ -353,10 +353,13 @@
 //!     (a simplified copy: the server applies each donor entry as it arrives and logs
 //!     updates as it applies them);
 //!   - writes through mongos keep going to the donors under the old chunks meanwhile;
+//!     each carries `destinedRecipient: <shard>`, the shard owning the document under
+//!     the new key (`oplog_entry.idl`: "Only included when a resharding operation is in
+//!     progress", between `needsRetryImage` and `stmtId`);
 //!   - each donor, at the critical section: one `{op: "n", ns, ui, o: {msg: "Writes to
 //!     <ns> are temporarily blocked for resharding."}, o2: {type: "reshardFinalOp",
-//!     reshardingUUID}}` per recipient (the server adds `destinedRecipient: <shard>`,
-//!     which mongosim does not write, nor on the donors' writes during the operation);
+//!     reshardingUUID}, destinedRecipient}` per recipient
+//!     (`_writeTransactionOplogEntryThenTransitionToBlockingWrites`);
 //!     newer revisions carry `reshardBlockingWrites: ns` in that `o2` too
 //!     (`ReshardBlockingWritesChangeEventO2Field`; the first release was not pinned, so
 //!     no version writes it here);
@@ -390,8 +393,8 @@
 //!
 //!   `{mongosimControl: "holdResharding"}` / `Cluster::hold_resharding` keeps every
 //!   operation between its clone and its cut-over, so that a test writes while the
-//!   collection is being resharded. Not simulated: the donors' `destinedRecipient`,
-//!   retryable-write history cloning (`$sessionMigrateInfo` no-ops), conflict stash and
+//!   collection is being resharded. Not simulated: `destinedRecipient` inside
+//!   transactions' `applyOps`, retryable-write history cloning (`$sessionMigrateInfo` no-ops), conflict stash and
 //!   oplog buffer collections on the recipients (`config.localReshardingOplogBuffer.*`,
 //!   `config.localReshardingConflictStash.*`), zones, aborts, and failovers during the
 //!   operation.

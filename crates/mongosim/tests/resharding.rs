@@ -241,6 +241,32 @@ async fn reshard_collection_per_version(version: ServerVersion) {
     } else {
         assert_eq!(o2.get_str("type").unwrap(), "reshardBegin");
     }
+    // Donor writes during the operation name the recipient (`destinedRecipient`, placed
+    // as oplog_entry.idl orders it: before the optime); the writes before do not.
+    let write = |id: i32| {
+        e1.iter()
+            .find(|e| {
+                e.get_str("op").ok() == Some("i")
+                    && e.get_str("ns").ok() == Some("shop.items")
+                    && e.get_document("o").unwrap().get_i32("_id").ok() == Some(id)
+            })
+            .unwrap()
+            .clone()
+    };
+    assert!(write(1).get("destinedRecipient").is_none());
+    let during = write(2);
+    assert_eq!(during.get_str("destinedRecipient").unwrap(), "shard02");
+    let keys: Vec<&str> = during.keys().map(String::as_str).collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+    assert!(at("o") < at("destinedRecipient") && at("destinedRecipient") < at("ts"));
+    let final_op = e1
+        .iter()
+        .find(|e| {
+            e.get_document("o2")
+                .is_ok_and(|o2| o2.get_str("type").ok() == Some("reshardFinalOp"))
+        })
+        .unwrap();
+    assert_eq!(final_op.get_str("destinedRecipient").unwrap(), "shard02");
     // The renamed collection carries the operation's UUID.
     assert_eq!(rename.get("ui"), Some(&resharding_uuid));
     // The catalog: the new key, one chunk on the recipient.

@@ -84,7 +84,60 @@ fn shard_not_found(name: &str) -> CmdError {
     CmdError::new(70, "ShardNotFound", format!("Shard {name} not found"))
 }
 
+/// `doc` with `destinedRecipient: to` where `oplog_entry.idl` puts it
+/// (`DurableReplOperation`: after `needsRetryImage`, before `stmtId` and `fromMigrate`,
+/// which precede the optime fields).
+pub(super) fn with_destined_recipient(doc: Document, to: String) -> Document {
+    const AFTER: &[&str] = &[
+        "stmtId",
+        "fromMigrate",
+        "checkExistenceForDiffInsert",
+        "ts",
+        "t",
+        "v",
+        "wall",
+        "prevOpTime",
+    ];
+    let mut out = Document::new();
+    let mut to = Some(to);
+    for (k, v) in doc {
+        if AFTER.contains(&k.as_str()) {
+            if let Some(to) = to.take() {
+                out.insert("destinedRecipient", to);
+            }
+        }
+        out.insert(k, v);
+    }
+    if let Some(to) = to {
+        out.insert("destinedRecipient", to);
+    }
+    out
+}
+
 impl World {
+    /// The `destinedRecipient` of an entry a donor logs while its collection is being
+    /// resharded: its writes to the collection (`i`, `u`, `d`) and its `reshardFinalOp`
+    /// no-ops. mongosim's operations have one recipient, which every document goes to.
+    pub(super) fn destined_recipient(&self, s: usize, spec: &OpSpec) -> Option<String> {
+        let op = self.resharding.get(&spec.ns)?;
+        let final_op = spec.op == "n"
+            && spec
+                .o2
+                .as_ref()
+                .is_some_and(|o2| o2.get_str("type").ok() == Some("reshardFinalOp"));
+        if !(matches!(spec.op, "i" | "u" | "d") || final_op) || spec.from_migrate {
+            return None;
+        }
+        let shard = &self
+            .sharding
+            .as_ref()?
+            .shards
+            .iter()
+            .find(|x| x.set == s)?
+            .name;
+        op.donors.contains(shard).then(|| op.recipient.clone())
+    }
+
     /// The writable primary of shard `name`: `(set, node)`.
     fn shard_primary(&self, name: &str) -> Result<(usize, usize), CmdError> {
         let s = self.shard_set(name).ok_or_else(|| shard_not_found(name))?;
