@@ -289,6 +289,17 @@ async fn reshard_collection_per_version(version: ServerVersion) {
         ],
         "{version}"
     );
+    // Dropped and created again, the collection is back on the default key and chunks.
+    items.drop().await.unwrap();
+    items.insert_one(doc! {"_id": 1}).await.unwrap();
+    let coll = config(&client, "collections", doc! {"_id": "shop.items"}).await;
+    assert_eq!(coll[0].get_document("key").unwrap(), &doc! {"_id": 1});
+    assert_eq!(
+        config(&client, "chunks", doc! {"ns": "shop.items"})
+            .await
+            .len(),
+        2
+    );
     cluster.shutdown().await;
 }
 
