@@ -418,3 +418,84 @@ async fn move_primary_moves_writes_without_duplicates_7_0() {
 async fn move_primary_moves_writes_without_duplicates_8_0() {
     move_primary(ServerVersion::V8_0).await;
 }
+
+/// The same through a Kafka-protocol broker (7.0): every write once, one marker per
+/// shard, keyed by the collection and with the collection in its `ns` header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reshard_collection_through_kafka_7_0() {
+    use crate::broker::{read_all, Broker};
+    let broker = Broker::start();
+    let prefix = format!("reshard{}", std::process::id());
+    let (cluster, client) = cluster(ServerVersion::V7_0).await;
+    let topics: Vec<String> = cluster
+        .shard_names()
+        .iter()
+        .map(|s| format!("{prefix}.{s}"))
+        .collect();
+    let topic_refs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
+    broker.create_topics(&topic_refs).await;
+    let q = crate::support::start_text(&format!(
+        "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"200ms\"\n\n[sink]\nkind = \"kafka\"\nbrokers = {:?}\ntopic = \"{prefix}.{{shard}}\"\nkey = \"document\"\n\n[checkpoint]\nkind = \"kafka\"\ntopic = \"{prefix}.checkpoints\"\ninterval = \"100ms\"\n\n[mongo]\nmax_await = \"100ms\"\n\n[start]\nposition = \"earliest\"\n",
+        cluster.mongos_addr(),
+        broker.bootstrap
+    ));
+    let items = client.database("shop").collection::<Document>("items");
+    items
+        .insert_many([doc! {"_id": 1, "k": 1}, doc! {"_id": 1500, "k": 2}])
+        .await
+        .unwrap();
+    cluster.hold_resharding(true);
+    let admin = client.database("admin");
+    let task = tokio::spawn(async move {
+        admin
+            .run_command(doc! {"reshardCollection": "shop.items", "key": {"k": 1}})
+            .await
+    });
+    let ok = cluster
+        .wait_for(Duration::from_secs(10), |c| {
+            !c.resharding_in_progress().is_empty()
+        })
+        .await;
+    assert!(ok, "the resharding never started");
+    items.insert_one(doc! {"_id": 2, "k": 3}).await.unwrap();
+    items.insert_one(doc! {"_id": 1600, "k": 4}).await.unwrap();
+    cluster.hold_resharding(false);
+    task.await.unwrap().unwrap();
+    items.insert_one(doc! {"_id": 3, "k": 5}).await.unwrap();
+    client
+        .database("shop")
+        .collection::<Document>("done")
+        .insert_many([doc! {"_id": 1}, doc! {"_id": 1500}])
+        .await
+        .unwrap();
+    let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut got = Vec::new();
+    wait_until(60, "the last record of each shard", || {
+        got = futures::executor::block_on(read_all(&broker.bootstrap, &topic_names));
+        got.iter()
+            .filter(|m| m.value["ns"] == "shop.done" && m.value["op"] == "i")
+            .count()
+            == 2
+    })
+    .await;
+    assert!(q.stop().await.ok());
+    let recs: Vec<Value> = got.iter().map(|m| m.value.clone()).collect();
+    let mut all: Vec<String> = writes(&recs, "shop.items")
+        .into_values()
+        .flatten()
+        .collect();
+    all.sort();
+    assert_eq!(all, strings(&["i 1", "i 1500", "i 1600", "i 2", "i 3"]));
+    assert_no_internal(&recs, "items");
+    let placed: Vec<_> = got
+        .iter()
+        .filter(|m| m.value["op"] == "placement")
+        .collect();
+    assert_eq!(placed.len(), 2, "{placed:#?}");
+    for m in placed {
+        assert_eq!(m.key.as_deref(), Some(b"shop.items".as_slice()));
+        assert_eq!(m.header("ns"), Some("shop.items"));
+        assert_eq!(m.topic, format!("{prefix}.{}", m.shard()));
+    }
+    cluster.shutdown().await;
+}
