@@ -15,6 +15,7 @@ mod lookup;
 mod membership;
 mod page;
 mod removed;
+mod resharding;
 mod snapshot;
 mod snapshot_request;
 mod snapshot_restart;

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bson::{Bson, RawDocumentBuf, Timestamp};
+use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
@@ -33,9 +33,9 @@ pub use crate::error::SimError;
 pub use crate::ops::NodeStatus;
 use crate::ops::{
     add_shard, begin_remove_shard, block_replication, defer_range_deletion, fail_next_prepare,
-    finish_remove_shard, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
-    reconfigure, restart_node, set_lag, set_partition, set_sync_source, status, step_down,
-    truncate_oplog,
+    finish_remove_shard, hold_resharding, hold_step_up, hold_txn_decisions, kill_node, locate_node,
+    move_chunk, reconfigure, restart_node, set_lag, set_partition, set_sync_source, status,
+    step_down, truncate_oplog,
 };
 pub use replica_set::{ReplicaSet, ReplicaSetSpec};
 pub use spec::{ClusterSpec, Layout, ProcessInfo, SetLayout};
@@ -154,6 +154,8 @@ impl Cluster {
                 mongos,
                 cursors: Default::default(),
                 mongos_alive: true,
+                keys: Default::default(),
+                unsplittable: Default::default(),
             });
             listeners.push((mongos_l, mongos));
         }
@@ -579,6 +581,29 @@ impl Cluster {
         self.shared
             .read_hold
             .send_replace(ns.map(|n| (n.to_owned(), true)));
+    }
+
+    /// Holds every resharding operation (reshardCollection, moveCollection,
+    /// unshardCollection) after its clone, before its cut-over, or releases them: writes
+    /// meanwhile go to the donors and reach the new placement through oplog application.
+    pub fn hold_resharding(&self, hold: bool) {
+        hold_resharding(&self.shared, hold)
+    }
+
+    /// The namespaces being resharded (between clone and cut-over).
+    pub fn resharding_in_progress(&self) -> Vec<String> {
+        self.shared.world().resharding.keys().cloned().collect()
+    }
+
+    /// The shard key of each sharded collection that is not `{_id: 1}` (after
+    /// reshardCollection), by namespace.
+    pub fn shard_keys(&self) -> std::collections::BTreeMap<String, Document> {
+        self.shared
+            .world()
+            .sharding
+            .as_ref()
+            .map(|sh| sh.keys.clone())
+            .unwrap_or_default()
     }
 
     /// Defers migrations' range deletions, leaving the donors' copies as orphans (`true`),

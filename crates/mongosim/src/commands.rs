@@ -17,7 +17,9 @@
 //! - `commands/txn.rs`: transactions and retryable-write statements;
 //! - `commands/catalog.rs`: create, listDatabases, listCollections, listShards, moveChunk;
 //! - `commands/ddl.rs`: drop, dropDatabase, renameCollection, createIndexes, dropIndexes,
-//!   collMod, shardCollection, enableSharding.
+//!   collMod, shardCollection, enableSharding;
+//! - `commands/resharding.rs`: reshardCollection, moveCollection, unshardCollection,
+//!   movePrimary.
 //!
 //! `mongosimControl` is handled by [`crate::control`], SASL by [`crate::auth`].
 
@@ -37,6 +39,7 @@ mod catalog;
 mod ddl;
 mod find;
 mod hello;
+mod resharding;
 mod tail;
 mod two_phase;
 mod txn;
@@ -258,6 +261,18 @@ async fn dispatch(
         }
         "enableSharding" | "enablesharding" if proc == Proc::Mongos => {
             ddl::enable_sharding(shared, db, cmd)
+        }
+        "reshardCollection" if proc == Proc::Mongos => {
+            resharding::reshard_collection(shared, db, cmd).await
+        }
+        "moveCollection" if proc == Proc::Mongos => {
+            resharding::move_collection(shared, db, cmd).await
+        }
+        "unshardCollection" if proc == Proc::Mongos => {
+            resharding::unshard_collection(shared, db, cmd).await
+        }
+        "movePrimary" | "moveprimary" if proc == Proc::Mongos => {
+            resharding::move_primary(shared, db, cmd)
         }
         "commitTransaction" => txn::commit(shared, proc, cmd).await,
         "abortTransaction" => end_transaction(shared, proc, cmd, false).map(|(r, _)| r),

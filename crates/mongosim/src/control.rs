@@ -23,6 +23,7 @@
 //! {mongosimControl: "refuseCommands", node: "127.0.0.1:27019", commands: ["replSetGetConfig"]}
 //! {mongosimControl: "misreportCommitPoint", node: "127.0.0.1:27019", on: true}
 //! {mongosimControl: "holdTransactionDecisions", hold: true}   (coordinators wait after prepare)
+//! {mongosimControl: "holdResharding", hold: true}   (resharding waits before its cut-over)
 //! {mongosimControl: "failNextPrepare", shard: "shard02"}      (its next prepare votes abort)
 //! {mongosimControl: "deferRangeDeletion", on: true}           (migrations leave orphans; false runs them)
 //! ```
@@ -282,6 +283,10 @@ pub(crate) async fn handle(
             let mut w = shared.world();
             let (s, n) = ops::locate_node(&w, arg_addr(cmd)?).map_err(to_cmd_error)?;
             w.sets[s].nodes[n].misreport_commit_point = on;
+            Ok(ok(Document::new()))
+        }
+        "holdResharding" => {
+            ops::hold_resharding(shared, cmd.get_bool("hold").unwrap_or(true));
             Ok(ok(Document::new()))
         }
         "holdTransactionDecisions" => {

@@ -323,6 +323,93 @@
 //!     every collection of its database, as an unsharded collection lives there and
 //!     shardCollection creates a sharded one there. A removed shard's databases move to
 //!     the first active shard (the server waits for a `movePrimary` instead).
+//! - Resharding (`world/resharding.rs`, `commands/resharding.rs`), through mongos:
+//!   `reshardCollection` from 5.0, `moveCollection` and `unshardCollection` on 8.0 (older
+//!   versions answer CommandNotFound 59), which the server runs as resharding operations.
+//!   Participants: the donors (shards owning chunks) and one recipient (the `toShard`;
+//!   for reshardCollection mongosim picks the last active shard and gives the new key a
+//!   single chunk `[MinKey, MaxKey)` there, where the server spreads `numInitialChunks`
+//!   over the shards). Each shard logs, in order
+//!   (`src/mongo/db/s/resharding/resharding_donor_service.cpp`,
+//!   `resharding_recipient_service.cpp`, `resharding_data_copy_util.cpp`,
+//!   `resharding_oplog_application.cpp`, `resharding_change_event_o2_field.idl`):
+//!   - recipient: `create` of `<db>.system.resharding.<source collection UUID>`
+//!     (`constructTemporaryReshardingNss`), whose UUID is the resharding operation's
+//!     (`ensureTemporaryReshardingCollectionRenamed` checks "a UUID matching the
+//!     resharding operation");
+//!   - each donor: `{op: "n", ns, ui, o: {msg: "Created temporary resharding
+//!     collection"}, o2, fromMigrate: true}` with `o2: {reshardBegin: ns,
+//!     reshardingUUID}` (`ReshardBeginChangeEventO2Field`) from 6.0 and the legacy
+//!     `{type: "reshardBegin", reshardingUUID}` on 5.0 (the server's change-stream
+//!     tests keep both formats, `TransformReshardBeginLegacyFormat`; that 6.0 is the
+//!     first release of the new format is inferred from the legacy filter's "remove
+//!     after 7.0" note, not pinned);
+//!   - recipient: the cloner's plain inserts (no `fromMigrate`,
+//!     `resharding::data_copy::insertBatch` → `collection_internal::insertDocuments`)
+//!     into the temporary collection; then the oplog applier's plain writes there for
+//!     the donors' writes made meanwhile (`ReshardingOplogApplicationRules`: inserts
+//!     with `fromMigrate: false`, replacement updates, deletes by `_id`). mongosim
+//!     applies them at the cut-over as inserts, whole-document replacements and deletes
+//!     (a simplified copy: the server applies each donor entry as it arrives and logs
+//!     updates as it applies them);
+//!   - writes through mongos keep going to the donors under the old chunks meanwhile;
+//!     each carries `destinedRecipient: <shard>`, the shard owning the document under
+//!     the new key (`oplog_entry.idl`: "Only included when a resharding operation is in
+//!     progress", between `needsRetryImage` and `stmtId`);
+//!   - each donor, at the critical section: one `{op: "n", ns, ui, o: {msg: "Writes to
+//!     <ns> are temporarily blocked for resharding."}, o2: {type: "reshardFinalOp",
+//!     reshardingUUID}, destinedRecipient}` per recipient
+//!     (`_writeTransactionOplogEntryThenTransitionToBlockingWrites`);
+//!     newer revisions carry `reshardBlockingWrites: ns` in that `o2` too
+//!     (`ReshardBlockingWritesChangeEventO2Field`; the first release was not pinned, so
+//!     no version writes it here);
+//!   - recipient: `{op: "n", ns: <temporary ns>, o: {msg: "The temporary resharding
+//!     collection now has a strictly consistent view of the data"}, o2:
+//!     {reshardDoneCatchUp: <temporary ns>, reshardingUUID}}` (6.0+; 5.0 `{type:
+//!     "reshardDoneCatchUp", reshardingUUID}`, same inference as `reshardBegin`);
+//!   - the catalog commits: `config.collections` gets the new `key` (and `unsplittable:
+//!     true` after moveCollection / unshardCollection), `config.chunks` the new chunk;
+//!   - recipient: `renameCollection` of the temporary collection onto `ns` with
+//!     `dropTarget` (the old collection's UUID when the recipient was also a donor),
+//!     marked `fromMigrate` (`RenameCollectionOptions::markFromMigrate`); the renamed
+//!     collection keeps the resharding UUID;
+//!   - donors that are not the recipient: `{drop: coll}` marked `fromMigrate`
+//!     (`ensureCollectionDropped`: `dropCollectionEvenIfSystem(..., markFromMigrate
+//!     true)`); a donor that is also the recipient drops nothing (its rename replaced
+//!     the collection, `_dropOriginalCollectionThenTransitionToDone`). The 5.0-era
+//!     revision of `resharding_data_copy_util.cpp` drops without the flag, so 5.0 logs
+//!     the drop and the rename unmarked;
+//!   - the database's primary shard, 6.0+: `{op: "n", ns, ui: <old UUID>, o: {msg:
+//!     "Reshard collection <ns> with shard key <key>"}, o2: {reshardCollection: ns,
+//!     reshardUUID, shardKey, oldShardKey, unique, numInitialChunks?}}`
+//!     (`reshard_collection_coordinator.cpp`, later
+//!     `change_stream_oplog_notification.cpp`
+//!     `notifyChangeStreamsOnReshardCollectionComplete`). On 8.0 `o2` also carries
+//!     `provenance` (`reshardCollection`, `moveCollection`, `unshardCollection`): the
+//!     8.0-era jstest `reshard_collection_event.js` expects it in the change event's
+//!     `operationDescription`, which change streams build from this `o2`; the revision
+//!     of the notification code that was read does not show the line appending it, so
+//!     its place in `o2` is inferred from that test.
+//!
+//!   `{mongosimControl: "holdResharding"}` / `Cluster::hold_resharding` keeps every
+//!   operation between its clone and its cut-over, so that a test writes while the
+//!   collection is being resharded. Not simulated: `destinedRecipient` inside
+//!   transactions' `applyOps`, retryable-write history cloning (`$sessionMigrateInfo` no-ops), conflict stash and
+//!   oplog buffer collections on the recipients (`config.localReshardingOplogBuffer.*`,
+//!   `config.localReshardingConflictStash.*`), zones, aborts, and failovers during the
+//!   operation.
+//! - `movePrimary` (all versions, through mongos): the new primary shard clones the
+//!   database's unsharded collections with the cloner (`src/mongo/db/cloner.cpp`:
+//!   `insertDocument(..., fromMigrate true)`, so `fromMigrate` inserts; the `create` is
+//!   marked `fromMigrate` here too, which was not confirmed in the cloner's source),
+//!   `config.databases` moves the database, then from 7.0 the old primary logs `{op: "n",
+//!   ns: <db>, o: {msg: {movePrimary: <db>}}, o2: {movePrimary: <db>, from, to}}`
+//!   (`move_primary_coordinator.cpp` → `notifyChangeStreamsOnMovePrimary`; the 7.0-era
+//!   coordinator's error codes 71202xx place it there; earlier releases log no
+//!   notification) and drops its copies with plain `drop` commands
+//!   (`dropStaleDataOnDonor` runs `{drop: coll}` through `DBDirectClient`; only a later
+//!   revision passes `fromMigrate`). The 4.4-6.0 movePrimary (no coordinator) was not
+//!   read: mongosim logs the same clone and drop there, without the notification.
 //! - findAndModify (`query`, `update` document or `remove`, `new`, `upsert`; through
 //!   mongos by `_id` or on each shard until one matches). A retryable one logs its image
 //!   per version (`ServerVersion::retry_images_in_side_collection`; mongodb/mongo
@@ -387,7 +474,7 @@
 //! builds that fail (`abortIndexBuild`), DDL coordinators' own bookkeeping writes
 //! (`config.system.sharding_ddl_coordinators`, critical sections) and the 6.0+
 //! `createDatabase`/`enableSharding` notification no-ops, cross-database renames,
-//! `movePrimary`, `$regex` and most query operators, array
+//! `$regex` and most query operators, array
 //! updates and positional paths (update operators are `$set`, `$unset`, `$inc` on
 //! document paths), array diffs in `$v: 2` updates,
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats

@@ -18,7 +18,8 @@ mod reconfig;
 pub use faults::NodeStatus;
 pub(crate) use faults::{
     add_shard, begin_remove_shard, block_replication, defer_range_deletion, fail_next_prepare,
-    finish_remove_shard, hold_step_up, hold_txn_decisions, kill_node, locate_node, move_chunk,
-    restart_node, set_lag, set_partition, set_sync_source, status, step_down, truncate_oplog,
+    finish_remove_shard, hold_resharding, hold_step_up, hold_txn_decisions, kill_node, locate_node,
+    move_chunk, restart_node, set_lag, set_partition, set_sync_source, status, step_down,
+    truncate_oplog,
 };
 pub(crate) use reconfig::{reconfigure, repl_set_reconfig_cmd};

@@ -42,6 +42,7 @@ mod ddl;
 pub mod history;
 mod prepared;
 mod replication;
+mod resharding;
 mod sessions;
 mod sharding;
 mod writes;
@@ -54,6 +55,7 @@ mod tests;
 pub use data::{apply_entry, apply_modifiers, bad_value, Collection};
 pub use ddl::CollMeta;
 pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_NS};
+pub use resharding::{ReshardProvenance, Resharding};
 pub use sessions::{txn_key, RetryImage, SessionCtx};
 pub use sharding::{Chunk, DatabaseEntry, ShardEntry, ShardState, Sharding};
 pub use writes::BATCHED_DELETE_DOCS;
@@ -520,6 +522,12 @@ pub struct World {
     pub defer_range_deletion: bool,
     /// Deletions deferred by `defer_range_deletion`: (donor set, namespace, `_id`s).
     pub pending_range_deletions: Vec<(usize, String, Vec<bson::Bson>)>,
+    /// Resharding operations (reshardCollection, moveCollection, unshardCollection) between
+    /// their clone and their cut-over, by namespace.
+    pub resharding: std::collections::BTreeMap<String, Resharding>,
+    /// Fault lever: resharding operations wait after cloning, before the cut-over, until it
+    /// is cleared (so that a test can write while the collection is being resharded).
+    pub hold_resharding: bool,
 }
 
 fn now_secs() -> u32 {
@@ -562,6 +570,8 @@ impl World {
             },
             defer_range_deletion: false,
             pending_range_deletions: Vec::new(),
+            resharding: Default::default(),
+            hold_resharding: false,
         }
     }
 

@@ -25,6 +25,26 @@
 //! `startIndexBuild` is never a record: it opens a two-phase index build whose
 //! `commitIndexBuild` (or `abortIndexBuild`) on the same shard is the operation's record.
 //!
+//! # Resharding and movePrimary
+//!
+//! A `reshardCollection` (and 8.0's `moveCollection` / `unshardCollection`, run as
+//! resharding operations) copies a collection into `<db>.system.resharding.<uuid>` on the
+//! recipient shards, applies the donors' writes made meanwhile there, and at the
+//! cut-over renames it onto the collection (recipients) and drops the original (donors
+//! that are not recipients). The temporary collection's entries and the operation's
+//! no-ops (`reshardBegin`, `reshardFinalOp`, `reshardDoneCatchUp`) are MongoDB's
+//! bookkeeping: dropped with [`DropReason::Resharding`]. The user's writes are records
+//! once: on the donors until the cut-over, on the recipients after it. Each shard's
+//! cut-over entry becomes a [`Placement`] marker instead of a drop or a rename
+//! ([`Filter::placement`]): a recipient's rename is recognised by its source namespace; a
+//! donor's drop by the `reshardBegin` the same shard logged for the same collection
+//! incarnation (remembered per shard). The primary shard's `reshardCollection`
+//! notification (6.0+: the new and old shard keys, on 8.0 the `provenance`) is a DDL
+//! notification: one record, from the primary shard. A `movePrimary` notification
+//! (7.0+, logged by the old primary) is a marker too, and moves the database's primary
+//! shard in [`PrimaryShards`] at once, so that the old primary's drops of the moved
+//! collections are judged by the new primary.
+//!
 //! Time-series collections are the exception to `*.system.*`: mongod stores their
 //! measurements as bucket documents in `<db>.system.buckets.<coll>` (the collection the
 //! user named is a view on it), so writes there are user data and are kept. Patterns
@@ -36,6 +56,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::entry::{split_ns, OpKind, OplogEntry};
+
+mod resharding;
+
+use resharding::resharding_noop;
+pub use resharding::{is_resharding_temp_ns, Placement, ReshardRole, ReshardTracker};
 
 /// Why an operation was not turned into a record.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -55,6 +80,10 @@ pub enum DropReason {
     DdlOnOtherShard,
     /// `startIndexBuild`: the build's `commitIndexBuild` / `abortIndexBuild` is the record.
     IndexBuildStart,
+    /// Resharding's own entries: writes to and commands on `<db>.system.resharding.*`
+    /// (the cloner's and the oplog applier's copies of the user's writes) and the
+    /// operation's no-ops (`reshardBegin`, `reshardFinalOp`, `reshardDoneCatchUp`).
+    Resharding,
 }
 
 impl DropReason {
@@ -68,6 +97,7 @@ impl DropReason {
             DropReason::NotIncluded => "not_included",
             DropReason::DdlOnOtherShard => "ddl_other_shard",
             DropReason::IndexBuildStart => "index_build_start",
+            DropReason::Resharding => "resharding",
         }
     }
 }
@@ -180,7 +210,9 @@ const NOT_DDL: &[&str] = &[
 
 /// No-ops whose `o2` records a DDL operation a user ran, written by the database's primary
 /// shard for change streams (6.0+ `notifyChangeStreamsOnShardCollection`).
-pub const DDL_NOTIFICATIONS: &[&str] = &["shardCollection"];
+/// From 6.0 the primary shard also notifies the completion of a `reshardCollection`
+/// (`notifyChangeStreamsOnReshardCollectionComplete`), with the new shard key.
+pub const DDL_NOTIFICATIONS: &[&str] = &["shardCollection", "reshardCollection"];
 
 /// A DDL entry: what the one-record-per-operation rule judges.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -294,6 +326,8 @@ pub struct Filter {
     /// shard only (see the module documentation). `None` on a replica set, or when the
     /// catalog cannot be read.
     pub ddl_primaries: Option<PrimaryShards>,
+    /// Resharding operations begun on each shard (see [`Filter::placement`]).
+    pub resharding: ReshardTracker,
 }
 
 impl Default for Filter {
@@ -305,6 +339,7 @@ impl Default for Filter {
             include: Vec::new(),
             exclude: Vec::new(),
             ddl_primaries: None,
+            resharding: ReshardTracker::default(),
         }
     }
 }
@@ -336,6 +371,9 @@ impl Filter {
         ns: &str,
         shard: &str,
     ) -> Result<Option<&'a str>, DropReason> {
+        if self.drop_internal && (is_resharding_temp_ns(ns) || resharding_noop(entry).is_some()) {
+            return Err(DropReason::Resharding);
+        }
         let Some(ddl) = ddl_of(entry) else {
             return self.check(entry.op, ns, entry.from_migrate).map(|()| None);
         };
@@ -629,11 +667,11 @@ mod tests {
         assert_eq!(f.check(OpKind::Command, "shop.$cmd", false), Ok(()));
     }
 
-    fn raw(d: bson::Document) -> bson::RawDocumentBuf {
+    pub(super) fn raw(d: bson::Document) -> bson::RawDocumentBuf {
         bson::RawDocumentBuf::try_from(&d).unwrap()
     }
 
-    fn cmd(o: bson::Document, from_migrate: bool) -> bson::RawDocumentBuf {
+    pub(super) fn cmd(o: bson::Document, from_migrate: bool) -> bson::RawDocumentBuf {
         let mut d = bson::doc! {
             "op": "c", "ns": "shop.$cmd", "o": o,
             "ts": bson::Timestamp { time: 5, increment: 1 }, "t": 1i64, "v": 2i64,
@@ -644,7 +682,7 @@ mod tests {
         raw(d)
     }
 
-    fn primaries(known: &[(&str, &str)]) -> PrimaryShards {
+    pub(super) fn primaries(known: &[(&str, &str)]) -> PrimaryShards {
         let p = PrimaryShards::default();
         p.update(
             known
@@ -655,7 +693,7 @@ mod tests {
         p
     }
 
-    fn judge(
+    pub(super) fn judge(
         f: &Filter,
         doc: &bson::RawDocumentBuf,
         shard: &str,

@@ -31,7 +31,10 @@ pub mod record;
 pub mod txn;
 
 pub use entry::{EntryError, EntryLayout, OpKind, OpTime, OplogEntry};
-pub use filter::{ddl_of, Ddl, DropReason, Filter, NsPattern, PrimaryShards};
+pub use filter::{
+    ddl_of, Ddl, DropReason, Filter, NsPattern, Placement, PrimaryShards, ReshardRole,
+    ReshardTracker,
+};
 pub use position::{EntryId, ShardPosition, Timestamp};
 pub use txn::{
     AbortedTxn, Bound, CommittedTxn, OpenTxnInfo, Step, TxnAssembler, TxnConfig, TxnError, TxnName,

@@ -112,6 +112,56 @@ pub fn encode_txn_op(
     Ok(())
 }
 
+/// Appends a placement marker to `out`: documents changed shards (a resharding
+/// operation's cut-over on this shard, or a `movePrimary`). `op` is `"placement"`, `ns`
+/// the collection (or the database for `movePrimary`), `entry` the entry that marks it
+/// (the cut-over's rename or drop, or the notification) as logged:
+///
+/// ```json
+/// {"shard":"shard02","ts":{"t":1700000100,"i":7},"id":{"ts":{"t":1700000100,"i":7},"t":1},
+///  "op":"placement","ns":"shop.items",
+///  "placement":{"operation":"reshardCollection","role":"recipient","uuid":{"$uuid":"..."}},
+///  "entry":{...}}
+/// ```
+///
+/// # Errors
+/// When the entry's raw bytes are not valid BSON.
+pub fn encode_placement(
+    shard: &str,
+    entry: &OplogEntry<'_>,
+    placement: &crate::filter::Placement,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    use crate::filter::Placement;
+    write_header(shard, entry.id(), "placement", placement.ns(), out);
+    out.extend_from_slice(b",\"placement\":{\"operation\":");
+    write_str(placement.operation(), out);
+    match placement {
+        Placement::Reshard { role, uuid, .. } => {
+            out.extend_from_slice(b",\"role\":");
+            write_str(role.as_str(), out);
+            if let Some(u) = uuid {
+                out.extend_from_slice(b",\"uuid\":");
+                let bin = bson::RawBinaryRef {
+                    subtype: bson::spec::BinarySubtype::Uuid,
+                    bytes: u,
+                };
+                write_value(RawBsonRef::Binary(bin), Mode::Relaxed, out)?;
+            }
+        }
+        Placement::MovePrimary { from, to, .. } => {
+            out.extend_from_slice(b",\"from\":");
+            write_str(from, out);
+            out.extend_from_slice(b",\"to\":");
+            write_str(to, out);
+        }
+    }
+    out.extend_from_slice(b"},\"entry\":");
+    write_document(entry.raw(), Mode::Relaxed, out)?;
+    out.push(b'}');
+    Ok(())
+}
+
 /// Appends the record of a document a snapshot read at `at` to `out`:
 /// `{"shard", "ts": at, "op": "r", "ns", "snapshot": true, "entry": {"op": "r", "ns", "o":
 /// <document>}}`. There is no oplog entry, so no `id`.

@@ -649,6 +649,7 @@ impl Config {
             exclude: vec![],
             // Set by the coordinator once discovery can read config.databases.
             ddl_primaries: None,
+            resharding: Default::default(),
         };
         for (key, list, out) in [
             ("include", &self.filter.include, &mut filter.include),

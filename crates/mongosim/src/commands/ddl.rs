@@ -101,6 +101,8 @@ fn drop_everywhere(w: &mut World, ns: &str, now: Instant) -> Result<bool, CmdErr
     any |= w.drop_collection(ps, pp, ns, false, now);
     if let Some(sh) = w.sharding.as_mut() {
         sh.collections.remove(ns);
+        sh.keys.remove(ns);
+        sh.unsplittable.remove(ns);
     }
     Ok(any)
 }
@@ -182,6 +184,8 @@ pub(super) fn drop_database(
                 sh.databases.remove(db);
                 let prefix = format!("{db}.");
                 sh.collections.retain(|ns, _| !ns.starts_with(&prefix));
+                sh.keys.retain(|ns, _| !ns.starts_with(&prefix));
+                sh.unsplittable.retain(|ns| !ns.starts_with(&prefix));
             }
         }
     }
@@ -274,8 +278,16 @@ pub(super) fn rename_collection(
             }
             if let Some(sh) = w.sharding.as_mut() {
                 sh.collections.remove(&to);
+                sh.keys.remove(&to);
+                sh.unsplittable.remove(&to);
                 if let Some(chunks) = sh.collections.remove(&from) {
                     sh.collections.insert(to.clone(), chunks);
+                }
+                if let Some(key) = sh.keys.remove(&from) {
+                    sh.keys.insert(to.clone(), key);
+                }
+                if sh.unsplittable.remove(&from) {
+                    sh.unsplittable.insert(to.clone());
                 }
             }
         }

@@ -236,8 +236,20 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
                     if let Some(u) = uuid {
                         d.insert("uuid", u);
                     }
-                    d.insert("min", doc! {"_id": c.min.clone()});
-                    d.insert("max", doc! {"_id": c.max.clone()});
+                    // A resharded collection's one chunk spans its key's whole range.
+                    match sh.keys.get(ns) {
+                        Some(key) => {
+                            let bound = |b: &Bson| -> Document {
+                                key.keys().map(|k| (k.clone(), b.clone())).collect()
+                            };
+                            d.insert("min", bound(&c.min));
+                            d.insert("max", bound(&c.max));
+                        }
+                        None => {
+                            d.insert("min", doc! {"_id": c.min.clone()});
+                            d.insert("max", doc! {"_id": c.max.clone()});
+                        }
+                    }
                     d.insert("shard", c.shard.clone());
                     if w.version >= crate::ServerVersion::V7_0 {
                         if let Some((since, _)) = c.history.first() {
@@ -283,7 +295,14 @@ fn config_docs(w: &World, coll: &str) -> Vec<Document> {
         "collections" => sh
             .collections
             .keys()
-            .map(|ns| doc! {"_id": ns.clone(), "key": {"_id": 1}, "unique": false})
+            .map(|ns| {
+                let key = sh.keys.get(ns).cloned().unwrap_or(doc! {"_id": 1});
+                let mut d = doc! {"_id": ns.clone(), "key": key, "unique": false};
+                if sh.unsplittable.contains(ns) {
+                    d.insert("unsplittable", true);
+                }
+                d
+            })
             .collect(),
         _ => Vec::new(),
     }

@@ -168,8 +168,13 @@ pub(super) fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
                 // unsharded one lives there, shardCollection creates a sharded one there
                 // first): a new collection is created there before documents land on
                 // other shards. Not inside a transaction, whose participants are the
-                // shards it writes.
-                if txn.is_none() {
+                // shards it writes, nor for a collection the catalog already tracks
+                // (resharding may have moved all of it off the primary shard).
+                let tracked = w
+                    .sharding
+                    .as_ref()
+                    .is_some_and(|sh| sh.collections.contains_key(&ns));
+                if txn.is_none() && !tracked {
                     let db = ns.split('.').next().unwrap_or("").to_owned();
                     if let Some(s) = w.db_primary(&db).and_then(|p| w.shard_set(&p)) {
                         if let Some(p) = w.sets[s].sync_source() {

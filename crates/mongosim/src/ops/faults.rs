@@ -404,6 +404,13 @@ pub(crate) fn hold_txn_decisions(shared: &Arc<Shared>, hold: bool) {
     shared.notify();
 }
 
+/// Holds (or releases) every resharding operation between its clone and its cut-over.
+pub(crate) fn hold_resharding(shared: &Arc<Shared>, hold: bool) {
+    shared.world().hold_resharding = hold;
+    tracing::info!(hold, "resharding hold");
+    shared.notify();
+}
+
 /// Makes the next `prepareTransaction` on `set` vote to abort.
 pub(crate) fn fail_next_prepare(shared: &Arc<Shared>, set: &str) -> Result<(), SimError> {
     let mut w = shared.world();

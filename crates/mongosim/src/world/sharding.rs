@@ -94,6 +94,10 @@ pub struct Sharding {
     pub cursors: HashMap<i64, Cursor>,
     /// Whether the mongos process is up.
     pub mongos_alive: bool,
+    /// Shard keys that are not `{_id: 1}` (set by reshardCollection), by namespace.
+    pub keys: BTreeMap<String, Document>,
+    /// Collections tracked as unsplittable (8.0 moveCollection / unshardCollection).
+    pub unsplittable: std::collections::BTreeSet<String>,
 }
 
 impl World {

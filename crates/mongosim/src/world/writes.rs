@@ -134,7 +134,7 @@ impl World {
                 sess.prev.insert(s, (ts, term));
             }
         }
-        let doc = oplog::build_entry_doc_with_session(
+        let mut doc = oplog::build_entry_doc_with_session(
             self.version,
             spec,
             ts,
@@ -142,6 +142,9 @@ impl World {
             DateTime::now(),
             session.as_ref(),
         );
+        if let Some(to) = self.destined_recipient(s, spec) {
+            doc = super::resharding::with_destined_recipient(doc, to);
+        }
         let entry = Arc::new(Entry {
             id: EntryId {
                 ts,

@@ -467,3 +467,55 @@ def test_ddl_through_mongos_per_version(version):
             assert by_kind["collMod"]["o2"]["collectionOptions_old"]["uuid"] is not None
     finally:
         sim.close()
+
+
+def shop_summary(sim, shard):
+    """`op ns detail [fm]` of a shard's entries on the shop database."""
+    out = []
+    for e in sim.client(sim.primary(shard)).local["oplog.rs"].find():
+        ns = e.get("ns", "")
+        if not (ns.startswith("shop.") or ns == "shop"):
+            continue
+        if e["op"] == "c":
+            detail = next(iter(e["o"]))
+        elif e["op"] == "n":
+            o2 = e.get("o2", {})
+            detail = o2.get("type") or next(iter(o2), "")
+        else:
+            detail = str(e["o"].get("_id", e.get("o2", {}).get("_id")))
+        ns = "shop.<temp>" if ".system.resharding." in ns else ns
+        out.append(f"{e['op']} {ns} {detail}" + (" fm" if e.get("fromMigrate") else ""))
+    return out
+
+
+def test_reshard_collection_and_move_primary_through_mongos():
+    """pymongo runs reshardCollection and movePrimary through mongos on 7.0: the
+    recipient copies into a system.resharding collection and renames it onto the
+    collection (fromMigrate), the donor drops its copy (fromMigrate), the primary shard
+    notifies; movePrimary clones with fromMigrate writes and the old primary notifies."""
+    sim = Sim("--sharded", "2", "--replicaset", "--nodes", "1", "--noop-interval", "1h",
+              "--version", "7.0")
+    try:
+        mongos = sim.mongos()
+        mongos.shop.items.insert_many([{"_id": 1, "k": 1}, {"_id": 1500, "k": 2}])
+        mongos.admin.command("reshardCollection", "shop.items", key={"k": 1})
+        assert mongos.config.collections.find_one({"_id": "shop.items"})["key"] == {"k": 1}
+        one = shop_summary(sim, "shard01")
+        two = shop_summary(sim, "shard02")
+        assert one[-4:] == ["n shop.items reshardBegin fm", "n shop.items reshardFinalOp",
+                            "c shop.$cmd drop fm", "n shop.items reshardCollection"], one
+        assert two[-7:] == ["c shop.$cmd create", "n shop.items reshardBegin fm",
+                            "i shop.<temp> 1", "i shop.<temp> 1500",
+                            "n shop.items reshardFinalOp",
+                            "n shop.<temp> reshardDoneCatchUp",
+                            "c shop.$cmd renameCollection fm"], two
+        assert sorted(d["_id"] for d in mongos.shop.items.find()) == [1, 1500]
+        with pytest.raises(OperationFailure):
+            mongos.admin.command("moveCollection", "shop.items", toShard="shard01")
+        mongos.shop.command("create", "settings")
+        mongos.admin.command("movePrimary", "shop", to="shard02")
+        assert mongos.config.databases.find_one({"_id": "shop"})["primary"] == "shard02"
+        assert shop_summary(sim, "shard01")[-2:] == ["n shop movePrimary", "c shop.$cmd drop"]
+        assert shop_summary(sim, "shard02")[-1] == "c shop.$cmd create fm"
+    finally:
+        sim.close()

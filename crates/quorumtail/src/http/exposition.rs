@@ -465,6 +465,7 @@ impl Scrape {
                 ("pattern", s.dropped_by_pattern),
                 ("ddl_other_shard", s.dropped_ddl_other_shard),
                 ("index_build_start", s.dropped_index_build_start),
+                ("resharding", s.dropped_resharding),
                 ("no_change_event", s.dropped_no_change_event),
                 ("aborted_transaction", s.aborted_ops),
                 ("in_snapshot", s.in_snapshot),

@@ -12,7 +12,7 @@ use quorumtail_oplog::entry::split_ns;
 use quorumtail_oplog::extjson::{write_document, Mode};
 use quorumtail_oplog::filter::command_target_ns;
 use quorumtail_oplog::record::{
-    document_key, encode_entry, encode_snapshot_document, encode_txn_op, TxnInfo,
+    document_key, encode_entry, encode_placement, encode_snapshot_document, encode_txn_op, TxnInfo,
 };
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
@@ -249,6 +249,22 @@ impl Emitter {
         }
         match step {
             Step::Entry => {
+                // A resharding cut-over or movePrimary: a placement marker (oplog format
+                // only; the other formats have no such event).
+                if let Some(p) = self.filter.placement(entry, &self.shard) {
+                    if !matches!(self.format, RecordFormat::Oplog) {
+                        self.no_event(out);
+                        return Ok(());
+                    }
+                    let mut value = Vec::with_capacity(entry.raw().as_bytes().len() * 2 + 128);
+                    encode_placement(&self.shard, entry, &p, &mut value)
+                        .map_err(|e| err(e.to_string()))?;
+                    let key = self
+                        .key_for(p.ns(), p.ns(), None)
+                        .map_err(|e| err(e.to_string()))?;
+                    self.record(id, entry.op, p.ns(), key, value, out);
+                    return Ok(());
+                }
                 let ns = target_ns(entry.op, entry.ns, entry.o, entry.command_name());
                 match self.filter.check_entry(entry, &ns, &self.shard).map(|_| ()) {
                     Err(reason) => {

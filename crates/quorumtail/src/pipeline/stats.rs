@@ -58,6 +58,8 @@ pub struct ShardStats {
     pub dropped_ddl_other_shard: AtomicU64,
     /// `startIndexBuild` entries dropped (the build's commit or abort is the record).
     pub dropped_index_build_start: AtomicU64,
+    /// Resharding's own entries dropped (its temporary collection, its no-ops).
+    pub dropped_resharding: AtomicU64,
     /// Committed operations without a change event (`[sink] format = "change-event"`:
     /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
     /// every command, as Debezium writes data changes only).
@@ -128,6 +130,7 @@ impl ShardStats {
             DropReason::Excluded | DropReason::NotIncluded => &self.dropped_by_pattern,
             DropReason::DdlOnOtherShard => &self.dropped_ddl_other_shard,
             DropReason::IndexBuildStart => &self.dropped_index_build_start,
+            DropReason::Resharding => &self.dropped_resharding,
         }
         .fetch_add(1, Relaxed);
     }
@@ -198,6 +201,7 @@ impl ShardStats {
             dropped_by_pattern: self.dropped_by_pattern.load(Relaxed),
             dropped_ddl_other_shard: self.dropped_ddl_other_shard.load(Relaxed),
             dropped_index_build_start: self.dropped_index_build_start.load(Relaxed),
+            dropped_resharding: self.dropped_resharding.load(Relaxed),
             dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
             lookups: self.lookups.load(Relaxed),
             lookups_not_found: self.lookups_not_found.load(Relaxed),
@@ -239,6 +243,7 @@ pub struct StatsSnapshot {
     pub dropped_by_pattern: u64,
     pub dropped_ddl_other_shard: u64,
     pub dropped_index_build_start: u64,
+    pub dropped_resharding: u64,
     pub dropped_no_change_event: u64,
     /// Updates whose full document was looked up (`[sink] full_document`).
     pub lookups: u64,
