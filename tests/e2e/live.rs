@@ -278,7 +278,8 @@ async fn resume_point_off_the_oplog_stops_the_shard_loudly() {
             >= 2,
         "{err}"
     );
-    assert!(err.contains("re-snapshot"), "{err}");
+    assert!(err.contains("take a new snapshot of this shard"), "{err}");
+    assert!(err.contains("[start] position = \"snapshot\""), "{err}");
     // Nothing of shard01 after the checkpoint was emitted.
     assert!(records(&out)
         .iter()

@@ -17,6 +17,7 @@ mod page;
 mod removed;
 mod resharding;
 mod snapshot;
+mod snapshot_faults;
 mod snapshot_request;
 mod snapshot_restart;
 mod support;
