@@ -232,6 +232,7 @@ async fn dispatch(
             find(shared, proc, db, cmd)
         }
         "getMore" => get_more(shared, proc, db, cmd).await,
+        "count" => find::count(&shared.world(), proc, db, cmd),
         "killCursors" => kill_cursors(shared, proc, cmd),
         "insert" | "update" | "delete" => {
             let mut reply = match name {

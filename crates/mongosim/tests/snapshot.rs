@@ -545,3 +545,36 @@ async fn reads_by_id_see_the_same_history() {
         vec![(1, 2), (3, 1)]
     );
 }
+
+/// `count` on a member (what `estimatedDocumentCount` sends): the collection's size, with
+/// a query the matching documents, skip and limit applied; refused through mongos.
+#[tokio::test]
+async fn count_on_a_member_answers_the_collection_size() {
+    let rs = ReplicaSet::start(ReplicaSetSpec {
+        nodes: 1,
+        noop_interval: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = direct(rs.members()[0]).await;
+    let coll = client.database("test").collection::<Document>("c");
+    coll.insert_many((0..25).map(|i| doc! {"_id": i, "even": i % 2 == 0}))
+        .await
+        .unwrap();
+    assert_eq!(coll.estimated_document_count().await.unwrap(), 25);
+    let n = |cmd: Document| {
+        let db = client.database("test");
+        async move { db.run_command(cmd).await.unwrap().get("n").cloned() }
+    };
+    assert_eq!(
+        n(doc! {"count": "c", "query": {"even": true}}).await,
+        Some(Bson::Int32(13))
+    );
+    assert_eq!(
+        n(doc! {"count": "c", "skip": 20_i64, "limit": 3}).await,
+        Some(Bson::Int32(3))
+    );
+    assert_eq!(n(doc! {"count": "nothing"}).await, Some(Bson::Int32(0)));
+    rs.shutdown().await;
+}

@@ -350,6 +350,53 @@ pub(super) fn filter_sort_project(
     Ok(kept)
 }
 
+/// `count` on a member: `{count: <coll>, query?: <filter>, skip?, limit?}` answers
+/// `{n}` from the member's current data (count_cmd.cpp; `n` appended with
+/// `appendNumber`, so an int32 below 2^30). Without a query it is the collection's size,
+/// what `estimatedDocumentCount` reads. On mongos it is refused: quorumtail only counts
+/// on members, and mongos' count (cluster_count_cmd.h, shard results summed) is not
+/// simulated.
+pub(crate) fn count(w: &World, proc: Proc, db: &str, cmd: &Document) -> Result<Document, CmdError> {
+    let Proc::Node { set: s, node: n } = proc else {
+        return Err(CmdError::new(
+            115,
+            "CommandNotSupported",
+            "count through mongos is not simulated",
+        ));
+    };
+    check_readable(w, s, n, cmd)?;
+    let coll = cmd_str(cmd, "count")?;
+    let filter = cmd.get_document("query").cloned().unwrap_or_default();
+    let num = |k: &str| -> u64 {
+        cmd.get(k)
+            .and_then(|v| match v {
+                Bson::Int32(i) => u64::try_from(*i).ok(),
+                Bson::Int64(i) => u64::try_from(*i).ok(),
+                Bson::Double(f) if *f >= 0.0 => Some(*f as u64),
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    let mut total: u64 = 0;
+    if let Some(c) = w.sets[s].nodes[n].data.get(&format!("{db}.{coll}")) {
+        for d in c.iter() {
+            if matcher::matches(d, &filter).map_err(bad_value)? {
+                total += 1;
+            }
+        }
+    }
+    let mut total = total.saturating_sub(num("skip"));
+    if num("limit") > 0 {
+        total = total.min(num("limit"));
+    }
+    let n_field = if total < (1 << 30) {
+        Bson::Int32(total as i32)
+    } else {
+        Bson::Int64(total as i64)
+    };
+    Ok(doc! {"n": n_field, "ok": 1.0})
+}
+
 /// The `_id`s a filter reads by, when it is `{_id: <value>}` or `{_id: {$in: [...]}}`
 /// alone: such reads touch only those documents (mongod answers them from the `_id` index).
 fn id_filter(filter: &Document) -> Option<Vec<Bson>> {

@@ -544,6 +544,14 @@ impl Scrape {
         )?;
         family(
             e,
+            "quorumtail_shard_snapshot_estimated_documents",
+            "Documents the latest snapshot copy reads, as the members estimated when it started (orphans included).",
+            None,
+            Gauge,
+            self.per_shard(&|s| s.snapshot_estimated_documents.into()),
+        )?;
+        family(
+            e,
             "quorumtail_shard_snapshot_requests_failed",
             "Snapshots on request (quorumtail snapshot) whose reads failed; the log says why.",
             None,

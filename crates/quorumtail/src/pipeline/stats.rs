@@ -116,6 +116,9 @@ pub struct ShardStats {
     pub snapshot_collections: AtomicU64,
     /// Snapshots on request that failed (see the log; request them again).
     pub snapshot_requests_failed: AtomicU64,
+    /// How many documents the latest copy (initial snapshot, or one on request) reads, as
+    /// the members estimated them when it started (`count`; orphans included).
+    pub snapshot_estimated_documents: AtomicU64,
     /// Operations the stream after the snapshot did not emit because the snapshot holds
     /// them (committed at or before its time).
     pub in_snapshot: AtomicU64,
@@ -225,6 +228,7 @@ impl ShardStats {
             snapshot_orphans: self.snapshot_orphans.load(Relaxed),
             snapshot_collections: self.snapshot_collections.load(Relaxed),
             snapshot_requests_failed: self.snapshot_requests_failed.load(Relaxed),
+            snapshot_estimated_documents: self.snapshot_estimated_documents.load(Relaxed),
             in_snapshot: self.in_snapshot.load(Relaxed),
         }
     }
@@ -269,5 +273,6 @@ pub struct StatsSnapshot {
     pub snapshot_orphans: u64,
     pub snapshot_collections: u64,
     pub snapshot_requests_failed: u64,
+    pub snapshot_estimated_documents: u64,
     pub in_snapshot: u64,
 }

@@ -14,7 +14,7 @@ use quorumtail_oplog::{Filter, OpKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::copy::{copy_collection, namespaces, Output};
+use super::copy::{copy_collection, estimate, namespaces, Output};
 use super::progress::Tracker;
 use super::{read_client, Ownership, SnapshotPlan};
 use crate::discovery::MemberAccess;
@@ -94,7 +94,9 @@ pub(crate) async fn copy_again(
             }
             kept
         };
-        info!(shard = %shard, at = %format!("{}:{}", at.time, at.increment), collections = ?wanted, "snapshot on request: copying as of the last entry released; this shard's stream waits meanwhile");
+        let estimate = estimate(&client, &wanted).await;
+        stats.snapshot_estimated_documents.store(estimate, Relaxed);
+        info!(shard = %shard, at = %format!("{}:{}", at.time, at.increment), collections = ?wanted, estimated_documents = estimate, "snapshot on request: copying as of the last entry released; this shard's stream waits meanwhile");
         let mut tracker = Tracker::new(
             shard.clone(),
             None,
@@ -106,6 +108,9 @@ pub(crate) async fn copy_again(
                 complete: false,
                 documents: 0,
             },
+        );
+        tracker.read_before(
+            stats.snapshot_documents.load(Relaxed) + stats.snapshot_orphans.load(Relaxed),
         );
         for ns in wanted {
             if shutdown.is_cancelled() {

@@ -109,8 +109,18 @@ pub async fn copy_shard(
                 (start, Tracker::new(shard.clone(), plan.progress.clone(), fresh))
             }
         };
+        tracker.read_before(
+            stats.snapshot_documents.load(Relaxed) + stats.snapshot_orphans.load(Relaxed),
+        );
         let namespaces = namespaces(&client, filter).await.map_err(&fail)?;
-        info!(shard = %shard, at = %ts_text(plan.at), collections = namespaces.len(), "snapshot: copying");
+        let todo: Vec<String> = namespaces
+            .iter()
+            .filter(|ns| !tracker.done(ns))
+            .cloned()
+            .collect();
+        let estimate = estimate(&client, &todo).await;
+        stats.snapshot_estimated_documents.store(estimate, Relaxed);
+        info!(shard = %shard, at = %ts_text(plan.at), collections = namespaces.len(), estimated_documents = estimate, "snapshot: copying");
         let stopped = |s: Stop| match s {
             Stop::SinkFailed => Some(ShardError::Sink {
                 shard: shard.clone(),
@@ -189,6 +199,28 @@ async fn stream_start(client: &mongodb::Client, plan: &SnapshotPlan) -> Result<T
         Some(o) if (o.time, o.increment) > (back.time, back.increment) => o,
         _ => back,
     })
+}
+
+/// The members' estimate of how many documents `namespaces` hold (`count`, what
+/// `estimatedDocumentCount` sends; orphans included); a collection that cannot be counted
+/// adds nothing.
+pub(crate) async fn estimate(client: &mongodb::Client, namespaces: &[String]) -> u64 {
+    let mut total = 0;
+    for ns in namespaces {
+        let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        match client
+            .database(db)
+            .collection::<Document>(coll)
+            .estimated_document_count()
+            .await
+        {
+            Ok(n) => total += n,
+            Err(e) => {
+                tracing::debug!(ns, error = %e, "snapshot: no estimate of the collection's size")
+            }
+        }
+    }
+    total
 }
 
 /// Every collection the filter keeps, as `db.coll`, in name order.
@@ -333,6 +365,7 @@ pub(crate) async fn copy_collection(
             if let Some(l) = &last {
                 tracker.emitted(emitter.seq(), ns, l, in_batch);
             }
+            tracker.progress_line(ns, stats);
             if let Err(Stop::SinkFailed) = tracker.maybe_store().await {
                 return Err(ShardError::Sink {
                     shard: shard.clone(),

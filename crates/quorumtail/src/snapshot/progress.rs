@@ -28,7 +28,13 @@ pub(super) struct Tracker {
     /// The newest delivered point not stored yet.
     delivered: Option<SnapshotProgress>,
     last_store: Option<Instant>,
+    /// When the copy started, and the documents read (kept and orphans) then.
+    started: (Instant, u64),
+    last_line: Instant,
 }
+
+/// How often the log gets a progress line during a copy.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why progress could not be kept.
 #[derive(Debug)]
@@ -53,7 +59,48 @@ impl Tracker {
             noted: VecDeque::new(),
             delivered: None,
             last_store: None,
+            started: (Instant::now(), 0),
+            last_line: Instant::now(),
         }
+    }
+
+    /// Logs how far the copy is, at most every [`PROGRESS_LINE_EVERY`]: documents read of
+    /// the estimate, the rate, and the time left at that rate.
+    pub(super) fn progress_line(&mut self, ns: &str, stats: &crate::pipeline::stats::ShardStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.last_line.elapsed() < PROGRESS_LINE_EVERY {
+            return;
+        }
+        self.last_line = Instant::now();
+        // This copy's reads (an earlier run's, or an earlier snapshot's, are not in the
+        // estimate).
+        let read = (stats.snapshot_documents.load(Relaxed) + stats.snapshot_orphans.load(Relaxed))
+            .saturating_sub(self.started.1);
+        let estimate = stats.snapshot_estimated_documents.load(Relaxed);
+        let secs = self.started.0.elapsed().as_secs_f64().max(0.001);
+        let rate = read as f64 / secs;
+        let left = estimate.saturating_sub(read);
+        let eta = if rate > 0.0 {
+            left as f64 / rate
+        } else {
+            f64::NAN
+        };
+        tracing::info!(
+            shard = %self.shard,
+            ns,
+            read,
+            estimated = estimate,
+            percent = format!("{:.1}", if estimate > 0 { 100.0 * read as f64 / estimate as f64 } else { 0.0 }),
+            documents_per_second = rate.round() as u64,
+            seconds_left = if eta.is_finite() { eta.round() as u64 } else { 0 },
+            "snapshot: progress"
+        );
+    }
+
+    /// Counts the documents read before this copy started (an earlier run's), for the
+    /// rate of the progress line.
+    pub(super) fn read_before(&mut self, n: u64) {
+        self.started.1 = n;
     }
 
     /// Whether namespace `ns` was copied completely before.
