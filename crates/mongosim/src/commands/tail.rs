@@ -316,35 +316,33 @@ fn get_more_step(
     }
     let epoch = w.sets[s].nodes[n].epoch;
     start_epoch.get_or_insert(epoch);
-    let cursor = w.sets[s].nodes[n]
-        .cursors
-        .get(&id)
-        .cloned()
-        .ok_or_else(not_found)?;
-    if cursor.ns != ns {
+    let node = &mut w.sets[s].nodes[n];
+    let found = node.cursors.get_mut(&id).ok_or_else(not_found)?;
+    if found.ns != ns {
         return Err(CmdError::new(
             13,
             "Unauthorized",
-            format!("Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}", cursor.ns),
+            format!("Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {}", found.ns),
         ));
     }
-    match cursor.kind {
-        CursorKind::Buffered(mut buf) => {
-            let batch = take_batch(&mut buf, batch_size);
-            let node = &mut w.sets[s].nodes[n];
-            let done = buf.is_empty();
-            if done {
-                node.cursors.remove(&id);
-            } else if let Some(c) = node.cursors.get_mut(&id) {
-                c.kind = CursorKind::Buffered(buf);
-            }
-            Ok(Step::Reply(cursor_reply(
-                if done { 0 } else { id },
-                ns,
-                batch,
-                false,
-            )))
+    // A buffered cursor's batch is taken in place: copying the cursor would copy every
+    // document it still holds, on each getMore.
+    if let CursorKind::Buffered(buf) = &mut found.kind {
+        let batch = take_batch(buf, batch_size);
+        let done = buf.is_empty();
+        if done {
+            node.cursors.remove(&id);
         }
+        return Ok(Step::Reply(cursor_reply(
+            if done { 0 } else { id },
+            ns,
+            batch,
+            false,
+        )));
+    }
+    let cursor = found.clone();
+    match cursor.kind {
+        CursorKind::Buffered(_) => Err(not_found()),
         CursorKind::Tail {
             filter,
             projection,
