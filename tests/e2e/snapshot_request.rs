@@ -198,3 +198,88 @@ fn replay_from_reads(events: &[Value]) -> Result<BTreeMap<(String, String), Valu
             .collect()
     })
 }
+
+/// A chunk that migrates while a shard copies on request makes the copy unreliable (the
+/// recipient may emit a moved document's changes before the donor's copy of it): the
+/// request is reported as failed, loudly, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_during_a_copy_on_request_fails_the_request() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_millis(200),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let items = client.database("shop").collection::<Document>("items");
+    items
+        .insert_many((0..100).chain(1000..1100).map(|i| doc! {"_id": i, "n": 0}))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let q = start_text(&format!(
+        "[discovery]\nuri = \"mongodb://{}/\"\ninterval = \"1s\"\n[mongo]\nmax_await = \"100ms\"\n[sink]\nkind = \"file\"\nformat = \"change-event\"\npath = {:?}\n[checkpoint]\npath = {:?}\ninterval = \"100ms\"\n[snapshot]\nbatch_size = 16\n[http]\nlisten = \"127.0.0.1:0\"\ncontrol = true\n",
+        cluster.mongos_addr(),
+        tmp.path().join("events.jsonl").display().to_string(),
+        tmp.path().join("cp.json").display().to_string()
+    ));
+    wait_until(30, "both shards streaming", || {
+        ["shard01", "shard02"]
+            .iter()
+            .all(|s| q.status.shard(s).is_some_and(|s| s.committed > 0))
+    })
+    .await;
+    cluster.hold_get_mores(Some("shop.items"));
+    let url = format!("http://{}", q.status.http_addr().unwrap());
+    let (ok, said) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "snapshot",
+            "--url",
+            &url,
+            "--shard",
+            "shard01",
+            "--collection",
+            "shop.items",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{said}");
+    wait_until(30, "the copy to start", || {
+        q.status
+            .shard("shard01")
+            .is_some_and(|s| s.snapshotting && s.snapshot_documents >= 16)
+    })
+    .await;
+    cluster.defer_range_deletion(true).unwrap();
+    cluster
+        .move_chunk("shop.items", 5, "shard02")
+        .await
+        .unwrap();
+    cluster.hold_get_mores(None);
+    wait_until(30, "the request to fail", || {
+        q.status
+            .shard("shard01")
+            .is_some_and(|s| !s.snapshotting && s.snapshot_requests_failed == 1)
+    })
+    .await;
+    // The shard streams on.
+    let before = q.status.shard("shard01").unwrap().committed;
+    items
+        .update_one(doc! {"_id": 1050}, doc! {"$set": {"n": 1}})
+        .await
+        .unwrap();
+    items.insert_one(doc! {"_id": 7000, "n": 1}).await.unwrap();
+    wait_until(30, "shard01 streaming", || {
+        q.status
+            .shard("shard01")
+            .is_some_and(|s| !s.failed && s.committed > before)
+    })
+    .await;
+    q.stop().await;
+    cluster.shutdown().await;
+}

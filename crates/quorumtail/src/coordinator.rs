@@ -270,11 +270,11 @@ pub async fn run_controlled(
     let mut static_topology = static_shards(&cfg);
     let mut shards = static_topology.clone();
     let discovery = match &c.discovery {
-        Some(d) => Some(
+        Some(d) => Some(Arc::new(
             Discovery::connect(&d.uri, c.mongo.access())
                 .await
                 .map_err(RunError::Discovery)?,
-        ),
+        )),
         None => None,
     };
     // Whether the topology is known to be complete: a shard with a checkpoint that is not in
@@ -395,7 +395,7 @@ pub async fn run_controlled(
     {
         let planned = crate::snapshot::plan(
             &shards,
-            discovery.as_ref(),
+            discovery.clone(),
             crate::snapshot::PlanInput {
                 access: c.mongo.access(),
                 batch_size: c.snapshot.batch_size,
@@ -410,7 +410,17 @@ pub async fn run_controlled(
         )
         .await;
         match planned {
-            Ok(p) => shared.snapshot = Some(Arc::new(p)),
+            Ok(mut p) => {
+                // The shards that copy: those started below without a position.
+                let copying = shards
+                    .iter()
+                    .filter(|s| {
+                        running.resume_point(s, &stored).is_none() && !stored.contains_key(&s.name)
+                    })
+                    .count();
+                p.barrier = crate::snapshot::CopyBarrier::new(copying);
+                shared.snapshot = Some(Arc::new(p));
+            }
             Err(e) => {
                 if let Some(d) = &discovery {
                     d.close().await;
@@ -502,6 +512,7 @@ pub async fn run_controlled(
                         catalog,
                         batch_size: c.snapshot.batch_size,
                         access: c.mongo.access(),
+                        discovery: discovery.clone(),
                     };
                     let _ = req.reply.send(running.request_snapshot(&req.shards, request));
                 }

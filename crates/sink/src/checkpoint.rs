@@ -205,6 +205,24 @@ pub struct SnapshotProgress {
     /// Documents delivered so far (all namespaces).
     #[serde(default)]
     pub documents: u64,
+    /// Parts read later than `at` (the server's history no longer held `at`), in order:
+    /// the rest of the copy reads at the last one's time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<SnapshotLaterRead>,
+}
+
+/// A part of a snapshot read later than its time: a namespace, or its documents after an
+/// `_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLaterRead {
+    /// `db.coll`.
+    pub ns: String,
+    /// Only documents after this `_id` (canonical Extended JSON); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_id: Option<serde_json::Value>,
+    /// When they were read.
+    pub at: quorumtail_oplog::Timestamp,
 }
 
 /// Where a namespace's copy stands.

@@ -87,8 +87,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use checkpoint::{
     run_checkpointer, CheckpointError, CheckpointStore, ConfirmedCheckpoints, FileCheckpointStore,
-    KafkaCheckpointStore, ShardMembership, SnapshotCursor, SnapshotProgress, StoredShard,
-    StoredShards,
+    KafkaCheckpointStore, ShardMembership, SnapshotCursor, SnapshotLaterRead, SnapshotProgress,
+    StoredShard, StoredShards,
 };
 pub use config::{
     CheckpointConfig, CheckpointKind, FullDocument, KeyKind, RecordFormat, SinkConfig, SinkKind,

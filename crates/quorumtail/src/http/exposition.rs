@@ -552,6 +552,14 @@ impl Scrape {
         )?;
         family(
             e,
+            "quorumtail_shard_snapshot_later_reads",
+            "Times the rest of the initial snapshot was read at a later time because the server's history no longer held its time.",
+            None,
+            Counter,
+            self.per_shard(&|s| s.snapshot_later_reads.into()),
+        )?;
+        family(
+            e,
             "quorumtail_shard_snapshot_requests_failed",
             "Snapshots on request (quorumtail snapshot) whose reads failed; the log says why.",
             None,

@@ -21,6 +21,7 @@ use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput};
 use crate::config::KeyKind;
 use crate::pipeline::lookup::{is_field_update, Lookup, Splice};
 use crate::pipeline::stats::ShardStats;
+use crate::snapshot::floor::{changed_id, SnapshotFloor};
 
 /// Turns one shard's committed entries into sink inputs.
 #[derive(Debug)]
@@ -39,9 +40,9 @@ pub struct Emitter {
     /// The last checkpoint attached to an input: later inputs carry one only when it moved.
     last_checkpoint: Option<EntryId>,
     stats: Arc<ShardStats>,
-    /// After a snapshot at this time: what committed at or before it is in the snapshot,
-    /// so it is not emitted again, and no checkpoint is attached at or before it.
-    floor: Option<Timestamp>,
+    /// After a snapshot: what it holds is not emitted again, and no checkpoint is attached
+    /// at or before the latest time it read at.
+    floor: Option<SnapshotFloor>,
 }
 
 /// A committed entry that cannot be turned into records: the shard must stop.
@@ -83,11 +84,11 @@ impl Emitter {
         }
     }
 
-    /// Continues after a snapshot taken at `floor` whose records took the sequence numbers
-    /// up to `seq` (see [`crate::snapshot`]): what committed at or before `floor` is not
-    /// emitted again, and a transaction that began before the stream's start and commits
-    /// after `floor` is an error rather than half emitted.
-    pub fn after_snapshot(mut self, floor: Option<Timestamp>, seq: u64) -> Self {
+    /// Continues after a snapshot (`floor` says what it holds) whose records took the
+    /// sequence numbers up to `seq` (see [`crate::snapshot`]): what it holds is not emitted
+    /// again, and a transaction that began before the stream's start and commits after the
+    /// snapshot's time is an error rather than half emitted.
+    pub fn after_snapshot(mut self, floor: Option<SnapshotFloor>, seq: u64) -> Self {
         self.floor = floor;
         self.seq = seq;
         self
@@ -98,9 +99,15 @@ impl Emitter {
         self.seq
     }
 
-    /// Whether something committed at `at` is already in the snapshot.
+    /// Whether a position at `at` is at or before the latest time the snapshot read at
+    /// (no checkpoint may land there).
     fn in_snapshot(&self, at: Timestamp) -> bool {
-        self.floor.is_some_and(|f| at <= f)
+        self.floor.as_ref().is_some_and(|f| at <= f.latest())
+    }
+
+    /// Whether a change of document `id` of `ns` committed at `at` is in the snapshot.
+    fn covered(&self, ns: &str, id: Option<&bson::Bson>, at: Timestamp) -> bool {
+        self.floor.as_ref().is_some_and(|f| f.covers(ns, id, at))
     }
 
     /// Records in `format` (`[sink] format`).
@@ -214,20 +221,37 @@ impl Emitter {
             id,
             detail,
         };
-        let step = self.txn.push(entry).map_err(|e| err(e.to_string()))?;
+        let mut step = self.txn.push(entry).map_err(|e| err(e.to_string()))?;
         if self.floor.is_some() {
-            match &step {
-                Step::Entry if self.in_snapshot(id.ts) => {
+            match &mut step {
+                Step::Entry
+                    if self.in_snapshot(id.ts)
+                        && self.covered(
+                            entry.ns,
+                            changed_id(entry.op, entry.o, entry.o2).as_ref(),
+                            id.ts,
+                        ) =>
+                {
                     self.stats.in_snapshot.fetch_add(1, Relaxed);
                     return Ok(());
                 }
                 Step::Emit(txn)
                     if self.in_snapshot(txn.commit_timestamp.unwrap_or(txn.commit.ts)) =>
                 {
-                    self.stats
-                        .in_snapshot
-                        .fetch_add(txn.ops.len() as u64, Relaxed);
-                    return Ok(());
+                    // Each operation by its document: parts of the snapshot may have been
+                    // read at different times.
+                    let at = txn.commit_timestamp.unwrap_or(txn.commit.ts);
+                    let before = txn.ops.len();
+                    let floor = self.floor.as_ref();
+                    txn.ops.retain(|op| {
+                        let id = changed_id(op.op, op.o(), op.o2());
+                        !floor.is_some_and(|f| f.covers(&op.ns, id.as_ref(), at))
+                    });
+                    let covered = before - txn.ops.len();
+                    self.stats.in_snapshot.fetch_add(covered as u64, Relaxed);
+                    if txn.ops.is_empty() && covered > 0 {
+                        return Ok(());
+                    }
                 }
                 Step::SkippedOrphan(name) => {
                     // The commit of a transaction prepared before the stream's start.
@@ -238,7 +262,8 @@ impl Emitter {
                             Ok(Some(bson::RawBsonRef::Timestamp(t))) => Timestamp::from(t),
                             _ => id.ts,
                         });
-                    if let Some(at) = commit_timestamp.filter(|at| !self.in_snapshot(*at)) {
+                    let base = self.floor.as_ref().map(|f| f.base);
+                    if let Some(at) = commit_timestamp.filter(|at| base.is_some_and(|b| *at > b)) {
                         return Err(err(format!(
                             "transaction {name} was prepared before the stream after the snapshot starts and committed at {at}, after the snapshot's time: its operations cannot be emitted whole. Fix: raise [snapshot] stream_margin and take the snapshot again"
                         )));

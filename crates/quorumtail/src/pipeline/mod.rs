@@ -252,6 +252,7 @@ pub async fn run_shard(
         )
         .with_format(shared.format)
         .with_tombstones(shared.tombstones);
+        let arrived = plan.barrier.arrive();
         let copied = crate::snapshot::copy_shard(
             &spec,
             &plan,
@@ -262,11 +263,21 @@ pub async fn run_shard(
             &shutdown,
         )
         .await;
+        drop(arrived);
+        if copied.as_ref().is_ok_and(Option::is_some) {
+            let left = plan.barrier.left();
+            if left > 0 {
+                info!(shard = %spec.name, shards_copying = left, "snapshot: copied; streaming starts once every shard's copy ended (a document moved after the snapshot's time must be read before its later changes)");
+            }
+            if !plan.barrier.wait(&shutdown).await {
+                return Ok(());
+            }
+        }
         match copied {
-            Ok(Some(start)) => {
+            Ok(Some((start, floor))) => {
                 shared.start = StartPosition::After(start.into());
                 after = AfterSnapshot {
-                    floor: Some(plan.at.into()),
+                    floor: Some(floor),
                     seq: emitter.seq(),
                 };
             }
@@ -355,9 +366,9 @@ pub async fn run_shard(
 
 /// What the stream after a snapshot continues from: the snapshot's time and the last
 /// sequence number its records took.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct AfterSnapshot {
-    floor: Option<Timestamp>,
+    floor: Option<crate::snapshot::floor::SnapshotFloor>,
     seq: u64,
 }
 
@@ -443,7 +454,7 @@ impl ShardTask {
         .with_format(shared.format)
         .with_tombstones(shared.tombstones)
         .with_full_document(shared.full_document)
-        .after_snapshot(after.floor, after.seq);
+        .after_snapshot(after.floor.clone(), after.seq);
         let lookup_stop = shutdown.child_token();
         let (lookup_tx, stage_handle) = if shared.full_document.enabled() {
             let route = match &shared.lookup_router {
@@ -643,7 +654,7 @@ impl ShardTask {
                     .with_format(self.shared.format)
                     .with_tombstones(self.shared.tombstones)
                     .with_full_document(self.shared.full_document)
-                    .after_snapshot(self.after.floor, self.emitter.seq());
+                    .after_snapshot(self.after.floor.clone(), self.emitter.seq());
                     self.emitter.adopt_lookups(pending);
                 }
                 Action::Release(ev) => {

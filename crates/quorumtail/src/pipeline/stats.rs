@@ -116,6 +116,8 @@ pub struct ShardStats {
     pub snapshot_collections: AtomicU64,
     /// Snapshots on request that failed (see the log; request them again).
     pub snapshot_requests_failed: AtomicU64,
+    /// Times the rest of the snapshot was read at a later time (`SnapshotTooOld`).
+    pub snapshot_later_reads: AtomicU64,
     /// How many documents the latest copy (initial snapshot, or one on request) reads, as
     /// the members estimated them when it started (`count`; orphans included).
     pub snapshot_estimated_documents: AtomicU64,
@@ -228,6 +230,7 @@ impl ShardStats {
             snapshot_orphans: self.snapshot_orphans.load(Relaxed),
             snapshot_collections: self.snapshot_collections.load(Relaxed),
             snapshot_requests_failed: self.snapshot_requests_failed.load(Relaxed),
+            snapshot_later_reads: self.snapshot_later_reads.load(Relaxed),
             snapshot_estimated_documents: self.snapshot_estimated_documents.load(Relaxed),
             in_snapshot: self.in_snapshot.load(Relaxed),
         }
@@ -273,6 +276,7 @@ pub struct StatsSnapshot {
     pub snapshot_orphans: u64,
     pub snapshot_collections: u64,
     pub snapshot_requests_failed: u64,
+    pub snapshot_later_reads: u64,
     pub snapshot_estimated_documents: u64,
     pub in_snapshot: u64,
 }

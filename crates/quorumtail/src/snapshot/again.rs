@@ -14,7 +14,7 @@ use quorumtail_oplog::{Filter, OpKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::copy::{copy_collection, estimate, namespaces, Output};
+use super::copy::{copy_collection, estimate, namespaces, CopyStop, Output};
 use super::progress::Tracker;
 use super::{read_client, Ownership, SnapshotPlan};
 use crate::discovery::MemberAccess;
@@ -38,10 +38,20 @@ pub struct Request {
     pub batch_size: u32,
     /// How members are reached.
     pub access: MemberAccess,
+    /// Where the catalog is read again after the copy (a chunk that changed shards
+    /// meanwhile makes the copy unreliable, see [`copy_again`]); `None` for a replica set.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 /// Copies the requested collections of shard `spec` as of `at` through `emitter` into
 /// `out`. Returns how many documents were emitted.
+///
+/// The other shards stream meanwhile. A document that a migration moves from this shard
+/// after `at` has its later changes logged (and emitted) by the recipient, possibly before
+/// this copy emits the document as of `at`, which would then undo them for a consumer. So
+/// the catalog is read again after the copy: if a chunk of a copied collection changed
+/// shards since `at`, the copy is reported as failed (request it again with the balancer
+/// stopped).
 ///
 /// # Errors
 /// [`ShardError::Snapshot`] when a collection cannot be read (the cause and the fix in
@@ -76,6 +86,8 @@ pub(crate) async fn copy_again(
         access: req.access.clone(),
         progress: None,
         resume: Default::default(),
+        catalog: None,
+        barrier: Default::default(),
     };
     let client = read_client(spec, &req.access).await.map_err(fail)?;
     let before = stats.snapshot_documents.load(Relaxed);
@@ -107,12 +119,13 @@ pub(crate) async fn copy_again(
                 current: None,
                 complete: false,
                 documents: 0,
+                later: Vec::new(),
             },
         );
         tracker.read_before(
             stats.snapshot_documents.load(Relaxed) + stats.snapshot_orphans.load(Relaxed),
         );
-        for ns in wanted {
+        for ns in &wanted {
             if shutdown.is_cancelled() {
                 break;
             }
@@ -120,20 +133,53 @@ pub(crate) async fn copy_again(
                 &client,
                 spec,
                 &plan,
-                &ns,
+                ns,
                 emitter,
                 out,
                 stats,
                 &mut tracker,
                 shutdown,
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                CopyStop::Failed(e) => e,
+                CopyStop::TooOld(why) => fail(format!("{ns}: {why}")),
+            })?;
             stats.snapshot_collections.fetch_add(1, Relaxed);
         }
-        Ok(())
+        moved_since(req, at, &wanted).await.map_err(&fail)
     }
     .await;
     stats.snapshotting.store(0, Relaxed);
     quorumtail_tailer::close(client).await;
     result.map(|()| stats.snapshot_documents.load(Relaxed) - before)
+}
+
+/// Fails when a chunk of one of `namespaces` changed shards since `at` (read from the
+/// catalog now).
+async fn moved_since(req: &Request, at: Timestamp, namespaces: &[String]) -> Result<(), String> {
+    let Some(d) = &req.discovery else {
+        return Ok(());
+    };
+    let (collections, chunks, databases) = d.catalog().await.map_err(|e| {
+        format!("the catalog cannot be read after the copy to check for migrations ({e}); request the copy again")
+    })?;
+    let then = Ownership::from_catalog(&collections, &chunks, &databases, at)
+        .map_err(|e| e.to_string())?;
+    let now = Ownership::from_catalog(
+        &collections,
+        &chunks,
+        &databases,
+        Timestamp {
+            time: u32::MAX,
+            increment: u32::MAX,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    match namespaces.iter().find(|ns| then.differs_for(&now, ns)) {
+        Some(ns) => Err(format!(
+            "{ns} changed owners (a chunk migration) during the copy: a moved document's later changes may have been emitted before its copy. Request the copy again with the balancer stopped (sh.stopBalancer())"
+        )),
+        None => Ok(()),
+    }
 }

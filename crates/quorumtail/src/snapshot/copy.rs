@@ -12,8 +12,10 @@ use quorumtail_sink::{SinkInput, SinkSender};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::floor::{LaterRead, SnapshotFloor};
 use super::ownership::{compare, Owner};
 use super::progress::{Stop, Tracker};
+use super::reread;
 use super::{read_client, SnapshotPlan};
 use crate::pipeline::emit::Emitter;
 use crate::pipeline::stats::ShardStats;
@@ -56,11 +58,31 @@ impl Output<'_> {
     }
 }
 
+/// Why a collection's copy stopped.
+#[derive(Debug)]
+pub(crate) enum CopyStop {
+    /// The read's time is older than the member's history (`SnapshotTooOld`): the rest may
+    /// be read at a later time (see [`super::reread`]).
+    TooOld(String),
+    /// Anything else: the shard stops.
+    Failed(ShardError),
+}
+
+impl From<ShardError> for CopyStop {
+    fn from(e: ShardError) -> Self {
+        CopyStop::Failed(e)
+    }
+}
+
+/// The fix a `SnapshotTooOld` that cannot be worked around names.
+pub(crate) const TOO_OLD_FIX: &str = "Fix: raise the server parameter minSnapshotHistoryWindowInSeconds above the snapshot's duration (a restart continues at the same time); or, to take the snapshot again at a new time, stop quorumtail, remove the entries of every shard still under snapshot from the checkpoint store, and start it";
+
 /// How many times a collection's read is retried after transient failures.
 const RETRIES: u32 = 10;
 
 /// Copies shard `spec` at the plan's time through `emitter` into `sink`, and returns where
-/// its stream starts: `P - stream_margin`, or the member's oldest oplog entry if later.
+/// its stream starts (`P - stream_margin`, or the member's oldest oplog entry if later) and
+/// what the snapshot holds (parts may have been read later, see [`super::reread`]).
 ///
 /// # Errors
 /// [`ShardError::Snapshot`] when the snapshot cannot be taken (the cause and the fix in
@@ -73,7 +95,7 @@ pub async fn copy_shard(
     sink: &SinkSender,
     stats: &Arc<ShardStats>,
     shutdown: &CancellationToken,
-) -> Result<Option<Timestamp>, ShardError> {
+) -> Result<Option<(Timestamp, SnapshotFloor)>, ShardError> {
     let shard = spec.name.clone();
     let fail = |detail: String| ShardError::Snapshot {
         shard: shard.clone(),
@@ -85,10 +107,15 @@ pub async fn copy_shard(
         // Copied and delivered by an earlier run: only the stream remains.
         quorumtail_tailer::close(client).await;
         info!(shard = %shard, at = %ts_text(plan.at), documents = p.documents, "snapshot: copied by an earlier run; streaming from its time on");
-        return Ok(Some(p.stream_from.into()));
+        let floor = reread::floor_of(p).map_err(fail)?;
+        return Ok(Some((p.stream_from.into(), floor)));
     }
     stats.snapshotting.store(1, Relaxed);
     let result = async {
+        let mut floor = match &earlier {
+            Some(p) => reread::floor_of(p).map_err(&fail)?,
+            None => SnapshotFloor::at(plan.at.into()),
+        };
         let (start, mut tracker) = match earlier {
             Some(p) => {
                 info!(shard = %shard, at = %ts_text(plan.at), done = p.done.len(), current = ?p.current.as_ref().map(|c| (&c.ns, &c.after_id)), documents = p.documents, "snapshot: continuing where an earlier run's delivered records end (documents emitted after that point are emitted again)");
@@ -105,6 +132,7 @@ pub async fn copy_shard(
                     current: None,
                     complete: false,
                     documents: 0,
+                    later: Vec::new(),
                 };
                 (start, Tracker::new(shard.clone(), plan.progress.clone(), fresh))
             }
@@ -128,29 +156,68 @@ pub async fn copy_shard(
             }),
             Stop::Shutdown => None,
         };
-        for ns in namespaces {
+        // The time and ownership reads use: the snapshot's, or a later one's (see
+        // `reread`).
+        let mut read = match floor.later.last() {
+            Some(l) => reread::read_at(plan, l.at.into()).await.map_err(&fail)?,
+            None => plan.clone(),
+        };
+        for (i, ns) in namespaces.iter().enumerate() {
             if shutdown.is_cancelled() {
                 return Ok(None);
             }
-            if tracker.done(&ns) {
+            if tracker.done(ns) {
                 continue;
             }
-            copy_collection(
-                &client,
-                spec,
-                plan,
-                &ns,
-                emitter,
-                &Output::Sink(sink),
-                stats,
-                &mut tracker,
-                shutdown,
-            )
-            .await?;
+            loop {
+                let copied = copy_collection(
+                    &client,
+                    spec,
+                    &read,
+                    ns,
+                    emitter,
+                    &Output::Sink(sink),
+                    stats,
+                    &mut tracker,
+                    shutdown,
+                )
+                .await;
+                match copied {
+                    Ok(()) => break,
+                    Err(CopyStop::Failed(e)) => return Err(e),
+                    Err(CopyStop::TooOld(why)) => {
+                        let rest: Vec<String> = namespaces[i..]
+                            .iter()
+                            .filter(|n| !tracker.done(n))
+                            .cloned()
+                            .collect();
+                        let later = reread::later(spec, plan, &read, &rest)
+                            .await
+                            .map_err(|e| fail(format!("{ns}: {why}; {e}. {TOO_OLD_FIX}")))?;
+                        let after = tracker.after_id(ns).map_err(&fail)?;
+                        warn!(shard = %shard, ns, %why, after_id = ?after, at = %ts_text(later.at), "snapshot: the rest is read at a later time (no chunk of these collections changed shards meanwhile)");
+                        floor.later.push(LaterRead {
+                            ns: ns.clone(),
+                            after_id: after,
+                            at: later.at.into(),
+                        });
+                        for n in &rest[1..] {
+                            floor.later.push(LaterRead {
+                                ns: n.clone(),
+                                after_id: None,
+                                at: later.at.into(),
+                            });
+                        }
+                        tracker.read_later(&floor);
+                        stats.snapshot_later_reads.fetch_add(1, Relaxed);
+                        read = later;
+                    }
+                }
+            }
             if shutdown.is_cancelled() {
                 return Ok(None);
             }
-            tracker.finished(emitter.seq(), &ns);
+            tracker.finished(emitter.seq(), ns);
             if let Err(s) = tracker.maybe_store().await {
                 return stopped(s).map_or(Ok(None), Err);
             }
@@ -159,7 +226,7 @@ pub async fn copy_shard(
         if let Err(s) = tracker.complete(emitter.seq(), shutdown).await {
             return stopped(s).map_or(Ok(None), Err);
         }
-        Ok(Some(start))
+        Ok(Some((start, floor)))
     }
     .await;
     stats.snapshotting.store(0, Relaxed);
@@ -285,7 +352,7 @@ pub(crate) async fn copy_collection(
     stats: &Arc<ShardStats>,
     tracker: &mut Tracker,
     shutdown: &CancellationToken,
-) -> Result<(), ShardError> {
+) -> Result<(), CopyStop> {
     let shard = spec.name.clone();
     let fail = |detail: String| ShardError::Snapshot {
         shard: shard.clone(),
@@ -325,7 +392,7 @@ pub(crate) async fn copy_collection(
                 .map_err(|_| fail("a cursor without a batch".into()))?;
             for d in batch {
                 let Bson::Document(d) = d else {
-                    return Err(fail("a batch element that is not a document".into()));
+                    return Err(fail("a batch element that is not a document".into()).into());
                 };
                 let id = d.get("_id").cloned().unwrap_or(Bson::Null);
                 if last
@@ -341,7 +408,8 @@ pub(crate) async fn copy_collection(
                         Owner::Unknown => {
                             return Err(fail(format!(
                                 "the database has no primary shard in config.databases, so the owner of its unsharded collection is unknown (document {id})"
-                            )))
+                            ))
+                            .into())
                         }
                     },
                 };
@@ -370,7 +438,8 @@ pub(crate) async fn copy_collection(
                 return Err(ShardError::Sink {
                     shard: shard.clone(),
                     detail: "the sink failed this shard during its snapshot".into(),
-                });
+                }
+                .into());
             }
             let id = cursor.get_i64("id").unwrap_or(0);
             if id == 0 {
@@ -404,17 +473,17 @@ async fn retry(
     attempts: &mut u32,
     fail: &impl Fn(String) -> ShardError,
     shutdown: &CancellationToken,
-) -> Result<(), ShardError> {
+) -> Result<(), CopyStop> {
     if let mongodb::error::ErrorKind::Command(c) = e.kind.as_ref() {
         if c.code == 239 {
-            return Err(fail(format!(
-                "the snapshot's time is older than the member's history ({}: {}). Fix: raise the server parameter minSnapshotHistoryWindowInSeconds above the snapshot's duration (a restart continues at the same time); or, to take the snapshot again at a new time, stop quorumtail, remove the entries of every shard still under snapshot from the checkpoint store, and start it",
+            return Err(CopyStop::TooOld(format!(
+                "the read's time is older than the member's history ({}: {})",
                 c.code_name, c.message
             )));
         }
     }
     if !transient(e) || *attempts >= RETRIES {
-        return Err(fail(format!("reading failed: {e}")));
+        return Err(fail(format!("reading failed: {e}")).into());
     }
     *attempts += 1;
     let wait = Duration::from_millis(200 * u64::from(*attempts));

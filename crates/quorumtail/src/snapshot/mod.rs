@@ -32,17 +32,20 @@
 //! Progress survives a restart (module `progress`): once the sink confirmed a shard's records
 //! up to a point, that point (collections done, the collection being copied and its last
 //! `_id`, `P`, the stream's start) is stored in the checkpoint store, and the next start
-//! continues there at the same `P`; the shard's first checkpoint replaces it. A read older
-//! than the server's history window (`minSnapshotHistoryWindowInSeconds`, 300 s by default)
-//! fails with `SnapshotTooOld`: the shard stops with that error and the fix (a larger
-//! window, or a new snapshot). Hashed shard keys are refused (see [`ownership`]).
-//! Collections are listed on the member read; time-series collections are copied as their
+//! continues there at the same `P`; the shard's first checkpoint replaces it. No shard
+//! streams before every shard's copy ended ([`CopyBarrier`]). A read older than the
+//! server's history window (`SnapshotTooOld`) reads the rest at a later time when no chunk
+//! of it changed shards meanwhile, else stops the shard (module `reread`, [`floor`]).
+//! Hashed shard keys are refused (see [`ownership`]). Collections are listed on the member
+//! read; time-series collections are copied as their
 //! buckets (the filter's rule for `*.system.buckets.*`).
 
 mod again;
 mod copy;
+pub mod floor;
 pub mod ownership;
 mod progress;
+mod reread;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +81,73 @@ pub struct SnapshotPlan {
     pub progress: Option<ProgressStore>,
     /// Shards continuing a snapshot an earlier run started, with how far it got.
     pub resume: HashMap<Arc<str>, SnapshotProgress>,
+    /// Where the sharding catalog is read again when a read falls out of the server's
+    /// history and the rest is read later; `None` for a replica set.
+    pub catalog: Option<Arc<crate::discovery::Discovery>>,
+    /// No shard streams before every shard's copy ended (see [`CopyBarrier`]).
+    pub barrier: CopyBarrier,
+}
+
+/// Every shard's copy ends before any shard's stream starts.
+///
+/// A document a migration moves after `P` is read by its owner at `P` (the donor) while
+/// its later changes are logged by the recipient. If the recipient streamed while the
+/// donor was still copying, a consumer could get the document's change before its read,
+/// and the read (older) would undo the change. With the copies all handed to the sink
+/// first, and one sink keeping the order it is given, every read precedes every change
+/// after `P`. The cost: a shard that finished copying waits for the slowest copy (its
+/// members' oplogs must hold `P - stream_margin` until then, as they must anyway).
+#[derive(Debug, Clone)]
+pub struct CopyBarrier {
+    left: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for CopyBarrier {
+    fn default() -> Self {
+        CopyBarrier::new(0)
+    }
+}
+
+impl CopyBarrier {
+    /// A barrier for `shards` copies.
+    pub fn new(shards: usize) -> Self {
+        CopyBarrier {
+            left: Arc::new(tokio::sync::watch::channel(shards).0),
+        }
+    }
+
+    /// One copy ended (done, failed or stopped); it counts once through its guard.
+    pub fn arrive(&self) -> ArriveGuard {
+        ArriveGuard {
+            barrier: self.clone(),
+        }
+    }
+
+    /// Waits until every copy ended; `false` on shutdown.
+    pub async fn wait(&self, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        let mut rx = self.left.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|n| *n == 0) => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Copies not ended yet.
+    pub fn left(&self) -> usize {
+        *self.left.borrow()
+    }
+}
+
+/// Counts a copy as ended when dropped.
+#[derive(Debug)]
+pub struct ArriveGuard {
+    barrier: CopyBarrier,
+}
+
+impl Drop for ArriveGuard {
+    fn drop(&mut self) {
+        self.barrier.left.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// The checkpoint store and the sink's delivery view: progress is stored once the sink
@@ -135,7 +205,7 @@ pub struct PlanInput {
 /// [`PlanError`] when a shard or the catalog cannot be read.
 pub async fn plan(
     shards: &[ShardSpec],
-    catalog: Option<&crate::discovery::Discovery>,
+    catalog: Option<Arc<crate::discovery::Discovery>>,
     input: PlanInput,
 ) -> Result<SnapshotPlan, PlanError> {
     let PlanInput {
@@ -167,7 +237,7 @@ pub async fn plan(
         time: 0,
         increment: 0,
     });
-    let ownership = match catalog {
+    let ownership = match &catalog {
         Some(d) => {
             let (collections, chunks, databases) = d.catalog().await.map_err(PlanError::Catalog)?;
             Some(Ownership::from_catalog(
@@ -192,6 +262,8 @@ pub async fn plan(
         access,
         progress,
         resume,
+        catalog,
+        barrier: CopyBarrier::default(),
     })
 }
 
@@ -225,7 +297,10 @@ pub(crate) async fn read_client(
 }
 
 /// A shard's majority commit point, from its primary's `hello`.
-async fn majority_point(spec: &ShardSpec, access: &MemberAccess) -> Result<Timestamp, String> {
+pub(super) async fn majority_point(
+    spec: &ShardSpec,
+    access: &MemberAccess,
+) -> Result<Timestamp, String> {
     let opts = access
         .client_options(&shard_uri(spec, "&appName=quorumtail-snapshot"))
         .await

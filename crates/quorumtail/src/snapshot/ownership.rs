@@ -157,6 +157,41 @@ impl Ownership {
         Ok(own)
     }
 
+    /// Whether a document of `ns` could have another owner in `other` (the same catalog
+    /// at another time): a chunk moved, the collection's key or sharding changed, or (for
+    /// an unsharded collection) its database's primary shard moved. Splits alone do not
+    /// count.
+    pub fn differs_for(&self, other: &Ownership, ns: &str) -> bool {
+        match (self.collections.get(ns), other.collections.get(ns)) {
+            (None, None) => {
+                let db = ns.split('.').next().unwrap_or("");
+                self.db_primary.get(db) != other.db_primary.get(db)
+            }
+            (Some(a), Some(b)) => {
+                if a.key != b.key || a.hashed != b.hashed {
+                    return true;
+                }
+                // Every chunk's range is owned by the same shard in the other view.
+                let same = |x: &Sharded, y: &Sharded| {
+                    x.chunks.iter().all(|(min, max, owner)| {
+                        let i = y
+                            .chunks
+                            .partition_point(|(m, _, _)| compare_keys(m, min) != Ordering::Greater);
+                        // The chunks of `y` overlapping [min, max) all belong to `owner`.
+                        let start = i.saturating_sub(1);
+                        y.chunks[start..]
+                            .iter()
+                            .take_while(|(m, _, _)| compare_keys(m, max) == Ordering::Less)
+                            .filter(|(_, m2, _)| compare_keys(m2, min) == Ordering::Greater)
+                            .all(|(_, _, o)| o == owner)
+                    })
+                };
+                !(same(a, b) && same(b, a))
+            }
+            _ => true,
+        }
+    }
+
     /// Whether `ns` is sharded.
     pub fn is_sharded(&self, ns: &str) -> bool {
         self.collections.contains_key(ns)
@@ -363,6 +398,45 @@ mod tests {
         ];
         let dbs = [doc! {"_id": "shop", "primary": "a"}];
         Ownership::from_catalog(&colls, &chunks, &dbs, at).unwrap()
+    }
+
+    /// A moved chunk makes two times differ for its collection only; a split without a
+    /// move does not.
+    #[test]
+    fn ownership_differs_where_a_chunk_moved() {
+        let (before, after) = (catalog(ts(40, 0)), catalog(ts(50, 1)));
+        assert!(before.differs_for(&after, "shop.orders"));
+        assert!(!before.differs_for(&after, "shop.items"));
+        assert!(!before.differs_for(&catalog(ts(45, 0)), "shop.orders"));
+        assert!(!before.differs_for(&after, "shop.unsharded"));
+        // shop.items split at "t" on the same shard.
+        let colls = [doc! {"_id": "shop.items", "key": {"sku": 1, "n": 1}}];
+        let split = [
+            doc! {"ns": "shop.items", "min": {"sku": Bson::MinKey, "n": Bson::MinKey},
+            "max": {"sku": "m", "n": Bson::MinKey}, "shard": "a"},
+            doc! {"ns": "shop.items", "min": {"sku": "m", "n": Bson::MinKey},
+            "max": {"sku": "t", "n": Bson::MinKey}, "shard": "b"},
+            doc! {"ns": "shop.items", "min": {"sku": "t", "n": Bson::MinKey},
+            "max": {"sku": Bson::MaxKey, "n": Bson::MaxKey}, "shard": "b"},
+        ];
+        let dbs = [doc! {"_id": "shop", "primary": "a"}];
+        let s = Ownership::from_catalog(&colls, &split, &dbs, ts(60, 0)).unwrap();
+        assert!(!before.differs_for(&s, "shop.items"));
+        // The upper part moved to a: differs.
+        let mut moved = split.clone();
+        moved[2].insert("shard", "a");
+        let m = Ownership::from_catalog(&colls, &moved, &dbs, ts(60, 0)).unwrap();
+        assert!(before.differs_for(&m, "shop.items"));
+        assert!(m.differs_for(&before, "shop.items"));
+        // The database's primary moved: its unsharded collections differ.
+        let p = Ownership::from_catalog(
+            &colls,
+            &split,
+            &[doc! {"_id": "shop", "primary": "b"}],
+            ts(60, 0),
+        )
+        .unwrap();
+        assert!(before.differs_for(&p, "shop.unsharded"));
     }
 
     #[test]

@@ -135,6 +135,20 @@ impl Tracker {
         self.noted.push_back((seq, self.now.clone()));
     }
 
+    /// Parts of the snapshot are read later (`floor.later`): stored with the next progress,
+    /// so that a restart reads the rest at that time and its stream skips what they hold.
+    pub(super) fn read_later(&mut self, floor: &super::floor::SnapshotFloor) {
+        self.now.later = floor
+            .later
+            .iter()
+            .map(|l| quorumtail_sink::SnapshotLaterRead {
+                ns: l.ns.clone(),
+                after_id: l.after_id.clone().map(Bson::into_canonical_extjson),
+                at: l.at,
+            })
+            .collect();
+    }
+
     /// `ns` is copied completely; its last record has sequence number `seq`.
     pub(super) fn finished(&mut self, seq: u64, ns: &str) {
         self.now.current = None;

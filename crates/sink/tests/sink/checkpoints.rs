@@ -253,6 +253,7 @@ fn progress(ns: &str, after: i64, documents: u64) -> SnapshotProgress {
         }),
         complete: false,
         documents,
+        later: Vec::new(),
     }
 }
 

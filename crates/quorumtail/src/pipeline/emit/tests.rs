@@ -258,7 +258,7 @@ fn after_a_snapshot_only_what_committed_later_is_emitted() {
         Arc::default(),
         Some(Timestamp::from(ts(5))),
     )
-    .after_snapshot(Some(floor), 41);
+    .after_snapshot(Some(SnapshotFloor::at(floor)), 41);
     let ins = |id: i32, i: u32| rawdoc! { "op": "i", "ns": "shop.a", "o": { "_id": id }, "ts": ts(i), "t": 1_i64 };
     let prepare = |n: i64, id: i32, i: u32| {
         rawdoc! {
@@ -318,7 +318,7 @@ fn a_transaction_prepared_before_the_stream_and_committed_after_the_snapshot_is_
         Arc::default(),
         Some(Timestamp::from(ts(5))),
     )
-    .after_snapshot(Some(Timestamp::from(ts(10))), 0);
+    .after_snapshot(Some(SnapshotFloor::at(Timestamp::from(ts(10)))), 0);
     let commit = |at: u32, i: u32| {
         rawdoc! {
             "lsid": lsid(), "txnNumber": 1_i64, "op": "c", "ns": "admin.$cmd",
@@ -394,4 +394,84 @@ fn field_updates_are_marked_for_a_lookup() {
         run(&mut off, &docs);
         assert!(off.take_lookups().is_empty());
     }
+}
+
+/// Parts of a snapshot read later (after `SnapshotTooOld`): `shop.a` after `_id` 5 and all
+/// of `shop.b` were read at `ts(20)`, the rest at `ts(10)`. A change between the two is
+/// emitted only for documents read at `ts(10)`, also inside one transaction; no checkpoint
+/// lands at or before `ts(20)`.
+#[test]
+fn documents_read_later_skip_their_changes_up_to_that_time() {
+    use crate::snapshot::floor::LaterRead;
+    let floor = SnapshotFloor {
+        base: Timestamp::from(ts(10)),
+        later: vec![
+            LaterRead {
+                ns: "shop.a".into(),
+                after_id: Some(bson::Bson::Int32(5)),
+                at: Timestamp::from(ts(20)),
+            },
+            LaterRead {
+                ns: "shop.b".into(),
+                after_id: None,
+                at: Timestamp::from(ts(20)),
+            },
+        ],
+    };
+    let mut e = Emitter::new(
+        "s".into(),
+        Filter::default(),
+        KeyKind::Document,
+        Arc::default(),
+        Some(Timestamp::from(ts(5))),
+    )
+    .after_snapshot(Some(floor), 0);
+    let upd = |ns: &str, id: i32, i: u32| rawdoc! { "op": "u", "ns": ns, "o": { "$v": 2, "diff": { "u": { "n": 1 } } }, "o2": { "_id": id }, "ts": ts(i), "t": 1_i64 };
+    let txn = rawdoc! {
+        "lsid": lsid(), "txnNumber": 3_i64, "op": "c", "ns": "admin.$cmd",
+        "o": { "applyOps": [
+            { "op": "i", "ns": "shop.a", "o": { "_id": 7 } },
+            { "op": "i", "ns": "shop.a", "o": { "_id": 2 } },
+            { "op": "d", "ns": "shop.b", "o": { "_id": 1 } },
+        ] },
+        "ts": ts(15), "t": 1_i64,
+    };
+    let out = run(
+        &mut e,
+        &[
+            upd("shop.a", 3, 12), // read at 10: emitted
+            upd("shop.a", 6, 13), // read at 20: skipped
+            upd("shop.b", 1, 14), // read at 20: skipped
+            txn,                  // only the insert of _id 2
+            upd("shop.c", 9, 16), // read at 10: emitted
+            upd("shop.a", 6, 21), // after 20: emitted
+        ],
+    );
+    let ids: Vec<serde_json::Value> = out
+        .iter()
+        .filter_map(|i| match i {
+            SinkInput::Record(r) => {
+                let v: serde_json::Value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+                Some(serde_json::json!([
+                    v["ns"],
+                    v["entry"]["o2"]["_id"].clone(),
+                    v["entry"]["o"]["_id"].clone()
+                ]))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            serde_json::json!(["shop.a", 3, null]),
+            serde_json::json!(["shop.a", null, 2]),
+            serde_json::json!(["shop.c", 9, null]),
+            serde_json::json!(["shop.a", 6, null]),
+        ]
+    );
+    assert!(
+        checkpoints(&out).into_iter().flatten().all(|i| i > 20),
+        "no checkpoint at or before the latest read: {out:?}"
+    );
 }
