@@ -367,6 +367,50 @@ pub(super) async fn finish_write(
     }
 }
 
+/// The newest entry of every member of every set and whether it is primary: taken
+/// before a command, compared by [`written_since`] after it.
+pub(super) type Heads = Vec<Vec<(Option<crate::oplog::EntryId>, bool)>>;
+
+/// See [`Heads`].
+pub(super) fn heads(w: &World) -> Heads {
+    w.sets
+        .iter()
+        .map(|set| {
+            set.nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.oplog.last().map(|e| e.id),
+                        n.state == MemberState::Primary,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The members a command wrote to: those primary before or after it whose newest entry
+/// changed meanwhile (secondaries only replicate). Another client's write on the same
+/// primary meanwhile only makes the write concern wait for a later entry of it.
+pub(super) fn written_since(w: &World, before: &Heads) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (s, set) in w.sets.iter().enumerate() {
+        for (n, node) in set.nodes.iter().enumerate() {
+            let head = node.oplog.last().map(|e| e.id);
+            let (was, was_primary) = before
+                .get(s)
+                .and_then(|b| b.get(n))
+                .copied()
+                .unwrap_or((None, false));
+            let primary = was_primary || node.state == MemberState::Primary;
+            if primary && head.is_some() && head != was {
+                out.push((s, n));
+            }
+        }
+    }
+    out
+}
+
 fn id_of_filter(q: &Document) -> Option<&Bson> {
     match q.get("_id") {
         Some(Bson::Document(d)) if d.keys().any(|k| k.starts_with('$')) => d.get("$eq"),
