@@ -34,6 +34,7 @@ mod kafka;
 mod nemesis;
 mod proxy;
 mod qt;
+mod shapes;
 mod topology;
 mod workload;
 
@@ -198,6 +199,8 @@ struct Settings {
     rate: f64,
     /// The shards' member layout: the seed's, or `NEMESIS_LAYOUT`.
     layout: Layout,
+    /// Whether the deleteMany / time-series / DDL client runs (`NEMESIS_SHAPES=0`: not).
+    shapes: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -228,6 +231,7 @@ impl Settings {
             txn_clients: env_num("NEMESIS_TXN_CLIENTS", 2usize),
             rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
             layout: Layout::from_env(seed),
+            shapes: env_num("NEMESIS_SHAPES", 1u8) != 0,
         }
     }
 
@@ -316,6 +320,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
 
     let t0 = Instant::now();
     let history = Arc::new(History::default());
+    let shape_ops = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let client = mongodb::Client::with_uri_str(format!(
         "mongodb://{}/?w=majority&wtimeoutMS=3000&serverSelectionTimeoutMS=5000",
@@ -326,6 +331,20 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let coll = client
         .database("shop")
         .collection::<bson::Document>("orders");
+    let readings_created = t0.elapsed();
+    if s.shapes {
+        shapes::create_readings(&client)
+            .await
+            .expect("the time-series collection is created before the faults begin");
+        shape_ops.lock().unwrap().push(shapes::ShapeOp {
+            shape: shapes::Shape::Ddl {
+                command: "create",
+                coll: shapes::READINGS.to_owned(),
+            },
+            outcome: Outcome::Ok { n: 1 },
+            at: readings_created,
+        });
+    }
     let period = (s.rate > 0.0).then(|| Duration::from_secs_f64(s.clients as f64 / s.rate));
     let mut clients = tokio::task::JoinSet::new();
     for index in 0..s.clients {
@@ -351,6 +370,19 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
             client: client.clone(),
             coll: coll.clone(),
             history: history.clone(),
+            stop: stop.clone(),
+            t0,
+        }));
+    }
+
+    // deleteMany, time-series inserts and DDL (see `shapes`), one client beside the
+    // others at a transaction client's pace.
+    if s.shapes {
+        clients.spawn(shapes::client(shapes::ShapesClient {
+            seed: s.seed,
+            period: period.map(|p| p * 2),
+            client: client.clone(),
+            ops: shape_ops.clone(),
             stop: stop.clone(),
             t0,
         }));
@@ -447,6 +479,11 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     }
     let txns = history.txns.lock().unwrap().clone();
     let tv = check_txns(&txns, &truth_txn_ops, &segments);
+    let mut shape_truth = shapes::ShapeTruth::default();
+    for sh in &all_shards {
+        shape_truth.add(&cluster.committed_entries(sh));
+    }
+    let sv = shapes::check(&shape_ops.lock().unwrap(), &shape_truth, &segments);
 
     // The writes against the ground truth.
     let mut committed = HashSet::new();
@@ -559,6 +596,10 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         tv.committed, tv.ops_checked, tv.aborted, tv.failed, tv.failed_committed, verdict.txns
     );
     println!(
+        "deleteMany / time-series / DDL: {} deleteMany groups ({} documents' deletes in Kafka, {} of them from applyOps batches), {} measurements, {} DDL operations; {} of these operations indeterminate",
+        sv.groups, sv.group_docs_deleted, sv.batched_deletes, sv.measurements, sv.ddl, sv.indeterminate
+    );
+    println!(
         "quorumtail: {} runs ({} ended by kill -9, {} exited on its own and were restarted), {} records ({} read from Kafka), {} distinct",
         qt.runs.len(),
         kills,
@@ -590,6 +631,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let mut failures = errors;
     failures.extend(verdict.failures());
     failures.extend(tv.failures.iter().cloned());
+    failures.extend(sv.failures.iter().cloned());
     for (what, list) in [
         ("records outside every run", boundary_problems),
         ("unreadable values or gaps in the topic", kafka.bad()),
@@ -641,6 +683,12 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
             failures.push(format!(
                 "transactions: {} committed, {} aborted; the run needs both",
                 tv.committed, tv.aborted
+            ));
+        }
+        if s.shapes && (sv.group_docs_deleted == 0 || sv.measurements == 0 || sv.ddl < 2) {
+            failures.push(format!(
+                "deleteMany / time-series / DDL: {} deletes, {} measurements, {} DDL operations; the run needs each",
+                sv.group_docs_deleted, sv.measurements, sv.ddl
             ));
         }
         if indeterminate == 0 {

@@ -219,8 +219,8 @@
 //!   a `writeConcernError` (64), a step-down while waiting yields one with 11602 (also
 //!   through mongos). `w: 1` acknowledges at once. DDL commands (create, drop,
 //!   dropDatabase, renameCollection, createIndexes, dropIndexes, collMod) wait for their
-//!   `writeConcern` the same way, on the members that logged them (mongos's sharding DDL
-//!   coordinators commit with `w: "majority"`; an acknowledged DDL is never rolled back).
+//!   `writeConcern` the same way, on the members that logged them, so a `w: "majority"`
+//!   DDL that was acknowledged is never rolled back.
 //! - 6.0+ inserts carry `o2: {_id}` (the document key; `jstests/sharding/
 //!   write_oplog_document_key.js`, requires_fcv_53). A secondary that falls behind the
 //!   primary's capped oplog is "too stale" and stops replicating, as mongod does.
