@@ -43,6 +43,7 @@ mod resharding;
 mod tail;
 mod two_phase;
 mod txn;
+mod vectored;
 mod writes;
 
 use catalog::{create, list_collections, list_databases, list_shards, move_chunk_cmd};

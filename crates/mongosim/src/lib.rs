@@ -261,6 +261,27 @@
 //!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
 //!   resulting with single operations create regular delete oplog entries". Earlier
 //!   versions log one `d` per document.
+//! - 8.0 vectored inserts (`ServerVersion::vectored_inserts`; `world/vectored.rs` and
+//!   `commands/vectored.rs` cite the server source of each detail): an `insert` of two or
+//!   more documents outside a transaction is logged per shard batch (at most 500
+//!   documents, `kDefaultInternalInsertMaxBatchSizeFcv80`) as one `{op: "c", ns:
+//!   "admin.$cmd", o: {applyOps: [{op: "i", ns, ui, o, o2, stmtId}, ...]}}`; a retryable
+//!   one carries `lsid`, `txnNumber`, `prevOpTime` and `multiOpType: 1`
+//!   (`kApplyOpsAppliedSeparately`) and its statement ids on the inner operations only, a
+//!   non-retryable one none of these. A batch of one document is a plain `i`; a batch
+//!   holding a duplicate `_id` is inserted one document at a time. mongos cuts an ordered
+//!   insert where the target shard changes and groups an unordered one per shard. That
+//!   8.0 does this by default: `write_ops_exec.cpp` `insertDocumentsAtomically` groups
+//!   when `featureFlagReplicateVectoredInsertsTransactionally` is enabled for the FCV;
+//!   `server_parameter_insert_max_batch_size.cpp` ("For v8.0, this should be 500 if the
+//!   ... feature flag is enabled, but 64 otherwise", constants named `...Fcv80` and
+//!   `...Fcv70`); MongoDB's manual for the change stream insert event ("Events with the
+//!   same clusterTime may not all relate to the same transaction ... Starting in MongoDB
+//!   8.0, this may be true for events on any deployment", changed in 8.0) and SERVER-88826
+//!   (two documents of one insert command share a `clusterTime` on 8.0 builds, closed as
+//!   works as designed). The flag's own definition (`repl_server_parameters.idl`, its
+//!   `default`/`version`) is not in the stored server source and was not read. Earlier
+//!   versions log one `i` per document.
 //! - DDL (`world/ddl.rs`, `commands/ddl.rs`), on a member or through mongos. Each entry
 //!   has the `o` / `o2` of mongod's `src/mongo/db/op_observer/op_observer_impl.cpp`:
 //!   create `{create: coll, <options as given>, idIndex: {v: 2, key: {_id: 1}, name:
@@ -436,21 +457,13 @@
 //!
 //! Batched deletes are cut by document count only: the server also cuts a batch after
 //! `batchedDeletesTargetBatchTimeMS` (5 ms) or `batchedDeletesTargetStagedDocBytes`, so
-//! real batches can be smaller. 8.0 vectored inserts (an `insert` of several documents
-//! logged as one `applyOps`, with `multiOpType: 1`, `lsid`, `txnNumber` and `stmtId`s
-//! when retryable; `write_ops_exec.cpp` groups a vectored insert when
-//! `featureFlagReplicateVectoredInsertsTransactionally` is enabled, and
-//! `op_observer_impl.cpp` `logApplyOps` sets `kApplyOpsAppliedSeparately`) are not
-//! produced. The flag is FCV-gated and `server_parameter_insert_max_batch_size.cpp`
-//! ("For v8.0, this should be 500 if the ... feature flag is enabled, but 64 otherwise";
-//! `kDefaultInternalInsertMaxBatchSizeFcv80`) points at 8.0, but its definition was not
-//! found in the stored server source, several of the server's tests still enable it
-//! explicitly, and the retryable shape has details not settled by what was read (whether
-//! the inner operations carry `stmtId`, and which `prevOpTime` a one-entry batch keeps
-//! once `logApplyOps` re-appends the chain information). Rather than guess, every version
-//! here logs one `i` per document; quorumtail's assembler handles the `multiOpType: 1`
-//! shape in its unit tests.
-//!
+//! real batches can be smaller. Vectored inserts are cut by document count (500) only, not
+//! by size; a vectored insert's inner operations carry no `destinedRecipient` during
+//! resharding. Newer server revisions than 8.0 also mark a batch that fits one storage
+//! transaction `multiOpType: 2` (`kApplyOpsAppliedAtomically`, a later jstest's "Expected
+//! atomically-applied applyOps (multiOpType 2)"); 8.0's `oplog_entry.idl` knows only 0 and
+//! 1, so mongosim writes 1.
+
 //! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
 //! columns, binary-diff updates), which 8.0 writes for every new bucket
 //! (`timeseries/README.md`, "Starting in 8.0, newly created buckets will be V2") and
