@@ -25,7 +25,9 @@
 //! `NEMESIS_SECONDS` (schedule length, default 40), `NEMESIS_CLIENTS` (default 8),
 //! `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE` (writes/s; default writes/seconds, 0
 //! for as fast as possible), `NEMESIS_BROKER_STORAGE` (`s3` or `memory`),
-//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run). See docs/nemesis.md.
+//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run), `NEMESIS_SHAPES`
+//! (`0`: no deleteMany / time-series / DDL client), `NEMESIS_VERSION` (the simulated
+//! server version, default 7.0). See docs/nemesis.md.
 
 use quorumtail_testkit::broker;
 mod checker;
@@ -201,6 +203,9 @@ struct Settings {
     layout: Layout,
     /// Whether the deleteMany / time-series / DDL client runs (`NEMESIS_SHAPES=0`: not).
     shapes: bool,
+    /// The simulated server version (`NEMESIS_VERSION`, default 7.0): the oplog shapes
+    /// of batched deletes (7.0+) and vectored inserts (8.0) depend on it.
+    version: mongosim::ServerVersion,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -232,6 +237,10 @@ impl Settings {
             rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
             layout: Layout::from_env(seed),
             shapes: env_num("NEMESIS_SHAPES", 1u8) != 0,
+            version: match std::env::var("NEMESIS_VERSION") {
+                Ok(v) => v.parse().unwrap_or_else(|e| panic!("NEMESIS_VERSION: {e}")),
+                Err(_) => mongosim::ServerVersion::V7_0,
+            },
         }
     }
 
@@ -241,8 +250,15 @@ impl Settings {
         } else {
             format!("NEMESIS_LAYOUT={} ", self.layout.name())
         };
+        let mut extra = String::new();
+        if self.version != mongosim::ServerVersion::V7_0 {
+            extra.push_str(&format!("NEMESIS_VERSION={} ", self.version));
+        }
+        if !self.shapes {
+            extra.push_str("NEMESIS_SHAPES=0 ");
+        }
         format!(
-            "NEMESIS_SEED={} {layout}NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
+            "NEMESIS_SEED={} {layout}{extra}NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
             self.seed, self.writes, self.seconds, self.clients, self.txn_clients, self.rate
         )
     }
@@ -302,6 +318,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     );
 
     let cluster = Cluster::start(ClusterSpec {
+        version: s.version,
         election_timeout: Duration::from_millis(400),
         noop_interval: Duration::from_millis(500),
         split_points: Some(workload::split_points(CHUNKS)),

@@ -2,7 +2,9 @@
 //! does that MongoDB logs differently, each checked against quorumtail's records from
 //! what the workload did.
 //!
-//! - **deleteMany**: a group of fresh documents inserted with one `insertMany`, then
+//! - **deleteMany**: a group of fresh documents inserted with one unordered `insertMany`
+//!   (mongos sends each shard its documents in one batch: on 8.0 a vectored insert, one
+//!   retryable `applyOps` with `multiOpType: 1` per shard holding two or more), then
 //!   removed with `deleteMany({g: <group>})`. The group spans chunks, so every shard
 //!   deletes a few: on 7.0+ a shard with two or more logs them as session-less `applyOps`
 //!   batches (one plain `d` for a single document), earlier versions one `d` each.
@@ -172,10 +174,9 @@ pub async fn client(c: ShapesClient) {
                 .collect();
             let at = c.t0.elapsed();
             let docs = ids.iter().map(|id| doc! {"_id": *id, "v": 0, "g": group});
-            let outcome = timed(
-                orders.insert_many(docs),
-                |r| Ok(r.inserted_ids.len() as u64),
-            )
+            let outcome = timed(orders.insert_many(docs).ordered(false), |r| {
+                Ok(r.inserted_ids.len() as u64)
+            })
             .await;
             record(
                 Shape::InsertGroup {
@@ -364,10 +365,14 @@ pub fn check(ops: &[ShapeOp], truth: &ShapeTruth, segments: &[Segment]) -> Shape
     let mut out_ops: HashMap<(String, i32), usize> = HashMap::new();
     let mut out_ms: HashMap<i64, usize> = HashMap::new();
     let mut out_ddl: HashMap<(String, String), usize> = HashMap::new();
+    let mut batched: HashSet<i32> = HashSet::new();
     for r in distinct.values() {
         let e = &r["entry"];
         if let Some(k) = group_op(e) {
-            v.batched_deletes += usize::from(k.0 == "d" && r["txn"].is_object());
+            // A batched delete's record: an operation of a session-less applyOps.
+            if k.0 == "d" && r["txn"].is_object() && r["txn"]["lsid"].is_null() {
+                batched.insert(k.1);
+            }
             *out_ops.entry(k).or_default() += 1;
         }
         for m in measurements(e) {
@@ -419,6 +424,7 @@ pub fn check(ops: &[ShapeOp], truth: &ShapeTruth, segments: &[Segment]) -> Shape
                     let k = ("d".to_owned(), *id);
                     let n = out_ops.get(&k).copied().unwrap_or(0);
                     v.group_docs_deleted += usize::from(n > 0);
+                    v.batched_deletes += usize::from(batched.contains(id));
                     expect(
                         format!("delete of _id {id} (deleteMany of group {group}, {when})"),
                         acked && inserted,
