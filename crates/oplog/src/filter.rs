@@ -497,6 +497,19 @@ mod tests {
                 "config.*: session and transaction table",
             ),
             ("config.system.sessions", "config.*: logical sessions"),
+            (
+                "config.transaction_coordinators",
+                "config.*: a distributed transaction's coordinator document",
+            ),
+            (
+                "config.localReshardingOplogBuffer.0a1b.shard01",
+                "config.*: a resharding recipient's copy of the donors' oplog",
+            ),
+            ("admin.system.keys", "admin.*: the cluster's signing keys"),
+            (
+                "local.replset.minvalid",
+                "local.*: a member's own replication bookkeeping",
+            ),
             ("admin.system.users", "admin.*: users and roles"),
             (
                 "admin.system.version",
@@ -541,6 +554,12 @@ mod tests {
                 "{ns} should be dropped: {why}"
             );
         }
+        // Chunk migrations' copies and deletions (and other shards' copies of DDL): the
+        // data only moved.
+        assert_eq!(
+            f.check(OpKind::Insert, "shop.orders", true),
+            Err(DropReason::FromMigrate)
+        );
         // No-ops on a user namespace: the images of retryable findAndModify up to 5.0
         // (op "n" linked by preImageOpTime/postImageOpTime); from 5.1 the image goes to
         // config.image_collection (above). Dropped as no-ops.
