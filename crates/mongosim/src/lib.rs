@@ -463,15 +463,27 @@
 //! transaction `multiOpType: 2` (`kApplyOpsAppliedAtomically`, a later jstest's "Expected
 //! atomically-applied applyOps (multiOpType 2)"); 8.0's `oplog_entry.idl` knows only 0 and
 //! 1, so mongosim writes 1.
-
-//! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
-//! columns, binary-diff updates), which 8.0 writes for every new bucket
-//! (`timeseries/README.md`, "Starting in 8.0, newly created buckets will be V2") and
-//! earlier releases write when they close a bucket of more than one measurement, as a
-//! replacement update (`write_commands.cpp` `_performTimeseriesBucketCompression`,
-//! behind `featureFlagTimeseriesBucketCompression`, whose default per release was not
-//! looked up) — mongosim writes uncompressed version 1 buckets on every version and never
-//! compresses, so on 8.0, and when a bucket closes before 8.0, the shapes differ; the
+//!
+//! Time-series details: compressed buckets. 8.0 writes every new bucket compressed
+//! (`src/mongo/db/timeseries/README.md`: "Starting in 8.0, newly created buckets will be V2
+//! by default", "New V1 buckets will no longer be created in 8.0+"): the insert is `{_id,
+//! control: {version: 2, min, max, count}, meta, data: {<field>: BinData(7, <BSONColumn>)}}`
+//! (the README's compressed bucket schema) and a measurement added to it is an update
+//! whose `$v: 2` diff is `{scontrol: {u: {count: N}, smin: {u: {..}}, smax: {u: {..}}},
+//! sdata: {b: {<field>: {o: <byte offset>, d: BinData(0, <bytes from there>)}}}}`, with
+//! `version: 3` in `scontrol.u` when a measurement arrives out of time order
+//! (`timeseries_write_util.cpp` `makeTimeseriesCompressedDiffUpdateOp`, which requires
+//! `featureFlagTimeseriesAlwaysUseCompressedBuckets`; the expected diffs of
+//! `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`). Earlier
+//! releases write version 1 buckets as mongosim does and may compress a bucket of more
+//! than one measurement when it closes, as a replacement update (`write_commands.cpp`
+//! `_performTimeseriesBucketCompression`, behind `featureFlagTimeseriesBucketCompression`,
+//! whose default per release was not found in the stored source). mongosim writes
+//! uncompressed version 1 buckets on every version and never compresses: producing 8.0's
+//! bytes needs MongoDB's `BSONColumnBuilder` (delta and simple8b encoding, and the binary
+//! diffs of its `intermediate()` output), which is not reimplemented, so on 8.0 (and when
+//! a bucket closes before 8.0) the shapes differ; quorumtail emits bucket writes
+//! unchanged either way. Also not simulated: the
 //! path of a time-series `create` through a 7.0+ mongos (the shard's DDL coordinator;
 //! mongosim logs on the shard what a replica set logs); the buckets collection's `validator` (a `$jsonSchema`
 //! mongod adds to the `create`; not looked up, left out); the order of the columns in
