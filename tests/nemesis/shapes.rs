@@ -164,7 +164,7 @@ pub async fn client(c: ShapesClient) {
         record(Shape::Measurements { ms }, outcome, at);
 
         // deleteMany of a fresh group spread over the chunks.
-        if step % 3 == 0 {
+        if step.is_multiple_of(3) {
             group += 1;
             let ids: Vec<i32> = (0..rng.gen_range(3..=8))
                 .map(|_| {
@@ -196,7 +196,7 @@ pub async fn client(c: ShapesClient) {
         }
 
         // DDL: create, insert, createIndexes, drop, on side<k>.
-        if step % 5 == 0 {
+        if step.is_multiple_of(5) {
             let coll = format!("side{side}");
             let cmd = match ddl_step {
                 0 => Some((
