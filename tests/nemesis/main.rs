@@ -613,8 +613,8 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         tv.committed, tv.ops_checked, tv.aborted, tv.failed, tv.failed_committed, verdict.txns
     );
     println!(
-        "deleteMany / time-series / DDL: {} deleteMany groups ({} documents' deletes in Kafka, {} of them from applyOps batches), {} measurements, {} DDL operations; {} of these operations indeterminate",
-        sv.groups, sv.group_docs_deleted, sv.batched_deletes, sv.measurements, sv.ddl, sv.indeterminate
+        "deleteMany / time-series / DDL: {} deleteMany groups ({} documents' deletes in Kafka, {} of them from applyOps batches; {} inserts from vectored inserts), {} measurements, {} DDL operations; {} of these operations indeterminate",
+        sv.groups, sv.group_docs_deleted, sv.batched_deletes, sv.vectored_inserts, sv.measurements, sv.ddl, sv.indeterminate
     );
     println!(
         "quorumtail: {} runs ({} ended by kill -9, {} exited on its own and were restarted), {} records ({} read from Kafka), {} distinct",

@@ -340,6 +340,9 @@ pub struct ShapeVerdict {
     pub group_docs_deleted: usize,
     /// Of those, deletes emitted from an `applyOps` batch (a record with `txn.index`).
     pub batched_deletes: usize,
+    /// Group documents whose insert record came from a vectored insert (8.0: an operation
+    /// of an `applyOps` carrying the retryable write's `lsid`).
+    pub vectored_inserts: usize,
     pub measurements: usize,
     pub ddl: usize,
     pub indeterminate: usize,
@@ -366,12 +369,16 @@ pub fn check(ops: &[ShapeOp], truth: &ShapeTruth, segments: &[Segment]) -> Shape
     let mut out_ms: HashMap<i64, usize> = HashMap::new();
     let mut out_ddl: HashMap<(String, String), usize> = HashMap::new();
     let mut batched: HashSet<i32> = HashSet::new();
+    let mut vectored: HashSet<i32> = HashSet::new();
     for r in distinct.values() {
         let e = &r["entry"];
         if let Some(k) = group_op(e) {
             // A batched delete's record: an operation of a session-less applyOps.
             if k.0 == "d" && r["txn"].is_object() && r["txn"]["lsid"].is_null() {
                 batched.insert(k.1);
+            }
+            if k.0 == "i" && r["txn"]["lsid"].is_object() {
+                vectored.insert(k.1);
             }
             *out_ops.entry(k).or_default() += 1;
         }
@@ -405,6 +412,7 @@ pub fn check(ops: &[ShapeOp], truth: &ShapeTruth, segments: &[Segment]) -> Shape
             Shape::InsertGroup { group, ids } => {
                 inserted_groups.insert(*group, acked);
                 for id in ids {
+                    v.vectored_inserts += usize::from(vectored.contains(id));
                     let k = ("i".to_owned(), *id);
                     let n = out_ops.get(&k).copied().unwrap_or(0);
                     expect(
