@@ -1,8 +1,10 @@
-//! deleteMany end to end on every version whose shape differs: one `d` per document up to
-//! 6.0, batched multi-deletes (session-less `applyOps` of up to 100 deletes) from 7.0.
-//! Written through mongos with the Rust driver on two shards; the output must hold each
-//! inserted and each deleted document exactly once, in order, the deletes of one batch
-//! at the batch entry's position.
+//! insertMany and deleteMany end to end on every version whose shape differs: one `d` per
+//! document up to 6.0, batched multi-deletes (session-less `applyOps` of up to 100
+//! deletes) from 7.0; one `i` per document up to 7.0, vectored inserts (a retryable
+//! `applyOps` with `multiOpType: 1` per shard batch) on 8.0. Written through mongos with
+//! the Rust driver on two shards; the output must hold each inserted and each deleted
+//! document exactly once, in order, the operations of one batch at the batch entry's
+//! position.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,6 +93,16 @@ async fn run(version: ServerVersion) {
         (0..500).collect::<Vec<_>>(),
         "{version}: deletes once each"
     );
+    if version >= ServerVersion::V8_0 {
+        let vectored = items_recs
+            .iter()
+            .filter(|r| r["op"] == "i" && r["txn"]["lsid"].is_object())
+            .count();
+        assert_eq!(
+            vectored, n as usize,
+            "{version}: every insert from a vectored insert"
+        );
+    }
     for shard in &shards {
         let of_shard: Vec<&&Value> = items_recs.iter().filter(|r| r["shard"] == *shard).collect();
         // In order: positions strictly increase through the shard's records.
@@ -122,6 +134,32 @@ async fn run(version: ServerVersion) {
         }
         let sizes: Vec<usize> = batches.values().copied().collect();
         let deletes: usize = sizes.iter().sum();
+        // Inserts: on 8.0 the insertMany is a vectored insert, one applyOps entry per
+        // shard batch (at most 500 documents), each document its own record at the batch
+        // entry's position, carrying the retryable write's session; before, one entry each.
+        let mut insert_batches: BTreeMap<(u64, u64), Vec<&Value>> = BTreeMap::new();
+        for r in of_shard.iter().filter(|r| r["op"] == "i") {
+            let (t, i, _) = position(r);
+            insert_batches.entry((t, i)).or_default().push(r);
+        }
+        let inserts: usize = insert_batches.values().map(Vec::len).sum();
+        if version >= ServerVersion::V8_0 && inserts > 1 {
+            assert!(
+                insert_batches.len() < inserts,
+                "{version}: no vectored insert among {inserts} inserts"
+            );
+            for batch in insert_batches.values().filter(|b| b.len() > 1) {
+                assert!(batch.len() <= 500, "{version}: {}", batch.len());
+                for (k, r) in batch.iter().enumerate() {
+                    assert_eq!(r["txn"]["index"], k as u64, "{version}: {r}");
+                    assert_eq!(r["txn"]["count"], batch.len() as u64, "{version}: {r}");
+                    assert!(r["txn"]["lsid"].is_object(), "{version}: {r}");
+                    assert!(r["entry"]["stmtId"].as_u64().is_some(), "{r}");
+                }
+            }
+        } else if version < ServerVersion::V8_0 {
+            assert_eq!(insert_batches.len(), inserts, "{version}");
+        }
         if version >= ServerVersion::V7_0 {
             assert!(sizes.iter().all(|s| *s <= 100), "{version}: {sizes:?}");
             assert_eq!(sizes.len(), deletes.div_ceil(100), "{version}: {sizes:?}");
@@ -142,6 +180,6 @@ async fn delete_many_reaches_the_output_once_per_document_7_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_many_reaches_the_output_once_per_document_8_0() {
+async fn insert_many_and_delete_many_reach_the_output_once_per_document_8_0() {
     run(ServerVersion::V8_0).await;
 }

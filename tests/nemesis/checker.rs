@@ -134,17 +134,21 @@ fn expected_entry(
     doc: &Document,
     ddl: Option<(&str, &BTreeMap<String, String>)>,
 ) -> bool {
+    use quorumtail_testkit::truth::changed_ns;
     use quorumtail_testkit::{command_emitted, ddl_database, ddl_emitted_from, emitted_by_default};
     let op = e.op.as_str();
+    // A command counts by the namespace it changes (`{create: "system.views"}` on
+    // `shop.$cmd` is the system collection's).
+    let ns = changed_ns(e);
     let notification = doc
         .get_document("o2")
         .ok()
         .and_then(|o2| o2.keys().next().map(String::as_str));
     match ddl_database(op, e.ns, e.command_name(), notification) {
-        None => emitted_by_default(op, e.ns, e.from_migrate),
+        None => emitted_by_default(op, &ns, e.from_migrate),
         Some(db) => {
             !e.from_migrate
-                && (op == "n" || emitted_by_default(op, e.ns, false))
+                && (op == "n" || emitted_by_default(op, &ns, false))
                 && e.command_name().is_none_or(command_emitted)
                 && ddl.is_none_or(|(shard, primaries)| {
                     ddl_emitted_from(shard, primaries.get(db).map(String::as_str))

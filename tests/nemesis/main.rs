@@ -25,7 +25,9 @@
 //! `NEMESIS_SECONDS` (schedule length, default 40), `NEMESIS_CLIENTS` (default 8),
 //! `NEMESIS_TXN_CLIENTS` (default 2), `NEMESIS_RATE` (writes/s; default writes/seconds, 0
 //! for as fast as possible), `NEMESIS_BROKER_STORAGE` (`s3` or `memory`),
-//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run). See docs/nemesis.md.
+//! `NEMESIS_RELEASE` (quorumtail's release rule, for the control run), `NEMESIS_SHAPES`
+//! (`0`: no deleteMany / time-series / DDL client), `NEMESIS_VERSION` (the simulated
+//! server version, default 7.0). See docs/nemesis.md.
 
 use quorumtail_testkit::broker;
 mod checker;
@@ -34,6 +36,7 @@ mod kafka;
 mod nemesis;
 mod proxy;
 mod qt;
+mod shapes;
 mod topology;
 mod workload;
 
@@ -198,6 +201,11 @@ struct Settings {
     rate: f64,
     /// The shards' member layout: the seed's, or `NEMESIS_LAYOUT`.
     layout: Layout,
+    /// Whether the deleteMany / time-series / DDL client runs (`NEMESIS_SHAPES=0`: not).
+    shapes: bool,
+    /// The simulated server version (`NEMESIS_VERSION`, default 7.0): the oplog shapes
+    /// of batched deletes (7.0+) and vectored inserts (8.0) depend on it.
+    version: mongosim::ServerVersion,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -228,6 +236,11 @@ impl Settings {
             txn_clients: env_num("NEMESIS_TXN_CLIENTS", 2usize),
             rate: env_num("NEMESIS_RATE", writes as f64 / seconds as f64),
             layout: Layout::from_env(seed),
+            shapes: env_num("NEMESIS_SHAPES", 1u8) != 0,
+            version: match std::env::var("NEMESIS_VERSION") {
+                Ok(v) => v.parse().unwrap_or_else(|e| panic!("NEMESIS_VERSION: {e}")),
+                Err(_) => mongosim::ServerVersion::V7_0,
+            },
         }
     }
 
@@ -237,8 +250,15 @@ impl Settings {
         } else {
             format!("NEMESIS_LAYOUT={} ", self.layout.name())
         };
+        let mut extra = String::new();
+        if self.version != mongosim::ServerVersion::V7_0 {
+            extra.push_str(&format!("NEMESIS_VERSION={} ", self.version));
+        }
+        if !self.shapes {
+            extra.push_str("NEMESIS_SHAPES=0 ");
+        }
         format!(
-            "NEMESIS_SEED={} {layout}NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
+            "NEMESIS_SEED={} {layout}{extra}NEMESIS_WRITES={} NEMESIS_SECONDS={} NEMESIS_CLIENTS={} NEMESIS_TXN_CLIENTS={} NEMESIS_RATE={} cargo test --release -p quorumtail --test nemesis -- --nocapture",
             self.seed, self.writes, self.seconds, self.clients, self.txn_clients, self.rate
         )
     }
@@ -298,6 +318,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     );
 
     let cluster = Cluster::start(ClusterSpec {
+        version: s.version,
         election_timeout: Duration::from_millis(400),
         noop_interval: Duration::from_millis(500),
         split_points: Some(workload::split_points(CHUNKS)),
@@ -316,6 +337,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
 
     let t0 = Instant::now();
     let history = Arc::new(History::default());
+    let shape_ops = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let client = mongodb::Client::with_uri_str(format!(
         "mongodb://{}/?w=majority&wtimeoutMS=3000&serverSelectionTimeoutMS=5000",
@@ -326,6 +348,20 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let coll = client
         .database("shop")
         .collection::<bson::Document>("orders");
+    let readings_created = t0.elapsed();
+    if s.shapes {
+        shapes::create_readings(&client)
+            .await
+            .expect("the time-series collection is created before the faults begin");
+        shape_ops.lock().unwrap().push(shapes::ShapeOp {
+            shape: shapes::Shape::Ddl {
+                command: "create",
+                coll: shapes::READINGS.to_owned(),
+            },
+            outcome: Outcome::Ok { n: 1 },
+            at: readings_created,
+        });
+    }
     let period = (s.rate > 0.0).then(|| Duration::from_secs_f64(s.clients as f64 / s.rate));
     let mut clients = tokio::task::JoinSet::new();
     for index in 0..s.clients {
@@ -351,6 +387,19 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
             client: client.clone(),
             coll: coll.clone(),
             history: history.clone(),
+            stop: stop.clone(),
+            t0,
+        }));
+    }
+
+    // deleteMany, time-series inserts and DDL (see `shapes`), one client beside the
+    // others at a transaction client's pace.
+    if s.shapes {
+        clients.spawn(shapes::client(shapes::ShapesClient {
+            seed: s.seed,
+            period: period.map(|p| p * 2),
+            client: client.clone(),
+            ops: shape_ops.clone(),
             stop: stop.clone(),
             t0,
         }));
@@ -447,6 +496,11 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     }
     let txns = history.txns.lock().unwrap().clone();
     let tv = check_txns(&txns, &truth_txn_ops, &segments);
+    let mut shape_truth = shapes::ShapeTruth::default();
+    for sh in &all_shards {
+        shape_truth.add(&cluster.committed_entries(sh));
+    }
+    let sv = shapes::check(&shape_ops.lock().unwrap(), &shape_truth, &segments);
 
     // The writes against the ground truth.
     let mut committed = HashSet::new();
@@ -559,6 +613,10 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
         tv.committed, tv.ops_checked, tv.aborted, tv.failed, tv.failed_committed, verdict.txns
     );
     println!(
+        "deleteMany / time-series / DDL: {} deleteMany groups ({} documents' deletes in Kafka, {} of them from applyOps batches; {} inserts from vectored inserts), {} measurements, {} DDL operations; {} of these operations indeterminate",
+        sv.groups, sv.group_docs_deleted, sv.batched_deletes, sv.vectored_inserts, sv.measurements, sv.ddl, sv.indeterminate
+    );
+    println!(
         "quorumtail: {} runs ({} ended by kill -9, {} exited on its own and were restarted), {} records ({} read from Kafka), {} distinct",
         qt.runs.len(),
         kills,
@@ -590,6 +648,7 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
     let mut failures = errors;
     failures.extend(verdict.failures());
     failures.extend(tv.failures.iter().cloned());
+    failures.extend(sv.failures.iter().cloned());
     for (what, list) in [
         ("records outside every run", boundary_problems),
         ("unreadable values or gaps in the topic", kafka.bad()),
@@ -641,6 +700,12 @@ async fn nemesis_faults_lose_nothing_and_emit_no_phantoms() {
             failures.push(format!(
                 "transactions: {} committed, {} aborted; the run needs both",
                 tv.committed, tv.aborted
+            ));
+        }
+        if s.shapes && (sv.group_docs_deleted == 0 || sv.measurements == 0 || sv.ddl < 2) {
+            failures.push(format!(
+                "deleteMany / time-series / DDL: {} deletes, {} measurements, {} DDL operations; the run needs each",
+                sv.group_docs_deleted, sv.measurements, sv.ddl
             ));
         }
         if indeterminate == 0 {

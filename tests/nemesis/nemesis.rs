@@ -337,7 +337,14 @@ impl<'a> Nemesis<'a> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             self.revive().await?;
-            let want = committed_app_entries(self.cluster, shard);
+            // Every expected record's entry: transactions' and batches' too.
+            let mut want: Vec<quorumtail_oplog::EntryId> =
+                crate::checker::ShardTruth::read(self.cluster, shard)
+                    .committed_app
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect();
+            want.dedup();
             let missing = self.tail.missing(shard, &want);
             if missing == 0 {
                 return Ok(());

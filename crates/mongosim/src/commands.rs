@@ -43,6 +43,7 @@ mod resharding;
 mod tail;
 mod two_phase;
 mod txn;
+mod vectored;
 mod writes;
 
 use catalog::{create, list_collections, list_databases, list_shards, move_chunk_cmd};
@@ -250,13 +251,22 @@ async fn dispatch(
             let written = take_written(&mut reply);
             finish_write(shared, proc, cmd, reply, written.as_deref()).await
         }
-        "create" => create(shared, proc, db, cmd),
-        "drop" => ddl::drop(shared, proc, db, cmd),
-        "dropDatabase" => ddl::drop_database(shared, proc, db, cmd),
-        "renameCollection" => ddl::rename_collection(shared, proc, db, cmd),
-        "createIndexes" => ddl::create_indexes(shared, proc, db, cmd),
-        "dropIndexes" | "deleteIndexes" => ddl::drop_indexes(shared, proc, db, name, cmd),
-        "collMod" => ddl::coll_mod(shared, proc, db, cmd),
+        "create" | "drop" | "dropDatabase" | "renameCollection" | "createIndexes"
+        | "dropIndexes" | "deleteIndexes" | "collMod" => {
+            // DDL honours its write concern like a write: on the members that logged it.
+            let before = writes::heads(&shared.world());
+            let reply = match name {
+                "create" => create(shared, proc, db, cmd)?,
+                "drop" => ddl::drop(shared, proc, db, cmd)?,
+                "dropDatabase" => ddl::drop_database(shared, proc, db, cmd)?,
+                "renameCollection" => ddl::rename_collection(shared, proc, db, cmd)?,
+                "createIndexes" => ddl::create_indexes(shared, proc, db, cmd)?,
+                "collMod" => ddl::coll_mod(shared, proc, db, cmd)?,
+                _ => ddl::drop_indexes(shared, proc, db, name, cmd)?,
+            };
+            let written = writes::written_since(&shared.world(), &before);
+            finish_write(shared, proc, cmd, reply, Some(&written)).await
+        }
         "shardCollection" | "shardcollection" if proc == Proc::Mongos => {
             ddl::shard_collection(shared, db, cmd)
         }

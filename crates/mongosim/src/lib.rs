@@ -217,7 +217,10 @@
 //! - Write concern: `w: "majority"` waits for the commit point (above), `w: N` until N
 //!   data-bearing members hold the write (honouring per-node lag); `wtimeout` expiry yields
 //!   a `writeConcernError` (64), a step-down while waiting yields one with 11602 (also
-//!   through mongos). `w: 1` acknowledges at once.
+//!   through mongos). `w: 1` acknowledges at once. DDL commands (create, drop,
+//!   dropDatabase, renameCollection, createIndexes, dropIndexes, collMod) wait for their
+//!   `writeConcern` the same way, on the members that logged them, so a `w: "majority"`
+//!   DDL that was acknowledged is never rolled back.
 //! - 6.0+ inserts carry `o2: {_id}` (the document key; `jstests/sharding/
 //!   write_oplog_document_key.js`, requires_fcv_53). A secondary that falls behind the
 //!   primary's capped oplog is "too stale" and stops replicating, as mongod does.
@@ -258,6 +261,27 @@
 //!   batched_multi_deletes.js` ("docsPerBatchDefault = 100") and the jstest "batch deletes
 //!   resulting with single operations create regular delete oplog entries". Earlier
 //!   versions log one `d` per document.
+//! - 8.0 vectored inserts (`ServerVersion::vectored_inserts`; `world/vectored.rs` and
+//!   `commands/vectored.rs` cite the server source of each detail): an `insert` of two or
+//!   more documents outside a transaction is logged per shard batch (at most 500
+//!   documents, `kDefaultInternalInsertMaxBatchSizeFcv80`) as one `{op: "c", ns:
+//!   "admin.$cmd", o: {applyOps: [{op: "i", ns, ui, o, o2, stmtId}, ...]}}`; a retryable
+//!   one carries `lsid`, `txnNumber`, `prevOpTime` and `multiOpType: 1`
+//!   (`kApplyOpsAppliedSeparately`) and its statement ids on the inner operations only, a
+//!   non-retryable one none of these. A batch of one document is a plain `i`; a batch
+//!   holding a duplicate `_id` is inserted one document at a time. mongos cuts an ordered
+//!   insert where the target shard changes and groups an unordered one per shard. That
+//!   8.0 does this by default: `write_ops_exec.cpp` `insertDocumentsAtomically` groups
+//!   when `featureFlagReplicateVectoredInsertsTransactionally` is enabled for the FCV;
+//!   `server_parameter_insert_max_batch_size.cpp` ("For v8.0, this should be 500 if the
+//!   ... feature flag is enabled, but 64 otherwise", constants named `...Fcv80` and
+//!   `...Fcv70`); MongoDB's manual for the change stream insert event ("Events with the
+//!   same clusterTime may not all relate to the same transaction ... Starting in MongoDB
+//!   8.0, this may be true for events on any deployment", changed in 8.0) and SERVER-88826
+//!   (two documents of one insert command share a `clusterTime` on 8.0 builds, closed as
+//!   works as designed). The flag's own definition (`repl_server_parameters.idl`, its
+//!   `default`/`version`) is not in the stored server source and was not read. Earlier
+//!   versions log one `i` per document.
 //! - DDL (`world/ddl.rs`, `commands/ddl.rs`), on a member or through mongos. Each entry
 //!   has the `o` / `o2` of mongod's `src/mongo/db/op_observer/op_observer_impl.cpp`:
 //!   create `{create: coll, <options as given>, idIndex: {v: 2, key: {_id: 1}, name:
@@ -433,29 +457,33 @@
 //!
 //! Batched deletes are cut by document count only: the server also cuts a batch after
 //! `batchedDeletesTargetBatchTimeMS` (5 ms) or `batchedDeletesTargetStagedDocBytes`, so
-//! real batches can be smaller. 8.0 vectored inserts (an `insert` of several documents
-//! logged as one `applyOps`, with `multiOpType: 1`, `lsid`, `txnNumber` and `stmtId`s
-//! when retryable; `write_ops_exec.cpp` groups a vectored insert when
-//! `featureFlagReplicateVectoredInsertsTransactionally` is enabled, and
-//! `op_observer_impl.cpp` `logApplyOps` sets `kApplyOpsAppliedSeparately`) are not
-//! produced. The flag is FCV-gated and `server_parameter_insert_max_batch_size.cpp`
-//! ("For v8.0, this should be 500 if the ... feature flag is enabled, but 64 otherwise";
-//! `kDefaultInternalInsertMaxBatchSizeFcv80`) points at 8.0, but its definition was not
-//! found in the stored server source, several of the server's tests still enable it
-//! explicitly, and the retryable shape has details not settled by what was read (whether
-//! the inner operations carry `stmtId`, and which `prevOpTime` a one-entry batch keeps
-//! once `logApplyOps` re-appends the chain information). Rather than guess, every version
-//! here logs one `i` per document; quorumtail's assembler handles the `multiOpType: 1`
-//! shape in its unit tests.
+//! real batches can be smaller. Vectored inserts are cut by document count (500) only, not
+//! by size; a vectored insert's inner operations carry no `destinedRecipient` during
+//! resharding. Newer server revisions than 8.0 also mark a batch that fits one storage
+//! transaction `multiOpType: 2` (`kApplyOpsAppliedAtomically`, a later jstest's "Expected
+//! atomically-applied applyOps (multiOpType 2)"); 8.0's `oplog_entry.idl` knows only 0 and
+//! 1, so mongosim writes 1.
 //!
-//! Time-series details: compressed buckets (`control.version` 2, BinData subtype 7
-//! columns, binary-diff updates), which 8.0 writes for every new bucket
-//! (`timeseries/README.md`, "Starting in 8.0, newly created buckets will be V2") and
-//! earlier releases write when they close a bucket of more than one measurement, as a
-//! replacement update (`write_commands.cpp` `_performTimeseriesBucketCompression`,
-//! behind `featureFlagTimeseriesBucketCompression`, whose default per release was not
-//! looked up) — mongosim writes uncompressed version 1 buckets on every version and never
-//! compresses, so on 8.0, and when a bucket closes before 8.0, the shapes differ; the
+//! Time-series details: compressed buckets. 8.0 writes every new bucket compressed
+//! (`src/mongo/db/timeseries/README.md`: "Starting in 8.0, newly created buckets will be V2
+//! by default", "New V1 buckets will no longer be created in 8.0+"): the insert is `{_id,
+//! control: {version: 2, min, max, count}, meta, data: {<field>: BinData(7, <BSONColumn>)}}`
+//! (the README's compressed bucket schema) and a measurement added to it is an update
+//! whose `$v: 2` diff is `{scontrol: {u: {count: N}, smin: {u: {..}}, smax: {u: {..}}},
+//! sdata: {b: {<field>: {o: <byte offset>, d: BinData(0, <bytes from there>)}}}}`, with
+//! `version: 3` in `scontrol.u` when a measurement arrives out of time order
+//! (`timeseries_write_util.cpp` `makeTimeseriesCompressedDiffUpdateOp`, which requires
+//! `featureFlagTimeseriesAlwaysUseCompressedBuckets`; the expected diffs of
+//! `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`). Earlier
+//! releases write version 1 buckets as mongosim does and may compress a bucket of more
+//! than one measurement when it closes, as a replacement update (`write_commands.cpp`
+//! `_performTimeseriesBucketCompression`, behind `featureFlagTimeseriesBucketCompression`,
+//! whose default per release was not found in the stored source). mongosim writes
+//! uncompressed version 1 buckets on every version and never compresses: producing 8.0's
+//! bytes needs MongoDB's `BSONColumnBuilder` (delta and simple8b encoding, and the binary
+//! diffs of its `intermediate()` output), which is not reimplemented, so on 8.0 (and when
+//! a bucket closes before 8.0) the shapes differ; quorumtail emits bucket writes
+//! unchanged either way. Also not simulated: the
 //! path of a time-series `create` through a 7.0+ mongos (the shard's DDL coordinator;
 //! mongosim logs on the shard what a replica set logs); the buckets collection's `validator` (a `$jsonSchema`
 //! mongod adds to the `create`; not looked up, left out); the order of the columns in

@@ -75,6 +75,14 @@ impl ServerVersion {
         self >= ServerVersion::V7_0
     }
 
+    /// Whether an insert of several documents (not in a transaction) is logged as one
+    /// `applyOps` entry per batch, a "vectored insert": on 8.0
+    /// (`featureFlagReplicateVectoredInsertsTransactionally`, FCV-gated; see the crate docs
+    /// for the sources).
+    pub fn vectored_inserts(self) -> bool {
+        self >= ServerVersion::V8_0
+    }
+
     /// Whether a retryable findAndModify stores its image in `config.image_collection` and
     /// marks the oplog entry `needsRetryImage` (the default from 5.1, so 6.0+ here) rather
     /// than logging the image as a no-op entry (5.0 and earlier): mongodb/mongo

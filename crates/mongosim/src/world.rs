@@ -45,6 +45,7 @@ mod replication;
 mod resharding;
 mod sessions;
 mod sharding;
+mod vectored;
 mod writes;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_N
 pub use resharding::{ReshardProvenance, Resharding};
 pub use sessions::{txn_key, RetryImage, SessionCtx};
 pub use sharding::{Chunk, DatabaseEntry, ShardEntry, ShardState, Sharding};
+pub use vectored::{VectoredFallback, VECTORED_INSERT_MAX_DOCS};
 pub use writes::BATCHED_DELETE_DOCS;
 
 /// Tunables shared by every set of a simulation.

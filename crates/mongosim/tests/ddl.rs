@@ -395,3 +395,59 @@ async fn a_new_collection_is_created_on_the_primary_shard_first() {
     assert_eq!(summary(&ddl(&cluster, "shard02")), vec!["create solo"]);
     cluster.shutdown().await;
 }
+
+/// Regression: DDL through mongos answered at once, before a majority held it, so a
+/// `w: "majority"` DDL acknowledged on a primary cut off from its secondaries could be
+/// rolled back (seen while adding DDL to the fault suite's workload). It now waits like a write, on
+/// the members that logged it.
+#[tokio::test]
+async fn ddl_through_mongos_waits_for_its_write_concern() {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        nodes_per_shard: 3,
+        noop_interval: Duration::from_secs(3600),
+        election_timeout: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mongos = Client::with_uri_str(format!("{}?serverSelectionTimeoutMS=5000", cluster.uri()))
+        .await
+        .unwrap();
+    let db = mongos.database("shop");
+    let majority = doc! {"w": "majority", "wtimeout": 300};
+    let reply = db
+        .run_command(doc! {"create": "ok", "writeConcern": majority.clone()})
+        .await
+        .unwrap();
+    assert!(!reply.contains_key("writeConcernError"), "{reply}");
+    // The database's primary shard loses its secondaries: nothing it logs can commit.
+    let shard = cluster.database_primaries()["shop"].clone();
+    let primary = cluster.primary_of(&shard).unwrap();
+    for m in cluster.shard_members(&shard) {
+        if m != primary {
+            cluster.partition_node(m).await.unwrap();
+        }
+    }
+    for cmd in [
+        doc! {"create": "side", "writeConcern": majority.clone()},
+        doc! {"createIndexes": "ok", "indexes": [{"key": {"x": 1}, "name": "x_1"}], "writeConcern": majority.clone()},
+        doc! {"drop": "ok", "writeConcern": majority.clone()},
+    ] {
+        let reply = db.run_command(cmd.clone()).await;
+        let wce = match &reply {
+            Ok(r) => r
+                .get_document("writeConcernError")
+                .ok()
+                .and_then(|e| e.get_i32("code").ok()),
+            Err(e) => match e.kind.as_ref() {
+                mongodb::error::ErrorKind::Write(
+                    mongodb::error::WriteFailure::WriteConcernError(wce),
+                ) => Some(wce.code),
+                _ => None,
+            },
+        };
+        assert_eq!(wce, Some(64), "{cmd}: {reply:?}");
+    }
+    cluster.shutdown().await;
+}

@@ -23,7 +23,7 @@ pub(super) fn documents(cmd: &Document, key: &str) -> Result<Vec<Document>, CmdE
         .collect()
 }
 
-fn write_error(index: usize, e: &CmdError) -> Bson {
+pub(super) fn write_error(index: usize, e: &CmdError) -> Bson {
     Bson::Document(doc! {"index": index as i32, "code": e.code, "errmsg": e.errmsg.clone()})
 }
 
@@ -146,6 +146,17 @@ pub(super) fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
                 errors.push(write_error(c, &e));
             }
         }
+    } else if w.version.vectored_inserts() && txn.is_none() {
+        if let Proc::Node { set, node } = proc {
+            w.check_writable(set, node)?;
+        }
+        if proc == Proc::Mongos {
+            create_on_primary_shard(&mut w, &ns, now);
+        }
+        let out = super::vectored::insert(&mut w, proc, &ns, &session, docs, ordered, now);
+        n_ok += out.n;
+        errors.extend(out.errors);
+        written.extend(out.written);
     } else {
         match proc {
             Proc::Node { set, node } => {
@@ -170,17 +181,8 @@ pub(super) fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
                 // other shards. Not inside a transaction, whose participants are the
                 // shards it writes, nor for a collection the catalog already tracks
                 // (resharding may have moved all of it off the primary shard).
-                let tracked = w
-                    .sharding
-                    .as_ref()
-                    .is_some_and(|sh| sh.collections.contains_key(&ns));
-                if txn.is_none() && !tracked {
-                    let db = ns.split('.').next().unwrap_or("").to_owned();
-                    if let Some(s) = w.db_primary(&db).and_then(|p| w.shard_set(&p)) {
-                        if let Some(p) = w.sets[s].sync_source() {
-                            w.ensure_collection(s, p, &ns, false, now);
-                        }
-                    }
+                if txn.is_none() {
+                    create_on_primary_shard(&mut w, &ns, now);
                 }
                 for (i, mut d) in docs.into_iter().enumerate() {
                     enter_statement(&mut w, &session, &txn, i);
@@ -221,6 +223,24 @@ pub(super) fn insert(shared: &Arc<Shared>, proc: Proc, db: &str, cmd: &Document)
     let mut reply = ok(reply);
     note_written(&mut reply, &written);
     Ok(reply)
+}
+
+/// An insert through mongos into a collection the catalog does not track yet creates it
+/// on the database's primary shard first.
+fn create_on_primary_shard(w: &mut World, ns: &str, now: Instant) {
+    let tracked = w
+        .sharding
+        .as_ref()
+        .is_some_and(|sh| sh.collections.contains_key(ns));
+    if tracked {
+        return;
+    }
+    let db = ns.split('.').next().unwrap_or("").to_owned();
+    if let Some(s) = w.db_primary(&db).and_then(|p| w.shard_set(&p)) {
+        if let Some(p) = w.sets[s].sync_source() {
+            w.ensure_collection(s, p, ns, false, now);
+        }
+    }
 }
 
 /// Honours `writeConcern: {w: "majority" | N, wtimeout}` by waiting until the newest entry
@@ -365,6 +385,50 @@ pub(super) async fn finish_write(
             }
         }
     }
+}
+
+/// The newest entry of every member of every set and whether it is primary: taken
+/// before a command, compared by [`written_since`] after it.
+pub(super) type Heads = Vec<Vec<(Option<crate::oplog::EntryId>, bool)>>;
+
+/// See [`Heads`].
+pub(super) fn heads(w: &World) -> Heads {
+    w.sets
+        .iter()
+        .map(|set| {
+            set.nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.oplog.last().map(|e| e.id),
+                        n.state == MemberState::Primary,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The members a command wrote to: those primary before or after it whose newest entry
+/// changed meanwhile (secondaries only replicate). Another client's write on the same
+/// primary meanwhile only makes the write concern wait for a later entry of it.
+pub(super) fn written_since(w: &World, before: &Heads) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (s, set) in w.sets.iter().enumerate() {
+        for (n, node) in set.nodes.iter().enumerate() {
+            let head = node.oplog.last().map(|e| e.id);
+            let (was, was_primary) = before
+                .get(s)
+                .and_then(|b| b.get(n))
+                .copied()
+                .unwrap_or((None, false));
+            let primary = was_primary || node.state == MemberState::Primary;
+            if primary && head.is_some() && head != was {
+                out.push((s, n));
+            }
+        }
+    }
+    out
 }
 
 fn id_of_filter(q: &Document) -> Option<&Bson> {

@@ -654,6 +654,11 @@ fn txn_visibility(doc: &Document) -> TxnVisibility {
         _ => None,
     };
     if o.contains_key("applyOps") {
+        // A retryable vectored insert (8.0) links the write's previous entry by
+        // `prevOpTime` without being part of a chain: `multiOpType: 1`.
+        if doc.get_i32("multiOpType").ok() == Some(1) {
+            return TxnVisibility::Now;
+        }
         if o.get_bool("partialTxn").unwrap_or(false) || o.get_bool("prepare").unwrap_or(false) {
             TxnVisibility::Later
         } else if let Some(prev) = prev {

@@ -467,19 +467,26 @@ fn session_less_batched_chain() {
     assert_eq!(t.lsid, None);
 }
 
+/// 8.0 retryable vectored inserts (mongodb/mongo `oplog.cpp` `appendOplogEntryChainInfo`:
+/// `multiOpType` instead of the statement ids; `session_info_in_oplog.js`: the first
+/// batch's `prevOpTime` is null, `stmtId` on the inner operations): two batches of one
+/// insert command on a shard, the second linked to the first, each emitted alone.
 #[test]
 fn applied_separately_entries_are_standalone() {
     let mut a = TxnAssembler::default();
-    let mut raw = txn_entry(
-        110,
-        Some((1, 4)),
-        rawdoc! { "applyOps": ops(vec![ins("a.b", 1)]) },
-        Some(109),
-    );
-    raw.append(cstr!("multiOpType"), 1_i32);
-    let t = emitted(push(&mut a, &raw).unwrap());
-    assert_eq!(ids(&t), [1]);
-    assert!(!a.has_open());
+    let stmt = |id: i32, k: i32| {
+        rawdoc! { "op": "i", "ns": "a.b", "ui": uuid(1), "o": { "_id": id }, "o2": { "_id": id }, "stmtId": k }
+    };
+    for (i, p, docs) in [(110, 0, [(1, 0), (2, 1)]), (111, 110, [(3, 2), (4, 3)])] {
+        let o = rawdoc! { "applyOps": ops(docs.iter().map(|(id, k)| stmt(*id, *k)).collect()) };
+        let raw = rawdoc! { "lsid": lsid(1), "txnNumber": 4_i64, "op": "c", "ns": "admin.$cmd",
+        "o": o, "ts": ts(i), "t": 1_i64, "v": 2_i64, "wall": bson::DateTime::from_millis(0),
+        "prevOpTime": prev(p), "multiOpType": 1_i32 };
+        let t = emitted(push(&mut a, &raw).unwrap());
+        assert_eq!(ids(&t), docs.map(|(id, _)| id));
+        assert!(t.lsid.is_some() && t.txn_number == Some(4));
+        assert!(!a.has_open());
+    }
 }
 
 #[test]
