@@ -16,7 +16,7 @@ use quorumtail_oplog::record::{
 };
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
-use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput};
+use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput, Undecodable};
 
 use crate::config::KeyKind;
 use crate::pipeline::lookup::{is_field_update, Lookup, Splice};
@@ -31,6 +31,8 @@ pub struct Emitter {
     format: RecordFormat,
     tombstones: bool,
     full_document: FullDocument,
+    /// What becomes of an operation the format cannot describe (`[sink] undecodable`).
+    undecodable: Undecodable,
     /// Update records of the output that wait for their full document, by index into
     /// the output (see [`Emitter::take_lookups`]).
     lookups: Vec<Lookup>,
@@ -74,6 +76,7 @@ impl Emitter {
             format: RecordFormat::Oplog,
             tombstones: false,
             full_document: FullDocument::Off,
+            undecodable: Undecodable::Stop,
             lookups: Vec::new(),
             seq: 0,
             txn,
@@ -119,6 +122,46 @@ impl Emitter {
     pub fn with_full_document(mut self, mode: FullDocument) -> Self {
         self.full_document = mode;
         self
+    }
+
+    /// Writes operations the format cannot describe raw, or stops (`[sink] undecodable`).
+    pub fn with_undecodable(mut self, mode: Undecodable) -> Self {
+        self.undecodable = mode;
+        self
+    }
+
+    /// The value written for an operation its format refused: with `[sink] undecodable =
+    /// "raw"` the flagged raw record (counted), else the error that stops the shard.
+    fn undecodable_value(
+        &self,
+        failure: Failure,
+        src: &quorumtail_events::Source<'_>,
+    ) -> Result<Vec<u8>, String> {
+        let (op, e) = match failure {
+            Failure::Other(detail) => return Err(detail),
+            Failure::Undecodable(op, e) => (op, e),
+        };
+        if self.undecodable == Undecodable::Stop {
+            return Err(format!(
+                "{e}: no {} record can describe it, and none is emitted rather than a wrong one. Fix: set [sink] undecodable = \"raw\" to write such operations raw, flagged \"undecodable\": true (the stream goes on), or exclude the namespace with [filter] exclude",
+                self.format.as_str()
+            ));
+        }
+        self.stats.undecodable.fetch_add(1, Relaxed);
+        let rec = quorumtail_events::undecodable_record(&op, src, &e);
+        let raw = bson::RawDocumentBuf::try_from(&rec).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(raw.as_bytes().len() * 2);
+        write_document(&raw, Mode::Relaxed, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// The key of a raw record under `format = "debezium"`: Debezium's key when the
+    /// operation names its document, else as for a command.
+    fn debezium_raw_key(&self, id: Option<bson::Bson>, target: &str) -> Option<Vec<u8>> {
+        match id {
+            Some(id) => self.debezium_key(quorumtail_events::debezium_key(&id), target),
+            None => Some(target.as_bytes().to_vec()),
+        }
     }
 
     /// The records waiting for their full document among those appended to the output
@@ -285,9 +328,21 @@ impl Emitter {
                                     wall: entry.wall,
                                     txn: None,
                                 };
-                                if !change_event_json(entry.raw(), &src, &mut value).map_err(err)? {
-                                    self.no_event(out);
-                                    return Ok(());
+                                match change_event_json(entry.raw(), &src, &mut value) {
+                                    Ok(true) => {}
+                                    Ok(false) => {
+                                        self.no_event(out);
+                                        return Ok(());
+                                    }
+                                    Err(failure) => {
+                                        let value =
+                                            self.undecodable_value(failure, &src).map_err(err)?;
+                                        let key = self
+                                            .key_for(entry.ns, &ns, entry.document_id())
+                                            .map_err(|e| err(e.to_string()))?;
+                                        self.record(id, entry.op, entry.ns, key, value, out);
+                                        return Ok(());
+                                    }
                                 }
                             }
                             RecordFormat::Debezium { server_name } => {
@@ -298,10 +353,28 @@ impl Emitter {
                                     wall: entry.wall,
                                     txn: None,
                                 };
-                                let Some(rec) = debezium_json(entry.raw(), &src).map_err(err)?
-                                else {
-                                    self.no_event(out);
-                                    return Ok(());
+                                let rec = match debezium_json(entry.raw(), &src) {
+                                    Ok(Some(rec)) => rec,
+                                    Ok(None) => {
+                                        self.no_event(out);
+                                        return Ok(());
+                                    }
+                                    Err(failure) => {
+                                        let src = quorumtail_events::Source {
+                                            shard: &self.shard,
+                                            ts: bson_ts(id.ts),
+                                            term: id.term,
+                                            hash: id.hash,
+                                            wall: entry.wall,
+                                            txn: None,
+                                        };
+                                        let doc_id = failure.doc_id();
+                                        let value =
+                                            self.undecodable_value(failure, &src).map_err(err)?;
+                                        let key = self.debezium_raw_key(doc_id, &ns);
+                                        self.record(id, entry.op, entry.ns, key, value, out);
+                                        return Ok(());
+                                    }
                                 };
                                 let key = self.debezium_key(rec.key, &ns);
                                 self.want_lookup(
@@ -366,6 +439,8 @@ impl Emitter {
                         continue;
                     }
                     let mut value = Vec::with_capacity(op.doc.as_bytes().len() * 2 + 160);
+                    // A raw record of an operation the format cannot describe: no lookup.
+                    let mut raw = false;
                     match self.format {
                         RecordFormat::Oplog => encode_txn_op(
                             &self.shard,
@@ -399,11 +474,18 @@ impl Emitter {
                                     txn_number: txn.txn_number,
                                 }),
                             };
-                            if !change_event_json(&op.doc, &src, &mut value).map_err(err)? {
-                                self.stats
-                                    .dropped_no_change_event
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                continue;
+                            match change_event_json(&op.doc, &src, &mut value) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    self.stats
+                                        .dropped_no_change_event
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(failure) => {
+                                    value = self.undecodable_value(failure, &src).map_err(err)?;
+                                    raw = true;
+                                }
                             }
                         }
                         RecordFormat::Debezium { .. } => {}
@@ -423,23 +505,47 @@ impl Emitter {
                                     data_collection_order: *order + 1,
                                 }),
                             };
-                            let Some(rec) = debezium_json(&op.doc, &src).map_err(err)? else {
-                                self.stats
-                                    .dropped_no_change_event
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                continue;
-                            };
-                            total_order += 1;
-                            *order += 1;
-                            value = rec.value.into_bytes();
-                            self.debezium_key(rec.key, &ns)
+                            match debezium_json(&op.doc, &src) {
+                                Ok(Some(rec)) => {
+                                    total_order += 1;
+                                    *order += 1;
+                                    value = rec.value.into_bytes();
+                                    self.debezium_key(rec.key, &ns)
+                                }
+                                Ok(None) => {
+                                    self.stats
+                                        .dropped_no_change_event
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(failure) => {
+                                    let src = quorumtail_events::Source {
+                                        shard: &self.shard,
+                                        ts: bson_ts(txn.commit.ts),
+                                        term: txn.commit.term,
+                                        hash: txn.commit.hash,
+                                        wall: entry.wall,
+                                        txn: Some(quorumtail_events::TxnSource {
+                                            index: op.index,
+                                            lsid: lsid.as_ref(),
+                                            txn_number: txn.txn_number,
+                                        }),
+                                    };
+                                    let doc_id = failure.doc_id();
+                                    value = self.undecodable_value(failure, &src).map_err(err)?;
+                                    raw = true;
+                                    self.debezium_raw_key(doc_id, &ns)
+                                }
+                            }
                         }
                         _ => self
                             .key_for(&op.ns, &ns, op.document_id())
                             .map_err(|e| err(e.to_string()))?,
                     };
-                    self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
-                        .map_err(err)?;
+                    if !raw {
+                        self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
+                            .map_err(err)?;
+                    }
                     // Checkpoints attach after the last operation only.
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);
@@ -679,16 +785,40 @@ fn bson_ts(ts: Timestamp) -> bson::Timestamp {
 /// `source.version` of Debezium records: quorumtail's own version, not a Debezium release.
 const DEBEZIUM_SOURCE_VERSION: &str = concat!("quorumtail-", env!("CARGO_PKG_VERSION"));
 
+/// Why an operation has no record in its format.
+#[derive(Debug)]
+enum Failure {
+    /// The format cannot describe the operation (an update in a shape the decoder does
+    /// not know, a CRUD entry without the fields an event needs): `[sink] undecodable`
+    /// decides.
+    Undecodable(bson::Document, quorumtail_events::EventError),
+    /// Anything else (unreadable bytes): the shard stops.
+    Other(String),
+}
+
+impl Failure {
+    /// The `_id` of the document the operation changed, when it names one (`o2`, else `o`).
+    fn doc_id(&self) -> Option<bson::Bson> {
+        let Failure::Undecodable(op, _) = self else {
+            return None;
+        };
+        ["o2", "o"]
+            .iter()
+            .find_map(|f| op.get_document(f).ok().and_then(|d| d.get("_id")).cloned())
+    }
+}
+
 /// The Debezium record of `op`, made now; `None` when the connector writes none for it.
 fn debezium_json(
     op: &bson::RawDocument,
     src: &quorumtail_events::DebeziumSource<'_>,
-) -> Result<Option<quorumtail_events::DebeziumRecord>, String> {
-    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
+) -> Result<Option<quorumtail_events::DebeziumRecord>, Failure> {
+    let doc = bson::Document::try_from(op)
+        .map_err(|e| Failure::Other(format!("unreadable entry: {e}")))?;
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    quorumtail_events::debezium_record(&doc, src, now_ns).map_err(|e| e.to_string())
+    quorumtail_events::debezium_record(&doc, src, now_ns).map_err(|e| Failure::Undecodable(doc, e))
 }
 
 /// Writes the change event of `op` as relaxed Extended JSON; `false` when it has none.
@@ -696,13 +826,16 @@ fn change_event_json(
     op: &bson::RawDocument,
     src: &quorumtail_events::Source<'_>,
     out: &mut Vec<u8>,
-) -> Result<bool, String> {
-    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
-    let Some(event) = quorumtail_events::change_event(&doc, src).map_err(|e| e.to_string())? else {
-        return Ok(false);
+) -> Result<bool, Failure> {
+    let doc = bson::Document::try_from(op)
+        .map_err(|e| Failure::Other(format!("unreadable entry: {e}")))?;
+    let event = match quorumtail_events::change_event(&doc, src) {
+        Ok(Some(event)) => event,
+        Ok(None) => return Ok(false),
+        Err(e) => return Err(Failure::Undecodable(doc, e)),
     };
-    let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| e.to_string())?;
-    write_document(&raw, Mode::Relaxed, out).map_err(|e| e.to_string())?;
+    let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| Failure::Other(e.to_string()))?;
+    write_document(&raw, Mode::Relaxed, out).map_err(|e| Failure::Other(e.to_string()))?;
     Ok(true)
 }
 
