@@ -48,7 +48,7 @@ fn seed() -> u64 {
     let seed = std::env::var("QUORUMTAIL_ETL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     eprintln!("etl workload seed {seed} (QUORUMTAIL_ETL_SEED={seed} replays it)");
     seed
 }
