@@ -270,21 +270,35 @@ fn run(
     ))
 }
 
-/// Waits until the topic holds a record of the marker insert (`_id` 9999, the last write).
-async fn wait_for_marker(
+/// The last writes, one per shard: once both are in the topic, each shard has handed
+/// every earlier record to the sink, and a graceful stop delivers them all.
+const MARKERS: [i32; 2] = [999, 9999];
+
+async fn write_markers(coll: &Collection<Document>) {
+    for id in MARKERS {
+        coll.insert_one(doc! {"_id": id, "name": "last"})
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the topic holds the records of both markers (`marker_id` reads a
+/// record's `_id`).
+async fn wait_for_markers(
     broker: &Broker,
     topic: &str,
-    is_marker: impl Fn(&Consumed) -> bool,
-) -> Vec<Consumed> {
+    marker_id: impl Fn(&Consumed) -> Option<i64>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let got = consume(broker, topic).await;
-        if got.iter().any(&is_marker) {
-            return got;
+        let seen: BTreeSet<i64> = got.iter().filter_map(&marker_id).collect();
+        if MARKERS.iter().all(|m| seen.contains(&i64::from(*m))) {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the last write did not reach {topic} within 90 s ({} messages)",
+            "the last writes did not reach {topic} within 90 s ({} messages, markers {seen:?})",
             got.len()
         );
         // The polling interval of a bounded wait.
@@ -374,11 +388,15 @@ async fn change_events_applied_like_the_mongodb_sink_connector_give_the_source()
     );
     workload(&client, &mut rng).await;
     let source_coll = client.database("shop").collection::<Document>("people");
-    source_coll
-        .insert_one(doc! {"_id": 9999, "name": "last"})
-        .await
-        .unwrap();
-    let got = wait_for_marker(&broker, &topic, |m| m.value["documentKey"]["_id"] == 9999).await;
+    write_markers(&source_coll).await;
+    wait_for_markers(&broker, &topic, |m| {
+        (m.value["fullDocument"]["name"] == "last")
+            .then(|| m.value["documentKey"]["_id"].as_i64())
+            .flatten()
+    })
+    .await;
+    assert!(q.stop().await.ok(), "a graceful stop delivers every record");
+    let got = consume(&broker, &topic).await;
     let mut applied: BTreeMap<&str, usize> = BTreeMap::new();
     for m in &got {
         let ev = parse_doc(&m.value);
@@ -408,7 +426,6 @@ async fn change_events_applied_like_the_mongodb_sink_connector_give_the_source()
         txn, 4,
         "the transaction's four operations carry its txnNumber"
     );
-    assert!(q.stop().await.ok());
     rs.shutdown().await;
     cluster.shutdown().await;
 }
@@ -520,14 +537,22 @@ async fn debezium_records_applied_by_key_and_compacted_give_the_source() {
     );
     workload(&client, &mut rng).await;
     let source_coll = client.database("shop").collection::<Document>("people");
-    source_coll
-        .insert_one(doc! {"_id": 9999, "name": "last"})
-        .await
-        .unwrap();
-    let is_marker =
-        |m: &Consumed| m.value["after"].as_str() == Some(r#"{"_id": 9999,"name": "last"}"#);
-    let got = wait_for_marker(&broker, &plain_topic, is_marker).await;
-    let got_lookup = wait_for_marker(&broker, &lookup_topic, is_marker).await;
+    write_markers(&source_coll).await;
+    let marker_id = |m: &Consumed| {
+        let after = parse_doc_text(m.value["after"].as_str()?);
+        (after.get_str("name").ok() == Some("last"))
+            .then(|| after.get_i32("_id").ok().map(i64::from))
+            .flatten()
+    };
+    wait_for_markers(&broker, &plain_topic, marker_id).await;
+    wait_for_markers(&broker, &lookup_topic, marker_id).await;
+    assert!(q.stop().await.ok(), "a graceful stop delivers every record");
+    assert!(
+        ql.stop().await.ok(),
+        "a graceful stop delivers every record"
+    );
+    let got = consume(&broker, &plain_topic).await;
+    let got_lookup = consume(&broker, &lookup_topic).await;
     let want = documents(&source_coll).await;
 
     // In order, by key.
@@ -584,8 +609,6 @@ async fn debezium_records_applied_by_key_and_compacted_give_the_source() {
             .unwrap_or_else(|| panic!("{id}: the last value has no document: {v}"));
         assert_eq!(&parse_doc_text(after), &want[&id], "last value of {id}");
     }
-    assert!(q.stop().await.ok());
-    assert!(ql.stop().await.ok());
     rs.shutdown().await;
     cluster.shutdown().await;
 }
