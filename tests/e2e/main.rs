@@ -6,6 +6,7 @@ mod batched;
 mod ddl;
 mod debezium;
 mod distributed;
+mod etl;
 mod events;
 mod fixtures;
 mod images;

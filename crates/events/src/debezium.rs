@@ -165,12 +165,7 @@ pub fn debezium_record(
         _ => return Ok(None),
     }
 
-    let mut key = String::with_capacity(32);
-    key.push_str("{\"id\":");
-    let mut id_json = String::new();
-    write_value(&id, Style::RelaxedCompact, &mut id_json);
-    json_str(&id_json, &mut key);
-    key.push('}');
+    let key = debezium_key(&id);
 
     let mut v = String::with_capacity(256);
     v.push_str(VALUE_PREFIX);
@@ -309,6 +304,18 @@ const VALUE_PREFIX: &str = "{\"before\":null,\"after\":";
 /// Where `after` starts in a record's value. An update's `after` is `null` there (4 bytes),
 /// which a looked-up document replaces (`[sink] full_document`, see [`write_after`]).
 pub const AFTER_AT: usize = VALUE_PREFIX.len();
+
+/// Debezium's key of the document with `_id` `id`: `{"id": <the _id as relaxed Extended
+/// JSON, a string>}`.
+pub fn debezium_key(id: &Bson) -> String {
+    let mut key = String::with_capacity(32);
+    key.push_str("{\"id\":");
+    let mut id_json = String::new();
+    write_value(id, Style::RelaxedCompact, &mut id_json);
+    json_str(&id_json, &mut key);
+    key.push('}');
+    key
+}
 
 /// Appends `doc` as the connector writes `after`: a JSON string holding the document as
 /// compact strict Extended JSON.

@@ -243,6 +243,27 @@ pub fn change_event(op: &Document, src: &Source<'_>) -> Result<Option<Document>,
 }
 
 /// The operation's position: its event `_id`.
+/// The record written in place of an event for an operation [`change_event`] (or
+/// [`crate::debezium_record`]) refused with an [`EventError`], when the user asked for it
+/// (`[sink] undecodable = "raw"`): never an event, so that no consumer applies it as
+/// one. `{"undecodable": true, "error": <why>, "_id": <position>, "shard", "clusterTime",
+/// "ns": "<db.coll>", "op", "entry": <the operation as logged>}`; it has no
+/// `operationType` (nor Debezium's `op` letter), which makes change-stream and Debezium
+/// consumers refuse it rather than guess.
+pub fn undecodable_record(op: &Document, src: &Source<'_>, error: &EventError) -> Document {
+    let mut d = doc! {
+        "undecodable": true,
+        "error": error.to_string(),
+        "_id": position(src),
+        "shard": src.shard,
+        "clusterTime": src.ts,
+        "ns": op.get_str("ns").unwrap_or(""),
+        "op": op.get_str("op").unwrap_or(""),
+    };
+    d.insert("entry", op.clone());
+    d
+}
+
 fn position(src: &Source<'_>) -> Document {
     let mut d = doc! {"shard": src.shard, "ts": src.ts};
     if let Some(t) = src.term {
@@ -260,6 +281,35 @@ fn position(src: &Source<'_>) -> Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An update in a shape no MongoDB version logs is an error naming the namespace and
+    /// the problem, never an event; its raw record carries the entry and no
+    /// `operationType`.
+    #[test]
+    fn an_unknown_update_shape_is_an_error_and_its_raw_record_is_flagged() {
+        for o in [
+            doc! {"$v": 3_i32, "diff": {"u": {"a": 1}}},
+            doc! {"$v": 2_i32, "diff": {"x": {"a": 1}}},
+            doc! {"$v": 2_i32, "diff": {"sa": {"a": true, "q1": 5}}},
+            doc! {"$rename": {"a": "b"}},
+        ] {
+            let op = doc! {"op": "u", "ns": "shop.people", "o": o.clone(), "o2": {"_id": 1}};
+            let e = change_event(&op, &src()).expect_err("not an event");
+            assert!(
+                matches!(&e, EventError::Update { ns, .. } if ns == "shop.people"),
+                "{e}"
+            );
+            let raw = undecodable_record(&op, &src(), &e);
+            assert_eq!(raw.get("undecodable"), Some(&Bson::Boolean(true)));
+            assert_eq!(raw.get("error"), Some(&Bson::String(e.to_string())));
+            assert_eq!(
+                raw.get_document("entry").unwrap().get("o"),
+                Some(&Bson::Document(o))
+            );
+            assert!(!raw.contains_key("operationType"));
+            assert_eq!(raw.get("op"), Some(&Bson::String("u".into())));
+        }
+    }
 
     fn src() -> Source<'static> {
         Source {

@@ -17,7 +17,8 @@ pub mod event;
 pub mod update;
 
 pub use debezium::{
-    debezium_record, write_after, DebeziumRecord, DebeziumSource, DebeziumTxn, AFTER_AT,
+    debezium_key, debezium_record, write_after, DebeziumRecord, DebeziumSource, DebeziumTxn,
+    AFTER_AT,
 };
-pub use event::{change_event, EventError, Source, TxnSource};
+pub use event::{change_event, undecodable_record, EventError, Source, TxnSource};
 pub use update::{apply, decode, PathPart, UpdateDescription, UpdateError, UpdateKind};

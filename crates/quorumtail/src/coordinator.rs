@@ -362,6 +362,7 @@ pub async fn run_controlled(
         format: c.sink.format,
         tombstones: c.sink.tombstones(),
         full_document: c.sink.full_document,
+        undecodable: c.sink.undecodable,
         lookup_router,
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,

@@ -206,6 +206,30 @@ impl FullDocument {
     }
 }
 
+/// `[sink] undecodable`: what becomes of an operation that `change-event` or `debezium`
+/// records cannot describe (an update in a shape the decoder does not know, a CRUD entry
+/// without the fields an event needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Undecodable {
+    /// The shard stops with an error naming the entry (its checkpoint stays before it).
+    #[default]
+    Stop,
+    /// A record flagged `"undecodable": true` carrying the entry as logged and the
+    /// error, in place of the event (never an event a consumer would apply); counted.
+    Raw,
+}
+
+impl Undecodable {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Undecodable::Stop => "stop",
+            Undecodable::Raw => "raw",
+        }
+    }
+}
+
 /// Default `[sink] debezium_server_name`: Debezium's `source.name`, the logical name
 /// (`topic.prefix`) of the connector the records stand in for.
 pub const DEFAULT_DEBEZIUM_SERVER_NAME: &str = "quorumtail";
@@ -276,6 +300,12 @@ pub struct SinkConfig {
     /// deleted since) or `required` (a document that is gone stops the shard).
     #[serde(default)]
     pub full_document: FullDocument,
+    /// `format = "change-event"` or `"debezium"`: an operation those records cannot
+    /// describe stops the shard (`stop`, the default: nothing silently wrong reaches a
+    /// consumer) or is written raw, flagged `"undecodable": true` (`raw`: the stream goes
+    /// on and the consumer decides).
+    #[serde(default)]
+    pub undecodable: Undecodable,
     /// Capacity of the sink's input channel: how many records the shard pipelines may hand
     /// over before they wait. Keeps memory flat when the sink stalls.
     #[serde(default = "default_channel_capacity")]
@@ -332,6 +362,7 @@ impl Default for SinkConfig {
             format: RecordFormat::Oplog,
             debezium_server_name: None,
             full_document: FullDocument::Off,
+            undecodable: Undecodable::Stop,
             channel_capacity: default_channel_capacity(),
             path: None,
             fsync_every: None,
@@ -367,6 +398,7 @@ impl fmt::Debug for SinkConfig {
             .field("format", &self.format)
             .field("debezium_server_name", &self.debezium_server_name)
             .field("full_document", &self.full_document)
+            .field("undecodable", &self.undecodable)
             .field("channel_capacity", &self.channel_capacity)
             .field("path", &self.path)
             .field("fsync_every", &self.fsync_every)
@@ -446,6 +478,12 @@ impl SinkConfig {
     /// starting with its key: an option of another format, an empty name.
     pub fn apply_format_options(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.undecodable != Undecodable::Stop && self.format == RecordFormat::Oplog {
+            problems.push(format!(
+                "sink.undecodable: only used by format = \"change-event\" or \"debezium\" (format is \"oplog\", whose records carry every entry as logged); remove it or set undecodable = \"{}\"",
+                Undecodable::Stop.as_str()
+            ));
+        }
         if let Some(name) = &self.debezium_server_name {
             match self.format {
                 RecordFormat::Debezium { .. } => {

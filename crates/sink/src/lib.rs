@@ -92,7 +92,7 @@ pub use checkpoint::{
 };
 pub use config::{
     CheckpointConfig, CheckpointKind, FullDocument, KeyKind, RecordFormat, SinkConfig, SinkKind,
-    TopicTemplate, DEFAULT_DEBEZIUM_SERVER_NAME,
+    TopicTemplate, Undecodable, DEFAULT_DEBEZIUM_SERVER_NAME,
 };
 pub use error::{DeliveryError, SinkError};
 pub use progress::{ProgressView, ShardProgress};

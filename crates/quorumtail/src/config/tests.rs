@@ -554,3 +554,38 @@ fn full_document_modes() {
         "{p:?}"
     );
 }
+
+#[test]
+fn undecodable_modes() {
+    use quorumtail_sink::Undecodable;
+    assert_eq!(
+        parse(SHARD).unwrap().config.sink.undecodable,
+        Undecodable::Stop,
+        "stopping is the default"
+    );
+    for format in ["change-event", "debezium"] {
+        for (text, want) in [("stop", Undecodable::Stop), ("raw", Undecodable::Raw)] {
+            let r = parse(&format!(
+                "{SHARD}[sink]\nformat = \"{format}\"\nundecodable = \"{text}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(r.config.sink.undecodable, want);
+            assert_eq!(want.as_str(), text);
+        }
+    }
+    // The oplog format carries every entry as logged: nothing is undecodable there.
+    let p = problems(&format!("{SHARD}[sink]\nundecodable = \"raw\"\n"));
+    assert!(
+        p.iter().any(|p| p.starts_with(
+            "sink.undecodable: only used by format = \"change-event\" or \"debezium\""
+        )),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{SHARD}[sink]\nformat = \"change-event\"\nundecodable = \"skip\"\n"
+    ));
+    assert!(
+        p[0].contains("unknown variant `skip`, expected `stop` or `raw`"),
+        "{p:?}"
+    );
+}

@@ -512,6 +512,14 @@ impl Scrape {
         )?;
         family(
             e,
+            "quorumtail_shard_undecodable_operations",
+            "Operations change-event or Debezium records could not describe, written raw and flagged undecodable ([sink] undecodable = \"raw\").",
+            None,
+            Counter,
+            self.per_shard(&|s| s.undecodable.into()),
+        )?;
+        family(
+            e,
             "quorumtail_shard_snapshot_active",
             "Whether the shard is copying its initial snapshot.",
             None,

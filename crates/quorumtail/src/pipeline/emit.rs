@@ -16,12 +16,13 @@ use quorumtail_oplog::record::{
 };
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
-use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput};
+use quorumtail_sink::{FullDocument, Marker, OutRecord, RecordFormat, SinkInput, Undecodable};
 
 use crate::config::KeyKind;
 use crate::pipeline::lookup::{is_field_update, Lookup, Splice};
 use crate::pipeline::stats::ShardStats;
 use crate::snapshot::floor::{changed_id, SnapshotFloor};
+use raw::{change_event_json, debezium_json};
 
 /// Turns one shard's committed entries into sink inputs.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct Emitter {
     format: RecordFormat,
     tombstones: bool,
     full_document: FullDocument,
+    /// What becomes of an operation the format cannot describe (`[sink] undecodable`).
+    undecodable: Undecodable,
     /// Update records of the output that wait for their full document, by index into
     /// the output (see [`Emitter::take_lookups`]).
     lookups: Vec<Lookup>,
@@ -75,6 +78,7 @@ impl Emitter {
             format: RecordFormat::Oplog,
             tombstones: false,
             full_document: FullDocument::Off,
+            undecodable: Undecodable::Stop,
             lookups: Vec::new(),
             seq: 0,
             txn,
@@ -310,9 +314,21 @@ impl Emitter {
                                     wall: entry.wall,
                                     txn: None,
                                 };
-                                if !change_event_json(entry.raw(), &src, &mut value).map_err(err)? {
-                                    self.no_event(out);
-                                    return Ok(());
+                                match change_event_json(entry.raw(), &src, &mut value) {
+                                    Ok(true) => {}
+                                    Ok(false) => {
+                                        self.no_event(out);
+                                        return Ok(());
+                                    }
+                                    Err(failure) => {
+                                        let value =
+                                            self.undecodable_value(failure, &src).map_err(err)?;
+                                        let key = self
+                                            .key_for(entry.ns, &ns, entry.document_id())
+                                            .map_err(|e| err(e.to_string()))?;
+                                        self.record(id, entry.op, entry.ns, key, value, out);
+                                        return Ok(());
+                                    }
                                 }
                             }
                             RecordFormat::Debezium { server_name } => {
@@ -323,10 +339,28 @@ impl Emitter {
                                     wall: entry.wall,
                                     txn: None,
                                 };
-                                let Some(rec) = debezium_json(entry.raw(), &src).map_err(err)?
-                                else {
-                                    self.no_event(out);
-                                    return Ok(());
+                                let rec = match debezium_json(entry.raw(), &src) {
+                                    Ok(Some(rec)) => rec,
+                                    Ok(None) => {
+                                        self.no_event(out);
+                                        return Ok(());
+                                    }
+                                    Err(failure) => {
+                                        let src = quorumtail_events::Source {
+                                            shard: &self.shard,
+                                            ts: bson_ts(id.ts),
+                                            term: id.term,
+                                            hash: id.hash,
+                                            wall: entry.wall,
+                                            txn: None,
+                                        };
+                                        let doc_id = failure.doc_id();
+                                        let value =
+                                            self.undecodable_value(failure, &src).map_err(err)?;
+                                        let key = self.debezium_raw_key(doc_id, &ns);
+                                        self.record(id, entry.op, entry.ns, key, value, out);
+                                        return Ok(());
+                                    }
                                 };
                                 let key = self.debezium_key(rec.key, &ns);
                                 self.want_lookup(
@@ -391,6 +425,8 @@ impl Emitter {
                         continue;
                     }
                     let mut value = Vec::with_capacity(op.doc.as_bytes().len() * 2 + 160);
+                    // A raw record of an operation the format cannot describe: no lookup.
+                    let mut raw = false;
                     match self.format {
                         RecordFormat::Oplog => encode_txn_op(
                             &self.shard,
@@ -424,11 +460,18 @@ impl Emitter {
                                     txn_number: txn.txn_number,
                                 }),
                             };
-                            if !change_event_json(&op.doc, &src, &mut value).map_err(err)? {
-                                self.stats
-                                    .dropped_no_change_event
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                continue;
+                            match change_event_json(&op.doc, &src, &mut value) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    self.stats
+                                        .dropped_no_change_event
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(failure) => {
+                                    value = self.undecodable_value(failure, &src).map_err(err)?;
+                                    raw = true;
+                                }
                             }
                         }
                         RecordFormat::Debezium { .. } => {}
@@ -448,23 +491,47 @@ impl Emitter {
                                     data_collection_order: *order + 1,
                                 }),
                             };
-                            let Some(rec) = debezium_json(&op.doc, &src).map_err(err)? else {
-                                self.stats
-                                    .dropped_no_change_event
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                continue;
-                            };
-                            total_order += 1;
-                            *order += 1;
-                            value = rec.value.into_bytes();
-                            self.debezium_key(rec.key, &ns)
+                            match debezium_json(&op.doc, &src) {
+                                Ok(Some(rec)) => {
+                                    total_order += 1;
+                                    *order += 1;
+                                    value = rec.value.into_bytes();
+                                    self.debezium_key(rec.key, &ns)
+                                }
+                                Ok(None) => {
+                                    self.stats
+                                        .dropped_no_change_event
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(failure) => {
+                                    let src = quorumtail_events::Source {
+                                        shard: &self.shard,
+                                        ts: bson_ts(txn.commit.ts),
+                                        term: txn.commit.term,
+                                        hash: txn.commit.hash,
+                                        wall: entry.wall,
+                                        txn: Some(quorumtail_events::TxnSource {
+                                            index: op.index,
+                                            lsid: lsid.as_ref(),
+                                            txn_number: txn.txn_number,
+                                        }),
+                                    };
+                                    let doc_id = failure.doc_id();
+                                    value = self.undecodable_value(failure, &src).map_err(err)?;
+                                    raw = true;
+                                    self.debezium_raw_key(doc_id, &ns)
+                                }
+                            }
                         }
                         _ => self
                             .key_for(&op.ns, &ns, op.document_id())
                             .map_err(|e| err(e.to_string()))?,
                     };
-                    self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
-                        .map_err(err)?;
+                    if !raw {
+                        self.want_lookup(out.len(), op.op, &op.ns, op.o(), op.o2(), txn.commit)
+                            .map_err(err)?;
+                    }
                     // Checkpoints attach after the last operation only.
                     let seq = self.next_seq();
                     let (db, coll) = split_ns(&op.ns);
@@ -704,33 +771,6 @@ fn bson_ts(ts: Timestamp) -> bson::Timestamp {
 /// `source.version` of Debezium records: quorumtail's own version, not a Debezium release.
 const DEBEZIUM_SOURCE_VERSION: &str = concat!("quorumtail-", env!("CARGO_PKG_VERSION"));
 
-/// The Debezium record of `op`, made now; `None` when the connector writes none for it.
-fn debezium_json(
-    op: &bson::RawDocument,
-    src: &quorumtail_events::DebeziumSource<'_>,
-) -> Result<Option<quorumtail_events::DebeziumRecord>, String> {
-    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
-    let now_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    quorumtail_events::debezium_record(&doc, src, now_ns).map_err(|e| e.to_string())
-}
-
-/// Writes the change event of `op` as relaxed Extended JSON; `false` when it has none.
-fn change_event_json(
-    op: &bson::RawDocument,
-    src: &quorumtail_events::Source<'_>,
-    out: &mut Vec<u8>,
-) -> Result<bool, String> {
-    let doc = bson::Document::try_from(op).map_err(|e| format!("unreadable entry: {e}"))?;
-    let Some(event) = quorumtail_events::change_event(&doc, src).map_err(|e| e.to_string())? else {
-        return Ok(false);
-    };
-    let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| e.to_string())?;
-    write_document(&raw, Mode::Relaxed, out).map_err(|e| e.to_string())?;
-    Ok(true)
-}
-
 fn target_ns(op: OpKind, ns: &str, o: Option<&bson::RawDocument>, command: Option<&str>) -> String {
     if op == OpKind::Command {
         let name = command.unwrap_or("");
@@ -758,5 +798,6 @@ fn snapshot_insert(
     Ok(entry)
 }
 
+mod raw;
 #[cfg(test)]
 mod tests;

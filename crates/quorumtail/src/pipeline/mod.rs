@@ -160,6 +160,8 @@ pub struct Shared {
     pub tombstones: bool,
     /// `[sink] full_document`.
     pub full_document: quorumtail_sink::FullDocument,
+    /// `[sink] undecodable`.
+    pub undecodable: quorumtail_sink::Undecodable,
     /// With full documents: the mongos client lookups go through (the discovery URI's,
     /// when it is a mongos); `None`: each shard's members are read directly.
     pub lookup_router: Option<mongodb::Client>,
@@ -251,7 +253,8 @@ pub async fn run_shard(
             None,
         )
         .with_format(shared.format)
-        .with_tombstones(shared.tombstones);
+        .with_tombstones(shared.tombstones)
+        .with_undecodable(shared.undecodable);
         let arrived = plan.barrier.arrive();
         let copied = crate::snapshot::copy_shard(
             &spec,
@@ -454,6 +457,7 @@ impl ShardTask {
         .with_format(shared.format)
         .with_tombstones(shared.tombstones)
         .with_full_document(shared.full_document)
+        .with_undecodable(shared.undecodable)
         .after_snapshot(after.floor.clone(), after.seq);
         let lookup_stop = shutdown.child_token();
         let (lookup_tx, stage_handle) = if shared.full_document.enabled() {
@@ -654,6 +658,7 @@ impl ShardTask {
                     .with_format(self.shared.format)
                     .with_tombstones(self.shared.tombstones)
                     .with_full_document(self.shared.full_document)
+                    .with_undecodable(self.shared.undecodable)
                     .after_snapshot(self.after.floor.clone(), self.emitter.seq());
                     self.emitter.adopt_lookups(pending);
                 }

@@ -64,6 +64,8 @@ pub struct ShardStats {
     /// no-op-like commands such as `applyOps` wrappers or `convertToCapped`; `"debezium"`:
     /// every command, as Debezium writes data changes only).
     pub dropped_no_change_event: AtomicU64,
+    /// Operations written raw, flagged undecodable (`[sink] undecodable = "raw"`).
+    pub undecodable: AtomicU64,
     /// Updates whose full document was looked up (`[sink] full_document`).
     pub lookups: AtomicU64,
     /// Lookups that found no document (deleted since the update).
@@ -208,6 +210,7 @@ impl ShardStats {
             dropped_index_build_start: self.dropped_index_build_start.load(Relaxed),
             dropped_resharding: self.dropped_resharding.load(Relaxed),
             dropped_no_change_event: self.dropped_no_change_event.load(Relaxed),
+            undecodable: self.undecodable.load(Relaxed),
             lookups: self.lookups.load(Relaxed),
             lookups_not_found: self.lookups_not_found.load(Relaxed),
             tailer_starts: self.tailer_starts.load(Relaxed),
@@ -252,6 +255,8 @@ pub struct StatsSnapshot {
     pub dropped_index_build_start: u64,
     pub dropped_resharding: u64,
     pub dropped_no_change_event: u64,
+    /// Operations written raw, flagged undecodable (`[sink] undecodable = "raw"`).
+    pub undecodable: u64,
     /// Updates whose full document was looked up (`[sink] full_document`).
     pub lookups: u64,
     /// Lookups that found no document (deleted since the update).

@@ -475,3 +475,99 @@ fn documents_read_later_skip_their_changes_up_to_that_time() {
         "no checkpoint at or before the latest read: {out:?}"
     );
 }
+
+/// An update in a shape no MongoDB version logs (`$v: 3`), alone and inside a
+/// transaction. `[sink] undecodable = "stop"` (the default): a definite error naming the
+/// shard, the entry, the namespace and the fix, and no record for it (the update before
+/// it was emitted). `"raw"`: a record flagged `"undecodable": true` carrying the
+/// operation as logged and the error, with the document's key and no `operationType`
+/// or Debezium `op`, counted; no lookup is asked for it; the stream goes on.
+#[test]
+fn undecodable_updates_stop_the_shard_or_are_written_raw_and_flagged() {
+    let good = rawdoc! { "op": "u", "ns": "shop.users", "o": { "$v": 2, "diff": { "u": { "x": 1 } } }, "o2": { "_id": 5 }, "ts": ts(1), "t": 1_i64 };
+    let odd = rawdoc! { "op": "u", "ns": "shop.users", "o": { "$v": 3, "delta": { "x": 1 } }, "o2": { "_id": 5 }, "ts": ts(2), "t": 1_i64 };
+    let in_txn = rawdoc! {
+        "lsid": lsid(), "txnNumber": 7_i64, "op": "c", "ns": "admin.$cmd",
+        "o": { "applyOps": [
+            { "op": "u", "ns": "shop.orders", "o": { "$rename": { "a": "b" } }, "o2": { "_id": 1 } },
+        ] },
+        "ts": ts(3), "t": 1_i64,
+    };
+    let after =
+        rawdoc! { "op": "i", "ns": "shop.users", "o": { "_id": 6 }, "ts": ts(4), "t": 1_i64 };
+    let formats = [
+        RecordFormat::ChangeEvent,
+        RecordFormat::Debezium { server_name: "x" },
+    ];
+    for format in formats {
+        let mut e = emitter().with_format(format);
+        let mut out = Vec::new();
+        e.committed(&OplogEntry::parse(&good).unwrap(), &mut out)
+            .unwrap();
+        let err = e
+            .committed(&OplogEntry::parse(&odd).unwrap(), &mut out)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "shard s",
+            "shop.users",
+            "$v: 3",
+            "[sink] undecodable = \"raw\"",
+        ] {
+            assert!(err.contains(part), "{format:?}: {part} in {err}");
+        }
+        assert_eq!(out.len(), 1, "{format:?}: only the good update");
+        let err = emitter()
+            .with_format(format)
+            .committed(&OplogEntry::parse(&in_txn).unwrap(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shop.orders") && err.contains("$rename"),
+            "{err}"
+        );
+
+        let mut e = emitter()
+            .with_format(format)
+            .with_undecodable(Undecodable::Raw)
+            .with_full_document(FullDocument::Lookup);
+        let out = run(
+            &mut e,
+            &[good.clone(), odd.clone(), in_txn.clone(), after.clone()],
+        );
+        let records: Vec<&OutRecord> = out
+            .iter()
+            .filter_map(|i| match i {
+                SinkInput::Record(r) => Some(r),
+                SinkInput::Marker(_) => None,
+            })
+            .collect();
+        assert_eq!(records.len(), 4, "{format:?}: {records:#?}");
+        for (r, (ns, id, o)) in records[1..3].iter().zip([
+            ("shop.users", 5, bson::doc! {"$v": 3, "delta": {"x": 1}}),
+            ("shop.orders", 1, bson::doc! {"$rename": {"a": "b"}}),
+        ]) {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            assert_eq!(v["undecodable"], true, "{format:?}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(ns), "{v}");
+            assert_eq!(v["ns"], ns);
+            assert_eq!(v["op"], "u");
+            assert!(v.get("operationType").is_none(), "{v}");
+            let entry = bson::Bson::try_from(v["entry"].clone()).unwrap();
+            assert_eq!(
+                entry.as_document().unwrap().get_document("o").unwrap(),
+                &o,
+                "{v}"
+            );
+            let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+            match format {
+                RecordFormat::Debezium { .. } => assert_eq!(key, format!("{{\"id\":\"{id}\"}}")),
+                _ => assert!(key.contains(ns) && key.contains(&id.to_string()), "{key}"),
+            }
+        }
+        assert_eq!(e.stats.undecodable.load(Relaxed), 2, "{format:?}");
+        let lookups = e.take_lookups();
+        assert_eq!(lookups.len(), 1, "only the good update: {lookups:#?}");
+        assert_eq!(lookups[0].entry.ts.increment, 1);
+    }
+}
