@@ -162,15 +162,25 @@ impl TopicTemplate {
             .any(|p| matches!(p, Part::Db | Part::Coll))
     }
 
-    /// Renders into `out` (cleared first).
+    /// Renders into `out` (cleared first). A character Kafka does not allow in a topic
+    /// name that a placeholder brings in (`$cmd` of commands, a space or a non-ASCII
+    /// letter in a collection name) is written as `_`, as Debezium names its topics: a
+    /// legal database or collection name never makes an illegal topic.
     pub fn render_into(&self, out: &mut String, shard: &str, db: &str, coll: &str) {
         out.clear();
+        let push = |out: &mut String, v: &str| {
+            if v.chars().all(legal_topic_char) {
+                out.push_str(v);
+            } else {
+                out.extend(v.chars().map(|c| if legal_topic_char(c) { c } else { '_' }));
+            }
+        };
         for p in &self.parts {
             match p {
                 Part::Literal(l) => out.push_str(l),
-                Part::Shard => out.push_str(shard),
-                Part::Db => out.push_str(db),
-                Part::Coll => out.push_str(coll),
+                Part::Shard => push(out, shard),
+                Part::Db => push(out, db),
+                Part::Coll => push(out, coll),
             }
         }
     }
@@ -203,6 +213,13 @@ mod tests {
         assert_eq!(f.fixed(), Some("all-changes"));
         let s: TopicTemplate = "{shard}".parse().unwrap();
         assert!(!s.uses_namespace());
+        // Characters Kafka refuses become `_`.
+        assert_eq!(t.render("rs0", "app", "$cmd"), "cdc.rs0.app._cmd");
+        assert_eq!(
+            t.render("rs0", "app", "week 1 é"),
+            "cdc.rs0.app.week_1__"
+        );
+        assert!(check_topic_name(&t.render("rs0", "app", "$cmd")).is_ok());
     }
 
     #[test]
