@@ -26,6 +26,41 @@ fn config(cluster: &Cluster, dir: &std::path::Path, extra: &str) -> String {
     )
 }
 
+/// A 7.0 cluster of two shards (no-ops every 200 ms; `election_timeout` when given) and a
+/// client through its mongos.
+pub(crate) async fn two_shards(election_timeout: Option<Duration>) -> (Cluster, Client) {
+    let cluster = Cluster::start(ClusterSpec {
+        shards: 2,
+        version: ServerVersion::V7_0,
+        noop_interval: Duration::from_millis(200),
+        election_timeout: election_timeout.unwrap_or(ClusterSpec::default().election_timeout),
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    (cluster, client)
+}
+
+/// A majority write on each shard after the others (`shop.marks` 1 and 1001): both commit
+/// points pass every earlier write, so a snapshot's time (the older commit point) holds
+/// them all (the marks themselves may fall on either side of it).
+pub(crate) async fn mark(client: &Client) {
+    client
+        .database("shop")
+        .collection_with_options::<Document>(
+            "marks",
+            mongodb::options::CollectionOptions::builder()
+                .write_concern(mongodb::options::WriteConcern::majority())
+                .build(),
+        )
+        .insert_many([doc! {"_id": 1}, doc! {"_id": 1001}])
+        .await
+        .unwrap();
+}
+
 /// The cluster's documents, keyed as [`replay`] keys them.
 pub(crate) async fn source(client: &Client, colls: &[&str]) -> BTreeMap<(String, String), Value> {
     let mut want = BTreeMap::new();
@@ -45,7 +80,21 @@ pub(crate) async fn source(client: &Client, colls: &[&str]) -> BTreeMap<(String,
 }
 
 /// Waits until replaying the output gives the cluster's documents.
-async fn converges(client: &Client, out: &std::path::Path, colls: &[&str]) -> Vec<Value> {
+pub(crate) async fn converges(
+    client: &Client,
+    out: &std::path::Path,
+    colls: &[&str],
+) -> Vec<Value> {
+    converges_when(client, out, colls, || true).await
+}
+
+/// As [`converges`], once `also` holds too.
+pub(crate) async fn converges_when(
+    client: &Client,
+    out: &std::path::Path,
+    colls: &[&str],
+    also: impl Fn() -> bool,
+) -> Vec<Value> {
     let want = source(client, colls).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -55,7 +104,7 @@ async fn converges(client: &Client, out: &std::path::Path, colls: &[&str]) -> Ve
                 .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
                 .collect::<BTreeMap<_, _>>()
         });
-        if got.as_ref().is_ok_and(|g| *g == want) {
+        if got.as_ref().is_ok_and(|g| *g == want) && also() {
             return events;
         }
         assert!(

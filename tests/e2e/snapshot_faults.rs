@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use bson::{doc, Document};
 use mongodb::Client;
-use mongosim::{Cluster, ClusterSpec, ServerVersion};
+use mongosim::Cluster;
 use serde_json::Value;
 
-use crate::events::replay;
 use crate::support::{records, start_text, wait_until};
 
 /// Runs `op` until it succeeds (an election makes writes fail for a while); a duplicate
@@ -41,34 +40,14 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_survives_a_migration_and_a_failover_during_its_copy() {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        election_timeout: Duration::from_millis(400),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(Some(Duration::from_millis(400))).await;
     let db = client.database("shop");
     let items = db.collection::<Document>("items");
     items
         .insert_many((0..400).chain(1000..1400).map(|i| doc! {"_id": i, "n": 0}))
         .await
         .unwrap();
-    // Both commit points pass the inserts (see snapshot_restart.rs).
-    db.collection_with_options::<Document>(
-        "marks",
-        mongodb::options::CollectionOptions::builder()
-            .write_concern(mongodb::options::WriteConcern::majority())
-            .build(),
-    )
-    .insert_many([doc! {"_id": 1}, doc! {"_id": 1001}])
-    .await
-    .unwrap();
+    crate::snapshot::mark(&client).await;
 
     cluster.hold_get_mores(Some("shop.items"));
     let tmp = tempfile::tempdir().unwrap();
@@ -163,28 +142,7 @@ async fn a_snapshot_survives_a_migration_and_a_failover_during_its_copy() {
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
 
-    let want = crate::snapshot::source(&client, &["items", "marks"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = records(&out);
-        let got = replay(&events).map(|docs| {
-            docs.into_iter()
-                .map(|(k, d)| (k, bson::Bson::Document(d).into_relaxed_extjson()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        });
-        if got.as_ref().is_ok_and(|g| *g == want) {
-            break events;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replaying {} events gives {:?} documents, the cluster holds {}",
-            events.len(),
-            got.map(|g| g.len()),
-            want.len()
-        );
-        // The polling interval of a bounded wait, not a race cover.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events = crate::snapshot::converges(&client, &out, &["items", "marks"]).await;
     let reads: Vec<&Value> = events.iter().filter(|e| e["snapshot"] == true).collect();
     let keys: BTreeSet<String> = reads
         .iter()
@@ -217,17 +175,7 @@ struct TooOld {
 }
 
 async fn held_past_the_history_window() -> TooOld {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(None).await;
     let db = client.database("shop");
     db.collection::<Document>("items")
         .insert_many((0..100).chain(1000..1100).map(|i| doc! {"_id": i, "n": 0}))
@@ -237,15 +185,7 @@ async fn held_past_the_history_window() -> TooOld {
         .insert_many((0..60).chain(1000..1060).map(|i| doc! {"_id": i, "n": 0}))
         .await
         .unwrap();
-    db.collection_with_options::<Document>(
-        "marks",
-        mongodb::options::CollectionOptions::builder()
-            .write_concern(mongodb::options::WriteConcern::majority())
-            .build(),
-    )
-    .insert_many([doc! {"_id": 1}, doc! {"_id": 1001}])
-    .await
-    .unwrap();
+    crate::snapshot::mark(&client).await;
     // The simulated servers keep 1 s of history behind their commit point.
     let member = cluster.primary_of("shard01").unwrap();
     Client::with_uri_str(format!("mongodb://{member}/?directConnection=true"))
@@ -355,28 +295,7 @@ async fn a_read_older_than_the_history_continues_at_a_later_time() {
         .update_one(doc! {"_id": 1}, doc! {"$set": {"n": 2}})
         .await
         .unwrap();
-    let want = crate::snapshot::source(&t.client, &["items", "marks", "orders"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = records(&t.out);
-        let got = replay(&events).map(|docs| {
-            docs.into_iter()
-                .map(|(k, d)| (k, bson::Bson::Document(d).into_relaxed_extjson()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        });
-        if got.as_ref().is_ok_and(|g| *g == want) {
-            break events;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replaying {} events gives {:?} documents, the cluster holds {}",
-            events.len(),
-            got.map(|g| g.len()),
-            want.len()
-        );
-        // The polling interval of a bounded wait, not a race cover.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events = crate::snapshot::converges(&t.client, &t.out, &["items", "marks", "orders"]).await;
     for s in ["shard01", "shard02"] {
         assert_eq!(t.q.status.shard(s).unwrap().snapshot_later_reads, 1, "{s}");
     }

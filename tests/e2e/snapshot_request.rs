@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
-use mongodb::Client;
-use mongosim::{Cluster, ClusterSpec, ServerVersion};
 use serde_json::Value;
 
 use crate::events::replay;
@@ -35,17 +33,7 @@ fn cli(args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_copied_on_request_fills_in_what_existed_while_streaming_goes_on() {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(None).await;
     let items = client.database("shop").collection::<Document>("items");
     items
         .insert_many((0..150).chain(1000..1150).map(|i| doc! {"_id": i, "n": 0}))
@@ -204,17 +192,7 @@ fn replay_from_reads(events: &[Value]) -> Result<BTreeMap<(String, String), Valu
 /// request is reported as failed, loudly, and the stream goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_during_a_copy_on_request_fails_the_request() {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(None).await;
     let items = client.database("shop").collection::<Document>("items");
     items
         .insert_many((0..100).chain(1000..1100).map(|i| doc! {"_id": i, "n": 0}))

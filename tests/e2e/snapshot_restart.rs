@@ -9,12 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bson::{doc, Bson, Document};
-use mongodb::Client;
-use mongosim::{Cluster, ClusterSpec, ServerVersion};
+use bson::{doc, Document};
 use serde_json::Value;
 
-use crate::events::replay;
 use crate::support::{records, wait_until};
 
 fn spawn(cfg: &Path, log: &Path) -> Child {
@@ -67,17 +64,7 @@ async fn a_snapshot_killed_inside_a_collection_continues_after_its_last_delivere
 }
 
 async fn killed_midway(inside: bool) {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(None).await;
     let db = client.database("shop");
     // The simulator splits at 1000: both collections on both shards.
     db.collection::<Document>("items")
@@ -92,18 +79,7 @@ async fn killed_midway(inside: bool) {
         )
         .await
         .unwrap();
-    // A majority write on each shard after the others: both commit points pass every
-    // write above, so the snapshot's time (the older commit point) holds them all (the
-    // marks themselves may fall on either side of it).
-    db.collection_with_options::<Document>(
-        "marks",
-        mongodb::options::CollectionOptions::builder()
-            .write_concern(mongodb::options::WriteConcern::majority())
-            .build(),
-    )
-    .insert_many([doc! {"_id": 1}, doc! {"_id": 1001}])
-    .await
-    .unwrap();
+    crate::snapshot::mark(&client).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let (out, cp, log) = (
@@ -211,30 +187,11 @@ async fn killed_midway(inside: bool) {
         .unwrap();
 
     let mut second = spawn(&cfg, &log);
-    let want = crate::snapshot::source(&client, &["items", "marks", "orders"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = records(&out);
-        let got = replay(&events).map(|docs| {
-            docs.into_iter()
-                .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
-                .collect::<BTreeMap<_, _>>()
-        });
-        if got.as_ref().is_ok_and(|g| *g == want) && stored_progress(&cp).is_empty() {
-            break events;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replaying {} events gives {:?} documents, the cluster holds {}; progress {:?}; log:\n{}",
-            events.len(),
-            got.map(|g| g.len()),
-            want.len(),
-            stored_progress(&cp),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        // The polling interval of a bounded wait, not a race cover.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events =
+        crate::snapshot::converges_when(&client, &out, &["items", "marks", "orders"], || {
+            stored_progress(&cp).is_empty()
+        })
+        .await;
     second.kill().unwrap();
     second.wait().unwrap();
 
@@ -277,17 +234,7 @@ async fn killed_midway(inside: bool) {
 /// without reading anything again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shard_is_snapshotted_again_when_its_checkpoint_is_removed() {
-    let cluster = Cluster::start(ClusterSpec {
-        shards: 2,
-        version: ServerVersion::V7_0,
-        noop_interval: Duration::from_millis(200),
-        ..ClusterSpec::default()
-    })
-    .await
-    .unwrap();
-    let client = Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
-        .await
-        .unwrap();
+    let (cluster, client) = crate::snapshot::two_shards(None).await;
     let db = client.database("shop");
     let items = db.collection::<Document>("items");
     items
@@ -339,28 +286,10 @@ async fn one_shard_is_snapshotted_again_when_its_checkpoint_is_removed() {
         .unwrap();
 
     let q = crate::support::start_text(&text);
-    let want = crate::snapshot::source(&client, &["items", "marks", "orders"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = records(&out);
-        let got = replay(&events).map(|docs| {
-            docs.into_iter()
-                .map(|(k, d)| (k, Bson::Document(d).into_relaxed_extjson()))
-                .collect::<BTreeMap<_, _>>()
-        });
-        if got.as_ref().is_ok_and(|g| *g == want) && streaming(&cp) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "replaying {} events gives {:?} documents, the cluster holds {}",
-            events.len(),
-            got.map(|g| g.len()),
-            want.len()
-        );
-        // The polling interval of a bounded wait, not a race cover.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::snapshot::converges_when(&client, &out, &["items", "marks", "orders"], || {
+        streaming(&cp)
+    })
+    .await;
     q.stop().await;
     let events = records(&out);
     let second: Vec<&Value> = events[first_run..].iter().collect();

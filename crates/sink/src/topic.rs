@@ -215,10 +215,7 @@ mod tests {
         assert!(!s.uses_namespace());
         // Characters Kafka refuses become `_`.
         assert_eq!(t.render("rs0", "app", "$cmd"), "cdc.rs0.app._cmd");
-        assert_eq!(
-            t.render("rs0", "app", "week 1 é"),
-            "cdc.rs0.app.week_1__"
-        );
+        assert_eq!(t.render("rs0", "app", "week 1 é"), "cdc.rs0.app.week_1__");
         assert!(check_topic_name(&t.render("rs0", "app", "$cmd")).is_ok());
     }
 
