@@ -141,6 +141,20 @@ async fn a_snapshot_survives_a_migration_and_a_failover_during_its_copy() {
     .await;
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
+    // Progress per collection, on /status and /metrics.
+    let status = quorumtail::http::status_json(&q.status);
+    for s in ["shard01", "shard02"] {
+        let items = &status["shards"][s]["snapshot_progress"]["shop.items"];
+        assert_eq!(items["documents"], 400, "{s}: {items}");
+        assert_eq!(items["done"], true, "{s}: {items}");
+    }
+    let metrics = quorumtail::http::metrics(&q.status);
+    assert!(
+        metrics.contains(
+            "quorumtail_snapshot_collection_documents_total{shard=\"shard01\",ns=\"shop.items\"} 400"
+        ),
+        "{metrics}"
+    );
 
     let events = crate::snapshot::converges(&client, &out, &["items", "marks"]).await;
     let reads: Vec<&Value> = events.iter().filter(|e| e["snapshot"] == true).collect();

@@ -400,6 +400,8 @@ pub fn status_json(status: &Status) -> serde_json::Value {
     for (name, s) in status.all() {
         let mut v = serde_json::to_value(s).unwrap_or_default();
         v["nodes"] = serde_json::to_value(status.nodes(&name)).unwrap_or_default();
+        v["snapshot_progress"] =
+            serde_json::to_value(status.collection_copies(&name)).unwrap_or_default();
         v["quorum_source"] = serde_json::Value::String(status.quorum_source(&name));
         v["checkpoint"] = serde_json::to_value(status.confirmed(&name)).unwrap_or_default();
         v["draining"] = serde_json::to_value(draining.get(&name)).unwrap_or_default();

@@ -143,6 +143,18 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// A shard's snapshot progress per collection.
+    pub fn collection_copies(
+        &self,
+        shard: &str,
+    ) -> BTreeMap<String, crate::pipeline::stats::CollectionCopy> {
+        self.shards
+            .lock()
+            .ok()
+            .and_then(|m| m.get(shard).map(|s| s.collection_copies()))
+            .unwrap_or_default()
+    }
+
     /// Where a shard's quorum comes from (static list, or the replica set configuration).
     pub fn quorum_source(&self, shard: &str) -> String {
         self.shards

@@ -33,6 +33,8 @@ pub fn metrics(status: &Status) -> String {
     out
 }
 
+mod snapshot;
+
 /// The content type of [`metrics`].
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -40,6 +42,8 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Debug)]
 struct Scrape {
     shards: BTreeMap<String, StatsSnapshot>,
+    /// Snapshot progress per shard and collection.
+    copies: BTreeMap<String, BTreeMap<String, crate::pipeline::stats::CollectionCopy>>,
     nodes: BTreeMap<String, BTreeMap<String, NodeStats>>,
     /// `ts` seconds of each shard's confirmed checkpoint.
     checkpoints: BTreeMap<String, u32>,
@@ -62,8 +66,13 @@ impl Scrape {
             .keys()
             .filter_map(|k| status.confirmed(k).map(|c| (k.clone(), c.ts.time)))
             .collect();
+        let copies = shards
+            .keys()
+            .map(|k| (k.clone(), status.collection_copies(k)))
+            .collect();
         Scrape {
             shards,
+            copies,
             nodes,
             checkpoints,
             draining: status
@@ -179,6 +188,7 @@ impl Collector for Scrape {
         self.process(&mut e)?;
         self.nodes(&mut e)?;
         self.shards(&mut e)?;
+        self.snapshots(&mut e)?;
         self.sink(&mut e)
     }
 }
@@ -517,70 +527,6 @@ impl Scrape {
             None,
             Counter,
             self.per_shard(&|s| s.undecodable.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_active",
-            "Whether the shard is copying its initial snapshot.",
-            None,
-            Gauge,
-            self.per_shard(&|s| s.snapshotting.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_documents",
-            "Documents the initial snapshot emitted.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_documents.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_bytes",
-            "BSON bytes of the documents the initial snapshot emitted.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_bytes.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_orphans",
-            "Documents the snapshot read on a shard that did not own them (migration leftovers), not emitted.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_orphans.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_estimated_documents",
-            "Documents the latest snapshot copy reads, as the members estimated when it started (orphans included).",
-            None,
-            Gauge,
-            self.per_shard(&|s| s.snapshot_estimated_documents.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_later_reads",
-            "Times the rest of the initial snapshot was read at a later time because the server's history no longer held its time.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_later_reads.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_requests_failed",
-            "Snapshots on request (quorumtail snapshot) whose reads failed; the log says why.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_requests_failed.into()),
-        )?;
-        family(
-            e,
-            "quorumtail_shard_snapshot_collections",
-            "Collections the initial snapshot finished copying.",
-            None,
-            Counter,
-            self.per_shard(&|s| s.snapshot_collections.into()),
         )?;
         family(
             e,

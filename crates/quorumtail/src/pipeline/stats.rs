@@ -6,6 +6,19 @@ use std::sync::Mutex;
 
 use quorumtail_oplog::{DropReason, EntryId, Timestamp};
 
+/// How far a snapshot copied one collection on one shard, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CollectionCopy {
+    /// Documents emitted.
+    pub documents: u64,
+    /// Their BSON bytes.
+    pub bytes: u64,
+    /// Documents read that another shard owned (not emitted).
+    pub orphans: u64,
+    /// The copy of the collection finished.
+    pub done: bool,
+}
+
 /// What a shard pipeline knows about one member, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
@@ -103,6 +116,8 @@ pub struct ShardStats {
     pub arbiters: AtomicU64,
     /// Per member, by address.
     pub nodes: Mutex<BTreeMap<String, NodeStats>>,
+    /// The snapshot's progress per collection (`db.coll`), latest copy.
+    pub collection_copies: Mutex<BTreeMap<String, CollectionCopy>>,
     /// The last checkpoint handed to the sink with a record or marker: once the sink
     /// confirms it, everything the pipeline emitted is delivered.
     pub handed_checkpoint: Mutex<Option<EntryId>>,
@@ -160,6 +175,25 @@ impl ShardStats {
     /// The members, by address.
     pub fn nodes(&self) -> BTreeMap<String, NodeStats> {
         self.nodes.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The snapshot's progress per collection.
+    pub fn collection_copies(&self) -> BTreeMap<String, CollectionCopy> {
+        self.collection_copies
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds a batch to collection `ns`'s copy (`done` once it finished).
+    pub(crate) fn copied(&self, ns: &str, documents: u64, bytes: u64, orphans: u64, done: bool) {
+        if let Ok(mut m) = self.collection_copies.lock() {
+            let c = m.entry(ns.to_owned()).or_default();
+            c.documents += documents;
+            c.bytes += bytes;
+            c.orphans += orphans;
+            c.done |= done;
+        }
     }
 
     pub(crate) fn set_node(&self, addr: &str, node: NodeStats) {

@@ -390,6 +390,7 @@ pub(crate) async fn copy_collection(
                 .get_array("firstBatch")
                 .or_else(|_| cursor.get_array("nextBatch"))
                 .map_err(|_| fail("a cursor without a batch".into()))?;
+            let (mut batch_bytes, mut batch_orphans) = (0u64, 0u64);
             for d in batch {
                 let Bson::Document(d) = d else {
                     return Err(fail("a batch element that is not a document".into()).into());
@@ -415,21 +416,23 @@ pub(crate) async fn copy_collection(
                 };
                 if mine {
                     let raw = RawDocumentBuf::try_from(d).map_err(|e| fail(e.to_string()))?;
-                    stats
-                        .snapshot_bytes
-                        .fetch_add(raw.as_bytes().len() as u64, Relaxed);
+                    let size = raw.as_bytes().len() as u64;
+                    batch_bytes += size;
+                    stats.snapshot_bytes.fetch_add(size, Relaxed);
                     emitter
                         .snapshot_document(ns, &raw, plan.at.into(), &mut out)
                         .map_err(|e| fail(e.to_string()))?;
                     emitted += 1;
                 } else {
                     orphans += 1;
+                    batch_orphans += 1;
                     stats.snapshot_orphans.fetch_add(1, Relaxed);
                 }
                 last = Some(id);
             }
             let in_batch = out.len() as u64;
             sink.send(&spec.name, &mut out).await?;
+            stats.copied(ns, in_batch, batch_bytes, batch_orphans, false);
             if let Some(l) = &last {
                 tracker.emitted(emitter.seq(), ns, l, in_batch);
             }
@@ -462,6 +465,7 @@ pub(crate) async fn copy_collection(
             }
         }
     }
+    stats.copied(ns, 0, 0, 0, true);
     info!(shard = %spec.name, ns, documents = emitted, orphans_skipped = orphans, "snapshot: collection copied");
     Ok(())
 }
