@@ -590,8 +590,9 @@ async fn flush_deadline_with_a_stopped_broker_reports_what_is_confirmed() {
     assert!(matches!(e, SinkError::Closed));
 }
 
-/// Namespace topics: each record goes to the topic its db and coll render to; a namespace
-/// that renders to an illegal topic name stops its shard with a clear error.
+/// Namespace topics: each record goes to the topic its db and coll render to, with the
+/// characters Kafka refuses (a space, `$` of `$cmd`) written as `_`; a namespace that still
+/// renders to an illegal topic name (too long) stops its shard with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_topics_and_an_illegal_rendered_name() {
     let broker = Broker::start();
@@ -600,6 +601,8 @@ async fn namespace_topics_and_an_illegal_rendered_name() {
         .create_topics(&[
             (&format!("{p}.app.users"), 2),
             (&format!("{p}.app.orders"), 2),
+            (&format!("{p}.app.has_space"), 1),
+            (&format!("{p}.app._cmd"), 1),
         ])
         .await;
     let sink = Sink::kafka(&config(&broker, &format!("{p}.{{db}}.{{coll}}")), &shards())
@@ -610,18 +613,24 @@ async fn namespace_topics_and_an_illegal_rendered_name() {
     let mut orders = record("rs0", 2, true, Some("b"));
     orders.coll = "orders".into();
     tx.send(orders).await.unwrap();
-    let mut bad = record("rs1", 1, true, Some("c"));
-    bad.coll = "has space".into();
+    let mut spaced = record("rs0", 3, true, Some("c"));
+    spaced.coll = "has space".into();
+    tx.send(spaced).await.unwrap();
+    let mut command = record("rs0", 4, true, None);
+    command.coll = "$cmd".into();
+    tx.send(command).await.unwrap();
+    let mut bad = record("rs1", 1, true, Some("d"));
+    bad.coll = "x".repeat(250);
     tx.send(bad).await.unwrap();
-    tx.send(record("rs1", 2, true, Some("d"))).await.unwrap();
+    tx.send(record("rs1", 2, true, Some("e"))).await.unwrap();
     let report = sink.flush(Instant::now() + Duration::from_secs(30)).await;
-    assert_eq!(report.checkpoints.get("rs0"), Some(cp(2)));
+    assert_eq!(report.checkpoints.get("rs0"), Some(cp(4)));
     assert_eq!(report.checkpoints.get("rs1"), None);
     assert_eq!(report.failures.len(), 1);
     let msg = report.failures[0].to_string();
     for part in [
         "shard rs1",
-        "ns=app.has space",
+        "ns=app.xxxxxxxx",
         "illegal topic name",
         "topic template",
     ] {
@@ -629,7 +638,19 @@ async fn namespace_topics_and_an_illegal_rendered_name() {
     }
     let users = read_all(&broker.bootstrap, &[&format!("{p}.app.users")]).await;
     let orders = read_all(&broker.bootstrap, &[&format!("{p}.app.orders")]).await;
+    let spaced = read_all(&broker.bootstrap, &[&format!("{p}.app.has_space")]).await;
+    let commands = read_all(&broker.bootstrap, &[&format!("{p}.app._cmd")]).await;
     assert_eq!(users.iter().map(|c| c.seq()).collect::<Vec<_>>(), vec![1]);
     assert_eq!(orders.iter().map(|c| c.seq()).collect::<Vec<_>>(), vec![2]);
     assert_eq!(orders[0].header("ns"), Some("app.orders"));
+    assert_eq!(spaced.iter().map(|c| c.seq()).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        spaced[0].header("ns"),
+        Some("app.has space"),
+        "the header keeps the name"
+    );
+    assert_eq!(
+        commands.iter().map(|c| c.seq()).collect::<Vec<_>>(),
+        vec![4]
+    );
 }
