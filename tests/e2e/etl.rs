@@ -365,13 +365,29 @@ async fn apply_change_event(coll: &Collection<Document>, ev: &Document) -> &'sta
 
 /// `format = "change-event"`, applied as the MongoDB sink connector's change-stream
 /// handler applies change events, gives the source collection; on 7.0 (`$v: 2` deltas).
+/// Relaxed Extended JSON (the default) reads small int64 values back as int32.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_events_applied_like_the_mongodb_sink_connector_give_the_source() {
+    change_events_round_trip(false).await;
+}
+
+/// As above with `[sink] json = "canonical"`: every value keeps its BSON type, so the copy
+/// equals the source exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_change_events_give_the_source_with_its_types() {
+    change_events_round_trip(true).await;
+}
+
+async fn change_events_round_trip(canonical: bool) {
     let mut rng = StdRng::seed_from_u64(seed());
     let broker = Broker::start();
     // One topic per database: `{coll}` would render `<db>.$cmd` for the collection's
     // implicit `create`, which Kafka refuses as a topic name.
-    let topic = format!("etlce{}.shop", std::process::id());
+    let topic = format!(
+        "etlce{}{}.shop",
+        std::process::id(),
+        if canonical { "c" } else { "r" }
+    );
     broker.create_topics(&[(topic.as_str(), 3)]).await;
     let (cluster, client) = source(ServerVersion::V7_0).await;
     let (rs, copy) = target().await;
@@ -382,17 +398,31 @@ async fn change_events_applied_like_the_mongodb_sink_connector_give_the_source()
         tmp.path(),
         "ce",
         &format!(
-            "format = \"change-event\"\ntopic = \"{}.{{db}}\"",
-            topic.trim_end_matches(".shop")
+            "format = \"change-event\"\ntopic = \"{}.{{db}}\"{}",
+            topic.trim_end_matches(".shop"),
+            if canonical {
+                "\njson = \"canonical\""
+            } else {
+                ""
+            }
         ),
     );
     workload(&client, &mut rng).await;
     let source_coll = client.database("shop").collection::<Document>("people");
     write_markers(&source_coll).await;
+    // Relaxed or canonical Extended JSON alike: read the values as BSON.
     wait_for_markers(&broker, &topic, |m| {
-        (m.value["fullDocument"]["name"] == "last")
-            .then(|| m.value["documentKey"]["_id"].as_i64())
-            .flatten()
+        let ev = Bson::try_from(m.value.clone()).ok()?;
+        let ev = ev.as_document()?;
+        let last = ev
+            .get_document("fullDocument")
+            .is_ok_and(|d| d.get_str("name").is_ok_and(|n| n == "last"));
+        last.then(|| match ev.get_document("documentKey").ok()?.get("_id")? {
+            Bson::Int32(i) => Some(i64::from(*i)),
+            Bson::Int64(i) => Some(*i),
+            _ => None,
+        })
+        .flatten()
     })
     .await;
     assert!(q.stop().await.ok(), "a graceful stop delivers every record");
@@ -412,7 +442,11 @@ async fn change_events_applied_like_the_mongodb_sink_connector_give_the_source()
         "the same documents"
     );
     for (id, d) in &want {
-        assert_eq!(have[id], as_relaxed_reads_it(d), "document {id}");
+        if canonical {
+            assert_eq!(&have[id], d, "document {id}");
+        } else {
+            assert_eq!(have[id], as_relaxed_reads_it(d), "document {id}");
+        }
     }
     // Every kind of write went through the applier.
     for kind in ["replaceOne(upsert)", "updateOne", "deleteOne"] {

@@ -51,10 +51,23 @@ pub fn encode_entry(
     entry: &OplogEntry<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), bson::error::Error> {
+    encode_entry_as(Mode::Relaxed, shard, entry, out)
+}
+
+/// [`encode_entry`] with the BSON values in Extended JSON `mode` (`[sink] json`).
+///
+/// # Errors
+/// As [`encode_entry`].
+pub fn encode_entry_as(
+    mode: Mode,
+    shard: &str,
+    entry: &OplogEntry<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
     write_header(shard, entry.id(), entry.op.as_str(), entry.ns, out);
     write_timeseries(entry.op, entry.ns, entry.o, out);
     out.extend_from_slice(b",\"entry\":");
-    write_document(entry.raw(), Mode::Relaxed, out)?;
+    write_document(entry.raw(), mode, out)?;
     out.push(b'}');
     Ok(())
 }
@@ -65,6 +78,24 @@ pub fn encode_entry(
 /// # Errors
 /// When the raw bytes are not valid BSON.
 pub fn encode_txn_op(
+    shard: &str,
+    commit: EntryId,
+    op: &str,
+    ns: &str,
+    txn: TxnInfo<'_>,
+    inner: &RawDocument,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
+    encode_txn_op_as(Mode::Relaxed, shard, commit, op, ns, txn, inner, out)
+}
+
+/// [`encode_txn_op`] with the BSON values in Extended JSON `mode` (`[sink] json`).
+///
+/// # Errors
+/// As [`encode_txn_op`].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_txn_op_as(
+    mode: Mode,
     shard: &str,
     commit: EntryId,
     op: &str,
@@ -85,7 +116,7 @@ pub fn encode_txn_op(
     let mut sep = "";
     if let Some(lsid) = txn.lsid {
         out.extend_from_slice(b"\"lsid\":");
-        write_document(lsid, Mode::Relaxed, out)?;
+        write_document(lsid, mode, out)?;
         sep = ",";
     }
     if let Some(n) = txn.txn_number {
@@ -107,7 +138,7 @@ pub fn encode_txn_op(
         out.push(b'}');
     }
     out.extend_from_slice(b"},\"entry\":");
-    write_document(inner, Mode::Relaxed, out)?;
+    write_document(inner, mode, out)?;
     out.push(b'}');
     Ok(())
 }
@@ -175,6 +206,21 @@ pub fn encode_snapshot_document(
     doc: &RawDocument,
     out: &mut Vec<u8>,
 ) -> Result<(), bson::error::Error> {
+    encode_snapshot_document_as(Mode::Relaxed, shard, at, ns, doc, out)
+}
+
+/// [`encode_snapshot_document`] with the document in Extended JSON `mode`.
+///
+/// # Errors
+/// As [`encode_snapshot_document`].
+pub fn encode_snapshot_document_as(
+    mode: Mode,
+    shard: &str,
+    at: crate::Timestamp,
+    ns: &str,
+    doc: &RawDocument,
+    out: &mut Vec<u8>,
+) -> Result<(), bson::error::Error> {
     out.extend_from_slice(b"{\"shard\":");
     write_str(shard, out);
     out.extend_from_slice(b",\"ts\":");
@@ -184,7 +230,7 @@ pub fn encode_snapshot_document(
     out.extend_from_slice(b",\"snapshot\":true,\"entry\":{\"op\":\"r\",\"ns\":");
     write_str(ns, out);
     out.extend_from_slice(b",\"o\":");
-    write_document(doc, Mode::Relaxed, out)?;
+    write_document(doc, mode, out)?;
     out.extend_from_slice(b"}}");
     Ok(())
 }

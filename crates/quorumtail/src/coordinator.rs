@@ -363,6 +363,7 @@ pub async fn run_controlled(
         tombstones: c.sink.tombstones(),
         full_document: c.sink.full_document,
         undecodable: c.sink.undecodable,
+        json: c.sink.json,
         lookup_router,
         sink: sink.sender(),
         max_pending: c.pipeline.max_pending,

@@ -25,6 +25,9 @@ use crate::client::{producer_properties, refused_property};
 use crate::error::SinkError;
 pub use crate::topic::{check_topic_name, TopicTemplate};
 
+mod format;
+pub use format::{FullDocument, JsonMode, Undecodable};
+
 /// Parses a human duration ("500ms", "10s", "2m"); the problem quotes the value as written.
 ///
 /// # Errors
@@ -175,61 +178,6 @@ pub enum RecordFormat {
     },
 }
 
-/// `[sink] full_document`: whether update records carry the whole document, read after
-/// the update the way MongoDB's change streams read it for `fullDocument: "updateLookup"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FullDocument {
-    /// No lookup: updates carry what the oplog holds (the change only).
-    #[default]
-    Off,
-    /// Each update is completed with the document as it is now (majority-committed, no
-    /// older than the update); `null` with a `notFound` marker when it was deleted since.
-    Lookup,
-    /// As `lookup`, but a document that is gone stops the shard with an error naming it.
-    Required,
-}
-
-impl FullDocument {
-    /// The value as written in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FullDocument::Off => "off",
-            FullDocument::Lookup => "lookup",
-            FullDocument::Required => "required",
-        }
-    }
-
-    /// Whether updates are looked up.
-    pub fn enabled(self) -> bool {
-        self != FullDocument::Off
-    }
-}
-
-/// `[sink] undecodable`: what becomes of an operation that `change-event` or `debezium`
-/// records cannot describe (an update in a shape the decoder does not know, a CRUD entry
-/// without the fields an event needs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Undecodable {
-    /// The shard stops with an error naming the entry (its checkpoint stays before it).
-    #[default]
-    Stop,
-    /// A record flagged `"undecodable": true` carrying the entry as logged and the
-    /// error, in place of the event (never an event a consumer would apply); counted.
-    Raw,
-}
-
-impl Undecodable {
-    /// The value as written in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Undecodable::Stop => "stop",
-            Undecodable::Raw => "raw",
-        }
-    }
-}
-
 /// Default `[sink] debezium_server_name`: Debezium's `source.name`, the logical name
 /// (`topic.prefix`) of the connector the records stand in for.
 pub const DEFAULT_DEBEZIUM_SERVER_NAME: &str = "quorumtail";
@@ -306,6 +254,10 @@ pub struct SinkConfig {
     /// on and the consumer decides).
     #[serde(default)]
     pub undecodable: Undecodable,
+    /// `relaxed` (the default) or `canonical` Extended JSON for the BSON values of
+    /// `oplog` and `change-event` records (`debezium` records follow the connector).
+    #[serde(default)]
+    pub json: JsonMode,
     /// Capacity of the sink's input channel: how many records the shard pipelines may hand
     /// over before they wait. Keeps memory flat when the sink stalls.
     #[serde(default = "default_channel_capacity")]
@@ -363,6 +315,7 @@ impl Default for SinkConfig {
             debezium_server_name: None,
             full_document: FullDocument::Off,
             undecodable: Undecodable::Stop,
+            json: JsonMode::Relaxed,
             channel_capacity: default_channel_capacity(),
             path: None,
             fsync_every: None,
@@ -399,6 +352,7 @@ impl fmt::Debug for SinkConfig {
             .field("debezium_server_name", &self.debezium_server_name)
             .field("full_document", &self.full_document)
             .field("undecodable", &self.undecodable)
+            .field("json", &self.json)
             .field("channel_capacity", &self.channel_capacity)
             .field("path", &self.path)
             .field("fsync_every", &self.fsync_every)
@@ -482,6 +436,12 @@ impl SinkConfig {
             problems.push(format!(
                 "sink.undecodable: only used by format = \"change-event\" or \"debezium\" (format is \"oplog\", whose records carry every entry as logged); remove it or set undecodable = \"{}\"",
                 Undecodable::Stop.as_str()
+            ));
+        }
+        if self.json != JsonMode::Relaxed && matches!(self.format, RecordFormat::Debezium { .. }) {
+            problems.push(format!(
+                "sink.json: only used by format = \"oplog\" or \"change-event\" (debezium records write JSON as the Debezium connector does); remove it or set json = \"{}\"",
+                JsonMode::Relaxed.as_str()
             ));
         }
         if let Some(name) = &self.debezium_server_name {

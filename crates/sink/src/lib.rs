@@ -91,8 +91,8 @@ pub use checkpoint::{
     StoredShard, StoredShards,
 };
 pub use config::{
-    CheckpointConfig, CheckpointKind, FullDocument, KeyKind, RecordFormat, SinkConfig, SinkKind,
-    TopicTemplate, Undecodable, DEFAULT_DEBEZIUM_SERVER_NAME,
+    CheckpointConfig, CheckpointKind, FullDocument, JsonMode, KeyKind, RecordFormat, SinkConfig,
+    SinkKind, TopicTemplate, Undecodable, DEFAULT_DEBEZIUM_SERVER_NAME,
 };
 pub use error::{DeliveryError, SinkError};
 pub use progress::{ProgressView, ShardProgress};

@@ -589,3 +589,41 @@ fn undecodable_modes() {
         "{p:?}"
     );
 }
+
+#[test]
+fn json_modes() {
+    use quorumtail_sink::JsonMode;
+    assert_eq!(
+        parse(SHARD).unwrap().config.sink.json,
+        JsonMode::Relaxed,
+        "relaxed is the default"
+    );
+    for format in ["oplog", "change-event"] {
+        for (text, want) in [
+            ("relaxed", JsonMode::Relaxed),
+            ("canonical", JsonMode::Canonical),
+        ] {
+            let r = parse(&format!(
+                "{SHARD}[sink]\nformat = \"{format}\"\njson = \"{text}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(r.config.sink.json, want);
+            assert_eq!(want.as_str(), text);
+        }
+    }
+    // Debezium records write JSON as the connector does.
+    let p = problems(&format!(
+        "{SHARD}[sink]\nformat = \"debezium\"\njson = \"canonical\"\n"
+    ));
+    assert!(
+        p.iter().any(
+            |p| p.starts_with("sink.json: only used by format = \"oplog\" or \"change-event\"")
+        ),
+        "{p:?}"
+    );
+    let p = problems(&format!("{SHARD}[sink]\njson = \"strict\"\n"));
+    assert!(
+        p[0].contains("unknown variant `strict`, expected `relaxed` or `canonical`"),
+        "{p:?}"
+    );
+}

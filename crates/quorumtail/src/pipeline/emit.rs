@@ -12,7 +12,8 @@ use quorumtail_oplog::entry::split_ns;
 use quorumtail_oplog::extjson::{write_document, Mode};
 use quorumtail_oplog::filter::command_target_ns;
 use quorumtail_oplog::record::{
-    document_key, encode_entry, encode_placement, encode_snapshot_document, encode_txn_op, TxnInfo,
+    document_key, encode_entry_as, encode_placement, encode_snapshot_document_as, encode_txn_op_as,
+    TxnInfo,
 };
 use quorumtail_oplog::txn::{Step, TxnAssembler, TxnConfig};
 use quorumtail_oplog::{EntryId, Filter, OpKind, OplogEntry, Timestamp};
@@ -35,6 +36,9 @@ pub struct Emitter {
     full_document: FullDocument,
     /// What becomes of an operation the format cannot describe (`[sink] undecodable`).
     undecodable: Undecodable,
+    /// `[sink] json`: the Extended JSON mode of BSON values in oplog and change-event
+    /// records.
+    json: Mode,
     /// Update records of the output that wait for their full document, by index into
     /// the output (see [`Emitter::take_lookups`]).
     lookups: Vec<Lookup>,
@@ -79,6 +83,7 @@ impl Emitter {
             tombstones: false,
             full_document: FullDocument::Off,
             undecodable: Undecodable::Stop,
+            json: Mode::Relaxed,
             lookups: Vec::new(),
             seq: 0,
             txn,
@@ -164,7 +169,7 @@ impl Emitter {
         let key = bson::Document::try_from(key).map_err(|e| format!("o2: {e}"))?;
         let splice = match self.format {
             RecordFormat::Debezium { .. } => Splice::DebeziumAfter,
-            _ => Splice::Append,
+            _ => Splice::Append(self.json),
         };
         self.lookups.push(Lookup {
             index,
@@ -303,8 +308,10 @@ impl Emitter {
                     Ok(()) => {
                         let mut value = Vec::with_capacity(entry.raw().as_bytes().len() * 2 + 128);
                         match self.format {
-                            RecordFormat::Oplog => encode_entry(&self.shard, entry, &mut value)
-                                .map_err(|e| err(e.to_string()))?,
+                            RecordFormat::Oplog => {
+                                encode_entry_as(self.json, &self.shard, entry, &mut value)
+                                    .map_err(|e| err(e.to_string()))?
+                            }
                             RecordFormat::ChangeEvent => {
                                 let src = quorumtail_events::Source {
                                     shard: &self.shard,
@@ -314,7 +321,7 @@ impl Emitter {
                                     wall: entry.wall,
                                     txn: None,
                                 };
-                                match change_event_json(entry.raw(), &src, &mut value) {
+                                match change_event_json(self.json, entry.raw(), &src, &mut value) {
                                     Ok(true) => {}
                                     Ok(false) => {
                                         self.no_event(out);
@@ -428,7 +435,8 @@ impl Emitter {
                     // A raw record of an operation the format cannot describe: no lookup.
                     let mut raw = false;
                     match self.format {
-                        RecordFormat::Oplog => encode_txn_op(
+                        RecordFormat::Oplog => encode_txn_op_as(
+                            self.json,
                             &self.shard,
                             txn.commit,
                             op.op.as_str(),
@@ -460,7 +468,7 @@ impl Emitter {
                                     txn_number: txn.txn_number,
                                 }),
                             };
-                            match change_event_json(&op.doc, &src, &mut value) {
+                            match change_event_json(self.json, &op.doc, &src, &mut value) {
                                 Ok(true) => {}
                                 Ok(false) => {
                                     self.stats
@@ -668,7 +676,7 @@ impl Emitter {
         let mut value = Vec::with_capacity(doc.as_bytes().len() * 2 + 128);
         let key = match self.format {
             RecordFormat::Oplog => {
-                encode_snapshot_document(&self.shard, at, ns, doc, &mut value)
+                encode_snapshot_document_as(self.json, &self.shard, at, ns, doc, &mut value)
                     .map_err(|e| err(e.to_string()))?;
                 self.key_for(ns, ns, doc_id)
                     .map_err(|e| err(e.to_string()))?
@@ -688,7 +696,7 @@ impl Emitter {
                     .ok_or_else(|| err("no change event for an insert".into()))?;
                 event.insert("snapshot", true);
                 let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| err(e.to_string()))?;
-                write_document(&raw, Mode::Relaxed, &mut value).map_err(|e| err(e.to_string()))?;
+                write_document(&raw, self.json, &mut value).map_err(|e| err(e.to_string()))?;
                 self.key_for(ns, ns, doc_id)
                     .map_err(|e| err(e.to_string()))?
             }

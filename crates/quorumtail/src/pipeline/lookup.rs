@@ -71,9 +71,9 @@ pub const MARKER: &str = "fullDocumentLookup";
 /// How the full document goes into a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Splice {
-    /// `"fullDocument": <relaxed Extended JSON or null>` and the marker, appended as the
-    /// record's last fields (`oplog` and `change-event` formats).
-    Append,
+    /// `"fullDocument": <Extended JSON in this mode, or null>` and the marker, appended as
+    /// the record's last fields (`oplog` and `change-event` formats; `[sink] json`).
+    Append(Mode),
     /// Debezium: `after` (the `null` at [`quorumtail_events::AFTER_AT`]) becomes the
     /// document as the connector writes it; the marker is appended.
     DebeziumAfter,
@@ -151,11 +151,11 @@ pub fn fill(value: &[u8], splice: Splice, doc: Option<&RawDocument>) -> Result<V
     let marker = if doc.is_some() { "found" } else { "notFound" };
     let mut out = Vec::with_capacity(value.len() + doc.map_or(0, |d| d.as_bytes().len() * 2) + 48);
     match splice {
-        Splice::Append => {
+        Splice::Append(mode) => {
             out.extend_from_slice(&value[..end]);
             out.extend_from_slice(b",\"fullDocument\":");
             match doc {
-                Some(d) => write_document(d, Mode::Relaxed, &mut out).map_err(|e| e.to_string())?,
+                Some(d) => write_document(d, mode, &mut out).map_err(|e| e.to_string())?,
                 None => out.extend_from_slice(b"null"),
             }
         }
@@ -594,12 +594,17 @@ mod tests {
     #[test]
     fn appended_documents_and_markers() {
         let v = br#"{"operationType":"update","documentKey":{"_id":1}}"#;
-        let got = fill(v, Splice::Append, Some(&rawdoc! {"_id": 1, "x": 2_i64})).unwrap();
+        let got = fill(
+            v,
+            Splice::Append(Mode::Relaxed),
+            Some(&rawdoc! {"_id": 1, "x": 2_i64}),
+        )
+        .unwrap();
         let j: serde_json::Value = serde_json::from_slice(&got).unwrap();
         assert_eq!(j["fullDocument"], serde_json::json!({"_id": 1, "x": 2}));
         assert_eq!(j[MARKER], "found");
         assert_eq!(j["operationType"], "update");
-        let got = fill(v, Splice::Append, None).unwrap();
+        let got = fill(v, Splice::Append(Mode::Relaxed), None).unwrap();
         let j: serde_json::Value = serde_json::from_slice(&got).unwrap();
         assert!(j["fullDocument"].is_null() && j.get("fullDocument").is_some());
         assert_eq!(j[MARKER], "notFound");
@@ -641,8 +646,8 @@ mod tests {
 
     #[test]
     fn malformed_records_are_errors_not_panics() {
-        assert!(fill(b"", Splice::Append, None).is_err());
-        assert!(fill(b"{\"a\":1", Splice::Append, None).is_err());
+        assert!(fill(b"", Splice::Append(Mode::Relaxed), None).is_err());
+        assert!(fill(b"{\"a\":1", Splice::Append(Mode::Relaxed), None).is_err());
         assert!(fill(
             b"{\"before\":null,\"after\":\"x\"}",
             Splice::DebeziumAfter,

@@ -162,6 +162,8 @@ pub struct Shared {
     pub full_document: quorumtail_sink::FullDocument,
     /// `[sink] undecodable`.
     pub undecodable: quorumtail_sink::Undecodable,
+    /// `[sink] json`.
+    pub json: quorumtail_sink::JsonMode,
     /// With full documents: the mongos client lookups go through (the discovery URI's,
     /// when it is a mongos); `None`: each shard's members are read directly.
     pub lookup_router: Option<mongodb::Client>,
@@ -254,7 +256,8 @@ pub async fn run_shard(
         )
         .with_format(shared.format)
         .with_tombstones(shared.tombstones)
-        .with_undecodable(shared.undecodable);
+        .with_undecodable(shared.undecodable)
+        .with_json(shared.json);
         let arrived = plan.barrier.arrive();
         let copied = crate::snapshot::copy_shard(
             &spec,
@@ -458,6 +461,7 @@ impl ShardTask {
         .with_tombstones(shared.tombstones)
         .with_full_document(shared.full_document)
         .with_undecodable(shared.undecodable)
+        .with_json(shared.json)
         .after_snapshot(after.floor.clone(), after.seq);
         let lookup_stop = shutdown.child_token();
         let (lookup_tx, stage_handle) = if shared.full_document.enabled() {
@@ -659,6 +663,7 @@ impl ShardTask {
                     .with_tombstones(self.shared.tombstones)
                     .with_full_document(self.shared.full_document)
                     .with_undecodable(self.shared.undecodable)
+                    .with_json(self.shared.json)
                     .after_snapshot(self.after.floor.clone(), self.emitter.seq());
                     self.emitter.adopt_lookups(pending);
                 }

@@ -16,6 +16,16 @@ impl Emitter {
         self
     }
 
+    /// Writes BSON values in oplog and change-event records as `mode` Extended JSON
+    /// (`[sink] json`).
+    pub fn with_json(mut self, mode: quorumtail_sink::JsonMode) -> Self {
+        self.json = match mode {
+            quorumtail_sink::JsonMode::Relaxed => Mode::Relaxed,
+            quorumtail_sink::JsonMode::Canonical => Mode::Canonical,
+        };
+        self
+    }
+
     /// The value written for an operation its format refused: with `[sink] undecodable =
     /// "raw"` the flagged raw record (counted), else the error that stops the shard.
     pub(super) fn undecodable_value(
@@ -37,7 +47,7 @@ impl Emitter {
         let rec = quorumtail_events::undecodable_record(&op, src, &e);
         let raw = bson::RawDocumentBuf::try_from(&rec).map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(raw.as_bytes().len() * 2);
-        write_document(&raw, Mode::Relaxed, &mut out).map_err(|e| e.to_string())?;
+        write_document(&raw, self.json, &mut out).map_err(|e| e.to_string())?;
         Ok(out)
     }
 
@@ -91,6 +101,7 @@ pub(super) fn debezium_json(
 
 /// Writes the change event of `op` as relaxed Extended JSON; `false` when it has none.
 pub(super) fn change_event_json(
+    mode: Mode,
     op: &bson::RawDocument,
     src: &quorumtail_events::Source<'_>,
     out: &mut Vec<u8>,
@@ -103,6 +114,6 @@ pub(super) fn change_event_json(
         Err(e) => return Err(Failure::Undecodable(Box::new((doc, e)))),
     };
     let raw = bson::RawDocumentBuf::try_from(&event).map_err(|e| Failure::Other(e.to_string()))?;
-    write_document(&raw, Mode::Relaxed, out).map_err(|e| Failure::Other(e.to_string()))?;
+    write_document(&raw, mode, out).map_err(|e| Failure::Other(e.to_string()))?;
     Ok(true)
 }

@@ -571,3 +571,35 @@ fn undecodable_updates_stop_the_shard_or_are_written_raw_and_flagged() {
         assert_eq!(lookups[0].entry.ts.increment, 1);
     }
 }
+
+/// `[sink] json = "canonical"`: oplog and change-event records type every number, so an
+/// int64 that fits in 32 bits stays an int64 for the consumer (relaxed writes it bare).
+#[test]
+fn canonical_json_keeps_the_types() {
+    let ins = rawdoc! { "op": "i", "ns": "shop.a", "o": { "_id": 1, "n": 5_i64, "d": 2.0 }, "ts": ts(1), "t": 1_i64 };
+    for (format, path) in [
+        (RecordFormat::Oplog, "/entry/o/n"),
+        (RecordFormat::ChangeEvent, "/fullDocument/n"),
+    ] {
+        let value = |json| {
+            let mut e = emitter().with_format(format).with_json(json);
+            let out = run(&mut e, std::slice::from_ref(&ins));
+            let SinkInput::Record(r) = &out[0] else {
+                panic!("{out:?}")
+            };
+            serde_json::from_slice::<serde_json::Value>(r.value.as_deref().unwrap()).unwrap()
+        };
+        let canonical = value(quorumtail_sink::JsonMode::Canonical);
+        assert_eq!(
+            canonical.pointer(path),
+            Some(&serde_json::json!({"$numberLong": "5"})),
+            "{canonical}"
+        );
+        let relaxed = value(quorumtail_sink::JsonMode::Relaxed);
+        assert_eq!(
+            relaxed.pointer(path),
+            Some(&serde_json::json!(5)),
+            "{relaxed}"
+        );
+    }
+}
