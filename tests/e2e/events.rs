@@ -219,7 +219,7 @@ async fn change_events_replay_to_the_collection_on_4_4_modifiers() {
 /// Updates the server refuses (a path through a scalar, an array operator on a
 /// non-array, ...) are skipped; every 40 updates the document is reset so that arrays stay.
 async fn random_updates_decode_to_their_effect(version: ServerVersion, seed: u64) {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let rs = mongosim::ReplicaSet::start(mongosim::ReplicaSetSpec {
         nodes: 1,
         version,

@@ -257,6 +257,10 @@ fn refused_updates_carry_the_servers_errors() {
     assert!(err(doc! {"$set": {"a.b": 1}, "$push": {"a": 1}})
         .contains("Updating the path 'a' would create a conflict at 'a'"));
     assert!(err(doc! {"$push": {"a": {"$each": [1], "$sort": 1}}}).contains("does not simulate"));
+    assert!(
+        err(doc! {"$rename": {"a": "z"}}).contains("does not simulate the update operator $rename")
+    );
+    assert!(err(doc! {"$foo": {"a": 1}}).contains("Unknown modifier: $foo"));
     // $unset through a scalar, $pull of a missing field: nothing to do.
     assert!(crate::world::apply_update(
         &before,

@@ -29,10 +29,17 @@ pub(super) fn not_simulated(what: impl std::fmt::Display) -> CmdError {
 }
 
 /// Splits the update into leaves, refusing what mongod refuses while parsing
-/// (`update_object_node.cpp`, `UpdateObjectNode::parseAndMerge`).
+/// (`update_object_node.cpp`, `UpdateObjectNode::parseAndMerge`; the modifier names of
+/// `modifier_table.cpp`), and naming the modifiers mongosim does not simulate.
 pub(super) fn parse(u: &Document) -> Result<Vec<Leaf<'_>>, CmdError> {
     let mut leaves: Vec<Leaf<'_>> = Vec::new();
     for (op, arg) in u {
+        if matches!(
+            op.as_str(),
+            "$currentDate" | "$min" | "$max" | "$mul" | "$rename" | "$setOnInsert" | "$bit"
+        ) {
+            return Err(not_simulated(format!("the update operator {op}")));
+        }
         if !matches!(
             op.as_str(),
             "$set" | "$unset" | "$inc" | "$push" | "$pop" | "$pull" | "$pullAll" | "$addToSet"
