@@ -261,6 +261,8 @@ fn refused_updates_carry_the_servers_errors() {
         err(doc! {"$rename": {"a": "z"}}).contains("does not simulate the update operator $rename")
     );
     assert!(err(doc! {"$foo": {"a": 1}}).contains("Unknown modifier: $foo"));
+    assert!(err(doc! {"$inc": {"a.0": "x"}})
+        .contains("Cannot increment with non-numeric argument: {a.0: \"x\"}"));
     // $unset through a scalar, $pull of a missing field: nothing to do.
     assert!(crate::world::apply_update(
         &before,

@@ -65,7 +65,7 @@ pub(super) fn parse(u: &Document) -> Result<Vec<Leaf<'_>>, CmdError> {
                     format!("The update path '{path}' contains an empty field name, which is not allowed."),
                 ));
             }
-            check_arg(op, value)?;
+            check_arg(op, path, value)?;
             // A leaf may not share its path with another leaf, nor lie below one.
             for other in &leaves {
                 if let Some(at) = conflict(other.path, path) {
@@ -99,12 +99,13 @@ fn conflict(existing: &str, path: &str) -> Option<String> {
 }
 
 /// Argument checks each node's `init` makes.
-fn check_arg(op: &str, v: &Bson) -> Result<(), CmdError> {
+fn check_arg(op: &str, path: &str, v: &Bson) -> Result<(), CmdError> {
     match op {
+        // arithmetic_node.cpp: the element printed as `path: value`.
         "$inc" if !is_number(v) => Err(CmdError::new(
             14,
             "TypeMismatch",
-            format!("Cannot increment with non-numeric argument: {{{v}}}"),
+            format!("Cannot increment with non-numeric argument: {{{path}: {v}}}"),
         )),
         "$pop" => match integer(v) {
             Some(1 | -1) => Ok(()),

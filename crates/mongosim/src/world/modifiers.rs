@@ -372,7 +372,7 @@ fn update_existing(
             updated(log, slot, taken);
         }
         "$inc" => {
-            let new = increment(slot, leaf.arg).ok_or_else(|| {
+            let new = increment(slot, leaf.arg)?.ok_or_else(|| {
                 // `arithmetic_node.cpp` (`updateExistingElement`).
                 CmdError::new(
                     14,
@@ -564,16 +564,28 @@ fn push_into(a: &mut Vec<Bson>, spec: &PushSpec) -> PushResult {
     result
 }
 
-/// `$inc` of `cur` by `by`; `None` when `cur` is not a number.
-fn increment(cur: &Bson, by: &Bson) -> Option<Bson> {
-    Some(match (cur, by) {
+/// `$inc` of `cur` by `by` (`safe_num.cpp`: an int that overflows becomes a long);
+/// `Ok(None)` when `cur` is not a number.
+///
+/// # Errors
+/// A long that overflows, which mongosim does not simulate.
+fn increment(cur: &Bson, by: &Bson) -> Result<Option<Bson>, CmdError> {
+    let long = |a: i64, b: i64| {
+        a.checked_add(b)
+            .map(Bson::Int64)
+            .ok_or_else(|| not_simulated("$inc overflowing a long"))
+    };
+    Ok(Some(match (cur, by) {
         (Bson::Int32(a), Bson::Int32(b)) => match a.checked_add(*b) {
             Some(n) => Bson::Int32(n),
             None => Bson::Int64(i64::from(*a) + i64::from(*b)),
         },
-        (Bson::Int64(a), Bson::Int32(b)) => Bson::Int64(a.wrapping_add(i64::from(*b))),
-        (Bson::Int32(a), Bson::Int64(b)) => Bson::Int64(i64::from(*a).wrapping_add(*b)),
-        (Bson::Int64(a), Bson::Int64(b)) => Bson::Int64(a.wrapping_add(*b)),
+        (Bson::Int64(a), Bson::Int32(b)) => long(*a, i64::from(*b))?,
+        (Bson::Int32(a), Bson::Int64(b)) => long(i64::from(*a), *b)?,
+        (Bson::Int64(a), Bson::Int64(b)) => long(*a, *b)?,
+        (Bson::Decimal128(_), _) | (_, Bson::Decimal128(_)) if is_number(cur) => {
+            return Err(not_simulated("$inc with a decimal"))
+        }
         (a, b) if is_number(a) => {
             let f = |x: &Bson| match x {
                 Bson::Int32(n) => f64::from(*n),
@@ -583,8 +595,8 @@ fn increment(cur: &Bson, by: &Bson) -> Option<Bson> {
             };
             Bson::Double(f(a) + f(b))
         }
-        _ => return None,
-    })
+        _ => return Ok(None),
+    }))
 }
 
 /// mongod's no-op test for `$set`/`$inc`: the same type and value.
