@@ -395,8 +395,9 @@ impl Builder {
 /// there is an array.
 ///
 /// # Errors
-/// A path that runs through a value that is neither a document nor an array, or an array
-/// index beyond the end.
+/// A path that runs through a value that is neither a document nor an array, an array
+/// index beyond the end of an array being truncated, or one further beyond the end than
+/// the server pads.
 pub fn apply(pre: &Document, desc: &UpdateDescription) -> Result<Document, String> {
     let mut doc = pre.clone();
     let parts_of = |path: &str| -> Vec<PathPart> {

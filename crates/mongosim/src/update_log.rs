@@ -14,15 +14,19 @@
 //!   `s<index>` for an element changed below. A level serialises as `d`, `u`, `i`, then
 //!   its sub-diffs, each in the order first touched (`DocumentSubDiffFrame`,
 //!   `ArrayFrame`). The log builder never writes `l` (a shrunk array is logged whole by
-//!   the array operators); `l` comes only from the diff calculator of pipeline updates,
-//!   which mongosim does not simulate.
+//!   the array operators); `l` comes only from the diff calculator
+//!   (`document_diff_calculator.cpp`) of pipeline updates, which mongosim does not
+//!   simulate, as it does not simulate that calculator's fallback to a replacement when
+//!   the diff is not smaller than the post-image (`computeOplogDiff`).
 //! * 4.4 and earlier (`v1_log_builder.cpp`, `log_builder.cpp`): `$set` with the dotted
 //!   path (array indexes as numbers) of each updated or created field and its value,
 //!   `$unset` with `{path: true}`; the sections in the order first used; `$v: 1` first
 //!   from 4.4 (`includeVersionField`).
 //!
-//! Shapes checked against the server's `jstests/replsets/oplog_format.js` and the modifier
-//! nodes' unit tests (`addtoset_node_test.cpp`, `push_node_test.cpp`), see the tests below.
+//! What each node logs is read from its `logUpdate` (`modifier_node.cpp`,
+//! `push_node.cpp`, `unset_node.cpp`, `addtoset_node.cpp`); the shapes are checked against
+//! the server's `jstests/replsets/oplog_format.js` (both formats per case) and
+//! `addtoset_node_test.cpp` (5.0 era), see `update_log_tests.rs`.
 
 use std::collections::BTreeMap;
 

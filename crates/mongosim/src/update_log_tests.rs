@@ -1,6 +1,7 @@
-//! Logged shapes against the server's own expectations: `jstests/replsets/oplog_format.js`
-//! (both formats per case), `addtoset_node_test.cpp`, `push_node_test.cpp`,
-//! `unset_node_test.cpp` and `v2_log_builder_test.cpp` (mongodb/mongo).
+//! Logged shapes against the server's own expectations (mongodb/mongo):
+//! `jstests/replsets/oplog_format.js` (both formats per case) and
+//! `addtoset_node_test.cpp`; the other cases follow the `logUpdate` code of
+//! `push_node.cpp`, `unset_node.cpp` and the serialisation of `v2_log_builder.cpp`.
 
 use super::*;
 use bson::doc;

@@ -1,6 +1,7 @@
-//! Operator updates applied as mongod applies them (cases from the server's
-//! `push_node_test.cpp`, `pull_node_test.cpp`, `addtoset_node_test.cpp`,
-//! `path_support_test.cpp`).
+//! Operator updates applied as mongod applies them: the rules of `push_node.cpp`
+//! (`insertElementsWithPosition`, `performPush`), `pull_node.cpp` (its three matchers),
+//! `addtoset_node.cpp`, `path_support.cpp` (null padding, as `path_support_test.cpp`
+//! expects) and `cmpPathsAndArrayIndexes`.
 
 use bson::{doc, Bson, Document};
 
