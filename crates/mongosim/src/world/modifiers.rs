@@ -501,10 +501,18 @@ fn culls(leaf: &Leaf<'_>, e: &Bson) -> Result<bool, CmdError> {
         return Ok(values.iter().any(|v| matcher::values_equal(e, v)));
     }
     match leaf.arg {
-        Bson::Document(q) if q.keys().next().is_some_and(|k| !k.starts_with('$')) => match e {
-            Bson::Document(d) => matcher::matches(d, q).map_err(super::data::bad_value),
-            _ => Ok(false),
-        },
+        // Top-level query operators are not path-accepting keywords
+        // (`MatchExpressionParser::parsePathAcceptingKeyword`): an object query.
+        Bson::Document(q)
+            if q.keys().next().is_some_and(|k| {
+                !k.starts_with('$') || matches!(k.as_str(), "$and" | "$or" | "$nor")
+            }) =>
+        {
+            match e {
+                Bson::Document(d) => matcher::matches(d, q).map_err(super::data::bad_value),
+                _ => Ok(false),
+            }
+        }
         Bson::Document(q) => {
             let mut wrapped = Document::new();
             wrapped.insert("", e.clone());

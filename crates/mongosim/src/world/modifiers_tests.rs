@@ -66,6 +66,14 @@ fn pull_matches_as_pull_node_does() {
         applied(d.clone(), doc! {"$pull": {"a": {"x": 1}}}),
         doc! {"_id": 1, "a": [1, 2.0, "2", {"x": 2}, [2]]}
     );
+    // $or at the top is a query on documents.
+    assert_eq!(
+        applied(
+            d.clone(),
+            doc! {"$pull": {"a": {"$or": [{"x": 2}, {"y": 2}]}}}
+        ),
+        doc! {"_id": 1, "a": [1, 2.0, "2", [2]]}
+    );
     // An operator object matches the element wrapped as {"": element}.
     assert_eq!(
         applied(d, doc! {"$pull": {"a": {"$lte": 1}}}),
