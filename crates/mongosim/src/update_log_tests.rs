@@ -262,6 +262,8 @@ fn refused_updates_carry_the_servers_errors() {
         err(doc! {"$rename": {"a": "z"}}).contains("does not simulate the update operator $rename")
     );
     assert!(err(doc! {"$foo": {"a": 1}}).contains("Unknown modifier: $foo"));
+    assert!(err(doc! {"$set": {"_id": 2}})
+        .contains("Performing an update on the path '_id' would modify the immutable field '_id'"));
     assert!(err(doc! {"$inc": {"a.0": "x"}})
         .contains("Cannot increment with non-numeric argument: {a.0: \"x\"}"));
     // $unset through a scalar, $pull of a missing field: nothing to do.

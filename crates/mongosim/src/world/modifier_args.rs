@@ -58,6 +58,7 @@ pub(super) fn parse(u: &Document) -> Result<Vec<Leaf<'_>>, CmdError> {
             if path.split('.').any(|p| p.starts_with('$')) {
                 return Err(not_simulated(format!("positional update paths ({path})")));
             }
+            // field_checker.cpp (`isUpdatable`).
             if path.is_empty() || path.split('.').any(str::is_empty) {
                 return Err(CmdError::new(
                     56,

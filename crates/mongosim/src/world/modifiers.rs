@@ -186,6 +186,35 @@ fn apply_leaf(
     log: &mut Vec<LogRecord>,
 ) -> Result<(), CmdError> {
     let parts: Vec<&str> = leaf.path.split('.').collect();
+    let logged = log.len();
+    let r = apply_at(out, original, leaf, &parts, version, log);
+    // modifier_node.cpp (`checkImmutablePathsNotModified`): `_id` may not change.
+    // (An upsert's new document may get its `_id` from the update.)
+    if r.is_ok() && parts[0] == "_id" && log.len() > logged && original.contains_key("_id") {
+        if matches!(log.last().map(|l| &l.what), Some(Logged::Created { .. })) {
+            return Err(not_simulated(format!("creating {} below _id", leaf.path)));
+        }
+        return Err(CmdError::new(
+            66,
+            "ImmutableField",
+            format!(
+                "Performing an update on the path '{}' would modify the immutable field '_id'",
+                leaf.path
+            ),
+        ));
+    }
+    r
+}
+
+fn apply_at(
+    out: &mut Document,
+    original: &Document,
+    leaf: &Leaf<'_>,
+    parts: &[&str],
+    version: ServerVersion,
+    log: &mut Vec<LogRecord>,
+) -> Result<(), CmdError> {
+    let parts = parts.to_vec();
     match walk(out, &parts) {
         Walk::Exists(taken) => update_existing(out, original, leaf, taken, version, log),
         Walk::Missing(taken) => {
