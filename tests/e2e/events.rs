@@ -419,9 +419,12 @@ async fn random_updates_decode_to_their_effect_on_7_0_and_4_4() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_updates_decode_to_their_effect_on_5_0() {
-    // 5.0 also logs $addToSet on existing arrays (the whole array).
+async fn random_updates_decode_to_their_effect_on_5_0_6_0_and_8_0() {
+    // 5.0 also logs $addToSet adding to an existing array (the whole array); the
+    // simulator refuses that from 6.0.
     for seed in 4..=5 {
         random_updates_decode_to_their_effect(ServerVersion::V5_0, seed).await;
+        random_updates_decode_to_their_effect(ServerVersion::V6_0, seed).await;
+        random_updates_decode_to_their_effect(ServerVersion::V8_0, seed).await;
     }
 }
