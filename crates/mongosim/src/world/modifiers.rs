@@ -77,8 +77,11 @@ pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdErro
     apply_update(doc, u, ServerVersion::V5_0).map(|(d, _)| d)
 }
 
-/// `pathsupport::cmpPathsAndArrayIndexes`: component by component, numeric components
-/// as numbers.
+/// Orders two update paths as the children of mongod's update tree are ordered, component
+/// by component with `pathsupport::cmpPathsAndArrayIndexes` (`path_support.h`): names that
+/// start with a digit and no padding zero compare by length first, then as strings. (That
+/// is the comparator of the current source; whether older releases order numeric names
+/// the same way is not established here.)
 fn cmp_paths(a: &str, b: &str) -> Ordering {
     let mut x = a.split('.');
     let mut y = b.split('.');
@@ -88,17 +91,23 @@ fn cmp_paths(a: &str, b: &str) -> Ordering {
             (None, Some(_)) => return Ordering::Less,
             (Some(_), None) => return Ordering::Greater,
             (Some(p), Some(q)) => {
-                let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-                let o = if numeric(p) && numeric(q) {
-                    p.len().cmp(&q.len()).then_with(|| p.cmp(q))
-                } else {
-                    p.cmp(q)
-                };
+                let o = cmp_component(p, q);
                 if o != Ordering::Equal {
                     return o;
                 }
             }
         }
+    }
+}
+
+fn cmp_component(a: &str, b: &str) -> Ordering {
+    let number_like = |s: &str| {
+        s.as_bytes().first().is_some_and(u8::is_ascii_digit) && !(s.starts_with('0') && s.len() > 1)
+    };
+    if number_like(a) && number_like(b) && a.len() != b.len() {
+        a.len().cmp(&b.len())
+    } else {
+        a.cmp(b)
     }
 }
 
