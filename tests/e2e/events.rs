@@ -1,7 +1,8 @@
 //! `[sink] format = "change-event"` end to end: documents written and changed through
 //! mongos by the Rust driver with update operators ($set, $unset, $inc on nested paths,
-//! creating sub-documents; the simulator has no array operators), replacements and
-//! deletes. From 5.0 these are logged as `$v: 2` deltas with nested sub-diffs. A consumer that replays the
+//! creating sub-documents), replacements and deletes; and, in the decoder's property
+//! test, random updates with the array operators on arrays nested in documents and
+//! documents nested in arrays. From 5.0 these are logged as `$v: 2` deltas with nested sub-diffs. A consumer that replays the
 //! events (insert: the full document; update: the update description applied with
 //! `quorumtail_events::apply`; replace; delete) must end with exactly the documents the
 //! cluster holds, on a version that logs `$v: 2` deltas and on one that logs `$set`/`$unset`.
@@ -208,12 +209,17 @@ async fn change_events_replay_to_the_collection_on_4_4_modifiers() {
     run(ServerVersion::V4_4).await;
 }
 
-/// The property the decoder promises, through real update commands: random documents
-/// changed by random `$set`/`$unset`/`$inc` on random nested paths (created, replaced,
-/// removed) through the Rust driver; for every update, the description decoded from the
-/// oplog entry the server wrote, applied to the document before, gives the document after.
+/// The property the decoder promises, through real update commands: a document with
+/// arrays (nested in documents, documents nested in arrays) changed by random updates
+/// through the Rust driver: `$set`/`$unset`/`$inc` on random paths, field names and array
+/// indexes mixed (created, replaced, removed, padded), and the array operators (`$push`
+/// with `$each`/`$slice`/`$position`, `$pop`, `$pull` by value and by condition,
+/// `$pullAll`, `$addToSet`); for every update, the description decoded from the oplog
+/// entry the server wrote, applied to the document before, gives the document after.
+/// Updates the server refuses (a path through a scalar, an array operator on a
+/// non-array, ...) are skipped; every 40 updates the document is reset so that arrays stay.
 async fn random_updates_decode_to_their_effect(version: ServerVersion, seed: u64) {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let rs = mongosim::ReplicaSet::start(mongosim::ReplicaSetSpec {
         nodes: 1,
         version,
@@ -230,62 +236,23 @@ async fn random_updates_decode_to_their_effect(version: ServerVersion, seed: u64
     let coll = client.database("app").collection::<Document>("c");
     let oplog = client.database("local").collection::<Document>("oplog.rs");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let names = ["a", "b", "c"];
-    let path = |rng: &mut rand::rngs::StdRng| -> String {
-        let depth = rng.gen_range(1..=3);
-        (0..depth)
-            .map(|_| names[rng.gen_range(0..names.len())])
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let value = |rng: &mut rand::rngs::StdRng| -> Bson {
-        match rng.gen_range(0..4) {
-            0 => Bson::Int32(rng.gen_range(0..5)),
-            1 => Bson::String(["x", "y"][rng.gen_range(0..2)].into()),
-            2 => Bson::Document(doc! {"k": rng.gen_range(0..3)}),
-            _ => Bson::Array(vec![Bson::Int32(1), Bson::Int32(rng.gen_range(0..3))]),
+    let fresh = || {
+        doc! {
+            "_id": 1,
+            "a": {"b": [1, 2, 3], "c": 1},
+            "b": [{"c": 1}, {"c": [1, 2]}, 3],
+            "c": [[1, 2], [], {"a": [0]}],
         }
     };
-    coll.insert_one(doc! {"_id": 1, "a": {"b": 1}, "c": 2})
-        .await
-        .unwrap();
+    coll.insert_one(fresh()).await.unwrap();
     let mut updates = 0;
-    for _ in 0..300 {
+    let mut array_shapes = 0;
+    for round in 0..600 {
+        if round % 40 == 0 {
+            coll.replace_one(doc! {"_id": 1}, fresh()).await.unwrap();
+        }
         let before = coll.find_one(doc! {"_id": 1}).await.unwrap().unwrap();
-        let mut set = Document::new();
-        let mut unset = Document::new();
-        let mut inc = Document::new();
-        let mut used: Vec<String> = Vec::new();
-        for _ in 0..rng.gen_range(1..=3) {
-            let p = path(&mut rng);
-            // Operators may not touch a path and its prefix in one update (mongod's
-            // conflict rule), so keep the paths of one update disjoint.
-            if used.iter().any(|u| {
-                u == &p || p.starts_with(&format!("{u}.")) || u.starts_with(&format!("{p}."))
-            }) {
-                continue;
-            }
-            used.push(p.clone());
-            match rng.gen_range(0..3) {
-                0 => {
-                    set.insert(p, value(&mut rng));
-                }
-                1 => {
-                    unset.insert(p, "");
-                }
-                _ => {
-                    inc.insert(p, 1);
-                }
-            }
-        }
-        let mut update = Document::new();
-        for (op, d) in [("$set", set), ("$unset", unset), ("$inc", inc)] {
-            if !d.is_empty() {
-                update.insert(op, d);
-            }
-        }
-        // Paths through a value that is not a document, or $inc on a non-number, are
-        // refused by the server: such updates are skipped.
+        let update = random_update(&mut rng);
         if coll
             .update_one(doc! {"_id": 1}, update.clone())
             .await
@@ -304,7 +271,11 @@ async fn random_updates_decode_to_their_effect(version: ServerVersion, seed: u64
             .unwrap()
             .unwrap();
         let o = entry.get_document("o").unwrap();
-        let quorumtail_events::UpdateKind::Update(desc) = quorumtail_events::decode(o).unwrap()
+        if logs_an_array_element(o) {
+            array_shapes += 1;
+        }
+        let quorumtail_events::UpdateKind::Update(desc) = quorumtail_events::decode(o)
+            .unwrap_or_else(|e| panic!("{e}: update {update} logged {o}"))
         else {
             panic!("an operator update decoded as a replacement: {o}");
         };
@@ -312,12 +283,131 @@ async fn random_updates_decode_to_their_effect(version: ServerVersion, seed: u64
             .unwrap_or_else(|e| panic!("{e}: update {update} logged {o}"));
         assert_eq!(
             got, after,
-            "update {update} logged as {o} decoded as {desc:?}"
+            "update {update} of {before} logged as {o} decoded as {desc:?}"
         );
         updates += 1;
     }
-    assert!(updates > 100, "only {updates} updates changed the document");
+    assert!(updates > 150, "only {updates} updates changed the document");
+    eprintln!("{version}: {updates} updates, {array_shapes} logged array elements");
+    // The array shapes must really be exercised: `a: true` diffs, or dotted paths with
+    // an index before 5.0.
+    assert!(
+        array_shapes > 20,
+        "only {array_shapes} entries logged an array element"
+    );
     rs.shutdown().await;
+}
+
+/// Whether an update's `o` names an array element: an array diff (`a: true`) or a
+/// `$set`/`$unset` path with an index component.
+fn logs_an_array_element(o: &Document) -> bool {
+    fn has_array_diff(d: &Document) -> bool {
+        d.get("a") == Some(&Bson::Boolean(true))
+            || d.iter().any(|(k, v)| {
+                k.starts_with('s') && matches!(v, Bson::Document(sub) if has_array_diff(sub))
+            })
+    }
+    match o.get_document("diff") {
+        Ok(diff) => has_array_diff(diff),
+        Err(_) => ["$set", "$unset"].iter().any(|s| {
+            o.get_document(s).is_ok_and(|d| {
+                d.keys()
+                    .any(|k| k.split('.').any(|p| p.bytes().all(|c| c.is_ascii_digit())))
+            })
+        }),
+    }
+}
+
+/// One random update: one to three operators on disjoint random paths (mongod refuses a
+/// path and its prefix in one update).
+fn random_update(rng: &mut rand::rngs::StdRng) -> Document {
+    use rand::Rng;
+    let names = ["a", "b", "c"];
+    let parts = ["a", "b", "c", "0", "1", "2", "4", "0", "1"];
+    let path = |rng: &mut rand::rngs::StdRng| -> String {
+        let depth = rng.gen_range(1..=3);
+        let mut p = vec![names[rng.gen_range(0..names.len())]];
+        for _ in 1..depth {
+            p.push(parts[rng.gen_range(0..parts.len())]);
+        }
+        p.join(".")
+    };
+    let small = |rng: &mut rand::rngs::StdRng| Bson::Int32(rng.gen_range(0..4));
+    let value = |rng: &mut rand::rngs::StdRng| -> Bson {
+        match rng.gen_range(0..6) {
+            0 => Bson::Int32(rng.gen_range(0..5)),
+            1 => Bson::String(["x", "y"][rng.gen_range(0..2)].into()),
+            2 => Bson::Document(doc! {"c": rng.gen_range(0..3)}),
+            3 => Bson::Array(vec![Bson::Int32(1), Bson::Int32(rng.gen_range(0..3))]),
+            4 => Bson::Array(vec![Bson::Document(doc! {"c": rng.gen_range(0..3)})]),
+            _ => Bson::Array(vec![]),
+        }
+    };
+    let mut ops: Vec<(&str, Document)> = Vec::new();
+    let mut used: Vec<String> = Vec::new();
+    for _ in 0..rng.gen_range(1..=3) {
+        let p = path(rng);
+        if used
+            .iter()
+            .any(|u| u == &p || p.starts_with(&format!("{u}.")) || u.starts_with(&format!("{p}.")))
+        {
+            continue;
+        }
+        used.push(p.clone());
+        let (op, arg): (&str, Bson) = match rng.gen_range(0..9) {
+            0 => ("$set", value(rng)),
+            1 => ("$unset", Bson::String(String::new())),
+            2 => ("$inc", Bson::Int32(1)),
+            3 => {
+                let each: Vec<Bson> = (0..rng.gen_range(0..3)).map(|_| value(rng)).collect();
+                let mut spec = doc! {"$each": each};
+                if rng.gen_bool(0.3) {
+                    spec.insert("$slice", rng.gen_range(-3..4));
+                }
+                if rng.gen_bool(0.3) {
+                    spec.insert("$position", rng.gen_range(-2..4));
+                }
+                let plain = rng.gen_bool(0.4);
+                (
+                    "$push",
+                    if plain {
+                        value(rng)
+                    } else {
+                        Bson::Document(spec)
+                    },
+                )
+            }
+            4 => ("$pop", Bson::Int32(if rng.gen_bool(0.5) { 1 } else { -1 })),
+            5 => {
+                let cond = match rng.gen_range(0..3) {
+                    0 => small(rng),
+                    1 => Bson::Document(doc! {"$gte": rng.gen_range(0..3)}),
+                    _ => Bson::Document(doc! {"c": rng.gen_range(0..3)}),
+                };
+                ("$pull", cond)
+            }
+            6 => ("$pullAll", Bson::Array(vec![small(rng), small(rng)])),
+            7 => {
+                let plain = rng.gen_bool(0.5);
+                let arg = if plain {
+                    small(rng)
+                } else {
+                    Bson::Document(doc! {"$each": [small(rng), small(rng)]})
+                };
+                ("$addToSet", arg)
+            }
+            _ => ("$set", small(rng)),
+        };
+        match ops.iter_mut().find(|(o, _)| *o == op) {
+            Some((_, d)) => {
+                d.insert(p, arg);
+            }
+            None => ops.push((op, doc! {p: arg})),
+        }
+    }
+    ops.into_iter()
+        .map(|(op, d)| (op.to_owned(), Bson::Document(d)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,5 +415,16 @@ async fn random_updates_decode_to_their_effect_on_7_0_and_4_4() {
     for seed in 1..=3 {
         random_updates_decode_to_their_effect(ServerVersion::V7_0, seed).await;
         random_updates_decode_to_their_effect(ServerVersion::V4_4, seed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_updates_decode_to_their_effect_on_5_0_6_0_and_8_0() {
+    // 5.0 also logs $addToSet adding to an existing array (the whole array); the
+    // simulator refuses that from 6.0.
+    for seed in 4..=5 {
+        random_updates_decode_to_their_effect(ServerVersion::V5_0, seed).await;
+        random_updates_decode_to_their_effect(ServerVersion::V6_0, seed).await;
+        random_updates_decode_to_their_effect(ServerVersion::V8_0, seed).await;
     }
 }

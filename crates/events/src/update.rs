@@ -388,14 +388,16 @@ impl Builder {
 }
 
 /// Applies `desc` to `pre` as a consumer of change events would: arrays truncated, then
-/// each updated path set (creating documents on the way, appending to an array at its
-/// end), then each removed path unset. Paths are split at dots unless
+/// each updated path set (creating documents on the way; an index at or beyond an
+/// array's end extends it, padded with nulls, as the server's `$set` and `$v: 2` `u<index>`
+/// do), then each removed path unset. Paths are split at dots unless
 /// `disambiguatedPaths` gives their parts; a numeric part indexes an array when the value
 /// there is an array.
 ///
 /// # Errors
-/// A path that runs through a value that is neither a document nor an array, or an array
-/// index beyond the end.
+/// A path that runs through a value that is neither a document nor an array, an array
+/// index beyond the end of an array being truncated, or one further beyond the end than
+/// the server pads.
 pub fn apply(pre: &Document, desc: &UpdateDescription) -> Result<Document, String> {
     let mut doc = pre.clone();
     let parts_of = |path: &str| -> Vec<PathPart> {
@@ -443,6 +445,10 @@ pub fn apply(pre: &Document, desc: &UpdateDescription) -> Result<Document, Strin
     Ok(doc)
 }
 
+/// The server's cap on the nulls that pad an array up to a new index
+/// (`kMaxPaddingAllowed`, `src/mongo/db/update/path_support.h`).
+const MAX_PADDING: usize = 1_500_000;
+
 /// The value at `parts`, created (as `Null`, with documents on the way) when `create`.
 fn slot<'a>(
     doc: &'a mut Document,
@@ -470,8 +476,16 @@ fn slot<'a>(
                     return Err(format!("field {part:?} inside an array"));
                 };
                 let i = *i as usize;
-                if i == a.len() && create {
-                    a.push(Bson::Null);
+                if i >= a.len() && create {
+                    // As the server sets an index beyond the end: the array padded with
+                    // nulls (`$set` of `a.5`, a `$v: 2` `u5`), no further than it would.
+                    if i - a.len() > MAX_PADDING {
+                        return Err(format!(
+                            "array index {i} more than {MAX_PADDING} beyond the end ({})",
+                            a.len()
+                        ));
+                    }
+                    a.resize(i + 1, Bson::Null);
                 }
                 let len = a.len();
                 a.get_mut(i)

@@ -190,10 +190,21 @@
 //!   with InterruptedDueToReplStateChange (11602) and idle cursors with QueryPlanKilled (175)
 //!   — as `jstests/replsets/read_operations_during_rollback.js` shows mongod doing.
 //! - Periodic no-ops (`{msg: "periodic noop"}`) after `noop_interval` of idleness.
-//! - Operator updates are logged per modified path as mongod's log builders write them
+//! - Update operators `$set`, `$unset`, `$inc`, `$push` (with `$each`, `$slice`,
+//!   `$position`), `$pop`, `$pull` (by equality, by a document query, by a condition such
+//!   as `{$gte: 2}`), `$pullAll` and `$addToSet` (with `$each`), on document paths and
+//!   array index paths (`"a.2"`, `"a.2.b"`: created beyond the end with null padding,
+//!   `$unset` of an element sets it to null), applied as mongod applies them (paths in
+//!   `cmpPathsAndArrayIndexes` order) with its errors (ConflictingUpdateOperators,
+//!   PathNotViable, the array operators on non-arrays, bad arguments); see
+//!   `world/modifiers.rs` for the server files each rule comes from.
+//! - Operator updates are logged per modification as mongod's log builders write them
 //!   ([`update_log`]): from 5.0 a `$v: 2` delta with `s<field>` sub-diffs down to each
-//!   updated field, created sub-documents inserted whole at their first new component; up
-//!   to 4.4 `$set`/`$unset` with dotted paths. Replacements log the whole document.
+//!   updated field, created sub-documents inserted whole at their first new component,
+//!   array diffs (`a: true`, `u<index>`, `s<index>`) down to an element changed by index or
+//!   appended by `$push`, the whole array as an update for `$pop`, `$pull`, `$pullAll`,
+//!   `$addToSet` and any other `$push`; up to 4.4 `$set`/`$unset` with dotted paths
+//!   (`"a.3"` per element a `$push` appended). Replacements log the whole document.
 //! - Retryable writes (a command with `lsid` + `txnNumber`, which drivers send by default)
 //!   log `lsid: {id, uid}`, `txnNumber`, `stmtId` and `prevOpTime` around the operation, in
 //!   `oplog_entry.idl` order; `uid` is SHA-256 of the empty user name (no authentication).
@@ -502,9 +513,14 @@
 //! builds that fail (`abortIndexBuild`), DDL coordinators' own bookkeeping writes
 //! (`config.system.sharding_ddl_coordinators`, critical sections) and the 6.0+
 //! `createDatabase`/`enableSharding` notification no-ops, cross-database renames,
-//! `$regex` and most query operators, array
-//! updates and positional paths (update operators are `$set`, `$unset`, `$inc` on
-//! document paths), array diffs in `$v: 2` updates,
+//! `$regex` and most query operators, positional update paths (`$`, `$[]`, `$[id]`),
+//! `$push` with `$sort`, the other update operators (`$rename`, `$min`, `$max`, `$mul`,
+//! `$bit`, `$currentDate`, `$setOnInsert`), pipeline updates and the `l` (new length) of
+//! their computed diffs, `$addToSet` adding to an existing array from 6.0 (5.0's
+//! `addtoset_node_test.cpp` logs the whole array, the newest source only the appended
+//! elements, and the release that changed it is not established: refused with an error),
+//! collations, a `$unset` of an array element that already holds null (mongod logs it,
+//! the simulator writes no entry for an update that changes nothing),
 //! member tags and `buildIndexes: false`, awaitable hello / `topologyVersion`, heartbeats
 //! as messages (members see each other's state directly; the primary counts a voter's copy
 //! while that voter's oplog holds the entry, where mongod uses its last reported optime),

@@ -91,7 +91,9 @@ pub fn compare(a: &Bson, b: &Bson) -> Ordering {
     }
 }
 
-fn values_equal(a: &Bson, b: &Bson) -> bool {
+/// Whether two values are equal as the server compares them (numbers by value, documents
+/// field by field in order).
+pub fn values_equal(a: &Bson, b: &Bson) -> bool {
     rank(a) == rank(b) && compare(a, b) == Ordering::Equal
 }
 

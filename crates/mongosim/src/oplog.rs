@@ -272,9 +272,8 @@ fn apply_diff(doc: &mut Document, diff: &Document) {
                 }
             }
             s if s.starts_with('s') => {
-                let field = &s[1..];
-                if let Some(Bson::Document(sub)) = doc.get_mut(field) {
-                    apply_diff(sub, body);
+                if let Some(target) = doc.get_mut(&s[1..]) {
+                    apply_sub_diff(target, body);
                 }
             }
             _ => {}
@@ -282,20 +281,80 @@ fn apply_diff(doc: &mut Document, diff: &Document) {
     }
 }
 
-/// Sets a (possibly dotted) path, creating sub-documents as needed.
+/// A sub-diff: an array diff (`a: true`: `l` new length, `u<i>` element set, padding
+/// with nulls, `s<i>` element changed below; `document_diff_applier.cpp`) or a document
+/// diff.
+fn apply_sub_diff(target: &mut Bson, diff: &Document) {
+    match target {
+        Bson::Array(a) if matches!(diff.get("a"), Some(Bson::Boolean(true))) => {
+            if let Some(l) = diff
+                .get("l")
+                .and_then(|l| l.as_i32().map(i64::from).or(l.as_i64()))
+            {
+                a.resize(usize::try_from(l).unwrap_or(0), Bson::Null);
+            }
+            for (k, v) in diff {
+                let Some(i) = k.get(1..).and_then(|n| n.parse::<usize>().ok()) else {
+                    continue;
+                };
+                if k.starts_with('u') {
+                    if i >= a.len() {
+                        a.resize(i + 1, Bson::Null);
+                    }
+                    a[i] = v.clone();
+                } else if let (true, Some(elem), Bson::Document(sub)) =
+                    (k.starts_with('s'), a.get_mut(i), v)
+                {
+                    apply_sub_diff(elem, sub);
+                }
+            }
+        }
+        Bson::Document(d) => apply_diff(d, diff),
+        _ => {}
+    }
+}
+
+/// Sets a (possibly dotted) path, creating sub-documents as needed; a numeric component
+/// below an array is an index (the array padded with nulls up to it).
 pub fn set_path(doc: &mut Document, path: &str, value: Bson) {
     match path.split_once('.') {
         None => {
             doc.insert(path, value);
         }
         Some((head, rest)) => {
-            if !matches!(doc.get(head), Some(Bson::Document(_))) {
+            if !matches!(doc.get(head), Some(Bson::Document(_) | Bson::Array(_))) {
                 doc.insert(head, Document::new());
             }
-            if let Some(Bson::Document(sub)) = doc.get_mut(head) {
-                set_path(sub, rest, value);
+            if let Some(target) = doc.get_mut(head) {
+                set_in(target, rest, value);
             }
         }
+    }
+}
+
+fn set_in(target: &mut Bson, path: &str, value: Bson) {
+    match target {
+        Bson::Document(sub) => set_path(sub, path, value),
+        Bson::Array(a) => {
+            let (head, rest) = match path.split_once('.') {
+                Some((h, r)) => (h, Some(r)),
+                None => (path, None),
+            };
+            let Ok(i) = head.parse::<usize>() else { return };
+            if i >= a.len() {
+                a.resize(i + 1, Bson::Null);
+            }
+            match rest {
+                None => a[i] = value,
+                Some(rest) => {
+                    if !matches!(a[i], Bson::Document(_) | Bson::Array(_)) {
+                        a[i] = Bson::Document(Document::new());
+                    }
+                    set_in(&mut a[i], rest, value);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -505,7 +564,9 @@ mod tests {
         let after = doc! {"_id": 1, "a": 5, "c": 3};
         let update = doc! {"$set": {"a": 5, "c": 3}, "$unset": {"b": ""}};
         let update_entry_o = |v, before: &Document, after: &Document| {
-            crate::update_log::operator_update_o(v, before, after, &update)
+            let (applied, log) = crate::world::apply_update(before, &update, v).unwrap();
+            assert_eq!(&applied, after);
+            crate::update_log::operator_update_o(v, &log)
         };
         for v in [
             ServerVersion::Legacy,

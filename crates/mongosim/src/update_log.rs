@@ -1,177 +1,231 @@
-//! How an operator update (`$set`, `$unset`, `$inc`) is logged: per modified path, as
-//! mongod's log builders write it (mongodb/mongo `src/mongo/db/update/`).
+//! How an operator update is logged: from the modifications the update made, as
+//! mongod's log builders write them (mongodb/mongo `src/mongo/db/update/`). The
+//! modifications ([`LogRecord`]) come from applying the update (`world/modifiers.rs`),
+//! as mongod's modifier nodes hand them to the log builder.
 //!
-//! * 5.0+ (`v2_log_builder.cpp`): a `$v: 2` delta built along each modified path. Fields
-//!   the update replaced are `u` entries at their own level, under `s<field>` sub-diffs
-//!   for the documents on the way (which existed before); a field the update created is an
-//!   `i` entry at the level of its first new component, holding the whole created
-//!   sub-document; an unset field is a `d` entry (`false`). A level serialises as `d`,
-//!   `u`, `i`, then its sub-diffs in the order they were first touched
-//!   (`document_diff_serialization.cpp`, `DocumentSubDiffFrame`).
-//! * 4.4 and earlier (`v1_log_builder.cpp`): `$set` with the dotted path of each updated
-//!   or created field and its new value, `$unset` with `{path: true}`; the sections in the
-//!   order first used; `$v: 1` first from 4.4 (`includeVersionField`).
+//! * 5.0+ (`v2_log_builder.cpp`; the serialisation moved to
+//!   `document_diff_serialization.cpp` later, same shapes): a `$v: 2` delta built as a
+//!   tree along each modified path. An updated field is a `u` entry of its level, a
+//!   created one an `i` entry at the level of its first new component holding the created
+//!   sub-document, a deleted one a `d` entry (`false`). A document on the way that existed
+//!   is an `s<field>` sub-diff; one whose next component is an array index is an array
+//!   diff: `a: true`, then per index in ascending order `u<index>` for an element updated
+//!   or created (a created element with a created sub-document holds it whole) and
+//!   `s<index>` for an element changed below. A level serialises as `d`, `u`, `i`, then
+//!   its sub-diffs, each in the order first touched (`DocumentSubDiffFrame`,
+//!   `ArrayFrame`). The log builder never writes `l` (a shrunk array is logged whole by
+//!   the array operators); `l` comes only from the diff calculator
+//!   (`document_diff_calculator.cpp`) of pipeline updates, which mongosim does not
+//!   simulate, as it does not simulate that calculator's fallback to a replacement when
+//!   the diff is not smaller than the post-image (`computeOplogDiff`).
+//! * 4.4 and earlier (`v1_log_builder.cpp`, `log_builder.cpp`): `$set` with the dotted
+//!   path (array indexes as numbers) of each updated or created field and its value,
+//!   `$unset` with `{path: true}`; the sections in the order first used; `$v: 1` first
+//!   from 4.4 (`includeVersionField`).
 //!
-//! A field set to the value it already had is not logged (mongod treats it as a no-op).
-//! The simulator has no array operators and no positional paths; a path through a value
-//! that is not a document (which mongod refuses) is logged as an update of that value.
+//! What each node logs is read from its `logUpdate` (`modifier_node.cpp`,
+//! `push_node.cpp`, `unset_node.cpp`, `addtoset_node.cpp`); the shapes are checked against
+//! the server's `jstests/replsets/oplog_format.js` (both formats per case) and
+//! `addtoset_node_test.cpp` (5.0 era), see `update_log_tests.rs`.
+
+use std::collections::BTreeMap;
 
 use bson::{Bson, Document};
 
 use crate::version::ServerVersion;
 
-/// One level of a `$v: 2` diff.
-#[derive(Default)]
-struct Level {
-    deletes: Vec<String>,
-    updates: Vec<(String, Bson)>,
-    inserts: Vec<(String, Bson)>,
-    subs: Vec<(String, Level)>,
+/// One component of a modified path as the update walked it (`RuntimeUpdatePath`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A field of a document.
+    Field(String),
+    /// An element of an array.
+    Index(usize),
 }
 
-impl Level {
-    fn sub(&mut self, name: &str) -> &mut Level {
-        let i = match self.subs.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
-            None => {
-                self.subs.push((name.to_owned(), Level::default()));
-                self.subs.len() - 1
+/// What happened at a path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Logged {
+    /// An existing value was replaced by this one (`logUpdatedField`).
+    Updated(Bson),
+    /// The path was created from component `first_new` on, with this leaf value
+    /// (`logCreatedField`).
+    Created {
+        /// Index in the path of the first component that did not exist.
+        first_new: usize,
+        /// The value at the end of the path.
+        value: Bson,
+    },
+    /// The field was removed (`logDeletedField`).
+    Deleted,
+}
+
+/// One modification, in the order the update made it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRecord {
+    /// The full path.
+    pub path: Vec<Part>,
+    /// What happened there.
+    pub what: Logged,
+}
+
+/// A node of the `$v: 2` tree (`v2_log_builder.h`).
+enum Node {
+    Update(Bson),
+    Insert(Bson),
+    Delete,
+    /// A document that existed, changed below (`DocumentSubDiffNode`).
+    SubDiff(Vec<(String, Node)>),
+    /// A document created by the update (`DocumentInsertionNode`).
+    DocInsert(Vec<(String, Node)>),
+    /// An array changed below (`ArrayNode`).
+    Array(BTreeMap<usize, Node>),
+}
+
+impl Node {
+    fn child(&mut self, key: &Part) -> Option<&mut Node> {
+        match (self, key) {
+            (Node::SubDiff(c) | Node::DocInsert(c), Part::Field(f)) => {
+                c.iter_mut().find(|(n, _)| n == f).map(|(_, n)| n)
             }
-        };
-        &mut self.subs[i].1
+            (Node::Array(c), Part::Index(i)) => c.get_mut(i),
+            _ => None,
+        }
     }
 
-    fn is_empty(&self) -> bool {
-        self.deletes.is_empty()
-            && self.updates.is_empty()
-            && self.inserts.is_empty()
-            && self.subs.iter().all(|(_, s)| s.is_empty())
+    /// Adds a child; a name already taken keeps its first node (the parser's conflict
+    /// rule makes that unreachable).
+    fn add(&mut self, key: &Part, node: Node) -> Option<&mut Node> {
+        match (self, key) {
+            (Node::SubDiff(c) | Node::DocInsert(c), Part::Field(f)) => {
+                if !c.iter().any(|(n, _)| n == f) {
+                    c.push((f.clone(), node));
+                }
+                c.iter_mut().find(|(n, _)| n == f).map(|(_, n)| n)
+            }
+            (Node::Array(c), Part::Index(i)) => Some(c.entry(*i).or_insert(node)),
+            _ => None,
+        }
     }
 
-    fn serialize(&self) -> Document {
-        let mut d = Document::new();
-        if !self.deletes.is_empty() {
-            d.insert(
-                "d",
-                self.deletes
-                    .iter()
-                    .map(|k| (k.clone(), Bson::Boolean(false)))
-                    .collect::<Document>(),
-            );
+    fn is_internal(&self) -> bool {
+        matches!(self, Node::SubDiff(_) | Node::DocInsert(_) | Node::Array(_))
+    }
+}
+
+/// `V2LogBuilder::addNodeAtPath`.
+fn add_at_path(root: &mut Node, path: &[Part], leaf: Node, first_new: Option<usize>) {
+    let mut node = root;
+    for (i, part) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            node.add(part, leaf);
+            return;
         }
-        if !self.updates.is_empty() {
-            d.insert("u", self.updates.iter().cloned().collect::<Document>());
+        if node.child(part).is_none() {
+            let internal = if matches!(path[i + 1], Part::Index(_)) {
+                Node::Array(BTreeMap::new())
+            } else if first_new.is_some_and(|k| i >= k) {
+                Node::DocInsert(Vec::new())
+            } else {
+                Node::SubDiff(Vec::new())
+            };
+            node.add(part, internal);
         }
-        if !self.inserts.is_empty() {
-            d.insert("i", self.inserts.iter().cloned().collect::<Document>());
+        match node.child(part) {
+            Some(n) if n.is_internal() => node = n,
+            // A leaf already logged here: nothing below it can be added.
+            _ => return,
         }
-        for (name, sub) in &self.subs {
-            if !sub.is_empty() {
-                d.insert(format!("s{name}"), sub.serialize());
+    }
+}
+
+fn key_of(p: &Part) -> String {
+    match p {
+        Part::Field(f) => f.clone(),
+        Part::Index(i) => i.to_string(),
+    }
+}
+
+/// An inserted value: a leaf as is, a created document built from its inserts.
+fn insert_value(node: &Node) -> Bson {
+    match node {
+        Node::Insert(v) | Node::Update(v) => v.clone(),
+        Node::DocInsert(children) => Bson::Document(
+            children
+                .iter()
+                .map(|(k, n)| (k.clone(), insert_value(n)))
+                .collect(),
+        ),
+        _ => Bson::Null,
+    }
+}
+
+fn serialize(node: &Node) -> Document {
+    let mut d = Document::new();
+    match node {
+        Node::SubDiff(children) => {
+            let deletes: Document = children
+                .iter()
+                .filter(|(_, n)| matches!(n, Node::Delete))
+                .map(|(k, _)| (k.clone(), Bson::Boolean(false)))
+                .collect();
+            let updates: Document = children
+                .iter()
+                .filter_map(|(k, n)| match n {
+                    Node::Update(v) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+            let inserts: Document = children
+                .iter()
+                .filter(|(_, n)| matches!(n, Node::Insert(_) | Node::DocInsert(_)))
+                .map(|(k, n)| (k.clone(), insert_value(n)))
+                .collect();
+            for (name, section) in [("d", deletes), ("u", updates), ("i", inserts)] {
+                if !section.is_empty() {
+                    d.insert(name, section);
+                }
+            }
+            for (k, n) in children {
+                if matches!(n, Node::SubDiff(_) | Node::Array(_)) {
+                    d.insert(format!("s{k}"), serialize(n));
+                }
             }
         }
-        d
-    }
-}
-
-fn value_at<'a>(doc: &'a Document, parts: &[&str]) -> Option<&'a Bson> {
-    let (first, rest) = parts.split_first()?;
-    let mut cur = doc.get(*first)?;
-    for p in rest {
-        cur = match cur {
-            Bson::Document(d) => d.get(*p)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
-}
-
-/// How much of `parts` exists in `doc` as documents on the way: `Ok(n)` when the first
-/// `n` components exist (all of them: the field exists), `Err(j)` when component `j`
-/// exists but is not a document and the path continues below it.
-fn existing_prefix(doc: &Document, parts: &[&str]) -> Result<usize, usize> {
-    let mut cur = doc;
-    for (i, p) in parts.iter().enumerate() {
-        match cur.get(*p) {
-            None => return Ok(i),
-            Some(Bson::Document(d)) => cur = d,
-            Some(_) if i + 1 == parts.len() => return Ok(i + 1),
-            Some(_) => return Err(i),
+        Node::Array(children) => {
+            d.insert("a", true);
+            for (i, n) in children {
+                match n {
+                    Node::Update(_) | Node::Insert(_) | Node::DocInsert(_) => {
+                        d.insert(format!("u{i}"), insert_value(n));
+                    }
+                    Node::SubDiff(_) | Node::Array(_) => {
+                        d.insert(format!("s{i}"), serialize(n));
+                    }
+                    Node::Delete => {}
+                }
+            }
         }
+        _ => {}
     }
-    Ok(parts.len())
+    d
 }
 
-/// The paths an operator update touches, in the order its operators list them, each
-/// with whether it was unset.
-fn touched(update: &Document) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    for (op, arg) in update {
-        let Bson::Document(arg) = arg else { continue };
-        let unset = op == "$unset";
-        if matches!(op.as_str(), "$set" | "$unset" | "$inc") {
-            out.extend(arg.keys().map(|k| (k.clone(), unset)));
-        }
-    }
-    out
-}
-
-/// The `o` of the update entry for operator update `update`, which turned `before` into
-/// `after`.
-pub fn operator_update_o(
-    version: ServerVersion,
-    before: &Document,
-    after: &Document,
-    update: &Document,
-) -> Document {
+/// The `o` of the update entry for an operator update that made `log`'s modifications.
+pub fn operator_update_o(version: ServerVersion, log: &[LogRecord]) -> Document {
     if version.diff_updates() {
-        let mut root = Level::default();
-        for (path, unset) in touched(update) {
-            let parts: Vec<&str> = path.split('.').collect();
-            let n = parts.len();
-            match existing_prefix(before, &parts) {
-                Err(j) => {
-                    // Through a non-document: the value at component j was replaced.
-                    let mut level = &mut root;
-                    for p in &parts[..j] {
-                        level = level.sub(p);
-                    }
-                    if let Some(v) = value_at(after, &parts[..=j]) {
-                        level.updates.push((parts[j].to_owned(), v.clone()));
-                    }
+        let mut root = Node::SubDiff(Vec::new());
+        for rec in log {
+            let (leaf, first_new) = match &rec.what {
+                Logged::Updated(v) => (Node::Update(v.clone()), None),
+                Logged::Created { first_new, value } => {
+                    (Node::Insert(value.clone()), Some(*first_new))
                 }
-                Ok(k) if k == n => {
-                    let mut level = &mut root;
-                    for p in &parts[..n - 1] {
-                        level = level.sub(p);
-                    }
-                    let old = value_at(before, &parts);
-                    match value_at(after, &parts) {
-                        None if unset => level.deletes.push(parts[n - 1].to_owned()),
-                        Some(v) if !unset && Some(v) != old => {
-                            level.updates.push((parts[n - 1].to_owned(), v.clone()))
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(k) => {
-                    if unset {
-                        continue; // unsetting a missing field changes nothing
-                    }
-                    let mut level = &mut root;
-                    for p in &parts[..k] {
-                        level = level.sub(p);
-                    }
-                    // Everything below the first new component was created by this update.
-                    if !level.inserts.iter().any(|(name, _)| name == parts[k]) {
-                        if let Some(v) = value_at(after, &parts[..=k]) {
-                            level.inserts.push((parts[k].to_owned(), v.clone()));
-                        }
-                    }
-                }
-            }
+                Logged::Deleted => (Node::Delete, None),
+            };
+            add_at_path(&mut root, &rec.path, leaf, first_new);
         }
-        bson::doc! {"$v": 2, "diff": root.serialize()}
+        bson::doc! {"$v": 2, "diff": serialize(&root)}
     } else {
         let mut o = Document::new();
         if version.has_terms() {
@@ -180,23 +234,20 @@ pub fn operator_update_o(
         let mut set = Document::new();
         let mut unset = Document::new();
         let mut order: Vec<&str> = Vec::new();
-        for (path, is_unset) in touched(update) {
-            let parts: Vec<&str> = path.split('.').collect();
-            let old = value_at(before, &parts);
-            match (is_unset, value_at(after, &parts)) {
-                (true, None) if old.is_some() => {
-                    unset.insert(path.clone(), true);
-                    if !order.contains(&"$unset") {
-                        order.push("$unset");
-                    }
+        for rec in log {
+            let dotted = rec.path.iter().map(key_of).collect::<Vec<_>>().join(".");
+            let section = match &rec.what {
+                Logged::Updated(v) | Logged::Created { value: v, .. } => {
+                    set.insert(dotted, v.clone());
+                    "$set"
                 }
-                (false, Some(v)) if Some(v) != old => {
-                    set.insert(path.clone(), v.clone());
-                    if !order.contains(&"$set") {
-                        order.push("$set");
-                    }
+                Logged::Deleted => {
+                    unset.insert(dotted, true);
+                    "$unset"
                 }
-                _ => {}
+            };
+            if !order.contains(&section) {
+                order.push(section);
             }
         }
         for section in order {
@@ -210,69 +261,5 @@ pub fn operator_update_o(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bson::doc;
-
-    fn v2(before: Document, update: Document) -> Document {
-        let after = crate::world::apply_modifiers(&before, &update).unwrap();
-        let o = operator_update_o(ServerVersion::V7_0, &before, &after, &update);
-        // What the simulator's own secondaries apply gives the same document.
-        let mut applied = before.clone();
-        crate::oplog::apply_update_o(&mut applied, &o);
-        assert_eq!(applied, after, "{o}");
-        o.get_document("diff").unwrap().clone()
-    }
-
-    #[test]
-    fn nested_paths_are_sub_diffs_as_mongod_logs_them() {
-        let before = doc! {"_id": 1, "a": {"b": 1, "c": {"d": 2}}, "x": 1, "gone": 0};
-        // Updated leaf below existing documents.
-        assert_eq!(
-            v2(before.clone(), doc! {"$set": {"a.c.d": 3}}),
-            doc! {"sa": {"sc": {"u": {"d": 3}}}}
-        );
-        // A created field below an existing document; a created parent holds the whole
-        // new sub-document.
-        assert_eq!(
-            v2(
-                before.clone(),
-                doc! {"$set": {"a.new": 1, "n.p.q": 2, "n.r": 3}}
-            ),
-            doc! {"i": {"n": {"p": {"q": 2}, "r": 3}}, "sa": {"i": {"new": 1}}}
-        );
-        // d, u, i at one level, then sub-diffs; unsetting a missing field is nothing.
-        assert_eq!(
-            v2(
-                before.clone(),
-                doc! {"$set": {"a.b": 5, "x": 2, "y": 1}, "$unset": {"gone": "", "nope": ""}, "$inc": {"a.c.d": 1}}
-            ),
-            doc! {"d": {"gone": false}, "u": {"x": 2}, "i": {"y": 1}, "sa": {"u": {"b": 5}, "sc": {"u": {"d": 3}}}}
-        );
-        // Setting a field to its value is not logged.
-        assert_eq!(
-            v2(before.clone(), doc! {"$set": {"x": 1, "a.b": 2}}),
-            doc! {"sa": {"u": {"b": 2}}}
-        );
-        // A whole sub-document replaced is an update of that field.
-        assert_eq!(
-            v2(before, doc! {"$set": {"a": {"z": 1}}}),
-            doc! {"u": {"a": {"z": 1}}}
-        );
-    }
-
-    #[test]
-    fn before_5_0_dotted_paths_go_to_set_and_unset() {
-        let before = doc! {"_id": 1, "a": {"b": 1}, "x": 1};
-        let update = doc! {"$unset": {"x": ""}, "$set": {"a.b": 2, "a.n.m": 3}};
-        let after = crate::world::apply_modifiers(&before, &update).unwrap();
-        assert_eq!(
-            operator_update_o(ServerVersion::V4_4, &before, &after, &update),
-            doc! {"$v": 1, "$unset": {"x": true}, "$set": {"a.b": 2, "a.n.m": 3}}
-        );
-        assert_eq!(
-            operator_update_o(ServerVersion::Legacy, &before, &after, &update),
-            doc! {"$unset": {"x": true}, "$set": {"a.b": 2, "a.n.m": 3}}
-        );
-    }
-}
+#[path = "update_log_tests.rs"]
+mod tests;

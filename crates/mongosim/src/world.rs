@@ -40,6 +40,8 @@ use crate::version::ServerVersion;
 mod data;
 mod ddl;
 pub mod history;
+mod modifier_args;
+mod modifiers;
 mod prepared;
 mod replication;
 mod resharding;
@@ -53,8 +55,9 @@ mod commit_rule_tests;
 #[cfg(test)]
 mod tests;
 
-pub use data::{apply_entry, apply_modifiers, bad_value, Collection};
+pub use data::{apply_entry, bad_value, Collection};
 pub use ddl::CollMeta;
+pub use modifiers::{apply_modifiers, apply_update};
 pub use prepared::{coordinator_id, no_such_transaction, Decision, COORDINATORS_NS};
 pub use resharding::{ReshardProvenance, Resharding};
 pub use sessions::{txn_key, RetryImage, SessionCtx};

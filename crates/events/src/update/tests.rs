@@ -109,6 +109,60 @@ fn removed_fields_and_truncated_arrays() {
     );
 }
 
+/// The array shapes the server's update operators log (mongodb/mongo
+/// `jstests/replsets/oplog_format.js`, `src/mongo/db/update/v2_log_builder.cpp`,
+/// `push_node.cpp`, `unset_node.cpp`), each decoded and applied to its pre-image.
+#[test]
+fn array_diffs_the_update_operators_log() {
+    let check = |pre: Document, diff: Document, want: Vec<(&str, Bson)>, post: Document| {
+        let d = delta(diff.clone());
+        let got: Vec<(&str, Bson)> = d
+            .updated_fields
+            .iter()
+            .map(|(p, v)| (p.as_str(), v.clone()))
+            .collect();
+        assert_eq!(got, want, "{diff}");
+        assert_eq!(apply(&pre, &d).unwrap(), post, "{diff}");
+    };
+    // $inc of "a.0" (oplog_format.js): an element replaced.
+    check(
+        doc! {"a": [2]},
+        doc! {"sa": {"a": true, "u0": 3}},
+        vec![("a.0", Bson::Int32(3))],
+        doc! {"a": [3]},
+    );
+    // $push appending to a non-empty array: each new element a u<index> at the end.
+    check(
+        doc! {"a": [0]},
+        doc! {"sa": {"a": true, "u1": 1, "u2": 2}},
+        vec![("a.1", Bson::Int32(1)), ("a.2", Bson::Int32(2))],
+        doc! {"a": [0, 1, 2]},
+    );
+    // $set of "a.3.z" on a one-element array: the element created with its sub-document,
+    // the array padded with nulls (v2_log_builder.cpp, kDocumentInsert in an array).
+    check(
+        doc! {"a": [1]},
+        doc! {"sa": {"a": true, "u3": {"z": 2}}},
+        vec![("a.3", Bson::Document(doc! {"z": 2}))],
+        doc! {"a": [1, null, null, {"z": 2}]},
+    );
+    // An element changed below (s<index>), in a document and in a nested array; $unset of
+    // an element logs it updated to null.
+    check(
+        doc! {"a": [{"b": 1}, [0, 1]]},
+        doc! {"sa": {"a": true, "s0": {"i": {"c": 1}}, "s1": {"a": true, "u0": null}}},
+        vec![("a.0.c", Bson::Int32(1)), ("a.1.0", Bson::Null)],
+        doc! {"a": [{"b": 1, "c": 1}, [null, 1]]},
+    );
+    // A truncation (l, from a diff the calculator computed) before the elements.
+    let d = delta(doc! {"sa": {"a": true, "l": 1, "u0": 5}});
+    assert_eq!(d.truncated_arrays, [("a".to_owned(), 1)]);
+    assert_eq!(apply(&doc! {"a": [1, 2, 3]}, &d).unwrap(), doc! {"a": [5]});
+    // An index far beyond what the server would pad is an error, not an allocation.
+    let d = delta(doc! {"sa": {"a": true, "u4000000000": 1}});
+    assert!(apply(&doc! {"a": []}, &d).is_err());
+}
+
 #[test]
 fn combination_of_ambiguous_fields() {
     let d = delta(doc! {

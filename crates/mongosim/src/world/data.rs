@@ -1,5 +1,5 @@
-//! Collections and documents on one node: the `_id`-indexed [`Collection`], update
-//! modifiers (`$set`, `$unset`, `$inc`) and applying an oplog entry to a node's data.
+//! Collections and documents on one node: the `_id`-indexed [`Collection`] and applying
+//! an oplog entry to a node's data (operator updates are in `modifiers.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -114,124 +114,6 @@ pub fn bad_value(e: matcher::BadFilter) -> CmdError {
     CmdError::new(2, "BadValue", e.0)
 }
 
-/// Applies `$set`, `$unset`, `$inc` to a copy of `doc`.
-///
-/// # Errors
-/// FailedToParse (9) for unsupported modifiers.
-pub fn apply_modifiers(doc: &Document, u: &Document) -> Result<Document, CmdError> {
-    let mut out = doc.clone();
-    // mongod refuses a path that runs through a value that is not a document:
-    // PathNotViable (28) "Cannot create field 'b' in element {a: 5}"
-    // (`src/mongo/db/update/path_creating_node.cpp`, `path_support.cpp`). Paths into
-    // arrays (positional updates) are not simulated.
-    for (op, arg) in u {
-        if !matches!(op.as_str(), "$set" | "$inc") {
-            continue;
-        }
-        let Bson::Document(arg) = arg else { continue };
-        for path in arg.keys() {
-            let parts: Vec<&str> = path.split('.').collect();
-            let mut cur = doc;
-            for (i, p) in parts.iter().enumerate().take(parts.len() - 1) {
-                match cur.get(*p) {
-                    None => break,
-                    Some(Bson::Document(d)) => cur = d,
-                    Some(Bson::Array(_)) => {
-                        return Err(CmdError::new(
-                            2,
-                            "BadValue",
-                            format!(
-                                "the simulator does not support update paths into arrays ({path})"
-                            ),
-                        ))
-                    }
-                    Some(v) => {
-                        return Err(CmdError::new(
-                            28,
-                            "PathNotViable",
-                            format!(
-                                "Cannot create field '{}' in element {{{}: {}}}",
-                                parts[i + 1],
-                                p,
-                                v
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
-    }
-    for (op, arg) in u {
-        let Bson::Document(arg) = arg else {
-            return Err(CmdError::new(
-                9,
-                "FailedToParse",
-                format!(
-                    "Modifiers operate on fields but we found type {} instead",
-                    "non-object"
-                ),
-            ));
-        };
-        match op.as_str() {
-            "$set" => {
-                for (k, v) in arg {
-                    oplog::set_path(&mut out, k, v.clone());
-                }
-            }
-            "$unset" => {
-                for (k, _) in arg {
-                    oplog::unset_path(&mut out, k);
-                }
-            }
-            "$inc" => {
-                for (k, v) in arg {
-                    let cur = matcher::lookup(&out, k).cloned();
-                    let new = match (cur, v) {
-                        (None, v) => v.clone(),
-                        (Some(Bson::Int32(a)), Bson::Int32(b)) => Bson::Int32(a.wrapping_add(*b)),
-                        (Some(Bson::Int64(a)), Bson::Int32(b)) => Bson::Int64(a + i64::from(*b)),
-                        (Some(Bson::Int32(a)), Bson::Int64(b)) => Bson::Int64(i64::from(a) + b),
-                        (Some(Bson::Int64(a)), Bson::Int64(b)) => Bson::Int64(a + b),
-                        (Some(a), _)
-                            if !matches!(
-                                a,
-                                Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_)
-                            ) =>
-                        {
-                            // `src/mongo/db/update/arithmetic_node.cpp`
-                            // (`updateExistingElement`).
-                            return Err(CmdError::new(
-                                14,
-                                "TypeMismatch",
-                                format!(
-                                    "Cannot apply $inc to a value of non-numeric type. {{_id: {}}} has the field '{}' of non-numeric type {}",
-                                    doc.get("_id").cloned().unwrap_or(Bson::Null),
-                                    k.rsplit('.').next().unwrap_or(k),
-                                    type_name(&a)
-                                ),
-                            ))
-                        }
-                        (Some(a), b) => {
-                            let fa = a.as_f64().or_else(|| a.as_i64().map(|x| x as f64)).unwrap_or(0.0);
-                            let fb = b.as_f64().or_else(|| b.as_i32().map(f64::from)).or_else(|| b.as_i64().map(|x| x as f64)).unwrap_or(0.0);
-                            Bson::Double(fa + fb)
-                        }
-                    };
-                    oplog::set_path(&mut out, k, new);
-                }
-            }
-            other => {
-                return Err(CmdError::new(
-                    9,
-                    "FailedToParse",
-                    format!("Unknown modifier: {other}. Expected a valid update modifier or pipeline-style update specified as an array"),
-                ))
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Applies an oplog entry to a node's data (idempotently, as oplog application must be).
 pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
     let op = entry.get_str("op").unwrap_or("n");
@@ -288,22 +170,5 @@ pub fn apply_entry(data: &mut BTreeMap<String, Collection>, entry: &Document) {
             }
         }
         _ => {}
-    }
-}
-
-/// The server's name of a BSON type (`typeName` in mongod's messages).
-fn type_name(v: &Bson) -> &'static str {
-    match v {
-        Bson::Double(_) => "double",
-        Bson::String(_) => "string",
-        Bson::Document(_) => "object",
-        Bson::Array(_) => "array",
-        Bson::Boolean(_) => "bool",
-        Bson::Null => "null",
-        Bson::Int32(_) => "int",
-        Bson::Int64(_) => "long",
-        Bson::DateTime(_) => "date",
-        Bson::ObjectId(_) => "objectId",
-        _ => "other",
     }
 }

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 
-use super::data::{apply_modifiers, bad_value, id_key, Collection};
+use super::data::{bad_value, id_key, Collection};
 use super::history::{apply_recorded, prune};
+use super::modifiers::apply_update;
 use super::{now_secs, CmdError, RetryImage, World};
 use crate::matcher;
 use crate::oplog::{self, ts_key, Entry, EntryId, OpSpec};
@@ -348,7 +349,7 @@ impl World {
                 }
             }
             let new_doc = if is_modifier {
-                apply_modifiers(&base, u)?
+                apply_update(&base, u, self.version)?.0
             } else {
                 let mut d = u.clone();
                 if let Some(id) = base.get("_id") {
@@ -372,8 +373,8 @@ impl World {
         for before in &targets {
             let id = before.get("_id").cloned().unwrap_or(Bson::Null);
             let (after, o) = if is_modifier {
-                let after = apply_modifiers(before, u)?;
-                let o = crate::update_log::operator_update_o(self.version, before, &after, u);
+                let (after, log) = apply_update(before, u, self.version)?;
+                let o = crate::update_log::operator_update_o(self.version, &log);
                 (after, o)
             } else {
                 let mut after = doc! {"_id": id.clone()};
@@ -559,8 +560,8 @@ impl World {
             ),
             Some(u) => {
                 let (after, o) = if u.keys().any(|k| k.starts_with('$')) {
-                    let after = apply_modifiers(&before, u)?;
-                    let o = crate::update_log::operator_update_o(self.version, &before, &after, u);
+                    let (after, log) = apply_update(&before, u, self.version)?;
+                    let o = crate::update_log::operator_update_o(self.version, &log);
                     (after, o)
                 } else {
                     let mut after = doc! {"_id": id.clone()};
