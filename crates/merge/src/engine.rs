@@ -298,15 +298,19 @@ impl<P> Merge<P> {
     /// Releases through the highest ready pending entry at or below `upto` (all of them
     /// with `None`).
     fn release_ready(&mut self, upto: Option<Timestamp>) {
-        let mut top = None;
-        for (i, p) in self.pending.iter().enumerate() {
-            if upto.is_some_and(|u| p.id.ts > u) {
-                break;
+        // The highest ready entry, searched from the top of the range where one can be: no
+        // entry after the quorum-th highest position the voters reported has a quorum
+        // (each voter's reports are its stream's entries in order, and forgetting a
+        // member's reports resets its position). Without this bound every report of a
+        // member far ahead of the others rescanned the whole backlog behind it.
+        let top = match self.quorum_bound() {
+            None => None,
+            Some(bound) => {
+                let limit = upto.map_or(bound, |u| u.min(bound));
+                let end = self.pending.partition_point(|p| p.id.ts <= limit);
+                (0..end).rev().find(|&i| self.ready(&self.pending[i]))
             }
-            if self.ready(p) {
-                top = Some(i);
-            }
-        }
+        };
         if self.require_payload {
             if let Some(i) = top {
                 self.top_ready = self.top_ready.max(Some(self.pending[i].id));
@@ -317,6 +321,31 @@ impl<P> Merge<P> {
         } else if let Some(i) = top {
             self.release_through(i);
         }
+    }
+
+    /// The `quorum`-th highest `ts` the voters' streams reported: no entry after it can
+    /// have a quorum of voters' reports. `None` while fewer voters than the quorum
+    /// reported anything.
+    fn quorum_bound(&self) -> Option<Timestamp> {
+        let q = self.quorum as usize;
+        if q == 0 {
+            return None;
+        }
+        // At most 64 voters: a fixed array, no allocation per call.
+        let mut lasts = [Timestamp::default(); MAX_NODES];
+        let mut n = 0;
+        for v in self.voters.iter() {
+            if let Some(l) = self.nodes[v.0 as usize].last {
+                lasts[n] = l.ts;
+                n += 1;
+            }
+        }
+        if n < q {
+            return None;
+        }
+        let lasts = &mut lasts[..n];
+        lasts.sort_unstable_by(|a, b| b.cmp(a));
+        Some(lasts[q - 1])
     }
 
     /// A member's view of the commit point, read from the member (hello's
