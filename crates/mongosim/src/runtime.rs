@@ -166,6 +166,11 @@ pub(crate) struct ConnCtx {
 
 /// Binds `127.0.0.1:port` (0 = ephemeral) for a process to listen on.
 pub(crate) async fn bind(port: u16) -> Result<(TcpListener, SocketAddr), SimError> {
+    if port == 0 {
+        if let Some(found) = bind_below_ephemeral().await {
+            return Ok(found);
+        }
+    }
     let sock = SocketAddr::from(([127, 0, 0, 1], port));
     let addr = sock.to_string();
     // A just-killed listener may take a moment to release the port: retry briefly.
@@ -193,6 +198,36 @@ pub(crate) async fn bind(port: u16) -> Result<(TcpListener, SocketAddr), SimErro
 }
 
 /// Binds `count` consecutive ports from `base + offset` (all ephemeral when `base` is 0).
+/// Ports handed out when no port is asked for lie below Linux's ephemeral range (32768 on):
+/// a port a killed process frees is then never given to some outgoing connection before
+/// the process is restarted on it (which made restarts fail with AddrInUse under load).
+const OWN_PORTS: std::ops::Range<u16> = 20_000..32_700;
+
+/// Where this process's next port search starts; spread by process id so that test
+/// processes running side by side search different parts of the range.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Binds the next free port of [`OWN_PORTS`]; `None` when none is free.
+async fn bind_below_ephemeral() -> Option<(TcpListener, SocketAddr)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let span = u32::from(OWN_PORTS.end - OWN_PORTS.start);
+    let _ = NEXT_PORT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % span,
+        Relaxed,
+        Relaxed,
+    );
+    for _ in 0..span {
+        let i = NEXT_PORT.fetch_add(1, Relaxed) % span;
+        let port = OWN_PORTS.start + u16::try_from(i).ok()?;
+        if let Ok(l) = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            let a = l.local_addr().ok()?;
+            return Some((l, a));
+        }
+    }
+    None
+}
+
 pub(crate) async fn bind_many(
     base: u16,
     offset: usize,
