@@ -79,6 +79,40 @@ pub struct Merge<P> {
     top_ready: Option<EntryId>,
 }
 
+/// How many pending entries have `ts <= limit` (`pending` is sorted by identity): a
+/// galloping search from the front. The entries a commit reading makes ready are few and at
+/// the front, while the backlog behind them can be long; a plain binary search over the
+/// whole deque touched a cache line per probe on every reading (7% of quorumtail's CPU in
+/// the e2e profile), this touches about twice the log of the answer.
+fn gallop_at_or_below<P>(pending: &VecDeque<Pending<P>>, limit: Timestamp) -> usize {
+    let len = pending.len();
+    let below = |i: usize| pending[i].id.ts <= limit;
+    if len == 0 || !below(0) {
+        return 0;
+    }
+    // Invariant: below(lo); hi is len or !below(hi).
+    let (mut lo, mut step) = (0usize, 1usize);
+    let mut hi = len;
+    while lo + step < len {
+        if below(lo + step) {
+            lo += step;
+            step *= 2;
+        } else {
+            hi = lo + step;
+            break;
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if below(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo + 1
+}
+
 impl<P> Merge<P> {
     /// An engine for `nodes` voting members (ids `0..nodes`) and the given quorum, ignoring
     /// everything at or before `start` (the checkpoint, or the start position).
@@ -307,7 +341,7 @@ impl<P> Merge<P> {
             None => None,
             Some(bound) => {
                 let limit = upto.map_or(bound, |u| u.min(bound));
-                let end = self.pending.partition_point(|p| p.id.ts <= limit);
+                let end = gallop_at_or_below(&self.pending, limit);
                 (0..end).rev().find(|&i| self.ready(&self.pending[i]))
             }
         };
@@ -714,5 +748,35 @@ impl<P> Merge<P> {
     /// Counters since creation.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod gallop_tests {
+    use super::*;
+
+    #[test]
+    fn gallop_counts_what_a_binary_search_counts() {
+        // Every length up to 70 (several doublings, odd ends), timestamps with repeats
+        // (two terms of one ts), every limit from below the first to above the last.
+        for len in 0..70u32 {
+            let pending: VecDeque<Pending<()>> = (0..len)
+                .map(|i| Pending {
+                    id: EntryId::new(Timestamp::new(10 + i / 2, 0), i64::from(i % 2)),
+                    digest: None,
+                    reporters: NodeSet::EMPTY,
+                    diverged: NodeSet::EMPTY,
+                    payload: None,
+                })
+                .collect();
+            for t in 0..(len / 2 + 13) {
+                let limit = Timestamp::new(t, 0);
+                assert_eq!(
+                    gallop_at_or_below(&pending, limit),
+                    pending.partition_point(|p| p.id.ts <= limit),
+                    "len {len}, limit {t}"
+                );
+            }
+        }
     }
 }
