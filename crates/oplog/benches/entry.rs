@@ -4,12 +4,16 @@
 //! and, before layouts, parsed it again when the merge released it; now the release takes
 //! the view.
 //!
+//! `encode` is the record of the default format (relaxed Extended JSON) made from the view.
+//!
 //! `cargo bench -p quorumtail-oplog --bench entry` (figures in docs/benchmarks.md).
 
 use std::hint::black_box;
 
 use bson::{rawdoc, Binary, RawDocumentBuf};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use quorumtail_oplog::extjson::Mode;
+use quorumtail_oplog::record::encode_entry_as;
 use quorumtail_oplog::{EntryLayout, OplogEntry};
 
 /// Shapes the pipeline reads: a 7.0 insert of a ~300-byte document (as in the end-to-end
@@ -70,6 +74,17 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("{name}/parse_and_layout"), |b| {
             b.iter(|| OplogEntry::parse(black_box(&raw)).unwrap().layout())
+        });
+        // The record the default format makes of the entry (relaxed Extended JSON), into a
+        // reused buffer: what the emitter does per released entry.
+        let view = layout.view(&raw).unwrap();
+        let mut out = Vec::with_capacity(2048);
+        g.bench_function(format!("{name}/encode"), |b| {
+            b.iter(|| {
+                out.clear();
+                encode_entry_as(Mode::Relaxed, "shard01", black_box(&view), &mut out).unwrap();
+                out.len()
+            })
         });
     }
     g.finish();

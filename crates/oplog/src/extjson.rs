@@ -9,8 +9,6 @@
 //! The output follows the Extended JSON v2 specification (mongodb/specifications,
 //! `extended-json.md`) and is checked against the `bson` crate's own converter in tests.
 
-use std::fmt::Write as _;
-
 use base64::Engine as _;
 use bson::{RawArray, RawBsonRef, RawDocument};
 
@@ -135,15 +133,15 @@ pub fn write_value(
                 .unwrap_or(0);
             out.truncate(start + written);
             let st: u8 = b.subtype.into();
-            let mut hex = String::with_capacity(2);
-            let _ = write!(hex, "{st:02x}");
             out.extend_from_slice(b"\",\"subType\":\"");
-            out.extend_from_slice(hex.as_bytes());
+            out.extend_from_slice(&[HEX[usize::from(st >> 4)], HEX[usize::from(st & 0xf)]]);
             out.extend_from_slice(b"\"}}");
         }
         RawBsonRef::ObjectId(oid) => {
             out.extend_from_slice(b"{\"$oid\":\"");
-            out.extend_from_slice(oid.to_hex().as_bytes());
+            for b in oid.bytes() {
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            }
             out.extend_from_slice(b"\"}");
         }
         RawBsonRef::DateTime(dt) => write_date(dt.timestamp_millis(), mode, out),
@@ -210,23 +208,39 @@ fn write_date(millis: i64, mode: Mode, out: &mut Vec<u8>) {
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        let mut s = String::with_capacity(32);
-        let _ = write!(
-            s,
-            "{{\"$date\":\"{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        );
+        // Written digit by digit: `write!` through a String cost a few hundred ns a date,
+        // and every insert carries at least one (`wall`).
+        out.extend_from_slice(b"{\"$date\":\"");
+        digits(y as u32, 4, out);
+        out.push(b'-');
+        digits(m, 2, out);
+        out.push(b'-');
+        digits(d, 2, out);
+        out.push(b'T');
+        digits((sod / 3600) as u32, 2, out);
+        out.push(b':');
+        digits(((sod / 60) % 60) as u32, 2, out);
+        out.push(b':');
+        digits((sod % 60) as u32, 2, out);
         if ms != 0 {
-            let _ = write!(s, ".{ms:03}");
+            out.push(b'.');
+            digits(ms as u32, 3, out);
         }
-        s.push_str("Z\"}");
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"Z\"}");
     } else {
         out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
         out.extend_from_slice(itoa::Buffer::new().format(millis).as_bytes());
         out.extend_from_slice(b"\"}}");
+    }
+}
+
+/// Appends `v` as exactly `width` decimal digits, zero-padded (`v < 10^width`).
+fn digits(mut v: u32, width: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
@@ -258,43 +272,53 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Bytes a JSON string literal must escape: `"`, `\\` and the control characters.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// Appends `s` as a JSON string literal.
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                let _ = write!(HexSink(out), "\\u{b:04x}");
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+    // Runs without anything to escape (nearly every string) are copied whole.
+    while let Some(off) = bytes[start..].iter().position(|&b| ESCAPE[usize::from(b)]) {
+        let i = start + off;
         out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        let b = bytes[i];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
-}
-
-struct HexSink<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for HexSink<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
