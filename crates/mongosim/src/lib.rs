@@ -590,6 +590,7 @@
 //! the Rust driver (rustls) and pymongo (OpenSSL).
 
 pub mod auth;
+pub mod bsoncolumn;
 pub mod cluster;
 pub mod codec;
 pub(crate) mod commands;
