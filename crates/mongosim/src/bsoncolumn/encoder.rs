@@ -170,7 +170,8 @@ impl BlockSink for Writer<'_> {
     fn block(&mut self, word: u64, pending: PendingView<'_>) {
         increment_count(self.buf, self.cbo, self.scale);
         self.buf.extend_from_slice(&word.to_le_bytes());
-        if let (Some(prev), Some(out)) = (self.double_prev, self.last_value_in_prev_block.as_mut()) {
+        if let (Some(prev), Some(out)) = (self.double_prev, self.last_value_in_prev_block.as_mut())
+        {
             let mut current = prev;
             for v in pending.values().iter().rev().flatten() {
                 current = current.wrapping_sub(unzigzag64(*v));
@@ -217,7 +218,12 @@ impl Encoder64 {
         }
     }
 
-    fn writer<'a>(&'a mut self, t: u8, buf: &'a mut Vec<u8>, cbo: &'a mut Option<usize>) -> (&'a mut Simple8bBuilder, Writer<'a>) {
+    fn writer<'a>(
+        &'a mut self,
+        t: u8,
+        buf: &'a mut Vec<u8>,
+        cbo: &'a mut Option<usize>,
+    ) -> (&'a mut Simple8bBuilder, Writer<'a>) {
         let is_double = t == T_DOUBLE;
         let w = Writer {
             buf,
@@ -259,11 +265,18 @@ impl Encoder64 {
     /// After a skip wrote blocks: with only skips pending, doubles restart at the lowest scale.
     pub fn rescale_after_skip(&mut self) {
         if self.s8b.view().values().iter().all(Option::is_none) {
-            (self.prev_encoded, self.scale_index) = scale_and_encode(self.last_value_in_prev_block, 0);
+            (self.prev_encoded, self.scale_index) =
+                scale_and_encode(self.last_value_in_prev_block, 0);
         }
     }
 
-    fn append_delta(&mut self, e: &Elem, prev: &Elem, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
+    fn append_delta(
+        &mut self,
+        e: &Elem,
+        prev: &Elem,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+    ) -> bool {
         let mut possible = true;
         let mut value: i64 = 0;
         match e.t {
@@ -317,7 +330,13 @@ impl Encoder64 {
         (ok && !sink.0).then_some(b)
     }
 
-    fn append_double(&mut self, value: f64, previous: f64, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
+    fn append_double(
+        &mut self,
+        value: f64,
+        previous: f64,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+    ) -> bool {
         let (mut encoded, mut scale) = scale_and_encode(value, self.scale_index);
         if scale != self.scale_index {
             if let Some(rescaled) = self.try_rescale_pending(encoded, scale) {
@@ -337,7 +356,12 @@ impl Encoder64 {
             self.scale_index = scale;
         }
         let before = buf.len();
-        if !self.append(T_DOUBLE, zigzag64(encoded.wrapping_sub(self.prev_encoded)), buf, cbo) {
+        if !self.append(
+            T_DOUBLE,
+            zigzag64(encoded.wrapping_sub(self.prev_encoded)),
+            buf,
+            cbo,
+        ) {
             return false;
         }
         if buf.len() == before {
@@ -375,7 +399,11 @@ impl Encoder128 {
         }
     }
 
-    fn writer<'a>(&'a mut self, buf: &'a mut Vec<u8>, cbo: &'a mut Option<usize>) -> (&'a mut Simple8bBuilder, Writer<'a>) {
+    fn writer<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+        cbo: &'a mut Option<usize>,
+    ) -> (&'a mut Simple8bBuilder, Writer<'a>) {
         let w = Writer {
             buf,
             cbo,
@@ -410,7 +438,13 @@ impl Encoder128 {
         };
     }
 
-    fn append_delta(&mut self, e: &Elem, prev: &Elem, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
+    fn append_delta(
+        &mut self,
+        e: &Elem,
+        prev: &Elem,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+    ) -> bool {
         let encoded = match e.t {
             T_STRING | T_CODE => encode_string(string_bytes(&e.v)),
             T_BINARY => {
@@ -462,7 +496,13 @@ impl Encoder {
         }
     }
 
-    pub fn append_delta(&mut self, e: &Elem, prev: &Elem, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
+    pub fn append_delta(
+        &mut self,
+        e: &Elem,
+        prev: &Elem,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+    ) -> bool {
         match self {
             Encoder::E64(x) => x.append_delta(e, prev, buf, cbo),
             Encoder::E128(x) => x.append_delta(e, prev, buf, cbo),

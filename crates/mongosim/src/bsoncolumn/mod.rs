@@ -98,7 +98,10 @@ impl Elem {
         let mut raw = Vec::new();
         // Serialising a document built from a Bson value cannot fail.
         if d.to_writer(&mut raw).is_err() || raw.len() < 7 {
-            return Elem { t: 0, v: Vec::new() };
+            return Elem {
+                t: 0,
+                v: Vec::new(),
+            };
         }
         // length(4) type(1) name NUL(1) value... document NUL(1)
         Elem {
@@ -108,7 +111,10 @@ impl Elem {
     }
 
     fn eoo() -> Elem {
-        Elem { t: 0, v: Vec::new() }
+        Elem {
+            t: 0,
+            v: Vec::new(),
+        }
     }
 }
 
@@ -159,7 +165,9 @@ impl Regular {
         if compressed {
             self.encoder.append_zero(e.t, buf, &mut self.cbo);
         } else {
-            compressed = self.encoder.append_delta(&e, &self.prev, buf, &mut self.cbo);
+            compressed = self
+                .encoder
+                .append_delta(&e, &self.prev, buf, &mut self.cbo);
         }
         let t = e.t;
         self.prev = e;

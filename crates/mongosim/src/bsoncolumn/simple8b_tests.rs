@@ -39,7 +39,10 @@ const ALL_SKIP_60: [u8; 8] = [0xF1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
 fn single_values_and_skips() {
     assert_eq!(pack(&[]), Vec::<u8>::new());
     // OnlySkip, OneValue, MaxValue, MultipleValues
-    assert_eq!(pack(&[None]), word([0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]));
+    assert_eq!(
+        pack(&[None]),
+        word([0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
+    );
     assert_eq!(pack(&[Some(1)]), word([0x1E, 0, 0, 0, 0, 0, 0, 0]));
     assert_eq!(
         pack(&[Some(0xFFF_FFFF_FFFF_FFFE)]),
@@ -114,11 +117,18 @@ fn skips_among_values() {
     v.extend(rep(2, None));
     assert_eq!(
         pack(&v),
-        [FIFTY_FIVES, [0x93, 0x24, 0x49, 0x92, 0x24, 0x49, 0x92, 0xFC]].concat()
+        [
+            FIFTY_FIVES,
+            [0x93, 0x24, 0x49, 0x92, 0x24, 0x49, 0x92, 0xFC]
+        ]
+        .concat()
     );
     // LeadingSkips
     let v = [None, None, Some(3), Some(8), Some(13)];
-    assert_eq!(pack(&v), word([0xFA, 0xFF, 0xFF, 0x3F, 0x0, 0x8, 0xD0, 0x0]));
+    assert_eq!(
+        pack(&v),
+        word([0xFA, 0xFF, 0xFF, 0x3F, 0x0, 0x8, 0xD0, 0x0])
+    );
     // WordOfSkips
     let mut v = rep(30, None);
     v.push(Some((1 << 30) + 1));
@@ -151,7 +161,10 @@ fn selector_seven_and_eight_extensions() {
         word([0x27, 0xFD, 0x7E, 0xBF, 0xDF, 0xEF, 0xF7, 0xFB])
     );
     let v: Vec<Option<u64>> = (0..4).flat_map(|_| [Some(57344), None]).collect();
-    assert_eq!(pack(&v), word([0x27, 0xFD, 0x7F, 0xFF, 0xDF, 0xFF, 0xF7, 0xFF]));
+    assert_eq!(
+        pack(&v),
+        word([0x27, 0xFD, 0x7F, 0xFF, 0xDF, 0xFF, 0xF7, 0xFF])
+    );
     assert_eq!(
         pack(&rep(12, Some(30))),
         word([0xE5, 0xBD, 0xF7, 0xDE, 0x7B, 0xEF, 0xBD, 0xF7])
@@ -163,10 +176,16 @@ fn selector_seven_and_eight_extensions() {
     // Selector7IntegrationWithBaseEncoding (both directions)
     let mut v = rep(2, Some(11));
     v.extend(rep(2, Some(12_615_680)));
-    assert_eq!(pack(&v), word([0x67, 0xB0, 0x00, 0x2C, 0xF0, 0x81, 0x7D, 0x60]));
+    assert_eq!(
+        pack(&v),
+        word([0x67, 0xB0, 0x00, 0x2C, 0xF0, 0x81, 0x7D, 0x60])
+    );
     let mut v = rep(2, Some(12_615_680));
     v.extend(rep(2, Some(11)));
-    assert_eq!(pack(&v), word([0x67, 0x1F, 0xD8, 0x07, 0x06, 0x0B, 0xC0, 0x02]));
+    assert_eq!(
+        pack(&v),
+        word([0x67, 0x1F, 0xD8, 0x07, 0x06, 0x0B, 0xC0, 0x02])
+    );
     // Selector8SmallBaseTest, ...AndSkip, ...SkipEncoding, ...NibbleShift, ...BitsAndNibble
     assert_eq!(
         pack(&rep(7, Some(0x50_0000))),
@@ -176,11 +195,17 @@ fn selector_seven_and_eight_extensions() {
     for _ in 0..3 {
         v.extend([None, Some(7_340_032)]);
     }
-    assert_eq!(pack(&v), word([0x18, 0x75, 0xFF, 0x75, 0xFF, 0x75, 0xFF, 0x75]));
+    assert_eq!(
+        pack(&v),
+        word([0x18, 0x75, 0xFF, 0x75, 0xFF, 0x75, 0xFF, 0x75])
+    );
     let v: Vec<Option<u64>> = (0..3)
         .flat_map(|_| [Some(17_293_822_569_102_704_640), None])
         .collect();
-    assert_eq!(pack(&v), word([0x28, 0xFF, 0xFE, 0xFF, 0xFB, 0xFF, 0xEF, 0x3F]));
+    assert_eq!(
+        pack(&v),
+        word([0x28, 0xFF, 0xFE, 0xFF, 0xFB, 0xFF, 0xEF, 0x3F])
+    );
     assert_eq!(
         pack(&rep(5, Some(7_864_320))),
         word([0x38, 0x84, 0x27, 0x3C, 0xE1, 0x09, 0x4F, 0x78])
@@ -193,15 +218,24 @@ fn selector_seven_and_eight_extensions() {
     // ...StartWith8SelectorAndAddSmallerValues
     let mut v = rep(4, Some(57344));
     v.extend(rep(3, Some(7_340_032)));
-    assert_eq!(pack(&v), word([0x18, 0xE3, 0xE3, 0xE3, 0xE3, 0x75, 0x75, 0x75]));
+    assert_eq!(
+        pack(&v),
+        word([0x18, 0xE3, 0xE3, 0xE3, 0xE3, 0x75, 0x75, 0x75])
+    );
     let mut v = vec![Some(6)];
     v.extend(rep(4, Some(57344)));
     v.extend(rep(2, Some(7_340_032)));
-    assert_eq!(pack(&v), word([0x18, 0x60, 0xE3, 0xE3, 0xE3, 0xE3, 0x75, 0x75]));
+    assert_eq!(
+        pack(&v),
+        word([0x18, 0x60, 0xE3, 0xE3, 0xE3, 0xE3, 0x75, 0x75])
+    );
     let mut v = rep(3, Some(7_340_032));
     v.extend(rep(3, Some(57344)));
     v.push(Some(6));
-    assert_eq!(pack(&v), word([0x18, 0x75, 0x75, 0x75, 0xE3, 0xE3, 0xE3, 0x60]));
+    assert_eq!(
+        pack(&v),
+        word([0x18, 0x75, 0x75, 0x75, 0xE3, 0xE3, 0xE3, 0x60])
+    );
 }
 
 #[test]
@@ -220,12 +254,23 @@ fn run_length_encoding() {
         .concat()
     );
     // Rle, MultipleRleWords, RleSkip, FlushSkipRLE, RleChangeOfValue
-    assert_eq!(pack(&rep(180, Some(1))), [FIFTY_FIVES, RLE1, FIFTY_FIVES].concat());
+    assert_eq!(
+        pack(&rep(180, Some(1))),
+        [FIFTY_FIVES, RLE1, FIFTY_FIVES].concat()
+    );
     assert_eq!(
         pack(&rep(30 + 16 * 120 * 2, Some(1))),
-        [FIFTY_FIVES, [0xFF, 0, 0, 0, 0, 0, 0, 0], [0xFF, 0, 0, 0, 0, 0, 0, 0]].concat()
+        [
+            FIFTY_FIVES,
+            [0xFF, 0, 0, 0, 0, 0, 0, 0],
+            [0xFF, 0, 0, 0, 0, 0, 0, 0]
+        ]
+        .concat()
     );
-    assert_eq!(pack(&rep(240, None)), [ALL_SKIP_60, RLE1, ALL_SKIP_60].concat());
+    assert_eq!(
+        pack(&rep(240, None)),
+        [ALL_SKIP_60, RLE1, ALL_SKIP_60].concat()
+    );
     assert_eq!(
         pack(&rep(121, None)),
         [

@@ -21,7 +21,11 @@ fn date(s: &str) -> Bson {
 /// `a, b: {o: 6, d: "gCsAEAAUABAAAA=="}`.
 #[test]
 fn compressed_diff_update_of_the_server_test() {
-    let times = ["2022-06-06T15:34:31Z", "2022-06-06T15:34:32Z", "2022-06-06T15:34:33Z"];
+    let times = [
+        "2022-06-06T15:34:31Z",
+        "2022-06-06T15:34:32Z",
+        "2022-06-06T15:34:33Z",
+    ];
     let mut time = ColumnBuilder::reopened(&times.map(|t| Some(date(t)))).unwrap();
     let mut a = ColumnBuilder::reopened(&[1, 2, 3].map(|v| Some(Bson::Int32(v)))).unwrap();
     time.append(&date("2022-06-06T15:34:30Z")).unwrap();
@@ -42,4 +46,447 @@ fn compressed_diff_update_of_the_server_test() {
             data: b64("gCsAEAAUABAAAA==")
         }
     );
+}
+
+// ---- Cases of bsoncolumn_test.cpp. Their expected binaries are built as the server's test
+// builds them: a literal (type, empty name, value), a control byte, and the expected deltas
+// packed into Simple-8b blocks (checked against the server's words in simple8b_tests.rs).
+
+use super::encoder::{encode_double, encode_oid, encode_string, zigzag128, zigzag64};
+use super::simple8b::{BlockSink, PendingView, Simple8bBuilder};
+
+struct Blocks(Vec<u8>);
+
+impl BlockSink for Blocks {
+    fn block(&mut self, word: u64, _: PendingView<'_>) {
+        self.0.extend_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// `appendSimple8bBlocks64/128`: the values packed, asserting the number of blocks.
+fn blocks(values: &[Option<u128>], wide: bool, n: usize) -> Vec<u8> {
+    let mut b = Simple8bBuilder::new(wide);
+    let mut out = Blocks(Vec::new());
+    for v in values {
+        match v {
+            Some(v) => assert!(b.append(*v, &mut out)),
+            None => b.skip(&mut out),
+        }
+    }
+    b.flush(&mut out);
+    assert_eq!(out.0.len(), 8 * n, "{values:?}");
+    out.0
+}
+
+/// `appendLiteral`.
+fn literal(v: &Bson) -> Vec<u8> {
+    let e = Elem::of(v);
+    [vec![e.t, 0], e.v].concat()
+}
+
+fn control(nibble: u8, count: u8) -> Vec<u8> {
+    vec![nibble << 4 | count]
+}
+
+fn column(values: &[Option<Bson>]) -> Vec<u8> {
+    let mut b = ColumnBuilder::new();
+    for v in values {
+        match v {
+            Some(v) => b.append(v).unwrap(),
+            None => b.skip(),
+        }
+    }
+    b.finalize()
+}
+
+fn d(x: f64) -> Option<Bson> {
+    Some(Bson::Double(x))
+}
+
+/// `deltaDouble` over a range: skips stay skips, deltas at the scale factor's index.
+fn delta_double(values: &[Option<Bson>], prev: f64, scale: u8) -> Vec<Option<u128>> {
+    let mut prev = prev;
+    values
+        .iter()
+        .map(|v| {
+            v.as_ref().map(|v| {
+                let x = v.as_f64().unwrap();
+                let delta = encode_double(x, scale).unwrap() - encode_double(prev, scale).unwrap();
+                prev = x;
+                zigzag64(delta)
+            })
+        })
+        .collect()
+}
+
+/// `deltaDoubleMemory`: the bit patterns' difference.
+fn delta_double_memory(values: &[Option<Bson>], prev: f64) -> Vec<Option<u128>> {
+    let mut prev = prev;
+    values
+        .iter()
+        .map(|v| {
+            v.as_ref().map(|v| {
+                let x = v.as_f64().unwrap();
+                let delta = (x.to_bits().wrapping_sub(prev.to_bits())) as i64;
+                prev = x;
+                zigzag64(delta)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn empty_and_scalar_runs() {
+    // Empty
+    assert_eq!(column(&[]), vec![0]);
+    // ContainsScalarInt32SimpleCompressed, ...Int64...
+    let (i0, i1) = (Bson::Int32(100), Bson::Int32(101));
+    let expected = [
+        literal(&i0),
+        control(0b1000, 0),
+        blocks(&[Some(zigzag64(0)), Some(zigzag64(1))], false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(column(&[Some(i0.clone()), Some(i0), Some(i1)]), expected);
+    let (l0, l1) = (Bson::Int64(100), Bson::Int64(101));
+    let expected = [
+        literal(&l0),
+        control(0b1000, 0),
+        blocks(&[Some(zigzag64(0)), Some(zigzag64(1))], false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(column(&[Some(l0.clone()), Some(l0), Some(l1)]), expected);
+    // ContainsScalarDoubleSimpleCompressed (scale x1: control 0b1001)
+    let expected = [
+        literal(&Bson::Double(100.0)),
+        control(0b1001, 0),
+        blocks(&delta_double(&[d(100.0), d(101.0)], 100.0, 0), false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(column(&[d(100.0), d(100.0), d(101.0)]), expected);
+    // ContainsScalarTimestampSimpleCompressed (delta of delta)
+    let t0 = Bson::Timestamp(bson::Timestamp {
+        time: 0,
+        increment: 0,
+    });
+    let t1 = Bson::Timestamp(bson::Timestamp {
+        time: 0,
+        increment: 1,
+    });
+    let expected = [
+        literal(&t0),
+        control(0b1000, 0),
+        blocks(&[Some(zigzag64(0)), Some(zigzag64(1))], false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(column(&[Some(t0.clone()), Some(t0), Some(t1)]), expected);
+    // ContainsScalarStringSimpleCompressed (128-bit delta of reversed strings)
+    let expected = [
+        literal(&Bson::String("hello".into())),
+        control(0b1000, 0),
+        blocks(
+            &[Some(zigzag128(
+                encode_string(b"hellp").unwrap() - encode_string(b"hello").unwrap(),
+            ))],
+            true,
+            1,
+        ),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(
+        column(&[
+            Some(Bson::String("hello".into())),
+            Some(Bson::String("hellp".into()))
+        ]),
+        expected
+    );
+    // ContainsScalarObjectIDSimpleCompressed (delta of delta of the interleaved bytes)
+    let o0 = bson::oid::ObjectId::parse_str("112233445566778899AABBCC").unwrap();
+    let o1 = bson::oid::ObjectId::parse_str("112233445566778899AABBCD").unwrap();
+    let dd = encode_oid(&o1.bytes()) - encode_oid(&o0.bytes());
+    let expected = [
+        literal(&Bson::ObjectId(o0)),
+        control(0b1000, 0),
+        blocks(&[Some(zigzag64(0)), Some(zigzag64(dd))], false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(
+        column(&[
+            Some(Bson::ObjectId(o0)),
+            Some(Bson::ObjectId(o0)),
+            Some(Bson::ObjectId(o1))
+        ]),
+        expected
+    );
+    // Simple8bAfterTypeChange
+    let expected = [
+        literal(&Bson::Int32(0)),
+        literal(&Bson::Int64(0)),
+        control(0b1000, 0),
+        blocks(&[Some(0)], false, 1),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(
+        column(&[
+            Some(Bson::Int32(0)),
+            Some(Bson::Int64(0)),
+            Some(Bson::Int64(0))
+        ]),
+        expected
+    );
+}
+
+#[test]
+fn doubles_scale_as_the_server_scales_them() {
+    // BasicDouble, DoubleSameScale
+    assert_eq!(
+        column(&[d(1.0), d(2.0)]),
+        [
+            literal(&Bson::Double(1.0)),
+            control(0b1001, 0),
+            blocks(&delta_double(&[d(2.0)], 1.0, 0), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    assert_eq!(
+        column(&[d(1.0), d(2.0), d(3.0)]),
+        [
+            literal(&Bson::Double(1.0)),
+            control(0b1001, 0),
+            blocks(&delta_double(&[d(2.0), d(3.0)], 1.0, 0), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIdenticalDeltas: 0, 40, ..., 360 in two blocks
+    let elems: Vec<Option<Bson>> = (0..10).map(|i| d(f64::from(i) * 40.0)).collect();
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(0.0)),
+            control(0b1001, 1),
+            blocks(&delta_double(&elems[1..], 0.0, 0), false, 2),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleOverflowEndsWithSkip
+    let elems = [
+        d(41.0),
+        None,
+        None,
+        d(77.0),
+        d(51.0),
+        d(53.0),
+        None,
+        d(83.0),
+        None,
+        None,
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(41.0)),
+            control(0b1001, 1),
+            blocks(&delta_double(&elems[1..], 41.0, 0), false, 2),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIncreaseScaleFromLiteral
+    assert_eq!(
+        column(&[d(1.0), d(1.1)]),
+        [
+            literal(&Bson::Double(1.0)),
+            control(0b1010, 0),
+            blocks(&delta_double(&[d(1.1)], 1.0, 1), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleLiteralAndScaleAfterSkip
+    assert_eq!(
+        column(&[None, d(1.0), d(1.1)]),
+        [
+            control(0b1000, 0),
+            blocks(&[None], false, 1),
+            literal(&Bson::Double(1.0)),
+            control(0b1010, 0),
+            blocks(&delta_double(&[d(1.1)], 1.0, 1), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIncreaseScaleFromLiteralAfterSkip
+    assert_eq!(
+        column(&[d(1.0), None, None, d(1.1)]),
+        [
+            literal(&Bson::Double(1.0)),
+            control(0b1010, 0),
+            blocks(&delta_double(&[None, None, d(1.1)], 1.0, 1), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIncreaseScaleFromDeltaWithRescale
+    let elems = [d(1.0), d(2.0), d(2.1), d(2.2)];
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(1.0)),
+            control(0b1010, 0),
+            blocks(&delta_double(&elems[1..], 1.0, 1), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIncreaseScaleFromDeltaNoRescale
+    let elems = [d(1.1), d(2.1), d(2.2), d(2.3), d(3.12345678)];
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(1.1)),
+            control(0b1010, 0),
+            blocks(&delta_double(&elems[1..4], 1.1, 1), false, 1),
+            control(0b1101, 0),
+            blocks(&delta_double(&elems[4..], 2.3, 4), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleIncreaseScaleNotPossible
+    let elems = [d(-153764908544737.4), d(-85827904635132.83)];
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(-153764908544737.4)),
+            control(0b1000, 0),
+            blocks(
+                &delta_double_memory(&elems[1..], -153764908544737.4),
+                false,
+                1
+            ),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleRescaleFirstRescaledIsSkip
+    let mut elems = vec![d(0.0); 9];
+    elems.extend([None, d(-0.0001), None, d(-0.0001)]);
+    elems.extend(vec![d(0.0); 18]);
+    elems.extend([None, d(f64::INFINITY), d(f64::INFINITY)]);
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(0.0)),
+            control(0b1100, 0),
+            blocks(&delta_double(&elems[1..31], 0.0, 3), false, 1),
+            control(0b1000, 0),
+            blocks(&delta_double_memory(&elems[31..], 0.0), false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleScaleDownWithMultipleBlocksPending
+    let mut elems = vec![d(-153764908544737.4), d(-85827904635132.83)];
+    elems.extend(vec![None; 150]);
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(-153764908544737.4)),
+            control(0b1000, 0),
+            blocks(
+                &delta_double_memory(&elems[1..2], -153764908544737.4),
+                false,
+                1
+            ),
+            control(0b1011, 2),
+            blocks(&delta_double(&elems[2..], -85827904635132.83, 2), false, 3),
+            vec![0]
+        ]
+        .concat()
+    );
+    // DoubleScaleDownWithRLEPending
+    let tiny = f64::from_bits(1);
+    let mut elems = vec![d(tiny), None, d(0.0)];
+    elems.extend(vec![None; 148]);
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Double(tiny)),
+            control(0b1000, 0),
+            blocks(&delta_double_memory(&elems[1..31], tiny), false, 1),
+            control(0b1001, 0),
+            vec![0x0F, 0, 0, 0, 0, 0, 0, 0],
+            vec![0]
+        ]
+        .concat()
+    );
+}
+
+// ---- The invariant bsoncolumn_test.cpp's `verifyBinary` checks for every case: calling
+// `intermediate()` between appends (after each, after every other, or once at any split
+// point) and writing each diff at its offset gives exactly the `finalize()` binary.
+
+use proptest::prelude::*;
+
+fn value() -> impl Strategy<Value = Option<Bson>> {
+    prop_oneof![
+        Just(None),
+        (-3i32..3).prop_map(|x| Some(Bson::Int32(x * 1000))),
+        (0i64..5).prop_map(|x| Some(Bson::DateTime(DateTime::from_millis(
+            1_700_000_000_000 + x * 1000
+        )))),
+        (-50i64..50).prop_map(|x| Some(Bson::Double(x as f64 / 8.0))),
+        (0u8..4).prop_map(|x| Some(Bson::String(format!("sensor-{x}")))),
+    ]
+}
+
+fn run_with_diffs(values: &[Option<Bson>], call_after: impl Fn(usize) -> bool) -> Vec<u8> {
+    let mut b = ColumnBuilder::new();
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        match v {
+            Some(v) => b.append(v).unwrap(),
+            None => b.skip(),
+        }
+        if call_after(i) {
+            let diff = b.intermediate();
+            assert!(diff.offset <= out.len());
+            apply_diff(&mut out, &diff);
+        }
+    }
+    let diff = b.intermediate();
+    assert!(diff.offset <= out.len());
+    apply_diff(&mut out, &diff);
+    out
+}
+
+proptest! {
+    #[test]
+    fn intermediate_diffs_rebuild_the_final_binary(
+        values in proptest::collection::vec(value(), 0..150),
+        runs in proptest::collection::vec(1usize..4, 0..40),
+        split in 0usize..150,
+    ) {
+        // Runs of equal values make the RLE and zero-delta paths likely.
+        let mut seq = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            for _ in 0..runs.get(i).copied().unwrap_or(1) {
+                seq.push(v.clone());
+            }
+        }
+        let full = column(&seq);
+        prop_assert_eq!(&run_with_diffs(&seq, |_| true), &full);
+        prop_assert_eq!(&run_with_diffs(&seq, |i| i % 2 == 0), &full);
+        prop_assert_eq!(&run_with_diffs(&seq, |i| i == split), &full);
+    }
 }
