@@ -30,10 +30,14 @@
 //! minutes = 86400 / 3600; hours = 2592000 / 86400) and at most 1000 measurements per
 //! bucket (`timeseriesBucketMaxCount`).
 //!
-//! Not simulated (documented in the crate docs): compressed buckets (`control.version` 2,
-//! BinData columns; every new bucket from 8.0, closed buckets on 6.0/7.0), the
-//! `validator` of the buckets collection, bucket size limits, reopening buckets after a
-//! failover, and nested sub-document min/max (compared whole here).
+//! On 8.0 buckets are compressed: [`compressed`] writes them (BSONColumn data fields, the
+//! update of an open bucket as binary diffs of its columns).
+//!
+//! Not simulated (documented in the crate docs): compressing a closed bucket on 6.0/7.0,
+//! sub-document or array measurement fields on 8.0 (BSONColumn's interleaved mode; refused
+//! with BadValue), the `validator` of the buckets collection, bucket size limits,
+//! reopening buckets after a failover, and nested sub-document min/max (compared whole
+//! here).
 
 pub mod compressed;
 
