@@ -388,9 +388,6 @@ pub fn decode(binary: &[u8]) -> Result<Vec<Option<Bson>>, String> {
                         match (v, run.as_mut()) {
                             (None, _) => out.push(None),
                             (Some(v), Some(r)) => out.push(Some(r.apply(v)?)),
-                            (Some(v), None) if v == 0 => {
-                                return Err("a zero delta before any literal".into())
-                            }
                             (Some(_), None) => return Err("a delta before any literal".into()),
                         }
                     }

@@ -207,7 +207,20 @@ pub enum Encoder {
     E128(Encoder128),
 }
 
+impl Default for Encoder64 {
+    fn default() -> Self {
+        Encoder64::new()
+    }
+}
+
+impl Default for Encoder128 {
+    fn default() -> Self {
+        Encoder128::new()
+    }
+}
+
 impl Encoder64 {
+    /// A fresh encoder (no previous value, the integer scale).
     pub fn new() -> Encoder64 {
         Encoder64 {
             s8b: Simple8bBuilder::new(false),
@@ -392,6 +405,7 @@ impl Encoder64 {
 }
 
 impl Encoder128 {
+    /// A fresh encoder.
     pub fn new() -> Encoder128 {
         Encoder128 {
             s8b: Simple8bBuilder::new(true),
