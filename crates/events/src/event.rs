@@ -359,6 +359,41 @@ mod tests {
         assert_eq!(ev.get_str("operationType").unwrap(), "insert");
     }
 
+    /// `jstests/change_streams/timeseries.js` (always-compressed buckets): the second
+    /// insert of a measurement is a bucket update whose change event has `updatedFields`
+    /// `{"control.count": 2, "data.ts": {o: 10, d: BinData(0, "gA4AAAAAAAAAAA==")},
+    /// "data._id": {o: 10, d: BinData(0, "kA4AAAAAAAAAAA==")}}` and nothing removed or
+    /// truncated.
+    #[test]
+    fn compressed_bucket_update_as_the_server_test_reports_it() {
+        use base64::Engine;
+        let d = |s: &str| Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: base64::engine::general_purpose::STANDARD.decode(s).unwrap(),
+        };
+        let op = doc! {"op": "u", "ns": "db.system.buckets.timeseries",
+        "o": {"$v": 2_i32, "diff": {"scontrol": {"u": {"count": 2}},
+              "sdata": {"b": {"ts": {"o": 10, "d": d("gA4AAAAAAAAAAA==")},
+                              "_id": {"o": 10, "d": d("kA4AAAAAAAAAAA==")}}}}},
+        "o2": {"_id": 1}};
+        let ev = change_event(&op, &src()).unwrap().unwrap();
+        let desc = ev.get_document("updateDescription").unwrap();
+        assert_eq!(
+            desc.get_document("updatedFields").unwrap(),
+            &doc! {"control.count": 2,
+            "data.ts": {"o": 10, "d": d("gA4AAAAAAAAAAA==")},
+            "data._id": {"o": 10, "d": d("kA4AAAAAAAAAAA==")}}
+        );
+        assert_eq!(
+            desc.get_array("removedFields").unwrap(),
+            &Vec::<Bson>::new()
+        );
+        assert_eq!(
+            desc.get_array("truncatedArrays").unwrap(),
+            &Vec::<Bson>::new()
+        );
+    }
+
     fn src() -> Source<'static> {
         Source {
             shard: "shard01",

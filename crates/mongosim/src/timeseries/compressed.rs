@@ -363,4 +363,53 @@ mod tests {
         assert_eq!(&w.bytes[9..], &[0x10, 0, 7, 0, 0, 0, 0]);
         assert!(sdata.get_document("b").unwrap().contains_key("a"));
     }
+
+    /// `jstests/change_streams/timeseries.js` with always-compressed buckets: inserting
+    /// `{_id: 1, ts: new Date(1000), meta: {a: 1}}` (a shell number: a double) creates
+    /// `data: {ts: BinData(7, "CQDoAwAAAAAAAAA="), _id: BinData(7, "AQAAAAAAAADwPwA=")}`
+    /// with `count: 1`; inserting it again updates `control.count` to 2, `data.ts` to
+    /// `{o: 10, d: BinData(0, "gA4AAAAAAAAAAA==")}` and `data._id` to `{o: 10, d:
+    /// BinData(0, "kA4AAAAAAAAAAA==")}`, and nothing else (min and max unchanged).
+    #[test]
+    fn the_server_change_stream_test_bucket() {
+        let m = doc! {"_id": 1.0, "ts": bson::DateTime::from_millis(1000), "meta": {"a": 1}};
+        let (o, mut cols) = new_bucket(
+            Bson::Null,
+            &doc! {"_id": 1.0, "ts": bson::DateTime::from_millis(0)},
+            &doc! {"_id": 1.0, "ts": bson::DateTime::from_millis(1000)},
+            Some(&Bson::Document(doc! {"a": 1})),
+            std::slice::from_ref(&m),
+            "ts",
+            Some("meta"),
+        );
+        assert_eq!(
+            o.get_document("data").unwrap(),
+            &doc! {"ts": bin(BinarySubtype::Column, "CQDoAwAAAAAAAAA="),
+            "_id": bin(BinarySubtype::Column, "AQAAAAAAAADwPwA=")}
+        );
+        let control = o.get_document("control").unwrap();
+        assert_eq!(
+            (
+                control.get_i32("version").ok(),
+                control.get_i32("count").ok()
+            ),
+            (Some(2), Some(1))
+        );
+        let diff = update_diff(
+            &mut cols,
+            1,
+            &[m],
+            &Document::new(),
+            &Document::new(),
+            "ts",
+            Some("meta"),
+        );
+        assert_eq!(
+            diff,
+            doc! {"scontrol": {"u": {"count": 2}},
+            "sdata": {"b": {
+                "ts": {"o": 10, "d": bin(BinarySubtype::Generic, "gA4AAAAAAAAAAA==")},
+                "_id": {"o": 10, "d": bin(BinarySubtype::Generic, "kA4AAAAAAAAAAA==")}}}}
+        );
+    }
 }
