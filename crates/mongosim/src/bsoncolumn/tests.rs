@@ -574,7 +574,7 @@ fn server_written_columns_encode_identically() {
     ] {
         let bytes = b64(b);
         let values = quorumtail_testkit::bsoncolumn::decode(&bytes).unwrap();
-        assert!(values.len() > 0, "{b}");
+        assert!(!values.is_empty(), "{b}");
         assert_eq!(column(&values), bytes, "{b}: {values:?}");
     }
 }
