@@ -578,3 +578,152 @@ fn server_written_columns_encode_identically() {
         assert_eq!(column(&values), bytes, "{b}: {values:?}");
     }
 }
+
+/// `MultipleSimple8bBlockRewriteAtEnd`'s dates (offsets from 1709224256311 ms).
+const REWRITE_AT_END: [i64; 95] = [
+    0, 7, 15, 22, 29, 37, 44, 52, 59, 67, 74, 81, 89, 96, 104, 111, 118, 126, 133, 141, 148, 155,
+    163, 170, 178, 185, 193, 200, 208, 215, 222, 230, 237, 245, 252, 259, 267, 274, 281, 289, 296,
+    303, 311, 318, 325, 333, 340, 347, 355, 362, 370, 377, 384, 392, 399, 407, 414, 422, 429, 436,
+    444, 451, 458, 466, 473, 481, 488, 495, 503, 510, 518, 525, 532, 540, 547, 555, 562, 569, 577,
+    584, 592, 599, 606, 614, 621, 629, 636, 643, 651, 658, 665, 673, 680, 688, 695,
+];
+
+fn date_ms(ms: i64) -> Option<Bson> {
+    Some(Bson::DateTime(DateTime::from_millis(ms)))
+}
+
+/// `deltaOfDeltaDates`.
+fn delta_of_delta_dates(ms: &[i64], prev: i64, prevprev: i64) -> Vec<Option<u128>> {
+    let (mut prev, mut prevprev) = (prev, prevprev);
+    ms.iter()
+        .map(|&m| {
+            let v = zigzag64((m - prev) - (prev - prevprev));
+            prevprev = prev;
+            prev = m;
+            Some(v)
+        })
+        .collect()
+}
+
+fn deltas_i64(values: &[i64], prev: i64) -> Vec<Option<u128>> {
+    let mut prev = prev;
+    values
+        .iter()
+        .map(|&v| {
+            let d = zigzag64(v.wrapping_sub(prev));
+            prev = v;
+            Some(d)
+        })
+        .collect()
+}
+
+#[test]
+fn block_counts_literals_and_type_changes() {
+    // MultipleSimple8bBlocksAfterControl64: longs alternating 0 and 1... (the 128-bit
+    // variant): strings "" and "\u{1}" alternating, 99 deltas in 5 blocks.
+    let strings: Vec<Option<Bson>> = (0..100)
+        .map(|i| {
+            Some(Bson::String(if i % 2 == 0 {
+                String::new()
+            } else {
+                "\u{1}".into()
+            }))
+        })
+        .collect();
+    let deltas: Vec<Option<u128>> = (1..100)
+        .map(|i| Some(zigzag128(if i % 2 == 0 { -1 } else { 1 })))
+        .collect();
+    assert_eq!(
+        column(&strings),
+        [
+            literal(&Bson::String(String::new())),
+            control(0b1000, 0b0100),
+            blocks(&deltas, true, 5),
+            vec![0]
+        ]
+        .concat()
+    );
+    // MultipleSimple8bBlockRewriteAtEnd, and its intermediate() edge case: 75 values,
+    // intermediate(), 20 more, intermediate() rebuild the finalized binary.
+    let base = 1_709_224_256_311;
+    let ms: Vec<i64> = REWRITE_AT_END.iter().map(|o| base + o).collect();
+    let dates: Vec<Option<Bson>> = ms.iter().map(|&m| date_ms(m)).collect();
+    let full = [
+        literal(&Bson::DateTime(DateTime::from_millis(base))),
+        control(0b1000, 0b0100),
+        blocks(&delta_of_delta_dates(&ms[1..], base, base), false, 5),
+        vec![0],
+    ]
+    .concat();
+    assert_eq!(column(&dates), full);
+    assert_eq!(run_with_diffs(&dates, |i| i == 74), full);
+    // LargeDeltaIsLiteral, LargeDeltaIsLiteralAfterSimple8b
+    assert_eq!(
+        column(&[Some(Bson::Int64(1)), Some(Bson::Int64(i64::MAX))]),
+        [
+            literal(&Bson::Int64(1)),
+            literal(&Bson::Int64(i64::MAX)),
+            vec![0]
+        ]
+        .concat()
+    );
+    let (zero, large) = (Bson::Int64(0), Bson::Int64(i64::MAX));
+    assert_eq!(
+        column(&[
+            Some(zero.clone()),
+            Some(zero.clone()),
+            Some(large.clone()),
+            Some(large.clone())
+        ]),
+        [
+            literal(&zero),
+            control(0b1000, 0),
+            blocks(&[Some(0)], false, 1),
+            literal(&large),
+            control(0b1000, 0),
+            blocks(&[Some(0)], false, 1),
+            vec![0]
+        ]
+        .concat()
+    );
+    // OverBlockCount: 16 blocks fill a control byte, the rest open another.
+    let mut v = 0xFFFF_FFFF_FFFFi64;
+    let mut longs = Vec::new();
+    for _ in 0..20 {
+        longs.push(v);
+        v = -v;
+    }
+    let elems: Vec<Option<Bson>> = longs.iter().map(|&l| Some(Bson::Int64(l))).collect();
+    assert_eq!(
+        column(&elems),
+        [
+            literal(&Bson::Int64(longs[0])),
+            control(0b1000, 0b1111),
+            blocks(&deltas_i64(&longs[1..17], longs[0]), false, 16),
+            control(0b1000, 0b0010),
+            blocks(&deltas_i64(&longs[17..], longs[16]), false, 3),
+            vec![0]
+        ]
+        .concat()
+    );
+    // TypeChangeAfterLiteral, TypeChangeAfterSimple8b
+    assert_eq!(
+        column(&[Some(Bson::Int32(0)), Some(Bson::Int64(0))]),
+        [literal(&Bson::Int32(0)), literal(&Bson::Int64(0)), vec![0]].concat()
+    );
+    assert_eq!(
+        column(&[
+            Some(Bson::Int32(0)),
+            Some(Bson::Int32(0)),
+            Some(Bson::Int64(0))
+        ]),
+        [
+            literal(&Bson::Int32(0)),
+            control(0b1000, 0),
+            blocks(&[Some(0)], false, 1),
+            literal(&Bson::Int64(0)),
+            vec![0]
+        ]
+        .concat()
+    );
+}
