@@ -386,3 +386,50 @@ async fn timeseries_measurements_reach_the_output_as_compressed_buckets_8_0() {
 async fn timeseries_measurements_reach_the_output_as_bucket_writes_5_0() {
     run(ServerVersion::V5_0).await;
 }
+
+/// On 8.0 a measurement with a sub-document holding values (which MongoDB compresses in
+/// BSONColumn's interleaved mode, not simulated) is refused with BadValue naming the
+/// field, and no bucket write is logged for it; scalar measurements still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_document_measurements_are_refused_on_8_0() {
+    let cluster = Cluster::start(spec(ServerVersion::V8_0)).await.unwrap();
+    let client = mongodb::Client::with_uri_str(format!("mongodb://{}/", cluster.mongos_addr()))
+        .await
+        .unwrap();
+    let db = client.database("farm");
+    db.run_command(doc! {"create": "weather", "timeseries": {"timeField": "ts"}})
+        .await
+        .unwrap();
+    let weather = db.collection::<Document>("weather");
+    let at = bson::DateTime::from_millis(1_700_000_010_000);
+    let err = weather
+        .insert_one(doc! {"ts": at, "pos": {"x": 1}})
+        .await
+        .expect_err("a sub-document measurement");
+    let msg = err.to_string();
+    assert!(msg.contains("BadValue") || msg.contains("'pos'"), "{msg}");
+    assert!(msg.contains("interleaved"), "{msg}");
+    weather
+        .insert_one(doc! {"ts": at, "pos": 1, "empty": {}})
+        .await
+        .unwrap();
+    // One bucket write: the scalar measurement's insert.
+    let shard = &cluster.shard_names()[0];
+    let bucket_writes: Vec<Document> = cluster
+        .oplog_snapshot(cluster.primary_of(shard).unwrap())
+        .iter()
+        .map(|r| Document::try_from(r.as_ref()).unwrap())
+        .filter(|e| e.get_str("ns").ok() == Some("farm.system.buckets.weather"))
+        .collect();
+    assert_eq!(bucket_writes.len(), 1, "{bucket_writes:?}");
+    let data = bucket_writes[0]
+        .get_document("o")
+        .unwrap()
+        .get_document("data")
+        .unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["ts", "_id", "pos", "empty"]
+    );
+    cluster.shutdown().await;
+}
