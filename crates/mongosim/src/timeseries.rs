@@ -34,8 +34,7 @@
 //! update of an open bucket as binary diffs of its columns).
 //!
 //! Not simulated (documented in the crate docs): compressing a closed bucket on 6.0/7.0,
-//! sub-document or array measurement fields on 8.0 (BSONColumn's interleaved mode; refused
-//! with BadValue), the `validator` of the buckets collection, bucket size limits,
+//! the `validator` of the buckets collection, bucket size limits,
 //! reopening buckets after a failover, and nested sub-document min/max (compared whole
 //! here).
 

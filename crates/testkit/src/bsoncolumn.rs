@@ -3,9 +3,9 @@
 //! type transforms in `simple8b_type_util.h`) independently of the simulator's encoder, so
 //! that a bug in the encoder does not also change what the tests read back.
 //!
-//! Regular mode only: literals and Simple-8b runs (with skips, RLE and the selector 7/8
-//! extensions); interleaved sub-object runs (control bytes 0xF0-0xF2) are reported as an
-//! error naming the byte.
+//! Literals, Simple-8b runs (with skips, RLE and the selector 7/8 extensions) and
+//! interleaved runs of sub-documents and arrays (a reference object, then one stream per
+//! scalar field whose control blocks arrive when that stream runs out of values).
 
 use bson::{Bson, Document};
 
@@ -101,8 +101,10 @@ fn block(word: u64, last: Option<u128>) -> Result<Vec<Option<u128>>, String> {
         }
         s => {
             let (n, bits) = BASE[s as usize];
+            // Selectors 7 and 8 leave 4 bits after the selector (their extension nibble, 0).
+            let first = if s == 7 || s == 8 { 8 } else { 4 };
             for i in 0..n {
-                let v = (word >> (4 + bits * i)) & mask(bits);
+                let v = (word >> (first + bits * i)) & mask(bits);
                 out.push(if v == mask(bits) {
                     None
                 } else {
@@ -339,10 +341,162 @@ impl Run {
     }
 }
 
+/// Reads the control block at `at` (a literal or a Simple-8b run) of a stream whose state
+/// is `run`, appending its values to `out`.
+fn read_control(
+    binary: &[u8],
+    at: &mut usize,
+    run: &mut Option<Run>,
+    last_s8b: &mut Option<u128>,
+    out: &mut Vec<Option<Bson>>,
+) -> Result<(), String> {
+    let c = *binary.get(*at).ok_or("truncated BSONColumn")?;
+    *at += 1;
+    match c {
+        c if c & 0xE0 == 0 || c == 0xFF || c == 0x7F => {
+            if binary.get(*at) != Some(&0) {
+                return Err(format!("literal at byte {} has a field name", *at - 1));
+            }
+            *at += 1;
+            let len = value_len(c, &binary[*at..])?;
+            let literal = binary
+                .get(*at..*at + len)
+                .ok_or("truncated literal")?
+                .to_vec();
+            *at += len;
+            let r = Run::new(c, literal)?;
+            out.push(Some(r.last.clone()));
+            *run = Some(r);
+            *last_s8b = Some(0);
+        }
+        0x80..=0xDF => {
+            let scale = match c >> 4 {
+                0x8 => 5,
+                n => usize::from(n - 9),
+            };
+            if let Some(r) = run.as_mut() {
+                r.control(scale);
+            }
+            for _ in 0..usize::from(c & 0x0F) + 1 {
+                let w = binary
+                    .get(*at..*at + 8)
+                    .ok_or("truncated Simple-8b block")?;
+                *at += 8;
+                let word = u64::from_le_bytes(w.try_into().map_err(|_| "block")?);
+                for v in block(word, *last_s8b)? {
+                    *last_s8b = v;
+                    match (v, run.as_mut()) {
+                        (None, _) => out.push(None),
+                        (Some(v), Some(r)) => out.push(Some(r.apply(v)?)),
+                        (Some(_), None) => return Err("a delta before any literal".into()),
+                    }
+                }
+            }
+        }
+        other => return Err(format!("unexpected control byte {other:#x} at {}", *at - 1)),
+    }
+    Ok(())
+}
+
+/// The scalar leaves of a reference object, in order.
+fn leaves(v: &Bson, out: &mut Vec<Bson>) {
+    match v {
+        Bson::Document(d) => d.values().for_each(|x| leaves(x, out)),
+        Bson::Array(a) => a.iter().for_each(|x| leaves(x, out)),
+        other => out.push(other.clone()),
+    }
+}
+
+/// Rebuilds an object of an interleaved run from the reference and one value per leaf:
+/// missing leaves are left out, and so are sub-objects left empty (unless empty in the
+/// reference); `None` when nothing is present.
+fn rebuild(reference: &Bson, values: &mut std::vec::IntoIter<Option<Bson>>) -> Option<Bson> {
+    match reference {
+        Bson::Document(d) => {
+            let mut out = Document::new();
+            for (k, v) in d {
+                if let Some(x) = rebuild(v, values) {
+                    out.insert(k.clone(), x);
+                }
+            }
+            (!out.is_empty() || d.is_empty()).then_some(Bson::Document(out))
+        }
+        Bson::Array(a) => {
+            let out: Vec<Bson> = a.iter().filter_map(|v| rebuild(v, values)).collect();
+            (!out.is_empty() || a.is_empty()).then_some(Bson::Array(out))
+        }
+        _ => values.next().flatten(),
+    }
+}
+
+/// One scalar field's stream in an interleaved run.
+struct Leaf {
+    run: Option<Run>,
+    last_s8b: Option<u128>,
+    queue: std::collections::VecDeque<Option<Bson>>,
+}
+
+/// Decodes an interleaved run starting at `at` (its start byte), to its closing 0x00.
+fn interleaved(binary: &[u8], at: &mut usize, out: &mut Vec<Option<Bson>>) -> Result<(), String> {
+    let root_array = binary[*at] == 0xF2;
+    *at += 1;
+    let len = binary
+        .get(*at..*at + 4)
+        .map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]]).max(0) as usize)
+        .ok_or("truncated reference object")?;
+    let raw = binary
+        .get(*at..*at + len)
+        .ok_or("truncated reference object")?;
+    let doc = Document::from_reader(&mut &raw[..]).map_err(|e| e.to_string())?;
+    *at += len;
+    let reference = if root_array {
+        Bson::Array(doc.values().cloned().collect())
+    } else {
+        Bson::Document(doc)
+    };
+    let mut refs = Vec::new();
+    leaves(&reference, &mut refs);
+    let mut states = Vec::new();
+    for r in &refs {
+        let mut d = Document::new();
+        d.insert("", r.clone());
+        let mut raw = Vec::new();
+        d.to_writer(&mut raw).map_err(|e| e.to_string())?;
+        let run = Run::new(raw[4], raw[6..raw.len() - 1].to_vec())?;
+        states.push(Leaf {
+            run: Some(run),
+            last_s8b: Some(0),
+            queue: Default::default(),
+        });
+    }
+    loop {
+        let mut values = Vec::with_capacity(states.len());
+        for (i, leaf) in states.iter_mut().enumerate() {
+            if leaf.queue.is_empty() {
+                if binary.get(*at) == Some(&0) {
+                    if i != 0 {
+                        return Err("interleaved run ends in the middle of an object".into());
+                    }
+                    *at += 1;
+                    return Ok(());
+                }
+                let mut got = Vec::new();
+                read_control(binary, at, &mut leaf.run, &mut leaf.last_s8b, &mut got)?;
+                leaf.queue.extend(got);
+            }
+            values.push(leaf.queue.pop_front().flatten());
+        }
+        if states.is_empty() {
+            return Err("interleaved run without scalar fields".into());
+        }
+        out.push(rebuild(&reference, &mut values.into_iter()));
+    }
+}
+
 /// Decodes a BSONColumn binary into its values; `None` is a missing (skipped) value.
 ///
 /// # Errors
-/// A description of the first malformed or unsupported byte.
+/// A description of the first malformed byte.
 pub fn decode(binary: &[u8]) -> Result<Vec<Option<Bson>>, String> {
     let mut out = Vec::new();
     let mut run: Option<Run> = None;
@@ -350,55 +504,14 @@ pub fn decode(binary: &[u8]) -> Result<Vec<Option<Bson>>, String> {
     let mut last_s8b: Option<u128> = Some(0);
     let mut at = 0;
     loop {
-        let c = *binary.get(at).ok_or("BSONColumn without its final 0x00")?;
-        at += 1;
-        match c {
+        match *binary.get(at).ok_or("BSONColumn without its final 0x00")? {
             0x00 => break,
-            c if c & 0xE0 == 0 || c == 0xFF || c == 0x7F => {
-                if binary.get(at) != Some(&0) {
-                    return Err(format!("literal at byte {} has a field name", at - 1));
-                }
-                at += 1;
-                let len = value_len(c, &binary[at..])?;
-                let literal = binary
-                    .get(at..at + len)
-                    .ok_or("truncated literal")?
-                    .to_vec();
-                at += len;
-                let r = Run::new(c, literal)?;
-                out.push(Some(r.last.clone()));
-                run = Some(r);
+            0xF0..=0xF2 => {
+                interleaved(binary, &mut at, &mut out)?;
+                run = None;
                 last_s8b = Some(0);
             }
-            0x80..=0xDF => {
-                let scale = match c >> 4 {
-                    0x8 => 5,
-                    n => usize::from(n - 9),
-                };
-                if let Some(r) = run.as_mut() {
-                    r.control(scale);
-                }
-                let n = usize::from(c & 0x0F) + 1;
-                for _ in 0..n {
-                    let w = binary.get(at..at + 8).ok_or("truncated Simple-8b block")?;
-                    at += 8;
-                    let word = u64::from_le_bytes(w.try_into().map_err(|_| "block")?);
-                    for v in block(word, last_s8b)? {
-                        last_s8b = v;
-                        match (v, run.as_mut()) {
-                            (None, _) => out.push(None),
-                            (Some(v), Some(r)) => out.push(Some(r.apply(v)?)),
-                            (Some(_), None) => return Err("a delta before any literal".into()),
-                        }
-                    }
-                }
-            }
-            other => {
-                return Err(format!(
-                    "control byte {other:#x} at {}: interleaved sub-object runs are not decoded",
-                    at - 1
-                ))
-            }
+            _ => read_control(binary, &mut at, &mut run, &mut last_s8b, &mut out)?,
         }
     }
     Ok(out)
@@ -452,5 +565,8 @@ mod tests {
             vec![Some(3), Some(3), Some(3), None, Some(7)]
         );
         assert_eq!(block(0x0F, Some(1)).unwrap(), vec![Some(1); 120]);
+        // EncodeWithTrailingDirtyBits: selector 8, seven values of 1 from bit 8.
+        let w = u64::from_le_bytes([0x08, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(block(w, Some(0)).unwrap(), vec![Some(1); 7]);
     }
 }

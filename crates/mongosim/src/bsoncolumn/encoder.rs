@@ -132,8 +132,14 @@ pub fn uses_128bit(t: u8) -> bool {
 }
 
 /// `incrementSimple8bCount`: counts a block in the open control byte (opening one, or a
-/// new one when the scale changed); returns the offset of a control byte that became full.
-fn increment_count(buf: &mut Vec<u8>, cbo: &mut Option<usize>, scale: u8) {
+/// new one when the scale changed, recording the closed one in `blocks`); returns the
+/// offset of a control byte this block fills.
+fn increment_count(
+    buf: &mut Vec<u8>,
+    cbo: &mut Option<usize>,
+    scale: u8,
+    blocks: &mut Vec<(usize, usize)>,
+) -> Option<usize> {
     let control = CONTROL_FOR_SCALE[usize::from(scale)];
     let (at, count) = match *cbo {
         None => {
@@ -142,9 +148,10 @@ fn increment_count(buf: &mut Vec<u8>, cbo: &mut Option<usize>, scale: u8) {
         }
         Some(at) => {
             if buf[at] & 0xF0 != control {
+                blocks.push((at, buf.len() - at));
                 *cbo = None;
-                increment_count(buf, cbo, scale);
-                return;
+                increment_count(buf, cbo, scale, blocks);
+                return None;
             }
             (at, (buf[at] & 0x0F) + 1)
         }
@@ -153,13 +160,17 @@ fn increment_count(buf: &mut Vec<u8>, cbo: &mut Option<usize>, scale: u8) {
     buf[at] = control | (count & 0x0F);
     if count + 1 == 16 {
         *cbo = None;
+        return Some(at);
     }
+    None
 }
 
 /// Writes finished blocks after their control byte (`Simple8bBlockWriter64/128`).
 struct Writer<'a> {
     buf: &'a mut Vec<u8>,
     cbo: &'a mut Option<usize>,
+    /// Control blocks completed (offset, length), for interleaved mode.
+    blocks: &'a mut Vec<(usize, usize)>,
     scale: u8,
     /// For doubles: the previous value's encoding, to find the last value of the block.
     double_prev: Option<i64>,
@@ -168,8 +179,11 @@ struct Writer<'a> {
 
 impl BlockSink for Writer<'_> {
     fn block(&mut self, word: u64, pending: PendingView<'_>) {
-        increment_count(self.buf, self.cbo, self.scale);
+        let full = increment_count(self.buf, self.cbo, self.scale, self.blocks);
         self.buf.extend_from_slice(&word.to_le_bytes());
+        if let Some(at) = full {
+            self.blocks.push((at, self.buf.len() - at));
+        }
         if let (Some(prev), Some(out)) = (self.double_prev, self.last_value_in_prev_block.as_mut())
         {
             let mut current = prev;
@@ -236,11 +250,13 @@ impl Encoder64 {
         t: u8,
         buf: &'a mut Vec<u8>,
         cbo: &'a mut Option<usize>,
+        blocks: &'a mut Vec<(usize, usize)>,
     ) -> (&'a mut Simple8bBuilder, Writer<'a>) {
         let is_double = t == T_DOUBLE;
         let w = Writer {
             buf,
             cbo,
+            blocks,
             scale: self.scale_index,
             double_prev: is_double.then_some(self.prev_encoded),
             last_value_in_prev_block: is_double.then_some(&mut self.last_value_in_prev_block),
@@ -248,18 +264,37 @@ impl Encoder64 {
         (&mut self.s8b, w)
     }
 
-    pub fn append(&mut self, t: u8, v: u128, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
-        let (s8b, mut w) = self.writer(t, buf, cbo);
+    pub fn append(
+        &mut self,
+        t: u8,
+        v: u128,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) -> bool {
+        let (s8b, mut w) = self.writer(t, buf, cbo, blocks);
         s8b.append(v, &mut w)
     }
 
-    pub fn skip(&mut self, t: u8, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
-        let (s8b, mut w) = self.writer(t, buf, cbo);
+    pub fn skip(
+        &mut self,
+        t: u8,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
+        let (s8b, mut w) = self.writer(t, buf, cbo, blocks);
         s8b.skip(&mut w);
     }
 
-    pub fn flush(&mut self, t: u8, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
-        let (s8b, mut w) = self.writer(t, buf, cbo);
+    pub fn flush(
+        &mut self,
+        t: u8,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
+        let (s8b, mut w) = self.writer(t, buf, cbo, blocks);
         s8b.flush(&mut w);
     }
 
@@ -289,6 +324,7 @@ impl Encoder64 {
         prev: &Elem,
         buf: &mut Vec<u8>,
         cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
     ) -> bool {
         let mut possible = true;
         let mut value: i64 = 0;
@@ -296,7 +332,7 @@ impl Encoder64 {
             T_DOUBLE => {
                 let v = f64::from_bits(le_i64(&e.v) as u64);
                 let p = f64::from_bits(le_i64(&prev.v) as u64);
-                return self.append_double(v, p, buf, cbo);
+                return self.append_double(v, p, buf, cbo, blocks);
             }
             T_INT32 => value = i64::from(le_i32(&e.v)).wrapping_sub(i64::from(le_i32(&prev.v))),
             T_INT64 | T_DATE | T_TIMESTAMP => value = le_i64(&e.v).wrapping_sub(le_i64(&prev.v)),
@@ -317,7 +353,7 @@ impl Encoder64 {
             value = current.wrapping_sub(self.prev_delta);
             self.prev_delta = current;
         }
-        possible && self.append(e.t, zigzag64(value), buf, cbo)
+        possible && self.append(e.t, zigzag64(value), buf, cbo, blocks)
     }
 
     fn try_rescale_pending(&self, encoded: i64, new_scale: u8) -> Option<Simple8bBuilder> {
@@ -349,6 +385,7 @@ impl Encoder64 {
         previous: f64,
         buf: &mut Vec<u8>,
         cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
     ) -> bool {
         let (mut encoded, mut scale) = scale_and_encode(value, self.scale_index);
         if scale != self.scale_index {
@@ -358,7 +395,10 @@ impl Encoder64 {
                 self.scale_index = scale;
                 return true;
             }
-            self.flush(T_DOUBLE, buf, cbo);
+            self.flush(T_DOUBLE, buf, cbo, blocks);
+            if let Some(at) = *cbo {
+                blocks.push((at, buf.len() - at));
+            }
             *cbo = None;
             let prev_scale;
             (self.prev_encoded, prev_scale) = scale_and_encode(previous, scale);
@@ -374,6 +414,7 @@ impl Encoder64 {
             zigzag64(encoded.wrapping_sub(self.prev_encoded)),
             buf,
             cbo,
+            blocks,
         ) {
             return false;
         }
@@ -394,10 +435,10 @@ impl Encoder64 {
                 Some(p) => {
                     prev_encoded = prev_encoded.wrapping_add(unzigzag64(p));
                     let val = decode_double(prev_encoded, prev_scale);
-                    self.append_double(val, prev, buf, cbo);
+                    self.append_double(val, prev, buf, cbo, blocks);
                     prev = val;
                 }
-                None => self.skip(T_DOUBLE, buf, cbo),
+                None => self.skip(T_DOUBLE, buf, cbo, blocks),
             }
         }
         true
@@ -417,10 +458,12 @@ impl Encoder128 {
         &'a mut self,
         buf: &'a mut Vec<u8>,
         cbo: &'a mut Option<usize>,
+        blocks: &'a mut Vec<(usize, usize)>,
     ) -> (&'a mut Simple8bBuilder, Writer<'a>) {
         let w = Writer {
             buf,
             cbo,
+            blocks,
             scale: MEMORY_AS_INTEGER,
             double_prev: None,
             last_value_in_prev_block: None,
@@ -428,18 +471,34 @@ impl Encoder128 {
         (&mut self.s8b, w)
     }
 
-    pub fn append(&mut self, v: u128, buf: &mut Vec<u8>, cbo: &mut Option<usize>) -> bool {
-        let (s8b, mut w) = self.writer(buf, cbo);
+    pub fn append(
+        &mut self,
+        v: u128,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) -> bool {
+        let (s8b, mut w) = self.writer(buf, cbo, blocks);
         s8b.append(v, &mut w)
     }
 
-    pub fn skip(&mut self, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
-        let (s8b, mut w) = self.writer(buf, cbo);
+    pub fn skip(
+        &mut self,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
+        let (s8b, mut w) = self.writer(buf, cbo, blocks);
         s8b.skip(&mut w);
     }
 
-    pub fn flush(&mut self, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
-        let (s8b, mut w) = self.writer(buf, cbo);
+    pub fn flush(
+        &mut self,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
+        let (s8b, mut w) = self.writer(buf, cbo, blocks);
         s8b.flush(&mut w);
     }
 
@@ -458,6 +517,7 @@ impl Encoder128 {
         prev: &Elem,
         buf: &mut Vec<u8>,
         cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
     ) -> bool {
         let encoded = match e.t {
             T_STRING | T_CODE => encode_string(string_bytes(&e.v)),
@@ -477,7 +537,7 @@ impl Encoder128 {
         };
         if self.prev_encoded.is_some() || encoded != 0 {
             let delta = encoded.wrapping_sub(self.prev_encoded.unwrap_or(0));
-            let ok = self.append(zigzag128(delta), buf, cbo);
+            let ok = self.append(zigzag128(delta), buf, cbo, blocks);
             self.prev_encoded = Some(encoded);
             return ok;
         }
@@ -499,13 +559,19 @@ impl Encoder {
         }
     }
 
-    pub fn append_zero(&mut self, t: u8, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
+    pub fn append_zero(
+        &mut self,
+        t: u8,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
         match self {
             Encoder::E64(x) => {
-                x.append(t, 0, buf, cbo);
+                x.append(t, 0, buf, cbo, blocks);
             }
             Encoder::E128(x) => {
-                x.append(0, buf, cbo);
+                x.append(0, buf, cbo, blocks);
             }
         }
     }
@@ -516,24 +582,37 @@ impl Encoder {
         prev: &Elem,
         buf: &mut Vec<u8>,
         cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
     ) -> bool {
         match self {
-            Encoder::E64(x) => x.append_delta(e, prev, buf, cbo),
-            Encoder::E128(x) => x.append_delta(e, prev, buf, cbo),
+            Encoder::E64(x) => x.append_delta(e, prev, buf, cbo, blocks),
+            Encoder::E128(x) => x.append_delta(e, prev, buf, cbo, blocks),
         }
     }
 
-    pub fn skip(&mut self, t: u8, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
+    pub fn skip(
+        &mut self,
+        t: u8,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
         match self {
-            Encoder::E64(x) => x.skip(t, buf, cbo),
-            Encoder::E128(x) => x.skip(buf, cbo),
+            Encoder::E64(x) => x.skip(t, buf, cbo, blocks),
+            Encoder::E128(x) => x.skip(buf, cbo, blocks),
         }
     }
 
-    pub fn flush(&mut self, t: u8, buf: &mut Vec<u8>, cbo: &mut Option<usize>) {
+    pub fn flush(
+        &mut self,
+        t: u8,
+        buf: &mut Vec<u8>,
+        cbo: &mut Option<usize>,
+        blocks: &mut Vec<(usize, usize)>,
+    ) {
         match self {
-            Encoder::E64(x) => x.flush(t, buf, cbo),
-            Encoder::E128(x) => x.flush(buf, cbo),
+            Encoder::E64(x) => x.flush(t, buf, cbo, blocks),
+            Encoder::E128(x) => x.flush(buf, cbo, blocks),
         }
     }
 }

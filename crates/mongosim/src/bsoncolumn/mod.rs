@@ -20,20 +20,24 @@
 //!   integers, BinData of up to 16 bytes, Decimal128), or the difference of differences
 //!   (dates, timestamps, ObjectIds of one process: timestamp and counter bytes
 //!   interleaved); 0 repeats the previous value for any type; a skip is a missing value.
-//! - interleaved sub-object runs (0xF0-0xF2): not written here, see below.
+//! - an interleaved run (0xF1, or 0xF2 for arrays) for sub-documents and arrays holding
+//!   values: a reference object, then one delta stream per scalar field of the reference
+//!   (a skip where an object lacks the field), their control blocks interleaved in the
+//!   order a decoder runs out of values, then 0x00 (the `interleaved` module).
 //!
 //! A new literal is written when the type changes or a delta does not fit; a double
 //! whose scale rises either rescales the pending values or closes the control block.
 //!
 //! # What is covered
 //!
-//! Every scalar type the builder accepts: doubles, strings, BinData, undefined,
-//! ObjectId, booleans, dates, null, regular expressions, DBPointer, JavaScript code (with
-//! or without scope), symbols, ints, timestamps, longs and Decimal128, and sub-documents
-//! or arrays that hold no scalar anywhere (written as literals, as the builder does).
-//! Sub-documents and arrays with scalars, which the server writes in interleaved mode
-//! (`_appendObj`, reference object merging), are refused with
-//! [`ColumnError::Interleaved`]; MinKey and MaxKey are refused as the server refuses them.
+//! Every type the builder accepts: doubles, strings, BinData, undefined, ObjectId,
+//! booleans, dates, null, regular expressions, DBPointer, JavaScript code (with or
+//! without scope), symbols, ints, timestamps, longs, Decimal128, and sub-documents and
+//! arrays (interleaved mode, with the reference object merged as `mergeObj` merges it).
+//! MinKey and MaxKey are refused as the server refuses them, and so is a BSONColumn
+//! nested in a value. Not reimplemented: reopening a builder from a stored binary by
+//! scanning it (`BinaryReopen`); [`ColumnBuilder::reopened`] appends the values instead,
+//! which the server asserts gives the same state.
 //!
 //! # Diffs
 //!
@@ -44,19 +48,20 @@
 //! column (`BSONColumnBuilder(const char*, int)`) into the state of a builder that
 //! appended the same values and called `intermediate()` once (its test-only check in
 //! `measurement_map.cpp` `initBuilders` asserts exactly that); [`ColumnBuilder::reopened`]
-//! builds that state.
+//! builds that state. While an interleaved run is open nothing of it is final, so each
+//! diff rewrites the run from its start (`intermediate()` has no open control byte then).
 
 pub mod encoder;
+mod interleaved;
 pub mod simple8b;
 
 use bson::{Bson, Document};
 
 use encoder::Encoder;
+use interleaved::{Interleaved, Node};
 
 pub(crate) const T_DOUBLE: u8 = 0x01;
 pub(crate) const T_STRING: u8 = 0x02;
-pub(crate) const T_DOCUMENT: u8 = 0x03;
-pub(crate) const T_ARRAY: u8 = 0x04;
 pub(crate) const T_BINARY: u8 = 0x05;
 pub(crate) const T_UNDEFINED: u8 = 0x06;
 pub(crate) const T_OID: u8 = 0x07;
@@ -68,16 +73,10 @@ pub(crate) const T_INT32: u8 = 0x10;
 pub(crate) const T_TIMESTAMP: u8 = 0x11;
 pub(crate) const T_INT64: u8 = 0x12;
 pub(crate) const T_DECIMAL: u8 = 0x13;
-const T_MINKEY: u8 = 0xFF;
-const T_MAXKEY: u8 = 0x7F;
 
 /// A value the column cannot hold.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ColumnError {
-    /// A sub-document or array holding scalars: MongoDB compresses those in interleaved
-    /// mode, which is not reimplemented.
-    #[error("a sub-document or array with values (MongoDB's interleaved BSONColumn mode) is not supported by the simulator's column encoder; write scalar fields")]
-    Interleaved,
     /// MinKey/MaxKey (the server throws InvalidBSONType) or a nested BSONColumn.
     #[error("{0} cannot be stored in a BSONColumn")]
     Invalid(&'static str),
@@ -118,22 +117,31 @@ impl Elem {
     }
 }
 
-/// True when a sub-document or array holds a scalar somewhere (`_containsScalars`).
-fn contains_scalars(v: &Bson) -> bool {
+/// Refuses what the server refuses anywhere in a value: MinKey, MaxKey (InvalidBSONType)
+/// and BSONColumn binaries (a column cannot nest).
+fn check(v: &Bson) -> Result<(), ColumnError> {
     match v {
-        Bson::Document(d) => d.values().any(contains_scalars),
-        Bson::Array(a) => a.iter().any(contains_scalars),
-        _ => true,
+        Bson::MinKey => Err(ColumnError::Invalid("MinKey")),
+        Bson::MaxKey => Err(ColumnError::Invalid("MaxKey")),
+        Bson::Binary(b) if b.subtype == bson::spec::BinarySubtype::Column => {
+            Err(ColumnError::Invalid("a BSONColumn"))
+        }
+        Bson::Document(d) => d.values().try_for_each(check),
+        Bson::Array(a) => a.iter().try_for_each(check),
+        _ => Ok(()),
     }
 }
 
 /// The non-interleaved state (`EncodingState`).
 #[derive(Clone, Debug)]
-struct Regular {
+pub(crate) struct Regular {
     encoder: Encoder,
     prev: Elem,
     /// Offset of the open Simple-8b control byte.
     cbo: Option<usize>,
+    /// Completed control blocks (offset, length): what an interleaved sub-field stream
+    /// hands over (`controlBlockWriter`); emptied in regular mode.
+    pub(crate) blocks: Vec<(usize, usize)>,
 }
 
 impl Regular {
@@ -142,45 +150,67 @@ impl Regular {
             encoder: Encoder::E64(encoder::Encoder64::new()),
             prev: Elem::eoo(),
             cbo: None,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// A sub-field stream of interleaved mode: its previous value is the reference
+    /// object's, without writing a literal (`_storePrevious` + `_initializeFromPrevious`).
+    pub(crate) fn continuing(reference: Elem) -> Regular {
+        Regular {
+            encoder: Encoder::after_literal(&reference),
+            prev: reference,
+            cbo: None,
+            blocks: Vec::new(),
+        }
+    }
+
+    fn close_control(&mut self, buf: &[u8]) {
+        if let Some(at) = self.cbo {
+            self.blocks.push((at, buf.len() - at));
         }
     }
 
     fn write_literal(&mut self, buf: &mut Vec<u8>) {
+        self.close_control(buf);
         buf.push(self.prev.t);
         buf.push(0);
         buf.extend_from_slice(&self.prev.v);
+        self.blocks
+            .push((buf.len() - self.prev.v.len() - 2, self.prev.v.len() + 2));
         self.cbo = None;
         self.encoder = Encoder::after_literal(&self.prev);
     }
 
-    fn append(&mut self, e: Elem, buf: &mut Vec<u8>) {
+    pub(crate) fn append(&mut self, e: Elem, buf: &mut Vec<u8>) {
         if self.prev.t != e.t {
             let t = e.t;
             self.prev = e;
-            self.encoder.flush(t, buf, &mut self.cbo);
+            self.encoder.flush(t, buf, &mut self.cbo, &mut self.blocks);
             self.write_literal(buf);
             return;
         }
         let mut compressed = !encoder::uses_delta_of_delta(e.t) && e == self.prev;
         if compressed {
-            self.encoder.append_zero(e.t, buf, &mut self.cbo);
+            self.encoder
+                .append_zero(e.t, buf, &mut self.cbo, &mut self.blocks);
         } else {
-            compressed = self
-                .encoder
-                .append_delta(&e, &self.prev, buf, &mut self.cbo);
+            compressed =
+                self.encoder
+                    .append_delta(&e, &self.prev, buf, &mut self.cbo, &mut self.blocks);
         }
         let t = e.t;
         self.prev = e;
         if !compressed {
-            self.encoder.flush(t, buf, &mut self.cbo);
+            self.encoder.flush(t, buf, &mut self.cbo, &mut self.blocks);
             self.write_literal(buf);
         }
     }
 
-    fn skip(&mut self, buf: &mut Vec<u8>) {
+    pub(crate) fn skip(&mut self, buf: &mut Vec<u8>) {
         let before = buf.len();
         let t = self.prev.t;
-        self.encoder.skip(t, buf, &mut self.cbo);
+        self.encoder.skip(t, buf, &mut self.cbo, &mut self.blocks);
         if before != buf.len() && t == T_DOUBLE {
             if let Encoder::E64(x) = &mut self.encoder {
                 x.rescale_after_skip();
@@ -188,9 +218,10 @@ impl Regular {
         }
     }
 
-    fn flush(&mut self, buf: &mut Vec<u8>) {
+    pub(crate) fn flush(&mut self, buf: &mut Vec<u8>) {
         let t = self.prev.t;
-        self.encoder.flush(t, buf, &mut self.cbo);
+        self.encoder.flush(t, buf, &mut self.cbo, &mut self.blocks);
+        self.close_control(buf);
     }
 }
 
@@ -200,6 +231,8 @@ const INVALID_CONTROL: u8 = 0xFE;
 #[derive(Clone, Debug)]
 pub struct ColumnBuilder {
     state: Regular,
+    /// Interleaved mode, when appending sub-documents or arrays with values.
+    il: Option<Interleaved>,
     buf: Vec<u8>,
     /// Where `buf` starts in the binary returned by earlier `intermediate` calls.
     offset: usize,
@@ -228,6 +261,7 @@ impl ColumnBuilder {
     pub fn new() -> ColumnBuilder {
         ColumnBuilder {
             state: Regular::new(),
+            il: None,
             buf: Vec::new(),
             offset: 0,
             last_buf_length: 0,
@@ -258,44 +292,141 @@ impl ColumnBuilder {
     /// # Errors
     /// [`ColumnError`] for values the column cannot hold (nothing is appended then).
     pub fn append(&mut self, v: &Bson) -> Result<(), ColumnError> {
-        match v {
-            Bson::MinKey => return Err(ColumnError::Invalid("MinKey")),
-            Bson::MaxKey => return Err(ColumnError::Invalid("MaxKey")),
-            Bson::Binary(b) if b.subtype == bson::spec::BinarySubtype::Column => {
-                return Err(ColumnError::Invalid("a BSONColumn"))
+        check(v)?;
+        let plain = match v {
+            Bson::Document(d) => d.is_empty(),
+            Bson::Array(a) => a.is_empty(),
+            _ => true,
+        };
+        if plain {
+            if let Some(il) = self.il.take() {
+                self.flush_interleaved(il);
             }
-            Bson::Document(_) | Bson::Array(_) if contains_scalars(v) => {
-                return Err(ColumnError::Interleaved)
-            }
-            _ => {}
+            self.append_regular(v);
+        } else {
+            self.append_obj(Node::of(v), v);
         }
-        let e = Elem::of(v);
-        debug_assert!(e.t != T_MINKEY && e.t != T_MAXKEY);
-        debug_assert!(e.t != T_DOCUMENT && e.t != T_ARRAY || !contains_scalars(v));
-        self.state.append(e, &mut self.buf);
         Ok(())
+    }
+
+    fn append_regular(&mut self, v: &Bson) {
+        self.state.append(Elem::of(v), &mut self.buf);
+        self.state.blocks.clear();
+    }
+
+    fn start_interleaved(&mut self, node: Node) {
+        self.state.flush(&mut self.buf);
+        self.il = Some(Interleaved::start(node));
+    }
+
+    fn flush_interleaved(&mut self, il: Interleaved) {
+        il.flush(&mut self.buf);
+        self.state = Regular::new();
+    }
+
+    /// `_appendObj`.
+    fn append_obj(&mut self, node: Node, v: &Bson) {
+        let scalars = interleaved::contains_scalars(&node);
+        let Some(mut il) = self.il.take() else {
+            if scalars {
+                self.start_interleaved(node);
+            } else {
+                self.append_regular(v);
+            }
+            return;
+        };
+        let array = matches!(node, Node::Obj { array: true, .. });
+        if array != il.root_array() {
+            self.flush_interleaved(il);
+            if scalars {
+                self.start_interleaved(node);
+            } else {
+                self.append_regular(v);
+            }
+            return;
+        }
+        if il.determining {
+            let mut n = 0usize;
+            if !interleaved::traverse(&il.reference, &node, &mut |_, _| n += 1) {
+                match interleaved::merge(&il.reference, &node) {
+                    Some(merged) => il.reference = merged,
+                    None => {
+                        self.flush_interleaved(il);
+                        if scalars {
+                            self.il = Some(Interleaved::start(node));
+                        } else {
+                            self.append_regular(v);
+                        }
+                        return;
+                    }
+                }
+            }
+            if n * 2 >= il.buffered.len() {
+                il.buffered.push(node);
+                self.il = Some(il);
+                return;
+            }
+            il.finish_determining(&mut self.buf);
+        }
+        if il.append_sub_elements(&node) {
+            self.il = Some(il);
+            return;
+        }
+        self.flush_interleaved(il);
+        if scalars {
+            self.start_interleaved(node);
+        } else {
+            self.append_regular(v);
+        }
     }
 
     /// Appends a missing value.
     pub fn skip(&mut self) {
-        self.state.skip(&mut self.buf);
+        let Some(mut il) = self.il.take() else {
+            self.state.skip(&mut self.buf);
+            self.state.blocks.clear();
+            return;
+        };
+        if interleaved::has_empty_obj(&il.reference) {
+            self.flush_interleaved(il);
+            return self.skip();
+        }
+        if il.determining {
+            il.buffered.push(Node::Obj {
+                array: false,
+                fields: Vec::new(),
+            });
+        } else {
+            il.skip_all();
+        }
+        self.il = Some(il);
+    }
+
+    fn finish(&mut self) {
+        match self.il.take() {
+            Some(il) => self.flush_interleaved(il),
+            None => self.state.flush(&mut self.buf),
+        }
+        self.buf.push(0);
     }
 
     /// The whole binary, ending with 0x00 (`finalize()`); the builder is consumed.
     pub fn finalize(mut self) -> Vec<u8> {
-        self.state.flush(&mut self.buf);
-        self.buf.push(0);
+        self.finish();
         self.buf
     }
 
     /// The bytes changed since the previous call and where they start (`intermediate()`).
     pub fn intermediate(&mut self) -> BinaryDiff {
-        let control_offset = self.state.cbo;
+        let control_offset = if self.il.is_some() {
+            None
+        } else {
+            self.state.cbo
+        };
         let length = self.buf.len();
         let prev_offset = self.offset;
         let mut finalized = self.clone();
-        finalized.state.flush(&mut finalized.buf);
-        finalized.buf.push(0);
+        finalized.finish();
         let mut identical = 0;
         match control_offset {
             None => {

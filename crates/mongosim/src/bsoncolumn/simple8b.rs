@@ -420,6 +420,27 @@ impl Simple8bBuilder {
     }
 }
 
+/// The number of values (skips included) a block holds (`blockCount`).
+pub fn block_count(word: u64) -> u64 {
+    let selector = (word & 0xF) as usize;
+    let ext = ((word >> 4) & 0xF) as usize;
+    match selector {
+        0 => 0,
+        15 => (ext as u64 + 1) * u64::from(RLE_MULTIPLIER),
+        7 | 8 if ext != 0 => {
+            let t = if selector == 7 {
+                SEVEN
+            } else if ext >= 8 {
+                EIGHT_LARGE
+            } else {
+                EIGHT_SMALL
+            };
+            INTS_FOR_SELECTOR[t].get(ext).copied().map_or(0, u64::from)
+        }
+        s => u64::from(INTS_FOR_SELECTOR[BASE][s]),
+    }
+}
+
 #[cfg(test)]
 #[path = "simple8b_tests.rs"]
 mod tests;

@@ -19,7 +19,7 @@
 use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, Document};
 
-use crate::bsoncolumn::{ColumnBuilder, ColumnError};
+use crate::bsoncolumn::ColumnBuilder;
 
 /// The column builders of an open compressed bucket, in the order of its data fields.
 #[derive(Debug, Clone)]
@@ -60,20 +60,16 @@ fn column(bytes: Vec<u8>) -> Bson {
 /// Checks that a measurement's data fields fit a column.
 ///
 /// # Errors
-/// The field and why, for sub-documents or arrays holding values (MongoDB's interleaved
-/// column mode, not simulated) and MinKey/MaxKey.
+/// The field and why, for MinKey/MaxKey (which MongoDB's column builder refuses; the
+/// server then fails the write as a bucket compression failure, mongosim with BadValue)
+/// and BSONColumn binaries.
 pub fn check(d: &Document, meta: Option<&str>) -> Result<(), String> {
     for (k, v) in d {
         if Some(k.as_str()) == meta {
             continue;
         }
         if let Err(e) = ColumnBuilder::new().append(v) {
-            return Err(match e {
-                ColumnError::Interleaved => format!(
-                    "field '{k}': {e} (the simulator writes 8.0's compressed buckets for scalar measurement fields only)"
-                ),
-                ColumnError::Invalid(_) => format!("field '{k}': {e}"),
-            });
+            return Err(format!("field '{k}': {e}"));
         }
     }
     Ok(())
