@@ -495,13 +495,16 @@
 //! The columns are written by [`bsoncolumn`], a reimplementation of MongoDB's
 //! `BSONColumnBuilder` (`src/mongo/bson/column/`) checked against the server's own test
 //! vectors: the Simple-8b words of `simple8b_test.cpp`, cases of `bsoncolumn_test.cpp`
-//! (scalar runs per type, double scaling and rescaling, skips, RLE), its invariant that
-//! `intermediate()` diffs rebuild the `finalize()` binary, and the expected diff of
-//! `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp` (byte for byte).
-//! Measurement fields that are sub-documents or arrays holding values are compressed by
-//! the server in BSONColumn's interleaved mode, which is not reimplemented: on 8.0 such an
-//! insert fails with BadValue naming the field (before anything is written for that
-//! measurement). 5.0-7.0 write version 1 buckets as described above. Those releases may
+//! (scalar runs per type, double scaling and rescaling, skips, RLE, interleaved runs), its
+//! invariant that `intermediate()` diffs rebuild the `finalize()` binary, the expected
+//! diff of `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`, the
+//! compressed bucket and update of `jstests/change_streams/timeseries.js`, and columns the
+//! server wrote in other tests (all byte for byte).
+//! Measurement fields that are sub-documents or arrays are compressed in BSONColumn's
+//! interleaved mode (checked against that file's interleaved cases). A measurement
+//! holding MinKey or MaxKey, which the column builder refuses (the server then fails the
+//! write as a bucket compression failure), is refused with BadValue naming the field.
+//! 5.0-7.0 write version 1 buckets as described above. Those releases may
 //! also compress a bucket of more than one measurement when it closes, as a replacement
 //! update (`write_commands.cpp` `_performTimeseriesBucketCompression`, behind
 //! `featureFlagTimeseriesBucketCompression`, whose default per release was not found in
