@@ -1083,3 +1083,146 @@ proptest! {
         }
     }
 }
+
+/// `bsoncolumn_test.cpp` interleaved runs that end or merge: `InterleavedRemoveEmptySubObj`,
+/// `InterleavedAddEmptySubObj`, `InterleavedSchemaChange`, `InterleavedObjectSchemaChange`,
+/// `InterleavedObjectNameChange`, `InterleavedObjectEmptyObjChange`,
+/// `InterleavedObjectNewEmptyObjMiddle`.
+#[test]
+fn interleaved_runs_end_and_merge_as_the_server_does() {
+    use bson::doc;
+    let start = |d: bson::Document| interleaved_start(&Bson::Document(d), false);
+    let one = || [control(0b1000, 0), blocks(&[Some(0)], false, 1)].concat();
+    let elems = [
+        obj(doc! {"x": 1, "y": {}}),
+        obj(doc! {"x": 2, "y": {}}),
+        obj(doc! {"x": 3}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "y": {}}),
+            control(0b1000, 0),
+            blocks(&[Some(0), i32_delta(2, 1)], false, 1),
+            vec![0],
+            start(doc! {"x": 3}),
+            one(),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [obj(doc! {"x": 3}), obj(doc! {"x": 1, "y": {}})];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 3}),
+            one(),
+            vec![0],
+            start(doc! {"x": 1, "y": {}}),
+            one(),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [
+        obj(doc! {"x": 1, "y": 2}),
+        obj(doc! {"x": 1, "y": 3}),
+        obj(doc! {"x": 1, "y": 3.0}),
+        obj(doc! {"x": 1, "y": 4.0}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "y": 2}),
+            control(0b1000, 0),
+            blocks(&[Some(0), Some(0), Some(0), Some(0)], false, 1),
+            control(0b1000, 0),
+            blocks(&[Some(0), i32_delta(3, 2)], false, 1),
+            literal(&Bson::Double(3.0)),
+            control(0b1001, 0),
+            blocks(&[dbl_delta(4.0, 3.0, 0)], false, 1),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [
+        obj(doc! {"x": 1, "y": {"z": 2}}),
+        obj(doc! {"x": 1, "y": {"z": 3}}),
+        obj(doc! {"x": 1, "y": 3}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "y": {"z": 2}}),
+            control(0b1000, 0),
+            blocks(&[Some(0), Some(0)], false, 1),
+            control(0b1000, 0),
+            blocks(&[Some(0), i32_delta(3, 2)], false, 1),
+            vec![0],
+            start(doc! {"x": 1, "y": 3}),
+            one(),
+            one(),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [
+        obj(doc! {"x": 1, "y": {"z": 2}}),
+        obj(doc! {"x": 1, "y2": {"z": 3}}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "y": {"z": 2}, "y2": {"z": 3}}),
+            control(0b1000, 0),
+            blocks(&[Some(0), Some(0)], false, 1),
+            control(0b1000, 0),
+            blocks(&[Some(0), None], false, 1),
+            control(0b1000, 0),
+            blocks(&[None, Some(0)], false, 1),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [
+        obj(doc! {"x": 1, "y": {"z": 2}}),
+        obj(doc! {"x": 1, "y": {"z": 3}}),
+        obj(doc! {"x": 1, "y": {}}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "y": {"z": 2}}),
+            control(0b1000, 0),
+            blocks(&[Some(0), Some(0)], false, 1),
+            control(0b1000, 0),
+            blocks(&[Some(0), i32_delta(3, 2)], false, 1),
+            vec![0],
+            start(doc! {"x": 1, "y": {}}),
+            one(),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+    let elems = [
+        obj(doc! {"x": 1, "z": 2}),
+        obj(doc! {"x": 1, "z": 3}),
+        obj(doc! {"x": 1, "y": {}, "z": 4}),
+    ];
+    assert_eq!(
+        column(&elems),
+        [
+            start(doc! {"x": 1, "z": 2}),
+            control(0b1000, 0),
+            blocks(&[Some(0), Some(0)], false, 1),
+            control(0b1000, 0),
+            blocks(&[Some(0), i32_delta(3, 2)], false, 1),
+            vec![0],
+            start(doc! {"x": 1, "y": {}, "z": 4}),
+            one(),
+            one(),
+            vec![0, 0]
+        ]
+        .concat()
+    );
+}
