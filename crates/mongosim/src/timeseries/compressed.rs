@@ -15,6 +15,11 @@
 //! `bucket_catalog/measurement_map.cpp` (`initBuilders` reopens the columns of the stored
 //! bucket; `insertOne` appends a measurement's fields, starts a new field's builder with a
 //! skip per earlier measurement, and skips the fields it lacks).
+//!
+//! Where the server's order is unspecified mongosim fixes one: measurements of one batch
+//! with equal times keep their insert order (the server's `std::sort` is not stable), and
+//! data fields and `sdata` entries follow the time field, then first appearance (the
+//! server iterates hash maps).
 
 use bson::spec::BinarySubtype;
 use bson::{doc, Binary, Bson, Document};
