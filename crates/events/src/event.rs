@@ -281,6 +281,7 @@ fn position(src: &Source<'_>) -> Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::Binary;
 
     /// An update in a shape no MongoDB version logs is an error naming the namespace and
     /// the problem, never an event; its raw record carries the entry and no
@@ -309,6 +310,88 @@ mod tests {
             assert!(!raw.contains_key("operationType"));
             assert_eq!(raw.get("op"), Some(&Bson::String("u".into())));
         }
+    }
+
+    /// An 8.0 compressed time-series bucket update (the diff of the server's
+    /// `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`: `scontrol.u`
+    /// with count and version, `sdata.b` binary diffs) is an update event whose changed
+    /// fields name every part of it, and the compressed insert is an insert: nothing is
+    /// dropped or refused.
+    #[test]
+    fn compressed_bucket_writes_are_events() {
+        let d = |b: &[u8]| Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: b.to_vec(),
+        };
+        let diff = doc! {
+            "scontrol": {"u": {"count": 5, "version": 3},
+                         "smin": {"u": {"a": 0}}, "smax": {"u": {"a": 4}}},
+            "sdata": {"i": {"w": Binary { subtype: bson::spec::BinarySubtype::Column, bytes: vec![0] }},
+                      "b": {"time": {"o": 10, "d": d(&[0x80, 0x0b, 0x7d, 0, 0, 0xfc, 0x7c, 0x60, 0x6d, 0])},
+                            "a": {"o": 6, "d": d(&[0x80, 0x2b, 0, 0x10, 0, 0x14, 0, 0x10, 0, 0])}}},
+        };
+        let op = doc! {"op": "u", "ns": "farm.system.buckets.weather", "o": {"$v": 2_i32, "diff": diff},
+        "o2": {"_id": bson::oid::ObjectId::new()}};
+        let ev = change_event(&op, &src()).unwrap().unwrap();
+        let fields: Vec<&String> = ev
+            .get_document("updateDescription")
+            .unwrap()
+            .get_document("updatedFields")
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "control.count",
+                "control.version",
+                "control.min.a",
+                "control.max.a",
+                "data.w",
+                "data.time",
+                "data.a"
+            ]
+        );
+        let insert = doc! {"op": "i", "ns": "farm.system.buckets.weather",
+        "o": {"_id": 1, "control": {"version": 2, "min": {}, "max": {}, "count": 1},
+              "data": {"t": Binary { subtype: bson::spec::BinarySubtype::Column, bytes: vec![0] }}}};
+        let ev = change_event(&insert, &src()).unwrap().unwrap();
+        assert_eq!(ev.get_str("operationType").unwrap(), "insert");
+    }
+
+    /// `jstests/change_streams/timeseries.js` (always-compressed buckets): the second
+    /// insert of a measurement is a bucket update whose change event has `updatedFields`
+    /// `{"control.count": 2, "data.ts": {o: 10, d: BinData(0, "gA4AAAAAAAAAAA==")},
+    /// "data._id": {o: 10, d: BinData(0, "kA4AAAAAAAAAAA==")}}` and nothing removed or
+    /// truncated.
+    #[test]
+    fn compressed_bucket_update_as_the_server_test_reports_it() {
+        use base64::Engine;
+        let d = |s: &str| Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: base64::engine::general_purpose::STANDARD.decode(s).unwrap(),
+        };
+        let op = doc! {"op": "u", "ns": "db.system.buckets.timeseries",
+        "o": {"$v": 2_i32, "diff": {"scontrol": {"u": {"count": 2}},
+              "sdata": {"b": {"ts": {"o": 10, "d": d("gA4AAAAAAAAAAA==")},
+                              "_id": {"o": 10, "d": d("kA4AAAAAAAAAAA==")}}}}},
+        "o2": {"_id": 1}};
+        let ev = change_event(&op, &src()).unwrap().unwrap();
+        let desc = ev.get_document("updateDescription").unwrap();
+        assert_eq!(
+            desc.get_document("updatedFields").unwrap(),
+            &doc! {"control.count": 2,
+            "data.ts": {"o": 10, "d": d("gA4AAAAAAAAAAA==")},
+            "data._id": {"o": 10, "d": d("kA4AAAAAAAAAAA==")}}
+        );
+        assert_eq!(
+            desc.get_array("removedFields").unwrap(),
+            &Vec::<Bson>::new()
+        );
+        assert_eq!(
+            desc.get_array("truncatedArrays").unwrap(),
+            &Vec::<Bson>::new()
+        );
     }
 
     fn src() -> Source<'static> {

@@ -71,6 +71,7 @@
 //! - [`control`]: the `mongosimControl` admin command; [`auth`]: SCRAM; [`tls`]: TLS.
 //! - [`oplog`]: oplog entries and the capped oplog; [`matcher`]: filters;
 //!   [`membership`]: member configurations; [`timeseries`]: time-series collections;
+//!   [`bsoncolumn`]: MongoDB's BSONColumn encoding (8.0's compressed buckets);
 //!   [`fixture`]: preloaded oplogs; [`version`]: per-version shapes.
 //!
 //! ## Layering
@@ -89,6 +90,7 @@
 //!   world                          the simulated state
 //!   membership, oplog, matcher, update_log
 //!   codec, version, error          CmdError, SimError
+//!   bsoncolumn                     BSONColumn binaries (no crate imports)
 //! ```
 //!
 //! Two decisions keep it that way. Starting a process needs the wire loop, and the wire
@@ -252,7 +254,8 @@
 //!   min, max}, meta, data: {<field>: {"0": v, ...}}}` holding every measurement of the
 //!   command that lands in it; measurements added to an open bucket are one `u` with the
 //!   `$v: 2` diff `{scontrol: {smin: {u}, smax: {u}}, sdata: {i: {<new field>: {..}},
-//!   s<field>: {i: {"<n>": v}}}}`. Buckets are keyed by the (normalised) meta value and
+//!   s<field>: {i: {"<n>": v}}}}`. On 8.0 buckets are compressed (BSONColumn data fields,
+//!   updates as binary diffs of the columns; see "Time-series details" below). Buckets are keyed by the (normalised) meta value and
 //!   close after `bucketMaxSpanSeconds` or 1000 measurements; `control.min.<time>` and the
 //!   bucket `_id`'s timestamp are the time rounded down to the granularity. Retryable
 //!   bucket writes carry the session fields with `stmtId` as an array when one entry logs
@@ -477,24 +480,36 @@
 //!
 //! Time-series details: compressed buckets. 8.0 writes every new bucket compressed
 //! (`src/mongo/db/timeseries/README.md`: "Starting in 8.0, newly created buckets will be V2
-//! by default", "New V1 buckets will no longer be created in 8.0+"): the insert is `{_id,
-//! control: {version: 2, min, max, count}, meta, data: {<field>: BinData(7, <BSONColumn>)}}`
-//! (the README's compressed bucket schema) and a measurement added to it is an update
-//! whose `$v: 2` diff is `{scontrol: {u: {count: N}, smin: {u: {..}}, smax: {u: {..}}},
-//! sdata: {b: {<field>: {o: <byte offset>, d: BinData(0, <bytes from there>)}}}}`, with
-//! `version: 3` in `scontrol.u` when a measurement arrives out of time order
-//! (`timeseries_write_util.cpp` `makeTimeseriesCompressedDiffUpdateOp`, which requires
-//! `featureFlagTimeseriesAlwaysUseCompressedBuckets`; the expected diffs of
-//! `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`). Earlier
-//! releases write version 1 buckets as mongosim does and may compress a bucket of more
-//! than one measurement when it closes, as a replacement update (`write_commands.cpp`
-//! `_performTimeseriesBucketCompression`, behind `featureFlagTimeseriesBucketCompression`,
-//! whose default per release was not found in the stored source). mongosim writes
-//! uncompressed version 1 buckets on every version and never compresses: producing 8.0's
-//! bytes needs MongoDB's `BSONColumnBuilder` (delta and simple8b encoding, and the binary
-//! diffs of its `intermediate()` output), which is not reimplemented, so on 8.0 (and when
-//! a bucket closes before 8.0) the shapes differ; quorumtail emits bucket writes
-//! unchanged either way. Also not simulated: the
+//! by default", "New V1 buckets will no longer be created in 8.0+"), and so does mongosim
+//! with `[server] version` 8.0 ([`timeseries::compressed`], [`bsoncolumn`]): the insert is
+//! `{_id, control: {version: 2, min, max, count}, meta, data: {<field>: BinData(7,
+//! <BSONColumn>)}}` (`timeseries_write_util.cpp` `makeNewDocument` and
+//! `bucket_compression.cpp` `compressBucket`: the batch's measurements sorted on time, the
+//! time column first, a missing field a skip) and measurements added to it are one update
+//! whose `$v: 2` diff is `{scontrol: {u: {count: N, version: 3?}, smin: {u: {..}}, smax:
+//! {u: {..}}}, sdata: {i: {<new field>: BinData(7)}, b: {<field>: {o: <byte offset>, d:
+//! BinData(0, <bytes from there>)}}}}`, `version: 3` when the batch's earliest measurement
+//! is earlier than the last one in the bucket (`makeTimeseriesCompressedDiffUpdateOp` and
+//! `makeTimeseriesCompressedDiffEntry`, behind `featureFlagTimeseriesAlwaysUseCompressedBuckets`;
+//! the builders kept per open bucket as `bucket_catalog/measurement_map.cpp` keeps them).
+//! The columns are written by [`bsoncolumn`], a reimplementation of MongoDB's
+//! `BSONColumnBuilder` (`src/mongo/bson/column/`) checked against the server's own test
+//! vectors: the Simple-8b words of `simple8b_test.cpp`, cases of `bsoncolumn_test.cpp`
+//! (scalar runs per type, double scaling and rescaling, skips, RLE, interleaved runs), its
+//! invariant that `intermediate()` diffs rebuild the `finalize()` binary, the expected
+//! diff of `timeseries_write_util_test.cpp` `MakeTimeseriesCompressedDiffUpdateOp`, the
+//! compressed bucket and update of `jstests/change_streams/timeseries.js`, and columns the
+//! server wrote in other tests (all byte for byte).
+//! Measurement fields that are sub-documents or arrays are compressed in BSONColumn's
+//! interleaved mode (checked against that file's interleaved cases). A measurement
+//! holding MinKey or MaxKey, which the column builder refuses (the server then fails the
+//! write as a bucket compression failure), is refused with BadValue naming the field.
+//! 5.0-7.0 write version 1 buckets as described above. Those releases may
+//! also compress a bucket of more than one measurement when it closes, as a replacement
+//! update (`write_commands.cpp` `_performTimeseriesBucketCompression`, behind
+//! `featureFlagTimeseriesBucketCompression`, whose default per release was not found in
+//! the stored source); mongosim does not, and quorumtail emits bucket writes unchanged
+//! either way. Also not simulated: the
 //! path of a time-series `create` through a 7.0+ mongos (the shard's DDL coordinator;
 //! mongosim logs on the shard what a replica set logs); the buckets collection's `validator` (a `$jsonSchema`
 //! mongod adds to the `create`; not looked up, left out); the order of the columns in
@@ -590,6 +605,7 @@
 //! the Rust driver (rustls) and pymongo (OpenSSL).
 
 pub mod auth;
+pub mod bsoncolumn;
 pub mod cluster;
 pub mod codec;
 pub(crate) mod commands;

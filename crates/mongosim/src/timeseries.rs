@@ -30,10 +30,15 @@
 //! minutes = 86400 / 3600; hours = 2592000 / 86400) and at most 1000 measurements per
 //! bucket (`timeseriesBucketMaxCount`).
 //!
-//! Not simulated (documented in the crate docs): compressed buckets (`control.version` 2,
-//! BinData columns; every new bucket from 8.0, closed buckets on 6.0/7.0), the
-//! `validator` of the buckets collection, bucket size limits, reopening buckets after a
-//! failover, and nested sub-document min/max (compared whole here).
+//! On 8.0 buckets are compressed: [`compressed`] writes them (BSONColumn data fields, the
+//! update of an open bucket as binary diffs of its columns).
+//!
+//! Not simulated (documented in the crate docs): compressing a closed bucket on 6.0/7.0,
+//! the `validator` of the buckets collection, bucket size limits,
+//! reopening buckets after a failover, and nested sub-document min/max (compared whole
+//! here).
+
+pub mod compressed;
 
 use std::cmp::Ordering;
 
@@ -142,6 +147,8 @@ pub struct OpenBucket {
     pub max: Document,
     /// Closed: a newer bucket took over its meta value; never written to again.
     pub closed: bool,
+    /// The open columns of a compressed bucket (8.0).
+    pub columns: Option<compressed::Columns>,
 }
 
 /// The buckets namespace of a time-series collection.
@@ -403,6 +410,8 @@ impl World {
             max_changed: Document,
         }
         let mut pending: Vec<Pending> = Vec::new();
+        // 8.0 writes every new bucket compressed (`compressed`).
+        let compress = self.version >= crate::ServerVersion::V8_0;
         let mut error = None;
         let mut accepted = 0;
         for (i, d) in docs.into_iter().enumerate() {
@@ -420,6 +429,12 @@ impl World {
                     break;
                 }
             };
+            if compress {
+                if let Err(why) = compressed::check(&d, opts.meta_field.as_deref()) {
+                    error = Some(CmdError::new(2, "BadValue", why));
+                    break;
+                }
+            }
             let meta = opts
                 .meta_field
                 .as_ref()
@@ -455,6 +470,7 @@ impl World {
                         min: Document::new(),
                         max: Document::new(),
                         closed: false,
+                        columns: None,
                     });
                     catalog.len() - 1
                 }
@@ -506,7 +522,56 @@ impl World {
         for p in pending {
             let b = self.sets[s].ts_buckets[p.bucket].clone();
             let stmt_ids: Vec<i32> = p.docs.iter().map(|(st, _)| *st).collect();
-            let spec = if p.new {
+            let spec = if compress {
+                let docs: Vec<Document> = p.docs.iter().map(|(_, d)| d.clone()).collect();
+                let meta_field = opts.meta_field.as_deref();
+                let bucket = &mut self.sets[s].ts_buckets[p.bucket];
+                if p.new {
+                    let (o, cols) = compressed::new_bucket(
+                        Bson::ObjectId(b.id),
+                        &b.min,
+                        &b.max,
+                        b.meta.as_ref(),
+                        &docs,
+                        &opts.time_field,
+                        meta_field,
+                    );
+                    bucket.columns = Some(cols);
+                    OpSpec {
+                        op: "i",
+                        ns: bns.clone(),
+                        ui: Some(ui),
+                        o,
+                        o2: self
+                            .version
+                            .insert_document_key()
+                            .then(|| doc! {"_id": b.id}),
+                        from_migrate: false,
+                    }
+                } else {
+                    // Buckets of an 8.0 simulation are opened compressed.
+                    let cols = bucket
+                        .columns
+                        .get_or_insert_with(compressed::Columns::default);
+                    let diff = compressed::update_diff(
+                        cols,
+                        p.before,
+                        &docs,
+                        &p.min_changed,
+                        &p.max_changed,
+                        &opts.time_field,
+                        meta_field,
+                    );
+                    OpSpec {
+                        op: "u",
+                        ns: bns.clone(),
+                        ui: Some(ui),
+                        o: doc! {"$v": 2, "diff": diff},
+                        o2: Some(doc! {"_id": b.id}),
+                        from_migrate: false,
+                    }
+                }
+            } else if p.new {
                 let mut data = Document::new();
                 for (idx, (_, d)) in p.docs.iter().enumerate() {
                     for (k, v) in d {

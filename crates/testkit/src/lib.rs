@@ -29,6 +29,7 @@
 //! emitted, the build's `commitIndexBuild` is the record ([`command_emitted`]).
 
 pub mod broker;
+pub mod bsoncolumn;
 pub mod pki;
 pub mod truth;
 

@@ -364,3 +364,33 @@ fn a_looked_up_document_replaces_the_updates_null_after() {
     assert_eq!(v["after"], r#"{"_id": {"$numberLong": "1"},"x": 2}"#);
     assert_eq!(v["op"], "u");
 }
+
+/// An 8.0 compressed time-series bucket update (binary diffs in `sdata.b`, `scontrol.u`
+/// with count and version) becomes an update record whose `updatedFields` holds every
+/// changed part, the binary diffs as `$binary`: not refused, not dropped.
+#[test]
+fn compressed_bucket_update_is_an_update_record() {
+    let d = |b: &[u8]| Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: b.to_vec(),
+    };
+    let op = doc! {
+        "op": "u", "ns": "farm.system.buckets.weather",
+        "o": {"$v": 2_i32, "diff": {
+            "scontrol": {"u": {"count": 5_i32, "version": 3_i32}},
+            "sdata": {"b": {"time": {"o": 10_i32, "d": d(&b64("gAt9AAD8fGBtAA=="))}}},
+        }},
+        "o2": {"_id": 7_i32},
+    };
+    let (_, value) = record(&op, &src());
+    assert_eq!(value["op"], "u");
+    let desc = &value["updateDescription"];
+    let fields: Value = serde_json::from_str(desc["updatedFields"].as_str().unwrap()).unwrap();
+    assert_eq!(fields["control.count"], 5);
+    assert_eq!(fields["control.version"], 3);
+    assert_eq!(fields["data.time"]["o"], 10);
+    assert_eq!(
+        fields["data.time"]["d"]["$binary"]["base64"],
+        "gAt9AAD8fGBtAA=="
+    );
+}
