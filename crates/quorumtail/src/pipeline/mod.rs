@@ -567,7 +567,11 @@ impl ShardTask {
     ) -> Result<MemberMsg<EntryRef>, ShardError> {
         let reply = batch.shared();
         let bytes = reply.as_raw_document().as_bytes().len();
-        let mut reports = Vec::new();
+        // Sized from the reply (an entry takes at least ~100 bytes), so that neither does a
+        // large batch grow report by report (copying them again) nor a live batch of one
+        // entry allocate room for a thousand.
+        let mut reports =
+            Vec::with_capacity((bytes / 100).min(self.shared.tailer.batch_size as usize));
         // Before the start is decided the core ignores batches: nothing to decode.
         if self.core.engine().is_some() {
             let whole = self.core.stream_mode(node) != Some(ReadMode::Identity);
